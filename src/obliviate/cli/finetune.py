@@ -1,0 +1,28 @@
+"""``obliviate finetune``: build the target (forget + retain) or oracle (retain only) model."""
+
+from __future__ import annotations
+
+import argparse
+
+from obliviate.config import FinetuneConfig, add_arguments, build_config
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune", help="train a causal LM on records (prompt masked)",
+        description="Train a causal LM on records: cross-entropy on the answer with the prompt masked, on every "
+        "token for documents. --model tiny builds a tokenizer and a tiny OLMo from the data first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser, FinetuneConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from obliviate.train.run import run_finetune
+
+    config = build_config(FinetuneConfig, args)
+    result = run_finetune(config)
+    print(f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
+          f"in {result.wall_seconds:.0f}s → {result.output_dir}")
+    return 0

@@ -1,0 +1,53 @@
+"""``obliviate``: one console script, one short module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from obliviate import __version__
+from obliviate.errors import ObliviateError
+
+SUBCOMMANDS = ("synth", "inspect", "init_model", "finetune", "unlearn", "evaluate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obliviate",
+        description="Selective unlearning of personal information in causal language models, with measurements.",
+    )
+    parser.add_argument("--version", action="version", version=f"obliviate {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"obliviate.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("obliviate"):
+                continue  # a subcommand whose library part is not installed in this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ObliviateError as exc:
+        print(f"obliviate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("obliviate: interrupted; complete checkpoints are kept and --resume continues", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The unlearning objectives, one file each, and the one registry of them.
+
+Every objective is a pure function ``loss(inputs: LossInputs, params: LossParams) -> LossOutput`` of model
+outputs, and declares in ``NEEDS`` what the loop must compute for it (a retain batch, a reference pass, hidden
+states), so nothing else is built or run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from obliviate.errors import ConfigError
+from obliviate.losses import finetune, ga, ga_gd, ga_kl, npo, rmu, simnpo
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
+
+
+@dataclass(frozen=True)
+class Method:
+    """One objective and what it needs.
+
+    Attributes:
+        name: the name used on the command line and in configs.
+        loss: the objective, ``(LossInputs, LossParams) -> LossOutput``.
+        needs: what the loop must compute for it.
+        summary: one line for ``--help`` and reports.
+        paper: arXiv id of the paper that defines it, or None.
+        defaults: :class:`LossParams` values this method uses when the user set none (e.g. NPO β = 0.1, SimNPO
+            β = 4.5), overriding the class-wide defaults.
+    """
+
+    name: str
+    loss: Callable[[LossInputs, LossParams], LossOutput]
+    needs: Needs
+    summary: str
+    paper: str | None
+    defaults: dict[str, float] = field(default_factory=dict)
+
+    def params(self, given: Mapping[str, float] | None = None) -> LossParams:
+        """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
+
+        Raises:
+            ConfigError: ``given`` names a field ``LossParams`` does not have.
+        """
+        known = {f.name for f in dataclasses.fields(LossParams)}
+        given = dict(given or {})
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ConfigError(f"unknown loss parameter(s) {', '.join(unknown)}; expected some of {sorted(known)}")
+        return LossParams(**{**self.defaults, **given})
+
+
+LOSSES: dict[str, Method] = {
+    "ga": Method("ga", ga.loss, ga.NEEDS, "gradient ascent on the forget set: -NLL(F)", "2210.01504"),
+    "ga_kl": Method(
+        "ga_kl",
+        ga_kl.loss,
+        ga_kl.NEEDS,
+        "gradient ascent on F plus KL(ref || model) on the retain set's answer tokens",
+        "2401.06121",
+    ),
+    "ga_gd": Method(
+        "ga_gd",
+        ga_gd.loss,
+        ga_gd.NEEDS,
+        "gradient difference: -gamma*NLL(F) + alpha*NLL(R)",
+        "2401.06121",
+    ),
+    "npo": Method(
+        "npo",
+        npo.loss,
+        npo.NEEDS,
+        "negative preference optimisation against the frozen reference, plus alpha*NLL(R)",
+        "2404.05868",
+        {"beta": 0.1},
+    ),
+    "simnpo": Method(
+        "simnpo",
+        simnpo.loss,
+        simnpo.NEEDS,
+        "reference-free, length-normalised NPO with margin delta, plus alpha*NLL(R)",
+        "2410.07163",
+        {"beta": 4.5},
+    ),
+    "rmu": Method(
+        "rmu",
+        rmu.loss,
+        rmu.NEEDS,
+        "steer forget-set hidden states at one layer to c*u, keep retain hidden states at the reference's",
+        "2403.03218",
+        {"alpha": 100.0, "rmu_c": 6.5},
+    ),
+}
+
+FINETUNE = Method("finetune", finetune.loss, finetune.NEEDS, "plain NLL on the batch (target and oracle models)", None)
+
+
+def get_method(name: str) -> Method:
+    """The registered unlearning method called ``name``.
+
+    Raises:
+        ConfigError: no such method; the message lists the valid names.
+    """
+    if name not in LOSSES:
+        raise ConfigError(f"unknown unlearning method {name!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+__all__ = ["FINETUNE", "LOSSES", "Method", "get_method"]

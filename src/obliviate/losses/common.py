@@ -1,0 +1,122 @@
+"""Shared pieces of every objective: the inputs a loss receives, the result it returns, answer-token log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Forward:
+    """What one forward pass of a model on one :class:`~obliviate.data.batching.TokenBatch` produced.
+
+    Attributes:
+        logits: ``[batch, seq_len, vocab]``, or None when only hidden states were asked for.
+        labels: ``[batch, seq_len]``, the batch's labels (``-100`` on prompt and padding), unshifted.
+        hidden: ``[batch, seq_len, hidden]`` at the method's chosen layer, or None.
+        attention_mask: ``[batch, seq_len]``, 1 on real tokens.
+    """
+
+    logits: torch.Tensor | None
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class LossInputs:
+    """Everything an objective may look at; the loop fills only what the method's :class:`Needs` asks for.
+
+    ``*_ref`` come from the frozen reference (a frozen copy, or the same model with its LoRA adapters disabled)
+    and carry no gradient.
+    """
+
+    forget: Forward
+    retain: Forward | None = None
+    forget_ref: Forward | None = None
+    retain_ref: Forward | None = None
+    control: torch.Tensor | None = None  # RMU: the fixed vector c·u, shape [hidden]
+
+
+@dataclass
+class LossOutput:
+    """The scalar to minimise and the figures to log (plain floats, e.g. ``forget_nll``, ``retain_nll``)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs the loop to compute, so that nothing else is built or run.
+
+    Attributes:
+        retain: a retain batch paired with each forget batch.
+        reference_on: the splits on which the frozen reference is run: ``()``, ``("forget",)``, ``("retain",)``.
+        hidden: hidden states at one layer instead of logits (RMU).
+    """
+
+    retain: bool = False
+    reference_on: tuple[str, ...] = ()
+    hidden: bool = False
+
+    @property
+    def reference(self) -> bool:
+        return bool(self.reference_on)
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """The weights every objective may use. Each objective reads only its own.
+
+    Attributes:
+        alpha: weight of the retain term (GA+GD, NPO, SimNPO, RMU).
+        gamma: weight of the forget term (GA+GD).
+        beta: inverse temperature of NPO (0.1) or SimNPO (4.5).
+        delta: SimNPO reward margin.
+        kl_weight: weight of the KL term of GA+KL.
+        rmu_c: RMU steering coefficient c.
+    """
+
+    alpha: float = 1.0
+    gamma: float = 1.0
+    beta: float = 0.1
+    delta: float = 0.0
+    kl_weight: float = 1.0
+    rmu_c: float = 6.5
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token, and which positions count.
+
+    Args:
+        logits: ``[batch, seq_len, vocab]``.
+        labels: ``[batch, seq_len]``, ``-100`` where a token is not scored.
+
+    Returns:
+        ``(logp, mask)``, both ``[batch, seq_len - 1]``: ``logp[b, t] = log p(labels[b, t+1] | prefix)``, and
+        ``mask`` is 1.0 where ``labels[b, t+1] != -100``.
+    """
+    shifted_labels = labels[:, 1:]
+    mask = shifted_labels.ne(IGNORE_INDEX)
+    safe = shifted_labels.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask.float()
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probability per example and the number of answer tokens: both ``[batch]``."""
+    logp, mask = token_logprobs(logits, labels)
+    return logp.sum(-1), mask.sum(-1)
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``NLL(x)``: the mean answer-token negative log-likelihood over the whole batch (token-weighted), a scalar.
+
+    This equals ``model(ids, labels=labels).loss`` of Hugging Face models.
+    """
+    logp, mask = token_logprobs(logits, labels)
+    return -logp.sum() / mask.sum().clamp_min(1.0)

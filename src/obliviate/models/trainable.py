@@ -1,0 +1,142 @@
+"""What is trained: ``--trainable_layers``, ``--trainable_modules`` and LoRA adapters through peft."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from obliviate.errors import ConfigError
+
+MODULE_GROUPS = ("all", "mlp", "attn")
+_ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a HF causal LM (``model.model.layers`` for OLMo / Llama families)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        module = base
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise ConfigError(f"cannot find the decoder layers of {type(base).__name__}: layer selection is unsupported")
+
+
+def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
+    """``all``, ``0,1,5``, ``0-3``, ``last:8`` or a mix (``0-1,last:2``) → sorted layer indices.
+
+    Raises:
+        ConfigError: an index out of range, a malformed spec, or an empty selection; the message gives the model's
+            layer count.
+    """
+    spec = spec.strip()
+    if spec == "all":
+        return list(range(num_layers))
+    chosen: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if match := re.fullmatch(r"last:(\d+)", part):
+            count = int(match.group(1))
+            if not 0 < count <= num_layers:
+                raise ConfigError(f"--trainable_layers {spec!r}: last:{count} is out of range, the model has "
+                                  f"{num_layers} layers")
+            chosen.update(range(num_layers - count, num_layers))
+        elif match := re.fullmatch(r"(\d+)(?:-(\d+))?", part):
+            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+            if low > high or high >= num_layers:
+                raise ConfigError(f"--trainable_layers {spec!r}: {part} is out of range, the model has {num_layers}"
+                                  f" layers (0-{num_layers - 1})")
+            chosen.update(range(low, high + 1))
+        else:
+            raise ConfigError(f"--trainable_layers {spec!r}: expected all, 0,1,5, 0-3 or last:N; found {part!r}")
+    if not chosen:
+        raise ConfigError(f"--trainable_layers {spec!r} selects no layer; the model has {num_layers} layers")
+    return sorted(chosen)
+
+
+def _in_group(name: str, modules: str) -> bool:
+    if modules == "all":
+        return True
+    if modules == "mlp":
+        return ".mlp." in f".{name}."
+    return "attn" in name or "attention" in name
+
+
+def select_trainable(model: torch.nn.Module, layers: str = "all", modules: str = "all") -> list[str]:
+    """Set ``requires_grad`` so that only the chosen layers (and modules within them) train.
+
+    ``all`` layers with ``all`` modules trains the full model, embeddings and ``lm_head`` included; any narrower
+    choice freezes embeddings, final norm and ``lm_head``.
+
+    Returns:
+        The names of the trainable parameters.
+    """
+    if modules not in MODULE_GROUPS:
+        raise ConfigError(f"--trainable_modules {modules!r}: expected one of {', '.join(MODULE_GROUPS)}")
+    blocks = decoder_layers(model)
+    indices = parse_layer_spec(layers, len(blocks))
+    if layers.strip() == "all" and modules == "all":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return [n for n, _ in model.named_parameters()]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    names = []
+    for index in indices:
+        for name, param in blocks[index].named_parameters():
+            if _in_group(name, modules):
+                param.requires_grad_(True)
+                names.append(f"layers.{index}.{name}")
+    if not names:
+        raise ConfigError(f"--trainable_layers {layers!r} with --trainable_modules {modules!r} selects no parameter")
+    return names
+
+
+def lora_target_modules(target: str, modules: str = "all") -> list[str] | str:
+    """``--lora_target``: ``all-linear`` (default), ``attn``, ``mlp`` or a comma list of module names."""
+    if target == "all-linear":
+        if modules == "mlp":
+            return list(_MLP_PROJ)
+        if modules == "attn":
+            return list(_ATTN_PROJ)
+        return "all-linear"
+    if target == "attn":
+        return list(_ATTN_PROJ)
+    if target == "mlp":
+        return list(_MLP_PROJ)
+    names = [t.strip() for t in target.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--lora_target is empty: expected all-linear, attn, mlp or module names")
+    return names
+
+
+def apply_lora(
+    model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target: str = "all-linear",
+    layers: str = "all", modules: str = "all",
+):
+    """Wrap ``model`` with LoRA adapters (peft); only adapter weights train, the base stays frozen.
+
+    ``--trainable_layers`` maps to peft's ``layers_to_transform``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if r <= 0:
+        raise ConfigError(f"--lora_r must be positive, found {r}")
+    num_layers = len(decoder_layers(model))
+    indices = parse_layer_spec(layers, num_layers)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_modules(target, modules),
+        layers_to_transform=None if len(indices) == num_layers else indices,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"cannot apply LoRA with --lora_target {target!r}: {str(exc).splitlines()[0]}") from None

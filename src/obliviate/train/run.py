@@ -1,0 +1,115 @@
+"""The library entry points behind ``obliviate finetune`` and ``obliviate unlearn``.
+
+Each validates every input before anything is written, prepares the output directory, and calls the one loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from obliviate.config import FinetuneConfig, UnlearnConfig, to_yaml
+from obliviate.data.load import check_overlap, load_split
+from obliviate.errors import ConfigError, TrainingError
+from obliviate.losses import FINETUNE, get_method
+from obliviate.losses.common import LossParams
+from obliviate.models.load import load_model
+from obliviate.models.tiny import SIZES, init_model
+from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
+from obliviate.train import checkpoint as ckpt
+from obliviate.train.loop import EpochHook, RunResult, train
+
+_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
+
+
+def prepare_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
+    """Refuse an output directory that is (or is inside) an input, or non-empty without --overwrite / --resume."""
+    out = Path(output_dir).resolve()
+    for source in inputs:
+        src = Path(str(source)).expanduser()
+        if src.exists() and (out == src.resolve() or src.resolve() in out.parents):
+            raise ConfigError(f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise ConfigError(f"--output_dir {output_dir} is not empty: pass --overwrite to replace it or --resume")
+        shutil.rmtree(out)
+    return out
+
+
+def resolve_params(config: UnlearnConfig) -> LossParams:
+    """Method defaults (e.g. simnpo β = 4.5) for every weight the user left unset."""
+    method = get_method(config.method)
+    values = {name: getattr(config, name) for name in _PARAM_NAMES if getattr(config, name, None) is not None}
+    return LossParams(**{**method.defaults, **values})
+
+
+def default_rmu_layer(num_layers: int) -> int:
+    """A quarter of the depth (WMDP uses layer 7 of 32), at least 2 so that layers ℓ-2..ℓ exist when possible."""
+    return min(num_layers - 1, max(2, num_layers // 4))
+
+
+def _select(model, config, method_name: str, rmu_layer: int | None):
+    layers, modules = config.trainable_layers, config.trainable_modules
+    if layers == "auto":
+        if method_name == "rmu" and rmu_layer is not None:
+            layers, modules = f"{max(0, rmu_layer - 2)}-{rmu_layer}", "mlp"
+        else:
+            layers = "all"
+    if config.lora_r > 0:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                          target=config.lora_target, layers=layers, modules=modules)
+    select_trainable(model, layers, modules)
+    return model
+
+
+def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> RunResult:
+    """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`."""
+    method = get_method(config.method)
+    params = resolve_params(config)
+    forget = load_split(config.forget_dir, split="forget")
+    retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
+    if method.needs.retain and retain is None:
+        raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
+    if retain is not None:
+        check_overlap(forget, retain, allow_overlap=config.allow_overlap)
+    out = prepare_output_dir(config.output_dir, [config.model_dir, config.forget_dir, config.retain_dir or ""],
+                             overwrite=config.overwrite, resume=config.resume)
+    if config.resume and (out / "trainer_state.json").is_file() and not ckpt.list_checkpoints(out):
+        raise TrainingError(f"{out} holds a finished run and no checkpoint: nothing to resume")
+    model, tokenizer = load_model(config.model_dir, trust_remote_code=config.trust_remote_code)
+    num_layers = len(decoder_layers(model))
+    rmu_layer = None
+    if method.needs.hidden:
+        rmu_layer = config.rmu_layer if config.rmu_layer is not None else default_rmu_layer(num_layers)
+        if not 0 <= rmu_layer < num_layers:
+            raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
+    model = _select(model, config, method.name, rmu_layer)
+    resolved = dataclasses.replace(config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)},
+                                   rmu_layer=rmu_layer)
+    return train(model, tokenizer, method=method, params=params, forget=forget,
+                 retain=retain if method.needs.retain else None, config=config, rmu_layer=rmu_layer,
+                 stop_forget_nll=config.stop_forget_nll, epoch_hook=epoch_hook, resolved_config=to_yaml(resolved))
+
+
+def run_finetune(config: FinetuneConfig) -> RunResult:
+    """Train a causal LM on ``config.data`` (answers only; documents on every token).
+
+    With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
+    """
+    records = [r for path in config.data for r in load_split(path)]
+    inputs = list(config.data) + ([config.model] if config.model not in SIZES else [])
+    out = prepare_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
+    source = config.model
+    if config.model in SIZES:
+        source = str(out / ".init")
+        if not Path(source).is_dir():
+            init_model(records, source, size=config.model, arch=config.arch, seed=config.seed)
+    model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
+    model = _select(model, config, "finetune", None)
+    return train(model, tokenizer, method=FINETUNE, params=LossParams(), forget=records, retain=None,
+                 config=config, resolved_config=to_yaml(config))

@@ -1,0 +1,265 @@
+"""Math tests of the unlearning objectives on hand-made tensors; each derivation is in the test's docstring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from obliviate.errors import ConfigError
+from obliviate.losses import FINETUNE, LOSSES, get_method
+from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, Needs, mean_nll
+from obliviate.losses.ga_kl import answer_token_kl
+from obliviate.losses.rmu import make_control_vector
+
+VOCAB, HIDDEN = 7, 4
+# Two examples: a prompt (-100), answer tokens, then padding (-100, attention 0) on the second.
+LABELS = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 1, 4], [IGNORE_INDEX, 2, 5, IGNORE_INDEX, IGNORE_INDEX]])
+MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+
+def fwd(logits: torch.Tensor | None, labels: torch.Tensor = LABELS, hidden: torch.Tensor | None = None) -> Forward:
+    mask = MASK if labels is LABELS else torch.ones_like(labels)
+    return Forward(logits=logits, labels=labels, attention_mask=mask, hidden=hidden)
+
+
+def random_logits(seed: int, requires_grad: bool = False) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*LABELS.shape, VOCAB, generator=generator).requires_grad_(requires_grad)
+
+
+def full_inputs(method_needs: Needs, forget_logits: torch.Tensor | None = None) -> LossInputs:
+    """Exactly what ``method_needs`` asks for, nothing more: hidden-state methods get no logits."""
+    hidden = method_needs.hidden
+    forget_logits = random_logits(0) if forget_logits is None else forget_logits
+
+    def make(seed: int) -> Forward:
+        generator = torch.Generator().manual_seed(100 + seed)
+        h = torch.randn(*LABELS.shape, HIDDEN, generator=generator) if hidden else None
+        return fwd(None if hidden else (forget_logits if seed == 0 else random_logits(seed)), hidden=h)
+
+    return LossInputs(
+        forget=make(0),
+        retain=make(1) if method_needs.retain else None,
+        forget_ref=make(2) if "forget" in method_needs.reference_on else None,
+        retain_ref=make(3) if "retain" in method_needs.reference_on else None,
+        control=make_control_vector(HIDDEN, 6.5, seed=0) if hidden else None,
+    )
+
+
+def test_ga_equals_minus_cross_entropy():
+    """GA = −NLL(F), and NLL is torch's cross-entropy of shifted logits/labels with ``ignore_index=-100``."""
+    logits = random_logits(0)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), LABELS[:, 1:].reshape(-1), ignore_index=-100)
+    out = get_method("ga").loss(LossInputs(forget=fwd(logits)), LossParams())
+    torch.testing.assert_close(out.loss, -expected)
+    assert out.metrics["forget_nll"] == pytest.approx(expected.item())
+
+
+def test_ga_gd_reduces_to_ga_and_to_retain_nll():
+    """``−γ·NLL(F) + α·NLL(R)``: α = 0 leaves GA (γ = 1); γ = 0 leaves ``α·NLL(R)``."""
+    inputs = full_inputs(LOSSES["ga_gd"].needs)
+    ga_gd = LOSSES["ga_gd"].loss
+    ga_value = LOSSES["ga"].loss(inputs, LossParams()).loss
+    torch.testing.assert_close(ga_gd(inputs, LossParams(alpha=0.0)).loss, ga_value)
+    retain_nll = mean_nll(inputs.retain.logits, inputs.retain.labels)
+    torch.testing.assert_close(ga_gd(inputs, LossParams(gamma=0.0, alpha=2.5)).loss, 2.5 * retain_nll)
+
+
+def test_kl_of_identical_distributions_is_zero_and_positive_otherwise():
+    """Gibbs' inequality: KL(p‖q) ≥ 0 with equality iff p = q at every scored position."""
+    logits = random_logits(0)
+    assert answer_token_kl(logits, logits.clone(), LABELS).item() == pytest.approx(0.0, abs=1e-6)
+    assert answer_token_kl(logits, random_logits(1), LABELS).item() > 0.01
+
+
+def test_kl_ignores_prompt_and_padding_positions():
+    """Position t is scored iff labels[t+1] != −100; logits anywhere else must not move the KL.
+
+    In ``LABELS`` the scored logit positions are (0,1), (0,2), (0,3), (1,0), (1,1); all others are changed.
+    """
+    logits, ref = random_logits(0), random_logits(1)
+    unscored = torch.ones(LABELS.shape, dtype=torch.bool)
+    unscored[:, :-1] = LABELS[:, 1:].eq(IGNORE_INDEX)
+    before = answer_token_kl(logits, ref, LABELS)
+    noise = 10 * torch.randn_like(logits) * unscored.unsqueeze(-1)
+    after = answer_token_kl(logits + noise, ref - noise, LABELS)
+    torch.testing.assert_close(after, before)
+
+
+def test_kl_matches_hand_computation():
+    """Labels ``[-100, 2, 0, -100]`` score logit positions 0 and 1 only; vocabulary of 3.
+
+    Position 0: θ uniform, ref (1/2, 1/4, 1/4): KL = ½·ln(½ / ⅓) + 2·¼·ln(¼ / ⅓) = ½·ln(9/8).
+    Position 1: θ (1/2, 1/4, 1/4), ref uniform: KL = ⅓·(ln(⅓/½) + 2·ln(⅓/¼)) = ⅓·ln(32/27).
+    The result is their mean; positions 2 and 3 hold very different logits that must not count.
+    """
+    skewed = torch.tensor([0.5, 0.25, 0.25]).log()
+    uniform = torch.zeros(3)
+    logits = torch.stack([uniform, skewed, torch.tensor([9.0, 0, 0]), torch.tensor([0, 9.0, 0])]).unsqueeze(0)
+    ref = torch.stack([skewed, uniform, torch.tensor([0, 0, 9.0]), torch.tensor([9.0, 0, 0])]).unsqueeze(0)
+    labels = torch.tensor([[IGNORE_INDEX, 2, 0, IGNORE_INDEX]])
+    expected = (0.5 * math.log(9 / 8) + math.log(32 / 27) / 3) / 2
+    assert answer_token_kl(logits, ref, labels).item() == pytest.approx(expected, rel=1e-5)
+    out = get_method("ga_kl").loss(
+        LossInputs(forget=fwd(random_logits(0)), retain=fwd(logits, labels), retain_ref=fwd(ref, labels)),
+        LossParams(kl_weight=3.0),
+    )
+    assert out.metrics["kl"] == pytest.approx(expected, rel=1e-5)
+    assert out.loss.item() == pytest.approx(-out.metrics["forget_nll"] + 3.0 * expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.1, 1.0, 4.5])
+def test_npo_at_reference_is_two_over_beta_log_two(beta: float):
+    """θ = ref ⇒ log ratio 0 ⇒ (2/β)·log(1 + 1) = (2/β)·ln 2 (α = 0 drops the retain term)."""
+    inputs = full_inputs(LOSSES["npo"].needs)
+    inputs.forget_ref = fwd(inputs.forget.logits.clone())
+    out = get_method("npo").loss(inputs, LossParams(beta=beta, alpha=0.0))
+    assert out.loss.item() == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+
+
+def test_npo_decreases_as_forget_logprob_decreases():
+    """softplus is increasing, so lowering log π_θ(y|x) with the reference fixed lowers the NPO term."""
+    inputs = full_inputs(LOSSES["npo"].needs)
+    answer_tokens = F.one_hot(LABELS.clamp_min(0), VOCAB) * LABELS.ne(IGNORE_INDEX).unsqueeze(-1)
+    # Logit position t predicts labels[t+1]: lower the logit of the next answer token at each scored position.
+    target_of_position = torch.zeros_like(answer_tokens)
+    target_of_position[:, :-1] = answer_tokens[:, 1:]
+    values = []
+    for shift in (2.0, 0.0, -2.0, -4.0):
+        inputs.forget = fwd(inputs.forget_ref.logits + shift * target_of_position)
+        values.append(get_method("npo").loss(inputs, LossParams(alpha=0.0)).loss.item())
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
+@pytest.mark.parametrize(("beta", "delta"), [(1.0, 0.0), (4.5, 0.0), (1.0, math.log(4)), (2.0, -1.0)])
+def test_simnpo_matches_hand_computation(beta: float, delta: float):
+    """Uniform logits over V = 7: every answer token has log p = −ln 7, so log π(y|x)/|y| = −ln 7 for both examples
+    whatever their length (3 and 2 tokens; a version without the length normalisation would differ).
+    Loss = −(2/β)·log σ(β·ln 7 − δ) = (2/β)·log(1 + 7^(−β)·e^δ).
+    """
+    inputs = full_inputs(LOSSES["simnpo"].needs, forget_logits=torch.zeros(*LABELS.shape, VOCAB))
+    out = get_method("simnpo").loss(inputs, LossParams(beta=beta, delta=delta, alpha=0.0))
+    expected = 2 / beta * math.log(1 + 7 ** (-beta) * math.exp(delta))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.metrics["forget_nll"] == pytest.approx(math.log(7), rel=1e-5)
+
+
+def test_simnpo_is_reference_free_and_delta_raises_it():
+    """SimNPO needs no reference pass; the forget term is increasing in δ (softplus is increasing)."""
+    assert LOSSES["simnpo"].needs.reference_on == ()
+    inputs = full_inputs(LOSSES["simnpo"].needs)
+    values = [get_method("simnpo").loss(inputs, LossParams(beta=4.5, delta=d)).loss.item() for d in (-1, 0, 1)]
+    assert values[0] < values[1] < values[2]
+
+
+def test_rmu_zero_at_target_and_hand_value_otherwise():
+    """h(F) = c·u on real tokens and h(R) = h_ref(R) ⇒ 0 (padding holds garbage that must not count).
+    Adding 1 to every forget unit gives an MSE of 1; retain off by 2 gives 4; loss = 1 + α·4.
+    """
+    control = make_control_vector(HIDDEN, 6.5, seed=3)
+    garbage = 50 * (1 - MASK).unsqueeze(-1).float()
+    forget_hidden = control.expand(*LABELS.shape, HIDDEN) + garbage
+    retain_ref_hidden = torch.randn(*LABELS.shape, HIDDEN)
+    inputs = LossInputs(
+        forget=fwd(None, hidden=forget_hidden),
+        retain=fwd(None, hidden=retain_ref_hidden + garbage),
+        retain_ref=fwd(None, hidden=retain_ref_hidden),
+        control=control,
+    )
+    assert get_method("rmu").loss(inputs, LossParams(alpha=100.0)).loss.item() == pytest.approx(0.0, abs=1e-6)
+    inputs.forget.hidden = forget_hidden + 1.0
+    inputs.retain.hidden = retain_ref_hidden + 2.0
+    out = get_method("rmu").loss(inputs, LossParams(alpha=100.0))
+    assert out.metrics["rmu_forget"] == pytest.approx(1.0) and out.metrics["rmu_retain"] == pytest.approx(4.0)
+    assert out.loss.item() == pytest.approx(401.0)
+
+
+def test_control_vector_has_norm_c_and_is_seeded():
+    """u ~ U[0,1)^d normalised to unit length, times c: norm c, non-negative, a function of the seed only."""
+    vector = make_control_vector(32, 6.5, seed=7)
+    assert vector.shape == (32,) and vector.norm().item() == pytest.approx(6.5) and bool((vector >= 0).all())
+    torch.testing.assert_close(vector, make_control_vector(32, 6.5, seed=7))
+    assert not torch.equal(vector, make_control_vector(32, 6.5, seed=8))
+
+
+@pytest.mark.parametrize("name", ["ga", "ga_kl", "ga_gd", "npo", "simnpo"])
+def test_gradient_step_raises_forget_nll(name: str):
+    """A tiny "model" whose parameters are the forget logits themselves: one descent step on the loss must raise
+    NLL(F). Each row's NLL is convex in its own logits and every method's forget gradient is a positive multiple
+    of it per example, so a step of any size along minus the loss gradient raises it; the retain term does not
+    depend on these logits. SimNPO runs at β = 1: at its β = 4.5 the per-example weight σ(β·log π/|y|) on these
+    already unlikely answers is ~1e-5, too small to see in float32 (by design: it stops pushing).
+    """
+    method = get_method(name)
+    logits = random_logits(0, requires_grad=True)
+    inputs = full_inputs(method.needs, forget_logits=logits)
+    if inputs.forget_ref is not None:
+        inputs.forget_ref = fwd(logits.detach().clone())
+    method.loss(inputs, method.params({"beta": 1.0} if name == "simnpo" else None)).loss.backward()
+    before = mean_nll(logits, LABELS).item()
+    after = mean_nll(logits.detach() - 5.0 * logits.grad, LABELS).item()
+    assert after > before + 1e-3
+
+
+EXPECTED_NEEDS = {
+    "ga": Needs(),
+    "ga_kl": Needs(retain=True, reference_on=("retain",)),
+    "ga_gd": Needs(retain=True),
+    "npo": Needs(retain=True, reference_on=("forget",)),
+    "simnpo": Needs(retain=True),
+    "rmu": Needs(retain=True, reference_on=("retain",), hidden=True),
+}
+
+
+def test_registry_needs_and_names():
+    """The registry holds exactly the documented methods, each with the needs its docstring states."""
+    assert {name: method.needs for name, method in LOSSES.items()} == EXPECTED_NEEDS
+    assert all(name == method.name for name, method in LOSSES.items())
+    assert FINETUNE.needs == Needs() and FINETUNE.name not in LOSSES
+
+
+def test_get_method_unknown_lists_valid_names():
+    with pytest.raises(ConfigError, match="ga_gd.*simnpo|simnpo.*ga_gd") as info:
+        get_method("gradient_ascent")
+    assert "gradient_ascent" in str(info.value) and all(name in str(info.value) for name in LOSSES)
+
+
+def test_method_params_precedence():
+    """LossParams defaults < Method.defaults < user values; unknown names are refused."""
+    assert get_method("simnpo").params().beta == 4.5 and get_method("npo").params().beta == 0.1
+    assert get_method("simnpo").params({"beta": 2.0}).beta == 2.0
+    assert get_method("rmu").params().alpha == 100.0 and get_method("ga_gd").params().alpha == 1.0
+    with pytest.raises(ConfigError, match="betta"):
+        get_method("npo").params({"betta": 1.0})
+
+
+@pytest.mark.parametrize("name", [*LOSSES, "finetune"])
+def test_each_loss_is_a_finite_scalar_with_required_metrics(name: str):
+    """Given exactly its NEEDS, each method returns a finite 0-d loss and float metrics with the documented keys."""
+    method = FINETUNE if name == "finetune" else LOSSES[name]
+    out = method.loss(full_inputs(method.needs), method.params())
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(isinstance(value, float) and math.isfinite(value) for value in out.metrics.values())
+    required = {"finetune": {"nll"}, "rmu": {"rmu_forget", "rmu_retain"}}.get(name, {"forget_nll"})
+    if method.needs.retain and not method.needs.hidden:
+        required |= {"retain_nll"}
+    required |= {"ga_kl": {"kl"}, "npo": {"npo_term"}, "simnpo": {"simnpo_term"}}.get(name, set())
+    assert required <= set(out.metrics)
+
+
+@pytest.mark.parametrize("name", [name for name, method in LOSSES.items() if method.needs.retain])
+def test_missing_retain_or_reference_raises_config_error(name: str):
+    """A method run without an input its NEEDS declares fails with a ConfigError, not an AttributeError."""
+    method = LOSSES[name]
+    inputs = full_inputs(method.needs)
+    inputs.retain = None
+    with pytest.raises(ConfigError, match=name):
+        method.loss(inputs, method.params())
+    if method.needs.reference:
+        inputs = full_inputs(method.needs)
+        inputs.forget_ref = inputs.retain_ref = None
+        with pytest.raises(ConfigError, match=name):
+            method.loss(inputs, method.params())
