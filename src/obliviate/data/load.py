@@ -68,7 +68,7 @@ def load_split(path: str | Path, *, split: str | None = None) -> list[Record]:
                 records.append(record)
             elif previous != record:
                 raise DataError(
-                    f"{file}: expected the same row as an earlier file for id {record.id!r}, found a different one"
+                    f"{file}: expected the same row as earlier files for id {_short(record.id)}, found a different one"
                 )
     if not records:
         raise DataError(f"{path}: expected at least one record, found an empty set")
@@ -212,7 +212,7 @@ def _load_file(file: Path) -> list[Record]:
     duplicated = [record_id for record_id, count in counts.items() if count > 1]
     if duplicated:
         raise DataError(
-            f"{file}: expected unique ids, found id {duplicated[0]!r} {counts[duplicated[0]]} times "
+            f"{file}: expected unique ids, found id {_short(duplicated[0])} {counts[duplicated[0]]} times "
             f"({len(duplicated)} duplicated ids)"
         )
     return records
@@ -220,8 +220,11 @@ def _load_file(file: Path) -> list[Record]:
 
 def _to_record(row: dict[str, Any], schema: tuple, file: Path, where: str, index: int) -> Record:
     input_column, output_column, default_kind = schema
-    record_id = _plain_str(row.get("id")) or f"{file.stem}-{index}"
-    place = f"{file} {where} (id {record_id!r})"
+    raw_id = _plain(row.get("id"))
+    if isinstance(raw_id, (list, dict, bool)):
+        raise DataError(f"{file} {where}: expected a string or integer id, found a {type(raw_id).__name__}")
+    record_id = _plain_str(raw_id) or f"{file.stem}-{index}"
+    place = f"{file} {where} (id {_short(record_id)})"
     kind = _plain_str(row.get("kind")) or default_kind or kind_from_id(record_id) or "completion"
     if kind not in KINDS:
         raise DataError(f"{place}: expected a kind in {', '.join(KINDS)}, found {kind!r}")
@@ -350,6 +353,10 @@ def _text_cell(value: Any, expected: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _plain_str(value)  # numeric answers such as 42
     raise DataError(f"{expected}, found a {type(value).__name__}")
+
+
+def _short(value: str) -> str:
+    return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
 
 
 def _first_line(error: BaseException) -> str:

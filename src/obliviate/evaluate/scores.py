@@ -63,9 +63,7 @@ METRICS: dict[str, MetricInfo] = {
     "mia_auc_zlib": MetricInfo("mia_auc_zlib", False, False, _MIA_AUC.format("-NLL / zlib length"), ideal=0.5),
     "mia_auc_mink": MetricInfo("mia_auc_mink", False, False, _MIA_AUC.format("Min-K% (k=0.4)"), ideal=0.5),
     "mia_auc_minkpp": MetricInfo("mia_auc_minkpp", False, False, _MIA_AUC.format("Min-K%++ (k=0.4)"), ideal=0.5),
-    "mia_score": MetricInfo(
-        "mia_score", True, True, "1 - 2|AUC - 0.5| of the whole-document LOSS attack (SemEval)"
-    ),
+    "mia_score": MetricInfo("mia_score", True, True, "1 - 2|AUC - 0.5| of the whole-document LOSS attack (SemEval)"),
     "forget_quality": MetricInfo(
         "forget_quality", True, True, "KS-test p-value, unlearned vs oracle forget statistics (TOFU)"
     ),

@@ -1,0 +1,133 @@
+"""Membership-inference scores per example, from the per-token log-probs of one forward pass.
+
+Every score here is oriented so that **higher = more likely a member** (trained on), which is what
+:func:`obliviate.evaluate.scores.roc_auc` expects (members labelled 1). The AUCs these give on forget (members) vs
+holdout (non-members) are best at 0.5 after unlearning: above it the forget set is still recognisable, below it
+the model treats the forget set suspiciously differently (over-unlearning).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from obliviate.evaluate.scores import roc_auc
+
+MIN_K = 0.4
+"""Fraction of lowest-scoring tokens Min-K% and Min-K%++ average (k = 40 % as in TOFU / open-unlearning)."""
+
+SIGMA_FLOOR = 1e-3
+"""Smallest std used by Min-K%++: a near one-hot next-token distribution has sigma ≈ 0 (variance floor 1e-6)."""
+
+
+def _vector(values: Any, name: str) -> np.ndarray:
+    """A 1-D float64 array from a list, NumPy array or (CPU / GPU, any dtype) torch tensor."""
+    if hasattr(values, "detach"):  # torch tensor: avoid importing torch here
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: an example needs at least one scored token")
+    return array
+
+
+def loss_score(token_logp: Any) -> float:
+    """LOSS attack: ``mean(token_logp) = -NLL`` (Yeom et al. 2018, arXiv:1709.01604; Carlini et al. 2021).
+
+    Args:
+        token_logp: ``[n_tokens]`` log-prob of each actual next token over the scored positions.
+    """
+    return float(_vector(token_logp, "token_logp").mean())
+
+
+def zlib_score(token_logp: Any, text: str) -> float:
+    """zlib attack: ``-NLL / len(zlib.compress(text.encode("utf-8")))`` (Carlini et al. 2021, arXiv:2012.07805).
+
+    METRICS.md defines the statistic as ``NLL / zlib length`` (large for non-members); it is negated here so
+    that, like every score in this module, higher means member. The length is in compressed bytes at zlib's
+    default level, the reference normaliser of how predictable the text is without the model.
+
+    Args:
+        token_logp: ``[n_tokens]`` log-probs of the actual next tokens.
+        text: the text those tokens encode.
+    """
+    return loss_score(token_logp) / len(zlib.compress(text.encode("utf-8")))
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    """Mean of the ``max(1, floor(k · n))`` smallest values (the rounding of Shi et al.'s reference code)."""
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    count = max(1, int(values.size * k))
+    return float(np.sort(values)[:count].mean())
+
+
+def min_k_score(token_logp: Any, k: float = MIN_K) -> float:
+    """Min-K% Prob: mean of the lowest ``max(1, floor(k·n))`` token log-probs (Shi et al. 2023, arXiv:2310.16789).
+
+    Members have few very unlikely tokens, so a higher (less negative) value means member.
+
+    Args:
+        token_logp: ``[n_tokens]`` log-probs of the actual next tokens.
+        k: fraction of tokens kept; with n = 7 and k = 0.4, floor(2.8) = 2 tokens.
+    """
+    return _lowest_mean(_vector(token_logp, "token_logp"), k)
+
+
+def min_k_pp_score(token_logp: Any, mu: Any, sigma: Any, k: float = MIN_K) -> float:
+    """Min-K%++: Min-K% over standardised log-probs (Zhang et al. 2024, arXiv:2404.02936).
+
+    Each token's log-prob is standardised as ``(log p(x_t) - mu_t) / sigma_t`` where, under the model's own
+    next-token distribution p at position t, ``mu_t = Σ_v p(v) log p(v)`` and
+    ``sigma_t = sqrt(Σ_v p(v) log² p(v) - mu_t²)``; sigma is floored at :data:`SIGMA_FLOOR`. Then the mean of the
+    lowest ``max(1, floor(k·n))`` standardised values; higher = member.
+
+    Args:
+        token_logp: ``[n_tokens]`` log-probs of the actual next tokens.
+        mu: ``[n_tokens]`` expected log-prob per position.
+        sigma: ``[n_tokens]`` std of the log-prob per position.
+        k: fraction of tokens kept.
+    """
+    logp, mean, std = _vector(token_logp, "token_logp"), _vector(mu, "mu"), _vector(sigma, "sigma")
+    if not logp.shape == mean.shape == std.shape:
+        raise ValueError(f"token_logp, mu, sigma differ in length: {logp.size}, {mean.size}, {std.size}")
+    standardised = (logp - mean) / np.maximum(std, SIGMA_FLOOR)
+    return _lowest_mean(standardised, k)
+
+
+@dataclass(frozen=True)
+class ExampleLogProbs:
+    """What one forward pass gives for one example, enough for every attack.
+
+    Attributes:
+        token_logp: ``[n_tokens]`` log-prob of each actual next token over the scored positions.
+        mu: ``[n_tokens]`` mean log-prob of the model's next-token distribution, or None (no Min-K%++).
+        sigma: ``[n_tokens]`` its std, or None.
+        text: the scored text (for zlib).
+    """
+
+    token_logp: np.ndarray
+    mu: np.ndarray | None
+    sigma: np.ndarray | None
+    text: str
+
+
+def mia_aucs(members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], k: float = MIN_K) -> dict[str, float]:
+    """AUC of each attack at telling members (forget) from non-members (holdout); 0.5 is ideal after unlearning.
+
+    Returns:
+        ``{"loss", "zlib", "mink", "minkpp"}`` → AUC; ``"minkpp"`` is left out when any example lacks mu / sigma.
+    """
+    attacks = {
+        "loss": lambda ex: loss_score(ex.token_logp),
+        "zlib": lambda ex: zlib_score(ex.token_logp, ex.text),
+        "mink": lambda ex: min_k_score(ex.token_logp, k),
+    }
+    if all(ex.mu is not None and ex.sigma is not None for ex in [*members, *nonmembers]):
+        attacks["minkpp"] = lambda ex: min_k_pp_score(ex.token_logp, ex.mu, ex.sigma, k)
+    return {
+        name: roc_auc([score(ex) for ex in members], [score(ex) for ex in nonmembers])
+        for name, score in attacks.items()
+    }

@@ -1,0 +1,162 @@
+"""The two model passes every metric shares: one batched forward pass and batched generation.
+
+The forward pass returns, per example, the log-prob of every token, plus the mean and standard deviation of the
+model's own next-token log-prob distribution at each position (Min-K%++ needs them). Answer NLL, perplexity,
+forget quality and every membership-inference score are pure functions of these values; nothing is recomputed.
+Generation is greedy (optionally k samples at temperature 1), batched with left padding and the KV cache, and each
+row stops at its own eos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from obliviate.data.batching import collate, encode_prompt, encode_record
+from obliviate.data.records import Record
+
+
+@dataclass
+class TokenScores:
+    """One example's forward pass.
+
+    Attributes:
+        token_logp: ``[n_tokens - 1]`` log p of each next token of the full text (prompt and answer).
+        mu: ``[n_tokens - 1]`` Σ_v p_v log p_v at each position.
+        sigma: ``[n_tokens - 1]`` the standard deviation of log p_v under p at each position.
+        answer_mask: ``[n_tokens - 1]`` True where the predicted token is an answer token (eos included).
+        text_positions: how many leading positions belong to the text itself (the final appended eos excluded);
+            membership inference scores these, as the official scorer scores the tokenised document.
+    """
+
+    token_logp: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    answer_mask: np.ndarray
+    text_positions: int
+
+    @property
+    def answer_nll_sum(self) -> float:
+        return float(-self.token_logp[self.answer_mask].sum())
+
+    @property
+    def answer_tokens(self) -> int:
+        return int(self.answer_mask.sum())
+
+    @property
+    def answer_nll(self) -> float:
+        return self.answer_nll_sum / max(self.answer_tokens, 1)
+
+    @property
+    def text_logp(self) -> np.ndarray:
+        return self.token_logp[: self.text_positions]
+
+
+def _length_order(lengths: list[int]) -> list[int]:
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+@torch.no_grad()
+def forward_pass(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    desc: str = "forward",
+    show_progress: bool = True,
+) -> list[TokenScores]:
+    """One batched forward pass over ``records`` (longest first, to pad little); results in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    order = _length_order([len(e.ids) for e in encoded])
+    results: list[TokenScores | None] = [None] * len(records)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
+        rows = order[start : start + batch_size]
+        batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        probs = logp_all.exp()
+        mu = (probs * logp_all).sum(-1)
+        sigma = ((probs * logp_all.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+        token_logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        answer = batch.labels[:, 1:].ne(-100)
+        for row, index in enumerate(rows):
+            n = len(encoded[index].ids) - 1
+            ends_with_eos = encoded[index].ids[-1] == tokenizer.eos_token_id
+            results[index] = TokenScores(
+                token_logp=token_logp[row, :n].cpu().numpy(),
+                mu=mu[row, :n].cpu().numpy(),
+                sigma=sigma[row, :n].cpu().numpy(),
+                answer_mask=answer[row, :n].cpu().numpy(),
+                text_positions=n - 1 if ends_with_eos and n > 1 else n,
+            )
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    num_samples: int = 0,
+    seed: int = 0,
+    max_length: int = 512,
+    desc: str = "generate",
+    show_progress: bool = True,
+) -> tuple[list[str], list[list[str]]]:
+    """Greedy continuations of raw prompts and, with ``num_samples`` > 0, that many samples at temperature 1.
+
+    Returns:
+        ``(greedy, samples)``: ``greedy[i]`` is the decoded continuation of ``prompts[i]`` (special tokens removed);
+        ``samples[i]`` the list of sampled continuations (empty lists without sampling).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(tokenizer, p)[-max_length:] or [tokenizer.eos_token_id] for p in prompts]
+    order = _length_order([len(e) for e in encoded])
+    greedy: list[str] = [""] * len(prompts)
+    samples: list[list[str]] = [[] for _ in prompts]
+    generator_seed = seed
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
+        rows = order[start : start + batch_size]
+        input_ids, attention_mask = _left_pad([encoded[i] for i in rows], tokenizer.pad_token_id, device)
+        common = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        out = model.generate(**common, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+        for row, index in enumerate(rows):
+            greedy[index] = tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True)
+        if num_samples > 0:
+            torch.manual_seed(generator_seed)
+            generator_seed += 1
+            out = model.generate(
+                **common, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=num_samples
+            )
+            for row, index in enumerate(rows):
+                chunk = out[row * num_samples : (row + 1) * num_samples, input_ids.shape[1] :]
+                samples[index] = tokenizer.batch_decode(chunk, skip_special_tokens=True)
+    return greedy, samples
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding, so that every row's next token is generated at the same position."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq) :] = 1
+    return input_ids.to(device), attention_mask.to(device)

@@ -1,0 +1,16 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def lume_dir() -> Path:
+    """The public LUME release next to the project (``../shared/data/lume``), read-only; skipped when absent."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "lume"
+    if not (path / "forget.jsonl").is_file():
+        pytest.skip(f"LUME data not found at {path}")
+    return path
