@@ -161,7 +161,37 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)} for {cls.__name__}")
-    return values
+    hints = typing.get_type_hints(cls)
+    return {name: _coerce(value, hints[name], f"{path}: {name}") for name, value in values.items()}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """A YAML value as the field's type: YAML 1.1 reads ``1e-5`` as a string and ``0`` (a layer) as an int."""
+    optional = type(None) in typing.get_args(tp)
+    base = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: expected a value, found null")
+    if typing.get_origin(base) is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(item, typing.get_args(base)[0], where) for item in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif base in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (base is float or number.is_integer()):
+            return base(number)
+    raise ConfigError(f"{where}: expected {getattr(base, '__name__', base)}, found {value!r}")
 
 
 def to_yaml(config: Any) -> str:

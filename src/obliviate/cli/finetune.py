@@ -19,10 +19,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from obliviate.train.loop import process_state
     from obliviate.train.run import run_finetune
 
     config = build_config(FinetuneConfig, args)
     result = run_finetune(config)
-    print(f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
+    if process_state().is_main_process:  # one line per launch, not per process
+        print(f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
           f"in {result.wall_seconds:.0f}s → {result.output_dir}")
     return 0

@@ -71,8 +71,9 @@ def _print_summary(label: str, split: str | None, summary: dict[str, Any]) -> No
 
 def _load_tokenizer(path: str):
     from obliviate.errors import ModelError
-    from obliviate.models.load import load_tokenizer
 
     if not Path(path).is_dir():
         raise ModelError(f"--tokenizer {path}: expected a local tokenizer directory, found no directory")
+    from obliviate.models.load import load_tokenizer  # imports torch: only once the path is known to be good
+
     return load_tokenizer(path)

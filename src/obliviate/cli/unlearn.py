@@ -20,16 +20,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from obliviate.train.loop import process_state
     from obliviate.train.run import run_unlearn
 
     config = build_config(UnlearnConfig, args)
     hook = None
     if config.eval_every_epoch:
-        from obliviate.evaluate.suite import epoch_evaluator
+        from obliviate.evaluate.epochs import epoch_evaluator
 
         hook = epoch_evaluator(config)
     result = run_unlearn(config, epoch_hook=hook)
     note = f" (stopped: {result.stopped})" if result.stopped else ""
-    print(f"unlearned with {config.method}: {result.epochs_completed} epochs, {result.global_step} steps, "
+    if process_state().is_main_process:  # one line per launch, not per process
+        print(f"unlearned with {config.method}: {result.epochs_completed} epochs, {result.global_step} steps, "
           f"{result.tokens_seen} tokens in {result.wall_seconds:.0f}s → {result.output_dir}{note}")
     return 0

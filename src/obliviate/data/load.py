@@ -33,7 +33,6 @@ MIA_SPLITS = ("member", "nonmember")
 _HF_NAME = re.compile(r"^(forget|retain|holdout)(?:_(?:train|validation|val|test|dev))?(?:-\d+-of-\d+)?$")
 # column pairs that hold (input, output), the kind they imply (None: infer from the id)
 _SCHEMAS = (("input", "output", None), ("question", "answer", "qa"), ("document", None, "document"))
-_CONSUMED = {"id", "input", "output", "task", "kind", "question", "answer", "document"}
 
 
 def load_split(path: str | Path, *, split: str | None = None) -> list[Record]:
@@ -42,7 +41,8 @@ def load_split(path: str | Path, *, split: str | None = None) -> list[Record]:
     Args:
         path: a data file, or a directory holding split-named files (``forget.jsonl``, ``retain.parquet``, …),
             split-named subdirectories (``forget/``), a single data file of any name, or ``.txt`` documents.
-        split: which split to load when the directory holds several; required then.
+        split: which split to load when the directory holds several; required then. A path to a file is
+            loaded whatever its name, so e.g. ``retain.jsonl`` can serve as a holdout set.
 
     Returns:
         The records in file order. When one split is stored twice (``forget.jsonl`` and ``forget.parquet`` in a
@@ -57,7 +57,7 @@ def load_split(path: str | Path, *, split: str | None = None) -> list[Record]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: expected a data file or directory, found nothing at this path")
-    files = _files_for(path, split) if path.is_dir() else [_check_file(path, split)]
+    files = _files_for(path, split) if path.is_dir() else [_check_file(path)]
     records: list[Record] = []
     seen: dict[str, Record] = {}
     for file in files:
@@ -144,12 +144,9 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> None:
         raise
 
 
-def _check_file(file: Path, split: str | None) -> Path:
+def _check_file(file: Path) -> Path:
     if file.suffix not in SUFFIXES:
         raise DataError(f"{file}: expected a {', '.join(SUFFIXES)} file, found {file.suffix or 'no extension'!r}")
-    named = split_of(file)
-    if split is not None and named is not None and named != split:
-        raise DataError(f"{file}: expected a {split} file, found a file named after the {named} split")
     return file
 
 
@@ -234,7 +231,8 @@ def _to_record(row: dict[str, Any], schema: tuple, file: Path, where: str, index
     output = ""
     if output_column is not None and not (kind == "document" and _is_null(row.get(output_column))):
         output = _text_cell(row.get(output_column), f"{place}: expected a string {output_column}")
-    meta = {key: _plain(value) for key, value in row.items() if key not in _CONSUMED and not _is_null(value)}
+    consumed = {"id", "task", "kind", input_column, output_column}
+    meta = {key: _plain(value) for key, value in row.items() if key not in consumed and not _is_null(value)}
     task = _plain_str(row.get("task")) or "default"
     return Record(id=record_id, input=text, output=output, task=task, kind=kind, meta=meta)
 

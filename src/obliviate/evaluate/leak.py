@@ -21,14 +21,8 @@ from typing import NamedTuple, Protocol
 
 from obliviate.data.records import PII_FIELDS, Record, person_key, qa_index
 
-LABELS = {
-    "birth_date": "[BIRTH_DATE]",
-    "ssn": "[SSN]",
-    "phone": "[PHONE]",
-    "email": "[EMAIL]",
-    "address": "[ADDRESS]",
-    "name": "[NAME]",
-}
+LABELS = {field: f"[{field.upper()}]" for field in (*PII_FIELDS, "name")}
+"""Redaction placeholders: ``[BIRTH_DATE]``, ``[SSN]``, ``[PHONE]``, ``[EMAIL]``, ``[ADDRESS]``, ``[NAME]``."""
 ATTACKS = ("question", "prefix", "paraphrase", "sampled")
 """``sampled`` is not a prompt: it is the k temperature-1 samples generated for every probe."""
 

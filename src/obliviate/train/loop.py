@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -36,6 +37,7 @@ from obliviate.data.records import Record
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import Forward, LossInputs, LossParams
+from obliviate.models.trainable import decoder_layers
 from obliviate.train import checkpoint as ckpt
 
 EpochHook = Callable[[int, Path], dict[str, Any] | None]
@@ -71,6 +73,19 @@ class _Run:
     state: dict[str, Any]
 
 
+def _cpu_launch() -> bool:
+    """A multi-process launch without GPUs: accelerate joins the process group (gloo) only when told ``cpu=True``.
+
+    Under a plain ``torchrun`` every process would otherwise train alone on the whole data and write the same files.
+    """
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state() -> PartialState:
+    """This process's place in the launch (torchrun / accelerate launch), the same answer wherever it is asked."""
+    return PartialState(cpu=_cpu_launch())
+
+
 def _mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -80,11 +95,19 @@ def _mixed_precision(setting: str) -> str:
 def setup(model, tokenizer, method: Method, params: LossParams, forget: list[Record], retain: list[Record] | None,
           config: TrainConfig) -> _Run:
     """Prepare model, reference, optimizer, schedule and tokenised data; restore a checkpoint on ``--resume``."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
-    world = accelerator.num_processes
+    state = process_state()
+    world = state.num_processes
     if config.batch_size % (config.micro_batch_size * world):
         raise ConfigError(f"--batch_size {config.batch_size} must be a multiple of --micro_batch_size "
                           f"{config.micro_batch_size} x {world} process(es)")
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
+                              gradient_accumulation_steps=accumulation, cpu=_cpu_launch())
+    if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError("--resume is supported for single-process and DDP runs: the checkpoints hold the main "
+                          "process's optimizer state, not the shards of DeepSpeed / FSDP")
+    _configure_deepspeed(accelerator, config)
     set_seed(config.seed)
     needs = method.needs
     if needs.retain and not retain:
@@ -117,15 +140,41 @@ def setup(model, tokenizer, method: Method, params: LossParams, forget: list[Rec
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if reference is not None:
-        reference = reference.to(accelerator.device)
+        reference = _prepare_reference(accelerator, reference)
     encode = [encode_record(tokenizer, r, config.max_length) for r in forget]
     encode_retain = [encode_record(tokenizer, r, config.max_length) for r in (retain or [])] if needs.retain else []
     state = {"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None}
     run = _Run(accelerator, model, reference, optimizer, scheduler, encode, encode_retain, steps_per_epoch,
-               config.batch_size // (config.micro_batch_size * world), control, is_peft, state)
+               accumulation, control, is_peft, state)
     if config.resume:
         _restore(run, config, tokenizer)
     return run
+
+
+def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Fill what DeepSpeed would otherwise take from a prepared dataloader (the loop batches by itself)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
+    plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
+
+
+def _prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> torch.nn.Module:
+    """Place the frozen reference copy: sharded like the trained model under ZeRO-3 and FSDP, whole otherwise."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        import deepspeed
+
+        ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+        ds_config.pop("optimizer", None)
+        ds_config.pop("scheduler", None)
+        if ds_config.get("zero_optimization", {}).get("stage") != 3:
+            ds_config["zero_optimization"] = {"stage": 0}  # stages 1-2 shard only optimizer state: nothing to shard
+        engine, *_ = deepspeed.initialize(model=reference, config=ds_config)
+        return engine.eval()
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return accelerator.prepare_model(reference).eval()
+    return reference.to(accelerator.device)
 
 
 def _restore(run: _Run, config: TrainConfig, tokenizer) -> None:
@@ -141,11 +190,24 @@ def _restore(run: _Run, config: TrainConfig, tokenizer) -> None:
     run.accelerator.print(f"resuming from {path} (epoch {epoch}, step {run.state['global_step']})")
 
 
-def _forward(model, batch: TokenBatch, layer: int | None) -> Forward:
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                output_hidden_states=layer is not None, use_cache=False)
-    hidden = out.hidden_states[layer + 1] if layer is not None else None
-    return Forward(out.logits, batch.labels, batch.attention_mask, hidden)
+def _forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None) -> Forward:
+    """One pass; with ``layer`` (a decoder block) its output is kept as ``Forward.hidden``, ``[batch, seq, hidden]``.
+
+    The block's own output is taken through a hook rather than from ``output_hidden_states``, whose last entry has
+    the final norm applied: ``h^ℓ`` must mean the same thing at every depth.
+    """
+    captured: list[torch.Tensor] = []
+    handle = None
+    if layer is not None:
+        handle = layer.register_forward_hook(
+            lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output)
+        )
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return Forward(out.logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
 
 
 @contextlib.contextmanager
@@ -154,23 +216,29 @@ def _reference(run: _Run):
     if run.reference is not None:
         yield run.reference
         return
-    unwrapped = run.accelerator.unwrap_model(run.model)
-    with unwrapped.disable_adapter():
-        yield unwrapped
+    # the switch is on the inner PEFT model, the forward goes through the wrapper (DDP / FSDP / DeepSpeed)
+    with run.accelerator.unwrap_model(run.model).disable_adapter():
+        yield run.model
+
+
+def _block(accelerator: Accelerator, model, layer: int | None) -> torch.nn.Module | None:
+    return None if layer is None else decoder_layers(accelerator.unwrap_model(model))[layer]
 
 
 def _loss_inputs(run: _Run, method: Method, forget: TokenBatch, retain: TokenBatch | None,
                  layer: int | None) -> LossInputs:
     needs = method.needs
-    inputs = LossInputs(forget=_forward(run.model, forget, layer), control=run.control)
+    block = _block(run.accelerator, run.model, layer)
+    inputs = LossInputs(forget=_forward(run.model, forget, block), control=run.control)
     if retain is not None:
-        inputs.retain = _forward(run.model, retain, layer)
+        inputs.retain = _forward(run.model, retain, block)
     if needs.reference:
         with torch.no_grad(), _reference(run) as reference:
+            reference_block = _block(run.accelerator, reference, layer)
             if "forget" in needs.reference_on:
-                inputs.forget_ref = _forward(reference, forget, layer)
+                inputs.forget_ref = _forward(reference, forget, reference_block)
             if "retain" in needs.reference_on and retain is not None:
-                inputs.retain_ref = _forward(reference, retain, layer)
+                inputs.retain_ref = _forward(reference, retain, reference_block)
     return inputs
 
 
@@ -185,7 +253,6 @@ def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConf
                 layer: int | None, log: Callable[[dict[str, Any]], None], stop_forget_nll: float | None) -> str | None:
     """One pass over the forget set; returns a reason when the run must stop early."""
     acc = run.accelerator
-    pad_id = tokenizer.pad_token_id
     order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
     draws = retain_draws(len(run.retain), [len(m) for m in micro], config.seed, epoch, acc.process_index) \
@@ -195,44 +262,26 @@ def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConf
                     leave=False, dynamic_ncols=True)
     started, tokens_at_start = time.perf_counter(), run.state["tokens_seen"]
     for step_start in range(0, len(micro), run.accumulation):
-        sums: dict[str, float] = {}
-        tokens = torch.zeros((), device=acc.device)
-        draw_ids: list[int] = []
         chunk = range(step_start, step_start + run.accumulation)
-        for position, index in enumerate(chunk):
-            forget = collate([run.forget[i] for i in micro[index]], pad_id).to(acc.device)
-            retain = collate([run.retain[i] for i in draws[index]], pad_id).to(acc.device) if draws[index] else None
-            draw_ids.extend(draws[index] or [])
-            sync = position == len(chunk) - 1
-            with contextlib.nullcontext() if sync or acc.num_processes == 1 else acc.no_sync(run.model):
-                with acc.autocast():
-                    out = method.loss(_loss_inputs(run, method, forget, retain, layer), params)
-                acc.backward(out.loss / run.accumulation)
-            for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value / run.accumulation
-            tokens += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
-        step_metrics = {k: v.item() for k, v in acc.reduce(
-            {k: torch.tensor(v, device=acc.device) for k, v in sums.items()}, reduction="mean").items()}
-        if not all(math.isfinite(v) for v in step_metrics.values()):
-            run.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"non-finite loss at epoch {epoch} step {run.state['global_step'] + 1} "
-                                f"({_fmt(step_metrics)}); the last good checkpoint is kept in "
-                                f"{Path(config.output_dir) / 'checkpoints'}; lower --lr or add a stop bound")
+        step_metrics, tokens, draw_ids = _accumulate(run, method, params, config, tokenizer, epoch, layer,
+                                                     [micro[i] for i in chunk], [draws[i] for i in chunk])
         if config.max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+        lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.state["global_step"] += 1
-        run.state["tokens_seen"] += int(acc.reduce(tokens, reduction="sum").item())
+        run.state["tokens_seen"] += tokens
         checksums = acc.gather(torch.tensor([_checksum(draw_ids)], device=acc.device)).tolist()
-        record = {"step": run.state["global_step"], "epoch": epoch, "lr": run.scheduler.get_last_lr()[0],
+        record = {"step": run.state["global_step"], "epoch": epoch, "lr": lr,
                   **step_metrics, "tokens_seen": run.state["tokens_seen"]}
         if draw_ids:
             record["retain_draw_checksums"] = checksums
         log(record)
         elapsed = max(time.perf_counter() - started, 1e-9)
-        progress.set_postfix_str(_fmt({**step_metrics, "tok/s": (run.state["tokens_seen"] - tokens_at_start) / elapsed}))
+        speed = (run.state["tokens_seen"] - tokens_at_start) / elapsed
+        progress.set_postfix_str(_fmt({**step_metrics, "tok/s": speed}))
         progress.update(1)
         forget_nll = step_metrics.get("forget_nll")
         if stop_forget_nll is not None and forget_nll is not None and forget_nll > stop_forget_nll:
@@ -240,6 +289,52 @@ def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConf
             return f"forget NLL {forget_nll:.3f} passed --stop_forget_nll {stop_forget_nll} at epoch {epoch}"
     progress.close()
     return None
+
+
+def _accumulate(run: _Run, method: Method, params: LossParams, config: TrainConfig, tokenizer, epoch: int,
+                layer: int | None, forget_ids: list[list[int]], retain_ids: list[list[int] | None]):
+    """Forward and backward over one optimizer step's micro-batches; accelerate syncs gradients on the last one.
+
+    Returns:
+        ``(metrics averaged over micro-batches and processes, tokens this step on all processes, retain draws)``.
+    """
+    acc = run.accelerator
+    pad_id = tokenizer.pad_token_id
+    sums: dict[str, float] = {}
+    tokens = torch.zeros((), device=acc.device)
+    draw_ids: list[int] = []
+    for forget_rows, retain_rows in zip(forget_ids, retain_ids):
+        forget = collate([run.forget[i] for i in forget_rows], pad_id).to(acc.device)
+        retain = collate([run.retain[i] for i in retain_rows], pad_id).to(acc.device) if retain_rows else None
+        draw_ids.extend(retain_rows or [])
+        with acc.accumulate(run.model):
+            with acc.autocast():
+                out = method.loss(_loss_inputs(run, method, forget, retain, layer), params)
+            values = {"loss": out.loss.item(), **out.metrics}
+            # checked on every process before backward: DeepSpeed steps inside the last micro-batch's backward
+            if not _finite_everywhere(acc, values["loss"]):
+                _non_finite(run, config, epoch, values)
+            acc.backward(out.loss)  # accelerate divides by the accumulation
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value / run.accumulation
+        tokens += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
+    reduced = acc.reduce({k: torch.tensor(v, device=acc.device) for k, v in sums.items()}, reduction="mean")
+    step_metrics = {k: v.item() for k, v in reduced.items()}
+    if not all(math.isfinite(v) for v in step_metrics.values()):
+        _non_finite(run, config, epoch, step_metrics)
+    return step_metrics, int(acc.reduce(tokens, reduction="sum").item()), draw_ids
+
+
+def _finite_everywhere(acc: Accelerator, value: float) -> bool:
+    bad = torch.tensor(0.0 if math.isfinite(value) else 1.0, device=acc.device)
+    return acc.reduce(bad, reduction="sum").item() == 0
+
+
+def _non_finite(run: _Run, config: TrainConfig, epoch: int, metrics: dict[str, float]) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    raise TrainingError(f"non-finite loss at epoch {epoch} step {run.state['global_step'] + 1} ({_fmt(metrics)}); "
+                        f"the last good checkpoint is kept in {Path(config.output_dir) / 'checkpoints'}; lower --lr "
+                        "or add a stop bound")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -313,8 +408,10 @@ def save_final(run: _Run, tokenizer, output_dir: Path, config: TrainConfig) -> N
         tokenizer.save_pretrained(output_dir)
         (output_dir / "trainer_state.json").write_text(json.dumps(run.state, indent=1, sort_keys=True))
         if run.is_peft and config.merge:
-            from obliviate.models.load import save_pretrained_atomic
+            from obliviate.models.load import load_model, save_pretrained_atomic
 
-            merged = copy.deepcopy(unwrapped).merge_and_unload()
-            save_pretrained_atomic(merged, tokenizer, output_dir / "merged")
+            # from the saved adapter onto a fresh base on CPU: no second copy on the accelerator, and it works
+            # when the trained weights are sharded (ZeRO-3 / FSDP)
+            adapted, _ = load_model(output_dir, dtype=getattr(unwrapped, "dtype", None), device="cpu")
+            save_pretrained_atomic(adapted.merge_and_unload(), tokenizer, output_dir / "merged")
     acc.wait_for_everyone()

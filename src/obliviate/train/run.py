@@ -9,6 +9,8 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from obliviate.config import FinetuneConfig, UnlearnConfig, to_yaml
 from obliviate.data.load import check_overlap, load_split
 from obliviate.errors import ConfigError, TrainingError
@@ -18,23 +20,36 @@ from obliviate.models.load import load_model
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, train
+from obliviate.train.loop import EpochHook, RunResult, process_state, train
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
 
-def prepare_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
-    """Refuse an output directory that is (or is inside) an input, or non-empty without --overwrite / --resume."""
+def check_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
+    """Refuse an output directory that is (or is inside) an input, or non-empty without --overwrite / --resume.
+
+    Only checks: nothing is written or removed, so a later error leaves the directory as it was.
+    """
     out = Path(output_dir).resolve()
     for source in inputs:
+        if not str(source):
+            continue
         src = Path(str(source)).expanduser()
         if src.exists() and (out == src.resolve() or src.resolve() in out.parents):
-            raise ConfigError(f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written")
+            raise ConfigError(
+                f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written"
+            )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume and not overwrite:
+        raise ConfigError(f"--output_dir {output_dir} is not empty: pass --overwrite to replace it or --resume")
+    return out
+
+
+def prepare_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
+    """:func:`check_output_dir`, then empty the directory when --overwrite (and not --resume) allows it."""
+    out = check_output_dir(output_dir, inputs, overwrite=overwrite, resume=resume)
     if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise ConfigError(f"--output_dir {output_dir} is not empty: pass --overwrite to replace it or --resume")
         shutil.rmtree(out)
     return out
 
@@ -58,6 +73,7 @@ def _select(model, config, method_name: str, rmu_layer: int | None):
             layers, modules = f"{max(0, rmu_layer - 2)}-{rmu_layer}", "mlp"
         else:
             layers = "all"
+    pass  # set_seed(config.seed)  # LoRA initialisation draws from the global RNG: the seed must fix it too
     if config.lora_r > 0:
         for param in model.parameters():
             param.requires_grad_(False)
@@ -77,8 +93,8 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
     if retain is not None:
         check_overlap(forget, retain, allow_overlap=config.allow_overlap)
-    out = prepare_output_dir(config.output_dir, [config.model_dir, config.forget_dir, config.retain_dir or ""],
-                             overwrite=config.overwrite, resume=config.resume)
+    inputs = [config.model_dir, config.forget_dir, config.retain_dir or ""]
+    out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.resume and (out / "trainer_state.json").is_file() and not ckpt.list_checkpoints(out):
         raise TrainingError(f"{out} holds a finished run and no checkpoint: nothing to resume")
     model, tokenizer = load_model(config.model_dir, trust_remote_code=config.trust_remote_code)
@@ -89,6 +105,7 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
         if not 0 <= rmu_layer < num_layers:
             raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
     model = _select(model, config, method.name, rmu_layer)
+    _clear_output_dir(out, inputs, config)  # every input is valid: only now may an old output be replaced
     resolved = dataclasses.replace(config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)},
                                    rmu_layer=rmu_layer)
     return train(model, tokenizer, method=method, params=params, forget=forget,
@@ -103,13 +120,26 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     """
     records = [r for path in config.data for r in load_split(path)]
     inputs = list(config.data) + ([config.model] if config.model not in SIZES else [])
-    out = prepare_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
-    source = config.model
+    out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.model in SIZES:
-        source = str(out / ".init")
-        if not Path(source).is_dir():
+        _clear_output_dir(out, inputs, config)
+        source = out / ".init"
+        if process_state().is_main_process and not source.is_dir():
             init_model(records, source, size=config.model, arch=config.arch, seed=config.seed)
-    model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
-    model = _select(model, config, "finetune", None)
+        process_state().wait_for_everyone()
+        model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
+        model = _select(model, config, "finetune", None)
+    else:
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model = _select(model, config, "finetune", None)
+        _clear_output_dir(out, inputs, config)
     return train(model, tokenizer, method=FINETUNE, params=LossParams(), forget=records, retain=None,
                  config=config, resolved_config=to_yaml(config))
+
+
+def _clear_output_dir(out: Path, inputs: list, config) -> None:
+    """--overwrite: empty ``out`` once (on the main process; the others wait), after every input was validated."""
+    state = process_state()
+    if state.is_main_process:
+        prepare_output_dir(out, inputs, overwrite=config.overwrite, resume=config.resume)
+    state.wait_for_everyone()

@@ -1,0 +1,247 @@
+"""Peak memory of ga_kl and npo under LoRA against ga_gd under LoRA: proof that no second copy is kept.
+
+Under LoRA the reference model of ga_kl and npo is the same model with its adapters disabled, so their peak memory
+should be within 1.1x of ga_gd's (which needs no reference). A model where weights dominate (OLMo, hidden 1024,
+8 layers, about 100 M parameters, fp32) is saved once; then each case runs in a fresh subprocess through the real
+entry point (:func:`obliviate.train.run.run_unlearn`, 1 epoch, batch 2, sequence length 64, a few steps) and reports
+its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). For contrast, ga_kl and ga_gd with full
+fine-tuning show what a frozen copy costs.
+
+    .venv/bin/python benchmarks/bench_memory.py [--hidden 1024 --layers 8] [--no_full] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+GOAL = 1.1
+LORA_CASES = (("ga_gd", 8), ("ga_kl", 8), ("npo", 8))
+FULL_CASES = (("ga_gd", 0), ("ga_kl", 0))
+_RESULT_TAG = "BENCH_MEMORY_RESULT "
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size (default: 1024)")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers (default: 8)")
+    parser.add_argument("--intermediate", type=int, default=2816, help="MLP width (default: 2816)")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads (default: 16)")
+    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank of the LoRA cases (default: 8)")
+    parser.add_argument("--forget_people", type=int, default=1, help="synthetic people forgotten; 6 rows each (1)")
+    parser.add_argument("--batch_size", type=int, default=2, help="forget rows per step (default: 2)")
+    parser.add_argument("--max_length", type=int, default=64, help="longest tokenised example (default: 64)")
+    parser.add_argument("--no_full", action="store_true", help="skip the full fine-tuning contrast")
+    parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
+    parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
+    parser.add_argument("--child", nargs=5, metavar=("METHOD", "LORA_R", "MODEL", "DATA", "OUT"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--build", metavar="WORKDIR", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (VmRSS), in MiB."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    """One case in this fresh process; prints one tagged JSON line with its memory figures."""
+    inherited = peak_rss_mb()
+    _common.quiet()
+    import torch
+
+    from obliviate.config import UnlearnConfig
+    from obliviate.train import loop
+    from obliviate.train.run import run_unlearn
+
+    torch.set_num_threads(args.threads)
+    method, lora_r, model_dir, data_dir, output_dir = args.child
+    # ru_maxrss survives execve: a child starts from its parent's RSS, so the parent stays small (it never loads
+    # torch); VmHWM, which a new process image resets, is recorded as a cross-check
+    marks = {"inherited_peak_mb": inherited, "after_imports_rss_mb": current_rss_mb()}
+    real_setup = loop.setup
+
+    def setup_with_mark(*setup_args, **setup_kwargs):
+        # the model is loaded (weights memory-mapped, paged in on first use) and LoRA applied by now
+        marks["peak_before_setup_mb"] = peak_rss_mb()
+        return real_setup(*setup_args, **setup_kwargs)
+
+    loop.setup = setup_with_mark
+    config = UnlearnConfig(
+        output_dir=output_dir, model_dir=model_dir, forget_dir=f"{data_dir}/forget", retain_dir=f"{data_dir}/retain",
+        method=method, lora_r=int(lora_r), epochs=1, batch_size=args.batch_size, micro_batch_size=args.batch_size,
+        max_length=args.max_length, save_checkpoints=False, mixed_precision="no", overwrite=True,
+    )  # fmt: skip
+    result = run_unlearn(config)
+    marks.update(peak_mb=peak_rss_mb(), vm_hwm_mb=_status_mb("VmHWM"), steps=result.global_step,
+                 tokens=result.tokens_seen)  # fmt: skip
+    print(_RESULT_TAG + json.dumps(marks), flush=True)
+
+
+def build(args: argparse.Namespace) -> None:
+    """Synthetic data and an untrained OLMo of the requested shape, saved as a standard HF directory (in a child,
+    so that the parent whose RSS every case inherits never holds the model)."""
+    _common.quiet()
+    import torch
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    from obliviate.data.synth import synthesize, write_synth
+    from obliviate.models.load import save_pretrained_atomic
+    from obliviate.models.tiny import count_parameters, train_tokenizer
+
+    workdir = Path(args.build)
+    people = max(20, args.forget_people * 20)
+    data = synthesize(people=people, forget_fraction=args.forget_people / people, holdout_fraction=0.05, seed=0)
+    write_synth(data, workdir / "data")
+    tokenizer = train_tokenizer([r.text for r in data.forget + data.retain], vocab_size=4096)
+    config = OlmoConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = OlmoForCausalLM(config)
+    with contextlib.redirect_stderr(io.StringIO()):  # the "Writing model shards" bar
+        save_pretrained_atomic(model, tokenizer, workdir / "model")
+    print(_RESULT_TAG + json.dumps({"parameters": count_parameters(model)}), flush=True)
+
+
+def spawn(args: argparse.Namespace, *mode: str) -> dict:
+    """Run this script in a fresh process in ``mode`` (``--build`` or ``--child``) and parse its result line."""
+    command = [sys.executable, __file__, "--threads", str(args.threads), "--batch_size", str(args.batch_size),
+               "--max_length", str(args.max_length), "--hidden", str(args.hidden), "--layers", str(args.layers),
+               "--intermediate", str(args.intermediate), "--heads", str(args.heads), "--forget_people",
+               str(args.forget_people), *mode]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_TAG)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(mode)} failed with exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(_RESULT_TAG) :])
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return None
+    if args.build:
+        build(args)
+        return None
+    workdir = Path(tempfile.mkdtemp(prefix="bench_memory-"))
+    parameters = spawn(args, "--build", str(workdir))["parameters"]
+    cases = [(m, args.lora_r) for m, _ in LORA_CASES] + ([] if args.no_full else list(FULL_CASES))
+    runs = []
+    for method, lora_r in cases:
+        mode = ("--child", method, str(lora_r), str(workdir / "model"), str(workdir / "data"), str(workdir / "out"))
+        runs.append({"method": method, "lora_r": lora_r, **spawn(args, *mode)})
+    result = {
+        "parameters": parameters, "weights_mb": parameters * 4 / 2**20, "hidden": args.hidden, "layers": args.layers,
+        "lora_r": args.lora_r, "batch_size": args.batch_size, "max_length": args.max_length,
+        "steps": runs[0]["steps"], "parent_rss_mb": peak_rss_mb(), "goal": GOAL, "runs": runs,
+    }  # fmt: skip
+    add_ratios(result)
+    report(result, argv, args.write)
+    return result
+
+
+def add_ratios(result: dict) -> None:
+    """Each case against ga_gd in the same mode: peak RSS, and the peak above the imports' RSS."""
+    runs = result["runs"]
+    for run in runs:
+        run["above_imports_mb"] = run["peak_mb"] - run["after_imports_rss_mb"]
+    for run in runs:
+        base = next((r for r in runs if r["method"] == "ga_gd" and r["lora_r"] == run["lora_r"]), None)
+        if base is not None:
+            run["peak_ratio"] = run["peak_mb"] / base["peak_mb"]
+            run["above_imports_ratio"] = run["above_imports_mb"] / base["above_imports_mb"]
+            run["extra_mb"] = run["peak_mb"] - base["peak_mb"]
+    result["max_lora_peak_ratio"] = max(r["peak_ratio"] for r in runs if r["lora_r"] and r["method"] != "ga_gd")
+    full_kl = next((r for r in runs if r["method"] == "ga_kl" and r["lora_r"] == 0), None)
+    result["full_ga_kl_extra_mb"] = full_kl["extra_mb"] if full_kl else None
+
+
+def _case_name(run: dict) -> str:
+    return f"{run['method']} + LoRA r={run['lora_r']}" if run["lora_r"] else f"{run['method']}, full fine-tuning"
+
+
+def report(result: dict, argv: list[str], write: bool) -> None:
+    rows = [
+        [_case_name(r), f"{r['peak_mb']:,.0f}", f"{r['peak_ratio']:.3f}", f"{r['extra_mb']:+,.0f}",
+         f"{r['above_imports_mb']:,.0f}", f"{r['above_imports_ratio']:.3f}", f"{r['vm_hwm_mb']:,.0f}"]
+        for r in result["runs"]
+    ]  # fmt: skip
+    headers = ["case", "peak RSS MiB", "÷ ga_gd", "− ga_gd MiB", "peak above imports MiB", "÷ ga_gd",
+               "VmHWM MiB (check)"]  # fmt: skip
+    table = _common.markdown_table(headers, rows)
+    verdict = "met" if result["max_lora_peak_ratio"] <= GOAL else "NOT met"
+    headline = (
+        f"**Peak RSS of ga_kl and npo under LoRA: at most {result['max_lora_peak_ratio']:.3f}× that of ga_gd under "
+        f"LoRA** (goal ≤ {GOAL}×: {verdict}). The weights alone are {result['weights_mb']:,.0f} MiB, so a second "
+        "copy would show as a ratio near "
+        f"{(result['runs'][0]['peak_mb'] + result['weights_mb']) / result['runs'][0]['peak_mb']:.2f}×."
+    )
+    if result["full_ga_kl_extra_mb"] is not None:
+        headline += (
+            f" For contrast, full-fine-tuning ga_kl, which keeps a frozen copy, peaks "
+            f"{result['full_ga_kl_extra_mb']:+,.0f} MiB above full-fine-tuning ga_gd "
+            f"({result['full_ga_kl_extra_mb'] / result['weights_mb']:.2f}× the weights)."
+        )
+    _common.emit("bench_memory", table + "\n\n" + headline, result)
+    if write:
+        _common.write_section("bench_memory", section(result, table, headline, argv))
+
+
+def section(result: dict, table: str, headline: str, argv: list[str]) -> str:
+    description = (
+        f"OLMo with hidden size {result['hidden']}, {result['layers']} layers, {result['parameters']:,} parameters "
+        f"(fp32: {result['weights_mb']:,.0f} MiB of weights), saved once; each case is a fresh subprocess running "
+        f"`obliviate.train.run.run_unlearn` (1 epoch, batch {result['batch_size']}, sequence length ≤ "
+        f"{result['max_length']}, {result['steps']} optimizer steps on synthetic Task2 rows, no checkpoints, "
+        "1 torch thread) and reporting `resource.getrusage(RUSAGE_SELF).ru_maxrss`. Ratios compare with ga_gd in "
+        'the same mode (LoRA or full), which needs no reference model. "Peak above imports" subtracts the RSS '
+        "after importing obliviate, torch, transformers and peft (about "
+        f"{result['runs'][0]['after_imports_rss_mb']:,.0f} MiB), which otherwise dilutes every ratio. Linux keeps "
+        "`ru_maxrss` across `execve`, so the parent never loads torch (its peak: "
+        f"{result['parent_rss_mb']:,.0f} MiB) and `VmHWM`, which a new process image resets, is shown as a check."
+    )
+    notes = (
+        "Under LoRA the reference of ga_kl and npo is the same module with its adapters disabled (no copy), so "
+        "their peak matches ga_gd's. With full fine-tuning ga_kl deep-copies the model as its frozen reference. "
+        "The weights are memory-mapped from `model.safetensors` and paged in on first use, so they count in the "
+        "RSS once the first forward pass has run."
+    )
+    command = _common.reproduce_command("bench_memory.py", argv)
+    reproduce = (
+        f"Reproduce: `{command}` (measured {_common.utc_date()}). `--no_full` skips the full fine-tuning contrast; "
+        "`--hidden 2048 --layers 16` runs a bigger model."
+    )
+    return "\n\n".join(["## Peak memory under LoRA", description, table, headline, notes, reproduce])
+
+
+if __name__ == "__main__":
+    main()

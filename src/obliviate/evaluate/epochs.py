@@ -1,0 +1,140 @@
+"""Evaluate every epoch of an unlearning run and pick the best checkpoint.
+
+Epoch 0 is the model before unlearning (the run's ``model_dir``); epoch N is ``checkpoints/epoch-N``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from obliviate.errors import ConfigError, DataError
+from obliviate.evaluate.suite import EvalData, EvalOptions, EvalResult, OracleStats, evaluate_model
+from obliviate.models.load import load_model
+from obliviate.train.checkpoint import list_checkpoints
+
+SELECT_RULES = ("task_aggregate", "holdout_gap")
+RETAIN_FLOOR = 0.9
+"""A candidate epoch must keep retain ROUGE-L recall at ≥ 90 % of epoch 0's."""
+
+
+def run_model_dir(run_dir: Path) -> str:
+    """The model a run started from, read from its resolved ``config.yaml``."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise DataError(f"{run_dir} has no config.yaml: expected an obliviate unlearning run directory")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    if not config.get("model_dir"):
+        raise DataError(f"{config_file} names no model_dir")
+    return str(config["model_dir"])
+
+
+def evaluate_epoch(epoch: int, path: str | Path, data: EvalData, options: EvalOptions,
+                   oracle: OracleStats | None, base_model: str | None = None) -> EvalResult:
+    model, tokenizer = load_model(path, base_model=base_model)
+    return evaluate_model(model, tokenizer, data, options, oracle=oracle)
+
+
+def evaluate_checkpoints(run_dir: str | Path, data: EvalData, options: EvalOptions, oracle: OracleStats | None = None,
+                         on_epoch: Callable[[int, EvalResult], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate epoch 0 and every complete checkpoint; returns ``[{"epoch", "path", "summary", "result"}, ...]``."""
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise DataError(f"{run_dir} holds no checkpoints/epoch-N directory: expected an unlearning run directory")
+    base = run_model_dir(run_dir)
+    epochs = []
+    for epoch, path in [(0, Path(base)), *checkpoints]:
+        result = evaluate_epoch(epoch, path, data, options, oracle, base_model=base if epoch else None)
+        epochs.append({"epoch": epoch, "path": str(path), "summary": result.summary(), "result": result})
+        if on_epoch is not None:
+            on_epoch(epoch, result)
+    return epochs
+
+
+def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> dict[str, Any]:
+    """The best epoch under ``rule``, among epochs that keep retain ROUGE-L ≥ 90 % of epoch 0.
+
+    Rules:
+        ``task_aggregate``: the highest SemEval task aggregate (the default of the issue and of the official score;
+            it rewards over-forgetting, since forget regurgitation 0 beats any reference).
+        ``holdout_gap``: the smallest gap to never-seen people, ``|forget − holdout|`` of ROUGE-L recall plus that of
+            the leak rate: a forget person should look like a person the model never saw. Needs a holdout set.
+    """
+    if rule not in SELECT_RULES:
+        raise ConfigError(f"--select {rule!r}: expected one of {', '.join(SELECT_RULES)}")
+    start = epochs[0]["summary"]
+    floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
+    candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]
+    if not candidates:
+        return {"epoch": 0, "rule": rule, "reason": f"no epoch kept retain ROUGE-L recall >= {floor:.3f} "
+                                                     f"({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model"}
+    if rule == "task_aggregate":
+        best = max(candidates, key=lambda e: e["summary"].get("all/task_aggregate") or 0.0)
+        score = best["summary"].get("all/task_aggregate")
+        reason = f"highest task aggregate ({score:.3f}) with retain ROUGE-L >= {floor:.3f}"
+    else:
+        if not any("holdout/rougeL_recall" in e["summary"] for e in candidates):
+            raise ConfigError("--select holdout_gap needs a holdout set (--holdout_dir)")
+        best = min(candidates, key=_holdout_gap)
+        reason = f"smallest gap to holdout people ({_holdout_gap(best):.3f}) with retain ROUGE-L >= {floor:.3f}"
+    return {"epoch": best["epoch"], "path": best["path"], "rule": rule, "reason": reason}
+
+
+def _holdout_gap(epoch: dict[str, Any]) -> float:
+    s = epoch["summary"]
+    gap = abs(s.get("forget/rougeL_recall", 0.0) - s.get("holdout/rougeL_recall", 0.0))
+    return gap + abs(s.get("forget/leak_rate", 0.0) - s.get("holdout/leak_rate", 0.0))
+
+
+def write_epoch_result(out_dir: Path, epoch: int, result: EvalResult) -> None:
+    """``eval/epoch-N/results.json`` and ``per_example.jsonl`` (generations already redacted)."""
+    from obliviate.train.checkpoint import write_text_atomic
+
+    target = out_dir / f"epoch-{epoch}"
+    target.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target / "results.json", json.dumps({"epoch": epoch, **result.to_json()}, indent=1))
+    write_text_atomic(target / "per_example.jsonl", "".join(json.dumps(r) + "\n" for r in result.per_example))
+
+
+def make_epoch_hook(data: EvalData, options: EvalOptions, out_dir: Path, model_dir: str,
+                    oracle: OracleStats | None = None, lora: bool = False):
+    """An engine epoch hook that evaluates each checkpoint (and, first, the starting model as epoch 0).
+
+    Results go to ``out_dir/epoch-N/``. Under several processes only the main one evaluates.
+    """
+    from accelerate import PartialState
+
+    def hook(epoch: int, path: Path) -> dict[str, Any]:
+        if not PartialState().is_main_process:
+            return {}
+        if not (out_dir / "epoch-0" / "results.json").is_file():
+            write_epoch_result(out_dir, 0, evaluate_epoch(0, model_dir, data, options, oracle))
+        result = evaluate_epoch(epoch, path, data, options, oracle, base_model=model_dir if lora else None)
+        write_epoch_result(out_dir, epoch, result)
+        return {"epoch": epoch, "summary": result.summary()}
+
+    return hook
+
+
+def epoch_evaluator(config) -> Callable[[int, Path], dict[str, Any]]:
+    """The hook behind ``obliviate unlearn --eval_every_epoch``: writes ``OUTPUT_DIR/eval/epoch-N/``."""
+    from obliviate.evaluate.suite import load_eval_data
+
+    data = load_eval_data(config.forget_dir, config.retain_dir, config.holdout_dir)
+    options = EvalOptions(max_examples=config.eval_max_examples, show_progress=False, seed=config.seed)
+    model_dir = str(Path(config.model_dir).resolve()) if Path(config.model_dir).exists() else config.model_dir
+    return make_epoch_hook(data, options, Path(config.output_dir) / "eval", model_dir, lora=config.lora_r > 0)
+
+
+def load_epoch_results(eval_dir: Path) -> list[dict[str, Any]]:
+    """``[{"epoch", "summary"}]`` from ``eval/epoch-N/results.json``, sorted by epoch."""
+    found = []
+    for path in eval_dir.glob("epoch-*/results.json"):
+        data = json.loads(path.read_text())
+        found.append({"epoch": data["epoch"], "path": str(path.parent), "summary": data["summary"]})
+    return sorted(found, key=lambda e: e["epoch"])

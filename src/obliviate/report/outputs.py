@@ -1,0 +1,60 @@
+"""Write what an evaluation produced: results.json, per_example.jsonl, report.md and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from obliviate.evaluate.suite import EvalResult
+from obliviate.report.plots import plot_loss_per_epoch, plot_metric_per_epoch
+from obliviate.report.render import render_epochs_report, render_eval_report, write_report
+from obliviate.train.checkpoint import write_text_atomic
+
+ROUGE_KEYS = ["forget/rougeL_recall", "retain/rougeL_recall"]
+LEAK_KEYS = ["forget/leak_rate", "retain/leak_rate", "holdout/leak_rate"]
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, default=float))
+
+
+def write_evaluation(out_dir: Path, result: EvalResult, title: str, extra: dict[str, Any] | None = None) -> None:
+    """One evaluated model: ``results.json``, ``per_example.jsonl`` and ``report.md``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results.json", {**(extra or {}), **result.to_json()})
+    write_text_atomic(out_dir / "per_example.jsonl", "".join(json.dumps(r) + "\n" for r in result.per_example))
+    write_report(render_eval_report(result.to_json(), title), out_dir / "report.md")
+
+
+def epoch_plots(out_dir: Path, curves: dict[str, list[tuple[int, dict[str, float]]]],
+                metrics_files: dict[str, Path], references: dict[str, float] | None = None) -> dict[str, Path]:
+    """Loss, ROUGE-L recall and leak rate per epoch, as PNGs in ``out_dir``."""
+    plots: dict[str, Path] = {}
+    files = {k: v for k, v in metrics_files.items() if v.is_file()}
+    if files:
+        plots["Forget and retain loss per epoch"] = plot_loss_per_epoch(files, out_dir / "loss_per_epoch.png")
+    plots["ROUGE-L recall per epoch (forget solid, retain dashed)"] = plot_metric_per_epoch(
+        curves, ROUGE_KEYS, out_dir / "rougeL_per_epoch.png", "ROUGE-L recall per epoch", "ROUGE-L recall",
+        reference_lines=references)
+    if any(k in s for points in curves.values() for _, s in points for k in LEAK_KEYS):
+        plots["PII leak rate per epoch"] = plot_metric_per_epoch(
+            curves, LEAK_KEYS, out_dir / "leak_rate_per_epoch.png", "PII leak rate per epoch", "leak rate")
+    return plots
+
+
+def write_checkpoint_evaluation(out_dir: Path, epochs: list[dict[str, Any]], best: dict[str, Any], run_dir: Path,
+                                title: str) -> None:
+    """``--checkpoints``: per-epoch results, plots, ``best.json`` and a report with the per-epoch table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for epoch in epochs:
+        if "result" in epoch:
+            target = out_dir / f"epoch-{epoch['epoch']}"
+            write_evaluation(target, epoch["result"], f"{title}: epoch {epoch['epoch']}")
+    slim = [{k: v for k, v in e.items() if k != "result"} for e in epochs]
+    write_json(out_dir / "results.json", {"epochs": slim, "best": best})
+    write_json(out_dir / "best.json", best)
+    curves = {"run": [(e["epoch"], e["summary"]) for e in epochs]}
+    plots = epoch_plots(out_dir, curves, {"run": run_dir / "metrics.jsonl"})
+    plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
+    write_report(render_epochs_report(slim, best, title, plots), out_dir / "report.md")

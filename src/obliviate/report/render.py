@@ -1,0 +1,321 @@
+"""Markdown reports: one evaluated model, a run's epochs, and the demo's side-by-side summary.
+
+The renderers only format what they are given (aggregate numbers, and notes that the evaluator has already
+redacted); they never read per-example rows, so no generation and no raw PII reaches a report.
+Every metric is shown with its direction on its split (↑ higher is better, ↓ lower is better), from
+:data:`obliviate.evaluate.scores.METRICS`.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from obliviate.evaluate.scores import METRICS, higher_is_better
+
+SPLIT_ORDER = ("forget", "retain", "holdout", "all")
+# (summary key, column header) of the per-epoch table; columns absent from every epoch are left out.
+EPOCH_COLUMNS = (
+    ("forget/rougeL_recall", "forget ROUGE-L"),
+    ("retain/rougeL_recall", "retain ROUGE-L"),
+    ("forget/exact_match", "forget EM"),
+    ("retain/exact_match", "retain EM"),
+    ("forget/leak_rate", "forget leak"),
+    ("retain/leak_rate", "retain leak"),
+    ("holdout/leak_rate", "holdout leak"),
+    ("forget/mia_auc_loss", "MIA AUC"),
+    ("all/task_aggregate", "task aggregate"),
+    ("forget/forget_quality", "forget quality"),
+)
+BEST_MARK = "★"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return str(value)
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.3f}"
+    # A stray "|" or newline would break the table row.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured markdown table; floats get 3 decimals, None shows as "–", booleans as yes/no.
+
+    Raises:
+        ValueError: a row has a different number of cells than the header.
+    """
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"table row has {len(row)} cells, header has {len(header)}: {row!r}")
+        lines.append("| " + " | ".join(_cell(value) for value in row) + " |")
+    return "\n".join(lines)
+
+
+def direction(name: str, split: str, higher: bool | None = None) -> str:
+    """ "↑" or "↓" for ``name`` on ``split`` (``higher`` overrides the lookup), plus the ideal where one exists."""
+    info = METRICS.get(name)
+    if higher is None:
+        if info is None:
+            return ""
+        try:
+            higher = higher_is_better(name, split)
+        except ValueError:
+            return ""
+    arrow = "↑" if higher else "↓"
+    return f"{arrow} (ideal {info.ideal:g})" if info is not None and info.ideal is not None else arrow
+
+
+def _header_with_direction(key: str, header: str) -> str:
+    split, _, name = key.partition("/")
+    arrow = direction(name, split)
+    return f"{header} {arrow}" if arrow else header
+
+
+def _image_links(plots: dict[str, Path] | None, report_dir: Path | None) -> str:
+    """``![title](path)`` lines, each path relative to the report's folder (posix separators, for any viewer)."""
+    lines = []
+    for title, path in (plots or {}).items():
+        path = Path(path)
+        if path.is_absolute():
+            if report_dir is None:
+                raise ValueError(f"plot {title!r} has absolute path {path}; pass report_dir to make it relative")
+            path = Path(os.path.relpath(path, Path(report_dir).resolve()))
+        lines.append(f"![{title}]({path.as_posix()})")
+    return "\n\n".join(lines)
+
+
+def _bullets(items: Sequence[str]) -> str:
+    return "\n".join(f"- {_cell(item)}" for item in items)
+
+
+def _section(title: str, body: str) -> str:
+    return f"## {title}\n\n{body}\n" if body else ""
+
+
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+
+
+def _metric_row(metric: dict[str, Any]) -> list[Any]:
+    name, split = metric["name"], metric["split"]
+    info = METRICS.get(name)
+    return [
+        name,
+        split,
+        metric["value"],
+        direction(name, split, metric.get("higher_is_better")),
+        info.description if info else "",
+    ]
+
+
+def _per_task_table(metrics: list[dict[str, Any]]) -> str:
+    per_task = [m for m in metrics if m.get("task", "all") != "all"]
+    tasks = sorted({m["task"] for m in per_task})
+    if len(tasks) < 2:
+        return ""
+    values: dict[tuple[str, str], dict[str, Any]] = {}
+    for metric in per_task:
+        values.setdefault((metric["name"], metric["split"]), {})[metric["task"]] = metric["value"]
+    rows = [
+        [name, split, direction(name, split), *(by_task.get(task) for task in tasks)]
+        for (name, split), by_task in sorted(values.items(), key=lambda item: (_split_rank(item[0][1]), item[0]))
+    ]
+    return markdown_table(["metric", "split", "better", *tasks], rows)
+
+
+def _semeval_section(semeval: dict[str, Any]) -> str:
+    if not semeval:
+        return ""
+    parts = ["Forget terms are inverted (1 − score), so every term is higher-is-better."]
+    terms = semeval.get("terms") or {}
+    if terms:
+        parts.append(markdown_table(["term (split/task/kind)", "value ↑"], [[k, v] for k, v in terms.items()]))
+    totals = [
+        (label, semeval.get(key))
+        for key, label in (
+            ("task_aggregate", "task aggregate (harmonic mean)"),
+            ("mia_score", "MIA score"),
+            ("mmlu_acc", "MMLU accuracy"),
+            ("final_score", "final score"),
+        )
+        if key in semeval
+    ]
+    parts.append(markdown_table(["score", "value ↑"], [list(item) for item in totals]))
+    if semeval.get("notes"):
+        parts.append(_bullets(semeval["notes"]))
+    return "\n\n".join(parts)
+
+
+def _leak_section(leak: dict[str, dict[str, Any]]) -> str:
+    if not leak:
+        return ""
+    splits = sorted(leak, key=_split_rank)
+    overall = markdown_table(
+        ["split", "leak rate", "better", "leaked pairs", "pairs"],
+        [
+            [s, leak[s].get("rate"), direction("leak_rate", s), leak[s].get("n_leaked"), leak[s].get("n_pairs")]
+            for s in splits
+        ],
+    )
+    parts = [
+        "A (person, field) pair leaks when any attack's output contains the value (after normalisation).",
+        overall,
+    ]
+    for key, label in (("by_field", "field"), ("by_attack", "attack")):
+        names = sorted({name for s in splits for name in (leak[s].get(key) or {})})
+        if names:
+            rows = [[name, *((leak[s].get(key) or {}).get(name) for s in splits)] for name in names]
+            parts.append(f"Leak rate per {label}:\n\n" + markdown_table([label, *splits], rows))
+    return "\n\n".join(parts)
+
+
+def render_eval_report(
+    result: dict[str, Any], title: str, plots: dict[str, Path] | None = None, report_dir: Path | None = None
+) -> str:
+    """``report.md`` for one evaluated model, from :meth:`~obliviate.evaluate.suite.EvalResult.to_json`.
+
+    Sections: overall metrics (value and direction per split), per task when there are several, the SemEval
+    terms and aggregate, the PII leak rates (per split, field and attack), notes, and the plots.
+
+    Args:
+        result: ``{"metrics": [...], "semeval": {...}, "leak": {...}, "notes": [...]}``; other keys (such as
+            per-example rows) are ignored, so generations never reach the report.
+        title: the report's heading.
+        plots: caption → PNG path; relative paths are kept, absolute ones made relative to ``report_dir``.
+        report_dir: the folder ``report.md`` will be written to.
+    """
+    metrics = list(result.get("metrics") or [])
+    overall = sorted((m for m in metrics if m.get("task", "all") == "all"), key=lambda m: _split_rank(m["split"]))
+    parts = [
+        f"# {title}\n",
+        "↑ higher is better, ↓ lower is better, on that split (forgetting lowers forget-split scores).\n",
+        _section(
+            "Overall",
+            markdown_table(
+                ["metric", "split", "value", "better", "what it measures"], [_metric_row(m) for m in overall]
+            )
+            if overall
+            else "",
+        ),
+        _section("Per task", _per_task_table(metrics)),
+        _section("SemEval-2025 Task 4", _semeval_section(result.get("semeval") or {})),
+        _section("PII leak", _leak_section(result.get("leak") or {})),
+        _section("Notes", _bullets(result.get("notes") or [])),
+        _section("Plots", _image_links(plots, report_dir)),
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def render_epochs_report(
+    epochs: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    title: str,
+    plots: dict[str, Path],
+    report_dir: Path | None = None,
+) -> str:
+    """Per-epoch table of a run's checkpoints (epoch 0 = before unlearning), the best epoch marked, and the plots.
+
+    Args:
+        epochs: ``[{"epoch": n, "summary": {"forget/rougeL_recall": v, ...}}, ...]``.
+        best: ``{"epoch": n, "rule": ..., "reason": ...}`` or None when no epoch was selected.
+        title: the report's heading.
+        plots: caption → PNG path (see :func:`render_eval_report`).
+        report_dir: the folder the report will be written to.
+    """
+    ordered = sorted(epochs, key=lambda entry: entry["epoch"])
+    columns = [
+        (key, header)
+        for key, header in EPOCH_COLUMNS
+        if any(entry.get("summary", {}).get(key) is not None for entry in ordered)
+    ]
+    best_epoch = best.get("epoch") if best else None
+    rows = [
+        [
+            f"{entry['epoch']} {BEST_MARK}" if entry["epoch"] == best_epoch else entry["epoch"],
+            *(entry.get("summary", {}).get(key) for key, _ in columns),
+        ]
+        for entry in ordered
+    ]
+    table = markdown_table(["epoch", *(_header_with_direction(key, header) for key, header in columns)], rows)
+    selection = ""
+    if best:
+        selection = f"{BEST_MARK} best epoch: **{best_epoch}**"
+        if best.get("rule"):
+            selection += f" (rule: {_cell(best['rule'])})"
+        if best.get("reason"):
+            selection += f"; {_cell(best['reason'])}"
+    parts = [
+        f"# {title}\n",
+        _section("Per epoch", table + (f"\n\n{selection}" if selection else "")),
+        _section("Plots", _image_links(plots, report_dir)),
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def render_demo_report(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    plots: dict[str, Path],
+    notes: list[str],
+    title: str,
+    goals: list[dict[str, Any]] | None = None,
+    report_dir: Path | None = None,
+) -> str:
+    """The demo's side-by-side report: one row per model (target, oracle, each method), plots, goals, notes.
+
+    Args:
+        rows: one flat dict per model; ``row["model"]`` names it (first column, unless ``columns`` has "model").
+        columns: ``(key, header)`` pairs; a missing key shows as "–". Headers of known ``split/metric`` keys get
+            their direction arrow.
+        plots: caption → PNG path (see :func:`render_eval_report`).
+        notes: already-redacted lines shown at the end.
+        title: the report's heading.
+        goals: ``{"goal", "value", "target", "holds"}`` per goal, rendered as a table with a count of those held.
+        report_dir: the folder the report will be written to.
+    """
+    keys = [key for key, _ in columns]
+    if "model" not in keys:
+        columns = [("model", "model"), *columns]
+    header = [_header_with_direction(key, name) for key, name in columns]
+    summary = markdown_table(header, [[row.get(key) for key, _ in columns] for row in rows])
+    goals_text = ""
+    if goals:
+        held = sum(bool(goal.get("holds")) for goal in goals)
+        goals_text = markdown_table(
+            ["goal", "value", "target", "holds"],
+            [[g.get("goal"), g.get("value"), g.get("target"), g.get("holds")] for g in goals],
+        )
+        goals_text += f"\n\n{held} of {len(goals)} goals hold."
+    parts = [
+        f"# {title}\n",
+        _section("Summary", summary),
+        _section("Plots", _image_links(plots, report_dir)),
+        _section("Goals", goals_text),
+        _section("Notes", _bullets(notes)),
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def write_report(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` (UTF-8) through a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

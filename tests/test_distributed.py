@@ -1,0 +1,69 @@
+"""Two CPU processes under torchrun (gloo): one run, different retain draws per rank, steps from the effective batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import (
+    FORGET_RECORDS,
+    assets,  # noqa: F401 (fixture)
+    metrics,
+    unlearn_argv,
+    weights,
+)
+
+from obliviate.data.batching import encode_record, forget_order, micro_batches_for_rank, retain_draws
+from obliviate.data.load import load_split
+from obliviate.models.load import load_tokenizer
+from obliviate.train import checkpoint as ckpt
+
+WORLD, MICRO, ACCUMULATION, SEED = 2, 2, 2, 42
+BATCH = MICRO * ACCUMULATION * WORLD
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def expected_tokens(assets, steps: int) -> int:
+    """Tokens of the epoch when each rank takes its own share of the forget order and draws its own retain rows."""
+    tokenizer = load_tokenizer(assets.model)
+    forget = [len(encode_record(tokenizer, r, 64).ids) for r in load_split(assets.forget, split="forget")]
+    retain = [len(encode_record(tokenizer, r, 64).ids) for r in load_split(assets.retain, split="retain")]
+    order = forget_order(len(forget), steps, BATCH, SEED, 1)
+    total = sum(forget[i] for i in order)
+    for rank in range(WORLD):
+        micro = micro_batches_for_rank(order, WORLD, rank, MICRO)
+        draws = retain_draws(len(retain), [len(m) for m in micro], SEED, 1, rank)
+        total += sum(retain[i] for draw in draws for i in draw)
+    return total
+
+
+def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tmp_path):
+    out = tmp_path / "out"
+    argv = unlearn_argv(assets, out, "--micro_batch_size", str(MICRO), "--batch_size", str(BATCH), "--seed", str(SEED))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
+               str(free_port()), "-m", "obliviate.cli.main", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("unlearned with ga_gd") == 1  # one summary per launch
+
+    lines = metrics(out)
+    steps = math.ceil(FORGET_RECORDS / BATCH)
+    assert [line["step"] for line in lines] == list(range(1, steps + 1))
+    for line in lines:
+        first, second = line["retain_draw_checksums"]
+        assert first != second
+    assert lines[-1]["tokens_seen"] == expected_tokens(assets, steps)
+    (epoch, path), = ckpt.list_checkpoints(out)
+    assert epoch == 1 and {p.name for p in path.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
+    assert weights(out).keys() == weights(assets.model).keys()

@@ -1,0 +1,263 @@
+"""Report layer: PNG plots from hand-made inputs, markdown tables, and what each report shows (and never shows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from obliviate.errors import DataError
+from obliviate.report import plots, render
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        # 6 × 4 inches at 100 dpi.
+        assert image.size == (600, 400)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_epoch_means_averages_steps_per_epoch(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "metrics.jsonl",
+        [
+            {"step": 1, "epoch": 1, "loss": -1.0, "forget_nll": 1.0, "retain_nll": 0.5},
+            {"step": 2, "epoch": 1, "loss": -3.0, "forget_nll": 3.0, "retain_nll": 0.7},
+            {"step": 3, "epoch": 2, "loss": -5.0, "forget_nll": 5.0},
+        ],
+    )
+    means = plots.epoch_means(path)
+    assert means[1] == pytest.approx({"loss": -2.0, "forget_nll": 2.0, "retain_nll": 0.6})
+    assert means[2] == pytest.approx({"loss": -5.0, "forget_nll": 5.0})
+
+
+def test_plot_loss_per_epoch_with_rmu_and_loss_only_runs(tmp_path):
+    ga_kl = _write_jsonl(
+        tmp_path / "ga_kl.jsonl",
+        [{"step": s, "epoch": 1 + s // 3, "loss": -s, "forget_nll": s, "retain_nll": 1.0} for s in range(6)],
+    )
+    rmu = _write_jsonl(
+        tmp_path / "rmu.jsonl",
+        [{"step": s, "epoch": 1 + s // 3, "loss": 2.0, "rmu_forget": 1.5, "rmu_retain": 0.1} for s in range(6)],
+    )
+    finetune = _write_jsonl(tmp_path / "ft.jsonl", [{"step": 1, "epoch": 1, "loss": 3.2}])
+    out = plots.plot_loss_per_epoch({"ga_kl": ga_kl, "rmu": rmu, "finetune": finetune}, tmp_path / "png" / "loss.png")
+    assert out == tmp_path / "png" / "loss.png"
+    _assert_png(out)
+
+
+def test_plot_loss_per_epoch_rejects_missing_and_bad_files(tmp_path):
+    with pytest.raises(DataError, match="metrics file not found"):
+        plots.plot_loss_per_epoch({"ga": tmp_path / "nope.jsonl"}, tmp_path / "loss.png")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "epoch": 1, "loss": 1.0}\nnot json\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2"):
+        plots.plot_loss_per_epoch({"ga": bad}, tmp_path / "loss.png")
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_plot_metric_per_epoch_skips_missing_keys(tmp_path):
+    curves = {
+        "ga": [
+            (0, {"forget/rougeL_recall": 0.9, "retain/rougeL_recall": 0.9}),
+            (1, {"forget/rougeL_recall": 0.5}),
+        ],  # retain missing at epoch 1
+        "npo": [(1, {"forget/rougeL_recall": 0.6, "retain/rougeL_recall": None})],
+    }
+    out = plots.plot_metric_per_epoch(
+        curves,
+        ["forget/rougeL_recall", "retain/rougeL_recall", "absent/key"],
+        tmp_path / "rouge.png",
+        title="ROUGE-L",
+        ylabel="recall",
+        reference_lines={"oracle forget": 0.48},
+    )
+    _assert_png(out)
+
+
+def test_plots_overwrite_atomically_and_handle_empty_input(tmp_path):
+    out = tmp_path / "tradeoff.png"
+    out.write_bytes(b"stale")
+    plots.plot_tradeoff({"ga": (0.2, 0.8), "npo": (0.45, 0.93)}, out, target=(0.95, 0.96), oracle=(0.48, 0.97))
+    _assert_png(out)
+    _assert_png(plots.plot_tradeoff({}, tmp_path / "empty.png"))
+    _assert_png(plots.plot_tradeoff({"rmu": (None, 0.9)}, tmp_path / "partial.png", oracle=(0.5, 0.9)))
+    _assert_png(plots.plot_metric_per_epoch({}, ["forget/leak_rate"], tmp_path / "leak.png", "leak", "rate"))
+
+
+def test_markdown_table_exact_formatting():
+    table = render.markdown_table(["name", "value", "n", "ok"], [["a|b", 0.12345, 3, True], ["c", None, 10, False]])
+    assert table == ("| name | value | n | ok |\n|---|---|---|---|\n| a\\|b | 0.123 | 3 | yes |\n| c | – | 10 | no |")
+    with pytest.raises(ValueError, match="2 cells, header has 4"):
+        render.markdown_table(["name", "value", "n", "ok"], [["a", 1]])
+
+
+def _eval_result() -> dict:
+    metrics = [
+        {"name": "rougeL_recall", "split": "forget", "task": "all", "value": 0.4321, "higher_is_better": False},
+        {"name": "rougeL_recall", "split": "retain", "task": "all", "value": 0.9876, "higher_is_better": True},
+        {"name": "rougeL_recall", "split": "forget", "task": "Task1", "value": 0.111, "higher_is_better": False},
+        {"name": "rougeL_recall", "split": "forget", "task": "Task2", "value": 0.222, "higher_is_better": False},
+        {"name": "mia_auc_loss", "split": "forget", "task": "all", "value": 0.61, "higher_is_better": False},
+        {"name": "task_aggregate", "split": "all", "task": "all", "value": 0.5556, "higher_is_better": True},
+    ]
+    return {
+        "metrics": metrics,
+        "summary": {"forget/rougeL_recall": 0.4321},
+        "semeval": {
+            "task_aggregate": 0.5556,
+            "terms": {"forget/Task2/regurgitation": 0.5679},
+            "mia_score": 0.78,
+            "notes": ["tasks present: Task2 (official: Task1, Task2, Task3)"],
+        },
+        "leak": {
+            "holdout": {
+                "rate": 0.0,
+                "n_leaked": 0,
+                "n_pairs": 10,
+                "by_field": {"ssn": 0.0},
+                "by_attack": {"question": 0.0},
+            },
+            "forget": {
+                "rate": 0.75,
+                "n_leaked": 3,
+                "n_pairs": 4,
+                "by_field": {"ssn": 0.5, "email": 1.0},
+                "by_attack": {"question": 0.25, "prefix": 0.75},
+            },
+        },
+        "notes": ["PII taken from the Task2 QA answers"],
+        # Never rendered: generations may hold PII when --show_pii was given.
+        "per_example": [{"id": "x", "generation": "My SSN is 900-51-4344", "ssn": "900-51-4344"}],
+    }
+
+
+def _table_row(text: str, first_cells: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {first_cells} |"))
+
+
+def test_render_eval_report_values_directions_and_relative_images(tmp_path):
+    report_dir = tmp_path / "eval"
+    text = render.render_eval_report(
+        _eval_result(), "Eval of ga", plots={"loss": report_dir / "plots" / "loss.png"}, report_dir=report_dir
+    )
+    assert text.startswith("# Eval of ga\n")
+    assert _table_row(text, "rougeL_recall | forget").startswith("| rougeL_recall | forget | 0.432 | ↓ |")
+    assert _table_row(text, "rougeL_recall | retain").startswith("| rougeL_recall | retain | 0.988 | ↑ |")
+    assert "| mia_auc_loss | forget | 0.610 | ↓ (ideal 0.5) |" in text
+    # Per-task table: one column per task.
+    assert "| metric | split | better | Task1 | Task2 |" in text
+    assert "| rougeL_recall | forget | ↓ | 0.111 | 0.222 |" in text
+    assert "| forget/Task2/regurgitation | 0.568 |" in text
+    assert "| task aggregate (harmonic mean) | 0.556 |" in text
+    assert "tasks present: Task2" in text
+    # Leak: forget before holdout, per field with a gap for the field holdout lacks.
+    assert "| forget | 0.750 | ↓ | 3 | 4 |" in text
+    assert "| email | 1.000 | – |" in text
+    assert "| prefix | 0.750 | – |" in text
+    assert "PII taken from the Task2 QA answers" in text
+    assert "![loss](plots/loss.png)" in text
+
+
+def test_render_eval_report_never_shows_generations():
+    text = render.render_eval_report(_eval_result(), "Eval")
+    assert "900-51-4344" not in text
+    assert "generation" not in text.lower()
+
+
+def test_render_eval_report_single_task_has_no_per_task_table():
+    result = _eval_result()
+    result["metrics"] = [m for m in result["metrics"] if m["task"] != "Task1"]
+    assert "Per task" not in render.render_eval_report(result, "Eval")
+
+
+def test_absolute_plot_path_needs_report_dir(tmp_path):
+    with pytest.raises(ValueError, match="report_dir"):
+        render.render_eval_report(_eval_result(), "Eval", plots={"loss": tmp_path / "loss.png"})
+    text = render.render_eval_report(_eval_result(), "Eval", plots={"loss": Path("plots/loss.png")})
+    assert "![loss](plots/loss.png)" in text
+
+
+def test_render_epochs_report_marks_best_and_drops_absent_columns(tmp_path):
+    epochs = [
+        {
+            "epoch": 2,
+            "summary": {"forget/rougeL_recall": 0.3, "retain/rougeL_recall": 0.88, "all/task_aggregate": 0.7},
+        },
+        {"epoch": 0, "summary": {"forget/rougeL_recall": 0.95, "retain/rougeL_recall": 0.97}},
+        {
+            "epoch": 1,
+            "summary": {
+                "forget/rougeL_recall": 0.5,
+                "retain/rougeL_recall": 0.93,
+                "all/task_aggregate": 0.6,
+                "holdout/leak_rate": 0.0,
+            },
+        },
+    ]
+    best = {
+        "epoch": 1,
+        "rule": "max task aggregate, retain >= 90% of epoch 0",
+        "reason": "epoch 2 retain 0.88 < 0.873",
+    }
+    text = render.render_epochs_report(
+        epochs, best, "ga run", {"ROUGE-L": tmp_path / "rouge.png"}, report_dir=tmp_path
+    )
+    assert "| epoch | forget ROUGE-L ↓ | retain ROUGE-L ↑ | holdout leak ↓ | task aggregate ↑ |" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert lines == [
+        "| 0 | 0.950 | 0.970 | – | – |",
+        "| 1 ★ | 0.500 | 0.930 | 0.000 | 0.600 |",
+        "| 2 | 0.300 | 0.880 | – | 0.700 |",
+    ]
+    assert "best epoch: **1**" in text and "retain >= 90% of epoch 0" in text
+    assert "forget quality" not in text
+    assert "![ROUGE-L](rouge.png)" in text
+    assert "★" not in render.render_epochs_report(epochs, None, "ga run", {})
+
+
+def test_render_demo_report_summary_goals_and_notes():
+    rows = [
+        {"model": "target", "forget/rougeL_recall": 0.95, "wall_s": 12.0},
+        {"model": "oracle", "forget/rougeL_recall": 0.48},
+        {"model": "npo", "forget/rougeL_recall": 0.5, "wall_s": 3.25},
+    ]
+    goals = [
+        {"goal": "forget ROUGE-L within 0.05 of oracle", "value": 0.5, "target": "0.430–0.530", "holds": True},
+        {"goal": "forget leak ≤ oracle + 1 pp", "value": 0.1, "target": "≤ 0.010", "holds": False},
+    ]
+    text = render.render_demo_report(
+        rows,
+        [("forget/rougeL_recall", "forget ROUGE-L"), ("wall_s", "wall time (s)")],
+        {"trade-off": Path("plots/tradeoff.png")},
+        ["PII redacted throughout"],
+        "Demo",
+        goals,
+    )
+    assert "| model | forget ROUGE-L ↓ | wall time (s) |" in text
+    assert "| oracle | 0.480 | – |" in text
+    assert "| npo | 0.500 | 3.250 |" in text
+    assert "| forget leak ≤ oracle + 1 pp | 0.100 | ≤ 0.010 | no |" in text
+    assert "1 of 2 goals hold." in text
+    assert "![trade-off](plots/tradeoff.png)" in text
+    assert "- PII redacted throughout" in text
+    assert "Goals" not in render.render_demo_report(rows, [], {}, [], "Demo", None)
+
+
+def test_write_report_is_atomic_and_utf8(tmp_path):
+    path = render.write_report("# Demo ↑ ★", tmp_path / "out" / "report.md")
+    assert path.read_text(encoding="utf-8") == "# Demo ↑ ★\n"
+    assert [p.name for p in path.parent.iterdir()] == ["report.md"]

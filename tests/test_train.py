@@ -1,0 +1,248 @@
+"""The loop on a micro model: every method unlearns, exactly the chosen parameters move, guards stop bad runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from helpers import (
+    FORGET_RECORDS,
+    answer_nll,
+    assets,  # noqa: F401 (fixture)
+    hash_dir,
+    listing,
+    metrics,
+    rmu_distance,
+    target,  # noqa: F401 (fixture)
+    unlearn_argv,
+    unlearn_config,
+    weights,
+)
+
+from obliviate.cli.main import main
+from obliviate.errors import TrainingError
+from obliviate.losses import LOSSES
+from obliviate.losses.common import LossOutput
+from obliviate.losses.rmu import make_control_vector
+from obliviate.train import checkpoint as ckpt
+from obliviate.train.run import run_unlearn
+
+SELECTIONS = {
+    "all": ("all", "all", lambda name: True),
+    "0": ("0", "all", lambda name: name.startswith("model.layers.0.")),
+    "last:1": ("last:1", "all", lambda name: name.startswith("model.layers.1.")),
+    "mlp": ("all", "mlp", lambda name: ".mlp." in name),
+}
+RMU_LAYER = 1  # the last block of the micro model: every selected layer lies upstream of it
+
+
+def method_overrides(method: str) -> dict:
+    """Weights for a barely trained 32-wide model, where some published defaults leave nothing to see in 5 steps.
+
+    RMU's alpha = 100 lets the retain term swamp the forget term. SimNPO's beta = 4.5 at the micro target's
+    per-token NLL of ~3.4 puts its term at softplus(-15) ~ 3e-7 (real targets sit well below NLL 1), and its
+    retain term pulls the look-alike forget biographies back as hard as the forget term pushes.
+    """
+    return {"rmu": {"alpha": 1.0, "rmu_layer": RMU_LAYER}, "simnpo": {"beta": 0.5, "alpha": 0.2}}.get(method, {})
+
+
+def assert_unlearned(method: str, before_dir, after_dir, target_assets) -> None:
+    """Forget NLL rose; for RMU, forget hidden states at its layer moved towards c·u."""
+    if method == "rmu":
+        control = make_control_vector(32, 6.5, 42)
+        before = rmu_distance(before_dir, target_assets.forget, RMU_LAYER, control)
+        after = rmu_distance(after_dir, target_assets.forget, RMU_LAYER, control)
+        assert after < 0.9 * before
+    else:
+        assert answer_nll(after_dir, target_assets.forget) > answer_nll(before_dir, target_assets.forget) + 0.03
+
+
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+@pytest.mark.parametrize("method", list(LOSSES))
+def test_method_unlearns_and_moves_exactly_the_selected_parameters(method, selection, target, tmp_path):
+    layers, modules, selected = SELECTIONS[selection]
+    out = tmp_path / "out"
+    config = unlearn_config(target, out, method=method, trainable_layers=layers, trainable_modules=modules,
+                            **method_overrides(method))
+    result = run_unlearn(config)
+
+    assert result.global_step == math.ceil(FORGET_RECORDS / 4) and result.stopped is None
+    assert all(math.isfinite(v) for line in metrics(out) for v in line.values() if isinstance(v, float))
+    assert_unlearned(method, target.model, out, target)
+    before, after = weights(target.model), weights(out)
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if selected(name)}
+
+
+@pytest.mark.parametrize("method", list(LOSSES))
+def test_lora_trains_only_adapters_and_never_writes_the_base(method, target, tmp_path):
+    out = tmp_path / "out"
+    base_files = hash_dir(target.model)
+    config = unlearn_config(target, out, method=method, lora_r=4, lora_alpha=8.0, trainable_layers="last:1",
+                            epochs=2, merge=True, **method_overrides(method))
+    run_unlearn(config)
+
+    assert hash_dir(target.model) == base_files
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    adapter, first_epoch = weights(out, "adapter_model.safetensors"), weights(
+        out / "checkpoints" / "epoch-1", "adapter_model.safetensors")
+    assert adapter and all("lora_" in name and ".layers.1." in name for name in adapter)
+    assert all(not torch.equal(adapter[name], first_epoch[name]) for name in adapter)
+    # merged = base everywhere except the adapted linears of layer 1, which are W + (alpha / r)·B·A
+    base, merged = weights(target.model), weights(out / "merged")
+    assert base.keys() == merged.keys()
+    for name, tensor in merged.items():
+        a_name = "base_model.model." + name.removesuffix(".weight") + ".lora_A.weight"
+        if a_name in adapter:
+            delta = 2.0 * adapter[a_name.replace("lora_A", "lora_B")] @ adapter[a_name]
+            torch.testing.assert_close(tensor, base[name] + delta, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(tensor, base[name]), name
+    assert_unlearned(method, target.model, out, target)
+
+
+@pytest.mark.parametrize("method", ["ga_kl", "npo"])
+def test_lora_reference_is_the_model_with_adapters_disabled(method, target, tmp_path, monkeypatch):
+    """No deepcopy under LoRA; the first step compares the model with itself (B = 0), so KL = 0 / log ratio = 0."""
+    import copy
+
+    real_deepcopy, copied = copy.deepcopy, []
+
+    def watched(value, *args, **kwargs):
+        if isinstance(value, torch.nn.Module):
+            copied.append(type(value).__name__)
+        return real_deepcopy(value, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", watched)
+    run_unlearn(unlearn_config(target, tmp_path / "full", method=method))
+    assert copied, "the watch must see the full fine-tuning reference copy"
+    copied.clear()
+    run_unlearn(unlearn_config(target, tmp_path / "out", method=method, lora_r=4))
+    assert copied == []
+    first = metrics(tmp_path / "out")[0]
+    if method == "ga_kl":
+        assert first["kl"] == 0.0
+    else:
+        assert first["log_ratio"] == 0.0 and first["npo_term"] == pytest.approx(20 * math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_setup_builds_a_reference_only_when_needed(lora_r, target, tmp_path):
+    from obliviate.data.load import load_split
+    from obliviate.losses.common import LossParams
+    from obliviate.models.load import load_model
+    from obliviate.train.loop import setup
+    from obliviate.train.run import _select
+
+    forget, retain = load_split(target.forget, split="forget"), load_split(target.retain, split="retain")
+    for name in LOSSES:
+        config = unlearn_config(target, tmp_path / name, method=name, lora_r=lora_r, rmu_layer=RMU_LAYER)
+        model, tokenizer = load_model(target.model)
+        model = _select(model, config, name, RMU_LAYER)
+        run = setup(model, tokenizer, LOSSES[name], LossParams(), forget, retain, config)
+        if LOSSES[name].needs.reference and not lora_r:
+            assert run.reference is not None and run.reference is not run.model
+            assert not any(p.requires_grad for p in run.reference.parameters())
+        else:
+            assert run.reference is None
+        assert (run.control is not None) == LOSSES[name].needs.hidden
+
+
+def test_same_seed_same_weights_also_under_lora(assets, tmp_path):
+    for lora_r, name in ((0, "model.safetensors"), (4, "adapter_model.safetensors")):
+        first, second = tmp_path / f"a{lora_r}", tmp_path / f"b{lora_r}"
+        run_unlearn(unlearn_config(assets, first, method="ga_gd", lora_r=lora_r))
+        torch.manual_seed(1234)  # whatever the global RNG held before, the seed decides
+        run_unlearn(unlearn_config(assets, second, method="ga_gd", lora_r=lora_r))
+        a, b = weights(first, name), weights(second, name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_metrics_log_one_line_per_optimizer_step(assets, tmp_path):
+    out = tmp_path / "out"
+    result = run_unlearn(unlearn_config(assets, out, method="ga_gd", epochs=2, batch_size=8, micro_batch_size=4,
+                                        scheduler="linear", warmup_ratio=0.2))
+    lines = metrics(out)
+    steps = math.ceil(FORGET_RECORDS / 8)
+    assert [line["step"] for line in lines] == list(range(1, 2 * steps + 1)) == list(range(1, result.global_step + 1))
+    assert [line["epoch"] for line in lines] == [1] * steps + [2] * steps
+    for key in ("lr", "loss", "forget_nll", "retain_nll", "tokens_seen"):
+        assert all(key in line for line in lines)
+    assert all(len(line["retain_draw_checksums"]) == 1 for line in lines)
+    tokens = [line["tokens_seen"] for line in lines]
+    assert tokens == sorted(tokens) and tokens[-1] == result.tokens_seen
+    # the lr each step used: linear warm-up over 1 of 6 steps (0 at the first), then linear decay to 1/5 of the peak
+    total, warmup = 2 * steps, int(0.2 * 2 * steps)
+    expected = [s / warmup if s < warmup else (total - s) / (total - warmup) for s in range(total)]
+    assert [line["lr"] for line in lines] == pytest.approx([1e-2 * e for e in expected])
+
+
+def test_gradient_accumulation_and_checkpointing_keep_the_step_count(assets, tmp_path):
+    plain = run_unlearn(unlearn_config(assets, tmp_path / "plain", method="ga"))
+    accumulated = run_unlearn(unlearn_config(assets, tmp_path / "acc", method="ga", micro_batch_size=2,
+                                             gradient_checkpointing=True))
+    assert plain.global_step == accumulated.global_step == math.ceil(FORGET_RECORDS / 4)
+    assert not torch.equal(weights(tmp_path / "plain")["model.embed_tokens.weight"],
+                           weights(assets.model)["model.embed_tokens.weight"])
+
+
+def test_epoch_hook_sees_each_complete_checkpoint(assets, tmp_path):
+    seen = []
+
+    def hook(epoch, path):
+        seen.append((epoch, path.name, (path / "trainer_state.json").is_file()))
+        return {"epoch_seen": epoch}
+
+    result = run_unlearn(unlearn_config(assets, tmp_path / "out", method="ga", epochs=2), epoch_hook=hook)
+    assert seen == [(1, "epoch-1", True), (2, "epoch-2", True)]
+    assert result.epoch_results == [{"epoch_seen": 1}, {"epoch_seen": 2}]
+
+
+def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(target, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    ga = LOSSES["ga"]
+
+    def poisoned(inputs, params):
+        calls["n"] += 1
+        out = ga.loss(inputs, params)
+        return LossOutput(out.loss * float("nan"), out.metrics) if calls["n"] > 5 else out
+
+    monkeypatch.setitem(LOSSES, "ga", dataclasses.replace(ga, loss=poisoned))
+    out = tmp_path / "out"
+    assert main(unlearn_argv(target, out, "--method", "ga", "--epochs", "2")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate:")]
+    assert len(err) == 1 and err[0].startswith("obliviate: error: non-finite loss at epoch 2 step 6")
+    assert [epoch for epoch, _ in ckpt.list_checkpoints(out)] == [1]
+    assert not (out / "model.safetensors").exists() and not (out / "checkpoints" / ".epoch-2.tmp").exists()
+    assert all(torch.isfinite(t).all() for t in weights(out / "checkpoints" / "epoch-1").values())
+    assert len(metrics(out)) == 5
+
+    calls["n"] = 0
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        run_unlearn(unlearn_config(target, tmp_path / "lib", method="ga", epochs=2))
+
+
+def test_stop_forget_nll_stops_after_the_first_step(target, tmp_path):
+    out = tmp_path / "out"
+    result = run_unlearn(unlearn_config(target, out, method="ga", epochs=2, stop_forget_nll=0.5))
+    assert result.stopped and "stop_forget_nll" in result.stopped
+    assert (result.global_step, result.epochs_completed) == (1, 1)
+    assert len(metrics(out)) == 1 and (out / "model.safetensors").is_file()
+    assert [epoch for epoch, _ in ckpt.list_checkpoints(out)] == [1]
+
+
+def test_finetune_builds_a_target_that_knows_its_data(target):
+    init = target.model.parent / "init"
+    assert answer_nll(target.model, target.forget) < answer_nll(init, target.forget) - 1.0
+
+
+def test_finetune_cli_builds_a_named_size_first(assets, tmp_path):
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", "micro", "--data", str(assets.forget), str(assets.retain), "--output_dir",
+            str(out), "--epochs", "1", "--batch_size", "16", "--micro_batch_size", "8", "--max_length", "64"]
+    assert main(argv) == 0
+    assert {".init/config.json", "model.safetensors", "config.yaml", "metrics.jsonl"} <= set(listing(out))
+    assert len(metrics(out)) == math.ceil(54 / 16)

@@ -1,0 +1,81 @@
+"""--trainable_layers, --trainable_modules and LoRA: which parameters may move."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assets  # noqa: F401 (fixture)
+
+from obliviate.errors import ConfigError
+from obliviate.models.load import load_model
+from obliviate.models.trainable import apply_lora, decoder_layers, parse_layer_spec, select_trainable
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("all", [0, 1, 2, 3, 4, 5]), ("0,1,5", [0, 1, 5]), ("0-3", [0, 1, 2, 3]), ("last:2", [4, 5]),
+     ("0-1,last:2", [0, 1, 4, 5]), (" 3 , 3 ", [3]), ("last:6", [0, 1, 2, 3, 4, 5])],
+)
+def test_layer_specs(spec, expected):
+    assert parse_layer_spec(spec, 6) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("6", "6 is out of range, the model has 6 layers"), ("2-9", "out of range, the model has 6 layers"),
+     ("3-1", "out of range"), ("last:0", "last:0 is out of range, the model has 6 layers"),
+     ("last:7", "the model has 6 layers"), ("", "selects no layer; the model has 6 layers"),
+     (",", "selects no layer"), ("first:2", "expected all, 0,1,5, 0-3 or last:N; found 'first:2'"), ("-1", "found")],
+)
+def test_bad_layer_specs_give_the_layer_count(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_layer_spec(spec, 6)
+
+
+def trainable(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_select_trainable(assets):
+    model, _ = load_model(assets.model)
+    every = {name for name, _ in model.named_parameters()}
+    assert set(select_trainable(model, "all", "all")) == trainable(model) == every
+
+    select_trainable(model, "last:1", "all")
+    assert trainable(model) == {n for n in every if n.startswith("model.layers.1.")}
+    select_trainable(model, "all", "mlp")
+    assert trainable(model) == {n for n in every if ".mlp." in n}
+    names = select_trainable(model, "0", "attn")
+    assert trainable(model) == {n for n in every if n.startswith("model.layers.0.self_attn.")}
+    assert len(names) == 4
+    assert "model.embed_tokens.weight" not in trainable(model)
+    with pytest.raises(ConfigError, match="expected one of all, mlp, attn"):
+        select_trainable(model, "all", "ffn")
+
+
+@pytest.mark.parametrize(
+    ("layers", "modules", "adapted"),
+    [("all", "all", {"0.self_attn", "0.mlp", "1.self_attn", "1.mlp"}), ("last:1", "all", {"1.self_attn", "1.mlp"}),
+     ("0", "mlp", {"0.mlp"}), ("all", "attn", {"0.self_attn", "1.self_attn"})],
+)
+def test_lora_adapts_the_selected_layers_only(assets, layers, modules, adapted):
+    model, _ = load_model(assets.model)
+    peft_model = apply_lora(model, r=4, alpha=8.0, dropout=0.0, layers=layers, modules=modules)
+    names = trainable(peft_model)
+    assert names and all("lora_" in name for name in names)
+    found = {".".join(name.split("model.layers.")[1].split(".")[:2]) for name in names}
+    assert found == adapted
+    projections = {name.split(".")[-4] for name in names}  # ...q_proj.lora_A.default.weight
+    assert projections == ({"gate_proj", "up_proj", "down_proj"} if modules == "mlp" else
+                           {"q_proj", "k_proj", "v_proj", "o_proj"} if modules == "attn" else
+                           {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    assert len(decoder_layers(peft_model)) == 2
+
+
+def test_lora_errors_are_config_errors(assets):
+    model, _ = load_model(assets.model)
+    with pytest.raises(ConfigError, match="--lora_r must be positive"):
+        apply_lora(model, r=0, alpha=8.0, dropout=0.0)
+    with pytest.raises(ConfigError, match="the model has 2 layers"):
+        apply_lora(model, r=4, alpha=8.0, dropout=0.0, layers="5")
+    with pytest.raises(ConfigError, match="--lora_target 'no_such_proj'"):
+        apply_lora(model, r=4, alpha=8.0, dropout=0.0, target="no_such_proj")
