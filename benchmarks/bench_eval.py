@@ -22,6 +22,8 @@ import io
 import statistics
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +39,7 @@ from obliviate.config import FinetuneConfig  # noqa: E402
 from obliviate.data.batching import collate, encode_record  # noqa: E402
 from obliviate.data.load import load_split  # noqa: E402
 from obliviate.data.records import Record  # noqa: E402
+from obliviate.evaluate import suite  # noqa: E402
 from obliviate.evaluate.suite import EvalData, EvalOptions, evaluate_model, sample_records  # noqa: E402
 from obliviate.losses import FINETUNE  # noqa: E402
 from obliviate.losses.common import LossParams, mean_nll  # noqa: E402
@@ -53,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=120, help="Task2 rows, half forget, half retain (default: 120)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="greedy generation length (default: 64)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each contender (default: 2)")
-    parser.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs on the rows (default: 15)")
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs on the rows (default: 20)")
     parser.add_argument("--batch_size", type=int, default=32, help="obliviate's evaluation batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="row sample and model initialisation")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
@@ -85,12 +88,14 @@ def finetuned_model(splits: dict[str, list[Record]], vocabulary: list[Record], a
 
 
 @torch.no_grad()
-def official_loop(model, tokenizer, splits: dict[str, list[Record]], max_new_tokens: int) -> dict[str, dict]:
+def official_loop(model, tokenizer, splits: dict[str, list[Record]], max_new_tokens: int,
+                  phases: dict[str, float]) -> dict[str, dict]:  # fmt: skip
     """The organisers' inference loop, row by row: batch-1 greedy generation, then a separate NLL forward pass.
 
     As in ``evaluate_generations.py``: the prompt is the raw input; the NLL is HF's ``loss`` on the tokenised
     ``input + output`` (no separator, no eos) with the first ``len(tokenised input)`` positions masked; padding
-    is the eos token; output decoded with ``skip_special_tokens`` and ``clean_up_tokenization_spaces``.
+    is the eos token; output decoded with ``skip_special_tokens`` and ``clean_up_tokenization_spaces``. Seconds
+    spent in generation and in the NLL forward passes are added to ``phases``.
     """
     model.eval()
     outputs = {}
@@ -100,11 +105,15 @@ def official_loop(model, tokenizer, splits: dict[str, list[Record]], max_new_tok
             combined = tokenizer(record.input + record.output, return_tensors="pt").input_ids
             labels = combined.clone()
             labels[:, : input_ids.shape[1]] = -100
+            started = time.perf_counter()
             out = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                  pad_token_id=tokenizer.eos_token_id)  # fmt: skip
             generation = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True,
                                                 clean_up_tokenization_spaces=True)[0]  # fmt: skip
+            generated = time.perf_counter()
             nll = model(combined, labels=labels).loss.item()
+            phases["generation"] += generated - started
+            phases["forward pass (NLL)"] += time.perf_counter() - generated
             outputs[record.id] = {"generation": generation, "nll": nll}
     return outputs
 
@@ -155,6 +164,21 @@ def one_row_nll_same_tokens(model, tokenizer, splits: dict[str, list[Record]]) -
     return nll
 
 
+def time_suite_passes(phases: dict[str, float]) -> None:
+    """Wrap the two passes the suite calls so that their seconds add up in ``phases`` (the rest is scoring)."""
+    for attribute, phase in (("forward_pass", "forward pass (NLL)"), ("generate", "generation")):
+        original = getattr(suite, attribute)
+
+        def timed(*args, _original=original, _phase=phase, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                phases[_phase] += time.perf_counter() - started
+
+        setattr(suite, attribute, timed)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -164,11 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
     data = EvalData(splits=splits, people=[])
     options = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, show_progress=False)
 
+    phases = {"obliviate": defaultdict(float), "official": defaultdict(float)}
+    time_suite_passes(phases["obliviate"])
+
     def contender_obliviate():
         return obliviate_scores(evaluate_model(model, tokenizer, data, options))
 
     def contender_official():
-        outputs = official_loop(model, tokenizer, splits, args.max_new_tokens)
+        outputs = official_loop(model, tokenizer, splits, args.max_new_tokens, phases["official"])
         return official_scores(splits, outputs), outputs
 
     timings = _common.interleave([contender_obliviate, contender_official], args.rounds)
@@ -189,9 +216,21 @@ def main(argv: list[str] | None = None) -> dict:
         "aggregate_gaps": gaps, "largest_gap_name": max(gaps, key=gaps.get), "largest_gap": max(gaps.values()),
         "largest_gap_excluding_nll": max(v for k, v in gaps.items() if not k.endswith("mean_nll")),
         "max_row_nll_gap_same_tokens": max(abs(our_nll[i] - same_tokens[i]) for i in ids), "goal": GOAL,
+        "phases": phase_table(phases, timings),
     }  # fmt: skip
     report(result, argv, args.write)
     return result
+
+
+def phase_table(phases: dict[str, dict[str, float]], timings) -> dict[str, dict[str, float]]:
+    """Seconds per phase over all rounds for each contender; "scoring and the rest" is what the passes leave."""
+    totals = {"obliviate": sum(t for t, _ in timings[0]), "official": sum(t for t, _ in timings[1])}
+    table = {}
+    for name in ("generation", "forward pass (NLL)"):
+        table[name] = {who: phases[who][name] for who in totals}
+    table["scoring and the rest"] = {who: totals[who] - sum(phases[who].values()) for who in totals}
+    table["total"] = totals
+    return table
 
 
 def report(result: dict, argv: list[str], write: bool) -> None:
@@ -202,6 +241,9 @@ def report(result: dict, argv: list[str], write: bool) -> None:
          ["official loop, one row at a time", " / ".join(f"{t:.1f}" for t in result["official_seconds"]),
           result["rows"]]],
     )  # fmt: skip
+    phase_rows = [[name, f"{v['official']:.2f}", f"{v['obliviate']:.2f}", f"{v['official'] / v['obliviate']:.1f}×"]
+                  for name, v in result["phases"].items()]  # fmt: skip
+    phases = _common.markdown_table(["phase (all rounds)", "official s", "obliviate s", "speed-up"], phase_rows)
     names = list(result["aggregates_obliviate"])
     agreement = _common.markdown_table(
         ["aggregate", "obliviate", "official loop", "|difference|"],
@@ -215,12 +257,12 @@ def report(result: dict, argv: list[str], write: bool) -> None:
         f"**Largest aggregate difference: {result['largest_gap']:.4f}** ({result['largest_gap_name']}); "
         f"{result['largest_gap_excluding_nll']:.4f} outside the NLL means."
     )
-    _common.emit("bench_eval", "\n\n".join([speed, agreement, headline]), result)
+    _common.emit("bench_eval", "\n\n".join([speed, phases, agreement, headline]), result)
     if write:
-        _common.write_section("bench_eval", section(result, speed, agreement, headline, argv))
+        _common.write_section("bench_eval", section(result, speed, phases, agreement, headline, argv))
 
 
-def section(result: dict, speed: str, agreement: str, headline: str, argv: list[str]) -> str:
+def section(result: dict, speed: str, phases: str, agreement: str, headline: str, argv: list[str]) -> str:
     per_split = result["rows_per_split"]
     description = (
         f"A seeded sample of LUME Task2 rows ({per_split['forget']} forget + {per_split['retain']} retain, whole "
@@ -248,7 +290,7 @@ def section(result: dict, speed: str, agreement: str, headline: str, argv: list[
         f"Reproduce: `{command}` (measured {_common.utc_date()}). `--rows 3000 --max_new_tokens 256` evaluates "
         "every Task2 row at the official generation length (long)."
     )
-    return "\n\n".join(["## Evaluation speed", description, speed, headline, agreement, nll_note, reproduce])
+    return "\n\n".join(["## Evaluation speed", description, speed, headline, phases, agreement, nll_note, reproduce])
 
 
 if __name__ == "__main__":

@@ -54,9 +54,17 @@ def build_assets(root: Path, *, finetune_epochs: int = 0) -> Assets:
         return Assets(data_dir, init_dir)
     from obliviate.train.run import run_finetune
 
-    config = FinetuneConfig(output_dir=str(root / "target"), model=str(init_dir), epochs=finetune_epochs,
-                            data=[str(data_dir / "forget"), str(data_dir / "retain")], lr=1e-2, batch_size=16,
-                            micro_batch_size=16, max_length=64, warmup_ratio=0.0)
+    config = FinetuneConfig(
+        output_dir=str(root / "target"),
+        model=str(init_dir),
+        epochs=finetune_epochs,
+        data=[str(data_dir / "forget"), str(data_dir / "retain")],
+        lr=1e-2,
+        batch_size=16,
+        micro_batch_size=16,
+        max_length=64,
+        warmup_ratio=0.0,
+    )
     run_finetune(config)
     return Assets(data_dir, root / "target")
 
@@ -75,16 +83,30 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Assets:
 
 def unlearn_config(assets: Assets, output_dir: Path, **overrides: Any) -> UnlearnConfig:
     """A fast :class:`UnlearnConfig` on the micro assets (1 epoch of 5 steps, lr 1e-2), with ``overrides``."""
-    values: dict[str, Any] = {"model_dir": str(assets.model), "forget_dir": str(assets.forget),
-                              "retain_dir": str(assets.retain), "output_dir": str(output_dir), **FAST}
+    values: dict[str, Any] = {
+        "model_dir": str(assets.model),
+        "forget_dir": str(assets.forget),
+        "retain_dir": str(assets.retain),
+        "output_dir": str(output_dir),
+        **FAST,
+    }
     values.update(overrides)
     return UnlearnConfig(**values)
 
 
 def unlearn_argv(assets: Assets, output_dir: Path, *extra: str) -> list[str]:
     """``obliviate unlearn`` arguments for a fast run on the micro assets."""
-    args = ["unlearn", "--model_dir", str(assets.model), "--forget_dir", str(assets.forget), "--retain_dir",
-            str(assets.retain), "--output_dir", str(output_dir)]
+    args = [
+        "unlearn",
+        "--model_dir",
+        str(assets.model),
+        "--forget_dir",
+        str(assets.forget),
+        "--retain_dir",
+        str(assets.retain),
+        "--output_dir",
+        str(output_dir),
+    ]
     for key, value in FAST.items():
         args += [f"--{key}", str(value)]
     return args + list(extra)
@@ -97,8 +119,11 @@ def weights(directory: Path, name: str = "model.safetensors") -> dict[str, torch
 def hash_dir(directory: Path) -> dict[str, str]:
     """sha256 of every file below ``directory``, by relative path."""
     root = Path(directory)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def metrics(output_dir: Path) -> list[dict[str, Any]]:
@@ -119,8 +144,9 @@ def answer_nll(model_dir: Path, records_dir: Path, split: str = "forget") -> flo
     from obliviate.models.load import load_model
 
     model, tokenizer = load_model(model_dir)
-    batch = collate([encode_record(tokenizer, r, 64) for r in load_split(records_dir, split=split)],
-                    tokenizer.pad_token_id)
+    batch = collate(
+        [encode_record(tokenizer, r, 64) for r in load_split(records_dir, split=split)], tokenizer.pad_token_id
+    )
     logits = model.eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return mean_nll(logits, batch.labels).item()
 
@@ -135,11 +161,13 @@ def rmu_distance(model_dir: Path, records_dir: Path, layer: int, control: torch.
     from obliviate.models.trainable import decoder_layers
 
     model, tokenizer = load_model(model_dir)
-    batch = collate([encode_record(tokenizer, r, 64) for r in load_split(records_dir, split="forget")],
-                    tokenizer.pad_token_id)
+    batch = collate(
+        [encode_record(tokenizer, r, 64) for r in load_split(records_dir, split="forget")], tokenizer.pad_token_id
+    )
     captured = []
     handle = decoder_layers(model)[layer].register_forward_hook(
-        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
     model.eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     handle.remove()
     return masked_mse(captured[0], control, batch.attention_mask).item()

@@ -10,21 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from helpers import (
     Assets,
-    assets,  # noqa: F401 (fixture)
     hash_dir,
     listing,
     unlearn_argv,
     unlearn_config,
 )
-
 from obliviate.cli.main import build_parser, main
 from obliviate.config import FinetuneConfig, UnlearnConfig, build_config, load_yaml
 from obliviate.data.load import load_split, write_jsonl
 from obliviate.errors import ConfigError
 from obliviate.losses import LOSSES
 from obliviate.train.run import run_unlearn
+
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -39,16 +40,25 @@ def test_help_lists_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for field in dataclasses.fields(UnlearnConfig):
         assert f"--{field.name}" in text
-    for shown in ("(default: ga_gd)", "(default: 1e-05)", "(default: auto)", "(default: all-linear)", "(required)",
-                  "(default: 32)", "(default: None)"):
+    for shown in (
+        "(default: ga_gd)",
+        "(default: 1e-05)",
+        "(default: auto)",
+        "(default: all-linear)",
+        "(required)",
+        "(default: 32)",
+        "(default: None)",
+    ):
         assert shown in text
     assert "--config" in text
 
 
 def test_yaml_supplies_options_and_flags_win(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model_dir: m\nforget_dir: f\noutput_dir: o\nmethod: npo\nlr: 1e-4\nepochs: 3\n"
-                    "trainable_layers: 0\nlora_r: 8\nmerge: true\nbeta: 0.2\n")
+    path.write_text(
+        "model_dir: m\nforget_dir: f\noutput_dir: o\nmethod: npo\nlr: 1e-4\nepochs: 3\n"
+        "trainable_layers: 0\nlora_r: 8\nmerge: true\nbeta: 0.2\n"
+    )
     config = build_config(UnlearnConfig, parse("--config", str(path), "--epochs", "7", "--no-merge"))
     assert (config.method, config.lr, config.epochs, config.merge, config.beta) == ("npo", 1e-4, 7, False, 0.2)
     assert config.trainable_layers == "0" and config.lora_r == 8  # YAML 1.1 reads 1e-4 as text and 0 as a number
@@ -62,9 +72,15 @@ def test_yaml_supplies_options_and_flags_win(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("epochs: five\n", "epochs: expected int, found 'five'"), ("lr: [1]\n", "lr: expected float"),
-     ("merge: 3\n", "merge: expected bool"), ("method: null\n", "method: expected a value, found null"),
-     ("learning_rate: 1\n", "unknown option"), ("- a\n", "expected a mapping"), ("a: [\n", "not valid YAML")],
+    [
+        ("epochs: five\n", "epochs: expected int, found 'five'"),
+        ("lr: [1]\n", "lr: expected float"),
+        ("merge: 3\n", "merge: expected bool"),
+        ("method: null\n", "method: expected a value, found null"),
+        ("learning_rate: 1\n", "unknown option"),
+        ("- a\n", "expected a mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
 )
 def test_bad_yaml_is_a_config_error(tmp_path, text, message):
     path = tmp_path / "run.yaml"
@@ -76,9 +92,12 @@ def test_bad_yaml_is_a_config_error(tmp_path, text, message):
 def test_missing_required_options_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="missing required option.*--model_dir"):
         build_config(UnlearnConfig, parse("--forget_dir", "f", "--output_dir", "o"))
-    for flags, message in ((("--scheduler", "step"), "expected one of constant, linear, cosine"),
-                           (("--lr", "0"), "--lr must be positive"), (("--warmup_ratio", "1"), "warmup_ratio"),
-                           (("--mixed_precision", "fp8"), "mixed_precision")):
+    for flags, message in (
+        (("--scheduler", "step"), "expected one of constant, linear, cosine"),
+        (("--lr", "0"), "--lr must be positive"),
+        (("--warmup_ratio", "1"), "warmup_ratio"),
+        (("--mixed_precision", "fp8"), "mixed_precision"),
+    ):
         with pytest.raises(ConfigError, match=message):
             build_config(UnlearnConfig, parse("--model_dir", "m", "--forget_dir", "f", "--output_dir", "o", *flags))
 
@@ -103,8 +122,14 @@ def test_shipped_configs_load():
         if path.parent.name == "accelerate":
             from accelerate.commands.config.config_args import ClusterConfig
 
-            for key in ("compute_environment", "distributed_type", "mixed_precision", "num_processes",
-                        "num_machines", "machine_rank"):
+            for key in (
+                "compute_environment",
+                "distributed_type",
+                "mixed_precision",
+                "num_processes",
+                "num_machines",
+                "machine_rank",
+            ):
                 assert key in values, (path, key)
             ClusterConfig.from_yaml_file(str(path))  # accelerate's own reader rejects unknown keys
         else:
@@ -137,16 +162,22 @@ BAD_INPUTS = {
     "empty selection": (lambda r, a: ["--trainable_layers", ","], "selects no layer; the model has 2 layers"),
     "rmu layer out of range": (lambda r, a: ["--method", "rmu", "--rmu_layer", "2"], "the model has 2 layers"),
     "no retain set": (lambda r, a: ["--retain_dir", ""], "method ga_gd needs a retain set: pass --retain_dir"),
-    "no config.json": (lambda r, a: ["--model_dir", str(model_copy(r, a, remove="config.json"))],
-                       "expected config.json"),
+    "no config.json": (
+        lambda r, a: ["--model_dir", str(model_copy(r, a, remove="config.json"))],
+        "expected config.json",
+    ),
     "pickled weights only": (
         lambda r, a: ["--model_dir", str(model_copy(r, a, remove="model.safetensors", add_bin=True))],
-        "holds no safetensors weights: expected model.safetensors, found only pickled weights (pytorch_model.bin)"),
-    "forget/retain overlap": (lambda r, a: ["--retain_dir", str(overlapping_retain(r, a))],
-                              "found 2 retain records with a forget id"),
+        "holds no safetensors weights: expected model.safetensors, found only pickled weights (pytorch_model.bin)",
+    ),
+    "forget/retain overlap": (
+        lambda r, a: ["--retain_dir", str(overlapping_retain(r, a))],
+        "found 2 retain records with a forget id",
+    ),
     "bad model with --overwrite": (
         lambda r, a: ["--output_dir", str(r / "full"), "--overwrite", "--model_dir", str(r / "missing" / "model")],
-        "does not exist"),
+        "does not exist",
+    ),
     "batch not a multiple": (lambda r, a: ["--batch_size", "6"], "must be a multiple of --micro_batch_size 4"),
 }
 
@@ -170,8 +201,9 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, assets, tmp_path, 
 
 def test_ga_needs_no_retain_set_and_a_relative_output_dir_works(assets, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = [a for a in unlearn_argv(assets, Path("out"), "--method", "ga") if a not in ("--retain_dir",
-                                                                                       str(assets.retain))]
+    argv = [
+        a for a in unlearn_argv(assets, Path("out"), "--method", "ga") if a not in ("--retain_dir", str(assets.retain))
+    ]
     assert main(argv) == 0
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 5

@@ -1,4 +1,4 @@
-"""Two CPU processes under torchrun (gloo): one run, different retain draws per rank, steps from the effective batch."""
+"""Two CPU processes under torchrun (gloo): one run, different retain draws per rank, steps set by the batch."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from pathlib import Path
 
 from helpers import (
     FORGET_RECORDS,
-    assets,  # noqa: F401 (fixture)
     metrics,
     unlearn_argv,
     weights,
 )
-
 from obliviate.data.batching import encode_record, forget_order, micro_batches_for_rank, retain_draws
 from obliviate.data.load import load_split
 from obliviate.models.load import load_tokenizer
 from obliviate.train import checkpoint as ckpt
+
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
+
 
 WORLD, MICRO, ACCUMULATION, SEED = 2, 2, 2, 42
 BATCH = MICRO * ACCUMULATION * WORLD
@@ -50,8 +51,18 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
     out = tmp_path / "out"
     argv = unlearn_argv(assets, out, "--micro_batch_size", str(MICRO), "--batch_size", str(BATCH), "--seed", str(SEED))
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc_per_node", str(WORLD), "--master_addr", "127.0.0.1", "--master_port",
-               str(free_port()), "-m", "obliviate.cli.main", *argv]
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "obliviate.cli.main",
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,6 +75,6 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
         first, second = line["retain_draw_checksums"]
         assert first != second
     assert lines[-1]["tokens_seen"] == expected_tokens(assets, steps)
-    (epoch, path), = ckpt.list_checkpoints(out)
+    ((epoch, path),) = ckpt.list_checkpoints(out)
     assert epoch == 1 and {p.name for p in path.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
     assert weights(out).keys() == weights(assets.model).keys()

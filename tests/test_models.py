@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from helpers import assets  # noqa: F401 (fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from obliviate.data.batching import collate, encode_record
@@ -16,6 +15,9 @@ from obliviate.data.records import Record
 from obliviate.errors import ConfigError, ModelError
 from obliviate.models.load import load_model, load_tokenizer, save_pretrained_atomic
 from obliviate.models.tiny import SIZES, build_model, count_parameters, train_tokenizer
+
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
+
 
 TEXT = "Ann Lee was born on May 1, 1990. Her phone number is 555-010-2030."
 
@@ -43,8 +45,10 @@ def test_tokenizer_without_pad_pads_with_eos_and_keeps_real_eos_in_the_mask(asse
     tokenizer = load_tokenizer(tmp_path / "tok")
     assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.pad_token_id == tokenizer.eos_token_id
 
-    records = [Record(id="a", input="Who is Ann?", output="A baker."),
-               Record(id="b", input="Who is Bob, the one from Springfield?", output="A very tall carpenter.")]
+    records = [
+        Record(id="a", input="Who is Ann?", output="A baker."),
+        Record(id="b", input="Who is Bob, the one from Springfield?", output="A very tall carpenter."),
+    ]
     encoded = [encode_record(tokenizer, r, 64) for r in records]
     batch = collate(encoded, tokenizer.pad_token_id)
     eos = tokenizer.eos_token_id

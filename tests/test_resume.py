@@ -7,19 +7,20 @@ import json
 
 import pytest
 import torch
+
 from helpers import (
-    assets,  # noqa: F401 (fixture)
     metrics,
     unlearn_argv,
     unlearn_config,
     weights,
 )
-
 from obliviate.cli.main import main
 from obliviate.errors import TrainingError
 from obliviate.losses import LOSSES
 from obliviate.train import checkpoint as ckpt
 from obliviate.train.run import run_unlearn
+
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
 
 
 def interrupt_at_epoch(stop_epoch: int):
@@ -82,8 +83,15 @@ def test_checkpoint_holds_everything_resume_needs(assets, tmp_path):
     out = tmp_path / "out"
     run_unlearn(unlearn_config(assets, out, method="ga"))
     path = out / "checkpoints" / "epoch-1"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "scheduler.pt",
-                 "rng_state_0.pt", "trainer_state.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state_0.pt",
+        "trainer_state.json",
+    ):
         assert (path / name).is_file(), name
     state = json.loads((path / "trainer_state.json").read_text())
     assert state == {"epoch": 1, "global_step": 5, "stopped": None, "tokens_seen": state["tokens_seen"]}

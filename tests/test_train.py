@@ -7,20 +7,18 @@ import math
 
 import pytest
 import torch
+
 from helpers import (
     FORGET_RECORDS,
     answer_nll,
-    assets,  # noqa: F401 (fixture)
     hash_dir,
     listing,
     metrics,
     rmu_distance,
-    target,  # noqa: F401 (fixture)
     unlearn_argv,
     unlearn_config,
     weights,
 )
-
 from obliviate.cli.main import main
 from obliviate.errors import TrainingError
 from obliviate.losses import LOSSES
@@ -28,6 +26,9 @@ from obliviate.losses.common import LossOutput
 from obliviate.losses.rmu import make_control_vector
 from obliviate.train import checkpoint as ckpt
 from obliviate.train.run import run_unlearn
+
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
+
 
 SELECTIONS = {
     "all": ("all", "all", lambda name: True),
@@ -64,8 +65,9 @@ def assert_unlearned(method: str, before_dir, after_dir, target_assets) -> None:
 def test_method_unlearns_and_moves_exactly_the_selected_parameters(method, selection, target, tmp_path):
     layers, modules, selected = SELECTIONS[selection]
     out = tmp_path / "out"
-    config = unlearn_config(target, out, method=method, trainable_layers=layers, trainable_modules=modules,
-                            **method_overrides(method))
+    config = unlearn_config(
+        target, out, method=method, trainable_layers=layers, trainable_modules=modules, **method_overrides(method)
+    )
     result = run_unlearn(config)
 
     assert result.global_step == math.ceil(FORGET_RECORDS / 4) and result.stopped is None
@@ -81,14 +83,25 @@ def test_method_unlearns_and_moves_exactly_the_selected_parameters(method, selec
 def test_lora_trains_only_adapters_and_never_writes_the_base(method, target, tmp_path):
     out = tmp_path / "out"
     base_files = hash_dir(target.model)
-    config = unlearn_config(target, out, method=method, lora_r=4, lora_alpha=8.0, trainable_layers="last:1",
-                            epochs=2, merge=True, **method_overrides(method))
+    config = unlearn_config(
+        target,
+        out,
+        method=method,
+        lora_r=4,
+        lora_alpha=8.0,
+        trainable_layers="last:1",
+        epochs=2,
+        merge=True,
+        **method_overrides(method),
+    )
     run_unlearn(config)
 
     assert hash_dir(target.model) == base_files
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
-    adapter, first_epoch = weights(out, "adapter_model.safetensors"), weights(
-        out / "checkpoints" / "epoch-1", "adapter_model.safetensors")
+    adapter, first_epoch = (
+        weights(out, "adapter_model.safetensors"),
+        weights(out / "checkpoints" / "epoch-1", "adapter_model.safetensors"),
+    )
     assert adapter and all("lora_" in name and ".layers.1." in name for name in adapter)
     assert all(not torch.equal(adapter[name], first_epoch[name]) for name in adapter)
     # merged = base everywhere except the adapted linears of layer 1, which are W + (alpha / r)·B·A
@@ -163,8 +176,18 @@ def test_same_seed_same_weights_also_under_lora(assets, tmp_path):
 
 def test_metrics_log_one_line_per_optimizer_step(assets, tmp_path):
     out = tmp_path / "out"
-    result = run_unlearn(unlearn_config(assets, out, method="ga_gd", epochs=2, batch_size=8, micro_batch_size=4,
-                                        scheduler="linear", warmup_ratio=0.2))
+    result = run_unlearn(
+        unlearn_config(
+            assets,
+            out,
+            method="ga_gd",
+            epochs=2,
+            batch_size=8,
+            micro_batch_size=4,
+            scheduler="linear",
+            warmup_ratio=0.2,
+        )
+    )
     lines = metrics(out)
     steps = math.ceil(FORGET_RECORDS / 8)
     assert [line["step"] for line in lines] == list(range(1, 2 * steps + 1)) == list(range(1, result.global_step + 1))
@@ -182,11 +205,13 @@ def test_metrics_log_one_line_per_optimizer_step(assets, tmp_path):
 
 def test_gradient_accumulation_and_checkpointing_keep_the_step_count(assets, tmp_path):
     plain = run_unlearn(unlearn_config(assets, tmp_path / "plain", method="ga"))
-    accumulated = run_unlearn(unlearn_config(assets, tmp_path / "acc", method="ga", micro_batch_size=2,
-                                             gradient_checkpointing=True))
+    accumulated = run_unlearn(
+        unlearn_config(assets, tmp_path / "acc", method="ga", micro_batch_size=2, gradient_checkpointing=True)
+    )
     assert plain.global_step == accumulated.global_step == math.ceil(FORGET_RECORDS / 4)
-    assert not torch.equal(weights(tmp_path / "plain")["model.embed_tokens.weight"],
-                           weights(assets.model)["model.embed_tokens.weight"])
+    assert not torch.equal(
+        weights(tmp_path / "plain")["model.embed_tokens.weight"], weights(assets.model)["model.embed_tokens.weight"]
+    )
 
 
 def test_epoch_hook_sees_each_complete_checkpoint(assets, tmp_path):
@@ -241,8 +266,52 @@ def test_finetune_builds_a_target_that_knows_its_data(target):
 
 def test_finetune_cli_builds_a_named_size_first(assets, tmp_path):
     out = tmp_path / "ft"
-    argv = ["finetune", "--model", "micro", "--data", str(assets.forget), str(assets.retain), "--output_dir",
-            str(out), "--epochs", "1", "--batch_size", "16", "--micro_batch_size", "8", "--max_length", "64"]
+    argv = [
+        "finetune",
+        "--model",
+        "micro",
+        "--data",
+        str(assets.forget),
+        str(assets.retain),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--micro_batch_size",
+        "8",
+        "--max_length",
+        "64",
+    ]
     assert main(argv) == 0
     assert {".init/config.json", "model.safetensors", "config.yaml", "metrics.jsonl"} <= set(listing(out))
     assert len(metrics(out)) == math.ceil(54 / 16)
+
+
+def test_rmu_hidden_state_is_the_block_output_at_every_depth(assets):
+    """``h^ℓ`` is block ℓ's output; ``output_hidden_states[-1]`` would be the last block's after the final norm."""
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+    from obliviate.models.trainable import decoder_layers
+    from obliviate.train.loop import _forward
+
+    model, tokenizer = load_model(assets.model)
+    records = load_split(assets.forget, split="forget")[:3]
+    batch = collate([encode_record(tokenizer, r, 64) for r in records], tokenizer.pad_token_id)
+    reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    blocks = decoder_layers(model)
+    first, last = _forward(model, batch, blocks[0]), _forward(model, batch, blocks[1])
+    assert torch.equal(first.hidden, reference.hidden_states[1])
+    assert not torch.allclose(last.hidden, reference.hidden_states[2])
+    torch.testing.assert_close(model.model.norm(last.hidden), reference.hidden_states[2])
+    assert torch.equal(last.logits, reference.logits) and _forward(model, batch).hidden is None
+
+
+def test_runs_in_one_process_may_change_precision(assets, tmp_path):
+    for name, precision in (("fp32", "no"), ("bf16", "bf16"), ("again", "no")):
+        result = run_unlearn(unlearn_config(assets, tmp_path / name, method="ga", mixed_precision=precision))
+        assert result.global_step == 5 and math.isfinite(metrics(tmp_path / name)[0]["loss"])
+    assert metrics(tmp_path / "fp32") == metrics(tmp_path / "again")
+    assert metrics(tmp_path / "bf16")[-1]["loss"] != metrics(tmp_path / "fp32")[-1]["loss"]

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import pytest
-from helpers import assets  # noqa: F401 (fixture)
 
 from obliviate.errors import ConfigError
 from obliviate.models.load import load_model
 from obliviate.models.trainable import apply_lora, decoder_layers, parse_layer_spec, select_trainable
 
+pytest_plugins = ["helpers"]  # the micro model and data fixtures
+
+ATTN, MLP = {"q_proj", "k_proj", "v_proj", "o_proj"}, {"gate_proj", "up_proj", "down_proj"}
+
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("all", [0, 1, 2, 3, 4, 5]), ("0,1,5", [0, 1, 5]), ("0-3", [0, 1, 2, 3]), ("last:2", [4, 5]),
-     ("0-1,last:2", [0, 1, 4, 5]), (" 3 , 3 ", [3]), ("last:6", [0, 1, 2, 3, 4, 5])],
+    [
+        ("all", [0, 1, 2, 3, 4, 5]),
+        ("0,1,5", [0, 1, 5]),
+        ("0-3", [0, 1, 2, 3]),
+        ("last:2", [4, 5]),
+        ("0-1,last:2", [0, 1, 4, 5]),
+        (" 3 , 3 ", [3]),
+        ("last:6", [0, 1, 2, 3, 4, 5]),
+    ],
 )
 def test_layer_specs(spec, expected):
     assert parse_layer_spec(spec, 6) == expected
@@ -21,10 +31,17 @@ def test_layer_specs(spec, expected):
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("6", "6 is out of range, the model has 6 layers"), ("2-9", "out of range, the model has 6 layers"),
-     ("3-1", "out of range"), ("last:0", "last:0 is out of range, the model has 6 layers"),
-     ("last:7", "the model has 6 layers"), ("", "selects no layer; the model has 6 layers"),
-     (",", "selects no layer"), ("first:2", "expected all, 0,1,5, 0-3 or last:N; found 'first:2'"), ("-1", "found")],
+    [
+        ("6", "6 is out of range, the model has 6 layers"),
+        ("2-9", "out of range, the model has 6 layers"),
+        ("3-1", "out of range"),
+        ("last:0", "last:0 is out of range, the model has 6 layers"),
+        ("last:7", "the model has 6 layers"),
+        ("", "selects no layer; the model has 6 layers"),
+        (",", "selects no layer"),
+        ("first:2", "expected all, 0,1,5, 0-3 or last:N; found 'first:2'"),
+        ("-1", "found"),
+    ],
 )
 def test_bad_layer_specs_give_the_layer_count(spec, message):
     with pytest.raises(ConfigError, match=message):
@@ -54,8 +71,12 @@ def test_select_trainable(assets):
 
 @pytest.mark.parametrize(
     ("layers", "modules", "adapted"),
-    [("all", "all", {"0.self_attn", "0.mlp", "1.self_attn", "1.mlp"}), ("last:1", "all", {"1.self_attn", "1.mlp"}),
-     ("0", "mlp", {"0.mlp"}), ("all", "attn", {"0.self_attn", "1.self_attn"})],
+    [
+        ("all", "all", {"0.self_attn", "0.mlp", "1.self_attn", "1.mlp"}),
+        ("last:1", "all", {"1.self_attn", "1.mlp"}),
+        ("0", "mlp", {"0.mlp"}),
+        ("all", "attn", {"0.self_attn", "1.self_attn"}),
+    ],
 )
 def test_lora_adapts_the_selected_layers_only(assets, layers, modules, adapted):
     model, _ = load_model(assets.model)
@@ -65,9 +86,7 @@ def test_lora_adapts_the_selected_layers_only(assets, layers, modules, adapted):
     found = {".".join(name.split("model.layers.")[1].split(".")[:2]) for name in names}
     assert found == adapted
     projections = {name.split(".")[-4] for name in names}  # ...q_proj.lora_A.default.weight
-    assert projections == ({"gate_proj", "up_proj", "down_proj"} if modules == "mlp" else
-                           {"q_proj", "k_proj", "v_proj", "o_proj"} if modules == "attn" else
-                           {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    assert projections == {"mlp": MLP, "attn": ATTN, "all": ATTN | MLP}[modules]
     assert len(decoder_layers(peft_model)) == 2
 
 

@@ -9,7 +9,8 @@ from obliviate.config import FinetuneConfig, add_arguments, build_config
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "finetune", help="train a causal LM on records (prompt masked)",
+        "finetune",
+        help="train a causal LM on records (prompt masked)",
         description="Train a causal LM on records: cross-entropy on the answer with the prompt masked, on every "
         "token for documents. --model tiny builds a tokenizer and a tiny OLMo from the data first.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(FinetuneConfig, args)
     result = run_finetune(config)
     if process_state().is_main_process:  # one line per launch, not per process
-        print(f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
-          f"in {result.wall_seconds:.0f}s → {result.output_dir}")
+        print(
+            f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
+            f"in {result.wall_seconds:.0f}s → {result.output_dir}"
+        )
     return 0

@@ -9,7 +9,8 @@ from obliviate.config import UnlearnConfig, add_arguments, build_config
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "unlearn", help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu)",
+        "unlearn",
+        help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu)",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
         "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. Defaults are "
         "the published 7B ones (lr 1e-5, effective batch 32, AdamW); `obliviate demo` uses presets tuned for the "
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_unlearn(config, epoch_hook=hook)
     note = f" (stopped: {result.stopped})" if result.stopped else ""
     if process_state().is_main_process:  # one line per launch, not per process
-        print(f"unlearned with {config.method}: {result.epochs_completed} epochs, {result.global_step} steps, "
-          f"{result.tokens_seen} tokens in {result.wall_seconds:.0f}s → {result.output_dir}{note}")
+        print(
+            f"unlearned with {config.method}: {result.epochs_completed} epochs, {result.global_step} steps, "
+            f"{result.tokens_seen} tokens in {result.wall_seconds:.0f}s → {result.output_dir}{note}"
+        )
     return 0

@@ -80,7 +80,11 @@ def build_model(size: str, vocab_size: int, tokenizer=None, arch: str = "olmo", 
 
 
 def init_model(
-    records: list[Record], output_dir: str | Path, size: str = "tiny", arch: str = "olmo", vocab_size: int = 4096,
+    records: list[Record],
+    output_dir: str | Path,
+    size: str = "tiny",
+    arch: str = "olmo",
+    vocab_size: int = 4096,
     seed: int = 0,
 ) -> Path:
     """Train a tokenizer on ``records`` and save an untrained model of ``size`` as a standard HF directory.

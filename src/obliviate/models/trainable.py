@@ -42,14 +42,17 @@ def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
         if match := re.fullmatch(r"last:(\d+)", part):
             count = int(match.group(1))
             if not 0 < count <= num_layers:
-                raise ConfigError(f"--trainable_layers {spec!r}: last:{count} is out of range, the model has "
-                                  f"{num_layers} layers")
+                raise ConfigError(
+                    f"--trainable_layers {spec!r}: last:{count} is out of range, the model has {num_layers} layers"
+                )
             chosen.update(range(num_layers - count, num_layers))
         elif match := re.fullmatch(r"(\d+)(?:-(\d+))?", part):
             low, high = int(match.group(1)), int(match.group(2) or match.group(1))
             if low > high or high >= num_layers:
-                raise ConfigError(f"--trainable_layers {spec!r}: {part} is out of range, the model has {num_layers}"
-                                  f" layers (0-{num_layers - 1})")
+                raise ConfigError(
+                    f"--trainable_layers {spec!r}: {part} is out of range, the model has {num_layers}"
+                    f" layers (0-{num_layers - 1})"
+                )
             chosen.update(range(low, high + 1))
         else:
             raise ConfigError(f"--trainable_layers {spec!r}: expected all, 0,1,5, 0-3 or last:N; found {part!r}")
@@ -133,8 +136,14 @@ def _linear_names(model: torch.nn.Module, modules: str) -> list[str]:
 
 
 def apply_lora(
-    model: torch.nn.Module, *, r: int, alpha: float, dropout: float, target: str = "all-linear",
-    layers: str = "all", modules: str = "all",
+    model: torch.nn.Module,
+    *,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target: str = "all-linear",
+    layers: str = "all",
+    modules: str = "all",
 ):
     """Wrap ``model`` with LoRA adapters (peft); only adapter weights train, the base stays frozen.
 

@@ -62,8 +62,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, run_dir: Path, epoch: int,
-                    state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    accelerator, model, tokenizer, optimizer, scheduler, run_dir: Path, epoch: int, state: dict[str, Any]
+) -> Path:
     """Write ``checkpoints/epoch-<epoch>`` atomically; every rank must call it (it holds collective calls)."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"epoch-{epoch}"
@@ -112,7 +113,7 @@ def load_weights(model, checkpoint: Path, is_peft: bool) -> None:
 
 def load_training_state(checkpoint: Path, optimizer, scheduler, process_index: int) -> dict[str, Any]:
     """Restore optimizer, scheduler and this rank's RNG; return the trainer state."""
-    0 and optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(checkpoint / f"rng_state_{process_index}.pt", weights_only=False))
     return json.loads((checkpoint / STATE_FILE).read_text())

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -92,22 +93,17 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def setup(model, tokenizer, method: Method, params: LossParams, forget: list[Record], retain: list[Record] | None,
-          config: TrainConfig) -> _Run:
+def setup(
+    model,
+    tokenizer,
+    method: Method,
+    params: LossParams,
+    forget: list[Record],
+    retain: list[Record] | None,
+    config: TrainConfig,
+) -> _Run:
     """Prepare model, reference, optimizer, schedule and tokenised data; restore a checkpoint on ``--resume``."""
-    state = process_state()
-    world = state.num_processes
-    if config.batch_size % (config.micro_batch_size * world):
-        raise ConfigError(f"--batch_size {config.batch_size} must be a multiple of --micro_batch_size "
-                          f"{config.micro_batch_size} x {world} process(es)")
-    accumulation = config.batch_size // (config.micro_batch_size * world)
-    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
-                              gradient_accumulation_steps=accumulation, cpu=_cpu_launch())
-    if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ConfigError("--resume is supported for single-process and DDP runs: the checkpoints hold the main "
-                          "process's optimizer state, not the shards of DeepSpeed / FSDP")
-    _configure_deepspeed(accelerator, config)
+    accelerator, accumulation = _accelerator(config)
     set_seed(config.seed)
     needs = method.needs
     if needs.retain and not retain:
@@ -125,30 +121,67 @@ def setup(model, tokenizer, method: Method, params: LossParams, forget: list[Rec
         from obliviate.losses.rmu import make_control_vector
 
         control = make_control_vector(model.config.hidden_size, params.rmu_c, config.seed).to(accelerator.device)
+    steps_per_epoch = math.ceil(len(forget) / config.batch_size)
+    optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None:
+        reference = _prepare_reference(accelerator, reference)
+    run = _Run(
+        accelerator=accelerator,
+        model=model,
+        reference=reference,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        forget=[encode_record(tokenizer, r, config.max_length) for r in forget],
+        retain=[encode_record(tokenizer, r, config.max_length) for r in retain or []] if needs.retain else [],
+        steps_per_epoch=steps_per_epoch,
+        accumulation=accumulation,
+        control=control,
+        is_peft=is_peft,
+        state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None},
+    )
+    if config.resume:
+        _restore(run, config, tokenizer)
+    return run
+
+
+def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
+    """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
+    world = process_state().num_processes
+    if config.batch_size % (config.micro_batch_size * world):
+        raise ConfigError(
+            f"--batch_size {config.batch_size} must be a multiple of --micro_batch_size "
+            f"{config.micro_batch_size} x {world} process(es)"
+        )
+    accumulation = config.batch_size // (config.micro_batch_size * world)
+    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(config.mixed_precision),
+        gradient_accumulation_steps=accumulation,
+        cpu=_cpu_launch(),
+    )
+    if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError(
+            "--resume is supported for single-process and DDP runs: the checkpoints hold the main "
+            "process's optimizer state, not the shards of DeepSpeed / FSDP"
+        )
+    _configure_deepspeed(accelerator, config)
+    return accelerator, accumulation
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
+    """AdamW over the trainable parameters and its warm-up + constant / linear / cosine schedule."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError("no parameter is trainable: check --trainable_layers / --trainable_modules / --lora_r")
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    step_size = config.batch_size
-    steps_per_epoch = math.ceil(len(forget) / step_size)
-    total_steps = steps_per_epoch * config.epochs
     scheduler = get_scheduler(
         "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
         optimizer,
         num_warmup_steps=int(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if reference is not None:
-        reference = _prepare_reference(accelerator, reference)
-    encode = [encode_record(tokenizer, r, config.max_length) for r in forget]
-    encode_retain = [encode_record(tokenizer, r, config.max_length) for r in (retain or [])] if needs.retain else []
-    state = {"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None}
-    run = _Run(accelerator, model, reference, optimizer, scheduler, encode, encode_retain, steps_per_epoch,
-               accumulation, control, is_peft, state)
-    if config.resume:
-        _restore(run, config, tokenizer)
-    return run
+    return optimizer, scheduler
 
 
 def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
@@ -225,8 +258,9 @@ def _block(accelerator: Accelerator, model, layer: int | None) -> torch.nn.Modul
     return None if layer is None else decoder_layers(accelerator.unwrap_model(model))[layer]
 
 
-def _loss_inputs(run: _Run, method: Method, forget: TokenBatch, retain: TokenBatch | None,
-                 layer: int | None) -> LossInputs:
+def _loss_inputs(
+    run: _Run, method: Method, forget: TokenBatch, retain: TokenBatch | None, layer: int | None
+) -> LossInputs:
     needs = method.needs
     block = _block(run.accelerator, run.model, layer)
     inputs = LossInputs(forget=_forward(run.model, forget, block), control=run.control)
@@ -249,22 +283,40 @@ def _checksum(indices: list[int]) -> int:
     return value
 
 
-def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConfig, tokenizer, epoch: int,
-                layer: int | None, log: Callable[[dict[str, Any]], None], stop_forget_nll: float | None) -> str | None:
+def train_epoch(
+    run: _Run,
+    method: Method,
+    params: LossParams,
+    config: TrainConfig,
+    tokenizer,
+    epoch: int,
+    layer: int | None,
+    log: Callable[[dict[str, Any]], None],
+    stop_forget_nll: float | None,
+) -> str | None:
     """One pass over the forget set; returns a reason when the run must stop early."""
     acc = run.accelerator
     order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
-    draws = retain_draws(len(run.retain), [len(m) for m in micro], config.seed, epoch, acc.process_index) \
-        if run.retain else [None] * len(micro)
+    draws = (
+        retain_draws(len(run.retain), [len(m) for m in micro], config.seed, epoch, acc.process_index)
+        if run.retain
+        else [None] * len(micro)
+    )
     run.model.train()
-    progress = tqdm(total=run.steps_per_epoch, desc=f"{method.name} epoch {epoch}", disable=not acc.is_main_process,
-                    leave=False, dynamic_ncols=True)
+    progress = tqdm(
+        total=run.steps_per_epoch,
+        desc=f"{method.name} epoch {epoch}",
+        disable=not acc.is_main_process,
+        leave=False,
+        dynamic_ncols=True,
+    )
     started, tokens_at_start = time.perf_counter(), run.state["tokens_seen"]
     for step_start in range(0, len(micro), run.accumulation):
         chunk = range(step_start, step_start + run.accumulation)
-        step_metrics, tokens, draw_ids = _accumulate(run, method, params, config, tokenizer, epoch, layer,
-                                                     [micro[i] for i in chunk], [draws[i] for i in chunk])
+        step_metrics, tokens, draw_ids = _accumulate(
+            run, method, params, config, tokenizer, epoch, layer, [micro[i] for i in chunk], [draws[i] for i in chunk]
+        )
         if config.max_grad_norm > 0:
             acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
@@ -274,8 +326,13 @@ def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConf
         run.state["global_step"] += 1
         run.state["tokens_seen"] += tokens
         checksums = acc.gather(torch.tensor([_checksum(draw_ids)], device=acc.device)).tolist()
-        record = {"step": run.state["global_step"], "epoch": epoch, "lr": lr,
-                  **step_metrics, "tokens_seen": run.state["tokens_seen"]}
+        record = {
+            "step": run.state["global_step"],
+            "epoch": epoch,
+            "lr": lr,
+            **step_metrics,
+            "tokens_seen": run.state["tokens_seen"],
+        }
         if draw_ids:
             record["retain_draw_checksums"] = checksums
         log(record)
@@ -291,8 +348,17 @@ def train_epoch(run: _Run, method: Method, params: LossParams, config: TrainConf
     return None
 
 
-def _accumulate(run: _Run, method: Method, params: LossParams, config: TrainConfig, tokenizer, epoch: int,
-                layer: int | None, forget_ids: list[list[int]], retain_ids: list[list[int] | None]):
+def _accumulate(
+    run: _Run,
+    method: Method,
+    params: LossParams,
+    config: TrainConfig,
+    tokenizer,
+    epoch: int,
+    layer: int | None,
+    forget_ids: list[list[int]],
+    retain_ids: list[list[int] | None],
+):
     """Forward and backward over one optimizer step's micro-batches; accelerate syncs gradients on the last one.
 
     Returns:
@@ -332,18 +398,31 @@ def _finite_everywhere(acc: Accelerator, value: float) -> bool:
 
 def _non_finite(run: _Run, config: TrainConfig, epoch: int, metrics: dict[str, float]) -> None:
     run.optimizer.zero_grad(set_to_none=True)
-    raise TrainingError(f"non-finite loss at epoch {epoch} step {run.state['global_step'] + 1} ({_fmt(metrics)}); "
-                        f"the last good checkpoint is kept in {Path(config.output_dir) / 'checkpoints'}; lower --lr "
-                        "or add a stop bound")
+    raise TrainingError(
+        f"non-finite loss at epoch {epoch} step {run.state['global_step'] + 1} ({_fmt(metrics)}); "
+        f"the last good checkpoint is kept in {Path(config.output_dir) / 'checkpoints'}; lower --lr "
+        "or add a stop bound"
+    )
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def train(model, tokenizer, *, method: Method, params: LossParams, forget: list[Record], retain: list[Record] | None,
-          config: TrainConfig, rmu_layer: int | None = None, stop_forget_nll: float | None = None,
-          epoch_hook: EpochHook | None = None, resolved_config: str | None = None) -> RunResult:
+def train(
+    model,
+    tokenizer,
+    *,
+    method: Method,
+    params: LossParams,
+    forget: list[Record],
+    retain: list[Record] | None,
+    config: TrainConfig,
+    rmu_layer: int | None = None,
+    stop_forget_nll: float | None = None,
+    epoch_hook: EpochHook | None = None,
+    resolved_config: str | None = None,
+) -> RunResult:
     """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``."""
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
@@ -365,14 +444,19 @@ def train(model, tokenizer, *, method: Method, params: LossParams, forget: list[
 
     result = RunResult(output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"])
     try:
-        epochs = tqdm(range(run.state["epoch"] + 1, config.epochs + 1), desc=method.name,
-                      disable=not acc.is_main_process, dynamic_ncols=True)
+        epochs = tqdm(
+            range(run.state["epoch"] + 1, config.epochs + 1),
+            desc=method.name,
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
         for epoch in epochs:
             stopped = train_epoch(run, method, params, config, tokenizer, epoch, layer, log, stop_forget_nll)
             run.state.update(epoch=epoch, stopped=stopped)
             if config.save_checkpoints or stopped:
-                path = ckpt.save_checkpoint(acc, run.model, tokenizer, run.optimizer, run.scheduler, output_dir,
-                                            epoch, dict(run.state))
+                path = ckpt.save_checkpoint(
+                    acc, run.model, tokenizer, run.optimizer, run.scheduler, output_dir, epoch, dict(run.state)
+                )
                 if epoch_hook is not None:
                     result.epoch_results.append(epoch_hook(epoch, path) or {})
             if stopped:
@@ -383,6 +467,9 @@ def train(model, tokenizer, *, method: Method, params: LossParams, forget: list[
         if log_file is not None:
             log_file.close()
         acc.free_memory()
+        # accelerate keeps one precision per process; a later run in this process (a notebook, the demo) may
+        # ask for another. The process group (PartialState) stays.
+        AcceleratorState._reset_state()
     result.epochs_completed = run.state["epoch"]
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started

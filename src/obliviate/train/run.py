@@ -73,12 +73,19 @@ def _select(model, config, method_name: str, rmu_layer: int | None):
             layers, modules = f"{max(0, rmu_layer - 2)}-{rmu_layer}", "mlp"
         else:
             layers = "all"
-    pass  # set_seed(config.seed)  # LoRA initialisation draws from the global RNG: the seed must fix it too
+    set_seed(config.seed)  # LoRA initialisation draws from the global RNG: the seed must fix it too
     if config.lora_r > 0:
         for param in model.parameters():
             param.requires_grad_(False)
-        return apply_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                          target=config.lora_target, layers=layers, modules=modules)
+        return apply_lora(
+            model,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target=config.lora_target,
+            layers=layers,
+            modules=modules,
+        )
     select_trainable(model, layers, modules)
     return model
 
@@ -106,11 +113,22 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
             raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
     model = _select(model, config, method.name, rmu_layer)
     _clear_output_dir(out, inputs, config)  # every input is valid: only now may an old output be replaced
-    resolved = dataclasses.replace(config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)},
-                                   rmu_layer=rmu_layer)
-    return train(model, tokenizer, method=method, params=params, forget=forget,
-                 retain=retain if method.needs.retain else None, config=config, rmu_layer=rmu_layer,
-                 stop_forget_nll=config.stop_forget_nll, epoch_hook=epoch_hook, resolved_config=to_yaml(resolved))
+    resolved = dataclasses.replace(
+        config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
+    )
+    return train(
+        model,
+        tokenizer,
+        method=method,
+        params=params,
+        forget=forget,
+        retain=retain if method.needs.retain else None,
+        config=config,
+        rmu_layer=rmu_layer,
+        stop_forget_nll=config.stop_forget_nll,
+        epoch_hook=epoch_hook,
+        resolved_config=to_yaml(resolved),
+    )
 
 
 def run_finetune(config: FinetuneConfig) -> RunResult:
@@ -133,8 +151,16 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
         model = _select(model, config, "finetune", None)
         _clear_output_dir(out, inputs, config)
-    return train(model, tokenizer, method=FINETUNE, params=LossParams(), forget=records, retain=None,
-                 config=config, resolved_config=to_yaml(config))
+    return train(
+        model,
+        tokenizer,
+        method=FINETUNE,
+        params=LossParams(),
+        forget=records,
+        retain=None,
+        config=config,
+        resolved_config=to_yaml(config),
+    )
 
 
 def _clear_output_dir(out: Path, inputs: list, config) -> None:

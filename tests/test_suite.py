@@ -1,0 +1,136 @@
+"""End-to-end evaluation on a tiny model that memorised a few synthetic people in the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from obliviate.cli.main import main
+from obliviate.config import FinetuneConfig
+from obliviate.data.synth import load_pii, synthesize, write_synth
+from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data
+from obliviate.models.load import load_model
+from obliviate.models.tiny import init_model
+from obliviate.train.run import run_finetune
+
+OPTIONS = EvalOptions(batch_size=16, max_new_tokens=48, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory) -> tuple[Path, Path]:
+    """8 people (2 forget, 2 holdout, 4 retain); a tiny OLMo trained on forget + retain until it regurgitates."""
+    root = tmp_path_factory.mktemp("memorised")
+    data = synthesize(8, forget_fraction=0.25, holdout_fraction=0.25, seed=3)
+    data_dir = write_synth(data, root / "data")
+    init = init_model(data.forget + data.retain + data.holdout, root / "init", size="tiny", vocab_size=600, seed=0)
+    run_finetune(FinetuneConfig(output_dir=str(root / "target"), model=str(init), epochs=70, lr=3e-3,
+                                data=[str(data_dir / "forget"), str(data_dir / "retain")], batch_size=12,
+                                micro_batch_size=12, warmup_ratio=0.05, scheduler="cosine"))
+    return data_dir, root / "target"
+
+
+def test_leaks_are_high_on_memorised_people_and_near_zero_on_holdout(memorised):
+    data_dir, model_dir = memorised
+    model, tokenizer = load_model(model_dir)
+    data = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
+    result = evaluate_model(model, tokenizer, data, OPTIONS)
+    summary = result.summary()
+    assert summary["forget/leak_rate"] >= 0.5
+    assert summary["retain/leak_rate"] >= 0.5
+    assert summary["holdout/leak_rate"] <= 0.1
+    assert summary["forget/rougeL_recall"] > summary["holdout/rougeL_recall"]
+    assert summary["forget/mia_auc_loss"] > 0.75  # members are much likelier than never-seen people
+    assert set(result.leak["forget"]["by_attack"]) >= {"question", "prefix", "paraphrase"}
+
+
+def test_batched_and_one_at_a_time_evaluation_agree(memorised):
+    data_dir, model_dir = memorised
+    model, tokenizer = load_model(model_dir)
+    data = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
+    batched = evaluate_model(model, tokenizer, data, EvalOptions(batch_size=16, max_new_tokens=48,
+                                                                  show_progress=False))
+    single = evaluate_model(model, tokenizer, data, EvalOptions(batch_size=1, max_new_tokens=48,
+                                                                 show_progress=False))
+    pairs = [(a.get("generation"), b.get("generation")) for a, b in zip(batched.per_example, single.per_example)]
+    identical = sum(a == b for a, b in pairs) / len(pairs)
+    assert identical >= 0.99
+    for key, value in batched.summary().items():
+        assert single.summary()[key] == pytest.approx(value, abs=0.01), key
+
+
+def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
+    data_dir, model_dir = memorised
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(model_dir), "--forget_dir", str(data_dir / "forget"), "--retain_dir",
+            str(data_dir / "retain"), "--holdout_dir", str(data_dir / "holdout"), "--oracle", str(model_dir),
+            "--output_dir", str(out), "--max_new_tokens", "48"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = {(m["name"], m["split"]) for m in results["metrics"]}
+    for split in ("forget", "retain", "holdout"):
+        for name in ("rougeL_recall", "rouge1_recall", "exact_match", "perplexity", "leak_rate"):
+            assert (name, split) in names
+    for name in ("mia_auc_loss", "mia_auc_zlib", "mia_auc_mink", "mia_auc_minkpp", "mia_score", "forget_quality",
+                 "privleak"):
+        assert (name, "forget") in names
+    assert ("task_aggregate", "all") in names
+    assert results["summary"]["forget/forget_quality"] == pytest.approx(1.0)  # the model is its own oracle
+    assert all(isinstance(m["higher_is_better"], bool) for m in results["metrics"])
+    people = load_pii(data_dir / "pii.json")
+    written = (out / "report.md").read_text() + (out / "per_example.jsonl").read_text()
+    ssns = [p.fields["ssn"] for p in people if p.split == "forget"]
+    assert not any(ssn in written.replace("-", "") for ssn in ssns)
+    assert "[SSN]" in written or "[PHONE]" in written or "[EMAIL]" in written
+
+    shown = tmp_path / "shown"
+    assert main([*args[:-4], "--output_dir", str(shown), "--max_new_tokens", "48", "--show_pii"]) == 0
+    generations = (shown / "per_example.jsonl").read_text()
+    forget_values = [v for p in people if p.split == "forget" for v in p.fields.values()]
+    assert any(v.lower() in generations.lower() for v in forget_values)
+
+
+@pytest.mark.parametrize("case", ["missing_model", "mia_dir", "mmlu", "checkpoints", "adapter_base"])
+def test_bad_input_is_one_line_and_exit_2(memorised, tmp_path, capsys, case):
+    data_dir, model_dir = memorised
+    base = ["evaluate", "--forget_dir", str(data_dir / "forget"), "--output_dir", str(tmp_path / "out")]
+    if case == "missing_model":
+        args, expect = [*base, "--model", str(tmp_path / "nope")], "does not exist"
+    elif case == "mia_dir":
+        (tmp_path / "mia").mkdir()
+        (tmp_path / "mia" / "member.jsonl").write_text('{"document": "x"}\n')
+        args, expect = [*base, "--model", str(model_dir), "--mia_dir", str(tmp_path / "mia")], "nonmember.jsonl"
+    elif case == "mmlu":
+        (tmp_path / "mmlu.json").write_text('{"acc": 0.5}')
+        args, expect = [*base, "--model", str(model_dir), "--mmlu_metrics", str(tmp_path / "mmlu.json")], \
+            "average_acc"
+    elif case == "checkpoints":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.yaml").write_text(f"model_dir: {model_dir}\n")
+        args, expect = [*base, "--checkpoints", str(tmp_path / "run")], "no checkpoints"
+    else:
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+        args, expect = [*base, "--model", str(adapter)], "base model"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("obliviate: error:") and expect in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_that_does_not_fit_the_model_is_refused(memorised, tmp_path, capsys):
+    import shutil
+
+    from obliviate.models.tiny import build_model, train_tokenizer
+
+    _, model_dir = memorised
+    small = tmp_path / "small"
+    shutil.copytree(model_dir, small)
+    tokenizer = train_tokenizer(["a b c"] * 3, vocab_size=300)
+    model = build_model("tiny", 280, tokenizer)
+    model.save_pretrained(small)
+    assert main(["evaluate", "--model", str(small), "--forget_dir", str(memorised[0] / "forget"),
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    assert "does not belong to this model" in capsys.readouterr().err
