@@ -157,6 +157,10 @@ BAD_INPUTS = {
     "output is the model": (lambda r, a: ["--output_dir", str(a.model)], "is the input"),
     "output inside the model": (lambda r, a: ["--output_dir", str(a.model / "run")], "or inside it"),
     "output not empty": (lambda r, a: ["--output_dir", str(r / "full")], "is not empty: pass --overwrite"),
+    "output holds the model": (
+        lambda r, a: ["--output_dir", str(r), "--overwrite", "--model_dir", str(model_copy(r, a))],
+        "contains the input",
+    ),
     "unknown method": (lambda r, a: ["--method", "gd"], "unknown unlearning method 'gd'; expected one of ga, "),
     "layer out of range": (lambda r, a: ["--trainable_layers", "9"], "9 is out of range, the model has 2 layers"),
     "empty selection": (lambda r, a: ["--trainable_layers", ","], "selects no layer; the model has 2 layers"),

@@ -311,7 +311,17 @@ def test_rmu_hidden_state_is_the_block_output_at_every_depth(assets):
 
 def test_runs_in_one_process_may_change_precision(assets, tmp_path):
     for name, precision in (("fp32", "no"), ("bf16", "bf16"), ("again", "no")):
-        result = run_unlearn(unlearn_config(assets, tmp_path / name, method="ga", mixed_precision=precision))
+        result = run_unlearn(unlearn_config(assets, tmp_path / name, method="npo", mixed_precision=precision))
         assert result.global_step == 5 and math.isfinite(metrics(tmp_path / name)[0]["loss"])
     assert metrics(tmp_path / "fp32") == metrics(tmp_path / "again")
     assert metrics(tmp_path / "bf16")[-1]["loss"] != metrics(tmp_path / "fp32")[-1]["loss"]
+
+
+def test_trained_weights_load_in_fp32_and_a_frozen_lora_base_in_the_device_default(assets, tmp_path):
+    """AdamW steps of 1e-5 vanish on bf16 weights (their spacing at 0.02 is 1.2e-4), so trained weights are fp32."""
+    from obliviate.train.run import weights_dtype
+
+    assert weights_dtype(unlearn_config(assets, tmp_path)) is torch.float32
+    assert weights_dtype(unlearn_config(assets, tmp_path, lora_r=4)) is None
+    weight = torch.tensor(0.02, dtype=torch.bfloat16)
+    assert torch.equal(weight - 1e-5, weight)

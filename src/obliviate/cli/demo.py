@@ -18,6 +18,12 @@ def register(subparsers) -> None:
     parser.add_argument("--fast", action="store_true", help="fewer people and epochs (a few minutes)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached data, target and oracle")
     parser.add_argument("--people", type=int, default=None, help="synthetic people (default: 200; --fast: 60)")
+    parser.add_argument("--finetune_epochs", type=int, default=None,
+                        help="epochs to build target and oracle (default: 40; --fast: 30)")
+    parser.add_argument("--unlearn_epochs", type=int, default=None,
+                        help="override every method's preset number of unlearning epochs")
+    parser.add_argument("--eval_max_examples", type=int, default=None,
+                        help="rows evaluated per split at every epoch (default: 120; --fast: 60)")
     parser.add_argument("--seed", type=int, default=0, help="data, model and training seed (default: 0)")
     parser.add_argument("--output_dir", default="runs/demo", help="report directory (default: runs/demo)")
     parser.add_argument("--cache_dir", default="runs/cache", help="cached data and models (default: runs/cache)")
@@ -31,8 +37,9 @@ def demo_config(args: argparse.Namespace):
     config = PipelineConfig(output_dir=args.output_dir, cache_dir=args.cache_dir, seed=args.seed, fresh=args.fresh)
     if args.fast:
         config.people, config.finetune_epochs, config.unlearn_epochs, config.eval_max_examples = 60, 30, 3, 60
-    if args.people is not None:
-        config.people = args.people
+    for name in ("people", "finetune_epochs", "unlearn_epochs", "eval_max_examples"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
     methods = tuple(args.methods or DEMO_METHODS)
     for name in methods:
         get_method(name)  # a clear error for an unknown method before any work

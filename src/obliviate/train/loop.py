@@ -207,7 +207,9 @@ def _prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> 
         return engine.eval()
     if accelerator.distributed_type == DistributedType.FSDP:
         return accelerator.prepare_model(reference).eval()
-    return reference.to(accelerator.device)
+    reference = reference.to(accelerator.device)
+    # autocast runs its matmuls in bf16 anyway; storing the frozen copy so halves its memory
+    return reference.to(torch.bfloat16) if accelerator.mixed_precision == "bf16" else reference
 
 
 def _restore(run: _Run, config: TrainConfig, tokenizer) -> None:

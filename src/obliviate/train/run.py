@@ -9,9 +9,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 
-from obliviate.config import FinetuneConfig, UnlearnConfig, to_yaml
+from obliviate.config import FinetuneConfig, TrainConfig, UnlearnConfig, to_yaml
 from obliviate.data.load import check_overlap, load_split
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses import FINETUNE, get_method
@@ -26,7 +27,7 @@ _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
 
 def check_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
-    """Refuse an output directory that is (or is inside) an input, or non-empty without --overwrite / --resume.
+    """Refuse an output directory that is, holds or lies inside an input, or is non-empty without --overwrite.
 
     Only checks: nothing is written or removed, so a later error leaves the directory as it was.
     """
@@ -39,6 +40,8 @@ def check_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwr
             raise ConfigError(
                 f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written"
             )
+        if src.exists() and out in src.resolve().parents:  # --overwrite would delete the input with it
+            raise ConfigError(f"--output_dir {output_dir} contains the input {source}: inputs are never written")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not resume and not overwrite:
@@ -59,6 +62,16 @@ def resolve_params(config: UnlearnConfig) -> LossParams:
     method = get_method(config.method)
     values = {name: getattr(config, name) for name in _PARAM_NAMES if getattr(config, name, None) is not None}
     return LossParams(**{**method.defaults, **values})
+
+
+def weights_dtype(config: TrainConfig) -> torch.dtype | None:
+    """fp32 for weights that are trained, the device default (bf16 on recent GPUs) for a frozen LoRA base.
+
+    AdamW on bf16 weights loses the update: at lr 1e-5 a step is below half the bf16 spacing of a weight of 0.02
+    (1.2e-4), so it rounds away. Mixed precision keeps the compute in bf16 (autocast; DeepSpeed keeps fp32 master
+    weights of its own).
+    """
+    return torch.float32 if config.lora_r == 0 else None
 
 
 def default_rmu_layer(num_layers: int) -> int:
@@ -104,7 +117,9 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.resume and (out / "trainer_state.json").is_file() and not ckpt.list_checkpoints(out):
         raise TrainingError(f"{out} holds a finished run and no checkpoint: nothing to resume")
-    model, tokenizer = load_model(config.model_dir, trust_remote_code=config.trust_remote_code)
+    model, tokenizer = load_model(
+        config.model_dir, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code
+    )
     num_layers = len(decoder_layers(model))
     rmu_layer = None
     if method.needs.hidden:
@@ -145,10 +160,12 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
         if process_state().is_main_process and not source.is_dir():
             init_model(records, source, size=config.model, arch=config.arch, seed=config.seed)
         process_state().wait_for_everyone()
-        model, tokenizer = load_model(source, trust_remote_code=config.trust_remote_code)
+        model, tokenizer = load_model(source, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code)
         model = _select(model, config, "finetune", None)
     else:
-        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model, tokenizer = load_model(
+            config.model, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code
+        )
         model = _select(model, config, "finetune", None)
         _clear_output_dir(out, inputs, config)
     return train(
