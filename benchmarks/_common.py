@@ -117,7 +117,10 @@ def _insert(text: str, key: str, block: str) -> str:
     starts = [f"<!-- {later}:start -->" for later in SECTION_ORDER[position + 1 :]]
     cuts = [text.index(start) for start in starts if start in text]
     if "\n## Quality" in text:
-        cuts.append(text.index("\n## Quality") + 1)
+        cut = text.index("\n## Quality") + 1
+        previous = text.rfind("\n", 0, cut - 1) + 1
+        # a section of another script starts at its marker line, just above its heading
+        cuts.append(previous if text[previous : cut - 1].startswith("<!--") else cut)
     if cuts:
         return text[: min(cuts)] + block + "\n\n" + text[min(cuts) :]
     return text.rstrip("\n") + "\n\n" + block + "\n"

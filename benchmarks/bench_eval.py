@@ -38,7 +38,7 @@ from rouge_score import rouge_scorer  # noqa: E402
 from obliviate.config import FinetuneConfig  # noqa: E402
 from obliviate.data.batching import collate, encode_record  # noqa: E402
 from obliviate.data.load import load_split  # noqa: E402
-from obliviate.data.records import Record  # noqa: E402
+from obliviate.data.records import Record, answer_prefix  # noqa: E402
 from obliviate.evaluate import suite  # noqa: E402
 from obliviate.evaluate.suite import EvalData, EvalOptions, evaluate_model, sample_records  # noqa: E402
 from obliviate.losses import FINETUNE  # noqa: E402
@@ -60,6 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32, help="obliviate's evaluation batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="row sample and model initialisation")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
+    parser.add_argument("--device", default="cpu", help="where both evaluators run, e.g. cuda (default: cpu)")
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
     return parser.parse_args(argv)
 
@@ -79,12 +80,11 @@ def finetuned_model(splits: dict[str, list[Record]], vocabulary: list[Record], a
     tokenizer = train_tokenizer([r.text for r in vocabulary], vocab_size=4096)
     model = build_model("tiny", len(tokenizer), tokenizer=tokenizer, seed=args.seed)
     records = splits["forget"] + splits["retain"]
-    workdir = tempfile.mkdtemp(prefix="bench_eval-")
-    config = FinetuneConfig(output_dir=workdir, model="tiny", data=["-"], epochs=args.epochs, seed=args.seed,
-                            save_checkpoints=False, mixed_precision="no")  # fmt: skip
-    with contextlib.redirect_stderr(io.StringIO()):  # progress bars
+    with tempfile.TemporaryDirectory(prefix="bench_eval-") as workdir, contextlib.redirect_stderr(io.StringIO()):
+        config = FinetuneConfig(output_dir=workdir, model="tiny", data=["-"], epochs=args.epochs, seed=args.seed,
+                                save_checkpoints=False, mixed_precision="no")  # fmt: skip
         train(model, tokenizer, method=FINETUNE, params=LossParams(), forget=records, retain=None, config=config)
-    return model.eval(), tokenizer
+    return model.to(args.device).eval(), tokenizer
 
 
 @torch.no_grad()
@@ -101,8 +101,8 @@ def official_loop(model, tokenizer, splits: dict[str, list[Record]], max_new_tok
     outputs = {}
     for split in ("retain", "forget"):  # the official order
         for record in splits[split]:
-            input_ids = tokenizer(record.input, return_tensors="pt").input_ids
-            combined = tokenizer(record.input + record.output, return_tensors="pt").input_ids
+            input_ids = tokenizer(record.input, return_tensors="pt").input_ids.to(model.device)
+            combined = tokenizer(record.input + record.output, return_tensors="pt").input_ids.to(model.device)
             labels = combined.clone()
             labels[:, : input_ids.shape[1]] = -100
             started = time.perf_counter()
@@ -154,14 +154,24 @@ def obliviate_scores(result) -> tuple[dict[str, float], dict[str, str], dict[str
 
 
 @torch.no_grad()
-def one_row_nll_same_tokens(model, tokenizer, splits: dict[str, list[Record]]) -> dict[str, float]:
-    """Untimed check: each row's answer NLL on obliviate's own tokens, one row at a time (no padding)."""
-    nll = {}
-    for record in splits["forget"] + splits["retain"]:
-        batch = collate([encode_record(tokenizer, record, 512)], tokenizer.pad_token_id)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        nll[record.id] = float(mean_nll(logits, batch.labels))
-    return nll
+def one_row_nll_checks(model, tokenizer, splits: dict[str, list[Record]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Untimed checks, one row at a time: each row's answer NLL on obliviate's own tokens (no padding), and each
+    split's mean NLL by the official formula once the separator and eos obliviate trains with are added."""
+    same_tokens, official_with_separator = {}, {}
+    for split in SPLITS:
+        values = []
+        for record in splits[split]:
+            batch = collate([encode_record(tokenizer, record, 512)], tokenizer.pad_token_id).to(model.device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            same_tokens[record.id] = float(mean_nll(logits, batch.labels))
+            prompt = tokenizer(record.input, return_tensors="pt").input_ids
+            text = tokenizer(record.input + answer_prefix(record) + record.output, return_tensors="pt").input_ids
+            ids = torch.cat([text, torch.tensor([[tokenizer.eos_token_id]])], dim=1).to(model.device)
+            labels = ids.clone()
+            labels[:, : prompt.shape[1]] = -100
+            values.append(model(ids, labels=labels).loss.item())
+        official_with_separator[f"{split}/mean_nll"] = float(np.mean(values))
+    return same_tokens, official_with_separator
 
 
 def time_suite_passes(phases: dict[str, float]) -> None:
@@ -203,12 +213,12 @@ def main(argv: list[str] | None = None) -> dict:
     (ours, generations, our_nll), (theirs, outputs) = timings[0][0][1], timings[1][0][1]
     ids = list(generations)
     identical = sum(generations[i] == outputs[i]["generation"] for i in ids) / len(ids)
-    same_tokens = one_row_nll_same_tokens(model, tokenizer, splits)
+    same_tokens, official_with_separator = one_row_nll_checks(model, tokenizer, splits)
     gaps = {name: abs(ours[name] - theirs[name]) for name in ours}
     result = {
         "rows": len(ids), "rows_per_split": {s: len(splits[s]) for s in SPLITS}, "parameters": count_parameters(model),
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "rounds": args.rounds,
-        "epochs": args.epochs, "threads": torch.get_num_threads(),
+        "epochs": args.epochs, "threads": torch.get_num_threads(), "device": str(args.device),
         "obliviate_seconds": [round(t, 3) for t, _ in timings[0]],
         "official_seconds": [round(t, 3) for t, _ in timings[1]],
         "speedups": [round(s, 3) for s in speedups], "speedup_median": statistics.median(speedups),
@@ -216,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         "aggregate_gaps": gaps, "largest_gap_name": max(gaps, key=gaps.get), "largest_gap": max(gaps.values()),
         "largest_gap_excluding_nll": max(v for k, v in gaps.items() if not k.endswith("mean_nll")),
         "max_row_nll_gap_same_tokens": max(abs(our_nll[i] - same_tokens[i]) for i in ids), "goal": GOAL,
-        "phases": phase_table(phases, timings),
+        "phases": phase_table(phases, timings), "official_nll_with_separator_and_eos": official_with_separator,
+        "max_nll_gap_with_separator_and_eos": max(abs(ours[k] - v) for k, v in official_with_separator.items()),
     }  # fmt: skip
     report(result, argv, args.write)
     return result
@@ -250,47 +261,89 @@ def report(result: dict, argv: list[str], write: bool) -> None:
         [[name, f"{result['aggregates_obliviate'][name]:.4f}", f"{result['aggregates_official'][name]:.4f}",
           f"{result['aggregate_gaps'][name]:.4f}"] for name in names],
     )  # fmt: skip
+    verdict = "met" if result["speedup_median"] >= GOAL else "not met"
     headline = (
         f"**Speed-up: {result['speedup_median']:.1f}×** (median of {result['rounds']} interleaved rounds: "
-        f"{', '.join(f'{s:.1f}×' for s in result['speedups'])}; goal ≥ {GOAL:.0f}×). "
-        f"**Identical generations: {result['identical_generations']:.1%}** of {result['rows']} rows. "
-        f"**Largest aggregate difference: {result['largest_gap']:.4f}** ({result['largest_gap_name']}); "
-        f"{result['largest_gap_excluding_nll']:.4f} outside the NLL means."
+        f"{', '.join(f'{s:.1f}×' for s in result['speedups'])}; goal ≥ {GOAL:.0f}×: {verdict} on "
+        f"{_device_name(result)}). **Identical generations: {result['identical_generations']:.1%}** of "
+        f"{result['rows']} rows. **Largest aggregate difference: {result['largest_gap_excluding_nll']:.4f}** among "
+        f"the scores the official script reports (ROUGE-L recall, exact match, task aggregate); the mean NLL "
+        f"differs by up to {result['largest_gap']:.2f} nats ({result['largest_gap_name']}) because the two "
+        "define it on different tokens (below)."
     )
     _common.emit("bench_eval", "\n\n".join([speed, phases, agreement, headline]), result)
     if write:
         _common.write_section("bench_eval", section(result, speed, phases, agreement, headline, argv))
 
 
-def section(result: dict, speed: str, phases: str, agreement: str, headline: str, argv: list[str]) -> str:
+def _device_name(result: dict) -> str:
+    return "CPU" if result["device"] == "cpu" else result["device"]
+
+
+def describe(result: dict) -> str:
     per_split = result["rows_per_split"]
-    description = (
+    return (
         f"A seeded sample of LUME Task2 rows ({per_split['forget']} forget + {per_split['retain']} retain, whole "
-        f"people kept together) and a `tiny` OLMo ({result['parameters']:,} parameters, fp32, CPU, "
+        f"people kept together) and a `tiny` OLMo ({result['parameters']:,} parameters, fp32, {_device_name(result)}, "
         f"{result['threads']} torch thread) fine-tuned on them for {result['epochs']} epochs through obliviate's "
         f"loop so that generations are non-trivial; greedy, `max_new_tokens` {result['max_new_tokens']}. "
-        f"obliviate: `evaluate_model` with `EvalData(people=[])`, so it runs no PII-leak probes (and, with no "
-        f"holdout, oracle or MMLU, no MIA, forget quality or final score): one batched forward pass and one batched "
-        f"generation (batch {result['batch_size']}) per split plus scoring. Official: a reimplementation of the "
-        "organisers' `evaluate_generations.py` inference loop (per row: `generate` with batch 1 from the raw "
+        "obliviate: `evaluate_model` with `EvalData(people=[])`, so it runs no PII-leak probes (and, with no "
+        "holdout, oracle or MMLU, no MIA, forget quality or final score): one batched forward pass and one batched "
+        f"generation (batch {result['batch_size']}) per split, then the scorers. Official: a reimplementation of "
+        "the organisers' `evaluate_generations.py` inference loop (per row: `generate` with batch 1 from the raw "
         "prompt, then a separate forward pass on `input + output` for the NLL) followed by its `compute_metrics` "
-        "scoring. Rounds interleaved A, B, A, B in one process; seconds shown only for context."
+        "scoring. Rounds interleaved A, B, A, B in one process; seconds are shown only for context."
     )
+
+
+def why_cpu(result: dict) -> str:
+    generation = result["phases"]["generation"]
+    forward = result["phases"]["forward pass (NLL)"]
+    return (
+        "Why the speed-up is small on a CPU: with one thread the model's arithmetic grows with the batch, so "
+        "batching saves only the per-call Python and dispatch overhead. Generation gains "
+        f"{generation['official'] / generation['obliviate']:.1f}×, and a batch keeps computing rows that have "
+        "already emitted eos until its longest row ends (the sort is by prompt length, so the few long completion "
+        "rows share a batch with many short QA rows). The batched forward pass runs at "
+        f"{forward['official'] / forward['obliviate']:.1f}× the speed of the per-row passes: short QA rows are "
+        "padded to the longest completion "
+        "row in their batch, and `forward_pass` also computes the Min-K%++ statistics (mean and spread of log p "
+        "over the whole vocabulary at every position) for every row, though no MIA is requested here. On a GPU a "
+        "model this small is bound by kernel launches, so a batch-32 step should cost about what a batch-1 step "
+        "does; that is where the 10× goal is meant to be met, and `--device cuda` runs the same comparison there "
+        "(not measured: this session had no GPU)."
+    )
+
+
+def section(result: dict, speed: str, phases: str, agreement: str, headline: str, argv: list[str]) -> str:
     nll_note = (
         "The NLL means differ by definition, not by numerics: the official loop tokenises `input + output` glued "
-        "together (no separator, no eos; for Task2 completion rows a word is split across the boundary, e.g. "
-        "`Her Social` + `Security Number`) and masks `len(tokenised input)` positions, whereas obliviate tokenises "
-        "prompt and answer separately with a separating space, as the model was trained, and scores the eos. Run "
-        "one row at a time on obliviate's own tokens, the per-row NLL differs from the batched pass by at most "
-        f"{result['max_row_nll_gap_same_tokens']:.1e} (padding and batching numerics only). Generations are decoded "
-        "with `clean_up_tokenization_spaces=True` by the official loop and as-is by obliviate."
+        "together with no separator and no eos (`...Her Social` + `Security Number...` becomes `SocialSecurity`; "
+        "a question's `?` runs into its answer) and masks `len(tokenised input)` positions, whereas obliviate "
+        "tokenises prompt and answer separately with one separating space, as the model was trained, and scores "
+        "the eos. On obliviate's own tokens, one row at a time, the per-row NLL differs from the batched pass by at "
+        f"most {result['max_row_nll_gap_same_tokens']:.1e} (padding and batching numerics only); and the official "
+        "formula applied to `input + separator + output + eos` gives split means within "
+        f"{result['max_nll_gap_with_separator_and_eos']:.1e} of obliviate's."
     )
+    ours = result["aggregates_obliviate"]
+    zero = [name for name in ours if name.endswith(("retain/exact_match", "retain/rougeL_recall")) and ours[name] == 0]
+    zero += [name for name in ours if name.startswith("forget/") and not name.endswith("nll") and ours[name] == 1]
+    if ours["task_aggregate"] == 0 and zero:
+        nll_note += (
+            f" The task aggregate is 0 for both because a harmonic-mean term is 0 ({', '.join(zero)}) for this "
+            "briefly trained tiny model."
+        )
     command = _common.reproduce_command("bench_eval.py", argv)
     reproduce = (
         f"Reproduce: `{command}` (measured {_common.utc_date()}). `--rows 3000 --max_new_tokens 256` evaluates "
-        "every Task2 row at the official generation length (long)."
+        "every Task2 row at the official generation length (long on a CPU); `--epochs 30` trains the model until "
+        "it answers some QA rows exactly."
     )
-    return "\n\n".join(["## Evaluation speed", description, speed, headline, phases, agreement, nll_note, reproduce])
+    parts = ["## Evaluation speed", describe(result), speed, headline, phases]
+    if result["device"] == "cpu" and result["speedup_median"] < GOAL:
+        parts.append(why_cpu(result))
+    return "\n\n".join(parts + [agreement, nll_note, reproduce])
 
 
 if __name__ == "__main__":

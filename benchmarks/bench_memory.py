@@ -152,13 +152,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.build:
         build(args)
         return None
-    workdir = Path(tempfile.mkdtemp(prefix="bench_memory-"))
-    parameters = spawn(args, "--build", str(workdir))["parameters"]
     cases = [(m, args.lora_r) for m, _ in LORA_CASES] + ([] if args.no_full else list(FULL_CASES))
     runs = []
-    for method, lora_r in cases:
-        mode = ("--child", method, str(lora_r), str(workdir / "model"), str(workdir / "data"), str(workdir / "out"))
-        runs.append({"method": method, "lora_r": lora_r, **spawn(args, *mode)})
+    with tempfile.TemporaryDirectory(prefix="bench_memory-") as tmp:
+        workdir = Path(tmp)
+        parameters = spawn(args, "--build", str(workdir))["parameters"]
+        for method, lora_r in cases:
+            out = workdir / f"out-{method}-{lora_r}"
+            mode = ("--child", method, str(lora_r), str(workdir / "model"), str(workdir / "data"), str(out))
+            runs.append({"method": method, "lora_r": lora_r, **spawn(args, *mode)})
     result = {
         "parameters": parameters, "weights_mb": parameters * 4 / 2**20, "hidden": args.hidden, "layers": args.layers,
         "lora_r": args.lora_r, "batch_size": args.batch_size, "max_length": args.max_length,

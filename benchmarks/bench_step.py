@@ -217,7 +217,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    contenders = Contenders(args, Path(tempfile.mkdtemp(prefix="bench_step-")))
+    with tempfile.TemporaryDirectory(prefix="bench_step-") as workdir:
+        result, profile = measure(args, Path(workdir))
+    report(result, profile, argv, args.write)
+    return result
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[tuple[str, float]]]:
+    """Warm up, time the interleaved rounds, check both did the same work, then profile one extra round."""
+    contenders = Contenders(args, workdir)
     contenders.obliviate_round()  # warm-up, untimed (epoch 1 for both)
     contenders.bare_round()
     timings = _common.interleave([contenders.obliviate_round, contenders.bare_round], args.rounds)
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = [t for _, t in timings[0]]
     if tokens != [t for _, t in timings[1]]:
         raise RuntimeError(f"the contenders processed different token counts: {tokens} vs {timings[1]}")
-    ratios = [(ta / to) / (tb / tt) for (to, ta), (tt, tb) in zip(*timings)]
+    ratios = [(tokens_a / seconds_a) / (tokens_b / seconds_b)
+              for (seconds_a, tokens_a), (seconds_b, tokens_b) in zip(*timings)]  # fmt: skip
     summary = _common.ratio_summary(ratios)
     result = {
         "size": args.size,
@@ -249,8 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     profile = profile_round(contenders.obliviate_round, args.steps)  # one extra, untimed round
     result["profile_ms_per_step"] = {label: round(ms, 3) for label, ms in profile}
     contenders.close()
-    report(result, profile, argv, args.write)
-    return result
+    return result, profile
 
 
 _EXTRA_WORK = (
@@ -258,9 +266,9 @@ _EXTRA_WORK = (
     "host syncs per micro-batch (`out.loss.item()`, the 2 `.item()` inside the ga_gd loss, `num_tokens` of forget "
     "and of retain) and 5 per step (3 `.item()` after `accelerator.reduce` of the metric dict, whose floats are "
     "first copied back to the device, the token-count reduce, the retain-checksum `gather(...).tolist()`); writes "
-    "and flushes one JSON line; refreshes the progress bar. On CPU a sync waits for nothing, so the profile below "
-    "shows these parts costing a few ms of a ~300 ms step; on a GPU each of the ~10 syncs per step would also "
-    "drain the launch queue, which this CPU benchmark cannot measure."
+    "and flushes one JSON line; refreshes the progress bar. On CPU a sync waits for nothing, so these parts cost "
+    "little here (profile below); on a GPU each of the ~10 syncs per step would also drain the launch queue, which "
+    "this CPU benchmark cannot measure."
 )
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see obliviate/cli/main.py: spinning threads thrash shared CPUs
+
 import pytest
+
+pytest_plugins = ["helpers"]  # the shared micro-model fixtures of tests/helpers.py
 
 
 @pytest.fixture

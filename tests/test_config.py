@@ -132,9 +132,10 @@ def test_shipped_configs_load():
             ):
                 assert key in values, (path, key)
             ClusterConfig.from_yaml_file(str(path))  # accelerate's own reader rejects unknown keys
+        elif "data" in values:
+            assert FinetuneConfig(**load_yaml(path, FinetuneConfig)).data
         else:
-            config = UnlearnConfig(**load_yaml(path, UnlearnConfig))
-            assert config.method in LOSSES
+            assert UnlearnConfig(**load_yaml(path, UnlearnConfig)).method in LOSSES
 
 
 def overlapping_retain(root: Path, data: Assets) -> Path:
@@ -182,7 +183,10 @@ BAD_INPUTS = {
         lambda r, a: ["--output_dir", str(r / "full"), "--overwrite", "--model_dir", str(r / "missing" / "model")],
         "does not exist",
     ),
-    "batch not a multiple": (lambda r, a: ["--batch_size", "6"], "must be a multiple of --micro_batch_size 4"),
+    "batch not a multiple": (
+        lambda r, a: ["--batch_size", "6", "--output_dir", str(r / "full"), "--overwrite"],
+        "must be a multiple of --micro_batch_size 4",
+    ),
 }
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from obliviate.data.batching import collate, encode_prompt, encode_record
@@ -56,7 +58,22 @@ class TokenScores:
 
 
 def _length_order(lengths: list[int]) -> list[int]:
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    """Longest first (little padding), and under several processes only this rank's share of the rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    state = PartialState()
+    return order[state.process_index :: state.num_processes] if state.num_processes > 1 else order
+
+
+def _gather(results: list) -> list:
+    """Under ``accelerate launch`` every rank computed its share; gather all rows, in input order, on every rank."""
+    state = PartialState()
+    if state.num_processes == 1:
+        return results
+    mine = [(i, value) for i, value in enumerate(results) if value is not None]
+    merged = list(results)
+    for index, value in gather_object(mine):
+        merged[index] = value
+    return merged
 
 
 @torch.no_grad()
@@ -96,7 +113,7 @@ def forward_pass(
                 answer_mask=answer[row, :n].cpu().numpy(),
                 text_positions=n - 1 if ends_with_eos and n > 1 else n,
             )
-    return results  # type: ignore[return-value]
+    return _gather(results)  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -123,8 +140,8 @@ def generate(
     device = next(model.parameters()).device
     encoded = [encode_prompt(tokenizer, p)[-max_length:] or [tokenizer.eos_token_id] for p in prompts]
     order = _length_order([len(e) for e in encoded])
-    greedy: list[str] = [""] * len(prompts)
-    samples: list[list[str]] = [[] for _ in prompts]
+    greedy: list[str | None] = [None] * len(prompts)
+    samples: list[list[str] | None] = [None] * len(prompts)
     generator_seed = seed
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
         rows = order[start : start + batch_size]
@@ -148,7 +165,8 @@ def generate(
             for row, index in enumerate(rows):
                 chunk = out[row * num_samples : (row + 1) * num_samples, input_ids.shape[1] :]
                 samples[index] = tokenizer.batch_decode(chunk, skip_special_tokens=True)
-    return greedy, samples
+    greedy, samples = _gather(greedy), _gather(samples)
+    return greedy, [s if s is not None else [] for s in samples]
 
 
 def _left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

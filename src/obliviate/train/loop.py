@@ -145,15 +145,20 @@ def setup(
     return run
 
 
-def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
-    """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
+def accumulation_steps(config: TrainConfig) -> int:
+    """Micro-batches per optimizer step: ``batch_size / (micro_batch_size x processes)``, which must be whole."""
     world = process_state().num_processes
     if config.batch_size % (config.micro_batch_size * world):
         raise ConfigError(
             f"--batch_size {config.batch_size} must be a multiple of --micro_batch_size "
             f"{config.micro_batch_size} x {world} process(es)"
         )
-    accumulation = config.batch_size // (config.micro_batch_size * world)
+    return config.batch_size // (config.micro_batch_size * world)
+
+
+def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
+    """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
+    accumulation = accumulation_steps(config)
     # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config.mixed_precision),

@@ -21,7 +21,7 @@ from obliviate.models.load import load_model
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, process_state, train
+from obliviate.train.loop import EpochHook, RunResult, accumulation_steps, process_state, train
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
@@ -107,6 +107,7 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
     """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`."""
     method = get_method(config.method)
     params = resolve_params(config)
+    accumulation_steps(config)
     forget = load_split(config.forget_dir, split="forget")
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
     if method.needs.retain and retain is None:
@@ -151,6 +152,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
 
     With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
     """
+    accumulation_steps(config)
     records = [r for path in config.data for r in load_split(path)]
     inputs = list(config.data) + ([config.model] if config.model not in SIZES else [])
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)

@@ -1,0 +1,131 @@
+"""LUME quality benchmark: the demo pipeline on the real SemEval-2025 Task 4 data, every method with its defaults.
+
+    python benchmarks/bench_quality.py            # Task2 (PII biographies), all six methods, writes BENCHMARKS.md
+    python benchmarks/bench_quality.py --tasks all
+
+10 % of the retain people are held out of training (the non-members and the leak floor). The target is fine-tuned on
+forget + the remaining retain rows, the oracle on those retain rows only; then each method unlearns the forget set
+with the presets chosen on the synthetic data (obliviate.pipeline.PRESETS), evaluated every epoch. The data is read
+from ../shared/data/lume and never copied into the repository (a split copy goes to runs/, which git ignores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LUME = REPO.parent / "shared" / "data" / "lume"
+MARK_START, MARK_END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+
+
+def split_lume(tasks: list[str], out: Path, holdout_fraction: float, seed: int) -> dict[str, Path]:
+    """forget / retain-train / holdout jsonl files under ``out``; holdout = 10 % of retain people."""
+    from obliviate.data.load import load_split, write_jsonl
+    from obliviate.data.records import person_key
+
+    forget = [r for r in load_split(LUME, split="forget") if r.task in tasks]
+    retain = [r for r in load_split(LUME, split="retain") if r.task in tasks]
+    people = defaultdict(list)
+    for record in retain:
+        people[person_key(record.id)].append(record)
+    keys = sorted(people)
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: round(holdout_fraction * len(keys))])
+    dirs = {name: out / name for name in ("forget", "retain", "holdout")}
+    write_jsonl(forget, dirs["forget"] / "forget.jsonl")
+    write_jsonl([r for r in retain if person_key(r.id) not in held], dirs["retain"] / "retain.jsonl")
+    write_jsonl([r for k in sorted(held) for r in people[k]], dirs["holdout"] / "holdout.jsonl")
+    return dirs
+
+
+def table(results: dict, args) -> str:
+    from obliviate.report.render import markdown_table
+
+    header = ["model", "forget regurg. ↓", "retain regurg. ↑", "forget knowl. ↓", "retain knowl. ↑", "leak forget ↓",
+              "leak holdout", "MIA AUC", "MIA score ↑", "forget quality ↑", "task agg. ↑", "best epoch", "wall s",
+              "tokens / oracle"]
+    rows = []
+    for row in results["summary"]:
+        rows.append([row["model"], row.get("forget/rougeL_recall"), row.get("retain/rougeL_recall"),
+                     row.get("forget/exact_match"), row.get("retain/exact_match"), row.get("forget/leak_rate"),
+                     row.get("holdout/leak_rate"), row.get("forget/mia_auc_loss"), row.get("forget/mia_score"),
+                     row.get("forget/forget_quality"), row.get("all/task_aggregate"), row.get("epoch"),
+                     row.get("wall_seconds"), row.get("tokens_vs_oracle")])
+    return markdown_table(header, rows)
+
+
+def write_section(text: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{MARK_START}\n{text.rstrip()}\n{MARK_END}"
+    if MARK_START in current:
+        current = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), lambda _: block, current, flags=re.S)
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    path.write_text(current)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="Task2", help="Task2 (default), all, or a comma list")
+    parser.add_argument("--methods", nargs="+", default=["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu"])
+    parser.add_argument("--size", default="tiny", help="model size (default: tiny)")
+    parser.add_argument("--finetune_epochs", type=int, default=40, help="target/oracle epochs (default: 40)")
+    parser.add_argument("--eval_max_examples", type=int, default=150, help="rows per split per epoch (default: 150)")
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
+    parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="rewrite the Quality section of BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    from obliviate.pipeline import PipelineConfig, run_pipeline
+    from obliviate.report.demo import write_demo_report
+
+    tasks = ["Task1", "Task2", "Task3"] if args.tasks == "all" else args.tasks.split(",")
+    out = Path(args.output_dir)
+    dirs = split_lume(tasks, out / "data", 0.1, args.seed)
+    config = PipelineConfig(output_dir=str(out / "report"), cache_dir=str(out / "cache"), methods=tuple(args.methods),
+                            size=args.size, finetune_epochs=args.finetune_epochs,
+                            eval_max_examples=args.eval_max_examples, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed, data_dirs={k: str(v) for k, v in dirs.items()})
+    started = time.perf_counter()
+    outcome = run_pipeline(config, log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}", flush=True))
+    write_demo_report(outcome, Path(config.output_dir), title=f"LUME {args.tasks} quality benchmark")
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    target = results["summary"][0]
+    goals = results["goals"]
+    held = [g for g in goals if g["holds"]]
+    command = f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} --write"
+    text = "\n".join([
+        f"## Quality on LUME ({args.tasks})",
+        "",
+        f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
+        f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
+        f"{args.max_new_tokens} new tokens; whole run {time.perf_counter() - started:.0f}s on 2 CPU cores).",
+        "",
+        f"The target regurgitates its training data at ROUGE-L recall {target.get('forget/rougeL_recall', 0):.3f} "
+        f"(forget) / {target.get('retain/rougeL_recall', 0):.3f} (retain) after {args.finetune_epochs} epochs.",
+        "",
+        table(results, args),
+        "",
+        f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
+        "",
+        *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
+    ])
+    print(text)
+    if args.write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    sys.exit(main())
