@@ -49,16 +49,42 @@ def split_lume(tasks: list[str], out: Path, holdout_fraction: float, seed: int) 
 def table(results: dict, args) -> str:
     from obliviate.report.render import markdown_table
 
-    header = ["model", "forget regurg. ↓", "retain regurg. ↑", "forget knowl. ↓", "retain knowl. ↑", "leak forget ↓",
-              "leak holdout", "MIA AUC", "MIA score ↑", "forget quality ↑", "task agg. ↑", "best epoch", "wall s",
-              "tokens / oracle"]
+    header = [
+        "model",
+        "forget regurg. ↓",
+        "retain regurg. ↑",
+        "forget knowl. ↓",
+        "retain knowl. ↑",
+        "leak forget ↓",
+        "leak holdout",
+        "MIA AUC",
+        "MIA score ↑",
+        "forget quality ↑",
+        "task agg. ↑",
+        "best epoch",
+        "wall s",
+        "tokens / oracle",
+    ]
     rows = []
     for row in results["summary"]:
-        rows.append([row["model"], row.get("forget/rougeL_recall"), row.get("retain/rougeL_recall"),
-                     row.get("forget/exact_match"), row.get("retain/exact_match"), row.get("forget/leak_rate"),
-                     row.get("holdout/leak_rate"), row.get("forget/mia_auc_loss"), row.get("forget/mia_score"),
-                     row.get("forget/forget_quality"), row.get("all/task_aggregate"), row.get("epoch"),
-                     row.get("wall_seconds"), row.get("tokens_vs_oracle")])
+        rows.append(
+            [
+                row["model"],
+                row.get("forget/rougeL_recall"),
+                row.get("retain/rougeL_recall"),
+                row.get("forget/exact_match"),
+                row.get("retain/exact_match"),
+                row.get("forget/leak_rate"),
+                row.get("holdout/leak_rate"),
+                row.get("forget/mia_auc_loss"),
+                row.get("forget/mia_score"),
+                row.get("forget/forget_quality"),
+                row.get("all/task_aggregate"),
+                row.get("epoch"),
+                row.get("wall_seconds"),
+                row.get("tokens_vs_oracle"),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -92,10 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["Task1", "Task2", "Task3"] if args.tasks == "all" else args.tasks.split(",")
     out = Path(args.output_dir)
     dirs = split_lume(tasks, out / "data", 0.1, args.seed)
-    config = PipelineConfig(output_dir=str(out / "report"), cache_dir=str(out / "cache"), methods=tuple(args.methods),
-                            size=args.size, finetune_epochs=args.finetune_epochs,
-                            eval_max_examples=args.eval_max_examples, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed, data_dirs={k: str(v) for k, v in dirs.items()})
+    config = PipelineConfig(
+        output_dir=str(out / "report"),
+        cache_dir=str(out / "cache"),
+        methods=tuple(args.methods),
+        size=args.size,
+        finetune_epochs=args.finetune_epochs,
+        eval_max_examples=args.eval_max_examples,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        data_dirs={k: str(v) for k, v in dirs.items()},
+    )
     started = time.perf_counter()
     outcome = run_pipeline(config, log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}", flush=True))
     write_demo_report(outcome, Path(config.output_dir), title=f"LUME {args.tasks} quality benchmark")
@@ -103,23 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     target = results["summary"][0]
     goals = results["goals"]
     held = [g for g in goals if g["holds"]]
-    command = f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} --write"
-    text = "\n".join([
-        f"## Quality on LUME ({args.tasks})",
-        "",
-        f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
-        f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
-        f"{args.max_new_tokens} new tokens; whole run {time.perf_counter() - started:.0f}s on 2 CPU cores).",
-        "",
-        f"The target regurgitates its training data at ROUGE-L recall {target.get('forget/rougeL_recall', 0):.3f} "
-        f"(forget) / {target.get('retain/rougeL_recall', 0):.3f} (retain) after {args.finetune_epochs} epochs.",
-        "",
-        table(results, args),
-        "",
-        f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
-        "",
-        *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
-    ])
+    command = (
+        f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} --write"
+    )
+    text = "\n".join(
+        [
+            f"## Quality on LUME ({args.tasks})",
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
+            f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
+            f"{args.max_new_tokens} new tokens; whole run {time.perf_counter() - started:.0f}s on 2 CPU cores).",
+            "",
+            f"The target regurgitates its training data at ROUGE-L recall {target.get('forget/rougeL_recall', 0):.3f} "
+            f"(forget) / {target.get('retain/rougeL_recall', 0):.3f} (retain) after {args.finetune_epochs} epochs.",
+            "",
+            table(results, args),
+            "",
+            f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
+            "",
+            *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
+        ]
+    )
     print(text)
     if args.write:
         write_section(text)

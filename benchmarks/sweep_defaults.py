@@ -36,16 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     from obliviate.report.demo import goals
     from obliviate.report.render import markdown_table
 
-    config = PipelineConfig(output_dir="runs/sweep", people=args.people, finetune_epochs=args.finetune_epochs,
-                            eval_max_examples=args.eval_max_examples, unlearn_epochs=args.epochs)
+    config = PipelineConfig(
+        output_dir="runs/sweep",
+        people=args.people,
+        finetune_epochs=args.finetune_epochs,
+        eval_max_examples=args.eval_max_examples,
+        unlearn_epochs=args.epochs,
+    )
     dirs = prepare_data(config, print)
-    target = cached_finetune("target", [dirs["forget"], dirs["retain"]], config, [dirs["forget"], dirs["retain"]],
-                             print)
+    target = cached_finetune(
+        "target", [dirs["forget"], dirs["retain"]], config, [dirs["forget"], dirs["retain"]], print
+    )
     oracle_dir = cached_finetune("oracle", [dirs["retain"]], config, [dirs["forget"], dirs["retain"]], print)
     from obliviate.evaluate.suite import EvalOptions
 
-    options = EvalOptions(max_examples=config.eval_max_examples, max_new_tokens=config.max_new_tokens,
-                          seed=config.seed, show_progress=False)
+    options = EvalOptions(
+        max_examples=config.eval_max_examples,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        show_progress=False,
+    )
     data = load_eval_data(dirs["forget"], dirs["retain"], dirs["holdout"])
     model, tokenizer = load_model(oracle_dir)
     oracle = oracle_stats(model, tokenizer, data, options)
@@ -60,25 +70,57 @@ def main(argv: list[str] | None = None) -> int:
             run = unlearn_method(method, target, dirs, run_config, (data, options, oracle), print)
             target_row = target_row or {"model": "target", **run["epochs"][0]["summary"]}
             best = next(e for e in run["epochs"] if e["epoch"] == run["best"]["epoch"])
-            row = {"model": f"{method} lr={lr:g}", **best["summary"], "epoch": best["epoch"],
-                   "wall": time.perf_counter() - started}
+            row = {
+                "model": f"{method} lr={lr:g}",
+                **best["summary"],
+                "epoch": best["epoch"],
+                "wall": time.perf_counter() - started,
+            }
             checks = goals([target_row, oracle_row, row])
             row["goals"] = sum(g["holds"] for g in checks)
             rows.append(row)
             print(row["model"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
-    keys = ["forget/rougeL_recall", "retain/rougeL_recall", "forget/exact_match", "retain/exact_match",
-            "forget/leak_rate", "retain/leak_rate", "forget/mia_auc_loss", "forget/forget_quality", "epoch", "goals"]
-    header = ["run", "forget R-L", "retain R-L", "forget EM", "retain EM", "leak F", "leak R", "MIA AUC", "FQ",
-              "best epoch", "goals (of 5)"]
+    keys = [
+        "forget/rougeL_recall",
+        "retain/rougeL_recall",
+        "forget/exact_match",
+        "retain/exact_match",
+        "forget/leak_rate",
+        "retain/leak_rate",
+        "forget/mia_auc_loss",
+        "forget/forget_quality",
+        "epoch",
+        "goals",
+    ]
+    header = [
+        "run",
+        "forget R-L",
+        "retain R-L",
+        "forget EM",
+        "retain EM",
+        "leak F",
+        "leak R",
+        "MIA AUC",
+        "FQ",
+        "best epoch",
+        "goals (of 5)",
+    ]
     body = [[r["model"], *[r.get(k) for k in keys]] for r in [target_row, oracle_row, *rows]]
-    text = "\n".join([
-        "# Sweep of the unlearning presets (synthetic data only)", "",
-        f"Measured {datetime.date.today().isoformat()} with `python benchmarks/sweep_defaults.py --methods "
-        f"{' '.join(args.methods)} --lrs {' '.join(f'{x:g}' for x in args.lrs)} --write` ({args.people} people, "
-        f"tiny OLMo, {args.finetune_epochs} fine-tuning epochs). Best epoch per run by the demo's rule "
-        "(`holdout_gap`, retain ROUGE-L ≥ 90 % of the target). Goals: forget leak ≤ oracle + 1 pp; forget ROUGE-L "
-        "within 0.05 of the oracle; retain ROUGE-L and EM ≥ 95 % of the target; MIA AUC within 0.05 of the oracle.",
-        "", markdown_table(header, body), ""])
+    text = "\n".join(
+        [
+            "# Sweep of the unlearning presets (synthetic data only)",
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `python benchmarks/sweep_defaults.py --methods "
+            f"{' '.join(args.methods)} --lrs {' '.join(f'{x:g}' for x in args.lrs)} --write` ({args.people} people, "
+            f"tiny OLMo, {args.finetune_epochs} fine-tuning epochs). Best epoch per run by the demo's rule "
+            "(`holdout_gap`, retain ROUGE-L ≥ 90 % of the target). Goals: forget leak ≤ oracle + 1 pp; forget ROUGE-L "
+            "within 0.05 of the oracle; retain ROUGE-L and EM ≥ 95 % of the target; MIA AUC within 0.05 of the "
+            "oracle.",
+            "",
+            markdown_table(header, body),
+            "",
+        ]
+    )
     print(text)
     if args.write:
         (REPO / "benchmarks" / "SWEEP.md").write_text(text)

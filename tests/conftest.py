@@ -7,7 +7,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see obliviate/cli/main.py: spinning threads thrash shared CPUs
 
-import pytest
+import pytest  # noqa: E402 (OMP_WAIT_POLICY must be set first)
 
 pytest_plugins = ["helpers"]  # the shared micro-model fixtures of tests/helpers.py
 

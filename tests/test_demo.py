@@ -11,8 +11,24 @@ from obliviate.data.synth import load_pii
 
 def test_demo_writes_report_plots_and_results(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    args = ["demo", "--output_dir", str(out), "--cache_dir", str(cache), "--people", "10", "--finetune_epochs", "3",
-            "--unlearn_epochs", "1", "--eval_max_examples", "12", "--methods", "ga_gd", "npo"]
+    args = [
+        "demo",
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(cache),
+        "--people",
+        "10",
+        "--finetune_epochs",
+        "3",
+        "--unlearn_epochs",
+        "1",
+        "--eval_max_examples",
+        "12",
+        "--methods",
+        "ga_gd",
+        "npo",
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     models = [row["model"] for row in results["summary"]]

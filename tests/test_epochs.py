@@ -5,22 +5,27 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import target, unlearn_argv  # noqa: F401 (fixture)
 
+from helpers import unlearn_argv
 from obliviate.cli.main import main
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import select_best
 
 
 def _epoch(n: int, forget: float, retain: float, agg: float, holdout: float = 0.2, leak: float = 0.0) -> dict:
-    summary = {"forget/rougeL_recall": forget, "retain/rougeL_recall": retain, "all/task_aggregate": agg,
-               "holdout/rougeL_recall": holdout, "forget/leak_rate": leak, "holdout/leak_rate": 0.0}
+    summary = {
+        "forget/rougeL_recall": forget,
+        "retain/rougeL_recall": retain,
+        "all/task_aggregate": agg,
+        "holdout/rougeL_recall": holdout,
+        "forget/leak_rate": leak,
+        "holdout/leak_rate": 0.0,
+    }
     return {"epoch": n, "path": f"epoch-{n}", "summary": summary}
 
 
 def test_select_best_keeps_retain_floor_and_applies_each_rule():
-    epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.2, 0.82, 0.6),
-              _epoch(3, 0.0, 0.5, 0.9)]
+    epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.2, 0.82, 0.6), _epoch(3, 0.0, 0.5, 0.9)]
     # epoch 3 has the highest aggregate but lost retain ROUGE-L (0.5 < 0.9 * 0.9): not eligible
     assert select_best(epochs, "task_aggregate")["epoch"] == 2
     # gap to holdout people: |0.5-0.2| = 0.3 for epoch 1, |0.2-0.2| = 0 for epoch 2
@@ -33,18 +38,38 @@ def test_select_best_keeps_retain_floor_and_applies_each_rule():
         select_best(epochs, "nonsense")
 
 
-def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):  # noqa: F811
+def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):
     run = tmp_path / "run"
-    args = unlearn_argv(target, run, "--epochs", "2", "--eval_every_epoch", "--holdout_dir",
-                        str(target.data / "holdout"))
+    args = unlearn_argv(
+        target, run, "--epochs", "2", "--eval_every_epoch", "--holdout_dir", str(target.data / "holdout")
+    )
     assert main(args) == 0
     for epoch in (0, 1, 2):
         results = json.loads((run / "eval" / f"epoch-{epoch}" / "results.json").read_text())
         assert results["epoch"] == epoch and "forget/rougeL_recall" in results["summary"]
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoints", str(run), "--forget_dir", str(target.forget), "--retain_dir",
-                 str(target.retain), "--holdout_dir", str(target.data / "holdout"), "--output_dir", str(out),
-                 "--max_new_tokens", "24", "--select", "holdout_gap"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoints",
+                str(run),
+                "--forget_dir",
+                str(target.forget),
+                "--retain_dir",
+                str(target.retain),
+                "--holdout_dir",
+                str(target.data / "holdout"),
+                "--output_dir",
+                str(out),
+                "--max_new_tokens",
+                "24",
+                "--select",
+                "holdout_gap",
+            ]
+        )
+        == 0
+    )
     best = json.loads((out / "best.json").read_text())
     assert best["epoch"] in (0, 1, 2) and best["rule"] == "holdout_gap"
     report = (out / "report.md").read_text()

@@ -25,9 +25,19 @@ def memorised(tmp_path_factory) -> tuple[Path, Path]:
     data = synthesize(8, forget_fraction=0.25, holdout_fraction=0.25, seed=3)
     data_dir = write_synth(data, root / "data")
     init = init_model(data.forget + data.retain + data.holdout, root / "init", size="tiny", vocab_size=600, seed=0)
-    run_finetune(FinetuneConfig(output_dir=str(root / "target"), model=str(init), epochs=70, lr=3e-3,
-                                data=[str(data_dir / "forget"), str(data_dir / "retain")], batch_size=12,
-                                micro_batch_size=12, warmup_ratio=0.05, scheduler="cosine"))
+    run_finetune(
+        FinetuneConfig(
+            output_dir=str(root / "target"),
+            model=str(init),
+            epochs=70,
+            lr=3e-3,
+            data=[str(data_dir / "forget"), str(data_dir / "retain")],
+            batch_size=12,
+            micro_batch_size=12,
+            warmup_ratio=0.05,
+            scheduler="cosine",
+        )
+    )
     return data_dir, root / "target"
 
 
@@ -49,10 +59,10 @@ def test_batched_and_one_at_a_time_evaluation_agree(memorised):
     data_dir, model_dir = memorised
     model, tokenizer = load_model(model_dir)
     data = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
-    batched = evaluate_model(model, tokenizer, data, EvalOptions(batch_size=16, max_new_tokens=48,
-                                                                  show_progress=False))
-    single = evaluate_model(model, tokenizer, data, EvalOptions(batch_size=1, max_new_tokens=48,
-                                                                 show_progress=False))
+    batched = evaluate_model(
+        model, tokenizer, data, EvalOptions(batch_size=16, max_new_tokens=48, show_progress=False)
+    )
+    single = evaluate_model(model, tokenizer, data, EvalOptions(batch_size=1, max_new_tokens=48, show_progress=False))
     pairs = [(a.get("generation"), b.get("generation")) for a, b in zip(batched.per_example, single.per_example)]
     identical = sum(a == b for a, b in pairs) / len(pairs)
     assert identical >= 0.99
@@ -63,17 +73,38 @@ def test_batched_and_one_at_a_time_evaluation_agree(memorised):
 def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
     data_dir, model_dir = memorised
     out = tmp_path / "eval"
-    args = ["evaluate", "--model", str(model_dir), "--forget_dir", str(data_dir / "forget"), "--retain_dir",
-            str(data_dir / "retain"), "--holdout_dir", str(data_dir / "holdout"), "--oracle", str(model_dir),
-            "--output_dir", str(out), "--max_new_tokens", "48"]
+    args = [
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--forget_dir",
+        str(data_dir / "forget"),
+        "--retain_dir",
+        str(data_dir / "retain"),
+        "--holdout_dir",
+        str(data_dir / "holdout"),
+        "--oracle",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--max_new_tokens",
+        "48",
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     names = {(m["name"], m["split"]) for m in results["metrics"]}
     for split in ("forget", "retain", "holdout"):
         for name in ("rougeL_recall", "rouge1_recall", "exact_match", "perplexity", "leak_rate"):
             assert (name, split) in names
-    for name in ("mia_auc_loss", "mia_auc_zlib", "mia_auc_mink", "mia_auc_minkpp", "mia_score", "forget_quality",
-                 "privleak"):
+    for name in (
+        "mia_auc_loss",
+        "mia_auc_zlib",
+        "mia_auc_mink",
+        "mia_auc_minkpp",
+        "mia_score",
+        "forget_quality",
+        "privleak",
+    ):
         assert (name, "forget") in names
     assert ("task_aggregate", "all") in names
     assert results["summary"]["forget/forget_quality"] == pytest.approx(1.0)  # the model is its own oracle
@@ -103,8 +134,7 @@ def test_bad_input_is_one_line_and_exit_2(memorised, tmp_path, capsys, case):
         args, expect = [*base, "--model", str(model_dir), "--mia_dir", str(tmp_path / "mia")], "nonmember.jsonl"
     elif case == "mmlu":
         (tmp_path / "mmlu.json").write_text('{"acc": 0.5}')
-        args, expect = [*base, "--model", str(model_dir), "--mmlu_metrics", str(tmp_path / "mmlu.json")], \
-            "average_acc"
+        args, expect = [*base, "--model", str(model_dir), "--mmlu_metrics", str(tmp_path / "mmlu.json")], "average_acc"
     elif case == "checkpoints":
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "config.yaml").write_text(f"model_dir: {model_dir}\n")
@@ -131,6 +161,18 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(memorised, tmp_path, c
     tokenizer = train_tokenizer(["a b c"] * 3, vocab_size=300)
     model = build_model("tiny", 280, tokenizer)
     model.save_pretrained(small)
-    assert main(["evaluate", "--model", str(small), "--forget_dir", str(memorised[0] / "forget"),
-                 "--output_dir", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(small),
+                "--forget_dir",
+                str(memorised[0] / "forget"),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "does not belong to this model" in capsys.readouterr().err

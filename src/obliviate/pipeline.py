@@ -82,8 +82,12 @@ def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
     key = _hash(["synth", config.people, config.forget_fraction, config.holdout_fraction, config.seed])
     out = Path(config.cache_dir) / f"data-{key}"
     if config.fresh or not (out / "pii.json").is_file():
-        data = synthesize(people=config.people, forget_fraction=config.forget_fraction,
-                          holdout_fraction=config.holdout_fraction, seed=config.seed)
+        data = synthesize(
+            people=config.people,
+            forget_fraction=config.forget_fraction,
+            holdout_fraction=config.holdout_fraction,
+            seed=config.seed,
+        )
         write_synth(data, out, overwrite=True)
     log(f"data: {config.people} synthetic people → {out}")
     return {"forget": out / "forget", "retain": out / "retain", "holdout": out / "holdout"}
@@ -91,8 +95,13 @@ def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
 
 def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log) -> Path:
     """Fine-tune (or reuse) a model on ``data``; the tokenizer is trained on ``tokenizer_data`` for both models."""
-    settings = dict(size=config.size, epochs=config.finetune_epochs, lr=config.finetune_lr,
-                    batch_size=config.finetune_batch_size, seed=config.seed)
+    settings = dict(
+        size=config.size,
+        epochs=config.finetune_epochs,
+        lr=config.finetune_lr,
+        batch_size=config.finetune_batch_size,
+        seed=config.seed,
+    )
     key = _hash([name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]])
     out = Path(config.cache_dir) / f"{name}-{key}"
     if not config.fresh and (out / "trainer_state.json").is_file():
@@ -105,24 +114,45 @@ def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokeniz
         records = [r for p in tokenizer_data for r in load_split(p)]
         init_model(records, init, size=config.size, seed=config.seed)
     started = time.perf_counter()
-    result = run_finetune(FinetuneConfig(
-        output_dir=str(out), model=str(init), data=[str(p) for p in data], epochs=config.finetune_epochs,
-        lr=config.finetune_lr, batch_size=config.finetune_batch_size, micro_batch_size=config.finetune_batch_size,
-        seed=config.seed, overwrite=True))
-    log(f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in "
-        f"{time.perf_counter() - started:.0f}s → {out}")
+    result = run_finetune(
+        FinetuneConfig(
+            output_dir=str(out),
+            model=str(init),
+            data=[str(p) for p in data],
+            epochs=config.finetune_epochs,
+            lr=config.finetune_lr,
+            batch_size=config.finetune_batch_size,
+            micro_batch_size=config.finetune_batch_size,
+            seed=config.seed,
+            overwrite=True,
+        )
+    )
+    log(
+        f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in "
+        f"{time.perf_counter() - started:.0f}s → {out}"
+    )
     return out
 
 
-def unlearn_method(method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig, hook_args,
-                   log) -> dict[str, Any]:
+def unlearn_method(
+    method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig, hook_args, log
+) -> dict[str, Any]:
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
     out = Path(config.output_dir) / "methods" / method
-    unlearn = UnlearnConfig(output_dir=str(out), model_dir=str(target), forget_dir=str(dirs["forget"]),
-                            retain_dir=str(dirs["retain"]), method=method, batch_size=config.unlearn_batch_size,
-                            micro_batch_size=config.unlearn_batch_size, seed=config.seed, overwrite=True, **preset)
+    unlearn = UnlearnConfig(
+        output_dir=str(out),
+        model_dir=str(target),
+        forget_dir=str(dirs["forget"]),
+        retain_dir=str(dirs["retain"]),
+        method=method,
+        batch_size=config.unlearn_batch_size,
+        micro_batch_size=config.unlearn_batch_size,
+        seed=config.seed,
+        overwrite=True,
+        **preset,
+    )
     data, options, oracle = hook_args
     hook = make_epoch_hook(data, options, out / "eval", str(target), oracle)
     started = time.perf_counter()
@@ -130,10 +160,19 @@ def unlearn_method(method: str, target: Path, dirs: dict[str, Path], config: Pip
     train_seconds = time.perf_counter() - started - 0.0
     epochs = load_epoch_results(out / "eval")
     best = select_best(epochs, config.select)
-    log(f"{method}: {result.epochs_completed} epochs{' (stopped: ' + result.stopped + ')' if result.stopped else ''}, "
-        f"best epoch {best['epoch']} ({best['reason']})")
-    return {"method": method, "run_dir": out, "epochs": epochs, "best": best, "tokens": result.tokens_seen,
-            "wall_seconds": train_seconds, "preset": preset}
+    log(
+        f"{method}: {result.epochs_completed} epochs{' (stopped: ' + result.stopped + ')' if result.stopped else ''}, "
+        f"best epoch {best['epoch']} ({best['reason']})"
+    )
+    return {
+        "method": method,
+        "run_dir": out,
+        "epochs": epochs,
+        "best": best,
+        "tokens": result.tokens_seen,
+        "wall_seconds": train_seconds,
+        "preset": preset,
+    }
 
 
 def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
@@ -148,8 +187,13 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     target = cached_finetune("target", train_dirs, config, train_dirs, log)
     oracle_dir = cached_finetune("oracle", [dirs["retain"]], config, train_dirs, log)
     data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
-    options = EvalOptions(max_examples=config.eval_max_examples, max_new_tokens=config.max_new_tokens,
-                          leak_samples=config.leak_samples, seed=config.seed, show_progress=False)
+    options = EvalOptions(
+        max_examples=config.eval_max_examples,
+        max_new_tokens=config.max_new_tokens,
+        leak_samples=config.leak_samples,
+        seed=config.seed,
+        show_progress=False,
+    )
     oracle_model, oracle_tok = load_model(oracle_dir)
     oracle = oracle_stats(oracle_model, oracle_tok, data, options)
     oracle_result = evaluate_model(oracle_model, oracle_tok, data, options, oracle=oracle)
@@ -158,7 +202,14 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     runs = [unlearn_method(m, target, dirs, config, (data, options, oracle), log) for m in config.methods]
     target_state = json.loads((target / "trainer_state.json").read_text())
     oracle_state = json.loads((oracle_dir / "trainer_state.json").read_text())
-    return {"config": dataclasses.asdict(config), "data_dirs": {k: str(v) for k, v in dirs.items()},
-            "target_dir": str(target), "oracle_dir": str(oracle_dir), "oracle_result": oracle_result,
-            "target_tokens": target_state["tokens_seen"], "oracle_tokens": oracle_state["tokens_seen"],
-            "runs": runs, "wall_seconds": time.perf_counter() - started}
+    return {
+        "config": dataclasses.asdict(config),
+        "data_dirs": {k: str(v) for k, v in dirs.items()},
+        "target_dir": str(target),
+        "oracle_dir": str(oracle_dir),
+        "oracle_result": oracle_result,
+        "target_tokens": target_state["tokens_seen"],
+        "oracle_tokens": oracle_state["tokens_seen"],
+        "runs": runs,
+        "wall_seconds": time.perf_counter() - started,
+    }

@@ -8,22 +8,30 @@ import time
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="synthesise PII data, memorise it, unlearn it with each method, report against the oracle",
+        "demo",
+        help="synthesise PII data, memorise it, unlearn it with each method, report against the oracle",
         description="Offline end to end: synthesise people with Faker, build a tiny OLMo, fine-tune the target "
         "(forget + retain) and the oracle (retain only), unlearn with each method while evaluating every epoch, "
         "and write OUTPUT_DIR/report.md and results.json. Target and oracle are cached under runs/cache.",
     )
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help="methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)"
+    )
     parser.add_argument("--fast", action="store_true", help="fewer people and epochs (a few minutes)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached data, target and oracle")
     parser.add_argument("--people", type=int, default=None, help="synthetic people (default: 200; --fast: 60)")
-    parser.add_argument("--finetune_epochs", type=int, default=None,
-                        help="epochs to build target and oracle (default: 40; --fast: 30)")
-    parser.add_argument("--unlearn_epochs", type=int, default=None,
-                        help="override every method's preset number of unlearning epochs")
-    parser.add_argument("--eval_max_examples", type=int, default=None,
-                        help="rows evaluated per split at every epoch (default: 120; --fast: 60)")
+    parser.add_argument(
+        "--finetune_epochs", type=int, default=None, help="epochs to build target and oracle (default: 40; --fast: 30)"
+    )
+    parser.add_argument(
+        "--unlearn_epochs", type=int, default=None, help="override every method's preset number of unlearning epochs"
+    )
+    parser.add_argument(
+        "--eval_max_examples",
+        type=int,
+        default=None,
+        help="rows evaluated per split at every epoch (default: 120; --fast: 60)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data, model and training seed (default: 0)")
     parser.add_argument("--output_dir", default="runs/demo", help="report directory (default: runs/demo)")
     parser.add_argument("--cache_dir", default="runs/cache", help="cached data and models (default: runs/cache)")

@@ -7,12 +7,17 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "init-model", help="train a tokenizer on the data and build an untrained OLMo of a named size",
+        "init-model",
+        help="train a tokenizer on the data and build an untrained OLMo of a named size",
         description="Train a byte-level BPE tokenizer on the records and save an untrained OLMo-architecture model "
         "as a standard Hugging Face directory (loadable with AutoModelForCausalLM, no obliviate needed).",
     )
-    parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
-                        help="tiny: ~1.6 M parameters (hidden 128, 4 layers); small: ~7 M (default: tiny)")
+    parser.add_argument(
+        "--size",
+        choices=("tiny", "small"),
+        default="tiny",
+        help="tiny: ~1.6 M parameters (hidden 128, 4 layers); small: ~7 M (default: tiny)",
+    )
     parser.add_argument("--arch", choices=("olmo", "olmo2"), default="olmo", help="architecture (default: olmo)")
     parser.add_argument("--data", nargs="+", required=True, help="data paths to train the tokenizer on")
     parser.add_argument("--vocab_size", type=int, default=4096, help="tokenizer vocabulary (default: 4096)")
@@ -30,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     records = [r for path in args.data for r in load_split(path)]
     prepare_output_dir(args.output_dir, args.data, overwrite=args.overwrite, resume=False)
-    path = init_model(records, args.output_dir, size=args.size, arch=args.arch, vocab_size=args.vocab_size,
-                      seed=args.seed)
+    path = init_model(
+        records, args.output_dir, size=args.size, arch=args.arch, vocab_size=args.vocab_size, seed=args.seed
+    )
     model, tokenizer = load_model(path)
     print(f"{args.size} {args.arch}: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)} → {path}")
     return 0

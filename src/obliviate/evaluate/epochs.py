@@ -33,14 +33,25 @@ def run_model_dir(run_dir: Path) -> str:
     return str(config["model_dir"])
 
 
-def evaluate_epoch(epoch: int, path: str | Path, data: EvalData, options: EvalOptions,
-                   oracle: OracleStats | None, base_model: str | None = None) -> EvalResult:
+def evaluate_epoch(
+    epoch: int,
+    path: str | Path,
+    data: EvalData,
+    options: EvalOptions,
+    oracle: OracleStats | None,
+    base_model: str | None = None,
+) -> EvalResult:
     model, tokenizer = load_model(path, base_model=base_model)
     return evaluate_model(model, tokenizer, data, options, oracle=oracle)
 
 
-def evaluate_checkpoints(run_dir: str | Path, data: EvalData, options: EvalOptions, oracle: OracleStats | None = None,
-                         on_epoch: Callable[[int, EvalResult], None] | None = None) -> list[dict[str, Any]]:
+def evaluate_checkpoints(
+    run_dir: str | Path,
+    data: EvalData,
+    options: EvalOptions,
+    oracle: OracleStats | None = None,
+    on_epoch: Callable[[int, EvalResult], None] | None = None,
+) -> list[dict[str, Any]]:
     """Evaluate epoch 0 and every complete checkpoint; returns ``[{"epoch", "path", "summary", "result"}, ...]``."""
     run_dir = Path(run_dir)
     checkpoints = list_checkpoints(run_dir)
@@ -71,8 +82,12 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
     floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
     candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]
     if not candidates:
-        return {"epoch": 0, "rule": rule, "reason": f"no epoch kept retain ROUGE-L recall >= {floor:.3f} "
-                                                     f"({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model"}
+        return {
+            "epoch": 0,
+            "rule": rule,
+            "reason": f"no epoch kept retain ROUGE-L recall >= {floor:.3f} "
+            f"({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model",
+        }
     if rule == "task_aggregate":
         best = max(candidates, key=lambda e: e["summary"].get("all/task_aggregate") or 0.0)
         score = best["summary"].get("all/task_aggregate")
@@ -101,8 +116,14 @@ def write_epoch_result(out_dir: Path, epoch: int, result: EvalResult) -> None:
     write_text_atomic(target / "per_example.jsonl", "".join(json.dumps(r) + "\n" for r in result.per_example))
 
 
-def make_epoch_hook(data: EvalData, options: EvalOptions, out_dir: Path, model_dir: str,
-                    oracle: OracleStats | None = None, lora: bool = False):
+def make_epoch_hook(
+    data: EvalData,
+    options: EvalOptions,
+    out_dir: Path,
+    model_dir: str,
+    oracle: OracleStats | None = None,
+    lora: bool = False,
+):
     """An engine epoch hook that evaluates each checkpoint (and, first, the starting model as epoch 0).
 
     Results go to ``out_dir/epoch-N/``. Under several processes only the main one evaluates.

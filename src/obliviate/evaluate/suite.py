@@ -94,12 +94,22 @@ class EvalResult:
         return {f"{m['split']}/{m['name']}": m["value"] for m in self.metrics if m["task"] == "all"}
 
     def to_json(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "summary": self.summary(), "semeval": self.semeval, "leak": self.leak,
-                "notes": self.notes}
+        return {
+            "metrics": self.metrics,
+            "summary": self.summary(),
+            "semeval": self.semeval,
+            "leak": self.leak,
+            "notes": self.notes,
+        }
 
 
-def load_eval_data(forget_dir: str | Path, retain_dir: str | Path | None = None, holdout_dir: str | Path | None = None,
-                   mia_dir: str | Path | None = None, pii_path: str | Path | None = None) -> EvalData:
+def load_eval_data(
+    forget_dir: str | Path,
+    retain_dir: str | Path | None = None,
+    holdout_dir: str | Path | None = None,
+    mia_dir: str | Path | None = None,
+    pii_path: str | Path | None = None,
+) -> EvalData:
     """Load the sets and the PII to track: ``pii.json`` (synthetic data) when found, else the Task2 QA answers."""
     splits = {"forget": load_split(forget_dir, split="forget")}
     if retain_dir:
@@ -153,22 +163,43 @@ def _prompt(tokenizer, text: str, chat_template: bool) -> str:
         return text
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError("--chat_template was given but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def _metric(name: str, split: str, value: float | None, task: str = "all", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "split": split, "task": task, "value": value,
-            "higher_is_better": scores.higher_is_better(name, split) if split in EVAL_SPLITS else
-            scores.higher_is_better(name, "forget"), **extra}
+    return {
+        "name": name,
+        "split": split,
+        "task": task,
+        "value": value,
+        "higher_is_better": scores.higher_is_better(name, split)
+        if split in EVAL_SPLITS
+        else scores.higher_is_better(name, "forget"),
+        **extra,
+    }
 
 
-def evaluate_split(model, tokenizer, split: str, records: list[Record], people: list[Any], options: EvalOptions,
-                   redactor: leak.Redactor | None) -> tuple[list[dict], list[dict], list[TokenScores], Any]:
+def evaluate_split(
+    model,
+    tokenizer,
+    split: str,
+    records: list[Record],
+    people: list[Any],
+    options: EvalOptions,
+    redactor: leak.Redactor | None,
+) -> tuple[list[dict], list[dict], list[TokenScores], Any]:
     """Rows, aggregates, token scores and the leak report of one split, from one forward and one generation pass."""
-    token_scores = forward_pass(model, tokenizer, records, batch_size=options.batch_size,
-                                max_length=options.max_length, desc=f"{split} forward",
-                                show_progress=options.show_progress)
+    token_scores = forward_pass(
+        model,
+        tokenizer,
+        records,
+        batch_size=options.batch_size,
+        max_length=options.max_length,
+        desc=f"{split} forward",
+        show_progress=options.show_progress,
+    )
     scored = [r for r in records if r.kind in ("completion", "qa")]
     split_people = [p for p in people if getattr(p, "split", split) in (split, "")]
     probes = leak.build_probes(records, split_people, split) if split_people else []
@@ -177,24 +208,43 @@ def evaluate_split(model, tokenizer, split: str, records: list[Record], people: 
     if prompts:
         shown = [_prompt(tokenizer, p, options.chat_template) for p in prompts]
         probe_prompts = {p.prompt for p in probes}
-        greedy, _ = generate(model, tokenizer, shown, max_new_tokens=options.max_new_tokens,
-                             batch_size=options.batch_size, max_length=options.max_length,
-                             desc=f"{split} generate", show_progress=options.show_progress)
+        greedy, _ = generate(
+            model,
+            tokenizer,
+            shown,
+            max_new_tokens=options.max_new_tokens,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            desc=f"{split} generate",
+            show_progress=options.show_progress,
+        )
         greedy_by_prompt = dict(zip(prompts, greedy))
         if options.leak_samples and probe_prompts:
             sample_prompts = [p for p in prompts if p in probe_prompts]
-            _, samples = generate(model, tokenizer, [_prompt(tokenizer, p, options.chat_template)
-                                                     for p in sample_prompts],
-                                  max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
-                                  num_samples=options.leak_samples, seed=options.seed,
-                                  max_length=options.max_length, desc=f"{split} sample",
-                                  show_progress=options.show_progress)
+            _, samples = generate(
+                model,
+                tokenizer,
+                [_prompt(tokenizer, p, options.chat_template) for p in sample_prompts],
+                max_new_tokens=options.max_new_tokens,
+                batch_size=options.batch_size,
+                num_samples=options.leak_samples,
+                seed=options.seed,
+                max_length=options.max_length,
+                desc=f"{split} sample",
+                show_progress=options.show_progress,
+            )
             samples_by_prompt = dict(zip(sample_prompts, samples))
     rows = []
     for record, ts in zip(records, token_scores):
-        row: dict[str, Any] = {"id": record.id, "split": split, "task": record.task, "kind": record.kind,
-                               "answer_nll": ts.answer_nll, "answer_tokens": ts.answer_tokens,
-                               "perplexity": float(np.exp(ts.answer_nll))}
+        row: dict[str, Any] = {
+            "id": record.id,
+            "split": split,
+            "task": record.task,
+            "kind": record.kind,
+            "answer_nll": ts.answer_nll,
+            "answer_tokens": ts.answer_tokens,
+            "perplexity": float(np.exp(ts.answer_nll)),
+        }
         if record.kind in ("completion", "qa"):
             generation = greedy_by_prompt[record.input]
             if record.kind == "completion":
@@ -206,9 +256,11 @@ def evaluate_split(model, tokenizer, split: str, records: list[Record], people: 
         rows.append(row)
     report = None
     if probes:
-        report = leak.score_leaks(probes, [greedy_by_prompt[p.prompt] for p in probes],
-                                  [samples_by_prompt.get(p.prompt, []) for p in probes]
-                                  if options.leak_samples else None)
+        report = leak.score_leaks(
+            probes,
+            [greedy_by_prompt[p.prompt] for p in probes],
+            [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None,
+        )
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
 
 
@@ -225,8 +277,9 @@ def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], r
             values = [rows[i][name] for i in idx if name in rows[i]]
             if values:
                 out.append(_metric(name, split, float(np.mean(values)), task, n=len(values)))
-        ppl = scores.perplexity([token_scores[i].answer_nll_sum for i in idx],
-                                [token_scores[i].answer_tokens for i in idx])
+        ppl = scores.perplexity(
+            [token_scores[i].answer_nll_sum for i in idx], [token_scores[i].answer_tokens for i in idx]
+        )
         out.append(_metric("perplexity", split, ppl, task, n=len(idx)))
     if report is not None:
         out.append(_metric("leak_rate", split, report.rate, n=report.n_pairs))
@@ -234,12 +287,20 @@ def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], r
 
 
 def _mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list[mia.ExampleLogProbs]:
-    return [mia.ExampleLogProbs(ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text)
-            for r, ts in zip(records, token_scores)]
+    return [
+        mia.ExampleLogProbs(ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text)
+        for r, ts in zip(records, token_scores)
+    ]
 
 
-def evaluate_model(model, tokenizer, data: EvalData, options: EvalOptions = EvalOptions(),
-                   oracle: OracleStats | None = None, mmlu_acc: float | None = None) -> EvalResult:
+def evaluate_model(
+    model,
+    tokenizer,
+    data: EvalData,
+    options: EvalOptions = EvalOptions(),
+    oracle: OracleStats | None = None,
+    mmlu_acc: float | None = None,
+) -> EvalResult:
     """Every metric of the suite on every split present in ``data``."""
     redactor = None if options.show_pii or not data.people else leak.Redactor(data.people)
     metrics, per_example, notes, leak_reports = [], [], list(data.notes), {}
@@ -251,7 +312,8 @@ def evaluate_model(model, tokenizer, data: EvalData, options: EvalOptions = Eval
         records = sample_records(data.splits[split], options.max_examples, options.seed)
         records_by_split[split] = records
         rows, aggregates, token_scores[split], report = evaluate_split(
-            model, tokenizer, split, records, data.people, options, redactor)
+            model, tokenizer, split, records, data.people, options, redactor
+        )
         per_example += rows
         metrics += aggregates
         if report is not None:
@@ -268,8 +330,14 @@ def evaluate_model(model, tokenizer, data: EvalData, options: EvalOptions = Eval
         mink_auc = aucs["mink"]
     forget_nll = [ts.answer_nll for ts in token_scores.get("forget", [])]
     if oracle is not None and forget_nll:
-        metrics.append(_metric("forget_quality", "forget", scores.ks_forget_quality(forget_nll, oracle.forget_nll),
-                               statistic="per-example forget answer NLL (no paraphrased/perturbed answers)"))
+        metrics.append(
+            _metric(
+                "forget_quality",
+                "forget",
+                scores.ks_forget_quality(forget_nll, oracle.forget_nll),
+                statistic="per-example forget answer NLL (no paraphrased/perturbed answers)",
+            )
+        )
         if mink_auc is not None and oracle.mink_auc is not None:
             metrics.append(_metric("privleak", "forget", scores.privleak(mink_auc, oracle.mink_auc)))
     semeval_json = _semeval(per_example, metrics, mmlu_acc, notes)
@@ -280,14 +348,23 @@ def _mia_sets(model, tokenizer, data, records_by_split, token_scores, options, n
     if data.mia_members is not None:
         docs = {}
         for name, records in (("member", data.mia_members), ("nonmember", data.mia_nonmembers)):
-            ts = forward_pass(model, tokenizer, records, batch_size=options.batch_size,
-                              max_length=options.max_length, desc=f"MIA {name}", show_progress=options.show_progress)
+            ts = forward_pass(
+                model,
+                tokenizer,
+                records,
+                batch_size=options.batch_size,
+                max_length=options.max_length,
+                desc=f"MIA {name}",
+                show_progress=options.show_progress,
+            )
             docs[name] = _mia_examples(records, ts)
         notes.append("membership inference: member.jsonl against nonmember.jsonl")
         return docs["member"], docs["nonmember"]
     if "forget" in token_scores and "holdout" in token_scores:
-        return (_mia_examples(records_by_split["forget"], token_scores["forget"]),
-                _mia_examples(records_by_split["holdout"], token_scores["holdout"]))
+        return (
+            _mia_examples(records_by_split["forget"], token_scores["forget"]),
+            _mia_examples(records_by_split["holdout"], token_scores["holdout"]),
+        )
     notes.append("membership inference skipped: it needs --holdout_dir or --mia_dir")
     return None, None
 
@@ -316,14 +393,28 @@ def _semeval(per_example, metrics, mmlu_acc, notes) -> dict[str, Any]:
 def oracle_stats(model, tokenizer, data: EvalData, options: EvalOptions) -> OracleStats:
     """The oracle's per-example forget NLL and Min-K% AUC, from one forward pass on forget and holdout."""
     forget = sample_records(data.splits["forget"], options.max_examples, options.seed)
-    ts_forget = forward_pass(model, tokenizer, forget, batch_size=options.batch_size, max_length=options.max_length,
-                             desc="oracle forward", show_progress=options.show_progress)
+    ts_forget = forward_pass(
+        model,
+        tokenizer,
+        forget,
+        batch_size=options.batch_size,
+        max_length=options.max_length,
+        desc="oracle forward",
+        show_progress=options.show_progress,
+    )
     mink_auc = None
     if "holdout" in data.splits:
         holdout = sample_records(data.splits["holdout"], options.max_examples, options.seed)
-        ts_holdout = forward_pass(model, tokenizer, holdout, batch_size=options.batch_size,
-                                  max_length=options.max_length, desc="oracle forward",
-                                  show_progress=options.show_progress)
-        mink_auc = mia.mia_aucs(_mia_examples(forget, ts_forget), _mia_examples(holdout, ts_holdout),
-                                k=options.mia_k)["mink"]
+        ts_holdout = forward_pass(
+            model,
+            tokenizer,
+            holdout,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            desc="oracle forward",
+            show_progress=options.show_progress,
+        )
+        mink_auc = mia.mia_aucs(_mia_examples(forget, ts_forget), _mia_examples(holdout, ts_holdout), k=options.mia_k)[
+            "mink"
+        ]
     return OracleStats([ts.answer_nll for ts in ts_forget], mink_auc)

@@ -34,12 +34,21 @@ def summary_rows(outcome: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model: target (epoch 0), oracle, then each method's best epoch."""
     oracle_tokens = outcome["oracle_tokens"]
     target_summary = outcome["runs"][0]["epochs"][0]["summary"] if outcome["runs"] else {}
-    rows = [{"model": "target", **target_summary, "tokens_vs_oracle": outcome["target_tokens"] / oracle_tokens},
-            {"model": "oracle (retrain)", **outcome["oracle_result"].summary(), "tokens_vs_oracle": 1.0}]
+    rows = [
+        {"model": "target", **target_summary, "tokens_vs_oracle": outcome["target_tokens"] / oracle_tokens},
+        {"model": "oracle (retrain)", **outcome["oracle_result"].summary(), "tokens_vs_oracle": 1.0},
+    ]
     for run in outcome["runs"]:
         best = next(e for e in run["epochs"] if e["epoch"] == run["best"]["epoch"])
-        rows.append({"model": run["method"], **best["summary"], "epoch": best["epoch"],
-                     "wall_seconds": run["wall_seconds"], "tokens_vs_oracle": run["tokens"] / oracle_tokens})
+        rows.append(
+            {
+                "model": run["method"],
+                **best["summary"],
+                "epoch": best["epoch"],
+                "wall_seconds": run["wall_seconds"],
+                "tokens_vs_oracle": run["tokens"] / oracle_tokens,
+            }
+        )
     return rows
 
 
@@ -49,16 +58,36 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows[2:]:
         checks = [
-            ("forget leak rate ≤ oracle + 1 pp", row.get("forget/leak_rate"), oracle.get("forget/leak_rate"),
-             lambda v, o: v <= o + 0.01),
-            ("forget ROUGE-L within 0.05 of oracle", row.get("forget/rougeL_recall"),
-             oracle.get("forget/rougeL_recall"), lambda v, o: abs(v - o) <= 0.05),
-            ("retain ROUGE-L ≥ 95 % of target", row.get("retain/rougeL_recall"), target.get("retain/rougeL_recall"),
-             lambda v, t: v >= 0.95 * t),
-            ("retain EM ≥ 95 % of target", row.get("retain/exact_match"), target.get("retain/exact_match"),
-             lambda v, t: v >= 0.95 * t),
-            ("MIA AUC within 0.05 of oracle", row.get("forget/mia_auc_loss"), oracle.get("forget/mia_auc_loss"),
-             lambda v, o: abs(v - o) <= 0.05),
+            (
+                "forget leak rate ≤ oracle + 1 pp",
+                row.get("forget/leak_rate"),
+                oracle.get("forget/leak_rate"),
+                lambda v, o: v <= o + 0.01,
+            ),
+            (
+                "forget ROUGE-L within 0.05 of oracle",
+                row.get("forget/rougeL_recall"),
+                oracle.get("forget/rougeL_recall"),
+                lambda v, o: abs(v - o) <= 0.05,
+            ),
+            (
+                "retain ROUGE-L ≥ 95 % of target",
+                row.get("retain/rougeL_recall"),
+                target.get("retain/rougeL_recall"),
+                lambda v, t: v >= 0.95 * t,
+            ),
+            (
+                "retain EM ≥ 95 % of target",
+                row.get("retain/exact_match"),
+                target.get("retain/exact_match"),
+                lambda v, t: v >= 0.95 * t,
+            ),
+            (
+                "MIA AUC within 0.05 of oracle",
+                row.get("forget/mia_auc_loss"),
+                oracle.get("forget/mia_auc_loss"),
+                lambda v, o: abs(v - o) <= 0.05,
+            ),
         ]
         for goal, value, reference, test in checks:
             holds = value is not None and reference is not None and bool(test(value, reference))
@@ -76,9 +105,11 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
     plots = epoch_plots(out_dir, curves, metrics_files, references)
     points = {r["model"]: (r.get("forget/rougeL_recall"), r.get("retain/rougeL_recall")) for r in rows[2:]}
     plots["Forget against retain ROUGE-L recall (best epoch per method)"] = plot_tradeoff(
-        {k: v for k, v in points.items() if None not in v}, out_dir / "tradeoff.png",
+        {k: v for k, v in points.items() if None not in v},
+        out_dir / "tradeoff.png",
         target=(rows[0].get("forget/rougeL_recall"), rows[0].get("retain/rougeL_recall")),
-        oracle=(oracle.get("forget/rougeL_recall"), oracle.get("retain/rougeL_recall")))
+        oracle=(oracle.get("forget/rougeL_recall"), oracle.get("retain/rougeL_recall")),
+    )
     goal_rows = goals(rows)
     notes = [
         f"best epoch per method chosen by `{outcome['config']['select']}` among epochs whose retain ROUGE-L "
@@ -93,10 +124,21 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
     ]
     plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
     write_report(render_demo_report(rows, COLUMNS, plots, notes, title, goal_rows), out_dir / "report.md")
-    slim_runs = [{"method": r["method"], "best": r["best"], "preset": r["preset"], "tokens": r["tokens"],
-                  "wall_seconds": r["wall_seconds"], "epochs": r["epochs"]} for r in outcome["runs"]]
-    write_json(out_dir / "results.json", {"summary": rows, "goals": goal_rows, "runs": slim_runs,
-                                          "config": outcome["config"], "notes": notes})
+    slim_runs = [
+        {
+            "method": r["method"],
+            "best": r["best"],
+            "preset": r["preset"],
+            "tokens": r["tokens"],
+            "wall_seconds": r["wall_seconds"],
+            "epochs": r["epochs"],
+        }
+        for r in outcome["runs"]
+    ]
+    write_json(
+        out_dir / "results.json",
+        {"summary": rows, "goals": goal_rows, "runs": slim_runs, "config": outcome["config"], "notes": notes},
+    )
     return out_dir / "report.md"
 
 

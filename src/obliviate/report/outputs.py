@@ -27,24 +27,35 @@ def write_evaluation(out_dir: Path, result: EvalResult, title: str, extra: dict[
     write_report(render_eval_report(result.to_json(), title), out_dir / "report.md")
 
 
-def epoch_plots(out_dir: Path, curves: dict[str, list[tuple[int, dict[str, float]]]],
-                metrics_files: dict[str, Path], references: dict[str, float] | None = None) -> dict[str, Path]:
+def epoch_plots(
+    out_dir: Path,
+    curves: dict[str, list[tuple[int, dict[str, float]]]],
+    metrics_files: dict[str, Path],
+    references: dict[str, float] | None = None,
+) -> dict[str, Path]:
     """Loss, ROUGE-L recall and leak rate per epoch, as PNGs in ``out_dir``."""
     plots: dict[str, Path] = {}
     files = {k: v for k, v in metrics_files.items() if v.is_file()}
     if files:
         plots["Forget and retain loss per epoch"] = plot_loss_per_epoch(files, out_dir / "loss_per_epoch.png")
     plots["ROUGE-L recall per epoch (forget solid, retain dashed)"] = plot_metric_per_epoch(
-        curves, ROUGE_KEYS, out_dir / "rougeL_per_epoch.png", "ROUGE-L recall per epoch", "ROUGE-L recall",
-        reference_lines=references)
+        curves,
+        ROUGE_KEYS,
+        out_dir / "rougeL_per_epoch.png",
+        "ROUGE-L recall per epoch",
+        "ROUGE-L recall",
+        reference_lines=references,
+    )
     if any(k in s for points in curves.values() for _, s in points for k in LEAK_KEYS):
         plots["PII leak rate per epoch"] = plot_metric_per_epoch(
-            curves, LEAK_KEYS, out_dir / "leak_rate_per_epoch.png", "PII leak rate per epoch", "leak rate")
+            curves, LEAK_KEYS, out_dir / "leak_rate_per_epoch.png", "PII leak rate per epoch", "leak rate"
+        )
     return plots
 
 
-def write_checkpoint_evaluation(out_dir: Path, epochs: list[dict[str, Any]], best: dict[str, Any], run_dir: Path,
-                                title: str) -> None:
+def write_checkpoint_evaluation(
+    out_dir: Path, epochs: list[dict[str, Any]], best: dict[str, Any], run_dir: Path, title: str
+) -> None:
     """``--checkpoints``: per-epoch results, plots, ``best.json`` and a report with the per-epoch table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for epoch in epochs:
