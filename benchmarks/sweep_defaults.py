@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4])
+    parser.add_argument(
+        "--alphas", nargs="+", type=float, default=[None], help="retain weights to try (default: preset)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--people", type=int, default=200)
     parser.add_argument("--finetune_epochs", type=int, default=40)
@@ -62,10 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     oracle_row = {"model": "oracle", **evaluate_model(model, tokenizer, data, options, oracle=oracle).summary()}
     rows, target_row = [], None
     for method in args.methods:
-        for lr in args.lrs:
+        for lr, alpha in [(lr, alpha) for lr in args.lrs for alpha in args.alphas]:
             presets = {k: dict(v) for k, v in config.presets.items()}
             presets[method]["lr"] = lr
-            run_config = dataclasses.replace(config, presets=presets, output_dir=f"runs/sweep/{method}-{lr:g}")
+            label = f"{method} lr={lr:g}"
+            if alpha is not None:
+                presets[method]["alpha"] = alpha
+                label += f" α={alpha:g}"
+            run_config = dataclasses.replace(
+                config, presets=presets, output_dir=f"runs/sweep/{label.replace(' ', '_')}"
+            )
             started = time.perf_counter()
             run = unlearn_method(method, target, dirs, run_config, (data, options, oracle), print)
             target_row = target_row or {"model": "target", **run["epochs"][0]["summary"]}
@@ -108,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     body = [[r["model"], *[r.get(k) for k in keys]] for r in [target_row, oracle_row, *rows]]
     text = "\n".join(
         [
-            "# Sweep of the unlearning presets (synthetic data only)",
+            f"## Sweep of {', '.join(args.methods)}",
             "",
             f"Measured {datetime.date.today().isoformat()} with `python benchmarks/sweep_defaults.py --methods "
-            f"{' '.join(args.methods)} --lrs {' '.join(f'{x:g}' for x in args.lrs)} --write` ({args.people} people, "
+            f"{' '.join(args.methods)} --lrs {' '.join(f'{x:g}' for x in args.lrs)}"
+            + (f" --alphas {' '.join(f'{a:g}' for a in args.alphas)}" if args.alphas != [None] else "")
+            + f" --epochs {args.epochs} --people {args.people} --finetune_epochs {args.finetune_epochs} "
+            f"--eval_max_examples {args.eval_max_examples} --write` ({args.people} people, "
             f"tiny OLMo, {args.finetune_epochs} fine-tuning epochs). Best epoch per run by the demo's rule "
             "(`holdout_gap`, retain ROUGE-L ≥ 90 % of the target). Goals: forget leak ≤ oracle + 1 pp; forget ROUGE-L "
             "within 0.05 of the oracle; retain ROUGE-L and EM ≥ 95 % of the target; MIA AUC within 0.05 of the "
@@ -123,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write:
-        (REPO / "benchmarks" / "SWEEP.md").write_text(text)
+        path = REPO / "benchmarks" / "SWEEP.md"
+        header = "# Sweeps of the unlearning presets (synthetic data only; newest first)\n\n"
+        older = path.read_text().removeprefix(header) if path.exists() else ""
+        path.write_text(header + text + "\n" + older)
     return 0
 
 
