@@ -51,3 +51,12 @@ def test_demo_writes_report_plots_and_results(tmp_path):
     stamp = (target / "model.safetensors").stat().st_mtime_ns
     assert main(args) == 0
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_demo_refuses_an_output_dir_that_is_not_an_earlier_demo(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    assert main(["demo", "--output_dir", str(precious), "--cache_dir", str(tmp_path / "cache"), "--people", "10"]) == 2
+    assert "not replacing it" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "do not delete"

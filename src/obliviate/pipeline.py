@@ -17,6 +17,7 @@ from typing import Any
 
 from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.load import load_split
+from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import load_epoch_results, make_epoch_hook, select_best
 from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data, oracle_stats
 from obliviate.models.load import load_model
@@ -179,9 +180,11 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started = time.perf_counter()
     out = Path(config.output_dir)
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not (out / "methods").is_dir() and not (out / "report.md").is_file():
+            raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     dirs = prepare_data(config, log)
     train_dirs = [dirs["forget"], dirs["retain"]]
     target = cached_finetune("target", train_dirs, config, train_dirs, log)
