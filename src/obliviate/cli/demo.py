@@ -44,7 +44,7 @@ def demo_config(args: argparse.Namespace):
 
     config = PipelineConfig(output_dir=args.output_dir, cache_dir=args.cache_dir, seed=args.seed, fresh=args.fresh)
     if args.fast:
-        config.people, config.finetune_epochs, config.unlearn_epochs, config.eval_max_examples = 60, 30, 3, 60
+        config.people, config.finetune_epochs, config.unlearn_epochs, config.eval_max_examples = 60, 30, 5, 60
     for name in ("people", "finetune_epochs", "unlearn_epochs", "eval_max_examples"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))

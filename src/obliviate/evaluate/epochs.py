@@ -74,13 +74,18 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
         ``task_aggregate``: the highest SemEval task aggregate (the default of the issue and of the official score;
             it rewards over-forgetting, since forget regurgitation 0 beats any reference).
         ``holdout_gap``: the smallest gap to never-seen people, ``|forget − holdout|`` of ROUGE-L recall plus that of
-            the leak rate: a forget person should look like a person the model never saw. Needs a holdout set.
+            the leak rate: a forget person should look like a person the model never saw. Needs a holdout set, and
+            also keeps retain exact match ≥ 90 % of epoch 0.
     """
     if rule not in SELECT_RULES:
         raise ConfigError(f"--select {rule!r}: expected one of {', '.join(SELECT_RULES)}")
     start = epochs[0]["summary"]
     floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
     candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]
+    if rule == "holdout_gap" and start.get("retain/exact_match") is not None:
+        # Forgetting a person must not cost other people's facts: retain knowledge keeps the same floor.
+        em_floor = RETAIN_FLOOR * start["retain/exact_match"]
+        candidates = [e for e in candidates if (e["summary"].get("retain/exact_match") or 0.0) >= em_floor]
     if not candidates:
         return {
             "epoch": 0,
