@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu"])
     parser.add_argument("--size", default="tiny", help="model size (default: tiny)")
     parser.add_argument("--finetune_epochs", type=int, default=40, help="target/oracle epochs (default: 40)")
+    parser.add_argument("--unlearn_epochs", type=int, default=None, help="override every preset's epochs")
     parser.add_argument("--eval_max_examples", type=int, default=150, help="rows per split per epoch (default: 150)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
     parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size,
         finetune_epochs=args.finetune_epochs,
         eval_max_examples=args.eval_max_examples,
+        unlearn_epochs=args.unlearn_epochs,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         data_dirs={k: str(v) for k, v in dirs.items()},
@@ -137,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     goals = results["goals"]
     held = [g for g in goals if g["holds"]]
     command = (
-        f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} --write"
+        f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} "
+        f"--eval_max_examples {args.eval_max_examples}"
+        + (f" --unlearn_epochs {args.unlearn_epochs}" if args.unlearn_epochs else "")
+        + " --write"
     )
     text = "\n".join(
         [
