@@ -86,8 +86,13 @@ def forward_pass(
     max_length: int = 512,
     desc: str = "forward",
     show_progress: bool = True,
+    distribution: bool = True,
 ) -> list[TokenScores]:
-    """One batched forward pass over ``records`` (longest first, to pad little); results in input order."""
+    """One batched forward pass over ``records`` (longest first, to pad little); results in input order.
+
+    ``distribution=False`` skips the per-position mean and spread of log p over the vocabulary (Min-K%++ only),
+    leaving ``mu`` and ``sigma`` zero, for splits that no membership attack reads.
+    """
     model.eval()
     device = next(model.parameters()).device
     encoded = [encode_record(tokenizer, r, max_length) for r in records]
@@ -98,9 +103,12 @@ def forward_pass(
         batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        probs = logp_all.exp()
-        mu = (probs * logp_all).sum(-1)
-        sigma = ((probs * logp_all.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+        if distribution:
+            probs = logp_all.exp()
+            mu = (probs * logp_all).sum(-1)
+            sigma = ((probs * logp_all.square()).sum(-1) - mu.square()).clamp_min(0).sqrt()
+        else:
+            mu = sigma = logp_all.new_zeros(logp_all.shape[:2])
         token_logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         answer = batch.labels[:, 1:].ne(-100)
         for row, index in enumerate(rows):

@@ -199,41 +199,12 @@ def evaluate_split(
         max_length=options.max_length,
         desc=f"{split} forward",
         show_progress=options.show_progress,
+        distribution=split in ("forget", "holdout"),  # only membership inference reads mu / sigma
     )
     scored = [r for r in records if r.kind in ("completion", "qa")]
     split_people = [p for p in people if getattr(p, "split", split) in (split, "")]
     probes = leak.build_probes(records, split_people, split) if split_people else []
-    prompts = list(dict.fromkeys([r.input for r in scored] + [p.prompt for p in probes]))
-    greedy_by_prompt, samples_by_prompt = {}, {}
-    if prompts:
-        shown = [_prompt(tokenizer, p, options.chat_template) for p in prompts]
-        probe_prompts = {p.prompt for p in probes}
-        greedy, _ = generate(
-            model,
-            tokenizer,
-            shown,
-            max_new_tokens=options.max_new_tokens,
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            desc=f"{split} generate",
-            show_progress=options.show_progress,
-        )
-        greedy_by_prompt = dict(zip(prompts, greedy))
-        if options.leak_samples and probe_prompts:
-            sample_prompts = [p for p in prompts if p in probe_prompts]
-            _, samples = generate(
-                model,
-                tokenizer,
-                [_prompt(tokenizer, p, options.chat_template) for p in sample_prompts],
-                max_new_tokens=options.max_new_tokens,
-                batch_size=options.batch_size,
-                num_samples=options.leak_samples,
-                seed=options.seed,
-                max_length=options.max_length,
-                desc=f"{split} sample",
-                show_progress=options.show_progress,
-            )
-            samples_by_prompt = dict(zip(sample_prompts, samples))
+    greedy_by_prompt, samples_by_prompt = _generate_all(model, tokenizer, split, scored, probes, options)
     rows = []
     for record, ts in zip(records, token_scores):
         row: dict[str, Any] = {
@@ -262,6 +233,45 @@ def evaluate_split(
             [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None,
         )
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
+
+
+def _generate_all(model, tokenizer, split: str, scored: list[Record], probes: list, options: EvalOptions):
+    """Greedy (and sampled) continuations of every unique prompt of a split, each generated once.
+
+    Prompts whose answers are short (questions, paraphrases) and prompts whose answers are long (completion
+    prefixes) are generated in separate passes: a batch runs until its longest row ends, so mixing them would make
+    every short row wait for the long ones.
+    """
+    long = {r.input for r in scored if r.kind == "completion"} | {p.prompt for p in probes if p.attack == "prefix"}
+    prompts = list(dict.fromkeys([r.input for r in scored] + [p.prompt for p in probes]))
+    probe_prompts = {p.prompt for p in probes}
+    greedy_by_prompt: dict[str, str] = {}
+    samples_by_prompt: dict[str, list[str]] = {}
+    for group in ([p for p in prompts if p not in long], [p for p in prompts if p in long]):
+        if not group:
+            continue
+        common = dict(
+            max_new_tokens=options.max_new_tokens,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            show_progress=options.show_progress,
+        )
+        shown = [_prompt(tokenizer, p, options.chat_template) for p in group]
+        greedy, _ = generate(model, tokenizer, shown, desc=f"{split} generate", **common)
+        greedy_by_prompt.update(zip(group, greedy))
+        sampled = [p for p in group if p in probe_prompts]
+        if options.leak_samples and sampled:
+            _, samples = generate(
+                model,
+                tokenizer,
+                [_prompt(tokenizer, p, options.chat_template) for p in sampled],
+                num_samples=options.leak_samples,
+                seed=options.seed,
+                desc=f"{split} sample",
+                **common,
+            )
+            samples_by_prompt.update(zip(sampled, samples))
+    return greedy_by_prompt, samples_by_prompt
 
 
 def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], report) -> list[dict]:
