@@ -304,3 +304,14 @@ def test_fuzzed_jsonl_loads_or_raises_obliviate_error(tmp_path, lines):
         assert "\n" not in str(error)
     else:
         assert records and all(isinstance(r, Record) and r.input.strip() for r in records)
+
+
+def test_training_records_of_a_synth_root_take_forget_and_retain_but_never_holdout(tmp_path):
+    from obliviate.data.load import load_training_records
+    from obliviate.data.synth import synthesize, write_synth
+
+    data = synthesize(10, forget_fraction=0.2, holdout_fraction=0.2, seed=1)
+    root = write_synth(data, tmp_path / "synth")
+    records = load_training_records([root])
+    assert {r.id for r in records} == {r.id for r in data.forget + data.retain}
+    assert not {r.id for r in data.holdout} & {r.id for r in records}

@@ -28,12 +28,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from obliviate.data.load import load_split
+    from obliviate.data.load import load_training_records
     from obliviate.models.load import load_model
     from obliviate.models.tiny import count_parameters, init_model
     from obliviate.train.run import prepare_output_dir
 
-    records = [r for path in args.data for r in load_split(path)]
+    records = load_training_records(args.data)
     prepare_output_dir(args.output_dir, args.data, overwrite=args.overwrite, resume=False)
     path = init_model(
         records, args.output_dir, size=args.size, arch=args.arch, vocab_size=args.vocab_size, seed=args.seed

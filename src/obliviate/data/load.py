@@ -83,6 +83,19 @@ def list_splits(path: str | Path) -> tuple[str, ...]:
     return tuple(sorted(_named_entries(path), key=lambda name: (SPLITS + MIA_SPLITS).index(name)))
 
 
+def load_training_records(paths: list[str | Path]) -> list[Record]:
+    """Every record under ``paths`` for training: a directory holding several splits (e.g. ``synth`` output or
+    LUME's forget.jsonl + retain.jsonl) contributes each of them, except ``holdout`` (never trained on)."""
+    records: list[Record] = []
+    for path in paths:
+        splits = [s for s in list_splits(path) if s not in ("holdout", *MIA_SPLITS)]
+        if len(splits) > 1:
+            records += [r for split in splits for r in load_split(path, split=split)]
+        else:
+            records += load_split(path)
+    return records
+
+
 def split_of(path: str | Path) -> str | None:
     """The split a file or directory is named after (``forget_train-00000-of-00001.parquet`` → forget), or None."""
     path = Path(path)

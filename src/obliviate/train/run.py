@@ -13,7 +13,7 @@ import torch
 from accelerate.utils import set_seed
 
 from obliviate.config import FinetuneConfig, TrainConfig, UnlearnConfig, to_yaml
-from obliviate.data.load import check_overlap, load_split
+from obliviate.data.load import check_overlap, load_split, load_training_records
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses import FINETUNE, get_method
 from obliviate.losses.common import LossParams
@@ -153,7 +153,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
     """
     accumulation_steps(config)
-    records = [r for path in config.data for r in load_split(path)]
+    records = load_training_records(config.data)
     inputs = list(config.data) + ([config.model] if config.model not in SIZES else [])
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.model in SIZES:
