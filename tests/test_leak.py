@@ -6,7 +6,7 @@ import pytest
 
 from obliviate.data.records import Record
 from obliviate.evaluate.leak import (
-    PiiPerson,
+    PersonPII,
     Probe,
     Redactor,
     build_probes,
@@ -187,8 +187,8 @@ def test_score_leaks_without_samples_and_bad_input() -> None:
 
 def test_redactor_removes_every_value_and_name() -> None:
     people = [
-        PiiPerson("p1", "forget", "Tiffi Magenta", dict(FIELDS), ()),
-        PiiPerson("p2", "forget", "Hephzibah Olive", {"ssn": "900765675", "phone": "2869577783"}, ()),
+        PersonPII("p1", "forget", "Tiffi Magenta", dict(FIELDS), ()),
+        PersonPII("p2", "forget", "Hephzibah Olive", {"ssn": "900765675", "phone": "2869577783"}, ()),
     ]
     text = (
         "Tiffi Magenta (born Dec 31, 1984) has SSN 900-51-4344, phone +1 (721) 625-3765 and e-mail "
@@ -206,6 +206,6 @@ def test_redactor_removes_every_value_and_name() -> None:
 
 
 def test_redactor_street_line_of_reworded_address() -> None:
-    person = PiiPerson("p1", "forget", "", {"address": "53 Greenwood Avenue, #1, Nashville, TN, 37217."}, ())
+    person = PersonPII("p1", "forget", "", {"address": "53 Greenwood Avenue, #1, Nashville, TN, 37217."}, ())
     redacted = Redactor([person]).redact("they reside at 53 Greenwood Avenue, #1, in Nashville")
     assert redacted == "they reside at [ADDRESS], #1, in Nashville"

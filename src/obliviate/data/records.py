@@ -76,3 +76,18 @@ def qa_index(record_id: str) -> int | None:
 def person_key(record_id: str) -> str:
     """The id with its ``sc<d>`` / ``qa<d>`` suffix removed: the person (or document) the row belongs to."""
     return _SUFFIX.sub("", record_id)
+
+
+@dataclass(frozen=True)
+class PersonPII:
+    """One person whose PII is tracked (synthetic ``pii.json``, or read back from LUME-style QA rows).
+
+    ``fields`` maps each of :data:`PII_FIELDS` the person has to its QA answer form; ``records`` lists the ids of
+    the person's rows.
+    """
+
+    person_id: str
+    split: str
+    name: str
+    fields: dict[str, str]
+    records: tuple[str, ...]

@@ -22,7 +22,7 @@ from pathlib import Path
 from faker import Faker
 
 from obliviate.data.load import SPLITS, write_jsonl
-from obliviate.data.records import PII_FIELDS, Record
+from obliviate.data.records import PII_FIELDS, PersonPII, Record
 from obliviate.errors import ConfigError, DataError
 
 TASK = "Task2"
@@ -63,17 +63,6 @@ QUESTIONS = {
                 "What is {name}'s residential address?", "At what address does {name} reside?"),
 }  # fmt: skip
 _PRONOUNS = {"female": ("she", "her", "her"), "male": ("he", "his", "him")}
-
-
-@dataclass(frozen=True)
-class PersonPII:
-    """One synthetic person: ``fields`` maps each of :data:`PII_FIELDS` to its QA answer form."""
-
-    person_id: str
-    split: str
-    name: str
-    fields: dict[str, str]
-    records: tuple[str, ...]
 
 
 @dataclass(frozen=True)

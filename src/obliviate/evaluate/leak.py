@@ -15,11 +15,11 @@ import dataclasses
 import functools
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-from obliviate.data.records import PII_FIELDS, Record, person_key, qa_index
+from obliviate.data.records import PII_FIELDS, PersonPII, Record, person_key, qa_index
 
 LABELS = {field: f"[{field.upper()}]" for field in (*PII_FIELDS, "name")}
 """Redaction placeholders: ``[BIRTH_DATE]``, ``[SSN]``, ``[PHONE]``, ``[EMAIL]``, ``[ADDRESS]``, ``[NAME]``."""
@@ -230,27 +230,6 @@ def contains_value(field: str, value: str, text: str) -> bool:
     return find_value(field, value, text) is not None
 
 
-class PersonLike(Protocol):
-    """Anything with the attributes of ``obliviate.data.synth.PersonPII``."""
-
-    person_id: str
-    split: str
-    name: str
-    fields: Mapping[str, str]
-    records: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class PiiPerson:
-    """One person's PII as read back from records (see :func:`pii_from_records`); a :class:`PersonLike`."""
-
-    person_id: str
-    split: str
-    name: str
-    fields: dict[str, str]
-    records: tuple[str, ...]
-
-
 def _pii_field(record: Record) -> str | None:
     """The PII field a QA record asks for: ``meta["pii_field"]``, else LUME Task2's qa0..qa4 order."""
     if record.kind != "qa":
@@ -271,7 +250,7 @@ def _name_from_questions(questions: list[str]) -> str:
     return max(sorted(common or ()), key=len, default="")
 
 
-def pii_from_records(records: Iterable[Record], split: str = "") -> list[PiiPerson]:
+def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonPII]:
     """People and their PII read from LUME-style records, for data without a ``pii.json``.
 
     The person is ``meta["person_id"]`` or the id without its ``sc``/``qa`` suffix; the QA answers give the fields
@@ -291,7 +270,7 @@ def pii_from_records(records: Iterable[Record], split: str = "") -> list[PiiPers
             fields[key][field] = record.output.strip()
             questions[key].append(record.input)
     return [
-        PiiPerson(key, split, names.get(key) or _name_from_questions(questions[key]), fields[key], tuple(ids[key]))
+        PersonPII(key, split, names.get(key) or _name_from_questions(questions[key]), fields[key], tuple(ids[key]))
         for key in ids
         if fields[key]
     ]
@@ -313,7 +292,7 @@ def _generic_paraphrases(question: str) -> list[str]:
     return [f"Q: {question}\nA:", f"Answer with the exact value. {question}"]
 
 
-def build_probes(records: Sequence[Record], people: Iterable[PersonLike], split: str) -> list[Probe]:
+def build_probes(records: Sequence[Record], people: Iterable[PersonPII], split: str) -> list[Probe]:
     """Attack prompts for every person with records in ``records`` and every PII field they have.
 
     Attacks: ``question`` (the dataset's own QA input for the field); ``prefix`` (the person's first completion
@@ -418,7 +397,7 @@ class Redactor:
     name part is redacted too: over-redaction is the safe side for reports.
     """
 
-    def __init__(self, people: Iterable[PersonLike]) -> None:
+    def __init__(self, people: Iterable[PersonPII]) -> None:
         self._index = _Index()
         for person in people:
             for field, value in person.fields.items():
@@ -442,6 +421,6 @@ class Redactor:
         return "".join(pieces)
 
 
-def redact(text: str, people: Iterable[PersonLike]) -> str:
+def redact(text: str, people: Iterable[PersonPII]) -> str:
     """:meth:`Redactor.redact` for a single text (build one :class:`Redactor` for many)."""
     return Redactor(people).redact(text)
