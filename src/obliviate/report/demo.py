@@ -10,19 +10,19 @@ from obliviate.report.outputs import epoch_plots, write_json
 from obliviate.report.plots import plot_tradeoff
 from obliviate.report.render import render_demo_report, write_report
 
-COLUMNS = [
+COLUMNS = [  # the renderer adds the ↑/↓ direction of each metric to its header
     ("model", "model"),
-    ("forget/rougeL_recall", "forget ROUGE-L ↓"),
-    ("retain/rougeL_recall", "retain ROUGE-L ↑"),
-    ("forget/exact_match", "forget EM ↓"),
-    ("retain/exact_match", "retain EM ↑"),
+    ("forget/rougeL_recall", "forget ROUGE-L"),
+    ("retain/rougeL_recall", "retain ROUGE-L"),
+    ("forget/exact_match", "forget EM"),
+    ("retain/exact_match", "retain EM"),
     ("forget/perplexity", "forget PPL"),
-    ("retain/perplexity", "retain PPL ↓"),
-    ("forget/leak_rate", "leak forget ↓"),
-    ("retain/leak_rate", "leak retain ↑"),
+    ("retain/perplexity", "retain PPL"),
+    ("forget/leak_rate", "leak forget"),
+    ("retain/leak_rate", "leak retain"),
     ("holdout/leak_rate", "leak holdout"),
     ("forget/mia_auc_loss", "MIA AUC"),
-    ("forget/forget_quality", "forget quality ↑"),
+    ("forget/forget_quality", "forget quality"),
     ("all/task_aggregate", "task agg."),
     ("epoch", "best epoch"),
     ("wall_seconds", "wall s"),
