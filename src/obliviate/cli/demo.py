@@ -17,7 +17,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--methods", nargs="+", default=None, help="methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)"
     )
-    parser.add_argument("--fast", action="store_true", help="60 people, 30 fine-tuning and 5 unlearning epochs (about 10 min from scratch on 2 cores)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="60 people, 30 fine-tuning and 5 unlearning epochs (about 10 min from scratch on 2 cores)",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore cached data, target and oracle")
     parser.add_argument("--people", type=int, default=None, help="synthetic people (default: 200; --fast: 60)")
     parser.add_argument(
