@@ -2,7 +2,7 @@
 
 Contender A is :func:`obliviate.evaluate.suite.evaluate_model` on the forget and retain rows with ``people=[]``,
 so that it runs only what the official script runs (no PII-leak probes; MIA, forget quality and MMLU are skipped
-too): one batched forward pass and one batched greedy generation per split, then the pure scorers. Contender B
+too): one batched forward pass and batched greedy generation per split, then the pure scorers. Contender B
 reimplements the organisers' ``evaluate_generations.py`` loop: for each row, ``generate`` greedily from the raw
 prompt with batch 1, then a separate forward pass on ``prompt + answer`` (prompt tokens masked) for the NLL, then
 ROUGE-L recall (completion rows) and exact match (QA rows) as the official ``compute_metrics`` scores them.
@@ -288,8 +288,10 @@ def describe(result: dict) -> str:
         f"{result['threads']} torch thread) fine-tuned on them for {result['epochs']} epochs through obliviate's "
         f"loop so that generations are non-trivial; greedy, `max_new_tokens` {result['max_new_tokens']}. "
         "obliviate: `evaluate_model` with `EvalData(people=[])`, so it runs no PII-leak probes (and, with no "
-        "holdout, oracle or MMLU, no MIA, forget quality or final score): one batched forward pass and one batched "
-        f"generation (batch {result['batch_size']}) per split, then the scorers. Official: a reimplementation of "
+        "holdout, oracle or MMLU, no MIA, forget quality or final score): one batched forward pass and batched "
+        f"generation (batch {result['batch_size']}; short-answer and long-answer prompts in separate passes) "
+        "per split, "
+        "then the scorers. Official: a reimplementation of "
         "the organisers' `evaluate_generations.py` inference loop (per row: `generate` with batch 1 from the raw "
         "prompt, then a separate forward pass on `input + output` for the NLL) followed by its `compute_metrics` "
         "scoring. Rounds interleaved A, B, A, B in one process; seconds are shown only for context."
