@@ -402,29 +402,23 @@ def _semeval(per_example, metrics, mmlu_acc, notes) -> dict[str, Any]:
 
 def oracle_stats(model, tokenizer, data: EvalData, options: EvalOptions) -> OracleStats:
     """The oracle's per-example forget NLL and Min-K% AUC, from one forward pass on forget and holdout."""
-    forget = sample_records(data.splits["forget"], options.max_examples, options.seed)
-    ts_forget = forward_pass(
-        model,
-        tokenizer,
-        forget,
-        batch_size=options.batch_size,
-        max_length=options.max_length,
-        desc="oracle forward",
-        show_progress=options.show_progress,
-    )
-    mink_auc = None
-    if "holdout" in data.splits:
-        holdout = sample_records(data.splits["holdout"], options.max_examples, options.seed)
-        ts_holdout = forward_pass(
+
+    def scored(split: str) -> tuple[list[Record], list[TokenScores]]:
+        records = sample_records(data.splits[split], options.max_examples, options.seed)
+        return records, forward_pass(
             model,
             tokenizer,
-            holdout,
+            records,
             batch_size=options.batch_size,
             max_length=options.max_length,
             desc="oracle forward",
             show_progress=options.show_progress,
         )
-        mink_auc = mia.mia_aucs(_mia_examples(forget, ts_forget), _mia_examples(holdout, ts_holdout), k=options.mia_k)[
-            "mink"
-        ]
+
+    forget, ts_forget = scored("forget")
+    mink_auc = None
+    if "holdout" in data.splits:
+        holdout, ts_holdout = scored("holdout")
+        aucs = mia.mia_aucs(_mia_examples(forget, ts_forget), _mia_examples(holdout, ts_holdout), k=options.mia_k)
+        mink_auc = aucs["mink"]
     return OracleStats([ts.answer_nll for ts in ts_forget], mink_auc)
