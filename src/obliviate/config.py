@@ -38,6 +38,9 @@ class TrainConfig:
     warmup_ratio: float = option(0.0, "share of optimizer steps spent warming up linearly from 0")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
     max_length: int = option(512, "longest tokenised example; longer prompts are cut from the left")
+    group_by_length: bool = option(
+        False, "batch examples of similar length together (same examples per epoch, much less padding)"
+    )
     seed: int = option(42, "fixes data order, retain pairing, initialisation and dropout")
     mixed_precision: str = option("auto", "auto (bf16 where the hardware supports it), bf16, fp16 or no")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")

@@ -9,8 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
+import pickle
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +23,8 @@ from typing import Any
 from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.load import load_split
 from obliviate.errors import ConfigError
-from obliviate.evaluate.epochs import load_epoch_results, make_epoch_hook, select_best
-from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data, oracle_stats
+from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
+from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
 
@@ -41,7 +46,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class PipelineConfig:
-    """One end-to-end experiment. ``data_dir`` set → use that data (e.g. LUME); else synthesise."""
+    """One end-to-end experiment. ``data_dirs`` set → use that data (e.g. LUME); else synthesise.
+
+    ``workers`` (0: automatic) runs independent jobs (target and oracle; the methods) side by side: on CPU one
+    process per core with one torch thread each, which trains the tiny model about twice as fast as one process
+    on all cores. ``group_by_length`` batches similar lengths together in fine-tuning and unlearning; it is off,
+    because it slowed memorisation badly in our measurement (BENCHMARKS.md).
+    """
 
     output_dir: str = "runs/demo"
     cache_dir: str = "runs/cache"
@@ -60,6 +71,8 @@ class PipelineConfig:
     max_new_tokens: int = 40
     leak_samples: int = 0
     select: str = "holdout_gap"
+    group_by_length: bool = False
+    workers: int = 0
     fresh: bool = False
     data_dirs: dict[str, str] | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
@@ -75,6 +88,65 @@ def _dir_hash(path: Path) -> str:
         if file.is_file():
             digest.update(file.name.encode() + file.read_bytes())
     return digest.hexdigest()[:12]
+
+
+class StampedLog:
+    """Prints ``[seconds since start] message``; picklable, so that worker processes log the same way."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.time() if started is None else started
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.time() - self.started:6.0f}s] {message}", flush=True)
+
+
+def resolve_workers(config: PipelineConfig, jobs: int) -> int:
+    """Processes for ``jobs`` independent jobs: ``config.workers``, or on CPU one per core; on a GPU one."""
+    if config.workers > 0:
+        return min(config.workers, jobs)
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(os.cpu_count() or 1, jobs))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], workers: int) -> list[Any]:
+    """Run ``(function, args)`` jobs, in order, or with ``workers > 1`` in that many spawned processes.
+
+    Each worker gets an equal share of the cores as torch threads, and no per-step progress bars (they would
+    interleave); the jobs' one-line summaries still print. Results come back in job order; the first failure is
+    raised.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        return [function(*args) for function, args in jobs]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # inherited by the spawned workers before they import tqdm
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = [pool.submit(function, *args) for function, args in jobs]
+            return [future.result() for future in futures]
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+def _portable(log: Callable[[str], None]) -> Callable[[str], None]:
+    try:
+        pickle.dumps(log)
+        return log
+    except Exception:  # a closure or lambda: workers print plainly
+        return print
 
 
 def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
@@ -96,26 +168,40 @@ def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
     return {"forget": out / "forget", "retain": out / "retain", "holdout": out / "holdout"}
 
 
-def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log) -> Path:
-    """Fine-tune (or reuse) a model on ``data``; the tokenizer is trained on ``tokenizer_data`` for both models."""
-    settings = dict(
+def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
+    return dict(
         size=config.size,
         epochs=config.finetune_epochs,
         lr=config.finetune_lr,
         batch_size=config.finetune_batch_size,
         seed=config.seed,
     )
-    key = _hash([name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]])
-    out = Path(config.cache_dir) / f"{name}-{key}"
+
+
+def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
+    """The tokenizer trained on ``tokenizer_data`` and the freshly initialised model, shared by target and oracle."""
+    key = _hash([_finetune_settings(config), [_dir_hash(p) for p in tokenizer_data]])
+    init = Path(config.cache_dir) / f"init-{key}"
+    if config.fresh or not (init / "config.json").is_file():
+        from obliviate.models.tiny import init_model
+
+        records = [r for p in tokenizer_data for r in load_split(p)]
+        init_model(records, init, size=config.size, seed=config.seed)
+    return init
+
+
+def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log) -> Path:
+    """Fine-tune (or reuse) a model on ``data``, starting from :func:`cached_init` of ``tokenizer_data``."""
+    settings = _finetune_settings(config)
+    grouped = config.group_by_length
+    key_parts: list[Any] = [name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]]
+    if grouped:  # appended only when on, so that models cached before the option existed keep their key
+        key_parts.append("group_by_length")
+    out = Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
     if not config.fresh and (out / "trainer_state.json").is_file():
         log(f"{name}: cached → {out}")
         return out
-    from obliviate.models.tiny import init_model
-
-    init = Path(config.cache_dir) / f"init-{_hash([settings, [_dir_hash(p) for p in tokenizer_data]])}"
-    if config.fresh or not (init / "config.json").is_file():
-        records = [r for p in tokenizer_data for r in load_split(p)]
-        init_model(records, init, size=config.size, seed=config.seed)
+    init = cached_init(config, tokenizer_data)
     started = time.perf_counter()
     result = run_finetune(
         FinetuneConfig(
@@ -126,20 +212,29 @@ def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokeniz
             lr=config.finetune_lr,
             batch_size=config.finetune_batch_size,
             micro_batch_size=config.finetune_batch_size,
+            group_by_length=grouped,
             seed=config.seed,
             overwrite=True,
         )
     )
+    seconds = time.perf_counter() - started
     log(
-        f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in "
-        f"{time.perf_counter() - started:.0f}s → {out}"
+        f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in {seconds:.0f}s "
+        f"({result.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s) → {out}"
     )
     return out
 
 
 def unlearn_method(
-    method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig, hook_args, log
+    method: str,
+    target: Path,
+    dirs: dict[str, Path],
+    config: PipelineConfig,
+    hook_args,
+    log,
+    start: EvalResult | None = None,
 ) -> dict[str, Any]:
+    """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0)."""
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
@@ -152,12 +247,13 @@ def unlearn_method(
         method=method,
         batch_size=config.unlearn_batch_size,
         micro_batch_size=config.unlearn_batch_size,
+        group_by_length=config.group_by_length,
         seed=config.seed,
         overwrite=True,
         **preset,
     )
     data, options, oracle = hook_args
-    hook = make_epoch_hook(data, options, out / "eval", str(target), oracle)
+    hook = make_epoch_hook(data, options, out / "eval", str(target), oracle, start=start)
     started = time.perf_counter()
     result = run_unlearn(unlearn, epoch_hook=hook)
     wall_seconds = time.perf_counter() - started  # training and the per-epoch evaluations
@@ -189,8 +285,15 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     dirs = prepare_data(config, log)
     train_dirs = [dirs["forget"], dirs["retain"]]
-    target = cached_finetune("target", train_dirs, config, train_dirs, log)
-    oracle_dir = cached_finetune("oracle", [dirs["retain"]], config, train_dirs, log)
+    worker_log = _portable(log)
+    cached_init(config, train_dirs)  # before the workers, so that they do not build it twice
+    target, oracle_dir = run_jobs(
+        [
+            (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log)),
+            (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log)),
+        ],
+        resolve_workers(config, 2),
+    )
     data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
     options = EvalOptions(
         max_examples=config.eval_max_examples,
@@ -201,10 +304,25 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     )
     oracle_model, oracle_tok = load_model(oracle_dir)
     oracle = oracle_stats(oracle_model, oracle_tok, data, options)
-    oracle_result = evaluate_model(oracle_model, oracle_tok, data, options, oracle=oracle)
     del oracle_model
-    log("oracle: evaluated")
-    runs = [unlearn_method(m, target, dirs, config, (data, options, oracle), log) for m in config.methods]
+    oracle_result, target_result = run_jobs(
+        [
+            (evaluate_epoch, (0, str(oracle_dir), data, options, oracle)),
+            (evaluate_epoch, (0, str(target), data, options, oracle)),
+        ],
+        resolve_workers(config, 2),
+    )
+    log("target and oracle: evaluated")
+    workers = resolve_workers(config, len(config.methods))
+    if workers > 1:
+        log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
+    runs = run_jobs(
+        [
+            (unlearn_method, (m, target, dirs, config, (data, options, oracle), worker_log, target_result))
+            for m in config.methods
+        ],
+        workers,
+    )
     target_state = json.loads((target / "trainer_state.json").read_text())
     oracle_state = json.loads((oracle_dir / "trainer_state.json").read_text())
     return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 
 def register(subparsers) -> None:
@@ -36,6 +35,18 @@ def register(subparsers) -> None:
         default=None,
         help="rows evaluated per split at every epoch (default: 120; --fast: 60)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes for independent jobs (target and oracle, the methods); 0: one per CPU core, each with one "
+        "torch thread (default: 0)",
+    )
+    parser.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="batch examples of similar length together (faster, but it slowed memorisation in our measurement)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data, model and training seed (default: 0)")
     parser.add_argument("--output_dir", default="runs/demo", help="report directory (default: runs/demo)")
     parser.add_argument("--cache_dir", default="runs/cache", help="cached data and models (default: runs/cache)")
@@ -46,7 +57,18 @@ def demo_config(args: argparse.Namespace):
     from obliviate.losses import get_method
     from obliviate.pipeline import DEMO_METHODS, PipelineConfig
 
-    config = PipelineConfig(output_dir=args.output_dir, cache_dir=args.cache_dir, seed=args.seed, fresh=args.fresh)
+    config = PipelineConfig(
+        output_dir=args.output_dir,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        fresh=args.fresh,
+        workers=args.workers,
+        group_by_length=args.group_by_length,
+    )
+    if args.workers < 0:
+        from obliviate.errors import ConfigError
+
+        raise ConfigError(f"--workers must be >= 0, found {args.workers}")
     if args.fast:
         config.people, config.finetune_epochs, config.unlearn_epochs, config.eval_max_examples = 60, 30, 5, 60
     for name in ("people", "finetune_epochs", "unlearn_epochs", "eval_max_examples"):
@@ -62,15 +84,11 @@ def demo_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from obliviate.pipeline import run_pipeline
+    from obliviate.pipeline import StampedLog, run_pipeline
     from obliviate.report.demo import write_demo_report
 
     config = demo_config(args)
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {message}", flush=True)
-
+    log = StampedLog()
     outcome = run_pipeline(config, log=log)
     report = write_demo_report(outcome, Path(config.output_dir))
     log(f"report → {report}")

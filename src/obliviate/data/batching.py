@@ -99,17 +99,71 @@ def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") ->
     return TokenBatch(input_ids, attention_mask, labels)
 
 
+def length_pieces(lengths: list[int], overhead: int = 64) -> list[list[int]]:
+    """Cut one batch into pieces of similar length that cost the fewest padded tokens.
+
+    Positions are sorted by length and cut where it pays: a piece costs ``size x longest + overhead`` (the overhead,
+    in tokens, stands for the fixed cost of one more forward pass). Exact dynamic programming over the cut points.
+
+    Returns:
+        Lists of positions into ``lengths``; together they hold every position once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    cost = [0.0] + [float("inf")] * len(sizes)
+    cut = [0] * (len(sizes) + 1)
+    for end in range(1, len(sizes) + 1):
+        for start in range(end):
+            value = cost[start] + (end - start) * sizes[end - 1] + overhead
+            if value < cost[end]:
+                cost[end], cut[end] = value, start
+    pieces, end = [], len(sizes)
+    while end > 0:
+        pieces.append(order[cut[end] : end])
+        end = cut[end]
+    return pieces[::-1]
+
+
+def scored_tokens(batch: TokenBatch) -> int:
+    """Tokens a next-token loss scores: labels other than ``-100`` after the one-position shift."""
+    return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def _epoch_generator(seed: int, epoch: int, rank: int | None = None) -> torch.Generator:
     # A distinct, reproducible stream per (seed, epoch[, rank]); large odd multipliers keep streams apart.
     value = seed * 1_000_003 + epoch * 10_007 + (0 if rank is None else (rank + 1) * 7_919_111)
     return torch.Generator().manual_seed(value % (2**63))
 
 
-def forget_order(num_examples: int, steps: int, step_size: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's forget order, the same on every rank: a seeded permutation, wrapped to fill ``steps`` steps."""
-    perm = torch.randperm(num_examples, generator=_epoch_generator(seed, epoch)).tolist()
+def forget_order(
+    num_examples: int,
+    steps: int,
+    step_size: int,
+    seed: int,
+    epoch: int,
+    lengths: list[int] | None = None,
+    group_size: int = 50,
+) -> list[int]:
+    """The epoch's forget order, the same on every rank: a seeded permutation, wrapped to fill ``steps`` steps.
+
+    With ``lengths`` (``--group_by_length``), the permutation is cut into groups of ``group_size`` steps, each
+    group is sorted by length so that every step holds examples of similar length, and the steps are shuffled
+    again: the same examples are seen as often, with far less padding (the idea of transformers'
+    ``group_by_length``).
+    """
+    generator = _epoch_generator(seed, epoch)
+    perm = torch.randperm(num_examples, generator=generator).tolist()
     slots = steps * step_size
-    return (perm * (slots // num_examples + 1))[:slots]
+    order = (perm * (slots // num_examples + 1))[:slots]
+    if lengths is None:
+        return order
+    span = group_size * step_size
+    grouped: list[int] = []
+    for start in range(0, slots, span):
+        grouped.extend(sorted(order[start : start + span], key=lambda i: -lengths[i]))
+    chunks = [grouped[i : i + step_size] for i in range(0, slots, step_size)]
+    shuffled = torch.randperm(len(chunks), generator=generator).tolist()
+    return [i for c in shuffled for i in chunks[c]]
 
 
 def micro_batches_for_rank(order: list[int], world_size: int, rank: int, micro_batch_size: int) -> list[list[int]]:
@@ -118,11 +172,31 @@ def micro_batches_for_rank(order: list[int], world_size: int, rank: int, micro_b
     return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
 
 
-def retain_draws(num_retain: int, sizes: list[int], seed: int, epoch: int, rank: int) -> list[list[int]]:
+def retain_draws(
+    num_retain: int,
+    sizes: list[int],
+    seed: int,
+    epoch: int,
+    rank: int,
+    lengths: list[int] | None = None,
+    forget_widths: list[int] | None = None,
+) -> list[list[int]]:
     """Random retain indices paired with each forget micro-batch, one equal-size draw per batch.
 
     The stream depends on the rank, so that data-parallel ranks draw different retain samples (pairing every rank
-    with the same retain rows is a known bug elsewhere).
+    with the same retain rows is a known bug elsewhere). With ``lengths`` and ``forget_widths`` (length grouping),
+    the epoch's draws are the same uniform sample, handed out sorted by length: the longest draws go to the
+    micro-batches with the longest forget rows, so that retain batches are padded little too.
     """
     generator = _epoch_generator(seed, epoch, rank)
-    return [torch.randint(num_retain, (size,), generator=generator).tolist() for size in sizes]
+    draws = [torch.randint(num_retain, (size,), generator=generator).tolist() for size in sizes]
+    if lengths is None or forget_widths is None:
+        return draws
+    pool = sorted((i for d in draws for i in d), key=lambda i: -lengths[i])
+    ranked = sorted(range(len(sizes)), key=lambda b: -forget_widths[b])
+    out: list[list[int]] = [[] for _ in sizes]
+    start = 0
+    for b in ranked:
+        out[b] = pool[start : start + sizes[b]]
+        start += sizes[b]
+    return out

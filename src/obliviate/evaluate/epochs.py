@@ -128,10 +128,12 @@ def make_epoch_hook(
     model_dir: str,
     oracle: OracleStats | None = None,
     lora: bool = False,
+    start: EvalResult | None = None,
 ):
     """An engine epoch hook that evaluates each checkpoint (and, first, the starting model as epoch 0).
 
-    Results go to ``out_dir/epoch-N/``. Under several processes only the main one evaluates.
+    Results go to ``out_dir/epoch-N/``. Under several processes only the main one evaluates. ``start`` is the
+    starting model's result when it is already known (several runs from one model share it).
     """
     from accelerate import PartialState
 
@@ -139,7 +141,8 @@ def make_epoch_hook(
         if not PartialState().is_main_process:
             return {}
         if not (out_dir / "epoch-0" / "results.json").is_file():
-            write_epoch_result(out_dir, 0, evaluate_epoch(0, model_dir, data, options, oracle))
+            first = start if start is not None else evaluate_epoch(0, model_dir, data, options, oracle)
+            write_epoch_result(out_dir, 0, first)
         result = evaluate_epoch(epoch, path, data, options, oracle, base_model=model_dir if lora else None)
         write_epoch_result(out_dir, epoch, result)
         return {"epoch": epoch, "summary": result.summary()}

@@ -28,6 +28,9 @@ class Method:
         paper: arXiv id of the paper that defines it, or None.
         defaults: :class:`LossParams` values this method uses when the user set none (e.g. NPO β = 0.1, SimNPO
             β = 4.5), overriding the class-wide defaults.
+        token_mean: the loss is a mean over the batch's scored tokens and nothing else (no retain batch, no
+            reference), so the loop may run a batch as length-sorted pieces weighted by their scored tokens: the
+            same gradient with far less padding.
     """
 
     name: str
@@ -36,6 +39,7 @@ class Method:
     summary: str
     paper: str | None
     defaults: dict[str, float] = field(default_factory=dict)
+    token_mean: bool = False
 
     def params(self, given: Mapping[str, float] | None = None) -> LossParams:
         """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
@@ -93,7 +97,14 @@ LOSSES: dict[str, Method] = {
     ),
 }
 
-FINETUNE = Method("finetune", finetune.loss, finetune.NEEDS, "plain NLL on the batch (target and oracle models)", None)
+FINETUNE = Method(
+    "finetune",
+    finetune.loss,
+    finetune.NEEDS,
+    "plain NLL on the batch (target and oracle models)",
+    None,
+    token_mean=True,
+)
 
 
 def get_method(name: str) -> Method:

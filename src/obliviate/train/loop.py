@@ -31,8 +31,10 @@ from obliviate.data.batching import (
     collate,
     encode_record,
     forget_order,
+    length_pieces,
     micro_batches_for_rank,
     retain_draws,
+    scored_tokens,
 )
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError, TrainingError
@@ -303,10 +305,20 @@ def train_epoch(
 ) -> str | None:
     """One pass over the forget set; returns a reason when the run must stop early."""
     acc = run.accelerator
-    order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch)
+    grouped = config.group_by_length
+    lengths = [len(e.ids) for e in run.forget] if grouped else None
+    order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch, lengths)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
     draws = (
-        retain_draws(len(run.retain), [len(m) for m in micro], config.seed, epoch, acc.process_index)
+        retain_draws(
+            len(run.retain),
+            [len(m) for m in micro],
+            config.seed,
+            epoch,
+            acc.process_index,
+            lengths=[len(e.ids) for e in run.retain] if grouped else None,
+            forget_widths=[max(len(run.forget[i].ids) for i in m) for m in micro] if grouped else None,
+        )
         if run.retain
         else [None] * len(micro)
     )
@@ -377,25 +389,45 @@ def _accumulate(
     tokens = torch.zeros((), device=acc.device)
     draw_ids: list[int] = []
     for forget_rows, retain_rows in zip(forget_ids, retain_ids):
-        forget = collate([run.forget[i] for i in forget_rows], pad_id).to(acc.device)
-        retain = collate([run.retain[i] for i in retain_rows], pad_id).to(acc.device) if retain_rows else None
         draw_ids.extend(retain_rows or [])
+        if _splittable(acc, method, retain_rows):
+            lengths = [len(run.forget[r].ids) for r in forget_rows]
+            pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
+        else:
+            pieces = [forget_rows]
+        batches = [collate([run.forget[i] for i in piece], pad_id).to(acc.device) for piece in pieces]
+        scored = [scored_tokens(b) for b in batches] if len(batches) > 1 else [1]
+        retain = collate([run.retain[i] for i in retain_rows], pad_id).to(acc.device) if retain_rows else None
         with acc.accumulate(run.model):
-            with acc.autocast():
-                out = method.loss(_loss_inputs(run, method, forget, retain, layer), params)
-            values = {"loss": out.loss.item(), **out.metrics}
-            # checked on every process before backward: DeepSpeed steps inside the last micro-batch's backward
-            if not _finite_everywhere(acc, values["loss"]):
-                _non_finite(run, config, epoch, values)
-            acc.backward(out.loss)  # accelerate divides by the accumulation
+            values: dict[str, float] = {}
+            for index, forget in enumerate(batches):
+                share = scored[index] / max(sum(scored), 1)  # token-mean losses: pieces weighted by scored tokens
+                last = index == len(batches) - 1
+                with contextlib.nullcontext() if last else acc.no_sync(run.model):
+                    with acc.autocast():
+                        out = method.loss(_loss_inputs(run, method, forget, retain, layer), params)
+                    for key, value in {"loss": out.loss.item(), **out.metrics}.items():
+                        values[key] = values.get(key, 0.0) + value * share
+                    # checked on every process once per micro-batch (piece counts differ between processes),
+                    # before the backward that syncs: DeepSpeed steps inside the last micro-batch's backward
+                    if last and not _finite_everywhere(acc, values["loss"]):
+                        _non_finite(run, config, epoch, values)
+                    acc.backward(out.loss * share if share != 1 else out.loss)  # accelerate divides by accumulation
+                tokens += forget.num_tokens
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value / run.accumulation
-        tokens += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
+        tokens += retain.num_tokens if retain is not None else 0
     reduced = acc.reduce({k: torch.tensor(v, device=acc.device) for k, v in sums.items()}, reduction="mean")
     step_metrics = {k: v.item() for k, v in reduced.items()}
     if not all(math.isfinite(v) for v in step_metrics.values()):
         _non_finite(run, config, epoch, step_metrics)
     return step_metrics, int(acc.reduce(tokens, reduction="sum").item()), draw_ids
+
+
+def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None) -> bool:
+    """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, and not under DeepSpeed
+    (which steps inside each backward)."""
+    return method.token_mean and not retain_rows and acc.distributed_type != DistributedType.DEEPSPEED
 
 
 def _finite_everywhere(acc: Accelerator, value: float) -> bool:
