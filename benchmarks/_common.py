@@ -22,7 +22,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 LUME_DIR = Path(os.environ.get("OBLIVIATE_LUME_DIR", REPO_ROOT.parent / "shared" / "data" / "lume"))
-SECTION_ORDER = ("bench_step", "bench_memory", "bench_eval")
+SECTION_ORDER = ("bench_step", "bench_memory", "bench_eval", "bench_finetune")
 THREADS_HELP = (
     "torch intra-op threads (default: 1; on a machine whose cores are shared with other work, 2 threads on 2 "
     "cores contend and can run 20x slower)"

@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
     parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="side-by-side processes (default: one per core)")
     parser.add_argument("--write", action="store_true", help="rewrite the Quality section of BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    from obliviate.pipeline import PipelineConfig, run_pipeline
+    from obliviate.pipeline import PipelineConfig, StampedLog, run_pipeline
     from obliviate.report.demo import write_demo_report
 
     tasks = ["Task1", "Task2", "Task3"] if args.tasks == "all" else args.tasks.split(",")
@@ -129,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         unlearn_epochs=args.unlearn_epochs,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        workers=args.workers,
+        eval_batch_size=32,  # biographies up to 512 tokens: keep each forward's logits small
         data_dirs={k: str(v) for k, v in dirs.items()},
     )
     started = time.perf_counter()
-    outcome = run_pipeline(config, log=lambda m: print(f"[{time.perf_counter() - started:6.0f}s] {m}", flush=True))
+    outcome = run_pipeline(config, log=StampedLog())
     write_demo_report(outcome, Path(config.output_dir), title=f"LUME {args.tasks} quality benchmark")
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
     target = results["summary"][0]

@@ -325,3 +325,41 @@ def test_trained_weights_load_in_fp32_and_a_frozen_lora_base_in_the_device_defau
     assert weights_dtype(unlearn_config(assets, tmp_path, lora_r=4)) is None
     weight = torch.tensor(0.02, dtype=torch.bfloat16)
     assert torch.equal(weight - 1e-5, weight)
+
+
+def test_finetune_runs_mixed_lengths_as_pieces_with_the_same_update(assets, tmp_path, monkeypatch):
+    import obliviate.train.loop as loop
+    from obliviate.config import FinetuneConfig
+    from obliviate.train.run import run_finetune
+
+    def config(out):
+        return FinetuneConfig(
+            output_dir=str(out),
+            model=str(assets.model),
+            data=[str(assets.forget), str(assets.retain)],
+            epochs=1,
+            lr=1e-3,
+            batch_size=16,
+            micro_batch_size=16,
+            max_length=64,
+        )
+
+    real, pieces_seen = loop.length_pieces, []
+
+    def spy(lengths, *args, **kwargs):
+        pieces = real(lengths, *args, **kwargs)
+        pieces_seen.append(len(pieces))
+        return pieces
+
+    monkeypatch.setattr(loop, "length_pieces", spy)
+    run_finetune(config(tmp_path / "split"))
+    assert max(pieces_seen) > 1  # the micro data mixes short answers and long biographies
+    monkeypatch.setattr(loop, "length_pieces", lambda lengths, *a, **k: [list(range(len(lengths)))])
+    run_finetune(config(tmp_path / "whole"))
+    split, whole = weights(tmp_path / "split"), weights(tmp_path / "whole")
+    for key in split:
+        torch.testing.assert_close(split[key], whole[key], atol=1e-5, rtol=1e-4)
+    logged = zip(metrics(tmp_path / "split"), metrics(tmp_path / "whole"))
+    assert all(
+        a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens_seen"] == b["tokens_seen"] for a, b in logged
+    )

@@ -9,13 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from obliviate.data.load import load_split
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
+from obliviate.jobs import Jobs
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
 
@@ -62,12 +61,13 @@ class PipelineConfig:
     holdout_fraction: float = 0.1
     seed: int = 0
     size: str = "tiny"
-    finetune_epochs: int = 40
+    finetune_epochs: int = 30
     finetune_lr: float = 3e-3
     finetune_batch_size: int = 16
     unlearn_batch_size: int = 16
     unlearn_epochs: int | None = None
-    eval_max_examples: int | None = 120
+    eval_max_examples: int | None = 60
+    eval_batch_size: int = 128
     max_new_tokens: int = 40
     leak_samples: int = 0
     select: str = "holdout_gap"
@@ -109,36 +109,6 @@ def resolve_workers(config: PipelineConfig, jobs: int) -> int:
     if torch.cuda.is_available():
         return 1
     return max(1, min(os.cpu_count() or 1, jobs))
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def run_jobs(jobs: list[tuple[Callable[..., Any], tuple]], workers: int) -> list[Any]:
-    """Run ``(function, args)`` jobs, in order, or with ``workers > 1`` in that many spawned processes.
-
-    Each worker gets an equal share of the cores as torch threads, and no per-step progress bars (they would
-    interleave); the jobs' one-line summaries still print. Results come back in job order; the first failure is
-    raised.
-    """
-    if workers <= 1 or len(jobs) <= 1:
-        return [function(*args) for function, args in jobs]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # inherited by the spawned workers before they import tqdm
-    try:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = [pool.submit(function, *args) for function, args in jobs]
-            return [future.result() for future in futures]
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
 
 
 def _portable(log: Callable[[str], None]) -> Callable[[str], None]:
@@ -287,42 +257,41 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     train_dirs = [dirs["forget"], dirs["retain"]]
     worker_log = _portable(log)
     cached_init(config, train_dirs)  # before the workers, so that they do not build it twice
-    target, oracle_dir = run_jobs(
-        [
-            (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log)),
-            (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log)),
-        ],
-        resolve_workers(config, 2),
-    )
-    data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
-    options = EvalOptions(
-        max_examples=config.eval_max_examples,
-        max_new_tokens=config.max_new_tokens,
-        leak_samples=config.leak_samples,
-        seed=config.seed,
-        show_progress=False,
-    )
-    oracle_model, oracle_tok = load_model(oracle_dir)
-    oracle = oracle_stats(oracle_model, oracle_tok, data, options)
-    del oracle_model
-    oracle_result, target_result = run_jobs(
-        [
-            (evaluate_epoch, (0, str(oracle_dir), data, options, oracle)),
-            (evaluate_epoch, (0, str(target), data, options, oracle)),
-        ],
-        resolve_workers(config, 2),
-    )
-    log("target and oracle: evaluated")
-    workers = resolve_workers(config, len(config.methods))
-    if workers > 1:
-        log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
-    runs = run_jobs(
-        [
-            (unlearn_method, (m, target, dirs, config, (data, options, oracle), worker_log, target_result))
-            for m in config.methods
-        ],
-        workers,
-    )
+    workers = resolve_workers(config, max(2, len(config.methods)))
+    with Jobs(workers) as jobs:
+        target, oracle_dir = jobs.run(
+            [
+                (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log)),
+                (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log)),
+            ]
+        )
+        data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
+        options = EvalOptions(
+            batch_size=config.eval_batch_size,
+            max_examples=config.eval_max_examples,
+            max_new_tokens=config.max_new_tokens,
+            leak_samples=config.leak_samples,
+            seed=config.seed,
+            show_progress=False,
+        )
+        oracle_model, oracle_tok = load_model(oracle_dir)
+        oracle = oracle_stats(oracle_model, oracle_tok, data, options)
+        del oracle_model
+        oracle_result, target_result = jobs.run(
+            [
+                (evaluate_epoch, (0, str(oracle_dir), data, options, oracle)),
+                (evaluate_epoch, (0, str(target), data, options, oracle)),
+            ]
+        )
+        log("target and oracle: evaluated")
+        if workers > 1 and len(config.methods) > 1:
+            log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
+        runs = jobs.run(
+            [
+                (unlearn_method, (m, target, dirs, config, (data, options, oracle), worker_log, target_result))
+                for m in config.methods
+            ]
+        )
     target_state = json.loads((target / "trainer_state.json").read_text())
     oracle_state = json.loads((oracle_dir / "trainer_state.json").read_text())
     return {

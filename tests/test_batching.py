@@ -1,0 +1,64 @@
+"""Batch building: length-sorted pieces, optional length grouping of the epoch order and of the retain draws."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from obliviate.data.batching import forget_order, length_pieces, retain_draws
+
+LENGTHS = [12, 80, 14, 11, 75, 13, 90, 12, 15, 13, 70, 12, 16, 14, 11, 85]  # QA-like rows and a few biographies
+
+
+def padded(pieces: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(p) * max(lengths[i] for i in p) for p in pieces)
+
+
+def test_length_pieces_hold_every_row_once_and_cut_padding():
+    pieces = length_pieces(LENGTHS)
+    assert sorted(i for p in pieces for i in p) == list(range(len(LENGTHS)))
+    assert 1 < len(pieces) < len(LENGTHS)
+    # less than half the padded tokens of one batch (16 x 90)
+    assert padded(pieces, LENGTHS) <= padded([list(range(16))], LENGTHS) / 2
+    assert all(max(LENGTHS[i] for i in a) <= min(LENGTHS[i] for i in b) for a, b in zip(pieces, pieces[1:]))
+
+
+def test_length_pieces_keep_an_even_batch_whole():
+    assert length_pieces([20] * 8) == [list(range(8))]
+    assert length_pieces([20, 21, 22, 20]) == [[0, 3, 1, 2]]
+
+
+def test_grouped_order_sees_the_same_examples_with_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.choice([12, 14, 16, 70, 90]) for _ in range(100)]
+    plain = forget_order(100, 7, 16, seed=3, epoch=2)
+    grouped = forget_order(100, 7, 16, seed=3, epoch=2, lengths=lengths)
+    assert Counter(plain) == Counter(grouped)  # the same wrapped epoch, reordered
+    steps = [grouped[i : i + 16] for i in range(0, len(grouped), 16)]
+    plain_steps = [plain[i : i + 16] for i in range(0, len(plain), 16)]
+    assert padded(steps, lengths) < 0.7 * padded(plain_steps, lengths)
+    assert grouped == forget_order(100, 7, 16, seed=3, epoch=2, lengths=lengths)  # reproducible for resume
+    assert grouped != forget_order(100, 7, 16, seed=3, epoch=3, lengths=lengths)
+
+
+def test_grouped_retain_draws_are_the_same_sample_paired_by_length():
+    rng = random.Random(1)
+    lengths = [rng.choice([12, 14, 70, 90]) for _ in range(50)]
+    sizes = [4, 4, 4, 4]
+    plain = retain_draws(50, sizes, seed=0, epoch=1, rank=0)
+    widths = [15, 90, 12, 70]
+    grouped = retain_draws(50, sizes, seed=0, epoch=1, rank=0, lengths=lengths, forget_widths=widths)
+    assert Counter(i for d in plain for i in d) == Counter(i for d in grouped for i in d)
+    assert [len(d) for d in grouped] == sizes
+    longest = [max(lengths[i] for i in d) for d in grouped]
+    assert longest[1] >= longest[3] >= longest[0] >= longest[2]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_grouping_keeps_ranks_apart(rank):
+    lengths = list(range(10, 60))
+    ours = retain_draws(50, [4, 4], seed=0, epoch=1, rank=rank, lengths=lengths, forget_widths=[10, 20])
+    other = retain_draws(50, [4, 4], seed=0, epoch=1, rank=1 - rank, lengths=lengths, forget_widths=[10, 20])
+    assert ours != other

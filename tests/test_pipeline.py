@@ -1,0 +1,36 @@
+"""The pipeline's job runner: side by side in worker processes, results in order, failures raised."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from obliviate.jobs import Jobs
+from obliviate.pipeline import PipelineConfig, resolve_workers
+
+
+def test_jobs_in_workers_come_back_in_order_and_raise_the_first_failure():
+    with Jobs(2) as jobs:
+        assert jobs.run([(math.factorial, (6,)), (math.factorial, (3,)), (math.comb, (5, 2))]) == [720, 6, 10]
+        with pytest.raises(ValueError):
+            jobs.run([(math.factorial, (4,)), (math.factorial, (-1,))])
+        assert jobs.run([(pow, (2, 10)), (pow, (3, 2))]) == [1024, 9]  # the pool survives a failed job
+
+
+def test_jobs_without_workers_run_in_this_process():
+    calls = []
+    with Jobs(1) as jobs:
+        assert jobs.run([(calls.append, (1,)), (calls.append, (2,))]) == [None, None]
+    assert calls == [1, 2]
+
+
+def test_workers_are_chosen_per_core_and_capped_by_the_jobs(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert resolve_workers(PipelineConfig(), 4) == 4
+    assert resolve_workers(PipelineConfig(), 16) == 8
+    assert resolve_workers(PipelineConfig(workers=3), 16) == 3
+    assert resolve_workers(PipelineConfig(workers=3), 2) == 2
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert resolve_workers(PipelineConfig(), 4) == 1
