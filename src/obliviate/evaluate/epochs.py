@@ -82,26 +82,27 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
     start = epochs[0]["summary"]
     floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
     candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]
+    kept = f"retain ROUGE-L >= {floor:.3f}"
     if rule == "holdout_gap" and start.get("retain/exact_match") is not None:
         # Forgetting a person must not cost other people's facts: retain knowledge keeps the same floor.
         em_floor = RETAIN_FLOOR * start["retain/exact_match"]
         candidates = [e for e in candidates if (e["summary"].get("retain/exact_match") or 0.0) >= em_floor]
+        kept += f" and retain EM >= {em_floor:.3f}"
     if not candidates:
         return {
             "epoch": 0,
             "rule": rule,
-            "reason": f"no epoch kept retain ROUGE-L recall >= {floor:.3f} "
-            f"({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model",
+            "reason": f"no epoch kept {kept} ({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model",
         }
     if rule == "task_aggregate":
         best = max(candidates, key=lambda e: e["summary"].get("all/task_aggregate") or 0.0)
         score = best["summary"].get("all/task_aggregate")
-        reason = f"highest task aggregate ({score:.3f}) with retain ROUGE-L >= {floor:.3f}"
+        reason = f"highest task aggregate ({score:.3f}) with {kept}"
     else:
         if not any("holdout/rougeL_recall" in e["summary"] for e in candidates):
             raise ConfigError("--select holdout_gap needs a holdout set (--holdout_dir)")
         best = min(candidates, key=_holdout_gap)
-        reason = f"smallest gap to holdout people ({_holdout_gap(best):.3f}) with retain ROUGE-L >= {floor:.3f}"
+        reason = f"smallest gap to holdout people ({_holdout_gap(best):.3f}) with {kept}"
     return {"epoch": best["epoch"], "path": best["path"], "rule": rule, "reason": reason}
 
 

@@ -56,9 +56,7 @@ class Method:
 
 
 LOSSES: dict[str, Method] = {
-    "ga": Method(
-        "ga", ga.loss, ga.NEEDS, "gradient ascent on the forget set: -NLL(F)", "2210.01504", token_mean=True
-    ),
+    "ga": Method("ga", ga.loss, ga.NEEDS, "gradient ascent on the forget set: -NLL(F)", "2210.01504", token_mean=True),
     "ga_kl": Method(
         "ga_kl",
         ga_kl.loss,

@@ -113,7 +113,7 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
     goal_rows = goals(rows)
     notes = [
         f"best epoch per method chosen by `{outcome['config']['select']}` among epochs whose retain ROUGE-L "
-        "recall stays ≥ 90 % of the target's",
+        "recall (and, under `holdout_gap`, retain EM) stays ≥ 90 % of the target's",
         "forget quality: KS-test p-value of per-example forget answer NLL against the oracle (no paraphrased or "
         "perturbed answers exist in this data)",
         "MIA AUC: LOSS attack, forget people (members) against holdout people (never trained on)",
