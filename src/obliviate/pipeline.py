@@ -303,5 +303,6 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
         "target_tokens": target_state["tokens_seen"],
         "oracle_tokens": oracle_state["tokens_seen"],
         "runs": runs,
+        "workers": workers,
         "wall_seconds": time.perf_counter() - started,
     }

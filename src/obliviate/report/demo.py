@@ -119,7 +119,8 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         "MIA AUC: LOSS attack, forget people (members) against holdout people (never trained on)",
         "tokens / oracle: tokens processed by the unlearning run (forget + paired retain batches) over the tokens of "
         "retraining the oracle",
-        f"wall time of the whole pipeline: {outcome['wall_seconds']:.0f}s",
+        f"wall time of the whole pipeline: {outcome['wall_seconds']:.0f}s; a method's wall s covers its training and "
+        f"its per-epoch evaluations, with {outcome.get('workers', 1)} job(s) side by side on the machine",
         *outcome["oracle_result"].notes,
     ]
     plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
