@@ -60,3 +60,11 @@ def test_demo_refuses_an_output_dir_that_is_not_an_earlier_demo(tmp_path, capsys
     assert main(["demo", "--output_dir", str(precious), "--cache_dir", str(tmp_path / "cache"), "--people", "10"]) == 2
     assert "not replacing it" in capsys.readouterr().err
     assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_demo_refuses_a_negative_worker_count(tmp_path, capsys):
+    assert (
+        main(["demo", "--output_dir", str(tmp_path / "d"), "--cache_dir", str(tmp_path / "c"), "--workers", "-1"]) == 2
+    )
+    assert "--workers must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -77,3 +77,36 @@ def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):
     assert (out / "loss_per_epoch.png").is_file()
     epochs = json.loads((out / "results.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
+
+
+def test_select_best_under_holdout_gap_also_floors_retain_em_and_says_so():
+    epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.2, 0.86, 0.6)]
+    for epoch, em in zip(epochs, (1.0, 0.95, 0.5)):
+        epoch["summary"]["retain/exact_match"] = em
+    best = select_best(epochs, "holdout_gap")
+    assert best["epoch"] == 1  # epoch 2 is closer to holdout people but lost retain EM (0.5 < 0.9)
+    assert "retain EM >= 0.900" in best["reason"]
+
+
+def test_epoch_hook_writes_a_known_starting_result_without_evaluating_it(tmp_path, monkeypatch):
+    import obliviate.evaluate.epochs as epochs
+    from obliviate.evaluate.suite import EvalResult
+
+    start = EvalResult(
+        metrics=[
+            {"name": "rougeL_recall", "split": "forget", "task": "all", "value": 0.75, "higher_is_better": False}
+        ],
+        per_example=[],
+        semeval={},
+        leak={},
+        notes=[],
+        forget_nll=[],
+        mink_auc=None,
+    )
+    evaluated = []
+    monkeypatch.setattr(epochs, "evaluate_epoch", lambda epoch, path, *a, **k: evaluated.append(epoch) or start)
+    hook = epochs.make_epoch_hook(None, None, tmp_path / "eval", "model-dir", start=start)
+    hook(1, tmp_path / "checkpoint-1")
+    assert evaluated == [1]  # the checkpoint only; epoch 0 came from `start`
+    written = json.loads((tmp_path / "eval" / "epoch-0" / "results.json").read_text())
+    assert written["summary"] == {"forget/rougeL_recall": 0.75}
