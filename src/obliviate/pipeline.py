@@ -160,8 +160,11 @@ def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
     return init
 
 
-def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log) -> Path:
-    """Fine-tune (or reuse) a model on ``data``, starting from :func:`cached_init` of ``tokenizer_data``."""
+def cached_finetune(
+    name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log, init: Path | None = None
+) -> Path:
+    """Fine-tune (or reuse) a model on ``data``, starting from ``init`` (default: :func:`cached_init` of
+    ``tokenizer_data``; pass it when several jobs start from one model, so that none rebuilds it under ``fresh``)."""
     settings = _finetune_settings(config)
     grouped = config.group_by_length
     key_parts: list[Any] = [name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]]
@@ -171,7 +174,7 @@ def cached_finetune(name: str, data: list[Path], config: PipelineConfig, tokeniz
     if not config.fresh and (out / "trainer_state.json").is_file():
         log(f"{name}: cached → {out}")
         return out
-    init = cached_init(config, tokenizer_data)
+    init = init if init is not None else cached_init(config, tokenizer_data)
     started = time.perf_counter()
     result = run_finetune(
         FinetuneConfig(
@@ -256,13 +259,13 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     dirs = prepare_data(config, log)
     train_dirs = [dirs["forget"], dirs["retain"]]
     worker_log = _portable(log)
-    cached_init(config, train_dirs)  # before the workers, so that they do not build it twice
+    init = cached_init(config, train_dirs)  # once, before the workers
     workers = resolve_workers(config, max(2, len(config.methods)))
     with Jobs(workers) as jobs:
         target, oracle_dir = jobs.run(
             [
-                (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log)),
-                (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log)),
+                (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log, init)),
+                (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log, init)),
             ]
         )
         data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
