@@ -363,3 +363,19 @@ def test_finetune_runs_mixed_lengths_as_pieces_with_the_same_update(assets, tmp_
     assert all(
         a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens_seen"] == b["tokens_seen"] for a, b in logged
     )
+
+
+def test_group_by_length_reorders_an_epoch_without_changing_what_it_sees(assets, tmp_path):
+    plain = run_unlearn(unlearn_config(assets, tmp_path / "plain", method="ga_gd", epochs=2))
+    grouped = run_unlearn(unlearn_config(assets, tmp_path / "grouped", method="ga_gd", epochs=2, group_by_length=True))
+    assert grouped.global_step == plain.global_step
+
+    # the same forget rows per epoch and the same retain sample, handed out in another order: equal token totals
+    # at every epoch end, different tokens per step
+    def per_epoch(out):
+        lines = metrics(out)
+        return [max(m["tokens_seen"] for m in lines if m["epoch"] == e) for e in (1, 2)]
+
+    assert per_epoch(tmp_path / "grouped") == per_epoch(tmp_path / "plain")
+    steps = [[m["tokens_seen"] for m in metrics(tmp_path / run)] for run in ("grouped", "plain")]
+    assert steps[0] != steps[1]
