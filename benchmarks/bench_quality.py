@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="tiny", help="model size (default: tiny)")
     parser.add_argument("--finetune_epochs", type=int, default=40, help="target/oracle epochs (default: 40)")
     parser.add_argument("--unlearn_epochs", type=int, default=None, help="override every preset's epochs")
-    parser.add_argument("--eval_max_examples", type=int, default=150, help="rows per split per epoch (default: 150)")
+    parser.add_argument("--eval_max_examples", type=int, default=60, help="rows per split per epoch (default: 60)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
     parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
     parser.add_argument("--seed", type=int, default=0)

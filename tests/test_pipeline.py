@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from obliviate.jobs import Jobs
+from obliviate.jobs import Jobs, available_cpus
 from obliviate.pipeline import PipelineConfig, resolve_workers
 
 
@@ -27,10 +27,22 @@ def test_jobs_without_workers_run_in_this_process():
 
 def test_workers_are_chosen_per_core_and_capped_by_the_jobs(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("obliviate.pipeline.available_cpus", lambda: 8)
     assert resolve_workers(PipelineConfig(), 4) == 4
     assert resolve_workers(PipelineConfig(), 16) == 8
     assert resolve_workers(PipelineConfig(workers=3), 16) == 3
     assert resolve_workers(PipelineConfig(workers=3), 2) == 2
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert resolve_workers(PipelineConfig(), 4) == 1
+
+
+def test_available_cpus_honours_affinity_and_a_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")
+    assert available_cpus(cpu_max) == 2
+    cpu_max.write_text("150000 100000\n")
+    assert available_cpus(cpu_max) == 2  # a fractional quota rounds up
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(cpu_max) == 16
+    assert available_cpus(tmp_path / "missing") == 16

@@ -3,11 +3,29 @@ model about twice as fast as one process on both cores (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers often show every
+    host core in ``os.cpu_count()`` while allowing two)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def _init_worker(threads: int) -> None:
@@ -41,7 +59,7 @@ class Jobs:
         if self.workers <= 1 or len(jobs) <= 1:
             return [function(*args) for function, args in jobs]
         if self._pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = max(1, available_cpus() // self.workers)
             previous = os.environ.get("TQDM_DISABLE")
             os.environ["TQDM_DISABLE"] = "1"  # inherited by the spawned workers before they import tqdm
             try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import time
@@ -23,7 +22,7 @@ from obliviate.data.load import load_split
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
-from obliviate.jobs import Jobs
+from obliviate.jobs import Jobs, available_cpus
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
 
@@ -108,7 +107,7 @@ def resolve_workers(config: PipelineConfig, jobs: int) -> int:
 
     if torch.cuda.is_available():
         return 1
-    return max(1, min(os.cpu_count() or 1, jobs))
+    return max(1, min(available_cpus(), jobs))
 
 
 def _portable(log: Callable[[str], None]) -> Callable[[str], None]:
