@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--people", type=int, default=200)
-    parser.add_argument("--finetune_epochs", type=int, default=40)
-    parser.add_argument("--eval_max_examples", type=int, default=120)
+    parser.add_argument("--finetune_epochs", type=int, default=30)
+    parser.add_argument("--eval_max_examples", type=int, default=60)
+    parser.add_argument("--cache_dir", default="runs/cache", help="cached data and models (default: runs/cache)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/SWEEP.md")
     args = parser.parse_args(argv)
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = PipelineConfig(
         output_dir="runs/sweep",
+        cache_dir=args.cache_dir,
         people=args.people,
         finetune_epochs=args.finetune_epochs,
         eval_max_examples=args.eval_max_examples,
