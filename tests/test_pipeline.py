@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
+import torch
 
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.pipeline import PipelineConfig, resolve_workers
@@ -16,6 +18,9 @@ def test_jobs_in_workers_come_back_in_order_and_raise_the_first_failure():
         with pytest.raises(ValueError):
             jobs.run([(math.factorial, (4,)), (math.factorial, (-1,))])
         assert jobs.run([(pow, (2, 10)), (pow, (3, 2))]) == [1024, 9]  # the pool survives a failed job
+        # every worker: no progress bars, its share of the CPUs as torch threads
+        assert jobs.run([(os.getenv, ("TQDM_DISABLE",))] * 2) == ["1", "1"]
+        assert jobs.run([(torch.get_num_threads, ())] * 2) == [max(1, available_cpus() // 2)] * 2
 
 
 def test_jobs_without_workers_run_in_this_process():

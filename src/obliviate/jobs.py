@@ -29,6 +29,7 @@ def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 def _init_worker(threads: int) -> None:
+    os.environ["TQDM_DISABLE"] = "1"  # before any job imports tqdm: bars from several processes would interleave
     import torch  # here, so that a worker imports only what its jobs need
 
     torch.set_num_threads(threads)
@@ -59,21 +60,11 @@ class Jobs:
         if self.workers <= 1 or len(jobs) <= 1:
             return [function(*args) for function, args in jobs]
         if self._pool is None:
-            threads = max(1, available_cpus() // self.workers)
-            previous = os.environ.get("TQDM_DISABLE")
-            os.environ["TQDM_DISABLE"] = "1"  # inherited by the spawned workers before they import tqdm
-            try:
-                self._pool = ProcessPoolExecutor(
-                    self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker,
-                    initargs=(threads,),
-                )
-                self._pool.submit(int).result()  # start the workers while the environment is set
-            finally:
-                if previous is None:
-                    os.environ.pop("TQDM_DISABLE", None)
-                else:
-                    os.environ["TQDM_DISABLE"] = previous
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(max(1, available_cpus() // self.workers),),
+            )
         futures = [self._pool.submit(function, *args) for function, args in jobs]
         return [future.result() for future in futures]
