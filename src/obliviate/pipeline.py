@@ -34,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # best-epoch rule stop each method before it collapses.
     "ga": {"lr": 1e-4, "epochs": 8, "stop_forget_nll": 8.0},
     "ga_kl": {"lr": 1e-4, "epochs": 8, "stop_forget_nll": 8.0},
-    "ga_gd": {"lr": 3e-4, "epochs": 8, "alpha": 4.0, "stop_forget_nll": 8.0},
+    "ga_gd": {"lr": 5e-4, "epochs": 8, "alpha": 4.0, "stop_forget_nll": 8.0},
     "npo": {"lr": 1e-4, "epochs": 8, "alpha": 4.0},
     "simnpo": {"lr": 3e-4, "epochs": 8, "alpha": 4.0},
     "rmu": {"lr": 1e-3, "epochs": 8, "alpha": 100.0, "rmu_c": 6.5},
