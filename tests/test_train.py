@@ -235,7 +235,8 @@ def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(targe
         out = ga.loss(inputs, params)
         return LossOutput(out.loss * float("nan"), out.metrics) if calls["n"] > 5 else out
 
-    monkeypatch.setitem(LOSSES, "ga", dataclasses.replace(ga, loss=poisoned))
+    # one loss call per step (no length pieces), so that the 6th call is step 6
+    monkeypatch.setitem(LOSSES, "ga", dataclasses.replace(ga, loss=poisoned, token_mean=False))
     out = tmp_path / "out"
     assert main(unlearn_argv(target, out, "--method", "ga", "--epochs", "2")) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate:")]
@@ -245,7 +246,8 @@ def test_non_finite_loss_stops_with_an_error_and_keeps_the_last_checkpoint(targe
     assert all(torch.isfinite(t).all() for t in weights(out / "checkpoints" / "epoch-1").values())
     assert len(metrics(out)) == 5
 
-    calls["n"] = 0
+    calls["n"] = 0  # and with length pieces: a NaN in any piece stops the step
+    monkeypatch.setitem(LOSSES, "ga", dataclasses.replace(ga, loss=poisoned, token_mean=True))
     with pytest.raises(TrainingError, match="non-finite loss"):
         run_unlearn(unlearn_config(target, tmp_path / "lib", method="ga", epochs=2))
 
