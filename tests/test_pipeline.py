@@ -51,3 +51,15 @@ def test_available_cpus_honours_affinity_and_a_cgroup_quota(tmp_path, monkeypatc
     cpu_max.write_text("max 100000\n")
     assert available_cpus(cpu_max) == 16
     assert available_cpus(tmp_path / "missing") == 16
+
+
+def test_training_bars_follow_tqdm_disable(monkeypatch):
+    from types import SimpleNamespace
+
+    from obliviate.train.loop import _bars_off
+
+    main_process, other = SimpleNamespace(is_main_process=True), SimpleNamespace(is_main_process=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not _bars_off(main_process) and _bars_off(other)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what every pipeline worker sets
+    assert _bars_off(main_process)

@@ -76,6 +76,12 @@ class _Run:
     state: dict[str, Any]
 
 
+def _bars_off(acc: Accelerator) -> bool:
+    """Progress bars only on the main process, and not where ``TQDM_DISABLE`` is set (e.g. pipeline workers): an
+    explicit ``disable=False`` would override tqdm's own reading of that variable."""
+    return not acc.is_main_process or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+
 def _cpu_launch() -> bool:
     """A multi-process launch without GPUs: accelerate joins the process group (gloo) only when told ``cpu=True``.
 
@@ -326,7 +332,7 @@ def train_epoch(
     progress = tqdm(
         total=run.steps_per_epoch,
         desc=f"{method.name} epoch {epoch}",
-        disable=not acc.is_main_process,
+        disable=_bars_off(acc),
         leave=False,
         dynamic_ncols=True,
     )
@@ -486,7 +492,7 @@ def train(
         epochs = tqdm(
             range(run.state["epoch"] + 1, config.epochs + 1),
             desc=method.name,
-            disable=not acc.is_main_process,
+            disable=_bars_off(run.accelerator),
             dynamic_ncols=True,
         )
         for epoch in epochs:
