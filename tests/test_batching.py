@@ -62,3 +62,14 @@ def test_grouping_keeps_ranks_apart(rank):
     ours = retain_draws(50, [4, 4], seed=0, epoch=1, rank=rank, lengths=lengths, forget_widths=[10, 20])
     other = retain_draws(50, [4, 4], seed=0, epoch=1, rank=1 - rank, lengths=lengths, forget_widths=[10, 20])
     assert ours != other
+
+
+def test_grouped_wrapping_keeps_most_copies_of_an_example_in_different_steps():
+    lengths = list(range(10, 110))  # 100 distinct lengths; 7 steps of 16 repeat 12 examples
+    for seed in range(5):
+        order = forget_order(100, 7, 16, seed=seed, epoch=1, lengths=lengths)
+        steps = [order[i : i + 16] for i in range(0, len(order), 16)]
+        shared = [len(step) - len(set(step)) for step in steps]
+        # only the one step that joins the epoch's end to the repeated copies can hold both (sorting the wrapped
+        # order as a whole put 11 of the 12 copies next to their originals)
+        assert sum(shared) <= 2 and sum(1 for n in shared if n) <= 1, (seed, shared)

@@ -38,6 +38,10 @@ class TrainConfig:
     warmup_ratio: float = option(0.0, "share of optimizer steps spent warming up linearly from 0")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
     max_length: int = option(512, "longest tokenised example; longer prompts are cut from the left")
+    length_pieces: bool = option(
+        True,
+        "run a batch of mixed lengths as length-sorted pieces where the loss allows it (finetune, ga): same update",
+    )
     group_by_length: bool = option(
         False, "batch examples of similar length together (same examples per epoch, much less padding)"
     )

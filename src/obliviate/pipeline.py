@@ -47,9 +47,10 @@ class PipelineConfig:
     """One end-to-end experiment. ``data_dirs`` set → use that data (e.g. LUME); else synthesise.
 
     ``workers`` (0: automatic) runs independent jobs (target and oracle; the methods) side by side: on CPU one
-    process per core with one torch thread each, which trains the tiny model about twice as fast as one process
-    on all cores. ``group_by_length`` batches similar lengths together in fine-tuning and unlearning; it is off,
-    because it slowed memorisation badly in our measurement (BENCHMARKS.md).
+    process per available core, up to the number of jobs, each with an equal share of the cores as torch threads
+    (on 2 cores: two one-thread processes, 2.7× the throughput of one two-thread process for the tiny model); on a
+    GPU one job at a time. ``group_by_length`` batches similar lengths together in fine-tuning and unlearning; it
+    is off, because it slowed memorisation badly in our measurement (BENCHMARKS.md).
     """
 
     output_dir: str = "runs/demo"

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
         "--workers",
         type=int,
         default=0,
-        help="processes for independent jobs (target and oracle, the methods); 0: one per CPU core, each with one "
-        "torch thread (default: 0)",
+        help="processes for independent jobs (target and oracle, the methods); 0: one per available CPU core up to "
+        "the number of jobs, one on a GPU; each worker gets an equal share of the cores as torch threads (default: 0)",
     )
     parser.add_argument(
         "--group_by_length",

@@ -157,10 +157,15 @@ def forget_order(
     order = (perm * (slots // num_examples + 1))[:slots]
     if lengths is None:
         return order
+    # The epoch and its wrapped copies are grouped apart, so that an example and its copy rarely share a step.
     span = group_size * step_size
-    grouped: list[int] = []
-    for start in range(0, slots, span):
-        grouped.extend(sorted(order[start : start + span], key=lambda i: -lengths[i]))
+    parts = [order[start : start + num_examples] for start in range(0, slots, num_examples)]
+    grouped = [
+        i
+        for part in parts
+        for start in range(0, len(part), span)
+        for i in sorted(part[start : start + span], key=lambda i: -lengths[i])
+    ]
     chunks = [grouped[i : i + step_size] for i in range(0, slots, step_size)]
     shuffled = torch.randperm(len(chunks), generator=generator).tolist()
     return [i for c in shuffled for i in chunks[c]]

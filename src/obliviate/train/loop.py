@@ -396,7 +396,7 @@ def _accumulate(
     draw_ids: list[int] = []
     for forget_rows, retain_rows in zip(forget_ids, retain_ids):
         draw_ids.extend(retain_rows or [])
-        if _splittable(acc, method, retain_rows):
+        if _splittable(acc, method, retain_rows, config):
             lengths = [len(run.forget[r].ids) for r in forget_rows]
             pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
         else:
@@ -430,10 +430,12 @@ def _accumulate(
     return step_metrics, int(acc.reduce(tokens, reduction="sum").item()), draw_ids
 
 
-def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None) -> bool:
-    """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, and not under DeepSpeed
-    (which steps inside each backward)."""
-    return method.token_mean and not retain_rows and acc.distributed_type != DistributedType.DEEPSPEED
+def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None, config: TrainConfig) -> bool:
+    """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, ``--length_pieces`` on, and
+    one process or plain data parallelism (DeepSpeed steps inside each backward; FSDP gathers parameters in every
+    forward, and ranks may cut different numbers of pieces)."""
+    plain = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    return config.length_pieces and method.token_mean and not retain_rows and plain
 
 
 def _finite_everywhere(acc: Accelerator, value: float) -> bool:
