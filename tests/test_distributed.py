@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from helpers import (
     FORGET_RECORDS,
     metrics,
@@ -47,9 +50,7 @@ def expected_tokens(assets, steps: int) -> int:
     return total
 
 
-def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tmp_path):
-    out = tmp_path / "out"
-    argv = unlearn_argv(assets, out, "--micro_batch_size", str(MICRO), "--batch_size", str(BATCH), "--seed", str(SEED))
+def torchrun(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
         str(torchrun),
@@ -64,8 +65,15 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
         *argv,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tmp_path):
+    out = tmp_path / "out"
+    argv = unlearn_argv(assets, out, "--micro_batch_size", str(MICRO), "--batch_size", str(BATCH), "--seed", str(SEED))
+    done = torchrun(argv, tmp_path)
     assert done.stdout.count("unlearned with ga_gd") == 1  # one summary per launch
 
     lines = metrics(out)
@@ -78,3 +86,18 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
     ((epoch, path),) = ckpt.list_checkpoints(out)
     assert epoch == 1 and {p.name for p in path.glob("rng_state_*.pt")} == {"rng_state_0.pt", "rng_state_1.pt"}
     assert weights(out).keys() == weights(assets.model).keys()
+
+
+def test_length_pieces_under_two_processes_give_the_same_update(target, tmp_path):
+    """GA splits each rank's micro-batch into its own number of pieces; the synced update must not change."""
+    runs = {}
+    for name, extra in (("pieces", ()), ("whole", ("--no-length_pieces",))):
+        out = tmp_path / name
+        argv = unlearn_argv(target, out, "--method", "ga", "--micro_batch_size", "8", "--batch_size", "16", *extra)
+        torchrun([*argv, "--lr", "1e-3"], tmp_path)
+        runs[name] = out
+    pieces, whole = weights(runs["pieces"]), weights(runs["whole"])
+    for key in pieces:
+        torch.testing.assert_close(pieces[key], whole[key], atol=1e-5, rtol=1e-4)
+    logged = list(zip(metrics(runs["pieces"]), metrics(runs["whole"])))
+    assert logged and all(a["loss"] == pytest.approx(b["loss"], rel=1e-5) for a, b in logged)
