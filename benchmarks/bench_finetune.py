@@ -5,7 +5,8 @@ OLMo, each through the real loop (:func:`obliviate.train.run.run_finetune`):
 
 1. **Length-sorted pieces.** A batch of mixed lengths is run as pieces of similar length, each loss weighted by
    its share of the batch's scored tokens: the same gradient as the whole padded batch, far fewer padded tokens.
-   Contenders: whole batches (the pieces turned off) and pieces, one epoch each, alternating, in one process.
+   Contenders: whole batches (the pieces turned off) and pieces, two epochs each, alternating, each in its own
+   process.
 2. **Worker processes.** The same fine-tuning as one process with two torch threads, against two processes with one
    thread each running at the same time (what the demo does with target and oracle); aggregate tokens/s, rounds
    alternating.
@@ -67,10 +68,16 @@ def finetune(workdir: Path, out: Path, threads: int, epochs: int, mode: str) -> 
         save_checkpoints=False,
         overwrite=True,
     )
-    started = time.perf_counter()
+    started, wall_start = time.perf_counter(), time.time()
     result = run_finetune(config)
-    seconds = time.perf_counter() - started
-    return {"tokens": result.tokens_seen, "seconds": seconds, "answer_nll": answer_nll(workdir, out)}
+    seconds, wall_end = time.perf_counter() - started, time.time()
+    return {
+        "tokens": result.tokens_seen,
+        "seconds": seconds,
+        "start": wall_start,
+        "end": wall_end,
+        "answer_nll": answer_nll(workdir, out),
+    }
 
 
 def answer_nll(workdir: Path, model_dir: Path) -> float:
@@ -136,14 +143,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         prepare(workdir, args.people, args.seed)
         pieces, workers = [], []
         for round_ in range(args.rounds):
-            # part 1: whole batches against pieces, one process with one thread, one epoch each, alternating
+            # part 1: whole batches against pieces, one one-thread process each, two epochs each, alternating
             whole, split = (collect(spawn(workdir, 1, 2, mode, f"p{round_}{mode}"))[0] for mode in ("whole", "pieces"))
             pieces.append((whole, split))
             # part 2: one process with two threads against two one-thread processes at once
             one = collect(spawn(workdir, 2, 2, "pieces", f"w{round_}a"))[0]
-            started = time.perf_counter()
             pair = collect(*(spawn(workdir, 1, 2, "pieces", f"w{round_}b{i}") for i in range(2)))
-            workers.append((one, pair, time.perf_counter() - started))
+            workers.append((one, pair))
         grouped, plain = collect(
             spawn(workdir, 1, args.epochs, "grouped", "g"), spawn(workdir, 1, args.epochs, "pieces", "u")
         )
@@ -154,10 +160,13 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def summarise(args, pieces, workers, grouped, plain) -> dict:
     speed = [s["tokens"] / s["seconds"] / (w["tokens"] / w["seconds"]) for w, s in pieces]
-    # aggregate of the pair: both runs' tokens over the wall time of the pair (imports included on both sides)
+    # aggregate of the pair: both runs' tokens over the span from the first one's training start to the last one's
+    # end (imports excluded on both sides, as for the single process)
     parallel = [
-        (pair[0]["tokens"] + pair[1]["tokens"]) / max(p["seconds"] for p in pair) / (one["tokens"] / one["seconds"])
-        for one, pair, _ in workers
+        (pair[0]["tokens"] + pair[1]["tokens"])
+        / (max(p["end"] for p in pair) - min(p["start"] for p in pair))
+        / (one["tokens"] / one["seconds"])
+        for one, pair in workers
     ]
     return {
         "people": args.people,

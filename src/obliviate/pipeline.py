@@ -48,7 +48,7 @@ class PipelineConfig:
 
     ``workers`` (0: automatic) runs independent jobs (target and oracle; the methods) side by side: on CPU one
     process per available core, up to the number of jobs, each with an equal share of the cores as torch threads
-    (on 2 cores: two one-thread processes, 2.7× the throughput of one two-thread process for the tiny model); on a
+    (on 2 cores: two one-thread processes, 2.6× the throughput of one two-thread process for the tiny model); on a
     GPU one job at a time. ``group_by_length`` batches similar lengths together in fine-tuning and unlearning; it
     is off, because it slowed memorisation badly in our measurement (BENCHMARKS.md).
     """
