@@ -17,6 +17,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SUMMARY_KEYS = [
+    "forget/rougeL_recall",
+    "retain/rougeL_recall",
+    "forget/exact_match",
+    "retain/exact_match",
+    "forget/leak_rate",
+    "retain/leak_rate",
+    "forget/mia_auc_loss",
+]
+"""The per-run figures of a sweep table (``sweep_table.py`` shows the same)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,18 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             row["goals"] = sum(g["holds"] for g in checks)
             rows.append(row)
             print(row["model"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
-    keys = [
-        "forget/rougeL_recall",
-        "retain/rougeL_recall",
-        "forget/exact_match",
-        "retain/exact_match",
-        "forget/leak_rate",
-        "retain/leak_rate",
-        "forget/mia_auc_loss",
-        "forget/forget_quality",
-        "epoch",
-        "goals",
-    ]
+    keys = [*SUMMARY_KEYS, "forget/forget_quality", "epoch", "goals"]
     header = [
         "run",
         "forget R-L",

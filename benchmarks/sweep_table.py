@@ -10,16 +10,7 @@ from pathlib import Path
 
 from obliviate.evaluate.epochs import load_epoch_results, select_best
 from obliviate.report.render import markdown_table
-
-KEYS = [
-    "forget/rougeL_recall",
-    "retain/rougeL_recall",
-    "forget/exact_match",
-    "retain/exact_match",
-    "forget/leak_rate",
-    "retain/leak_rate",
-    "forget/mia_auc_loss",
-]
+from sweep_defaults import SUMMARY_KEYS as KEYS  # the scripts' own folder is on sys.path when run as a script
 
 
 def main() -> int:

@@ -90,10 +90,21 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
 
 def test_length_pieces_under_two_processes_give_the_same_update(target, tmp_path):
     """GA splits each rank's micro-batch into its own number of pieces; the synced update must not change."""
+    from obliviate.data.batching import length_pieces
+
+    # micro-batches of 4, two per step on each rank: some run as several pieces, and the ranks cut differently
+    tokenizer = load_tokenizer(target.model)
+    lengths = [len(encode_record(tokenizer, r, 64).ids) for r in load_split(target.forget, split="forget")]
+    order = forget_order(len(lengths), math.ceil(len(lengths) / 16), 16, 42, 1)
+    counts = [
+        [len(length_pieces([lengths[i] for i in m])) for m in micro_batches_for_rank(order, WORLD, rank, 4)]
+        for rank in range(WORLD)
+    ]
+    assert max(max(c) for c in counts) > 1 and counts[0] != counts[1], counts
     runs = {}
     for name, extra in (("pieces", ()), ("whole", ("--no-length_pieces",))):
         out = tmp_path / name
-        argv = unlearn_argv(target, out, "--method", "ga", "--micro_batch_size", "8", "--batch_size", "16", *extra)
+        argv = unlearn_argv(target, out, "--method", "ga", "--micro_batch_size", "4", "--batch_size", "16", *extra)
         torchrun([*argv, "--lr", "1e-3"], tmp_path)
         runs[name] = out
     pieces, whole = weights(runs["pieces"]), weights(runs["whole"])

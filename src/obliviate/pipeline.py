@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.config import FinetuneConfig, UnlearnConfig
-from obliviate.data.load import load_split
+from obliviate.data.load import load_training_records
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
@@ -76,6 +76,10 @@ class PipelineConfig:
     fresh: bool = False
     data_dirs: dict[str, str] | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, found {self.workers}")
 
 
 def _hash(payload: Any) -> str:
@@ -155,8 +159,7 @@ def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
     if config.fresh or not (init / "config.json").is_file():
         from obliviate.models.tiny import init_model
 
-        records = [r for p in tokenizer_data for r in load_split(p)]
-        init_model(records, init, size=config.size, seed=config.seed)
+        init_model(load_training_records(tokenizer_data), init, size=config.size, seed=config.seed)
     return init
 
 

@@ -65,10 +65,6 @@ def demo_config(args: argparse.Namespace):
         workers=args.workers,
         group_by_length=args.group_by_length,
     )
-    if args.workers < 0:
-        from obliviate.errors import ConfigError
-
-        raise ConfigError(f"--workers must be >= 0, found {args.workers}")
     if args.fast:
         config.people, config.unlearn_epochs, config.eval_max_examples = 50, 5, 50
     for name in ("people", "finetune_epochs", "unlearn_epochs", "eval_max_examples"):
