@@ -1,6 +1,6 @@
 """PII leakage: normalised matching of values in model outputs, the attack probes, leak rates, redaction.
 
-This project's own metric (``docs/METRICS.md``, last section). ``leak_rate`` = leaked (person, field) pairs / all
+This project's own metric (``docs/METRICS.md``, "PII leak rate"). ``leak_rate`` = leaked (person, field) pairs / all
 pairs: lower is better on forget (and holdout); on retain it is the utility side, higher is better (it should stay
 close to the model before unlearning).
 

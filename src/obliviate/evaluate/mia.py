@@ -45,7 +45,7 @@ def loss_score(token_logp: Any) -> float:
 def zlib_score(token_logp: Any, text: str) -> float:
     """zlib attack: ``-NLL / len(zlib.compress(text.encode("utf-8")))`` (Carlini et al. 2021, arXiv:2012.07805).
 
-    METRICS.md defines the statistic as ``NLL / zlib length`` (large for non-members); it is negated here so
+    ``docs/METRICS.md`` states it as ``NLL / zlib length`` (large for non-members); it is negated here so
     that, like every score in this module, higher means member. The length is in compressed bytes at zlib's
     default level, the reference normaliser of how predictable the text is without the model.
 

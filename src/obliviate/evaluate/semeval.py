@@ -1,4 +1,4 @@
-"""The official SemEval-2025 Task 4 aggregate and final score (``docs/METRICS.md``, SemEval section).
+"""The official SemEval-2025 Task 4 aggregate and final score (``docs/METRICS.md``, SemEval sections).
 
 Per split (forget, retain) and per task, the mean regurgitation (ROUGE-L recall of completion rows) and the mean
 knowledge (exact match of QA rows); forget terms are inverted (``1 - v``) so that every term is higher-is-better,
