@@ -25,6 +25,26 @@ def _assert_png(path: Path) -> None:
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"
 
 
+def _lines(ax) -> dict[str, tuple[list[float], list[float]]]:
+    """What an axes draws as lines: legend label → (x values, y values), rounded to 9 places (means of floats)."""
+    return {
+        line.get_label(): (
+            [round(float(x), 9) for x in line.get_xdata()],
+            [round(float(y), 9) for y in line.get_ydata()],
+        )
+        for line in ax.get_lines()
+    }
+
+
+def _points(ax) -> dict[str, list[tuple[float, float]]]:
+    """What an axes draws as scatter collections: legend label → its (x, y) points."""
+    return {c.get_label(): [tuple(round(v, 9) for v in xy) for xy in c.get_offsets().tolist()] for c in ax.collections}
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -54,9 +74,30 @@ def test_plot_loss_per_epoch_with_rmu_and_loss_only_runs(tmp_path):
         [{"step": s, "epoch": 1 + s // 3, "loss": 2.0, "rmu_forget": 1.5, "rmu_retain": 0.1} for s in range(6)],
     )
     finetune = _write_jsonl(tmp_path / "ft.jsonl", [{"step": 1, "epoch": 1, "loss": 3.2}])
-    out = plots.plot_loss_per_epoch({"ga_kl": ga_kl, "rmu": rmu, "finetune": finetune}, tmp_path / "png" / "loss.png")
+    runs = {"ga_kl": ga_kl, "rmu": rmu, "finetune": finetune}
+    out = plots.plot_loss_per_epoch(runs, tmp_path / "png" / "loss.png")
     assert out == tmp_path / "png" / "loss.png"
     _assert_png(out)
+    forget, retain = plots.draw_loss_per_epoch(runs).axes
+    # ga_kl: steps 0-2 are epoch 1 (forget NLL 0, 1, 2: mean 1), steps 3-5 epoch 2 (mean 4); RMU shows its own
+    # terms; the fine-tuning run logged only its loss, which goes on the forget panel.
+    assert _lines(forget) == {
+        "ga_kl (forget_nll)": ([1, 2], [1.0, 4.0]),
+        "rmu (rmu_forget)": ([1, 2], [1.5, 1.5]),
+        "finetune (loss)": ([1], [3.2]),
+    }
+    assert _lines(retain) == {"ga_kl (retain_nll)": ([1, 2], [1.0, 1.0]), "rmu (rmu_retain)": ([1, 2], [0.1, 0.1])}
+    # a method keeps its colour across the two panels
+    assert [line.get_color() for line in retain.get_lines()] == [line.get_color() for line in forget.get_lines()[:2]]
+    assert (forget.get_title(), retain.get_title()) == ("forget NLL per epoch", "retain NLL per epoch")
+    assert not _texts(forget) and not _texts(retain)
+
+
+def test_plot_loss_per_epoch_says_when_a_panel_has_nothing(tmp_path):
+    finetune = _write_jsonl(tmp_path / "ft.jsonl", [{"step": 1, "epoch": 1, "loss": 3.2}])
+    forget, retain = plots.draw_loss_per_epoch({"finetune": finetune}).axes
+    assert _lines(forget) == {"finetune (loss)": ([1], [3.2])}
+    assert _lines(retain) == {} and _texts(retain) == ["no retain NLL logged"]
 
 
 def test_plot_loss_per_epoch_rejects_missing_and_bad_files(tmp_path):
@@ -72,20 +113,30 @@ def test_plot_loss_per_epoch_rejects_missing_and_bad_files(tmp_path):
 def test_plot_metric_per_epoch_skips_missing_keys(tmp_path):
     curves = {
         "ga": [
+            (2, {"forget/rougeL_recall": 0.3, "retain/rougeL_recall": 0.7}),  # out of order: drawn by epoch
             (0, {"forget/rougeL_recall": 0.9, "retain/rougeL_recall": 0.9}),
             (1, {"forget/rougeL_recall": 0.5}),
         ],  # retain missing at epoch 1
         "npo": [(1, {"forget/rougeL_recall": 0.6, "retain/rougeL_recall": None})],
     }
+    keys = ["forget/rougeL_recall", "retain/rougeL_recall", "absent/key"]
+    reference = {"oracle forget": 0.48}
     out = plots.plot_metric_per_epoch(
-        curves,
-        ["forget/rougeL_recall", "retain/rougeL_recall", "absent/key"],
-        tmp_path / "rouge.png",
-        title="ROUGE-L",
-        ylabel="recall",
-        reference_lines={"oracle forget": 0.48},
+        curves, keys, tmp_path / "rouge.png", title="ROUGE-L", ylabel="recall", reference_lines=reference
     )
     _assert_png(out)
+    (ax,) = plots.draw_metric_per_epoch(curves, keys, "ROUGE-L", "recall", reference).axes
+    assert _lines(ax) == {
+        "ga forget/rougeL_recall": ([0, 1, 2], [0.9, 0.5, 0.3]),
+        "ga retain/rougeL_recall": ([0, 2], [0.9, 0.7]),
+        "npo forget/rougeL_recall": ([1], [0.6]),
+        "oracle forget (0.48)": ([0, 1], [0.48, 0.48]),  # axhline: axes-fraction x, the value as y
+    }
+    styles = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
+    assert styles["ga forget/rougeL_recall"] == ("C0", "-")
+    assert styles["ga retain/rougeL_recall"] == ("C0", "--")
+    assert styles["npo forget/rougeL_recall"] == ("C1", "-")
+    assert (ax.get_title(), ax.get_ylabel()) == ("ROUGE-L", "recall")
 
 
 def test_plots_overwrite_atomically_and_handle_empty_input(tmp_path):
@@ -96,6 +147,21 @@ def test_plots_overwrite_atomically_and_handle_empty_input(tmp_path):
     _assert_png(plots.plot_tradeoff({}, tmp_path / "empty.png"))
     _assert_png(plots.plot_tradeoff({"rmu": (None, 0.9)}, tmp_path / "partial.png", oracle=(0.5, 0.9)))
     _assert_png(plots.plot_metric_per_epoch({}, ["forget/leak_rate"], tmp_path / "leak.png", "leak", "rate"))
+
+
+def test_tradeoff_places_each_method_target_and_oracle_at_its_scores():
+    (ax,) = plots.draw_tradeoff({"ga": (0.2, 0.8), "npo": (0.45, 0.93)}, target=(0.95, 0.96), oracle=(0.48, 0.97)).axes
+    assert _points(ax) == {
+        "ga": [(0.2, 0.8)],
+        "npo": [(0.45, 0.93)],
+        "target": [(0.95, 0.96)],
+        "oracle": [(0.48, 0.97)],
+    }
+    assert _texts(ax) == ["ga", "npo", "target", "oracle"]  # each point is labelled next to it
+    (partial,) = plots.draw_tradeoff({"rmu": (None, 0.9)}, oracle=(0.5, 0.9)).axes
+    assert _points(partial) == {"oracle": [(0.5, 0.9)]}  # a point with a missing coordinate is left out
+    (empty,) = plots.draw_tradeoff({}).axes
+    assert _points(empty) == {} and _texts(empty) == ["no points logged"]
 
 
 def test_markdown_table_exact_formatting():

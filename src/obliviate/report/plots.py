@@ -1,7 +1,9 @@
 """Small PNG plots for reports: loss per epoch, a metric per epoch, and the forget/retain trade-off.
 
-Every function draws one figure (6 × 4 in, 100 dpi) with the Agg backend, writes it atomically (a temporary file in
-the same folder, then ``os.replace``, so a reader never sees half a PNG) and returns the path written.
+Each plot has two functions: ``draw_*`` builds the figure (6 × 4 in) and returns it, so that a test can read what
+was drawn from its axes; ``plot_*`` draws it and writes it as a PNG at 100 dpi with the Agg backend, atomically (a
+temporary file in the same folder, then ``os.replace``, so a reader never sees half a PNG), and returns the path.
+Figures are built with ``matplotlib.figure.Figure``, not pyplot, so none is left open in pyplot's global registry.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on CI machines or training nodes
-import matplotlib.pyplot as plt  # noqa: E402 (must follow the backend choice)
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402 (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from obliviate.errors import DataError  # noqa: E402
@@ -35,7 +36,7 @@ def _color(index: int) -> str:
 
 
 def _save(fig: Figure, out: Path) -> Path:
-    """Write ``fig`` to ``out`` as PNG through a temporary file in the same folder, then close it."""
+    """Write ``fig`` to ``out`` as PNG through a temporary file in the same folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
@@ -46,8 +47,6 @@ def _save(fig: Figure, out: Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    finally:
-        plt.close(fig)
     return out
 
 
@@ -94,6 +93,11 @@ def _first_key(means: dict[int, dict[str, float]], candidates: tuple[str, ...]) 
 
 
 def plot_loss_per_epoch(metrics_files: dict[str, Path], out: Path) -> Path:
+    """Write :func:`draw_loss_per_epoch` to the PNG ``out``; returns ``out``."""
+    return _save(draw_loss_per_epoch(metrics_files), out)
+
+
+def draw_loss_per_epoch(metrics_files: dict[str, Path]) -> Figure:
     """Per method, the mean forget NLL and retain NLL per epoch (two panels), from each run's ``metrics.jsonl``.
 
     A run without ``forget_nll`` / ``retain_nll`` shows what it logged instead (RMU's ``rmu_forget`` /
@@ -101,9 +105,12 @@ def plot_loss_per_epoch(metrics_files: dict[str, Path], out: Path) -> Path:
 
     Args:
         metrics_files: method name → path of its ``metrics.jsonl``.
-        out: the PNG to write.
+
+    Returns:
+        The figure: axes 0 the forget panel, axes 1 the retain panel, one line per method and key.
     """
-    fig, (ax_forget, ax_retain) = plt.subplots(1, 2, figsize=FIGSIZE, sharex=True)
+    fig = Figure(figsize=FIGSIZE)
+    ax_forget, ax_retain = fig.subplots(1, 2, sharex=True)
     drawn = {"forget": False, "retain": False}
     for index, (method, path) in enumerate(metrics_files.items()):
         means = epoch_means(path)
@@ -126,7 +133,7 @@ def plot_loss_per_epoch(metrics_files: dict[str, Path], out: Path) -> Path:
         else:
             _no_data(ax, f"{panel} NLL")
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def plot_metric_per_epoch(
@@ -137,18 +144,32 @@ def plot_metric_per_epoch(
     ylabel: str,
     reference_lines: dict[str, float] | None = None,
 ) -> Path:
+    """Write :func:`draw_metric_per_epoch` to the PNG ``out``; returns ``out``."""
+    return _save(draw_metric_per_epoch(curves, keys, title, ylabel, reference_lines), out)
+
+
+def draw_metric_per_epoch(
+    curves: dict[str, list[tuple[int, dict[str, float]]]],
+    keys: list[str],
+    title: str,
+    ylabel: str,
+    reference_lines: dict[str, float] | None = None,
+) -> Figure:
     """One line per (method, key) over epochs, e.g. forget (solid) against retain (dashed) ROUGE-L recall.
 
     Args:
         curves: method → ``[(epoch, summary), ...]`` where ``summary`` maps ``"split/metric"`` to a value; a key
             missing from an epoch's summary (or None) leaves that point out.
         keys: the summary keys to draw; the i-th key gets the i-th line style.
-        out: the PNG to write.
         title: figure title.
         ylabel: y-axis label.
         reference_lines: label → value drawn as grey horizontal lines (e.g. ``{"oracle forget": 0.48}``).
+
+    Returns:
+        The figure, one axes: a line labelled ``"{method} {key}"`` per curve, then one per reference line.
     """
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.subplots()
     drawn = False
     for index, (method, points) in enumerate(curves.items()):
         ordered = sorted(points, key=lambda point: point[0])
@@ -183,7 +204,7 @@ def plot_metric_per_epoch(
     else:
         _no_data(ax, ", ".join(keys))
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
 
 
 def plot_tradeoff(
@@ -194,6 +215,17 @@ def plot_tradeoff(
     xlabel: str = "forget ROUGE-L recall (lower = more forgotten)",
     ylabel: str = "retain ROUGE-L recall (higher = kept)",
 ) -> Path:
+    """Write :func:`draw_tradeoff` to the PNG ``out``; returns ``out``."""
+    return _save(draw_tradeoff(points, target, oracle, xlabel, ylabel), out)
+
+
+def draw_tradeoff(
+    points: dict[str, tuple[float, float]],
+    target: tuple[float, float] | None = None,
+    oracle: tuple[float, float] | None = None,
+    xlabel: str = "forget ROUGE-L recall (lower = more forgotten)",
+    ylabel: str = "retain ROUGE-L recall (higher = kept)",
+) -> Figure:
     """Scatter of each method's (forget, retain) score, labelled, with the target and the oracle marked.
 
     The ideal sits at the oracle: as forgotten as a model that never saw the forget set, with retain kept.
@@ -201,11 +233,14 @@ def plot_tradeoff(
     Args:
         points: method → ``(x, y)``, by default (forget ROUGE-L recall, retain ROUGE-L recall); a point with a
             None coordinate is left out.
-        out: the PNG to write.
         target: the model before unlearning, drawn as a red square.
         oracle: the model retrained on retain only, drawn as a green star.
+
+    Returns:
+        The figure, one axes: a one-point scatter collection labelled by method, then ``target`` and ``oracle``.
     """
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.subplots()
     for index, (method, (x, y)) in enumerate(points.items()):
         if x is None or y is None:  # a metric the run did not produce: nothing to place
             continue
@@ -227,4 +262,4 @@ def plot_tradeoff(
     ax.grid(True, alpha=0.3)
     ax.margins(0.12)  # room for the labels next to the outermost points
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
