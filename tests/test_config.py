@@ -94,7 +94,7 @@ def test_missing_required_options_and_bad_values(tmp_path):
         build_config(UnlearnConfig, parse("--forget_dir", "f", "--output_dir", "o"))
     for flags, message in (
         (("--scheduler", "step"), "expected one of constant, linear, cosine"),
-        (("--lr", "0"), "--lr must be positive"),
+        (("--lr", "0"), "--lr must be > 0 and <= 1, found 0.0"),
         (("--warmup_ratio", "1"), "warmup_ratio"),
         (("--mixed_precision", "fp8"), "mixed_precision"),
     ):
@@ -195,6 +195,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, assets, tmp_path, 
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("an earlier run")
+    (full / ".obliviate").write_text('{"command": "unlearn"}')  # obliviate's own: --overwrite may replace it
     extra, message = BAD_INPUTS[case]
     flags = extra(tmp_path, assets)
     before_model, before_tmp = hash_dir(assets.model), hash_dir(tmp_path)

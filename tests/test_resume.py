@@ -89,7 +89,8 @@ def test_checkpoint_holds_everything_resume_needs(assets, tmp_path):
         "tokenizer.json",
         "optimizer.pt",
         "scheduler.pt",
-        "rng_state_0.pt",
+        "rng_state_0.safetensors",
+        "rng_state_0.json",
         "trainer_state.json",
     ):
         assert (path / name).is_file(), name

@@ -118,8 +118,13 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     with pytest.raises(DataError, match="--overwrite") as info:
         write_synth(synthesize(people=10, seed=0), out)
     assert "\n" not in str(info.value) and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    write_synth(synthesize(people=10, seed=0), out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["forget", "holdout", "pii.json", "retain"]
+    with pytest.raises(DataError, match="not written by obliviate"):  # a foreign directory is never replaced
+        write_synth(synthesize(people=10, seed=0), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    write_synth(synthesize(people=10, seed=1), out)
+    write_synth(synthesize(people=10, seed=0), out, overwrite=True)  # obliviate's own output: replaced
+    assert sorted(p.name for p in out.iterdir()) == [".obliviate", "forget", "holdout", "pii.json", "retain"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
 
 

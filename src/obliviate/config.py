@@ -1,9 +1,15 @@
-"""Flat run configs with help text: YAML in, command-line flags on top, resolved YAML out."""
+"""Flat run configs with help text: YAML in, command-line flags on top, resolved YAML out.
+
+Every subcommand's options are one dataclass here. A field's metadata carries its help text and its valid range
+(``ge``/``gt``/``le``/``lt``, ``choices``); :func:`validate` checks every field of every config the same way, before
+anything is read or written, whether the value came from a flag or from ``--config`` YAML. Floats must be finite.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,10 +24,49 @@ SCHEDULERS = ("constant", "linear", "cosine")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with the help text its command-line flag shows."""
+    """A dataclass field with the help text its command-line flag shows.
+
+    Keyword metadata: ``required``, ``nargs``, ``positional``, ``choices``, and the bounds ``ge``, ``gt``, ``le``,
+    ``lt`` that :func:`validate` enforces.
+    """
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b), "le": ("<=", lambda v, b: v <= b)}
+_BOUNDS["lt"] = ("<", lambda v, b: v < b)
+
+
+def validate(config: Any) -> None:
+    """Check every field of a config dataclass against its metadata: finite numbers, bounds and choices.
+
+    Raises:
+        ConfigError: the first field out of range, as ``--name must be <rule>, found <value>``.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            _check_value(f, item)
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None or isinstance(value, bool):
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"--{f.name} {value!r}: expected one of {', '.join(map(str, meta['choices']))}")
+    if not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{f.name} must be a finite number, found {value}")
+    rules = [(key, meta[key]) for key in ("ge", "gt", "le", "lt") if key in meta]
+    for key, bound in rules:
+        symbol, holds = _BOUNDS[key]
+        if not holds(value, bound):
+            wanted = " and ".join(f"{_BOUNDS[k][0]} {b}" for k, b in rules)
+            raise ConfigError(f"--{f.name} must be {wanted}, found {value}")
 
 
 @dataclass
@@ -29,15 +74,19 @@ class TrainConfig:
     """Options shared by fine-tuning and unlearning: the optimiser, the schedule and the run directory."""
 
     output_dir: str = option("", "where the model, checkpoints, metrics.jsonl and config.yaml go", required=True)
-    epochs: int = option(5, "passes over the forget set (finetune: over the training data)")
-    lr: float = option(1e-5, "peak learning rate of AdamW")
-    batch_size: int = option(32, "effective batch size: micro_batch_size x accumulation x processes")
-    micro_batch_size: int = option(8, "examples per forward pass on each process")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    scheduler: str = option("constant", "learning-rate schedule after warm-up: constant, linear or cosine")
-    warmup_ratio: float = option(0.0, "share of optimizer steps spent warming up linearly from 0")
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)")
-    max_length: int = option(512, "longest tokenised example; longer prompts are cut from the left")
+    epochs: int = option(5, "passes over the forget set (finetune: over the training data)", ge=1, le=100_000)
+    lr: float = option(1e-5, "peak learning rate of AdamW", gt=0, le=1)
+    batch_size: int = option(32, "effective batch size: micro_batch_size x accumulation x processes", ge=1)
+    micro_batch_size: int = option(8, "examples per forward pass on each process", ge=1)
+    weight_decay: float = option(0.0, "AdamW weight decay", ge=0, le=10)
+    scheduler: str = option(
+        "constant", "learning-rate schedule after warm-up: constant, linear or cosine", choices=SCHEDULERS
+    )
+    warmup_ratio: float = option(0.0, "share of optimizer steps spent warming up linearly from 0", ge=0, lt=1)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 turns clipping off)", ge=0)
+    max_length: int = option(
+        512, "longest tokenised example; longer prompts are cut from the left", ge=8, le=1_048_576
+    )
     length_pieces: bool = option(
         True,
         "run a batch of mixed lengths as length-sorted pieces where the loss allows it (finetune, ga): same update",
@@ -45,14 +94,18 @@ class TrainConfig:
     group_by_length: bool = option(
         False, "batch examples of similar length together (same examples per epoch, much less padding)"
     )
-    seed: int = option(42, "fixes data order, retain pairing, initialisation and dropout")
-    mixed_precision: str = option("auto", "auto (bf16 where the hardware supports it), bf16, fp16 or no")
+    seed: int = option(42, "fixes data order, retain pairing, initialisation and dropout", ge=0, lt=2**32)
+    mixed_precision: str = option(
+        "auto", "auto (bf16 where the hardware supports it), bf16, fp16 or no", choices=("auto", "bf16", "fp16", "no")
+    )
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
     trainable_layers: str = option("auto", "all, 0,1,5, 0-3 or last:N (auto: all; rmu: the MLPs around its layer)")
-    trainable_modules: str = option("all", "within the chosen layers: all, mlp or attn")
-    lora_r: int = option(0, "LoRA rank; 0 trains the weights themselves")
-    lora_alpha: float = option(16.0, "LoRA scaling numerator")
-    lora_dropout: float = option(0.05, "dropout on the LoRA branch")
+    trainable_modules: str = option(
+        "all", "within the chosen layers: all, mlp or attn", choices=("all", "mlp", "attn")
+    )
+    lora_r: int = option(0, "LoRA rank; 0 trains the weights themselves", ge=0, le=65_536)
+    lora_alpha: float = option(16.0, "LoRA scaling numerator", gt=0)
+    lora_dropout: float = option(0.05, "dropout on the LoRA branch", ge=0, lt=1)
     lora_target: str = option("all-linear", "LoRA target modules: all-linear, attn, mlp or a comma list")
     merge: bool = option(False, "under LoRA, also write the merged full model to OUTPUT_DIR/merged")
     save_checkpoints: bool = option(True, "write checkpoints/epoch-N at every epoch end")
@@ -62,19 +115,7 @@ class TrainConfig:
     allow_overlap: bool = option(False, "accept records that are in both the forget and the retain set")
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler {self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name} must be positive, found {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, found {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup_ratio must be in [0, 1), found {self.warmup_ratio}")
-        if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
-            raise ConfigError(f"--mixed_precision {self.mixed_precision!r}: expected auto, bf16, fp16 or no")
-        if self.lora_r < 0:
-            raise ConfigError(f"--lora_r must be >= 0, found {self.lora_r}")
+        validate(self)
 
 
 @dataclass
@@ -83,13 +124,15 @@ class FinetuneConfig(TrainConfig):
 
     model: str = option("tiny", "tiny, small, a local model directory or a hub id", required=True)
     data: list[str] = option([], "one or more data paths to train on", nargs="+", required=True)
-    arch: str = option("olmo", "for --model tiny/small: olmo or olmo2")
-    epochs: int = option(30, "passes over the training data")
-    lr: float = option(3e-3, "peak learning rate of AdamW")
-    batch_size: int = option(16, "effective batch size")
-    micro_batch_size: int = option(16, "examples per forward pass on each process")
-    scheduler: str = option("cosine", "learning-rate schedule after warm-up: constant, linear or cosine")
-    warmup_ratio: float = option(0.05, "share of optimizer steps spent warming up")
+    arch: str = option("olmo", "for --model tiny/small: olmo or olmo2", choices=("olmo", "olmo2"))
+    epochs: int = option(30, "passes over the training data", ge=1, le=100_000)
+    lr: float = option(3e-3, "peak learning rate of AdamW", gt=0, le=1)
+    batch_size: int = option(16, "effective batch size", ge=1)
+    micro_batch_size: int = option(16, "examples per forward pass on each process", ge=1)
+    scheduler: str = option(
+        "cosine", "learning-rate schedule after warm-up: constant, linear or cosine", choices=SCHEDULERS
+    )
+    warmup_ratio: float = option(0.05, "share of optimizer steps spent warming up", ge=0, lt=1)
     save_checkpoints: bool = option(False, "write checkpoints/epoch-N at every epoch end")
 
 
@@ -102,16 +145,121 @@ class UnlearnConfig(TrainConfig):
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
     method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo or rmu")
-    alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)")
-    gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)")
-    beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)")
-    delta: float | None = option(None, "SimNPO reward margin (default 0)")
-    kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)")
-    rmu_c: float | None = option(None, "RMU steering coefficient c (default 6.5)")
-    rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)")
-    stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound")
+    alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)", ge=0)
+    gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)", ge=0)
+    beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)", gt=0)
+    delta: float | None = option(None, "SimNPO reward margin (default 0)", ge=-1000, le=1000)
+    kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)", ge=0)
+    rmu_c: float | None = option(None, "RMU steering coefficient c (default 6.5)", gt=0)
+    rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)", ge=0)
+    stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
-    eval_max_examples: int | None = option(None, "with --eval_every_epoch: evaluate a seeded sample of this size")
+    eval_max_examples: int | None = option(
+        None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1
+    )
+
+
+@dataclass
+class EvaluateConfig:
+    """``obliviate evaluate``: every metric for a model, or for every epoch of an unlearning run."""
+
+    output_dir: str = option("", "where results.json, per_example.jsonl and report.md go", required=True)
+    forget_dir: str = option("", "the forget set", required=True)
+    model: str | None = option(None, "a full model directory, a hub id or a PEFT adapter directory")
+    checkpoints: str | None = option(
+        None, "an unlearning run directory: evaluate epoch 0 (its model_dir) and every checkpoints/epoch-N"
+    )
+    base_model: str | None = option(None, "base model of an adapter whose adapter_config.json names none")
+    retain_dir: str | None = option(None, "the retain set")
+    holdout_dir: str | None = option(None, "people never trained on: the leak floor and MIA non-members")
+    oracle: str | None = option(None, "a model retrained on retain only: enables forget quality and PrivLeak")
+    mia_dir: str | None = option(None, "SemEval MIA sets: member.jsonl and nonmember.jsonl ('document' field)")
+    mmlu_metrics: str | None = option(None, 'a JSON file {"average_acc": x}: enables the SemEval final score')
+    pii: str | None = option(None, "a pii.json side file (default: next to the forget set; else Task2 QA answers)")
+    max_examples: int | None = option(None, "evaluate a seeded sample of N rows per split", ge=1)
+    batch_size: int = option(32, "rows per batch", ge=1, le=65_536)
+    max_new_tokens: int = option(256, "generation length (256 as in the official script)", ge=1, le=65_536)
+    leak_samples: int = option(0, "sampled generations per leak probe", ge=0, le=1000)
+    chat_template: bool = option(False, "wrap prompts in the tokenizer's chat template")
+    show_pii: bool = option(False, "keep PII values in generations and reports")
+    select: str = option(
+        "task_aggregate", "best-checkpoint rule with --checkpoints", choices=("task_aggregate", "holdout_gap")
+    )
+    seed: int = option(0, "sample and sampling seed", ge=0, lt=2**32)
+    overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if bool(self.model) == bool(self.checkpoints):
+            raise ConfigError("pass exactly one of --model and --checkpoints")
+
+
+@dataclass
+class SynthConfig:
+    """``obliviate synth``: synthetic people with PII in LUME Task2 format."""
+
+    output_dir: str = option("", "directory to create (new, or obliviate's own with --overwrite)", required=True)
+    people: int = option(200, "number of people, 6 records each", ge=3, le=1_000_000)
+    forget_fraction: float = option(0.1, "share of people in the forget set", gt=0, lt=1)
+    holdout_fraction: float = option(0.1, "share of people never trained on, for membership inference", ge=0, lt=1)
+    seed: int = option(0, "seed for people, templates and splits", ge=0, lt=2**32)
+    overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class InitModelConfig:
+    """``obliviate init-model``: a tokenizer trained on the data and an untrained tiny/small OLMo."""
+
+    output_dir: str = option("", "where the model directory is written", required=True)
+    data: list[str] = option([], "data paths to train the tokenizer on", nargs="+", required=True)
+    size: str = option("tiny", "tiny: ~1.6 M parameters; small: ~7 M", choices=("tiny", "small"))
+    arch: str = option("olmo", "architecture", choices=("olmo", "olmo2"))
+    vocab_size: int = option(4096, "tokenizer vocabulary (at least the 256 bytes and the special tokens)", ge=300)
+    seed: int = option(0, "initialisation seed", ge=0, lt=2**32)
+    overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class DemoConfig:
+    """``obliviate demo``: the whole story offline on CPU. Unset numbers take the pipeline's (or --fast's) value."""
+
+    methods: list[str] = option([], "methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)", nargs="+")
+    fast: bool = option(False, "50 people, 5 unlearning epochs, 50 rows evaluated per split (about 3 min)")
+    fresh: bool = option(False, "ignore cached data, target and oracle")
+    people: int | None = option(None, "synthetic people (default: 200; --fast: 50)", ge=10, le=100_000)
+    finetune_epochs: int | None = option(None, "epochs to build target and oracle (default: 30)", ge=1, le=10_000)
+    unlearn_epochs: int | None = option(None, "override every method's preset number of epochs", ge=1, le=10_000)
+    eval_max_examples: int | None = option(
+        None, "rows evaluated per split at every epoch (default: 60; --fast: 50)", ge=1
+    )
+    workers: int = option(
+        0,
+        "processes for independent jobs; 0: one per available CPU core up to the number of jobs, one on a GPU",
+        ge=0,
+        le=1024,
+    )
+    group_by_length: bool = option(False, "batch similar lengths together (faster, memorised worse when measured)")
+    seed: int = option(0, "data, model and training seed", ge=0, lt=2**32)
+    output_dir: str = option("runs/demo", "report directory")
+    cache_dir: str = option("runs/cache", "cached data and models")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class InspectConfig:
+    """``obliviate inspect``: validate data sets; counts, lengths, PII-looking counts (never values)."""
+
+    paths: list[str] = option([], "data files or directories to inspect", nargs="+", positional=True, required=True)
+    tokenizer: str | None = option(None, "local tokenizer directory: lengths in its tokens instead of characters")
+    allow_overlap: bool = option(False, "report forget / retain overlap instead of failing")
 
 
 def _base_type(tp: Any) -> Any:
@@ -130,6 +278,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = "required" if meta.get("required") else f"default: {default}"
         kwargs: dict[str, Any] = {"help": f"{meta.get('help', '')} ({shown})", "default": argparse.SUPPRESS}
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs=meta.get("nargs", "+"), metavar="PATH", help=kwargs["help"])
+            continue
+        if "choices" in meta:
+            kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is list:
@@ -159,7 +312,9 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file: expected UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):

@@ -22,6 +22,7 @@ from obliviate.data.load import load_training_records
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
+from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
@@ -131,6 +132,7 @@ def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
     key = _hash(["synth", config.people, config.forget_fraction, config.holdout_fraction, config.seed])
     out = Path(config.cache_dir) / f"data-{key}"
     if config.fresh or not (out / "pii.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # the pipeline's own cache entry, named by its settings' hash
         data = synthesize(
             people=config.people,
             forget_fraction=config.forget_fraction,
@@ -178,6 +180,7 @@ def cached_finetune(
         log(f"{name}: cached → {out}")
         return out
     init = init if init is not None else cached_init(config, tokenizer_data)
+    shutil.rmtree(out, ignore_errors=True)  # the pipeline's own cache entry: stale, or refreshed under --fresh
     started = time.perf_counter()
     result = run_finetune(
         FinetuneConfig(
@@ -255,11 +258,12 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(config.output_dir)
     if out.exists() and any(out.iterdir()):
-        if not (out / "methods").is_dir() and not (out / "report.md").is_file():
+        ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
+        if not ours:
             raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dirs = prepare_data(config, log)
+    dirs = prepare_data(config, log)  # fails before the old report is removed
+    shutil.rmtree(out, ignore_errors=True)
+    mark_output_dir(out, "demo")
     train_dirs = [dirs["forget"], dirs["retain"]]
     worker_log = _portable(log)
     init = cached_init(config, train_dirs)  # once, before the workers

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.train.run import run_finetune
 
     config = build_config(FinetuneConfig, args)
-    result = run_finetune(config)
+    result = run_finetune(config, extra_inputs=[args.config] if args.config else None)
     if process_state().is_main_process:  # one line per launch, not per process
         print(
             f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "

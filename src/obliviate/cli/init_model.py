@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from obliviate.config import InitModelConfig, add_arguments, build_config
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,32 +14,24 @@ def register(subparsers) -> None:
         description="Train a byte-level BPE tokenizer on the records and save an untrained OLMo-architecture model "
         "as a standard Hugging Face directory (loadable with AutoModelForCausalLM, no obliviate needed).",
     )
-    parser.add_argument(
-        "--size",
-        choices=("tiny", "small"),
-        default="tiny",
-        help="tiny: ~1.6 M parameters (hidden 128, 4 layers); small: ~7 M (default: tiny)",
-    )
-    parser.add_argument("--arch", choices=("olmo", "olmo2"), default="olmo", help="architecture (default: olmo)")
-    parser.add_argument("--data", nargs="+", required=True, help="data paths to train the tokenizer on")
-    parser.add_argument("--vocab_size", type=int, default=4096, help="tokenizer vocabulary (default: 4096)")
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed (default: 0)")
-    parser.add_argument("--output_dir", required=True, help="where the model directory is written")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    add_arguments(parser, InitModelConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from obliviate.data.load import load_training_records
+    from obliviate.io import check_output_dir, mark_output_dir
     from obliviate.models.load import load_model
     from obliviate.models.tiny import count_parameters, init_model
-    from obliviate.train.run import prepare_output_dir
 
-    records = load_training_records(args.data)
-    prepare_output_dir(args.output_dir, args.data, overwrite=args.overwrite, resume=False)
-    path = init_model(
-        records, args.output_dir, size=args.size, arch=args.arch, vocab_size=args.vocab_size, seed=args.seed
+    config = build_config(InitModelConfig, args)
+    records = load_training_records(config.data)
+    inputs = [*config.data, *([args.config] if getattr(args, "config", None) else [])]
+    out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite)
+    path = init_model(  # written beside and renamed into place: a failure leaves the old directory
+        records, out, size=config.size, arch=config.arch, vocab_size=config.vocab_size, seed=config.seed
     )
+    mark_output_dir(path, "init-model")
     model, tokenizer = load_model(path)
-    print(f"{args.size} {args.arch}: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)} → {path}")
+    print(f"{config.size} {config.arch}: {count_parameters(model):,} parameters, vocabulary {len(tokenizer)} → {path}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from obliviate.config import InspectConfig, add_arguments, build_config
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,13 +18,7 @@ def register(subparsers) -> None:
         "statistics and how many PII-looking strings each set holds. PII values are never printed. When a forget "
         "and a retain set are both given, their overlap is checked.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="data files or directories to inspect")
-    parser.add_argument("--tokenizer", help="local tokenizer directory: lengths in its tokens instead of characters")
-    parser.add_argument(
-        "--allow_overlap",
-        action="store_true",
-        help="report forget / retain overlap (shared id or identical input and output) instead of failing",
-    )
+    add_arguments(parser, InspectConfig)
     parser.set_defaults(func=run)
 
 
@@ -30,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.data.load import check_overlap, list_splits, load_split, split_of
     from obliviate.data.stats import describe
 
+    args = build_config(InspectConfig, args)
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     # (label, split, records, group): a directory holding several splits is its own group; single-split paths
     # share one group, so `inspect forget.jsonl retain.jsonl` compares the two

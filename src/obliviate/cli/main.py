@@ -17,8 +17,15 @@ from obliviate.errors import ObliviateError
 SUBCOMMANDS = ("synth", "inspect", "init_model", "finetune", "unlearn", "evaluate", "demo")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to ``--help`` instead of the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="obliviate",
         description="Selective unlearning of personal information in causal language models, with measurements.",
     )
@@ -51,6 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("obliviate: interrupted; complete checkpoints are kept and --resume continues", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only, a path under a file, a file size limit: the system said no
+        print(f"obliviate: error: {describe_os_error(exc)}", file=sys.stderr)
+        return IO_EXIT_CODE
+
+
+IO_EXIT_CODE = 1
+"""Exit code of an input/output failure (bad input is 2, an interrupt 130)."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: what the system refused and where, e.g. ``No space left on device: runs/x/model.safetensors``."""
+    reason = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n]
+    return f"{reason}: {' -> '.join(names)}" if names else str(reason)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from obliviate.config import SynthConfig, add_arguments, build_config
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,27 +15,16 @@ def register(subparsers) -> None:
         "DIR/holdout/holdout.jsonl (LUME Task2 format: one biography completion and five PII questions per "
         "person) and DIR/pii.json. The same seed gives byte-identical files.",
     )
-    parser.add_argument("--people", type=int, default=200, help="number of people, 6 records each (default: 200)")
-    parser.add_argument(
-        "--forget_fraction", type=float, default=0.1, help="share of people in the forget set (default: 0.1)"
-    )
-    parser.add_argument(
-        "--holdout_fraction",
-        type=float,
-        default=0.1,
-        help="share of people never trained on, for membership inference (default: 0.1)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for people, templates and splits (default: 0)")
-    parser.add_argument("--output_dir", required=True, help="directory to create (must be new or empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    add_arguments(parser, SynthConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from obliviate.data.synth import synthesize, write_synth
 
-    data = synthesize(args.people, args.forget_fraction, args.holdout_fraction, args.seed)
-    path = write_synth(data, args.output_dir, overwrite=args.overwrite)
+    config = build_config(SynthConfig, args)
+    data = synthesize(config.people, config.forget_fraction, config.holdout_fraction, config.seed)
+    path = write_synth(data, config.output_dir, overwrite=config.overwrite)
     sizes = {split: sum(p.split == split for p in data.people) for split in ("forget", "retain", "holdout")}
     total = len(data.forget) + len(data.retain) + len(data.holdout)
     print(

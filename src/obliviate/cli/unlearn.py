@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         from obliviate.evaluate.epochs import epoch_evaluator
 
         hook = epoch_evaluator(config)
-    result = run_unlearn(config, epoch_hook=hook)
+    result = run_unlearn(config, epoch_hook=hook, extra_inputs=[args.config] if args.config else None)
     note = f" (stopped: {result.stopped})" if result.stopped else ""
     if process_state().is_main_process:  # one line per launch, not per process
         print(

@@ -24,6 +24,7 @@ from faker import Faker
 from obliviate.data.load import SPLITS, write_jsonl
 from obliviate.data.records import PII_FIELDS, PersonPII, Record
 from obliviate.errors import ConfigError, DataError
+from obliviate.io import MARKER, mark_output_dir
 
 TASK = "Task2"
 HOBBIES = (
@@ -103,7 +104,7 @@ def synthesize(
     Raises:
         ConfigError: a fraction is outside [0, 1), they sum to 1 or more, or a split would be empty.
     """
-    counts = _split_counts(people, forget_fraction, holdout_fraction)
+    counts = check_split_counts(people, forget_fraction, holdout_fraction)
     fake = Faker("en_US")
     fake.seed_instance(seed)
     rng = random.Random(seed)
@@ -136,10 +137,13 @@ def write_synth(data: SynthData, output_dir: str | Path, *, overwrite: bool = Fa
         raise DataError(f"{out}: expected a directory for the synthetic data, found a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: expected an empty or new directory, found existing files (pass --overwrite)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DataError(f"{out} is not empty and was not written by obliviate (no {MARKER} file): not replacing it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)
+        mark_output_dir(tmp, "synth")
         for split in SPLITS:
             write_jsonl(getattr(data, split), tmp / split / f"{split}.jsonl")
         (tmp / "pii.json").write_text(_pii_json(data), encoding="utf-8")
@@ -186,7 +190,8 @@ def load_pii(path: str | Path) -> list[PersonPII]:
     return people
 
 
-def _split_counts(people: int, forget_fraction: float, holdout_fraction: float) -> dict[str, int]:
+def check_split_counts(people: int, forget_fraction: float, holdout_fraction: float) -> dict[str, int]:
+    """People per split; every split must get at least one (raises ConfigError otherwise)."""
     for name, value in (("forget_fraction", forget_fraction), ("holdout_fraction", holdout_fraction)):
         if not 0 <= value < 1:
             raise ConfigError(f"{name}: expected a value in [0, 1), found {value}")

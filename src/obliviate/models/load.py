@@ -24,6 +24,17 @@ def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
     return torch.float32
 
 
+def process_device() -> torch.device:
+    """This process's accelerator device: ``cuda:LOCAL_RANK`` under a launch, the one GPU alone, else the CPU.
+
+    Evaluation loads onto it (and :func:`default_dtype` then picks bf16 only there); training loads onto the CPU and
+    lets accelerate place or shard the model.
+    """
+    from obliviate.train.loop import process_state
+
+    return torch.device(process_state().device)
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -79,8 +90,10 @@ def load_model(
     Args:
         name_or_path: a local HF directory, a hub id, or a directory with ``adapter_config.json``.
         base_model: the base for an adapter whose ``adapter_config.json`` names none (or to override it).
-        dtype: defaults to :func:`default_dtype`.
-        device: where to put the model; defaults to CPU (accelerate moves it when training).
+        dtype: defaults to :func:`default_dtype` of ``device``, or, with no device given, of the training device
+            (bf16 for a frozen LoRA base that accelerate will move to the GPU).
+        device: where to put the model; defaults to CPU (accelerate moves it when training). Evaluation passes
+            :func:`process_device`.
         trust_remote_code: run code shipped with the model; off unless explicitly asked for.
 
     Raises:
@@ -104,6 +117,8 @@ def load_model(
         raise ModelError(f"cannot load a causal LM from {name_or_path}: {str(exc).splitlines()[0]}") from None
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     check_vocab(model, tokenizer, source)
+    if local:
+        check_tokenizer_fingerprint(path, tokenizer)
     return model.to(device or "cpu"), tokenizer
 
 
@@ -120,6 +135,7 @@ def _load_adapter(path: Path, base_model, dtype, device, trust_remote_code):
     if (path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         check_vocab(model, tokenizer, path)
+        check_tokenizer_fingerprint(path, tokenizer)
     model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     return model, tokenizer
 
@@ -143,6 +159,7 @@ def save_pretrained_atomic(model, tokenizer, output_dir: str | Path, **save_kwar
         model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            write_tokenizer_fingerprint(tmp, tokenizer)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)
@@ -150,3 +167,55 @@ def save_pretrained_atomic(model, tokenizer, output_dir: str | Path, **save_kwar
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
+
+
+TOKENIZER_FINGERPRINT = "obliviate_tokenizer.json"
+"""Written beside every model obliviate saves: the hash of the tokenizer it was trained with."""
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary (token → id, sorted): the same for one tokenizer however it is saved."""
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def write_tokenizer_fingerprint(directory: str | Path, tokenizer) -> None:
+    payload = {"tokenizer_sha256": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer)}
+    (Path(directory) / TOKENIZER_FINGERPRINT).write_text(json.dumps(payload) + "\n")
+
+
+def check_tokenizer_fingerprint(directory: str | Path, tokenizer) -> None:
+    """A model directory obliviate wrote names the tokenizer it was trained with; a swapped tokenizer is refused.
+
+    Without the record (a model from elsewhere) only :func:`check_vocab`'s size check applies.
+    """
+    record = Path(directory) / TOKENIZER_FINGERPRINT
+    if not record.is_file():
+        return
+    try:
+        expected = json.loads(record.read_text())["tokenizer_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise ModelError(f"{record} is damaged: expected a JSON object with tokenizer_sha256") from None
+    if tokenizer_fingerprint(tokenizer) != expected:
+        raise ModelError(
+            f"the tokenizer in {directory} is not the one its model was trained with (vocabulary hash differs from "
+            f"{record.name}): restore the original tokenizer files"
+        )
+
+
+def model_paths(name_or_path: str | Path) -> list[str]:
+    """Every local path loading ``name_or_path`` reads: the directory and, for an adapter, its base model."""
+    path = Path(str(name_or_path)).expanduser()
+    if not path.exists():
+        return []
+    paths = [str(path)]
+    if is_adapter_dir(path):
+        try:
+            base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            base = None
+        if base and Path(str(base)).expanduser().exists():
+            paths.append(str(base))
+    return paths

@@ -6,18 +6,19 @@ Each validates every input before anything is written, prepares the output direc
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate.utils import set_seed
 
 from obliviate.config import FinetuneConfig, TrainConfig, UnlearnConfig, to_yaml
 from obliviate.data.load import check_overlap, load_split, load_training_records
 from obliviate.errors import ConfigError, TrainingError
+from obliviate.io import check_output_dir, prepare_output_dir
 from obliviate.losses import FINETUNE, get_method
 from obliviate.losses.common import LossParams
-from obliviate.models.load import load_model
+from obliviate.models.load import load_model, model_paths
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
@@ -26,35 +27,61 @@ from obliviate.train.loop import EpochHook, RunResult, accumulation_steps, proce
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
 
-def check_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
-    """Refuse an output directory that is, holds or lies inside an input, or is non-empty without --overwrite.
+RESUME_MAY_CHANGE = ("epochs", "resume", "overwrite", "eval_every_epoch", "eval_max_examples", "merge")
+"""Options ``--resume`` accepts with another value than the run started with; any other difference is refused.
 
-    Only checks: nothing is written or removed, so a later error leaves the directory as it was.
+``epochs`` may only grow, and only under the constant schedule (a linear or cosine schedule's shape depends on it).
+"""
+
+_PATH_OPTIONS = ("model_dir", "forget_dir", "retain_dir", "holdout_dir", "output_dir", "model")
+
+
+def _normalised(values: dict) -> dict:
+    out = dict(values)
+    for name in _PATH_OPTIONS:
+        if out.get(name):
+            out[name] = _real_path(out[name])
+    if out.get("data"):
+        out["data"] = [_real_path(d) for d in out["data"]]
+    return out
+
+
+def _real_path(value) -> str:
+    """An existing path as its resolved form (so ``./m`` and ``m`` compare equal); anything else as given."""
+    path = Path(str(value)).expanduser()
+    return str(path.resolve()) if path.exists() else str(value)
+
+
+def check_resume(out: Path, resolved: TrainConfig) -> None:
+    """``--resume`` must continue the run in ``out`` as it was configured: one line lists every difference.
+
+    Raises:
+        ConfigError: an option other than :data:`RESUME_MAY_CHANGE` differs, or ``--epochs`` shrinks or changes a
+            non-constant schedule.
     """
-    out = Path(output_dir).resolve()
-    for source in inputs:
-        if not str(source):
-            continue
-        src = Path(str(source)).expanduser()
-        if src.exists() and (out == src.resolve() or src.resolve() in out.parents):
-            raise ConfigError(
-                f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written"
-            )
-        if src.exists() and out in src.resolve().parents:  # --overwrite would delete the input with it
-            raise ConfigError(f"--output_dir {output_dir} contains the input {source}: inputs are never written")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not resume and not overwrite:
-        raise ConfigError(f"--output_dir {output_dir} is not empty: pass --overwrite to replace it or --resume")
-    return out
-
-
-def prepare_output_dir(output_dir: str | Path, inputs: list[str | Path], *, overwrite: bool, resume: bool) -> Path:
-    """:func:`check_output_dir`, then empty the directory when --overwrite (and not --resume) allows it."""
-    out = check_output_dir(output_dir, inputs, overwrite=overwrite, resume=resume)
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        shutil.rmtree(out)
-    return out
+    saved_file = out / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = yaml.safe_load(saved_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"{saved_file} is damaged: cannot resume this run") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{saved_file} is damaged: cannot resume this run")
+    saved, now = _normalised(saved), _normalised(dataclasses.asdict(resolved))
+    changed = [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
+    changed += [k for k in now if k not in saved and k not in RESUME_MAY_CHANGE]
+    differences = [f"--{k} {saved.get(k)!r} -> {now[k]!r}" for k in changed]
+    epochs_before = saved.get("epochs", now["epochs"])
+    if now["epochs"] < epochs_before:
+        differences.append(f"--epochs {epochs_before} -> {now['epochs']} (may only grow)")
+    elif now["epochs"] != epochs_before and now["scheduler"] != "constant":
+        differences.append(f"--epochs {epochs_before} -> {now['epochs']} (only under --scheduler constant)")
+    if differences:
+        raise ConfigError(
+            f"--resume would train something else than the run in {out}: {'; '.join(differences)} "
+            f"(only {', '.join(RESUME_MAY_CHANGE)} may change)"
+        )
 
 
 def resolve_params(config: UnlearnConfig) -> LossParams:
@@ -103,8 +130,13 @@ def _select(model, config, method_name: str, rmu_layer: int | None):
     return model
 
 
-def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> RunResult:
-    """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`."""
+def run_unlearn(
+    config: UnlearnConfig, epoch_hook: EpochHook | None = None, extra_inputs: list[str | Path] | None = None
+) -> RunResult:
+    """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`.
+
+    ``extra_inputs`` are other paths the caller read (a ``--config`` file): the output may not touch them either.
+    """
     method = get_method(config.method)
     params = resolve_params(config)
     accumulation_steps(config)
@@ -114,7 +146,13 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
     if retain is not None:
         check_overlap(forget, retain, allow_overlap=config.allow_overlap)
-    inputs = [config.model_dir, config.forget_dir, config.retain_dir or ""]
+    inputs = [
+        *model_paths(config.model_dir),
+        config.forget_dir,
+        config.retain_dir,
+        config.holdout_dir,
+        *(extra_inputs or []),
+    ]
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.resume and (out / "trainer_state.json").is_file() and not ckpt.list_checkpoints(out):
         raise TrainingError(f"{out} holds a finished run and no checkpoint: nothing to resume")
@@ -127,11 +165,13 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
         rmu_layer = config.rmu_layer if config.rmu_layer is not None else default_rmu_layer(num_layers)
         if not 0 <= rmu_layer < num_layers:
             raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
-    model = _select(model, config, method.name, rmu_layer)
-    _clear_output_dir(out, inputs, config)  # every input is valid: only now may an old output be replaced
     resolved = dataclasses.replace(
         config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
     )
+    if config.resume:
+        check_resume(out, resolved)
+    model = _select(model, config, method.name, rmu_layer)
+    _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
         model,
         tokenizer,
@@ -147,17 +187,20 @@ def run_unlearn(config: UnlearnConfig, epoch_hook: EpochHook | None = None) -> R
     )
 
 
-def run_finetune(config: FinetuneConfig) -> RunResult:
+def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None = None) -> RunResult:
     """Train a causal LM on ``config.data`` (answers only; documents on every token).
 
     With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
     """
     accumulation_steps(config)
     records = load_training_records(config.data)
-    inputs = list(config.data) + ([config.model] if config.model not in SIZES else [])
+    model_inputs = model_paths(config.model) if config.model not in SIZES else []
+    inputs = [*config.data, *model_inputs, *(extra_inputs or [])]
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
+    if config.resume:
+        check_resume(out, config)
     if config.model in SIZES:
-        _clear_output_dir(out, inputs, config)
+        _clear_output_dir(out, inputs, config, "finetune")
         source = out / ".init"
         if process_state().is_main_process and not source.is_dir():
             init_model(records, source, size=config.model, arch=config.arch, seed=config.seed)
@@ -169,7 +212,7 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
             config.model, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code
         )
         model = _select(model, config, "finetune", None)
-        _clear_output_dir(out, inputs, config)
+        _clear_output_dir(out, inputs, config, "finetune")
     return train(
         model,
         tokenizer,
@@ -182,9 +225,9 @@ def run_finetune(config: FinetuneConfig) -> RunResult:
     )
 
 
-def _clear_output_dir(out: Path, inputs: list, config) -> None:
+def _clear_output_dir(out: Path, inputs: list, config, command: str) -> None:
     """--overwrite: empty ``out`` once (on the main process; the others wait), after every input was validated."""
     state = process_state()
     if state.is_main_process:
-        prepare_output_dir(out, inputs, overwrite=config.overwrite, resume=config.resume)
+        prepare_output_dir(out, inputs, overwrite=config.overwrite, resume=config.resume, command=command)
     state.wait_for_everyone()
