@@ -1,0 +1,240 @@
+"""Fake PII values that look like the data: exposure candidates (and, later, relabelling replacements).
+
+A fake keeps the format of the value it stands in for. Known fields are drawn with Faker, shaped like the data's
+own values: SSN and phone digits poured into the value's separators, dates in the value's date format and inside
+the data's range of dates, e-mails built like the data's (the person's name when the data derives the local part
+from it, the data's joiners, digit suffixes and domains), addresses part by part (street, city, state, ZIP) and
+never military ones. Any other value gets a format-preserving draw: every digit, upper-case and lower-case letter
+replaced by a random one of its class, every other character kept (``AB 12 34 56 C`` → ``KP 81 02 46 D``).
+Positions where every value of the data agrees (LUME's SSNs all start with ``900``) are kept as the data has them.
+
+A fake never equals the value nor any real value of the data set (compared after
+:func:`~obliviate.evaluate.leak.normalize_value`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import random
+import re
+import string
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from faker import Faker
+
+from obliviate.data.records import PersonPII
+from obliviate.evaluate.leak import normalize_value
+
+MIN_AGREEING_VALUES = 5
+"""A character position counts as fixed by the data only when at least this many values of a format share it."""
+_DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y", "%B %d, %Y", "%b %d, %Y", "%d %B %Y")
+_POURED_FIELDS = ("ssn", "phone")
+_CLASS_OF = {
+    **dict.fromkeys(string.digits, "9"),
+    **dict.fromkeys(string.ascii_uppercase, "A"),
+    **dict.fromkeys(string.ascii_lowercase, "a"),
+}
+
+
+def skeleton(value: str) -> str:
+    """The character classes of ``value``: digits → ``9``, upper → ``A``, lower → ``a``, others kept."""
+    return "".join(_CLASS_OF.get(c, c) for c in value)
+
+
+def format_preserving(value: str, rng: random.Random) -> str:
+    """A random value of the same format: each ASCII digit / upper / lower letter redrawn in its class.
+
+    Raises:
+        ValueError: ``value`` has no ASCII letter or digit, so no other value has its format.
+    """
+    pools = {"9": string.digits, "A": string.ascii_uppercase, "a": string.ascii_lowercase}
+    shape = skeleton(value)
+    if not any(c in pools for c in shape):
+        raise ValueError(f"format-preserving draw: expected an ASCII letter or digit to vary, found none in {shape!r}")
+    while True:
+        fake = "".join(rng.choice(pools[s]) if s in pools else c for s, c in zip(shape, value))
+        if fake != value:
+            return fake
+
+
+def pour(template: str, digits: str) -> str:
+    """``digits`` written into the digit slots of ``template`` in order (``123-45-6789`` + ``987654321``)."""
+    it = iter(digits)
+    return "".join(next(it) if c in string.digits else c for c in template)
+
+
+def parse_date(value: str) -> tuple[datetime.date, str] | None:
+    """The date and its ``strftime`` format, for the date formats the data uses; None otherwise."""
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.datetime.strptime(value.strip(), fmt).date(), fmt
+        except ValueError:
+            continue
+    return None
+
+
+def render_date(date: datetime.date, fmt: str) -> str:
+    """``date`` in ``fmt``, with the day unpadded in written forms (``March 4, 1987``) as the data writes it."""
+    text = date.strftime(fmt)
+    if "%B" in fmt or "%b" in fmt:
+        text = re.sub(r"\b0(\d)\b", r"\1", text)
+    return text
+
+
+def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
+    """``fake`` (in ``value``'s form) written the way ``surface`` writes ``value``; None when it cannot be.
+
+    ``surface`` is how a prompt's text writes the value (a biography writes ``123456789`` as ``123-45-6789`` and
+    ``1987-03-04`` as ``March 4, 1987``).
+    """
+    if surface == value:
+        return fake
+    if normalize_value(field, surface) != normalize_value(field, value):
+        return None
+    fake_date, value_date, surface_date = parse_date(fake), parse_date(value), parse_date(surface)
+    if fake_date and value_date and surface_date:
+        return render_date(fake_date[0], surface_date[1])
+    digits, surface_digits = re.sub(r"\D", "", fake), re.sub(r"\D", "", surface)
+    if digits and len(digits) == len(surface_digits) == len(re.sub(r"\D", "", value)):
+        return pour(surface, digits)
+    return fake if surface.lower() == value.lower() else None
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def _email_style(email: str) -> tuple[str, int, str]:
+    """``(joiner, digit-suffix length, domain)``: ``john.smith12@gmail.com`` → ``(".", 2, "gmail.com")``."""
+    local, _, domain = email.rpartition("@")
+    joiner = next((c for c in local.rstrip(string.digits) if not c.isalnum()), "")
+    return joiner, len(local) - len(local.rstrip(string.digits)), domain.lower()
+
+
+class CandidateSampler:
+    """Draws fakes of each person's PII values, seeded per (seed, person, field): the same draws every evaluation.
+
+    Args:
+        people: every person of the data set (all splits): their values are never returned, and the data's
+            formats (date range, e-mail styles, fixed character positions) are learned from them.
+        seed: varies the draws.
+        locale: Faker's locale for names, streets and cities.
+    """
+
+    def __init__(self, people: Iterable[PersonPII], seed: int = 0, locale: str = "en_US") -> None:
+        self.seed = seed
+        self.faker = Faker(locale)
+        values: dict[str, list[str]] = defaultdict(list)
+        for person in people:
+            for field, value in person.fields.items():
+                values[field].append(value)
+        self.real = {field: {normalize_value(field, v) for v in found} for field, found in values.items()}
+        dates = sorted(d[0] for v in values.get("birth_date", ()) if (d := parse_date(v)))
+        self.date_range = (dates[0], dates[-1]) if len(dates) >= MIN_AGREEING_VALUES else None
+        self.email_styles = sorted(_email_style(v) for v in values.get("email", ()) if "@" in v)  # with frequencies
+        self.fixed = {field: _fixed_positions(found) for field, found in values.items()}
+        self._drawn: dict[tuple[str, str, int], list[str]] = {}  # draws are deterministic: reuse them across epochs
+
+    def candidates(self, person: PersonPII, field: str, k: int) -> list[str]:
+        """``k`` fakes of ``person.fields[field]`` (drawn with replacement), none equal to a real value.
+
+        Draws look like the data first; when that space is exhausted (an e-mail fully given by the name) they
+        widen to Faker's defaults, then to the format-preserving draw.
+        """
+        key = (person.person_id, field, k)
+        if key not in self._drawn:
+            self._drawn[key] = self._candidates(person, field, k)
+        return list(self._drawn[key])
+
+    def _candidates(self, person: PersonPII, field: str, k: int) -> list[str]:
+        value = person.fields[field]
+        rng = random.Random(_seed(self.seed, person.person_id, field))
+        self.faker.seed_instance(_seed(self.seed, person.person_id, field, "faker"))
+        taken = self.real.get(field, set()) | {normalize_value(field, value)}
+        out: list[str] = []
+        for attempt in range(60 * k):
+            mode = "data" if attempt < 20 * k else "wide" if attempt < 40 * k else "format"
+            fake = self._draw(field, value, person.name, rng, mode)
+            if normalize_value(field, fake) not in taken:
+                out.append(fake)
+                if len(out) == k:
+                    break
+        return out
+
+    def _draw(self, field: str, value: str, name: str, rng: random.Random, mode: str) -> str:
+        if mode != "format":
+            if field in _POURED_FIELDS and (digits := self._digits(field, value)):
+                return self._keep_fixed(field, pour(value, digits))
+            if field == "birth_date" and (parsed := parse_date(value)):
+                return render_date(self._date(parsed[0], rng), parsed[1])
+            if field == "email" and "@" in value:
+                return self._email(value, name, rng, wide=mode == "wide")
+            if field == "address":
+                return self._address(value, rng)
+        return self._keep_fixed(field, format_preserving(value, rng))
+
+    def _digits(self, field: str, value: str) -> str | None:
+        count = len(re.sub(r"\D", "", value))
+        if field == "ssn" and count == 9:
+            return self.faker.ssn().replace("-", "")
+        if field == "phone" and count == 10:
+            return self.faker.numerify("%##%######")  # North-American: area code and exchange never start with 0
+        return None
+
+    def _keep_fixed(self, field: str, fake: str) -> str:
+        fixed = self.fixed.get(field, {}).get(skeleton(fake), {})
+        return "".join(fixed.get(i, c) for i, c in enumerate(fake))
+
+    def _date(self, value: datetime.date, rng: random.Random) -> datetime.date:
+        span = datetime.timedelta(days=15 * 365)  # too few dates in the data: 15 years either side
+        low, high = self.date_range or (value - span, value + span)
+        return low + datetime.timedelta(days=rng.randint(0, (high - low).days))
+
+    def _email(self, value: str, name: str, rng: random.Random, wide: bool) -> str:
+        local = value.rpartition("@")[0].lower()
+        name_parts = [p.lower() for p in name.split() if p.isalpha()]
+        if not (name_parts and any(p in local for p in name_parts)):
+            name_parts = [self.faker.first_name().lower(), self.faker.last_name().lower()]
+        joiner, digits, domain = rng.choice(self.email_styles or [_email_style(value)])
+        if wide:
+            joiner, digits = rng.choice((".", "_", "")), rng.choice((0, 1, 2))
+            domain = rng.choice([domain, self.faker.free_email_domain()])
+        suffix = str(rng.randint(10 ** (digits - 1), 10**digits - 1)) if digits else ""
+        return f"{joiner.join(name_parts)}{suffix}@{domain}"
+
+    def _address(self, value: str, rng: random.Random) -> str:
+        """Each comma-separated part redrawn as what it is: street line, unit, city, state, ZIP, "ST ZIP"."""
+        body, end = (value[:-1], ".") if value.endswith(".") else (value, "")
+        parts = []
+        for part in body.split(", "):
+            state = self.faker.state_abbr(include_territories=False, include_freely_associated_states=False)
+            if re.fullmatch(r"[A-Z]{2} \d{5}(-\d{4})?", part):
+                parts.append(f"{state} {self.faker.zipcode()}")
+            elif re.fullmatch(r"[A-Z]{2}", part):
+                parts.append(state)
+            elif re.fullmatch(r"\d{5}", part):
+                parts.append(self.faker.zipcode())
+            elif re.fullmatch(r"\d+[A-Za-z]? \D.*", part):
+                parts.append(self.faker.street_address())
+            elif re.fullmatch(r"[A-Za-z .'-]+", part) and not re.match(r"(?i)(apt|suite|unit)\b", part):
+                parts.append(self.faker.city())
+            else:
+                parts.append(format_preserving(part, rng) if re.search(r"[A-Za-z0-9]", part) else part)
+        return ", ".join(parts) + end
+
+
+def _fixed_positions(values: list[str]) -> dict[str, dict[int, str]]:
+    """Per format (skeleton), the positions where at least :data:`MIN_AGREEING_VALUES` values all agree."""
+    by_shape: dict[str, list[str]] = defaultdict(list)
+    for value in values:
+        by_shape[skeleton(value)].append(value)
+    fixed = {}
+    for shape, group in by_shape.items():
+        if len(group) >= MIN_AGREEING_VALUES:
+            columns = (Counter(v[i] for v in group) for i in range(len(shape)))
+            agreed = {i: next(iter(c)) for i, c in enumerate(columns) if len(c) == 1 and shape[i] in "9Aa"}
+            if agreed:
+                fixed[shape] = agreed
+    return fixed
