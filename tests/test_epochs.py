@@ -30,12 +30,82 @@ def test_select_best_keeps_retain_floor_and_applies_each_rule():
     assert select_best(epochs, "task_aggregate")["epoch"] == 2
     # gap to holdout people: |0.5-0.2| = 0.3 for epoch 1, |0.2-0.2| = 0 for epoch 2
     assert select_best(epochs, "holdout_gap")["epoch"] == 2
-    epochs[2]["summary"]["forget/leak_rate"] = 0.5
+    epochs[2]["summary"]["forget/leak_rate"] = 0.5  # epoch 2's gap is now 0 + |0.5 - 0| = 0.5 > 0.3
     assert select_best(epochs, "holdout_gap")["epoch"] == 1
     collapsed = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.0, 0.1, 0.9)]
     assert select_best(collapsed)["epoch"] == 0
     with pytest.raises(ConfigError):
         select_best(epochs, "nonsense")
+
+
+@pytest.mark.parametrize(
+    ("retains", "rule", "expected"),
+    [
+        # retain ROUGE-L at epoch 0 is 1.0, so the floor is 0.9; it is inclusive
+        ((1.0, 0.9, 0.95), "task_aggregate", 2),  # both eligible: epoch 2 has the higher aggregate
+        ((1.0, 0.95, 0.9), "task_aggregate", 2),  # exactly at the floor is kept
+        ((1.0, 0.95, 0.89), "task_aggregate", 1),  # just under the floor is dropped, however high its aggregate
+        ((1.0, 0.89, 0.89), "task_aggregate", 0),  # nothing kept: the starting model
+        ((1.0, 0.9, 0.95), "holdout_gap", 2),  # gaps: epoch 1 |0.6-0.2| = 0.4, epoch 2 |0.3-0.2| = 0.1
+        ((1.0, 0.95, 0.89), "holdout_gap", 1),
+        ((1.0, 0.89, 0.89), "holdout_gap", 0),
+    ],
+)
+def test_select_best_picks_the_exact_epoch_at_the_retain_floor(retains, rule, expected):
+    # epoch 0 has the best aggregate (0.95) and no gap at all, yet is never chosen while a later epoch is eligible
+    epochs = [
+        _epoch(0, 0.2, retains[0], 0.95),
+        _epoch(1, 0.6, retains[1], 0.4),
+        _epoch(2, 0.3, retains[2], 0.7),
+    ]
+    best = select_best(epochs, rule)
+    assert best["epoch"] == expected
+    assert "retain ROUGE-L >= 0.900" in best["reason"]
+    if expected == 0:
+        assert best["reason"].startswith("no epoch kept") and "path" not in best
+    else:
+        assert best["path"] == f"epoch-{expected}"
+
+
+def test_select_best_reason_states_the_winning_score():
+    epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.25, 0.82, 0.6)]
+    assert (
+        select_best(epochs, "task_aggregate")["reason"]
+        == "highest task aggregate (0.600) with retain ROUGE-L >= 0.810"
+    )
+    assert select_best(epochs, "holdout_gap")["reason"] == (
+        "smallest gap to holdout people (0.050) with retain ROUGE-L >= 0.810"
+    )
+
+
+def test_select_best_under_holdout_gap_needs_a_holdout_set():
+    epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5)]
+    for epoch in epochs:
+        del epoch["summary"]["holdout/rougeL_recall"]
+    assert select_best(epochs, "task_aggregate")["epoch"] == 1
+    with pytest.raises(ConfigError, match="needs a holdout set"):
+        select_best(epochs, "holdout_gap")
+
+
+def _expected_holdout_gap_epoch(epochs: list[dict]) -> int:
+    """The holdout_gap rule worked out by hand from the written summaries (the docstring of select_best)."""
+    start = epochs[0]["summary"]
+    kept = [
+        e
+        for e in epochs[1:]
+        if e["summary"]["retain/rougeL_recall"] >= 0.9 * start["retain/rougeL_recall"]
+        and e["summary"]["retain/exact_match"] >= 0.9 * start["retain/exact_match"]
+    ]
+    if not kept:
+        return 0
+
+    def gap(e: dict) -> float:
+        s = e["summary"]
+        return abs(s["forget/rougeL_recall"] - s["holdout/rougeL_recall"]) + abs(
+            s["forget/leak_rate"] - s["holdout/leak_rate"]
+        )
+
+    return min(kept, key=gap)["epoch"]
 
 
 def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):
@@ -70,13 +140,14 @@ def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):
         )
         == 0
     )
+    epochs = json.loads((out / "results.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
     best = json.loads((out / "best.json").read_text())
-    assert best["epoch"] in (0, 1, 2) and best["rule"] == "holdout_gap"
+    assert best["rule"] == "holdout_gap"
+    assert best["epoch"] == _expected_holdout_gap_epoch(epochs)
     report = (out / "report.md").read_text()
     assert "rougeL_per_epoch.png" in report and (out / "rougeL_per_epoch.png").is_file()
     assert (out / "loss_per_epoch.png").is_file()
-    epochs = json.loads((out / "results.json").read_text())["epochs"]
-    assert [e["epoch"] for e in epochs] == [0, 1, 2]
 
 
 def test_select_best_under_holdout_gap_also_floors_retain_em_and_says_so():
@@ -86,6 +157,10 @@ def test_select_best_under_holdout_gap_also_floors_retain_em_and_says_so():
     best = select_best(epochs, "holdout_gap")
     assert best["epoch"] == 1  # epoch 2 is closer to holdout people but lost retain EM (0.5 < 0.9)
     assert "retain EM >= 0.900" in best["reason"]
+    # the EM floor belongs to holdout_gap only: under task_aggregate epoch 2 (aggregate 0.6) wins
+    assert select_best(epochs, "task_aggregate")["epoch"] == 2
+    epochs[2]["summary"]["retain/exact_match"] = 0.9  # exactly 90 % of epoch 0's 1.0: kept
+    assert select_best(epochs, "holdout_gap")["epoch"] == 2
 
 
 def test_epoch_hook_writes_a_known_starting_result_without_evaluating_it(tmp_path, monkeypatch):
