@@ -5,16 +5,18 @@ Epoch 0 is the model before unlearning (the run's ``model_dir``); epoch N is ``c
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from obliviate.errors import ConfigError, DataError
 from obliviate.evaluate.suite import EvalData, EvalOptions, EvalResult, OracleStats, evaluate_model
-from obliviate.models.load import load_model
+from obliviate.models.load import load_model, process_device
 from obliviate.train.checkpoint import list_checkpoints
 
 SELECT_RULES = ("task_aggregate", "holdout_gap")
@@ -41,8 +43,23 @@ def evaluate_epoch(
     oracle: OracleStats | None,
     base_model: str | None = None,
 ) -> EvalResult:
-    model, tokenizer = load_model(path, base_model=base_model)
-    return evaluate_model(model, tokenizer, data, options, oracle=oracle)
+    """One model's evaluation on this process's device; an adapter is merged into its base first, so that generation
+    runs plain matmuls. The model is freed before returning: the next epoch, or training, needs the memory."""
+    model, tokenizer = load_model(path, base_model=base_model, device=process_device())
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    try:
+        return evaluate_model(model, tokenizer, data, options, oracle=oracle)
+    finally:
+        del model
+        release_memory()
+
+
+def release_memory() -> None:
+    """Return freed tensors to the device: a model dropped between epochs must not stay reserved by the allocator."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evaluate_checkpoints(
@@ -133,19 +150,22 @@ def make_epoch_hook(
 ):
     """An engine epoch hook that evaluates each checkpoint (and, first, the starting model as epoch 0).
 
-    Results go to ``out_dir/epoch-N/``. Under several processes only the main one evaluates. ``start`` is the
+    Results go to ``out_dir/epoch-N/``. Under several processes every process evaluates its share of the rows (the
+    passes gather them, a collective each process must join) and only the main one writes. ``start`` is the
     starting model's result when it is already known (several runs from one model share it).
     """
-    from accelerate import PartialState
+    from obliviate.train.loop import process_state
 
     def hook(epoch: int, path: Path) -> dict[str, Any]:
-        if not PartialState().is_main_process:
-            return {}
+        state = process_state()
         if not (out_dir / "epoch-0" / "results.json").is_file():
             first = start if start is not None else evaluate_epoch(0, model_dir, data, options, oracle)
-            write_epoch_result(out_dir, 0, first)
+            if state.is_main_process:
+                write_epoch_result(out_dir, 0, first)
         result = evaluate_epoch(epoch, path, data, options, oracle, base_model=model_dir if lora else None)
-        write_epoch_result(out_dir, epoch, result)
+        if state.is_main_process:
+            write_epoch_result(out_dir, epoch, result)
+        state.wait_for_everyone()  # every process sees the same files at the next epoch
         return {"epoch": epoch, "summary": result.summary()}
 
     return hook

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
@@ -60,13 +59,20 @@ class TokenScores:
 def _length_order(lengths: list[int]) -> list[int]:
     """Longest first (little padding), and under several processes only this rank's share of the rows."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    state = PartialState()
+    state = _state()
     return order[state.process_index :: state.num_processes] if state.num_processes > 1 else order
+
+
+def _state():
+    """The launch's process state as the training loop sees it (gloo joined under a CPU ``torchrun`` too)."""
+    from obliviate.train.loop import process_state
+
+    return process_state()
 
 
 def _gather(results: list) -> list:
     """Under ``accelerate launch`` every rank computed its share; gather all rows, in input order, on every rank."""
-    state = PartialState()
+    state = _state()
     if state.num_processes == 1:
         return results
     mine = [(i, value) for i, value in enumerate(results) if value is not None]

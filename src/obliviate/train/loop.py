@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -42,6 +42,9 @@ from obliviate.losses import Method
 from obliviate.losses.common import Forward, LossInputs, LossParams
 from obliviate.models.trainable import decoder_layers
 from obliviate.train import checkpoint as ckpt
+
+_PLAIN = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+"""One process or plain data parallelism: every process holds the whole model."""
 
 EpochHook = Callable[[int, Path], dict[str, Any] | None]
 """Called on every rank after ``checkpoints/epoch-N`` is complete, with ``(N, checkpoint_dir)``."""
@@ -121,9 +124,9 @@ def setup(
     if needs.reference and not is_peft:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if is_peft:
-            model.enable_input_require_grads()
+        _enable_checkpointing(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        uniform_dtype_for_fsdp(model)
     control = None
     if needs.hidden:
         from obliviate.losses.rmu import make_control_vector
@@ -153,6 +156,27 @@ def setup(
     return run
 
 
+def _enable_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant checkpointing, said explicitly: transformers 4.x defaults to the reentrant kind (5.x does not),
+    which computes no gradient for a block none of whose inputs requires one. Where the embeddings are frozen (LoRA,
+    a ``--trainable_layers`` subset) the embedding output is also made to require grad, which either kind accepts."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns until v6
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not model.get_input_embeddings().weight.requires_grad:
+        model.enable_input_require_grads()
+
+
+def uniform_dtype_for_fsdp(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP flattens each unit's parameters into one tensor of one dtype; a bf16 base with fp32 LoRA adapters in the
+    same decoder block fails with "Must flatten tensors with uniform dtype". The parameters go to fp32 (mixed
+    precision still computes in bf16); buffers are left as they are."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return cast_parameters(model, torch.float32) if len(dtypes) > 1 else model
+
+
 def accumulation_steps(config: TrainConfig) -> int:
     """Micro-batches per optimizer step: ``batch_size / (micro_batch_size x processes)``, which must be whole."""
     world = process_state().num_processes
@@ -167,10 +191,12 @@ def accumulation_steps(config: TrainConfig) -> int:
 def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
     """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
     accumulation = accumulation_steps(config)
-    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary
+    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary.
+    # Under FSDP, skipping the sync would keep every micro-batch's gradients unsharded: a full-size fp32 copy.
+    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_each_batch=_fsdp_launch())
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config.mixed_precision),
-        gradient_accumulation_steps=accumulation,
+        gradient_accumulation_plugin=plugin,
         cpu=_cpu_launch(),
     )
     if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
@@ -179,7 +205,25 @@ def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
             "process's optimizer state, not the shards of DeepSpeed / FSDP"
         )
     _configure_deepspeed(accelerator, config)
+    _configure_fsdp(accelerator)
     return accelerator, accumulation
+
+
+def _fsdp_launch() -> bool:
+    """Launched with an FSDP config (``accelerate launch`` exports it before the accelerator exists)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def _configure_fsdp(accelerator: Accelerator) -> None:
+    """FSDP computes in bf16 but keeps buffers in fp32: accelerate's default policy would round RoPE's ``inv_freq``.
+
+    A rounded ``inv_freq`` shifts every rotary phase (up to 0.6 rad below position 512), so the reference and the
+    model would disagree at step 0. FSDP2 never casts buffers; FSDP1 does unless ``buffer_dtype`` says otherwise.
+    """
+    plugin = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if plugin is None or accelerator.mixed_precision == "no" or getattr(plugin, "fsdp_version", 1) != 1:
+        return
+    plugin.set_mixed_precision(accelerator.mixed_precision, buffer_autocast=True, override=True)
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
@@ -217,12 +261,34 @@ def _prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> 
         if ds_config.get("zero_optimization", {}).get("stage") != 3:
             ds_config["zero_optimization"] = {"stage": 0}  # stages 1-2 shard only optimizer state: nothing to shard
         engine, *_ = deepspeed.initialize(model=reference, config=ds_config)
-        return engine.eval()
-    if accelerator.distributed_type == DistributedType.FSDP:
+        engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+        return engine
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if accelerator.mixed_precision == "bf16":
+        # autocast runs the matmuls in bf16 anyway: linear weights stored so take half the memory and give the very
+        # same products, and the rest (embeddings, norms) stays as the model has it, so that at step 0 the copy
+        # computes exactly what the model does. FSDP flattens one dtype per unit: there every parameter goes
+        # (accelerate upcasts only trainable ones, so the frozen copy stays bf16).
+        cast_parameters(reference, torch.bfloat16, linear_only=not fsdp)
+    if fsdp:
         return accelerator.prepare_model(reference).eval()
-    reference = reference.to(accelerator.device)
-    # autocast runs its matmuls in bf16 anyway; storing the frozen copy so halves its memory
-    return reference.to(torch.bfloat16) if accelerator.mixed_precision == "bf16" else reference
+    return reference.to(accelerator.device)
+
+
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype, linear_only: bool = False) -> torch.nn.Module:
+    """Cast parameters, never buffers: ``module.to(dtype)`` would also round RoPE's fp32 ``inv_freq``, and a
+    reference would then disagree with the model it copies before any step.
+
+    With ``linear_only``, only weights that belong to ``nn.Linear`` layers alone (a tied embedding stays).
+    """
+    kept = set()
+    if linear_only:
+        others = (m for m in module.modules() if not isinstance(m, torch.nn.Linear))
+        kept = {id(p) for m in others for p in m.parameters(recurse=False)}
+    for param in module.parameters():
+        if param.is_floating_point() and id(param) not in kept:
+            param.data = param.data.to(dtype)
+    return module
 
 
 def _restore(run: _Run, config: TrainConfig, tokenizer) -> None:
@@ -238,24 +304,35 @@ def _restore(run: _Run, config: TrainConfig, tokenizer) -> None:
     run.accelerator.print(f"resuming from {path} (epoch {epoch}, step {run.state['global_step']})")
 
 
-def _forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None) -> Forward:
+class _StopForward(Exception):
+    """Raised by the layer hook once a pass that needs only ``h^ℓ`` has it: the layers above and the logits are
+    never computed."""
+
+
+def _forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None, stop: bool = False) -> Forward:
     """One pass; with ``layer`` (a decoder block) its output is kept as ``Forward.hidden``, ``[batch, seq, hidden]``.
 
     The block's own output is taken through a hook rather than from ``output_hidden_states``, whose last entry has
-    the final norm applied: ``h^ℓ`` must mean the same thing at every depth.
+    the final norm applied: ``h^ℓ`` must mean the same thing at every depth. With ``stop`` the pass ends at
+    ``layer`` and ``Forward.logits`` is None.
     """
     captured: list[torch.Tensor] = []
-    handle = None
-    if layer is not None:
-        handle = layer.register_forward_hook(
-            lambda _module, _args, output: captured.append(output[0] if isinstance(output, tuple) else output)
-        )
+
+    def keep(_module, _args, output) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        if stop:
+            raise _StopForward
+
+    handle = layer.register_forward_hook(keep) if layer is not None else None
+    logits = None
     try:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    except _StopForward:
+        pass
     finally:
         if handle is not None:
             handle.remove()
-    return Forward(out.logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
+    return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
 
 
 @contextlib.contextmanager
@@ -282,12 +359,15 @@ def _loss_inputs(
     if retain is not None:
         inputs.retain = _forward(run.model, retain, block)
     if needs.reference:
+        # hidden-states methods read only h^ℓ of the reference; a pass cut short is safe without backward and
+        # without sharding (ZeRO-3 and FSDP expect every forward to visit every unit)
+        stop = needs.hidden and run.accelerator.distributed_type in _PLAIN
         with torch.no_grad(), _reference(run) as reference:
             reference_block = _block(run.accelerator, reference, layer)
             if "forget" in needs.reference_on:
-                inputs.forget_ref = _forward(reference, forget, reference_block)
+                inputs.forget_ref = _forward(reference, forget, reference_block, stop)
             if "retain" in needs.reference_on and retain is not None:
-                inputs.retain_ref = _forward(reference, retain, reference_block)
+                inputs.retain_ref = _forward(reference, retain, reference_block, stop)
     return inputs
 
 
@@ -339,7 +419,7 @@ def train_epoch(
     started, tokens_at_start = time.perf_counter(), run.state["tokens_seen"]
     for step_start in range(0, len(micro), run.accumulation):
         chunk = range(step_start, step_start + run.accumulation)
-        step_metrics, tokens, draw_ids = _accumulate(
+        step_metrics, tokens, checksums = _accumulate(
             run, method, params, config, tokenizer, epoch, layer, [micro[i] for i in chunk], [draws[i] for i in chunk]
         )
         if config.max_grad_norm > 0:
@@ -350,7 +430,6 @@ def train_epoch(
         run.optimizer.zero_grad(set_to_none=True)
         run.state["global_step"] += 1
         run.state["tokens_seen"] += tokens
-        checksums = acc.gather(torch.tensor([_checksum(draw_ids)], device=acc.device)).tolist()
         record = {
             "step": run.state["global_step"],
             "epoch": epoch,
@@ -358,7 +437,7 @@ def train_epoch(
             **step_metrics,
             "tokens_seen": run.state["tokens_seen"],
         }
-        if draw_ids:
+        if checksums is not None:
             record["retain_draw_checksums"] = checksums
         log(record)
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -386,61 +465,65 @@ def _accumulate(
 ):
     """Forward and backward over one optimizer step's micro-batches; accelerate syncs gradients on the last one.
 
+    Metrics stay on the device until the step's last forward; then one all-gather and one host copy carry them, the
+    token counts (taken on the CPU before the batches move) and the retain-draw checksums. That happens before the
+    last backward, because DeepSpeed steps inside it: a non-finite loss on any process stops every process first.
+
     Returns:
-        ``(metrics averaged over micro-batches and processes, tokens this step on all processes, retain draws)``.
+        ``(metrics averaged over micro-batches and processes, tokens this step on all processes, per-process
+        retain-draw checksums or None)``.
     """
     acc = run.accelerator
     pad_id = tokenizer.pad_token_id
-    sums: dict[str, float] = {}
-    tokens = torch.zeros((), device=acc.device)
-    draw_ids: list[int] = []
-    for forget_rows, retain_rows in zip(forget_ids, retain_ids):
+    sums: dict[str, torch.Tensor] = {}
+    tokens, draw_ids, step = 0, [], None
+    for position, (forget_rows, retain_rows) in enumerate(zip(forget_ids, retain_ids)):
         draw_ids.extend(retain_rows or [])
+        pieces = [forget_rows]
         if _splittable(acc, method, retain_rows, config):
             lengths = [len(run.forget[r].ids) for r in forget_rows]
             pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
-        else:
-            pieces = [forget_rows]
-        batches = [collate([run.forget[i] for i in piece], pad_id).to(acc.device) for piece in pieces]
-        scored = [scored_tokens(b) for b in batches] if len(batches) > 1 else [1]
-        retain = collate([run.retain[i] for i in retain_rows], pad_id).to(acc.device) if retain_rows else None
+        on_cpu = [collate([run.forget[i] for i in piece], pad_id) for piece in pieces]
+        retain_cpu = collate([run.retain[i] for i in retain_rows], pad_id) if retain_rows else None
+        tokens += sum(b.num_tokens for b in on_cpu) + (retain_cpu.num_tokens if retain_cpu is not None else 0)
+        scored = [scored_tokens(b) for b in on_cpu] if len(on_cpu) > 1 else [1]
+        retain = retain_cpu.to(acc.device) if retain_cpu is not None else None
         with acc.accumulate(run.model):
-            values: dict[str, float] = {}
-            for index, forget in enumerate(batches):
+            for index, batch in enumerate(on_cpu):
                 share = scored[index] / max(sum(scored), 1)  # token-mean losses: pieces weighted by scored tokens
-                last = index == len(batches) - 1
+                last = index == len(on_cpu) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(run.model):
                     with acc.autocast():
-                        out = method.loss(_loss_inputs(run, method, forget, retain, layer), params)
-                    for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-                        values[key] = values.get(key, 0.0) + value * share
-                    # checked on every process once per micro-batch (piece counts differ between processes),
-                    # before the backward that syncs: DeepSpeed steps inside the last micro-batch's backward
-                    if last and not _finite_everywhere(acc, values["loss"]):
-                        _non_finite(run, config, epoch, values)
+                        out = method.loss(_loss_inputs(run, method, batch.to(acc.device), retain, layer), params)
+                    for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
+                        value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
+                        sums[key] = sums.get(key, 0.0) + value.detach().float() * (share / run.accumulation)
+                    if last and position == len(forget_ids) - 1:
+                        step = _gather_step(acc, sums, tokens, draw_ids)
+                        if not all(math.isfinite(v) for v in step[0].values()):
+                            _non_finite(run, config, epoch, step[0])
                     acc.backward(out.loss * share if share != 1 else out.loss)  # accelerate divides by accumulation
-                tokens += forget.num_tokens
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value / run.accumulation
-        tokens += retain.num_tokens if retain is not None else 0
-    reduced = acc.reduce({k: torch.tensor(v, device=acc.device) for k, v in sums.items()}, reduction="mean")
-    step_metrics = {k: v.item() for k, v in reduced.items()}
-    if not all(math.isfinite(v) for v in step_metrics.values()):
-        _non_finite(run, config, epoch, step_metrics)
-    return step_metrics, int(acc.reduce(tokens, reduction="sum").item()), draw_ids
+    metrics, tokens_all, checksums = step
+    return metrics, tokens_all, checksums if draw_ids else None
+
+
+def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], tokens: int, draw_ids: list[int]):
+    """``[metrics..., tokens, checksum]`` of every process in one all-gather and one ``.tolist()``.
+
+    float64 carries the token count and the checksum (< 2^31) exactly.
+    """
+    extra = torch.tensor([tokens, _checksum(draw_ids)], dtype=torch.float64, device=acc.device)
+    local = torch.cat([torch.stack(list(sums.values())).double(), extra]) if sums else extra
+    rows = acc.gather(local.unsqueeze(0)).tolist()  # [processes, len(sums) + 2]
+    metrics = {key: sum(row[i] for row in rows) / len(rows) for i, key in enumerate(sums)}
+    return metrics, int(sum(row[-2] for row in rows)), [int(row[-1]) for row in rows]
 
 
 def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None, config: TrainConfig) -> bool:
     """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, ``--length_pieces`` on, and
     one process or plain data parallelism (DeepSpeed steps inside each backward; FSDP gathers parameters in every
     forward, and ranks may cut different numbers of pieces)."""
-    plain = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-    return config.length_pieces and method.token_mean and not retain_rows and plain
-
-
-def _finite_everywhere(acc: Accelerator, value: float) -> bool:
-    bad = torch.tensor(0.0 if math.isfinite(value) else 1.0, device=acc.device)
-    return acc.reduce(bad, reduction="sum").item() == 0
+    return config.length_pieces and method.token_mean and not retain_rows and acc.distributed_type in _PLAIN
 
 
 def _non_finite(run: _Run, config: TrainConfig, epoch: int, metrics: dict[str, float]) -> None:
