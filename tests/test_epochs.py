@@ -150,6 +150,48 @@ def test_unlearn_eval_every_epoch_then_evaluate_checkpoints(target, tmp_path):
     assert (out / "loss_per_epoch.png").is_file()
 
 
+# (forget ROUGE-L, retain ROUGE-L, task aggregate) per epoch; holdout ROUGE-L is 0.2 throughout. Epoch 1 is closest
+# to the holdout people but lost retain (0.5 < 0.9 x 0.9); of the rest, epoch 2 has the smaller gap (0.1 against
+# 0.4) and epoch 3 the higher aggregate (0.7 against 0.5).
+CHECKPOINT_SCORES = {0: (0.9, 0.9, 0.1), 1: (0.2, 0.5, 0.9), 2: (0.3, 0.85, 0.5), 3: (0.6, 0.88, 0.7)}
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("holdout_gap", 2), ("task_aggregate", 3)])
+def test_evaluate_checkpoints_writes_the_epoch_its_rule_picks(assets, tmp_path, monkeypatch, rule, expected):
+    """The CLI's choice from known per-epoch scores (evaluation replaced by constructed results)."""
+    import obliviate.evaluate.epochs as epochs
+    from obliviate.evaluate.suite import EvalResult
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"model_dir: {assets.model}\n")
+    for n in (1, 2, 3):
+        (run / "checkpoints" / f"epoch-{n}").mkdir(parents=True)
+        (run / "checkpoints" / f"epoch-{n}" / "trainer_state.json").write_text("{}")
+
+    def scored(epoch, path, *args, **kwargs) -> EvalResult:
+        forget, retain, aggregate = CHECKPOINT_SCORES[epoch]
+        values = [
+            ("rougeL_recall", "forget", forget),
+            ("rougeL_recall", "retain", retain),
+            ("rougeL_recall", "holdout", 0.2),
+            ("task_aggregate", "all", aggregate),
+        ]
+        metrics = [{"name": n, "split": s, "task": "all", "value": v, "higher_is_better": True} for n, s, v in values]
+        return EvalResult(metrics, [], {}, {}, [], [], None)
+
+    monkeypatch.setattr(epochs, "evaluate_epoch", scored)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoints", str(run), "--forget_dir", str(assets.forget), "--retain_dir"]
+    argv += [str(assets.retain), "--holdout_dir", str(assets.data / "holdout"), "--output_dir", str(out)]
+    assert main([*argv, "--select", rule]) == 0
+    best = json.loads((out / "best.json").read_text())
+    assert (best["epoch"], best["rule"]) == (expected, rule)
+    assert best["path"] == str(run / "checkpoints" / f"epoch-{expected}")
+    written = json.loads((out / "results.json").read_text())["epochs"]
+    assert [e["summary"]["retain/rougeL_recall"] for e in written] == [0.9, 0.5, 0.85, 0.88]
+
+
 def test_select_best_under_holdout_gap_also_floors_retain_em_and_says_so():
     epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.2, 0.86, 0.6)]
     for epoch, em in zip(epochs, (1.0, 0.95, 0.5)):
