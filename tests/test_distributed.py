@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -112,3 +113,19 @@ def test_length_pieces_under_two_processes_give_the_same_update(target, tmp_path
         torch.testing.assert_close(pieces[key], whole[key], atol=1e-5, rtol=1e-4)
     logged = list(zip(metrics(runs["pieces"]), metrics(runs["whole"])))
     assert logged and all(a["loss"] == pytest.approx(b["loss"], rel=1e-5) for a, b in logged)
+
+
+@pytest.mark.slow  # about 80 s on two shared cores
+def test_eval_every_epoch_finishes_under_two_processes(assets, tmp_path):
+    """Every process evaluates its share of the rows and joins the gathers; only the main one writes.
+
+    The hook used to return early on every rank but the main one, which then waited in ``gather_object`` until the
+    timeout: with the epoch-1 checkpoint written and no final model.
+    """
+    out = tmp_path / "out"
+    extra = ("--method", "ga_kl", "--micro_batch_size", "2", "--batch_size", "4", "--eval_every_epoch")
+    torchrun([*unlearn_argv(assets, out, *extra), "--eval_max_examples", "4"], tmp_path)
+    for epoch in (0, 1):
+        result = json.loads((out / "eval" / f"epoch-{epoch}" / "results.json").read_text())
+        assert result["epoch"] == epoch and result["summary"]
+    assert weights(out).keys() == weights(assets.model).keys()
