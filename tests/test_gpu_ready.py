@@ -60,6 +60,7 @@ def test_zero3_reference_is_the_engine_not_what_eval_returns(monkeypatch):
     )
     reference = loop._prepare_reference(accelerator, torch.nn.Linear(2, 2))
     assert isinstance(reference, _StubEngine) and not reference.training
+    assert reference.module.weight.dtype == torch.bfloat16  # cast on the host before DeepSpeed takes it
     assert "optimizer" not in seen["config"] and seen["config"]["zero_optimization"] == {"stage": 3}
     run = SimpleNamespace(reference=reference, accelerator=None, model=None)
     with loop._reference(run) as used:

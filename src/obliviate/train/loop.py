@@ -260,6 +260,8 @@ def _prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> 
         ds_config.pop("scheduler", None)
         if ds_config.get("zero_optimization", {}).get("stage") != 3:
             ds_config["zero_optimization"] = {"stage": 0}  # stages 1-2 shard only optimizer state: nothing to shard
+        if accelerator.mixed_precision == "bf16":
+            cast_parameters(reference, torch.bfloat16)  # DeepSpeed would anyway; the host copy is halved meanwhile
         engine, *_ = deepspeed.initialize(model=reference, config=ds_config)
         engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
         return engine
