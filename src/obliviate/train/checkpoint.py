@@ -127,6 +127,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
+    try:
+        _write_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, tmp, epoch)
+    except BaseException:
+        if accelerator.is_main_process:  # a failed write (disk full) leaves nothing a later run could pick up
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, tmp: Path, epoch: int) -> None:
     unwrapped = accelerator.unwrap_model(model)
     weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -139,13 +155,6 @@ def save_checkpoint(
     kill_point(f"checkpoint-{epoch}")  # tests: killed with the checkpoint half written
     save_rng_state(tmp, accelerator.process_index)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def _sharded(accelerator) -> bool:

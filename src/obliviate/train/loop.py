@@ -12,6 +12,8 @@ import copy
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +40,10 @@ from obliviate.data.batching import (
 )
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError, TrainingError
+from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
 from obliviate.losses.common import Forward, LossInputs, LossParams
+from obliviate.models.load import write_tokenizer_fingerprint
 from obliviate.models.trainable import decoder_layers
 from obliviate.train import checkpoint as ckpt
 
@@ -566,13 +570,12 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(metrics_path, run.state["global_step"])
         if resolved_config is not None:
-            ckpt.write_text_atomic(output_dir / "config.yaml", resolved_config)
-    log_file = open(metrics_path, "a") if acc.is_main_process else None  # noqa: SIM115 (closed in finally)
+            write_text_atomic(output_dir / "config.yaml", resolved_config)
 
     def log(record: dict[str, Any]) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+        if acc.is_main_process:
+            append_line(metrics_path, json.dumps(record))
+        kill_point(f"step-{record['step']}")  # tests: killed between optimizer steps
 
     result = RunResult(output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"])
     try:
@@ -596,8 +599,6 @@ def train(
                 break
         save_final(run, tokenizer, output_dir, config)
     finally:
-        if log_file is not None:
-            log_file.close()
         acc.free_memory()
         # accelerate keeps one precision per process; a later run in this process (a notebook, the demo) may
         # ask for another. The process group (PartialState) stays.
@@ -612,8 +613,16 @@ def _truncate_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines written after the checkpoint, so that the log matches the weights."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    ckpt.write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= last_step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    """The step of one ``metrics.jsonl`` line; a damaged line (a write cut off by a kill) counts as after any."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def save_final(run: _Run, tokenizer, output_dir: Path, config: TrainConfig) -> None:
@@ -623,9 +632,10 @@ def save_final(run: _Run, tokenizer, output_dir: Path, config: TrainConfig) -> N
     unwrapped = acc.unwrap_model(run.model)
     weights = acc.get_state_dict(run.model)
     if acc.is_main_process:
-        unwrapped.save_pretrained(output_dir, state_dict=weights, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
-        (output_dir / "trainer_state.json").write_text(json.dumps(run.state, indent=1, sort_keys=True))
+        _save_model_files(unwrapped, weights, tokenizer, output_dir)
+        kill_point("final")  # tests: killed with the model written and trainer_state.json not yet
+        # trainer_state.json last: its presence says the final model is complete
+        write_text_atomic(output_dir / "trainer_state.json", json.dumps(run.state, indent=1, sort_keys=True))
         if run.is_peft and config.merge:
             from obliviate.models.load import load_model, save_pretrained_atomic
 
@@ -634,3 +644,16 @@ def save_final(run: _Run, tokenizer, output_dir: Path, config: TrainConfig) -> N
             adapted, _ = load_model(output_dir, dtype=getattr(unwrapped, "dtype", None), device="cpu")
             save_pretrained_atomic(adapted.merge_and_unload(), tokenizer, output_dir / "merged")
     acc.wait_for_everyone()
+
+
+def _save_model_files(model, weights, tokenizer, output_dir: Path) -> None:
+    """Save into a temporary sibling, then rename file by file: a failed write leaves no half-written weights."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=output_dir))
+    try:
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_tokenizer_fingerprint(tmp, tokenizer)
+        for file in sorted(tmp.iterdir()):
+            os.replace(file, output_dir / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
