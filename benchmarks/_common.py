@@ -7,6 +7,7 @@ alternating A, B, A, B, and reports the ratio of each A/B pair; absolute seconds
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import logging
 import os
@@ -58,6 +59,37 @@ def reproduce_command(script: str, argv: Sequence[str]) -> str:
     """The command line that reproduces a run, without ``--write`` (which only decides where the result goes)."""
     args = [a for a in argv if a != "--write"]
     return " ".join([".venv/bin/python", f"benchmarks/{script}", *map(shlex.quote, args)])
+
+
+def exact_command(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The exact command line of a run: every option with the value it ran with, defaults included.
+
+    Options left unset (``None``) and hidden ones are omitted, and so is ``--write``, which only decides where the
+    result goes. Reading the parsed values rather than ``sys.argv`` keeps a default that later changes from
+    silently changing what the written command means.
+    """
+    words = [".venv/bin/python", f"benchmarks/{script}"]
+    for action in parser._actions:  # argparse offers no public iterator over its options
+        if not action.option_strings or action.dest in ("help", "write") or action.help == argparse.SUPPRESS:
+            continue
+        value = getattr(args, action.dest)
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            words += [flag] if value else []
+        elif value is None or (isinstance(value, list) and all(v is None for v in value)):
+            continue
+        else:
+            values = value if isinstance(value, list) else [value]
+            words += [flag, *(shlex.quote(str(v)) for v in values)]
+    return " ".join(words)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), read from the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -34,7 +34,11 @@ import _common  # noqa: E402
 _common.quiet()
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+FLOAT_ORDER_NLL = 1e-3
+"""Largest answer-NLL gap between pieces and whole batches that floating-point summation order explains."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=60, help="synthetic people (default: 60)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the group_by_length runs (default: 30)")
@@ -42,7 +46,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
     parser.add_argument("--child", nargs=4, metavar=("WORKDIR", "THREADS", "EPOCHS", "MODE"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def finetune(workdir: Path, out: Path, threads: int, epochs: int, mode: str) -> dict:
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             spawn(workdir, 1, args.epochs, "grouped", "g"), spawn(workdir, 1, args.epochs, "pieces", "u")
         )
     result = summarise(args, pieces, workers, grouped, plain)
-    report(result, argv, args.write)
+    report(result, _common.exact_command("bench_finetune.py", build_parser(), args), args.write)
     return result
 
 
@@ -176,6 +184,7 @@ def summarise(args, pieces, workers, grouped, plain) -> dict:
         "grouped": grouped,
         "ungrouped": plain,
         "epochs": args.epochs,
+        "cpu_cores": _common.cpu_cores(),
     }
 
 
@@ -183,7 +192,39 @@ def speed(run: dict) -> float:
     return run["tokens"] / run["seconds"]
 
 
-def report(result: dict, argv: list[str], write: bool) -> None:
+def pieces_sentence(nll_gap: float) -> str:
+    """What the answer-NLL gap between pieces and whole batches after two epochs shows."""
+    if nll_gap <= FLOAT_ORDER_NLL:
+        return (
+            "Pieces gave the same update as the whole batch, up to floating-point order: the largest difference in "
+            f"answer NLL after two epochs was {nll_gap:.1e} (`tests/test_train.py` checks the weights)."
+        )
+    return (
+        f"Pieces did not give the same update as the whole batch here: answer NLL after two epochs differed by up to "
+        f"{nll_gap:.4f}, more than floating-point order explains (≤ {FLOAT_ORDER_NLL:g})."
+    )
+
+
+def grouping_sentence(grouped: dict, ungrouped: dict, epochs: int) -> str:
+    """How ``--group_by_length`` compared with pieces on speed and on memorisation (answer NLL, lower = better)."""
+    ratio = speed(grouped) / speed(ungrouped)
+    pace = "faster than" if ratio > 1.05 else "slower than" if ratio < 0.95 else "about as fast as"
+    nll, reference = grouped["answer_nll"], ungrouped["answer_nll"]
+    if nll >= 2 * reference:
+        memorised = "memorised far worse"
+    elif nll > 1.1 * reference:
+        memorised = "memorised worse"
+    elif nll * 1.1 < reference:
+        memorised = "memorised better"
+    else:
+        memorised = "memorised about as well"
+    return (
+        f"Grouping whole steps by length ran {pace} length-sorted pieces ({ratio:.2f}x the tokens/s) and "
+        f"{memorised} in the same {epochs} epochs (answer NLL {nll:.3f} against {reference:.3f})."
+    )
+
+
+def report(result: dict, command: str, write: bool) -> None:
     p, w = result["pieces_speedup"], result["workers_speedup"]
     g, u = result["grouped"], result["ungrouped"]
 
@@ -214,21 +255,17 @@ def report(result: dict, argv: list[str], write: bool) -> None:
         [
             "## Fine-tuning throughput",
             "",
-            f"Measured {_common.utc_date()} with `{_common.reproduce_command('bench_finetune.py', argv)}` "
-            f"({result['people']} synthetic people, tiny OLMo, batch 16, 2-core CPU; each contender in its own "
-            "process, rounds alternating).",
+            f"Measured {_common.utc_date()} with `{command}` ({result['people']} synthetic people, tiny OLMo, "
+            f"batch 16, {result['cpu_cores']} CPU cores; each contender in its own process, rounds alternating).",
             "",
             table,
             "",
-            f"Pieces give the same update as the whole batch: the largest difference in answer NLL after two epochs "
-            f"was {result['pieces_nll_gap']:.4f} (floating-point order only; `tests/test_train.py` checks the "
-            "weights). Memorisation after the same epochs, two runs side by side:",
+            f"{pieces_sentence(result['pieces_nll_gap'])} Memorisation after the same epochs, two runs side by side:",
             "",
             memo,
             "",
-            "Grouping whole steps by length is faster again, but it memorised far worse in the same number of "
-            "epochs here, so it is off by default (`--group_by_length` to turn it on). The demo uses pieces and "
-            "worker processes; both are on by default.",
+            f"{grouping_sentence(g, u, result['epochs'])} `--group_by_length` is off by default; the demo uses "
+            "pieces and worker processes, both on by default.",
         ]
     )
     _common.write_section("bench_finetune", body)

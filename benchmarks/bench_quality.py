@@ -1,7 +1,7 @@
 """LUME quality benchmark: the demo pipeline on the real SemEval-2025 Task 4 data, every method with its defaults.
 
-    python benchmarks/bench_quality.py            # Task2 (PII biographies), all six methods, writes BENCHMARKS.md
-    python benchmarks/bench_quality.py --tasks all
+    .venv/bin/python benchmarks/bench_quality.py --write   # Task2 (PII biographies), all six methods
+    .venv/bin/python benchmarks/bench_quality.py --tasks all
 
 10 % of the retain people are held out of training (the non-members and the leak floor). The target is fine-tuned on
 forget + the remaining retain rows, the oracle on those retain rows only; then each method unlearns the forget set
@@ -20,6 +20,9 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LUME = REPO.parent / "shared" / "data" / "lume"
@@ -99,7 +102,38 @@ def write_section(text: str) -> None:
     path.write_text(current)
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_up(results: dict, args: argparse.Namespace, command: str, seconds: float, cores: int) -> str:
+    """The Quality section: how it was measured, the target's starting point, the table and the goals."""
+    target = results["summary"][0]
+    goals = results["goals"]
+    held = [g for g in goals if g["holds"]]
+
+    def score(key: str) -> str:
+        value = target.get(key)
+        return "–" if value is None else f"{value:.3f}"
+
+    return "\n".join(
+        [
+            f"## Quality on LUME ({args.tasks})",
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
+            f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
+            f"{args.max_new_tokens} new tokens; whole run {seconds:.0f}s on a machine with {cores} CPU "
+            f"core{'s' if cores != 1 else ''}).",
+            "",
+            f"The target's ROUGE-L recall on its training data after {args.finetune_epochs} fine-tuning epochs: "
+            f"{score('forget/rougeL_recall')} (forget) / {score('retain/rougeL_recall')} (retain).",
+            "",
+            table(results, args),
+            "",
+            f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
+            "",
+            *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="Task2", help="Task2 (default), all, or a comma list")
     parser.add_argument("--methods", nargs="+", default=["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu"])
@@ -112,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="side-by-side processes (default: one per core)")
     parser.add_argument("--write", action="store_true", help="rewrite the Quality section of BENCHMARKS.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from obliviate.pipeline import PipelineConfig, StampedLog, run_pipeline
@@ -138,33 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_pipeline(config, log=StampedLog())
     write_demo_report(outcome, Path(config.output_dir), title=f"LUME {args.tasks} quality benchmark")
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
-    target = results["summary"][0]
-    goals = results["goals"]
-    held = [g for g in goals if g["holds"]]
-    command = (
-        f"python benchmarks/bench_quality.py --tasks {args.tasks} --finetune_epochs {args.finetune_epochs} "
-        f"--eval_max_examples {args.eval_max_examples}"
-        + (f" --unlearn_epochs {args.unlearn_epochs}" if args.unlearn_epochs else "")
-        + " --write"
-    )
-    text = "\n".join(
-        [
-            f"## Quality on LUME ({args.tasks})",
-            "",
-            f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
-            f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
-            f"{args.max_new_tokens} new tokens; whole run {time.perf_counter() - started:.0f}s on 2 CPU cores).",
-            "",
-            f"The target regurgitates its training data at ROUGE-L recall {target.get('forget/rougeL_recall', 0):.3f} "
-            f"(forget) / {target.get('retain/rougeL_recall', 0):.3f} (retain) after {args.finetune_epochs} epochs.",
-            "",
-            table(results, args),
-            "",
-            f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
-            "",
-            *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
-        ]
-    )
+    command = _common.exact_command("bench_quality.py", parser, args)
+    text = write_up(results, args, command, time.perf_counter() - started, _common.cpu_cores())
     print(text)
     if args.write:
         write_section(text)

@@ -42,9 +42,11 @@ from obliviate.models.tiny import build_model, count_parameters, train_tokenizer
 from obliviate.train.loop import setup, train_epoch  # noqa: E402
 
 GOAL = 0.95
+SAME_WORK = 1e-3
+"""Largest weight gap, as a share of how far the weights moved, that still counts as the same work (float order)."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", help="model size from obliviate.models.tiny.SIZES (default: tiny)")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per round (default: 8)")
@@ -54,7 +56,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_step-") as workdir:
         result, profile = measure(args, Path(workdir))
-    report(result, profile, argv, args.write)
+    report(result, profile, _common.exact_command("bench_step.py", build_parser(), args), args.write)
     return result
 
 
@@ -266,10 +272,47 @@ _EXTRA_WORK = (
     "host syncs per micro-batch (`out.loss.item()`, the 2 `.item()` inside the ga_gd loss, `num_tokens` of forget "
     "and of retain) and 5 per step (3 `.item()` after `accelerator.reduce` of the metric dict, whose floats are "
     "first copied back to the device, the token-count reduce, the retain-checksum `gather(...).tolist()`); writes "
-    "and flushes one JSON line; refreshes the progress bar. On CPU a sync waits for nothing, so these parts cost "
-    "little here (profile below); on a GPU each of the ~10 syncs per step would also drain the launch queue, which "
-    "this CPU benchmark cannot measure."
+    "and flushes one JSON line; refreshes the progress bar."
 )
+# The rows of the profile that are this extra work (the bare loop does none of it).
+_EXTRA_PARTS = (
+    "collate forget + retain",
+    "metric reduce (accelerate)",
+    "checksum gather (accelerate)",
+    "retain-draw checksum",
+    "progress bar",
+    "JSON log line",
+    "other loop bookkeeping",
+)
+
+
+def extra_work_text(profile: list[tuple[str, float]]) -> str:
+    """What the loop does beyond the bare loop, and the share of ``train_epoch`` it took in ``profile``."""
+    ms = dict(profile)
+    total = ms.get("train_epoch total", 0.0)
+    if total <= 0:
+        return _EXTRA_WORK
+    share = sum(ms.get(label, 0.0) for label in _EXTRA_PARTS) / total
+    return (
+        f"{_EXTRA_WORK} In the profile below these parts took {share:.0%} of `train_epoch` ("
+        + ", ".join(_EXTRA_PARTS)
+        + "). On a GPU each of the ~10 syncs per step would also drain the launch queue, which this CPU benchmark "
+        "cannot measure."
+    )
+
+
+def same_work_sentence(max_weight_gap: float, max_weight_change: float) -> str:
+    """Whether the two loops did the same work, from how far their weights drifted apart against how far they moved."""
+    numbers = (
+        f"After all rounds the two models' weights differ by at most {max_weight_gap:.1e}, while weights moved by up "
+        f"to {max_weight_change:.1e} from the start"
+    )
+    if max_weight_change <= 0:
+        return f"{numbers}: no weight moved, so this run cannot show whether both loops did the same work."
+    if max_weight_gap <= SAME_WORK * max_weight_change:
+        return f"{numbers}: both loops did the same work."
+    share = max_weight_gap / max_weight_change
+    return f"{numbers}: the gap is {share:.1%} of the movement, so the loops did not do the same work."
 
 
 def describe(result: dict) -> str:
@@ -288,7 +331,7 @@ def describe(result: dict) -> str:
     )
 
 
-def report(result: dict, profile: list[tuple[str, float]], argv: list[str], write: bool) -> None:
+def report(result: dict, profile: list[tuple[str, float]], command: str, write: bool) -> None:
     rows = [
         ["obliviate ga_gd (train_epoch)", f"{result['obliviate_tokens_per_s']:,.0f}", result["tokens_per_round"]],
         ["bare PyTorch loop", f"{result['bare_tokens_per_s']:,.0f}", result["tokens_per_round"]],
@@ -306,18 +349,15 @@ def report(result: dict, profile: list[tuple[str, float]], argv: list[str], writ
     if not write:
         return
     per_round = ", ".join(f"{r:.3f}" for r in result["per_round_ratios"])
-    sanity = (
-        f"After all rounds the two models' weights differ by at most {result['max_weight_gap']:.1e}, while weights "
-        f"moved by up to {result['max_weight_change']:.1e} from the start: both loops did the same work."
-    )
-    command = _common.reproduce_command("bench_step.py", argv)
+    sanity = same_work_sentence(result["max_weight_gap"], result["max_weight_change"])
     body = "\n\n".join(
         [
             "## Step throughput",
             describe(result),
             table,
             f"{ratio_line}. Per-round ratios: {per_round}. {sanity}",
-            "Absolute tokens/s depend on the load of the shared machine; the ratio is the result. " + _EXTRA_WORK,
+            "Absolute tokens/s depend on the load of the shared machine; the ratio is the result. "
+            + extra_work_text(profile),
             "Where one obliviate step spends its time (cProfile of one extra round; profiling inflates the "
             "Python-side parts):",
             profile_table,

@@ -1,6 +1,6 @@
 """Sweep of the unlearning presets on the SYNTHETIC demo data only (LUME stays a fair test).
 
-    python benchmarks/sweep_defaults.py --methods ga_gd npo --lrs 3e-5 1e-4 3e-4
+    .venv/bin/python benchmarks/sweep_defaults.py --methods ga_gd npo --lrs 3e-5 1e-4 3e-4
 
 For every (method, lr) it unlearns the cached demo target, evaluates every epoch, picks the best epoch with the
 demo's rule and checks the goals against the oracle. Results go to benchmarks/SWEEP.md (with --write) and
@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_KEYS = [
     "forget/rougeL_recall",
@@ -29,7 +32,51 @@ SUMMARY_KEYS = [
 """The per-run figures of a sweep table (``sweep_table.py`` shows the same)."""
 
 
-def main(argv: list[str] | None = None) -> int:
+HEADER = [
+    "run",
+    "forget R-L",
+    "retain R-L",
+    "forget EM",
+    "retain EM",
+    "leak F",
+    "leak R",
+    "MIA AUC",
+    "FQ",
+    "best epoch",
+]
+
+
+def write_up(
+    args: argparse.Namespace, command: str, size: str, select: str, goal_names: list[str], rows: list[dict]
+) -> str:
+    """The sweep's section: how it was run, how the best epoch was chosen, the goals, and one row per run.
+
+    Args:
+        goal_names: the goals each run is checked against (``obliviate.report.demo.goals``, without the method).
+        rows: target, oracle, then one row per (method, lr[, alpha]) with its best epoch's summary and ``goals``.
+    """
+    from obliviate.evaluate.epochs import RETAIN_FLOOR
+    from obliviate.report.render import markdown_table
+
+    floors = f"retain ROUGE-L{' and EM' if select == 'holdout_gap' else ''} ≥ {RETAIN_FLOOR:.0%} of the target"
+    epochs = f"{args.epochs} unlearning epochs" if args.epochs is not None else "each preset's unlearning epochs"
+    keys = [*SUMMARY_KEYS, "forget/forget_quality", "epoch", "goals"]
+    body = [[r["model"], *[r.get(k) for k in keys]] for r in rows]
+    return "\n".join(
+        [
+            f"## Sweep of {', '.join(args.methods)}",
+            "",
+            f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.people} people, {size} OLMo, "
+            f"{args.finetune_epochs} fine-tuning epochs, {epochs}). Best epoch per run by the demo's rule "
+            f"(`{select}`, {floors}). Goals: " + "; ".join(goal_names) + ".",
+            "",
+            markdown_table([*HEADER, f"goals (of {len(goal_names)})"], body),
+            "",
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4])
@@ -42,13 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval_max_examples", type=int, default=60)
     parser.add_argument("--cache_dir", default="runs/cache", help="cached data and models (default: runs/cache)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/SWEEP.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from obliviate.evaluate.suite import evaluate_model, load_eval_data, oracle_stats
     from obliviate.models.load import load_model
     from obliviate.pipeline import PipelineConfig, cached_finetune, prepare_data, unlearn_method
     from obliviate.report.demo import goals
-    from obliviate.report.render import markdown_table
 
     config = PipelineConfig(
         output_dir="runs/sweep",
@@ -75,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_model(oracle_dir)
     oracle = oracle_stats(model, tokenizer, data, options)
     oracle_row = {"model": "oracle", **evaluate_model(model, tokenizer, data, options, oracle=oracle).summary()}
-    rows, target_row = [], None
+    rows, target_row, goal_names = [], None, []
     for method in args.methods:
         for lr, alpha in [(lr, alpha) for lr in args.lrs for alpha in args.alphas]:
             presets = {k: dict(v) for k, v in config.presets.items()}
@@ -98,42 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 "wall": time.perf_counter() - started,
             }
             checks = goals([target_row, oracle_row, row])
+            goal_names = [g["goal"].split(": ", 1)[1] for g in checks]
             row["goals"] = sum(g["holds"] for g in checks)
             rows.append(row)
             print(row["model"], {k: round(v, 3) for k, v in row.items() if isinstance(v, float)}, flush=True)
-    keys = [*SUMMARY_KEYS, "forget/forget_quality", "epoch", "goals"]
-    header = [
-        "run",
-        "forget R-L",
-        "retain R-L",
-        "forget EM",
-        "retain EM",
-        "leak F",
-        "leak R",
-        "MIA AUC",
-        "FQ",
-        "best epoch",
-        "goals (of 5)",
-    ]
-    body = [[r["model"], *[r.get(k) for k in keys]] for r in [target_row, oracle_row, *rows]]
-    text = "\n".join(
-        [
-            f"## Sweep of {', '.join(args.methods)}",
-            "",
-            f"Measured {datetime.date.today().isoformat()} with `python benchmarks/sweep_defaults.py --methods "
-            f"{' '.join(args.methods)} --lrs {' '.join(f'{x:g}' for x in args.lrs)}"
-            + (f" --alphas {' '.join(f'{a:g}' for a in args.alphas)}" if args.alphas != [None] else "")
-            + f" --epochs {args.epochs} --people {args.people} --finetune_epochs {args.finetune_epochs} "
-            f"--eval_max_examples {args.eval_max_examples} --write` ({args.people} people, "
-            f"tiny OLMo, {args.finetune_epochs} fine-tuning epochs). Best epoch per run by the demo's rule "
-            "(`holdout_gap`, retain ROUGE-L ≥ 90 % of the target). Goals: forget leak ≤ oracle + 1 pp; forget ROUGE-L "
-            "within 0.05 of the oracle; retain ROUGE-L and EM ≥ 95 % of the target; MIA AUC within 0.05 of the "
-            "oracle.",
-            "",
-            markdown_table(header, body),
-            "",
-        ]
-    )
+    command = _common.exact_command("sweep_defaults.py", parser, args)
+    text = write_up(args, command, config.size, config.select, goal_names, [target_row, oracle_row, *rows])
     print(text)
     if args.write:
         path = REPO / "benchmarks" / "SWEEP.md"

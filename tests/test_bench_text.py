@@ -1,0 +1,215 @@
+"""The benchmark write-ups on hand-made numbers: every sentence follows from the numbers beside it.
+
+The benchmarks themselves take many minutes; here only the functions that turn their numbers into BENCHMARKS.md
+and SWEEP.md text run, with numbers chosen to land on each side of every wording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common  # noqa: E402
+import bench_finetune  # noqa: E402
+import bench_quality  # noqa: E402
+import bench_step  # noqa: E402
+import sweep_defaults  # noqa: E402
+
+
+def _run(tokens: int, seconds: float, answer_nll: float) -> dict:
+    return {"tokens": tokens, "seconds": seconds, "answer_nll": answer_nll}
+
+
+def _finetune_result(grouped: dict, ungrouped: dict, nll_gap: float = 0.0) -> dict:
+    spread = {"median": 2.0, "min": 1.9, "max": 2.1}
+    return {
+        "people": 60,
+        "pieces_speedup": spread,
+        "workers_speedup": spread,
+        "pieces_nll_gap": nll_gap,
+        "grouped": grouped,
+        "ungrouped": ungrouped,
+        "epochs": 30,
+        "cpu_cores": 7,
+    }
+
+
+def _written(monkeypatch) -> list[str]:
+    """Bodies handed to ``write_section`` (BENCHMARKS.md itself is left alone)."""
+    bodies: list[str] = []
+    monkeypatch.setattr(_common, "write_section", lambda key, body: bodies.append(body))
+    return bodies
+
+
+# --- the reproduce line -------------------------------------------------------------------------------------------
+
+
+def test_exact_command_lists_every_option_it_ran_with_but_not_write():
+    parser = bench_quality.build_parser()
+    args = parser.parse_args(["--tasks", "all", "--unlearn_epochs", "3", "--write"])
+    assert _common.exact_command("bench_quality.py", parser, args) == (
+        ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu "
+        "--size tiny --finetune_epochs 40 --unlearn_epochs 3 --eval_max_examples 60 --max_new_tokens 64 "
+        "--output_dir runs/lume --seed 0 --workers 0"
+    )
+    # an option left unset is left out, not written as "None"
+    assert "--unlearn_epochs" not in _common.exact_command("bench_quality.py", parser, parser.parse_args([]))
+
+
+def test_sweep_command_has_no_none_and_keeps_the_epochs_it_was_given():
+    parser = sweep_defaults.build_parser()
+    default = _common.exact_command("sweep_defaults.py", parser, parser.parse_args(["--methods", "npo"]))
+    assert default == (
+        ".venv/bin/python benchmarks/sweep_defaults.py --methods npo --lrs 3e-05 0.0001 0.0003 --people 200 "
+        "--finetune_epochs 30 --eval_max_examples 60 --cache_dir runs/cache"
+    )
+    given = parser.parse_args(["--methods", "npo", "--epochs", "4", "--alphas", "0.5", "2", "--write"])
+    command = _common.exact_command("sweep_defaults.py", parser, given)
+    assert "--epochs 4 " in command and "--alphas 0.5 2.0 " in command and "--write" not in command
+
+
+def test_exact_command_leaves_out_hidden_options_and_false_flags():
+    parser = bench_finetune.build_parser()
+    args = parser.parse_args(["--rounds", "3"])
+    assert _common.exact_command("bench_finetune.py", parser, args) == (
+        ".venv/bin/python benchmarks/bench_finetune.py --people 60 --epochs 30 --rounds 3 --seed 0"
+    )
+
+
+def test_cpu_cores_are_read_from_the_machine(monkeypatch):
+    monkeypatch.setattr(_common.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert _common.cpu_cores() == 3
+
+
+# --- bench_finetune ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grouped", "ungrouped", "pace", "memorised"),
+    [
+        (_run(300, 1.0, 2.0), _run(100, 1.0, 0.5), "faster than", "memorised far worse"),  # NLL 4x
+        (_run(300, 1.0, 0.6), _run(100, 1.0, 0.5), "faster than", "memorised worse"),  # NLL 1.2x
+        (_run(100, 1.0, 0.5), _run(100, 1.0, 0.5), "about as fast as", "memorised about as well"),
+        (_run(80, 1.0, 0.2), _run(100, 1.0, 0.5), "slower than", "memorised better"),
+    ],
+)
+def test_grouping_sentence_follows_speed_and_nll(grouped, ungrouped, pace, memorised):
+    sentence = bench_finetune.grouping_sentence(grouped, ungrouped, 30)
+    assert f"ran {pace} length-sorted pieces" in sentence and f"and {memorised} in the same 30 epochs" in sentence
+    ratio = grouped["tokens"] / ungrouped["tokens"]
+    assert f"({ratio:.2f}x the tokens/s)" in sentence
+    assert f"(answer NLL {grouped['answer_nll']:.3f} against {ungrouped['answer_nll']:.3f})" in sentence
+
+
+def test_pieces_sentence_claims_the_same_update_only_within_float_order():
+    assert bench_finetune.pieces_sentence(2e-5).startswith("Pieces gave the same update as the whole batch")
+    assert "2.0e-05" in bench_finetune.pieces_sentence(2e-5)
+    differs = bench_finetune.pieces_sentence(0.05)
+    assert differs.startswith("Pieces did not give the same update") and "0.0500" in differs
+
+
+def test_finetune_write_up_states_its_numbers_and_no_fixed_verdict(monkeypatch, capsys):
+    bodies = _written(monkeypatch)
+    better = _finetune_result(_run(80, 1.0, 0.2), _run(100, 1.0, 0.5))
+    bench_finetune.report(better, "CMD --rounds 3", write=True)
+    (body,) = bodies
+    assert "with `CMD --rounds 3` (60 synthetic people" in body and "7 CPU cores" in body
+    assert "2-core" not in body and "far worse" not in body
+    assert "ran slower than length-sorted pieces (0.80x the tokens/s) and memorised better" in body
+    assert "Pieces gave the same update" in body
+    bench_finetune.report(_finetune_result(_run(300, 1.0, 2.0), _run(100, 1.0, 0.5), 0.2), "CMD", write=True)
+    assert "memorised far worse" in bodies[1] and "Pieces did not give the same update" in bodies[1]
+    capsys.readouterr()
+
+
+# --- bench_step ----------------------------------------------------------------------------------------------------
+
+
+def test_same_work_sentence_follows_the_weight_gap():
+    assert bench_step.same_work_sentence(0.0, 9.9e-4).endswith(": both loops did the same work.")
+    assert bench_step.same_work_sentence(5e-7, 1e-3).endswith(": both loops did the same work.")  # 0.05 %
+    diverged = bench_step.same_work_sentence(1e-4, 1e-3)
+    assert "differ by at most 1.0e-04" in diverged and "moved by up to 1.0e-03" in diverged
+    assert diverged.endswith("the gap is 10.0% of the movement, so the loops did not do the same work.")
+    assert "cannot show" in bench_step.same_work_sentence(0.0, 0.0)
+
+
+PROFILE = [
+    ("train_epoch total", 40.0),
+    ("model forward (forget + retain)", 20.0),
+    ("backward", 10.0),
+    ("collate forget + retain", 3.0),
+    ("progress bar", 1.0),
+    ("JSON log line", 0.5),
+    ("other loop bookkeeping", 1.5),
+]
+
+
+def test_extra_work_share_is_computed_from_the_profile():
+    text = bench_step.extra_work_text(PROFILE)
+    assert "these parts took 15% of `train_epoch`" in text  # (3 + 1 + 0.5 + 1.5) / 40
+    assert "cost little" not in text
+
+
+def _step_result(gap: float, moved: float) -> dict:
+    return {
+        "size": "tiny",
+        "parameters": 1000,
+        "steps_per_round": 8,
+        "rounds": 2,
+        "batch_size": 8,
+        "tokens_per_round": 500,
+        "obliviate_tokens_per_s": 990.0,
+        "bare_tokens_per_s": 1000.0,
+        "ratio_median": 0.99,
+        "ratio_min": 0.98,
+        "ratio_max": 1.0,
+        "ratio_of_totals": 0.99,
+        "per_round_ratios": [0.98, 1.0],
+        "max_weight_gap": gap,
+        "max_weight_change": moved,
+        "threads": 1,
+    }
+
+
+def test_step_write_up_says_same_work_only_when_the_weights_agree(monkeypatch, capsys):
+    bodies = _written(monkeypatch)
+    bench_step.report(_step_result(0.0, 1e-3), PROFILE, "CMD --steps 8", write=True)
+    bench_step.report(_step_result(2e-4, 1e-3), PROFILE, "CMD --steps 8", write=True)
+    assert "both loops did the same work" in bodies[0] and "Reproduce: `CMD --steps 8`" in bodies[0]
+    assert "both loops did the same work" not in bodies[1] and "did not do the same work" in bodies[1]
+    capsys.readouterr()
+
+
+# --- bench_quality and sweep_defaults ------------------------------------------------------------------------------
+
+
+def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
+    args = bench_quality.build_parser().parse_args(["--finetune_epochs", "12"])
+    results = {
+        "summary": [{"model": "target", "forget/rougeL_recall": 0.4321, "retain/rougeL_recall": 0.9}],
+        "goals": [{"goal": "npo: a", "holds": True}, {"goal": "npo: b", "holds": False}],
+    }
+    text = bench_quality.write_up(results, args, "CMD --finetune_epochs 12", 61.4, cores=3)
+    assert "with `CMD --finetune_epochs 12` (tiny OLMo, 12 fine-tuning epochs" in text
+    assert "whole run 61s on a machine with 3 CPU cores)" in text and "2 CPU cores" not in text
+    assert "after 12 fine-tuning epochs: 0.432 (forget) / 0.900 (retain)." in text
+    assert "Goals against the oracle: 1 of 2 hold." in text and "- ✗ npo: b" in text
+    assert "1 CPU core)" in bench_quality.write_up(results, args, "CMD", 1.0, cores=1)
+
+
+def test_sweep_write_up_states_epochs_rule_and_goals_it_used():
+    args = sweep_defaults.build_parser().parse_args(["--methods", "npo"])
+    rows = [{"model": "target"}, {"model": "oracle"}, {"model": "npo lr=0.0001", "epoch": 2, "goals": 1}]
+    text = sweep_defaults.write_up(args, "CMD", "tiny", "holdout_gap", ["goal a", "goal b"], rows)
+    assert "None" not in text.split("\n")[2]
+    assert "each preset's unlearning epochs" in text
+    assert "(`holdout_gap`, retain ROUGE-L and EM ≥ 90% of the target). Goals: goal a; goal b." in text
+    assert "| goals (of 2) |" in text and "| npo lr=0.0001 |" in text
+    args = argparse.Namespace(**{**vars(args), "epochs": 4})
+    text = sweep_defaults.write_up(args, "CMD", "tiny", "task_aggregate", ["goal a"], rows)
+    assert "4 unlearning epochs" in text and "(`task_aggregate`, retain ROUGE-L ≥ 90% of the target)" in text
