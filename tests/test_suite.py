@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from obliviate.cli.main import main
 from obliviate.config import FinetuneConfig
-from obliviate.data.synth import load_pii, synthesize, write_synth
+from obliviate.data.batching import collate, encode_record
+from obliviate.data.load import load_split
+from obliviate.data.synth import biography_form, load_pii, synthesize, write_synth
 from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data
+from obliviate.losses.common import IGNORE_INDEX
 from obliviate.models.load import load_model
 from obliviate.models.tiny import init_model
 from obliviate.train.run import run_finetune
@@ -70,6 +76,27 @@ def test_batched_and_one_at_a_time_evaluation_agree(memorised):
         assert single.summary()[key] == pytest.approx(value, abs=0.01), key
 
 
+def _written_forms(person) -> set[str]:
+    """A person's SSN, phone and email as the data writes them: the QA form and the biography form."""
+    return {
+        form for f in ("ssn", "phone", "email") for form in (person.fields[f], biography_form(f, person.fields[f]))
+    }
+
+
+def _answer_nll(model_dir: Path, records: list) -> list[float]:
+    """Per-record mean NLL of the answer tokens, one record at a time through a plain forward pass."""
+    model, tokenizer = load_model(model_dir)
+    nll = []
+    with torch.no_grad():
+        for record in records:
+            batch = collate([encode_record(tokenizer, record, 512)], tokenizer.pad_token_id)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[0, :-1]
+            labels = batch.labels[0, 1:]
+            scored = labels != IGNORE_INDEX
+            nll.append(float(torch.nn.functional.cross_entropy(logits[scored].float(), labels[scored])))
+    return nll
+
+
 def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
     data_dir, model_dir = memorised
     out = tmp_path / "eval"
@@ -84,7 +111,7 @@ def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
         "--holdout_dir",
         str(data_dir / "holdout"),
         "--oracle",
-        str(model_dir),
+        str(model_dir.parent / "init"),  # the model before fine-tuning: it never saw the forget people
         "--output_dir",
         str(out),
         "--max_new_tokens",
@@ -107,19 +134,33 @@ def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
     ):
         assert (name, "forget") in names
     assert ("task_aggregate", "all") in names
-    assert results["summary"]["forget/forget_quality"] == pytest.approx(1.0)  # the model is its own oracle
+    # The target memorised the forget answers and the untrained oracle did not: every target NLL lies below every
+    # oracle NLL (checked with a forward pass of our own), and for two fully separated samples of n the exact
+    # two-sided KS p-value is 2 / C(2n, n): only 2 of the C(2n, n) orderings of the pooled sample reach D = 1.
+    forget = load_split(data_dir / "forget")
+    target_nll = _answer_nll(model_dir, forget)
+    oracle_nll = _answer_nll(model_dir.parent / "init", forget)
+    assert max(target_nll) < min(oracle_nll)
+    n = len(forget)
+    assert results["summary"]["forget/forget_quality"] == pytest.approx(2 / math.comb(2 * n, n), rel=1e-6)
     assert all(isinstance(m["higher_is_better"], bool) for m in results["metrics"])
     people = load_pii(data_dir / "pii.json")
     written = (out / "report.md").read_text() + (out / "per_example.jsonl").read_text()
     ssns = [p.fields["ssn"] for p in people if p.split == "forget"]
     assert not any(ssn in written.replace("-", "") for ssn in ssns)
-    assert "[SSN]" in written or "[PHONE]" in written or "[EMAIL]" in written
+    # every form the data writes a value in (QA digits "123456789", biography "123-45-6789") is redacted
+    forms = {form for p in people for form in _written_forms(p)}
+    assert not [form for form in forms if form in written]
+    generations = "".join(json.loads(line).get("generation", "") for line in (out / "per_example.jsonl").open())
+    assert {"[SSN]", "[PHONE]", "[EMAIL]"} <= set(re.findall(r"\[[A-Z_]+\]", generations))
 
     shown = tmp_path / "shown"
     assert main([*args[:-4], "--output_dir", str(shown), "--max_new_tokens", "48", "--show_pii"]) == 0
     generations = (shown / "per_example.jsonl").read_text()
     forget_values = [v for p in people if p.split == "forget" for v in p.fields.values()]
     assert any(v.lower() in generations.lower() for v in forget_values)
+    shown_forms = [form for p in people if p.split == "forget" for form in _written_forms(p) if form in generations]
+    assert any("-" in form for form in shown_forms) and any(form.isdigit() for form in shown_forms)
 
 
 @pytest.mark.parametrize("case", ["missing_model", "mia_dir", "mmlu", "checkpoints", "adapter_base"])
