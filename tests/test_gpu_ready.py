@@ -21,6 +21,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 
 from helpers import metrics, unlearn_config, weights
+from obliviate import distributed
 from obliviate.data.batching import collate, encode_record
 from obliviate.data.load import load_split
 from obliviate.models.load import load_model
@@ -73,7 +74,7 @@ def test_evaluation_loads_onto_the_process_device_and_merges_adapters(monkeypatc
     from obliviate.models import load
 
     state = SimpleNamespace(device=torch.device("cuda", 3), is_main_process=True, num_processes=1)
-    monkeypatch.setattr(loop, "process_state", lambda: state)
+    monkeypatch.setattr(distributed, "process_state", lambda: state)
     assert load.process_device() == torch.device("cuda", 3)
     assert load.default_dtype(torch.device("cpu")) is torch.float32
 
@@ -101,7 +102,7 @@ def test_epoch_hook_writes_only_on_the_main_process(monkeypatch, tmp_path):
 
     evaluated, waits = [], []
     state = SimpleNamespace(is_main_process=False, wait_for_everyone=lambda: waits.append(1))
-    monkeypatch.setattr(loop, "process_state", lambda: state)
+    monkeypatch.setattr(distributed, "process_state", lambda: state)
     monkeypatch.setattr(epochs, "evaluate_epoch", lambda epoch, *a, **k: evaluated.append(epoch) or Result())
     monkeypatch.setattr(epochs, "write_epoch_result", lambda *a: pytest.fail("a non-main process wrote"))
     hook = epochs.make_epoch_hook(None, None, tmp_path / "eval", "model")

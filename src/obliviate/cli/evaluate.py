@@ -33,14 +33,13 @@ def read_paths(config: EvaluateConfig) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from obliviate.distributed import process_state
     from obliviate.errors import ConfigError
     from obliviate.evaluate import epochs as epoch_eval
     from obliviate.evaluate.semeval import load_mmlu_metrics
-    from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data, oracle_stats
-    from obliviate.io import check_output_dir, prepare_output_dir
-    from obliviate.models.load import load_model
-    from obliviate.report.outputs import write_checkpoint_evaluation, write_evaluation
-    from obliviate.train.loop import process_state
+    from obliviate.evaluate.suite import EvalOptions, load_eval_data, oracle_stats
+    from obliviate.io import check_output_dir
+    from obliviate.models.load import load_model, process_device
 
     config = build_config(EvaluateConfig, args)
     if config.checkpoints and not epoch_eval.list_checkpoints(config.checkpoints):
@@ -60,13 +59,28 @@ def run(args: argparse.Namespace) -> int:
         seed=config.seed,
     )
     model = tokenizer = None
+    device = process_device()
     if config.model:  # loaded before anything is written, so that a bad model leaves no output behind
-        model, tokenizer = load_model(config.model, base_model=config.base_model)
+        model, tokenizer = load_model(config.model, base_model=config.base_model, device=device)
+        model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # plain matmuls
     oracle = None
     if config.oracle:
-        oracle_model, oracle_tokenizer = load_model(config.oracle)
+        oracle_model, oracle_tokenizer = load_model(config.oracle, device=device)
         oracle = oracle_stats(oracle_model, oracle_tokenizer, data, options)
         del oracle_model
+    code = _evaluate_and_write(config, out, inputs, data, options, oracle, model, tokenizer, mmlu)
+    process_state().wait_for_everyone()  # the other processes wait for the main one's writes
+    return code
+
+
+def _evaluate_and_write(config, out, inputs, data, options, oracle, model, tokenizer, mmlu) -> int:
+    """Every process evaluates its share of the rows (the passes gather them); only the main one writes."""
+    from obliviate.distributed import process_state
+    from obliviate.evaluate import epochs as epoch_eval
+    from obliviate.evaluate.suite import evaluate_model
+    from obliviate.io import prepare_output_dir
+    from obliviate.report.outputs import write_checkpoint_evaluation, write_evaluation
+
     main_process = process_state().is_main_process
     if config.checkpoints:
         epochs = epoch_eval.evaluate_checkpoints(config.checkpoints, data, options, oracle)

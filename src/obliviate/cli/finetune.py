@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from obliviate.train.loop import process_state
+    from obliviate.distributed import process_state
     from obliviate.train.run import run_finetune
 
     config = build_config(FinetuneConfig, args)

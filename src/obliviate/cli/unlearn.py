@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from obliviate.train.loop import process_state
+    from obliviate.distributed import process_state
     from obliviate.train.run import run_unlearn
 
     config = build_config(UnlearnConfig, args)

@@ -154,7 +154,7 @@ def make_epoch_hook(
     passes gather them, a collective each process must join) and only the main one writes. ``start`` is the
     starting model's result when it is already known (several runs from one model share it).
     """
-    from obliviate.train.loop import process_state
+    from obliviate.distributed import process_state
 
     def hook(epoch: int, path: Path) -> dict[str, Any]:
         state = process_state()

@@ -65,7 +65,7 @@ def _length_order(lengths: list[int]) -> list[int]:
 
 def _state():
     """The launch's process state as the training loop sees it (gloo joined under a CPU ``torchrun`` too)."""
-    from obliviate.train.loop import process_state
+    from obliviate.distributed import process_state
 
     return process_state()
 

@@ -25,14 +25,14 @@ def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
 
 
 def process_device() -> torch.device:
-    """This process's accelerator device: ``cuda:LOCAL_RANK`` under a launch, the one GPU alone, else the CPU.
+    """This process's device (see :func:`obliviate.distributed.process_device`).
 
     Evaluation loads onto it (and :func:`default_dtype` then picks bf16 only there); training loads onto the CPU and
     lets accelerate place or shard the model.
     """
-    from obliviate.train.loop import process_state
+    from obliviate import distributed
 
-    return torch.device(process_state().device)
+    return distributed.process_device()
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
@@ -39,6 +39,7 @@ from obliviate.data.batching import (
     scored_tokens,
 )
 from obliviate.data.records import Record
+from obliviate.distributed import cpu_launch, process_state
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
@@ -87,19 +88,6 @@ def _bars_off(acc: Accelerator) -> bool:
     """Progress bars only on the main process, and not where ``TQDM_DISABLE`` is set (e.g. pipeline workers): an
     explicit ``disable=False`` would override tqdm's own reading of that variable."""
     return not acc.is_main_process or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
-
-
-def _cpu_launch() -> bool:
-    """A multi-process launch without GPUs: accelerate joins the process group (gloo) only when told ``cpu=True``.
-
-    Under a plain ``torchrun`` every process would otherwise train alone on the whole data and write the same files.
-    """
-    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def process_state() -> PartialState:
-    """This process's place in the launch (torchrun / accelerate launch), the same answer wherever it is asked."""
-    return PartialState(cpu=_cpu_launch())
 
 
 def _mixed_precision(setting: str) -> str:
@@ -201,7 +189,7 @@ def _accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(config.mixed_precision),
         gradient_accumulation_plugin=plugin,
-        cpu=_cpu_launch(),
+        cpu=cpu_launch(),
     )
     if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError(

@@ -6,6 +6,7 @@ Each validates every input before anything is written, prepares the output direc
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from accelerate.utils import set_seed
 
 from obliviate.config import FinetuneConfig, TrainConfig, UnlearnConfig, to_yaml
 from obliviate.data.load import check_overlap, load_split, load_training_records
+from obliviate.distributed import process_state
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.io import check_output_dir, prepare_output_dir
 from obliviate.losses import FINETUNE, get_method
@@ -22,7 +24,7 @@ from obliviate.models.load import load_model, model_paths
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, accumulation_steps, process_state, train
+from obliviate.train.loop import EpochHook, RunResult, _mixed_precision, accumulation_steps, train
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
@@ -98,7 +100,14 @@ def weights_dtype(config: TrainConfig) -> torch.dtype | None:
     (1.2e-4), so it rounds away. Mixed precision keeps the compute in bf16 (autocast; DeepSpeed keeps fp32 master
     weights of its own).
     """
+    if config.lora_r == 0 and _deepspeed_launch() and _mixed_precision(config.mixed_precision) == "bf16":
+        return torch.bfloat16  # DeepSpeed keeps its own fp32 master weights: no fp32 host copy per process
     return torch.float32 if config.lora_r == 0 else None
+
+
+def _deepspeed_launch() -> bool:
+    """``accelerate launch`` with a DeepSpeed config says so in the environment before the accelerator exists."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def default_rmu_layer(num_layers: int) -> int:
