@@ -3,9 +3,11 @@
 For each person and PII field, the true value is scored in the prompts that lead to it (the dataset's question
 and the biography cut right before the value) against ``K`` fakes of the same field and format
 (:class:`~obliviate.data.fakes.CandidateSampler`; never the value, never any real value). A value's score is its
-NLL summed over those prompts and over its tokens (nats; Carlini's log-perplexity, so values that split into
-different numbers of tokens compare as strings; the answer's eos is not scored, since a biography goes on after
-the value). Then ``rank = 1 +`` the number of candidates strictly more likely, and
+NLL as ``docs/METRICS.md`` defines it, the mean over its tokens (nats), averaged over those prompts; the answer's
+eos is not scored, since a biography goes on after the value. The mean, not Carlini's summed log-perplexity, so
+that a value the tokenizer learned as few long tokens (the demo's tokenizer is trained on the forget set) is not
+ranked first by a model that knows nothing: an untrained model then ranks every split's values at chance. Then
+``rank = 1 +`` the number of candidates strictly more likely, and
 
     exposure = log2(K + 1) - log2(rank)        (the true value counts among the K + 1 ranked values)
 
@@ -34,7 +36,8 @@ from obliviate.data.records import PersonPII, Record, answer_prefix
 from obliviate.evaluate.leak import Probe, build_probes, find_value
 
 ATTACKS = ("question", "prefix")
-"""The prompts a value is scored in: the ones that lead straight to it (paraphrases would add cost, not signal)."""
+"""The prompts a value can be scored in: those that lead straight to it (the dataset's question, the biography cut
+right before the value). The evaluation's default is the question alone: each prompt costs K + 1 continuations."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,18 @@ def nll_gap(true_nll: float, candidate_nll: Sequence[float]) -> float:
 
 
 def exposure_targets(
-    records: Sequence[Record], people: Sequence[PersonPII], split: str, sampler: CandidateSampler, k: int
+    records: Sequence[Record],
+    people: Sequence[PersonPII],
+    split: str,
+    sampler: CandidateSampler,
+    k: int,
+    attacks: Sequence[str] = ATTACKS,
 ) -> list[ExposureTarget]:
-    """The prompts of :data:`ATTACKS` for every (person, field) with records in ``records``, with K candidates each."""
-    probes = [p for p in build_probes(records, people, split) if p.attack in ATTACKS]
+    """The prompts of ``attacks`` for every (person, field) with records in ``records``, with K candidates each."""
+    unknown = set(attacks) - set(ATTACKS)
+    if unknown or not attacks:
+        raise ValueError(f"exposure attacks: expected some of {', '.join(ATTACKS)}, found {sorted(unknown) or 'none'}")
+    probes = [p for p in build_probes(records, people, split) if p.attack in attacks]
     by_id = {record.id: record for record in records}
     person_of = {person.person_id: person for person in people}
     grouped: dict[tuple[str, str], list[Probe]] = defaultdict(list)
@@ -121,36 +132,47 @@ def _cache_arg(model, cache: DynamicCache) -> dict[str, DynamicCache]:
 def continuation_nll(
     model, tokenizer, prompt: str, continuations: Sequence[str], *, max_length: int = 512, batch_size: int = 128
 ) -> np.ndarray:
-    """``[n]`` summed NLL (nats) of each continuation's tokens after ``prompt``: one batched pass per chunk.
+    """``[n]`` mean NLL (nats per token) of each continuation's tokens after ``prompt``: one pass per chunk.
 
     The prompt is run once (a single row) and its KV cache repeated over the chunk, so every continuation costs
-    only its own tokens. Each continuation is the answer separator plus the text, tokenised apart from the prompt
-    as training encodes answers (:func:`~obliviate.data.batching.encode_record`), without eos.
+    only its own tokens, each distinct text once. Each continuation is the answer separator plus the text, tokenised
+    apart from the prompt as training encodes answers (:func:`~obliviate.data.batching.encode_record`), without eos.
     """
     model.eval()
-    device = next(model.parameters()).device
     sep = answer_prefix(Record("", prompt, continuations[0] if continuations else ""))
-    encoded = [tokenizer(sep + text, add_special_tokens=False)["input_ids"] for text in continuations]
-    width = max(len(ids) for ids in encoded)
-    prompt_ids = encode_prompt(tokenizer, prompt)[-max(1, max_length - width) :]
-    out = np.zeros(len(encoded))
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        cache = DynamicCache()
-        first = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, **_cache_arg(model, cache))
+    unique = list(dict.fromkeys(continuations))
+    encoded = [tokenizer(sep + text, add_special_tokens=False)["input_ids"] for text in unique]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # chunks of similar length pad little
+    prompt_ids = encode_prompt(tokenizer, prompt)[-max(1, max_length - max(map(len, encoded))) :]
+    by_text: dict[str, float] = {}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        nll = _chunk_nll(model, prompt_ids, [encoded[i] for i in rows], tokenizer.pad_token_id)
+        by_text.update(zip([unique[i] for i in rows], nll.tolist()))
+    return np.array([by_text[text] for text in continuations])
+
+
+def _chunk_nll(model, prompt_ids: list[int], chunk: list[list[int]], pad_id: int) -> torch.Tensor:
+    """``[len(chunk)]`` mean token NLL of right-padded continuations after one prompt, through its repeated cache."""
+    device = next(model.parameters()).device
+    width = max(len(seq) for seq in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, seq in enumerate(chunk):
+        ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    ids, mask = ids.to(device), mask.to(device)
+    cache = DynamicCache()
+    first = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, **_cache_arg(model, cache))
+    # The first token is predicted by the prompt's last position; the rest by the continuation, whose last token
+    # predicts nothing and is not fed.
+    logits = first.logits[:, -1:].expand(len(chunk), -1, -1)
+    if width > 1:
         cache.batch_repeat_interleave(len(chunk))
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-        ids, mask = ids.to(device), mask.to(device)
-        attention = torch.cat([mask.new_ones(len(chunk), len(prompt_ids)), mask], dim=1)
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=True, **_cache_arg(model, cache)).logits
-        # The first continuation token is predicted by the prompt's last position, the rest by the continuation.
-        logits = torch.cat([first.logits[:, -1:].expand(len(chunk), -1, -1), logits[:, :-1]], dim=1)
-        token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        out[start : start + len(chunk)] = (-(token_logp * mask).sum(dim=1)).cpu().numpy()
-    return out
+        attention = torch.cat([mask.new_ones(len(chunk), len(prompt_ids)), mask[:, :-1]], dim=1)
+        rest = model(input_ids=ids[:, :-1], attention_mask=attention, use_cache=True, **_cache_arg(model, cache))
+        logits = torch.cat([logits, rest.logits], dim=1)
+    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return -(token_logp * mask).sum(dim=1).cpu() / mask.sum(dim=1).cpu()
 
 
 @dataclass(frozen=True)
@@ -178,12 +200,12 @@ class ExposureReport:
 
 
 def score_targets(split: str, targets: Sequence[ExposureTarget], nll: Sequence[np.ndarray]) -> ExposureReport:
-    """Pure scorer: ``nll[i]`` is ``[n_prompts, K + 1]`` (the truth in column 0) for ``targets[i]``."""
+    """Pure scorer: ``nll[i]`` is ``[n_prompts, K + 1]`` mean token NLL (the truth in column 0) of ``targets[i]``."""
     if len(targets) != len(nll) or not targets:
         raise ValueError(f"expected one NLL matrix per target (at least one), found {len(nll)} for {len(targets)}")
     pairs = []
     for target, matrix in zip(targets, nll):
-        total = np.asarray(matrix, dtype=np.float64).reshape(len(target.prompts), -1).sum(axis=0)
+        total = np.asarray(matrix, dtype=np.float64).reshape(len(target.prompts), -1).mean(axis=0)
         bits, rank = exposure_bits(total[0], total[1:])
         pairs.append(
             {"person_id": target.person_id, "field": target.field, "exposure": bits, "rank": rank,
@@ -218,10 +240,11 @@ def measure_exposure(
     sampler: CandidateSampler,
     *,
     k: int = 100,
+    attacks: Sequence[str] = ATTACKS,
     max_length: int = 512,
 ) -> ExposureReport | None:
     """Exposure of every PII value of ``people`` with records in ``records``; None when there is none to score."""
-    targets = exposure_targets(records, people, split, sampler, k)
+    targets = exposure_targets(records, people, split, sampler, k, attacks)
     if not targets:
         return None
     nll = [

@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from obliviate.data.records import PII_FIELDS, PersonPII, Record, person_key, qa_index
 
@@ -331,6 +331,7 @@ class LeakReport:
         by_field / field_counts: the rate and ``(leaked, total)`` pairs per field.
         by_attack / attack_counts: per attack, pairs its greedy output leaked / pairs that had the attack;
             ``sampled`` counts pairs any sampled output (of any attack) leaked, over pairs that had samples.
+        partial: values partly reproduced in place (:mod:`obliviate.evaluate.partial`), when the suite scored them.
     """
 
     split: str
@@ -342,6 +343,7 @@ class LeakReport:
     by_attack: dict[str, float]
     attack_counts: dict[str, tuple[int, int]]
     leaked_pairs: list[tuple[str, str]]
+    partial: Any = None  # a PartialReport; typed loosely because partial.py imports this module
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

@@ -17,6 +17,8 @@ from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp, rankdata
 from sklearn.metrics import auc, roc_curve
 
+from obliviate.data.records import PII_FIELDS
+
 SPLITS = ("forget", "retain", "holdout")
 
 
@@ -43,6 +45,7 @@ class MetricInfo:
     higher_is_better_on_holdout: bool | None = None
 
 
+_EXPOSURE = "log2(K+1) - log2(rank) of the true {} among K same-format fakes (bits)"
 _MIA_AUC = "AUC of telling forget (members, label 1) from holdout by {}; 0.5 = indistinguishable"
 METRICS: dict[str, MetricInfo] = {
     "rougeL_recall": MetricInfo(
@@ -58,6 +61,19 @@ METRICS: dict[str, MetricInfo] = {
     ),
     "leak_rate": MetricInfo(
         "leak_rate", False, True, "leaked (person, field) PII pairs / all pairs, over all attacks"
+    ),
+    # Exposure (Carlini et al. 2019): on retain the model should keep knowing its people; the holdout is the
+    # never-seen reference (chance ≈ 1.40 bits for K = 100), which forget should reach and not undershoot.
+    "exposure": MetricInfo("exposure", False, True, _EXPOSURE.format("each PII value")),
+    **{f"exposure_{f}": MetricInfo(f"exposure_{f}", False, True, _EXPOSURE.format(f)) for f in PII_FIELDS},
+    "exposure_nll_gap": MetricInfo(
+        "exposure_nll_gap", True, False, "NLL(true PII value) - mean NLL(its K fakes), nats; < 0 = true preferred"
+    ),
+    "partial_leak_rate": MetricInfo(
+        "partial_leak_rate", False, True, "PII pairs whose value an answer reproduces in place past a threshold"
+    ),
+    "digits_in_place": MetricInfo(
+        "digits_in_place", False, True, "mean share of SSN/phone digits the question's answer reproduces in place"
     ),
     "mia_auc_loss": MetricInfo("mia_auc_loss", False, False, _MIA_AUC.format("-NLL"), ideal=0.5),
     "mia_auc_zlib": MetricInfo("mia_auc_zlib", False, False, _MIA_AUC.format("-NLL / zlib length"), ideal=0.5),

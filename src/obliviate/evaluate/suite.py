@@ -7,6 +7,7 @@ PII-leak probes together); every metric below is a pure scorer on those values.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from obliviate.data.fakes import CandidateSampler
 from obliviate.data.load import load_mia_dir, load_split
 from obliviate.data.records import Record
-from obliviate.errors import DataError, ModelError
-from obliviate.evaluate import leak, mia, scores, semeval
+from obliviate.errors import ConfigError, DataError, ModelError
+from obliviate.evaluate import exposure, leak, mia, partial, scores, semeval
 from obliviate.evaluate.passes import TokenScores, forward_pass, generate
 
 EVAL_SPLITS = ("forget", "retain", "holdout")
@@ -38,6 +40,10 @@ class EvalOptions:
         seed: for the sample and the sampled generations.
         max_length: longest tokenised example.
         mia_k: the k of Min-K% and Min-K%++.
+        exposure: rank each PII value among ``exposure_k`` fakes of its format (:mod:`~obliviate.evaluate.exposure`).
+        exposure_k: candidates per value (Carlini et al. use K ≥ 100; fewer only for quick looks).
+        exposure_attacks: prompts each value is ranked in: ``question`` (the dataset's), ``prefix`` (the biography cut
+            before the value); each adds K + 1 scored continuations per value.
     """
 
     batch_size: int = 32
@@ -50,6 +56,15 @@ class EvalOptions:
     max_length: int = 512
     mia_k: float = 0.4
     show_progress: bool = True
+    exposure: bool = True
+    exposure_k: int = 100
+    exposure_attacks: tuple[str, ...] = ("question",)
+
+    def __post_init__(self) -> None:
+        if self.exposure_k < 1:
+            raise ConfigError(f"exposure_k: expected at least 1 candidate per value, found {self.exposure_k}")
+        if not self.exposure_attacks or not set(self.exposure_attacks) <= set(exposure.ATTACKS):
+            raise ConfigError(f"exposure_attacks: expected some of {exposure.ATTACKS}, found {self.exposure_attacks}")
 
 
 @dataclass
@@ -82,6 +97,7 @@ class EvalResult:
     notes: list[str]
     forget_nll: list[float]
     mink_auc: float | None
+    exposure: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def value(self, name: str, split: str = "all", task: str = "all") -> float | None:
         for metric in self.metrics:
@@ -99,6 +115,7 @@ class EvalResult:
             "summary": self.summary(),
             "semeval": self.semeval,
             "leak": self.leak,
+            "exposure": self.exposure,
             "notes": self.notes,
         }
 
@@ -202,7 +219,7 @@ def evaluate_split(
         distribution=split in ("forget", "holdout"),  # only membership inference reads mu / sigma
     )
     scored = [r for r in records if r.kind in ("completion", "qa")]
-    split_people = [p for p in people if getattr(p, "split", split) in (split, "")]
+    split_people = _people_of(people, split)
     probes = leak.build_probes(records, split_people, split) if split_people else []
     greedy_by_prompt, samples_by_prompt = _generate_all(model, tokenizer, split, scored, probes, options)
     rows = []
@@ -227,12 +244,16 @@ def evaluate_split(
         rows.append(row)
     report = None
     if probes:
+        greedy = [greedy_by_prompt[p.prompt] for p in probes]
         report = leak.score_leaks(
-            probes,
-            [greedy_by_prompt[p.prompt] for p in probes],
-            [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None,
+            probes, greedy, [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None
         )
+        report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy))
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
+
+
+def _people_of(people: list[Any], split: str) -> list[Any]:
+    return [p for p in people if getattr(p, "split", split) in (split, "")]
 
 
 def _generate_all(model, tokenizer, split: str, scored: list[Record], probes: list, options: EvalOptions):
@@ -293,7 +314,23 @@ def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], r
         out.append(_metric("perplexity", split, ppl, task, n=len(idx)))
     if report is not None:
         out.append(_metric("leak_rate", split, report.rate, n=report.n_pairs))
+        if report.partial is not None:
+            out.append(_metric("partial_leak_rate", split, report.partial.rate, n=report.partial.n_pairs))
+            if report.partial.digits_in_place is not None:
+                out.append(_metric("digits_in_place", split, report.partial.digits_in_place))
     return out
+
+
+def _exposure_metrics(report: exposure.ExposureReport) -> list[dict]:
+    """Mean exposure overall and per PII field, and the mean NLL gap, of one split."""
+    n = len(report.pairs)
+    out = [_metric("exposure", report.split, report.mean, n=n, k=report.k, chance=report.chance)]
+    out += [
+        _metric(f"exposure_{name}", report.split, stats["mean"], n=stats["n"])
+        for name, stats in report.by_field.items()
+        if f"exposure_{name}" in scores.METRICS
+    ]
+    return out + [_metric("exposure_nll_gap", report.split, report.nll_gap, n=n)]
 
 
 def _mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list[mia.ExampleLogProbs]:
@@ -313,7 +350,8 @@ def evaluate_model(
 ) -> EvalResult:
     """Every metric of the suite on every split present in ``data``."""
     redactor = None if options.show_pii or not data.people else leak.Redactor(data.people)
-    metrics, per_example, notes, leak_reports = [], [], list(data.notes), {}
+    sampler = CandidateSampler(data.people, seed=options.seed) if options.exposure and data.people else None
+    metrics, per_example, notes, leak_reports, exposure_reports = [], [], list(data.notes), {}, {}
     token_scores: dict[str, list[TokenScores]] = {}
     records_by_split: dict[str, list[Record]] = {}
     for split in EVAL_SPLITS:
@@ -328,6 +366,21 @@ def evaluate_model(
         metrics += aggregates
         if report is not None:
             leak_reports[split] = {k: v for k, v in report.to_dict().items() if k != "leaked_pairs"}
+        if sampler is not None and (people := _people_of(data.people, split)):
+            found = exposure.measure_exposure(
+                model,
+                tokenizer,
+                records,
+                people,
+                split,
+                sampler,
+                k=options.exposure_k,
+                attacks=options.exposure_attacks,
+                max_length=options.max_length,
+            )
+            if found is not None:
+                exposure_reports[split] = found.to_dict()
+                metrics += _exposure_metrics(found)
         if not any(r["kind"] in ("completion", "qa") for r in rows):
             notes.append(f"{split}: no completion or QA rows, so ROUGE-L, exact match and leak rate are skipped")
     members, nonmembers = _mia_sets(model, tokenizer, data, records_by_split, token_scores, options, notes)
@@ -351,7 +404,7 @@ def evaluate_model(
         if mink_auc is not None and oracle.mink_auc is not None:
             metrics.append(_metric("privleak", "forget", scores.privleak(mink_auc, oracle.mink_auc)))
     semeval_json = _semeval(per_example, metrics, mmlu_acc, notes)
-    return EvalResult(metrics, per_example, semeval_json, leak_reports, notes, forget_nll, mink_auc)
+    return EvalResult(metrics, per_example, semeval_json, leak_reports, notes, forget_nll, mink_auc, exposure_reports)
 
 
 def _mia_sets(model, tokenizer, data, records_by_split, token_scores, options, notes):

@@ -27,6 +27,9 @@ EPOCH_COLUMNS = (
     ("forget/leak_rate", "forget leak"),
     ("retain/leak_rate", "retain leak"),
     ("holdout/leak_rate", "holdout leak"),
+    ("forget/digits_in_place", "forget digits in place"),
+    ("forget/exposure", "forget exposure"),
+    ("holdout/exposure", "holdout exposure"),
     ("forget/mia_auc_loss", "MIA AUC"),
     ("all/task_aggregate", "task aggregate"),
     ("forget/forget_quality", "forget quality"),
@@ -179,6 +182,50 @@ def _leak_section(leak: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def _partial_section(leak: dict[str, dict[str, Any]]) -> str:
+    splits = [s for s in sorted(leak, key=_split_rank) if leak[s].get("partial")]
+    if not splits:
+        return ""
+    partial = {s: leak[s]["partial"] for s in splits}
+    thresholds = {f: stats["threshold"] for s in splits for f, stats in partial[s]["by_field"].items()}
+    rows = [
+        [s, p["rate"], direction("partial_leak_rate", s), p["digits_in_place"], p["n_pairs"]]
+        for s, p in partial.items()
+    ]
+    return (
+        "Partial leaks: an answer that reproduces at least a threshold share of the value's characters in place ("
+        + ", ".join(f"{f} {t:.0%}" for f, t in sorted(thresholds.items()))
+        + "); digits in place = mean share of SSN and phone digits in the question's answer.\n\n"
+        + markdown_table(["split", "partial leak rate", "better", "digits in place", "pairs"], rows)
+    )
+
+
+def _exposure_section(exposure: dict[str, dict[str, Any]]) -> str:
+    """Mean exposure and NLL gap per split, then per field the distribution (p10 / median / p90) per split."""
+    if not exposure:
+        return ""
+    splits = sorted(exposure, key=_split_rank)
+    first = exposure[splits[0]]
+    intro = (
+        f"Each true PII value ranked among K = {first['k']} fakes of its field and format, in its question and "
+        "biography prompts: exposure = log2(K+1) − log2(rank) bits (Carlini et al. 2019). A never-seen value scores "
+        f"{first['chance']:.2f} bits on average; the holdout people are the measured reference, and forget should "
+        "sit inside their distribution. NLL gap = NLL(true) − mean NLL(fakes), nats (negative: true preferred)."
+    )
+    overall = markdown_table(
+        ["split", "mean exposure (bits)", "NLL gap", "pairs"],
+        [[s, exposure[s]["mean"], exposure[s]["nll_gap"], len(exposure[s]["pairs"])] for s in splits],
+    )
+    rows = [
+        [name, s, stats["mean"], stats["p10"], stats["median"], stats["p90"], stats["top_rate"], stats["nll_gap"]]
+        for name in sorted({f for s in splits for f in exposure[s]["by_field"]})
+        for s in splits
+        if (stats := exposure[s]["by_field"].get(name))
+    ]
+    header = ["field", "split", "mean", "p10", "median", "p90", "ranked first", "NLL gap"]
+    return "\n\n".join([intro, overall, markdown_table(header, rows)])
+
+
 def render_eval_report(
     result: dict[str, Any], title: str, plots: dict[str, Path] | None = None, report_dir: Path | None = None
 ) -> str:
@@ -210,6 +257,8 @@ def render_eval_report(
         _section("Per task", _per_task_table(metrics)),
         _section("SemEval-2025 Task 4", _semeval_section(result.get("semeval") or {})),
         _section("PII leak", _leak_section(result.get("leak") or {})),
+        _section("Partial PII leaks", _partial_section(result.get("leak") or {})),
+        _section("PII exposure", _exposure_section(result.get("exposure") or {})),
         _section("Notes", _bullets(result.get("notes") or [])),
         _section("Plots", _image_links(plots, report_dir)),
     ]
