@@ -263,3 +263,20 @@ def test_evaluate_reports_exposure_and_partial_leaks(assets) -> None:
     assert "exposure" in result.to_json()
     off = evaluate_model(model, tokenizer, data, EvalOptions(max_new_tokens=16, show_progress=False, exposure=False))
     assert not any("exposure" in key for key in off.summary()) and off.exposure == {}
+
+
+def test_report_shows_exposure_against_holdout_and_partial_leaks() -> None:
+    from obliviate.report.render import render_eval_report
+
+    stats = {"n": 2, "mean": 6.1, "p10": 5.9, "median": 6.2, "p90": 6.6, "nll_gap": -3.0, "top_rate": 0.5}
+    exposure = {
+        split: {"k": 100, "chance": chance_exposure(100), "mean": 6.1, "nll_gap": -3.0, "by_field": {"ssn": stats},
+                "pairs": [{"person_id": "p1"}, {"person_id": "p2"}]}
+        for split in ("holdout", "forget")
+    }  # fmt: skip
+    partial = {"rate": 0.5, "n_partial": 1, "n_pairs": 2, "digits_in_place": 0.25,
+               "by_field": {"ssn": {"share": 0.25, "rate": 0.5, "threshold": 5 / 9}}}  # fmt: skip
+    text = render_eval_report({"exposure": exposure, "leak": {"forget": {"partial": partial}}}, "t")
+    assert "## PII exposure" in text and "1.40 bits" in text
+    assert text.index("| ssn | forget | 6.100 |") < text.index("| ssn | holdout | 6.100 |")  # forget before holdout
+    assert "## Partial PII leaks" in text and "ssn 56%" in text and "| forget | 0.500 | ↓ | 0.250 | 2 |" in text
