@@ -55,7 +55,7 @@ def test_ga_equals_minus_cross_entropy():
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), LABELS[:, 1:].reshape(-1), ignore_index=-100)
     out = get_method("ga").loss(LossInputs(forget=fwd(logits)), LossParams())
     torch.testing.assert_close(out.loss, -expected)
-    assert out.metrics["forget_nll"] == pytest.approx(expected.item())
+    assert out.metrics["forget_nll"].item() == pytest.approx(expected.item())
 
 
 def test_ga_gd_reduces_to_ga_and_to_retain_nll():
@@ -107,8 +107,8 @@ def test_kl_matches_hand_computation():
         LossInputs(forget=fwd(random_logits(0)), retain=fwd(logits, labels), retain_ref=fwd(ref, labels)),
         LossParams(kl_weight=3.0),
     )
-    assert out.metrics["kl"] == pytest.approx(expected, rel=1e-5)
-    assert out.loss.item() == pytest.approx(-out.metrics["forget_nll"] + 3.0 * expected, rel=1e-5)
+    assert out.metrics["kl"].item() == pytest.approx(expected, rel=1e-5)
+    assert out.loss.item() == pytest.approx(-out.metrics["forget_nll"].item() + 3.0 * expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("beta", [0.05, 0.1, 1.0, 4.5])
@@ -144,7 +144,7 @@ def test_simnpo_matches_hand_computation(beta: float, delta: float):
     out = get_method("simnpo").loss(inputs, LossParams(beta=beta, delta=delta, alpha=0.0))
     expected = 2 / beta * math.log(1 + 7 ** (-beta) * math.exp(delta))
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
-    assert out.metrics["forget_nll"] == pytest.approx(math.log(7), rel=1e-5)
+    assert out.metrics["forget_nll"].item() == pytest.approx(math.log(7), rel=1e-5)
 
 
 def test_simnpo_is_reference_free_and_delta_raises_it():
@@ -173,7 +173,8 @@ def test_rmu_zero_at_target_and_hand_value_otherwise():
     inputs.forget.hidden = forget_hidden + 1.0
     inputs.retain.hidden = retain_ref_hidden + 2.0
     out = get_method("rmu").loss(inputs, LossParams(alpha=100.0))
-    assert out.metrics["rmu_forget"] == pytest.approx(1.0) and out.metrics["rmu_retain"] == pytest.approx(4.0)
+    assert out.metrics["rmu_forget"].item() == pytest.approx(1.0)
+    assert out.metrics["rmu_retain"].item() == pytest.approx(4.0)
     assert out.loss.item() == pytest.approx(401.0)
 
 
@@ -238,12 +239,17 @@ def test_method_params_precedence():
 
 @pytest.mark.parametrize("name", [*LOSSES, "finetune"])
 def test_each_loss_is_a_finite_scalar_with_required_metrics(name: str):
-    """Given exactly its NEEDS, each method returns a finite 0-d loss and float metrics with the documented keys."""
+    """Given exactly its NEEDS, each method returns a finite 0-d loss and detached, finite 0-d tensor metrics with
+    the documented keys."""
     method = FINETUNE if name == "finetune" else LOSSES[name]
     out = method.loss(full_inputs(method.needs), method.params())
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    assert all(isinstance(value, float) and math.isfinite(value) for value in out.metrics.values())
-    required = {"finetune": {"nll"}, "rmu": {"rmu_forget", "rmu_retain"}}.get(name, {"forget_nll"})
+    for value in out.metrics.values():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
+        assert torch.isfinite(value)
+    required = {"finetune": {"nll"}, "rmu": {"rmu_forget", "rmu_retain"}, "relabel": {"relabel_nll"}}.get(
+        name, {"forget_nll"}
+    )
     if method.needs.retain and not method.needs.hidden:
         required |= {"retain_nll"}
     required |= {"ga_kl": {"kl"}, "npo": {"npo_term"}, "simnpo": {"simnpo_term"}}.get(name, set())
@@ -263,3 +269,150 @@ def test_missing_retain_or_reference_raises_config_error(name: str):
         inputs.forget_ref = inputs.retain_ref = None
         with pytest.raises(ConfigError, match=name):
             method.loss(inputs, method.params())
+
+
+# Three examples, the last with no answer token (a fully truncated answer), so every clamp to one token is exercised.
+SYNC_LABELS = torch.tensor(
+    [
+        [IGNORE_INDEX, IGNORE_INDEX, 3, 1, 4, 6],
+        [IGNORE_INDEX, 2, 5, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX],
+        [IGNORE_INDEX] * 6,
+    ]
+)
+SYNC_RETAIN_LABELS = torch.tensor(
+    [
+        [IGNORE_INDEX, 1, 1, 2, IGNORE_INDEX, IGNORE_INDEX],
+        [IGNORE_INDEX, IGNORE_INDEX, 6, 0, 5, 3],
+        [IGNORE_INDEX, 4, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX],
+    ]
+)
+SYNC_MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
+SYNC_PARAMS = {"alpha": 0.7, "gamma": 1.3, "kl_weight": 2.0, "delta": 0.5}  # β stays each method's default
+
+
+def sync_inputs(device: str = "cpu") -> LossInputs:
+    """Logits and hidden states on every split, so RMU also logs its NLLs; each method reads what it needs."""
+
+    def make(seed: int, labels: torch.Tensor) -> Forward:
+        generator = torch.Generator().manual_seed(200 + seed)
+        logits = 3 * torch.randn(*labels.shape, VOCAB, generator=generator)
+        hidden = torch.randn(*labels.shape, HIDDEN, generator=generator)
+        return Forward(logits.to(device), labels.to(device), SYNC_MASK.to(device), hidden.to(device))
+
+    return LossInputs(
+        forget=make(0, SYNC_LABELS),
+        retain=make(1, SYNC_RETAIN_LABELS),
+        forget_ref=make(2, SYNC_LABELS),
+        retain_ref=make(3, SYNC_RETAIN_LABELS),
+        control=make_control_vector(HIDDEN, 6.5, seed=0).to(device),
+    )
+
+
+def refuse_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way Python code reads a tensor's value on the host (each a GPU sync) raises instead."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a loss read a tensor's value on the host, which waits for the GPU")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[str, float]:
+    """The loss and every metric, recomputed in float64 by per-token loops, without the package's helpers:
+
+    NLL(x) = torch's cross-entropy with ``ignore_index``; log π(y|x) = Σ over scored t of log_softmax[t, y_{t+1}]
+    with |y| its count; KL = mean over scored positions of Σ_v p_ref·(log p_ref − log p_θ); NPO term =
+    (2/β)·mean log(1 + e^{β·r}); SimNPO term = (2/β)·mean log(1 + e^{β·log π/max(|y|, 1) + δ}); RMU terms = mean
+    over real tokens of the mean squared difference over hidden units.
+    """
+
+    def nll(forward: Forward) -> float:
+        logits, labels = forward.logits[:, :-1].double(), forward.labels[:, 1:]
+        return F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=IGNORE_INDEX).item()
+
+    def scored(labels: torch.Tensor) -> list[tuple[int, int]]:
+        return [(b, t) for b in range(labels.shape[0]) for t in range(labels.shape[1] - 1) if labels[b, t + 1] >= 0]
+
+    def answer_logprobs(forward: Forward) -> list[tuple[float, int]]:
+        logp = torch.log_softmax(forward.logits.double(), -1)
+        positions = scored(forward.labels)
+        rows = [
+            [logp[b, t, forward.labels[b, t + 1]].item() for b2, t in positions if b2 == b]
+            for b in range(forward.labels.shape[0])
+        ]
+        return [(sum(row), len(row)) for row in rows]
+
+    def kl(forward: Forward, ref: Forward) -> float:
+        logp, ref_logp = torch.log_softmax(forward.logits.double(), -1), torch.log_softmax(ref.logits.double(), -1)
+        terms = [(ref_logp[b, t].exp() * (ref_logp[b, t] - logp[b, t])).sum().item() for b, t in scored(ref.labels)]
+        return sum(terms) / len(terms)
+
+    def mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+        real = [(b, t) for b in range(mask.shape[0]) for t in range(mask.shape[1]) if mask[b, t]]
+        target = target.double().expand_as(hidden)
+        return sum((hidden[b, t].double() - target[b, t]).pow(2).mean().item() for b, t in real) / len(real)
+
+    forget, retain = inputs.forget, inputs.retain
+    if name == "finetune":
+        figures = {"nll": nll(forget)}
+        return {**figures, "loss": figures["nll"]}
+    if name == "rmu":
+        figures = {
+            "rmu_forget": mse(forget.hidden, inputs.control, forget.attention_mask),
+            "rmu_retain": mse(retain.hidden, inputs.retain_ref.hidden, retain.attention_mask),
+            "forget_nll": nll(forget),
+            "retain_nll": nll(retain),
+        }
+        return {**figures, "loss": figures["rmu_forget"] + params.alpha * figures["rmu_retain"]}
+    if name == "relabel":  # the forget batch already holds the relabelled answers
+        figures = {"relabel_nll": nll(forget), "retain_nll": nll(retain)}
+        return {**figures, "loss": figures["relabel_nll"] + params.alpha * figures["retain_nll"]}
+    figures = {"forget_nll": nll(forget)}
+    if name == "ga":
+        return {**figures, "loss": -figures["forget_nll"]}
+    figures["retain_nll"] = nll(retain)
+    beta = params.beta
+    if name == "ga_gd":
+        loss = -params.gamma * figures["forget_nll"] + params.alpha * figures["retain_nll"]
+    elif name == "ga_kl":
+        figures["kl"] = kl(retain, inputs.retain_ref)
+        loss = -figures["forget_nll"] + params.kl_weight * figures["kl"]
+    elif name == "npo":
+        pairs = zip(answer_logprobs(forget), answer_logprobs(inputs.forget_ref))
+        ratios = [lp - ref_lp for (lp, _), (ref_lp, _) in pairs]
+        figures["log_ratio"] = sum(ratios) / len(ratios)
+        figures["npo_term"] = 2 / beta * sum(math.log1p(math.exp(beta * r)) for r in ratios) / len(ratios)
+        loss = figures["npo_term"] + params.alpha * figures["retain_nll"]
+    else:
+        assert name == "simnpo", f"no expected figures written for {name!r}"
+        rows = answer_logprobs(forget)
+        terms = [math.log1p(math.exp(beta * lp / max(n, 1) + params.delta)) for lp, n in rows]
+        figures["simnpo_term"] = 2 / beta * sum(terms) / len(terms)
+        loss = figures["simnpo_term"] + params.alpha * figures["retain_nll"]
+    return {**figures, "loss": loss}
+
+
+@pytest.mark.parametrize("name", [*LOSSES, "finetune"])
+def test_loss_reads_nothing_on_the_host_and_metrics_keep_their_values(name: str, monkeypatch: pytest.MonkeyPatch):
+    """The loop copies a step's metrics to the host once, so a loss must not read any tensor itself.
+
+    Two proofs: (1) with ``item``, ``tolist`` and the ``bool``/``int``/``float``/``index`` conversions patched to
+    raise, the loss still runs; (2) it runs on the ``meta`` device, which holds no data, so any data-dependent
+    read fails there, including boolean-mask indexing (``nonzero``), which patching cannot catch. Then every
+    metric is a detached 0-d tensor equal to the float64 recomputation in :func:`expected_figures`, and so is the
+    loss (float32 against float64: rel 1e-5).
+    """
+    method = FINETUNE if name == "finetune" else LOSSES[name]
+    params = method.params(SYNC_PARAMS)
+    inputs = sync_inputs()
+    with monkeypatch.context() as patch:
+        refuse_host_reads(patch)
+        out = method.loss(inputs, params)
+        on_meta = method.loss(sync_inputs("meta"), params)
+    assert set(on_meta.metrics) == set(out.metrics)
+    assert all(value.device.type == "meta" and value.dim() == 0 for value in on_meta.metrics.values())
+    for value in out.metrics.values():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
+    got = {key: value.item() for key, value in {**out.metrics, "loss": out.loss}.items()}
+    assert got == pytest.approx(expected_figures(name, inputs, params), rel=1e-5, abs=1e-7)

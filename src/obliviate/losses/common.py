@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from obliviate.errors import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -43,10 +45,17 @@ class LossInputs:
 
 @dataclass
 class LossOutput:
-    """The scalar to minimise and the figures to log (plain floats, e.g. ``forget_nll``, ``retain_nll``)."""
+    """The scalar to minimise and the figures to log.
+
+    Attributes:
+        loss: 0-d tensor with gradient.
+        metrics: figures to log (e.g. ``forget_nll``, ``retain_nll``), each a detached 0-d tensor on the loss's
+            device, never a Python float: reading a GPU value on the host waits for the GPU, so the loop stacks every
+            metric of an optimizer step and copies them to the host once.
+    """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,10 +122,37 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return logp.sum(-1), mask.sum(-1)
 
 
+def token_mean_nll(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-probability over the scored tokens of the whole batch (token-weighted), a scalar.
+
+    Args:
+        logp: ``[batch, seq_len - 1]``, as returned by :func:`token_logprobs` (0 where not scored).
+        mask: ``[batch, seq_len - 1]``, 1.0 where scored; a batch with none gives 0, not a division by zero.
+    """
+    return -logp.sum() / mask.sum().clamp_min(1.0)
+
+
 def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``NLL(x)``: the mean answer-token negative log-likelihood over the whole batch (token-weighted), a scalar.
 
     This equals ``model(ids, labels=labels).loss`` of Hugging Face models.
     """
-    logp, mask = token_logprobs(logits, labels)
-    return -logp.sum() / mask.sum().clamp_min(1.0)
+    return token_mean_nll(*token_logprobs(logits, labels))
+
+
+def answer_nll(forward: Forward | None, method: str, split: str) -> torch.Tensor:
+    """``NLL_θ`` of one split: the mean answer-token NLL (token-weighted over the batch), a scalar with gradient.
+
+    Args:
+        forward: the model's pass on the split; its ``logits`` are ``[batch, seq_len, vocab]``.
+        method: the method's name, for the error message.
+        split: ``"forget"`` or ``"retain"``, for the error message.
+
+    Raises:
+        ConfigError: the split or its logits are missing, i.e. the method was run without what it needs.
+    """
+    if forward is None:
+        raise ConfigError(f"method {method!r} needs a {split} batch; none was given")
+    if forward.logits is None:
+        raise ConfigError(f"method {method!r} needs logits of the {split} batch; the forward pass returned none")
+    return mean_nll(forward.logits, forward.labels)

@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
-from obliviate.losses.ga import answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
 
 NEEDS = Needs()
 
@@ -13,4 +12,4 @@ NEEDS = Needs()
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """Mean answer-token NLL of the batch under training, passed as ``inputs.forget``; logs ``nll``."""
     nll = answer_nll(inputs.forget, "finetune", "training")
-    return LossOutput(nll, {"nll": nll.detach().item()})
+    return LossOutput(nll, {"nll": nll.detach()})

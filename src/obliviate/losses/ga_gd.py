@@ -6,8 +6,7 @@ Ascend on the forget batch while descending on an equal-size retain batch, so th
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
-from obliviate.losses.ga import answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
 
 NEEDS = Needs(retain=True)
 
@@ -17,4 +16,4 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     forget_nll = answer_nll(inputs.forget, "ga_gd", "forget")
     retain_nll = answer_nll(inputs.retain, "ga_gd", "retain")
     total = -params.gamma * forget_nll + params.alpha * retain_nll
-    return LossOutput(total, {"forget_nll": forget_nll.detach().item(), "retain_nll": retain_nll.detach().item()})
+    return LossOutput(total, {"forget_nll": forget_nll.detach(), "retain_nll": retain_nll.detach()})

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from obliviate.errors import ConfigError, ModelError
-from obliviate.losses.common import IGNORE_INDEX, LossInputs, LossOutput, LossParams, Needs, mean_nll
-from obliviate.losses.ga import answer_nll
+from obliviate.losses.common import IGNORE_INDEX, LossInputs, LossOutput, LossParams, Needs, answer_nll, mean_nll
 
 NEEDS = Needs(retain=True, reference_on=("retain",))
 
@@ -36,11 +35,13 @@ def answer_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
             f"reference logits have shape {tuple(ref_logits.shape)}, expected the model's {tuple(logits.shape)}"
         )
     scored = labels[:, 1:].ne(IGNORE_INDEX)
-    # Select the scored positions first: the [tokens, vocab] float32 copies are then no bigger than needed.
-    logp = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
-    ref_logp = torch.log_softmax(ref_logits[:, :-1][scored].detach().float(), dim=-1)
+    # A masked sum over every position, not boolean indexing: selecting the scored rows has a data-dependent shape,
+    # so it waits for the GPU once per call. ``where`` (not ``* scored``) keeps a non-finite value at an unscored
+    # position out of the sum, as the selection did.
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits[:, :-1].detach().float(), dim=-1)
     per_token = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return per_token.sum() / max(int(scored.sum()), 1)
+    return torch.where(scored, per_token, 0.0).sum() / scored.sum().clamp_min(1)
 
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
@@ -54,5 +55,5 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     kl = answer_token_kl(retain.logits, retain_ref.logits, retain.labels)
     with torch.no_grad():  # retain NLL is only watched here, not optimised
         retain_nll = mean_nll(retain.logits, retain.labels)
-    metrics = {"forget_nll": forget_nll.detach().item(), "retain_nll": retain_nll.item(), "kl": kl.detach().item()}
+    metrics = {"forget_nll": forget_nll.detach(), "retain_nll": retain_nll, "kl": kl.detach()}
     return LossOutput(-forget_nll + params.kl_weight * kl, metrics)

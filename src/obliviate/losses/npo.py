@@ -14,8 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.errors import ConfigError
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, sequence_logprob, token_logprobs
-from obliviate.losses.ga import answer_nll
+from obliviate.losses.common import (
+    LossInputs,
+    LossOutput,
+    LossParams,
+    Needs,
+    answer_nll,
+    sequence_logprob,
+    token_logprobs,
+    token_mean_nll,
+)
 
 NEEDS = Needs(retain=True, reference_on=("forget",))
 
@@ -51,9 +59,9 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     forget_term = npo_term(logprob, ref_logprob, params.beta)
     retain_nll = answer_nll(inputs.retain, "npo", "retain")
     metrics = {
-        "forget_nll": (-logp.sum() / mask.sum().clamp_min(1.0)).detach().item(),
-        "retain_nll": retain_nll.detach().item(),
-        "npo_term": forget_term.detach().item(),
-        "log_ratio": (logprob - ref_logprob).mean().detach().item(),
+        "forget_nll": token_mean_nll(logp, mask).detach(),
+        "retain_nll": retain_nll.detach(),
+        "npo_term": forget_term.detach(),
+        "log_ratio": (logprob - ref_logprob).mean().detach(),
     }
     return LossOutput(forget_term + params.alpha * retain_nll, metrics)

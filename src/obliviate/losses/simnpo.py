@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.errors import ConfigError
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, token_logprobs
-from obliviate.losses.ga import answer_nll
+from obliviate.losses.common import (
+    LossInputs,
+    LossOutput,
+    LossParams,
+    Needs,
+    answer_nll,
+    token_logprobs,
+    token_mean_nll,
+)
 
 NEEDS = Needs(retain=True)
 
@@ -46,8 +53,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     forget_term = simnpo_term(logp.sum(-1), mask.sum(-1), params.beta, params.delta)
     retain_nll = answer_nll(inputs.retain, "simnpo", "retain")
     metrics = {
-        "forget_nll": (-logp.sum() / mask.sum().clamp_min(1.0)).detach().item(),
-        "retain_nll": retain_nll.detach().item(),
-        "simnpo_term": forget_term.detach().item(),
+        "forget_nll": token_mean_nll(logp, mask).detach(),
+        "retain_nll": retain_nll.detach(),
+        "simnpo_term": forget_term.detach(),
     }
     return LossOutput(forget_term + params.alpha * retain_nll, metrics)
