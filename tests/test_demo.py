@@ -1,26 +1,29 @@
-"""The demo at minimal size, so that `make demo` cannot rot: report, plots and results exist and hold numbers."""
+"""The demo at minimal size, so that `make demo` cannot rot: report, plots and results exist and hold numbers that
+tell the target, the oracle and the methods apart; a slow run long enough to memorise checks leaks and redaction."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+
+import pytest
 
 from obliviate.cli.main import main
-from obliviate.data.synth import load_pii
+from obliviate.data.synth import biography_form, load_pii
 
 
-def test_demo_writes_report_plots_and_results(tmp_path):
-    out, cache = tmp_path / "demo", tmp_path / "cache"
-    args = [
+def _demo_args(out: Path, cache: Path, people: int, finetune_epochs: int) -> list[str]:
+    return [
         "demo",
         "--output_dir",
         str(out),
         "--cache_dir",
         str(cache),
         "--people",
-        "10",
+        str(people),
         "--finetune_epochs",
-        "3",
+        str(finetune_epochs),
         "--unlearn_epochs",
         "1",
         "--eval_max_examples",
@@ -29,7 +32,27 @@ def test_demo_writes_report_plots_and_results(tmp_path):
         "ga_gd",
         "npo",
     ]
-    assert main(args) == 0
+
+
+def _written_forms(people: list) -> set[str]:
+    """Every SSN, phone and email as the data writes it: QA answers ``123456789``, biographies ``123-45-6789``."""
+    fields = ("ssn", "phone", "email")
+    return {form for p in people for f in fields for form in (p.fields[f], biography_form(f, p.fields[f]))}
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    """What the demo writes for people to read: the report, results and every epoch's (redacted) generations."""
+    files = [out / "report.md", out / "results.json", *sorted(out.glob("methods/*/eval/epoch-*/*.json*"))]
+    return {str(f.relative_to(out)): f.read_text() for f in files}
+
+
+def _generations(out: Path) -> str:
+    lines = [line for f in out.glob("methods/*/eval/epoch-*/per_example.jsonl") for line in f.open()]
+    return "\n".join(json.loads(line).get("generation", "") for line in lines)
+
+
+def _check_demo_output(out: Path, cache: Path) -> dict:
+    """The report, plots and results exist and hold numbers; no PII in any form; returns results.json."""
     results = json.loads((out / "results.json").read_text())
     models = [row["model"] for row in results["summary"]]
     assert models == ["target", "oracle (retrain)", "ga_gd", "npo"]
@@ -44,13 +67,52 @@ def test_demo_writes_report_plots_and_results(tmp_path):
     for image in images:
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     people = load_pii(next(cache.glob("data-*")) / "pii.json")
-    assert not any(p.fields["ssn"] in report or p.fields["email"] in report for p in people)
+    outputs = _outputs(out)
+    assert len(outputs) >= 2 + 2 * 2 * 2  # report, results, and epochs 0-1 of two methods (results + generations)
+    leaks = [(name, form) for name, text in outputs.items() for form in _written_forms(people) if form in text]
+    assert not leaks
+    return results
+
+
+def _last_epochs(results: dict) -> dict[str, dict]:
+    return {run["method"]: run["epochs"][-1]["summary"] for run in results["runs"]}
+
+
+def test_demo_writes_report_plots_and_results(tmp_path):
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    args = _demo_args(out, cache, people=10, finetune_epochs=3)
+    assert main(args) == 0
+    results = _check_demo_output(out, cache)
+    # At this size nothing is regurgitated yet, but the numbers are not degenerate: the target has seen the forget
+    # people (lower forget perplexity than the oracle, which never did), and each method moved the model its own way.
+    target, oracle = results["summary"][0], results["summary"][1]
+    assert target["forget/perplexity"] < 0.9 * oracle["forget/perplexity"]
+    last = _last_epochs(results)
+    perplexities = [target["forget/perplexity"], last["ga_gd"]["forget/perplexity"], last["npo"]["forget/perplexity"]]
+    assert len({round(p, 6) for p in perplexities}) == 3, perplexities
 
     # A re-run reuses the cached target and oracle: their directories are not rewritten.
-    target = next(cache.glob("target-*"))
-    stamp = (target / "model.safetensors").stat().st_mtime_ns
+    target_dir = next(cache.glob("target-*"))
+    stamp = (target_dir / "model.safetensors").stat().st_mtime_ns
     assert main(args) == 0
-    assert (target / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (target_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_demo_target_leaks_what_the_oracle_does_not_and_the_report_redacts_it(tmp_path):
+    """A demo long enough to memorise: the target regurgitates forget PII, the oracle cannot; nothing is shown."""
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    assert main(_demo_args(out, cache, people=10, finetune_epochs=80)) == 0
+    results = _check_demo_output(out, cache)
+    target, oracle = results["summary"][0], results["summary"][1]
+    assert target["forget/leak_rate"] >= oracle["forget/leak_rate"] + 0.25, (target, oracle)
+    assert target["forget/rougeL_recall"] >= oracle["forget/rougeL_recall"] + 0.2, (target, oracle)
+    assert target["retain/rougeL_recall"] >= 0.5  # it memorised the retain people too
+    last = _last_epochs(results)
+    assert last["ga_gd"]["forget/perplexity"] != last["npo"]["forget/perplexity"]
+    # the leaked values were generated and replaced by their labels
+    labels = set(re.findall(r"\[[A-Z_]+\]", _generations(out)))
+    assert {"[SSN]", "[PHONE]", "[EMAIL]"} <= labels
 
 
 def test_demo_refuses_an_output_dir_that_is_not_an_earlier_demo(tmp_path, capsys):
