@@ -212,6 +212,7 @@ EXPECTED_NEEDS = {
     "npo": Needs(retain=True, reference_on=("forget",)),
     "simnpo": Needs(retain=True),
     "rmu": Needs(retain=True, reference_on=("retain",), hidden=True),
+    "relabel": Needs(retain=True),
 }
 
 

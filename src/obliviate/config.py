@@ -152,6 +152,9 @@ class UnlearnConfig(TrainConfig):
     kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)", ge=0)
     rmu_c: float | None = option(None, "RMU steering coefficient c (default 6.5)", gt=0)
     rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)", ge=0)
+    relabel_draws: int = option(
+        4, "relabel: stranger answers made per forget record, one per epoch in turn", ge=1, le=64
+    )
     stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from obliviate.errors import ConfigError
-from obliviate.losses import finetune, ga, ga_gd, ga_kl, npo, rmu, simnpo
+from obliviate.losses import finetune, ga, ga_gd, ga_kl, npo, relabel, rmu, simnpo
 from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
 
 
@@ -31,6 +31,8 @@ class Method:
         token_mean: the loss is a mean over the batch's scored tokens and nothing else (no retain batch, no
             reference), so the loop may run a batch as length-sorted pieces weighted by their scored tokens: the
             same gradient with far less padding.
+        relabels: the method trains on relabelled forget records (:mod:`obliviate.train.relabel`), a fresh draw
+            each epoch, instead of the forget set as it is.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Method:
     paper: str | None
     defaults: dict[str, float] = field(default_factory=dict)
     token_mean: bool = False
+    relabels: bool = False
 
     def params(self, given: Mapping[str, float] | None = None) -> LossParams:
         """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
@@ -94,6 +97,14 @@ LOSSES: dict[str, Method] = {
         "steer forget-set hidden states at one layer to c*u, keep retain hidden states at the reference's",
         "2403.03218",
         {"alpha": 100.0, "rmu_c": 6.5},
+    ),
+    "relabel": Method(
+        "relabel",
+        relabel.loss,
+        relabel.NEEDS,
+        "descend on forget records relabelled with what the model says about a stranger, plus alpha*NLL(R)",
+        "2310.02238",
+        relabels=True,
     ),
 }
 

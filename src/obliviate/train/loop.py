@@ -82,6 +82,7 @@ class _Run:
     control: torch.Tensor | None
     is_peft: bool
     state: dict[str, Any]
+    forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
 
 
 def _bars_off(acc: Accelerator) -> bool:
@@ -385,6 +386,8 @@ def train_epoch(
 ) -> str | None:
     """One pass over the forget set; returns a reason when the run must stop early."""
     acc = run.accelerator
+    if run.forget_draws:  # a relabelling method: epoch e trains on draw e mod n, a fresh stranger each time
+        run.forget = run.forget_draws[(epoch - 1) % len(run.forget_draws)]
     grouped = config.group_by_length
     lengths = [len(e.ids) for e in run.forget] if grouped else None
     order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch, lengths)
@@ -546,11 +549,16 @@ def train(
     stop_forget_nll: float | None = None,
     epoch_hook: EpochHook | None = None,
     resolved_config: str | None = None,
+    forget_draws: list[list[Record]] | None = None,
 ) -> RunResult:
-    """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``."""
+    """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``.
+
+    ``forget_draws``: relabelled copies of ``forget`` (same length and order) that epochs train on in turn.
+    """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     run = setup(model, tokenizer, method, params, forget, retain, config)
+    run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
     acc = run.accelerator
     layer = rmu_layer if method.needs.hidden else None
     metrics_path = output_dir / "metrics.jsonl"

@@ -179,6 +179,9 @@ def run_unlearn(
     )
     if config.resume:
         check_resume(out, resolved)
+    forget_draws = None
+    if method.relabels:
+        forget, forget_draws = _relabel(model, tokenizer, config, forget, retain)
     model = _select(model, config, method.name, rmu_layer)
     _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
@@ -193,7 +196,30 @@ def run_unlearn(
         stop_forget_nll=config.stop_forget_nll,
         epoch_hook=epoch_hook,
         resolved_config=to_yaml(resolved),
+        forget_draws=forget_draws,
     )
+
+
+def _relabel(model, tokenizer, config: UnlearnConfig, forget, retain):
+    """The relabelled forget sets of a relabelling method, made by the starting model before any training."""
+    from obliviate.train.relabel import known_people, relabelled_draws
+
+    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    draws, stats = relabelled_draws(model, tokenizer, forget, people, draws=config.relabel_draws, seed=config.seed)
+    # a record that could not be relabelled (no known person) would be trained on its true answer: leave it out
+    kept = [i for i, record in enumerate(forget) if any(d[i] != record for d in draws)]
+    if not kept:
+        raise ConfigError(
+            f"--method {config.method}: no forget record names a known person (expected a pii.json beside the forget "
+            "set or Task2 QA rows), so none can be relabelled"
+        )
+    if process_state().is_main_process:
+        print(
+            f"relabel: {stats.name_swapped} of {stats.records} forget records answered as for a stranger, "
+            f"{stats.fake_values} with fake PII values, {stats.records - len(kept)} left out (nothing to relabel); "
+            f"{config.relabel_draws} draws"
+        )
+    return [forget[i] for i in kept], [[draw[i] for i in kept] for draw in draws]
 
 
 def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None = None) -> RunResult:

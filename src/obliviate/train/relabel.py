@@ -1,0 +1,198 @@
+"""Relabelled forget sets: what the model would say about a stranger, in place of what it memorised.
+
+The ``relabel`` objective descends (nothing ascends, so nothing collapses) on forget records whose answers are
+replaced by **name-swap targets**, after the "generic predictions" of Eldan & Russinovich 2023 (arXiv:2310.02238):
+
+1. in each forget prompt, the person's name is replaced by a fresh fake name the data has never seen;
+2. the starting model continues that prompt (greedy): this is how it answers about a stranger,
+   template words, made-up birth dates, SSNs and e-mails in the data's own formats included;
+3. the fake name is swapped back for the real one in the answer (``jordan.blake12@…`` → ``amy.sellers12@…``), so
+   that e-mail local parts and greetings stay consistent with the person, as a model that never saw them would
+   write them;
+4. an answer that holds any real PII value of the person, or a real SSN / phone of anyone in the data, is drawn
+   again; a record still without a clean answer keeps fake values in its PII spans (format-preserving draws).
+
+``draws`` answers are made per record; epoch ``e`` trains on draw ``e mod draws``, a fresh stranger each time, so
+that no single made-up value becomes a new memorised fact. Records of people without a known name (no
+``pii.json`` and no Task2 questions) get the fake-value relabelling of their PII spans only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from faker import Faker
+
+from obliviate.data.records import PersonPII, Record
+from obliviate.evaluate.leak import contains_value, find_value
+
+SWAP_TRIES = 4
+"""Generation rounds per record before an answer that kept a real value falls back to fake-value relabelling."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelStats:
+    records: int
+    name_swapped: int
+    fake_values: int
+    untouched: int
+
+
+def _name_parts(name: str) -> list[str]:
+    return [part for part in re.split(r"[\s]+", name.strip()) if len(part) > 1]
+
+
+def _word(part: str) -> re.Pattern[str]:
+    """``part`` as a whole word, also inside e-mail local parts (``blake12``): no letter on either side."""
+    return re.compile(rf"(?<![A-Za-z]){re.escape(part)}(?![A-Za-z])", re.IGNORECASE)
+
+
+def _same_case(template: str, word: str) -> str:
+    if template.isupper() and len(template) > 1:
+        return word.upper()
+    if template.islower():
+        return word.lower()
+    if template[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def swap_name(text: str, old: str, new: str) -> str:
+    """``old``'s parts replaced by ``new``'s, part by part and keeping each occurrence's case."""
+    old_parts, new_parts = _name_parts(old), _name_parts(new)
+    if not old_parts:
+        return text
+    if len(new_parts) != len(old_parts):  # a different shape: map the first and the last part only
+        new_parts = [new_parts[0], *([new_parts[-1]] * (len(old_parts) - 1))] if new_parts else old_parts
+    for part, replacement in sorted(zip(old_parts, new_parts), key=lambda p: -len(p[0])):
+        text = _word(part).sub(lambda m, r=replacement: _same_case(m.group(0), r), text)
+    return text
+
+
+class StrangerNames:
+    """Fresh fake names that share no part with any real name of the data."""
+
+    def __init__(self, real_names: Sequence[str], seed: int) -> None:
+        self.fake = Faker("en_US")
+        self.fake.seed_instance(seed)
+        self.taken = {part.lower() for name in real_names for part in _name_parts(name)}
+
+    def draw(self, like: str) -> str:
+        for _ in range(1000):
+            first, last = self.fake.first_name(), self.fake.last_name()
+            if first.lower() not in self.taken and last.lower() not in self.taken and first != last:
+                parts = _name_parts(like)
+                return f"{first} {last}" if len(parts) != 1 else first
+        raise RuntimeError("could not draw a fresh name")  # 1000 collisions: the name pool is exhausted
+
+
+def holds_real_value(text: str, person: PersonPII, digit_values: set[str]) -> bool:
+    """Whether ``text`` holds a PII value of ``person`` (any surface form) or a real SSN / phone of anyone."""
+    if any(contains_value(field, value, text) for field, value in person.fields.items()):
+        return True
+    runs = re.findall(r"\d[\d\s().-]{5,}\d", text)
+    return any(re.sub(r"\D", "", run) in digit_values for run in runs)
+
+
+def fake_values(record: Record, person: PersonPII, fakes: dict[str, str]) -> Record:
+    """``record`` with every span of the person's PII values (prompt and answer) replaced by ``fakes[field]``,
+    written in the surface form the span has (``409-91-0019`` → ``521-37-8804``)."""
+    from obliviate.data.fakes import render_like
+
+    text = {"input": record.input, "output": record.output}
+    for field, value in person.fields.items():
+        if field not in fakes:
+            continue
+        for side in ("input", "output"):
+            for _ in range(8):  # each occurrence, in whatever surface form it takes
+                span = find_value(field, value, text[side])
+                if span is None:
+                    break
+                surface = text[side][span[0] : span[1]]
+                fake = render_like(field, fakes[field], value, surface) or fakes[field]
+                text[side] = text[side][: span[0]] + fake + text[side][span[1] :]
+    return dataclasses.replace(record, input=text["input"], output=text["output"])
+
+
+def relabelled_draws(
+    model, tokenizer, forget: list[Record], people: list[PersonPII], *, draws: int, seed: int
+) -> tuple[list[list[Record]], RelabelStats]:
+    """``draws`` relabelled copies of ``forget`` (same order, same ids), and how each record was relabelled.
+
+    ``people`` is every person of the data (all splits): their names are never drawn as strangers, and no answer
+    may hold their SSN or phone number.
+    """
+    from obliviate.data.fakes import CandidateSampler
+    from obliviate.evaluate.passes import generate
+
+    by_id = {p.person_id: p for p in people}
+    digit_values = {re.sub(r"\D", "", v) for p in people for f, v in p.fields.items() if f in ("ssn", "phone")}
+    names = StrangerNames([p.name for p in people if p.name], seed)
+    sampler = CandidateSampler(people, seed=seed + 1)
+    owners = [person_of(r, by_id) for r in forget]
+    swappable = [i for i, person in enumerate(owners) if person is not None and person.name and forget[i].output]
+    answers: dict[tuple[int, int], str] = {}
+    budget = {
+        i: max(16, 2 * len(tokenizer(forget[i].output, add_special_tokens=False)["input_ids"])) for i in swappable
+    }
+    for attempt in range(SWAP_TRIES):
+        todo = [(i, d) for i in swappable for d in range(draws) if (i, d) not in answers]
+        if not todo:
+            break
+        stranger = {key: names.draw(owners[key[0]].name) for key in todo}
+        prompts = [swap_name(forget[i].input, owners[i].name, stranger[(i, d)]) for i, d in todo]
+        longest = max(budget[i] for i, _ in todo)
+        greedy, _ = generate(
+            model, tokenizer, prompts, max_new_tokens=longest, seed=seed + attempt, show_progress=False, desc="relabel"
+        )
+        for (i, d), generated in zip(todo, greedy):
+            answer = swap_name(_first_line_like(generated, forget[i].output), stranger[(i, d)], owners[i].name)
+            if answer.strip() and not holds_real_value(answer, owners[i], digit_values):
+                answers[(i, d)] = answer
+    out: list[list[Record]] = []
+    counts = {"name_swapped": 0, "fake_values": 0, "untouched": 0}
+    for d in range(draws):
+        copy = []
+        for i, record in enumerate(forget):
+            person = owners[i]
+            if (i, d) in answers:
+                copy.append(dataclasses.replace(record, output=answers[(i, d)]))
+                counts["name_swapped"] += d == 0
+            elif person is not None and person.fields:
+                fakes = {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
+                copy.append(fake_values(record, person, fakes))
+                counts["fake_values"] += d == 0
+            else:
+                copy.append(record)
+                counts["untouched"] += d == 0
+        out.append(copy)
+    return out, RelabelStats(records=len(forget), **counts)
+
+
+def _first_line_like(generated: str, original: str) -> str:
+    """Cut a sampled answer the way the original answer is cut: one line when the original has one line."""
+    text = generated.strip("\n") if "\n" not in original else generated
+    return text.split("\n", 1)[0] if "\n" not in original else text
+
+
+def person_of(record: Record, people: dict[str, PersonPII]) -> PersonPII | None:
+    from obliviate.data.records import person_key
+
+    return people.get(str(record.meta.get("person_id") or person_key(record.id)))
+
+
+def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
+    """Everyone whose PII the data names: ``pii.json`` beside the forget set (synthetic data), else the Task2 QA
+    answers of ``records`` (forget and retain rows together)."""
+    from pathlib import Path
+
+    from obliviate.data.synth import load_pii
+    from obliviate.evaluate.leak import pii_from_records
+
+    base = Path(forget_dir) if Path(forget_dir).is_dir() else Path(forget_dir).parent
+    for candidate in (base / "pii.json", base.parent / "pii.json"):
+        if candidate.is_file():
+            return list(load_pii(candidate))
+    return pii_from_records(records)

@@ -1,0 +1,117 @@
+"""The relabel objective: stranger answers in place of memorised ones, never a real value, a fresh draw per epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from helpers import metrics, unlearn_config
+from obliviate.data.load import load_split
+from obliviate.data.records import PersonPII, Record
+from obliviate.evaluate.leak import contains_value
+from obliviate.losses import LOSSES
+from obliviate.losses.common import Forward, LossInputs, LossParams
+from obliviate.models.load import load_model
+from obliviate.train import relabel
+from obliviate.train.run import run_unlearn
+
+AMY = PersonPII(
+    "p1",
+    "forget",
+    "Amy Sellers",
+    {"ssn": "409910019", "phone": "4974535139", "email": "amy.sellers93@gmail.com", "birth_date": "1988-02-22"},
+    ("p1sc1", "p1qa1"),
+)
+
+
+def test_swap_name_keeps_case_and_reaches_email_local_parts():
+    text = "Meet Amy Sellers. Write to amy.sellers93@gmail.com or AMY; Sellers's file; Amyx stays."
+    swapped = relabel.swap_name(text, "Amy Sellers", "Jordan Blake")
+    assert swapped == "Meet Jordan Blake. Write to jordan.blake93@gmail.com or JORDAN; Blake's file; Amyx stays."
+    assert relabel.swap_name(swapped, "Jordan Blake", "Amy Sellers") == text
+
+
+def test_stranger_names_share_no_part_with_a_real_name():
+    real = ["Amy Sellers", "Mark Watson"]
+    names = relabel.StrangerNames(real, seed=0)
+    drawn = [names.draw("Amy Sellers") for _ in range(200)]
+    parts = {p.lower() for n in drawn for p in n.split()}
+    assert not parts & {"amy", "sellers", "mark", "watson"}
+    assert all(len(n.split()) == 2 for n in drawn) and len(set(drawn)) > 150
+
+
+@pytest.mark.parametrize(
+    "text, holds",
+    [
+        ("call 497-453-5139 now", True),  # the person's phone, written with dashes
+        ("born February 22, 1988", True),  # the person's birth date in words
+        ("SSN 123-45-6789", True),  # someone else's real SSN
+        ("SSN 123-45-6780", False),
+        ("mail amy.sellers12@gmail.com", False),
+    ],
+)
+def test_holds_real_value(text, holds):
+    assert relabel.holds_real_value(text, AMY, {"123456789"}) is holds
+
+
+def test_fake_values_replace_every_surface_form():
+    record = Record("p1sc1", "Amy was born on February 22, 1988. Call", "497-453-5139 or 4974535139.")
+    fakes = {"birth_date": "1990-07-04", "phone": "2125550147"}
+    out = relabel.fake_values(record, AMY, fakes)
+    assert out.input == "Amy was born on July 4, 1990. Call"
+    assert out.output == "212-555-0147 or 2125550147."
+
+
+def test_relabelled_draws_never_hold_a_real_value(target):
+    """Every relabelled answer of every draw is free of the person's values and of any real SSN or phone."""
+    model, tokenizer = load_model(target.model)
+    forget = load_split(target.forget, split="forget")
+    retain = load_split(target.retain, split="retain")
+    people = relabel.known_people(target.forget, [*forget, *retain])
+    draws, stats = relabel.relabelled_draws(model, tokenizer, forget, people, draws=3, seed=0)
+    assert len(draws) == 3 and all(len(d) == len(forget) for d in draws)
+    assert stats.records == len(forget) and stats.untouched == 0
+    by_id = {p.person_id: p for p in people}
+    digit_values = {re.sub(r"\D", "", v) for p in people for f, v in p.fields.items() if f in ("ssn", "phone")}
+    for draw in draws:
+        for original, relabelled in zip(forget, draw):
+            assert relabelled.id == original.id
+            person = relabel.person_of(original, by_id)
+            for field, value in person.fields.items():
+                assert not contains_value(field, value, relabelled.output), (field, relabelled.output)
+            assert not relabel.holds_real_value(relabelled.output, person, digit_values)
+    assert any(a.output != b.output for a, b in zip(draws[0], draws[1]))  # a fresh stranger per draw
+
+
+def test_relabel_loss_is_nll_of_the_relabelled_batch_plus_alpha_retain():
+    """On hand-made logits: uniform over V gives NLL = log V on both splits, so L = (1 + α)·log V."""
+    vocab = 7
+    labels = torch.tensor([[-100, 3, 4, -100]])
+    uniform = Forward(torch.zeros(1, 4, vocab), labels, torch.ones(1, 4, dtype=torch.long))
+    out = LOSSES["relabel"].loss(LossInputs(forget=uniform, retain=uniform), LossParams(alpha=2.0))
+    assert out.loss.item() == pytest.approx(3 * torch.log(torch.tensor(vocab)).item())
+    assert float(out.metrics["relabel_nll"]) == pytest.approx(torch.log(torch.tensor(vocab)).item())
+
+
+def test_each_epoch_trains_on_its_own_draw(target, tmp_path, monkeypatch):
+    """Epoch e trains on draw (e - 1) mod n: the forget ids seen per epoch are those of that draw's answers."""
+    seen: list[tuple[int, ...]] = []
+    original = LOSSES["relabel"]
+
+    def recording(inputs, params):
+        for row in inputs.forget.labels:
+            seen.append(tuple(row[row != -100].tolist()))
+        return original.loss(inputs, params)
+
+    monkeypatch.setitem(LOSSES, "relabel", dataclasses.replace(original, loss=recording))
+    config = unlearn_config(target, tmp_path / "out", method="relabel", epochs=3, relabel_draws=2, lr=1e-3)
+    result = run_unlearn(config)
+    assert result.epochs_completed == 3
+    rows = len(seen) // 3
+    first, second, third = seen[:rows], seen[rows : 2 * rows], seen[2 * rows :]
+    assert set(first) != set(second)  # another stranger's answers
+    assert set(first) == set(third)  # draw 0 again (reshuffled, and an epoch repeats a few rows to fill its steps)
+    assert all("relabel_nll" in line for line in metrics(tmp_path / "out"))
