@@ -156,6 +156,14 @@ class UnlearnConfig(TrainConfig):
         4, "relabel: stranger answers made per forget record, one per epoch in turn", ge=1, le=64
     )
     stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
+    stop_check_steps: int = option(
+        0,
+        "every N optimizer steps, stop once forget PII exposure is inside the never-seen band (holdout people, else "
+        "chance) or retain NLL rose past --stop_retain_bound; 0: off",
+        ge=0,
+    )
+    stop_band: float = option(2.0, "standard errors above the never-seen exposure that still count as forgotten", ge=0)
+    stop_retain_bound: float = option(0.1, "nats the retain NLL may rise above its start before the run stops", gt=0)
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1

@@ -30,7 +30,14 @@ def run(args: argparse.Namespace) -> int:
         from obliviate.evaluate.epochs import epoch_evaluator
 
         hook = epoch_evaluator(config)
-    result = run_unlearn(config, epoch_hook=hook, extra_inputs=[args.config] if args.config else None)
+    step_check = None
+    if config.stop_check_steps:
+        from obliviate.evaluate.stop_rule import stop_rule_for
+
+        step_check = stop_rule_for(config)
+    result = run_unlearn(
+        config, epoch_hook=hook, step_check=step_check, extra_inputs=[args.config] if args.config else None
+    )
     note = f" (stopped: {result.stopped})" if result.stopped else ""
     if process_state().is_main_process:  # one line per launch, not per process
         print(

@@ -83,6 +83,7 @@ class _Run:
     is_peft: bool
     state: dict[str, Any]
     forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
+    step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
 
 
 def _bars_off(acc: Accelerator) -> bool:
@@ -445,8 +446,24 @@ def train_epoch(
         if stop_forget_nll is not None and forget_nll is not None and forget_nll > stop_forget_nll:
             progress.close()
             return f"forget NLL {forget_nll:.3f} passed --stop_forget_nll {stop_forget_nll} at epoch {epoch}"
+        reason = _step_check(run, tokenizer, epoch, log)
+        if reason is not None:
+            progress.close()
+            return reason
     progress.close()
     return None
+
+
+def _step_check(run: _Run, tokenizer, epoch: int, log) -> str | None:
+    """Ask the run's stop rule (every process asks; the model is the same everywhere) and log what it measured."""
+    if run.step_check is None:
+        return None
+    model = run.accelerator.unwrap_model(run.model)
+    checks_before = len(run.step_check.history)
+    reason = run.step_check(model, tokenizer, run.state["global_step"])
+    if len(run.step_check.history) > checks_before:
+        log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
+    return reason
 
 
 def _accumulate(
@@ -550,16 +567,21 @@ def train(
     epoch_hook: EpochHook | None = None,
     resolved_config: str | None = None,
     forget_draws: list[list[Record]] | None = None,
+    step_check=None,
 ) -> RunResult:
     """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``.
 
     ``forget_draws``: relabelled copies of ``forget`` (same length and order) that epochs train on in turn.
+    ``step_check``: a stop rule with ``start(model, tokenizer)`` and ``(model, tokenizer, step) -> reason | None``.
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     run = setup(model, tokenizer, method, params, forget, retain, config)
     run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
     acc = run.accelerator
+    if step_check is not None:
+        step_check.start(acc.unwrap_model(run.model), tokenizer)
+        run.step_check = step_check
     layer = rmu_layer if method.needs.hidden else None
     metrics_path = output_dir / "metrics.jsonl"
     if acc.is_main_process:

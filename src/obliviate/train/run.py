@@ -140,11 +140,15 @@ def _select(model, config, method_name: str, rmu_layer: int | None):
 
 
 def run_unlearn(
-    config: UnlearnConfig, epoch_hook: EpochHook | None = None, extra_inputs: list[str | Path] | None = None
+    config: UnlearnConfig,
+    epoch_hook: EpochHook | None = None,
+    extra_inputs: list[str | Path] | None = None,
+    step_check=None,
 ) -> RunResult:
     """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`.
 
     ``extra_inputs`` are other paths the caller read (a ``--config`` file): the output may not touch them either.
+    ``step_check`` is a stop rule asked every few optimizer steps (see :mod:`obliviate.evaluate.stop_rule`).
     """
     method = get_method(config.method)
     params = resolve_params(config)
@@ -197,6 +201,7 @@ def run_unlearn(
         epoch_hook=epoch_hook,
         resolved_config=to_yaml(resolved),
         forget_draws=forget_draws,
+        step_check=step_check,
     )
 
 

@@ -1,0 +1,157 @@
+"""A stop rule that needs no oracle: stop once the forget set's PII is as unexposed as a stranger's.
+
+Every ``every`` optimizer steps the loop asks :class:`ExposureStopRule`. The check is two forward passes, no
+generation: the exposure (``docs/METRICS.md``) of every forget PII value against fixed fakes, and the answer NLL
+of a fixed retain sample. It stops when
+
+- the forget values' mean exposure has come down into the never-seen band: at most the reference mean plus
+  ``band`` standard errors. The reference is the holdout people's exposure under the starting model when a
+  holdout set is given (people it never saw), else the chance level of a uniform rank among K + 1; or
+- the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
+  arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
+
+Checking in steps, not epochs, keeps one rule for a 5-step and a 94-step epoch. Overshooting is failing too (an
+attacker also sees answers made far less likely than a stranger's): stopping at the first check inside the band,
+coming from above, is what keeps the run from going past it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from obliviate.data.fakes import CandidateSampler
+from obliviate.data.records import PersonPII, Record
+from obliviate.evaluate.exposure import chance_exposure, measure_exposure
+
+
+@dataclass
+class ExposureStopRule:
+    """Decides, from the model alone, when the forget set is forgotten enough (see the module docstring).
+
+    Args:
+        forget: the forget records; their people's PII values are checked.
+        people: every known person (all splits), so that fakes are never a real value.
+        retain: a retain sample whose answer NLL is watched.
+        holdout: records of never-seen people (the reference band), or empty for the chance level.
+        every: optimizer steps between checks.
+        k: fakes per value.
+        band: standard errors above the reference mean that still count as never seen.
+        retain_bound: nats the retain NLL may rise above its start.
+    """
+
+    forget: Sequence[Record]
+    people: Sequence[PersonPII]
+    retain: Sequence[Record]
+    holdout: Sequence[Record] = ()
+    every: int = 5
+    k: int = 50
+    band: float = 2.0
+    retain_bound: float = 0.1
+    seed: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    _reference: tuple[float, float] | None = None
+    _retain_start: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sampler = CandidateSampler(self.people, seed=self.seed)
+
+    def start(self, model, tokenizer) -> None:
+        """The reference band and the retain NLL, measured on the starting model."""
+        values = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
+        if len(values) >= 2:
+            self._reference = (float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))))
+        else:  # a uniform rank among K + 1 has a standard deviation of about log2(e) bits per value
+            count = max(1, len(self._exposures(model, tokenizer, self.forget, "forget", dry=True)))
+            self._reference = (chance_exposure(self.k), math.log2(math.e) / math.sqrt(count))
+        self._retain_start = retain_nll(model, tokenizer, self.retain)
+
+    def __call__(self, model, tokenizer, step: int) -> str | None:
+        """The reason to stop at ``step``, or None to go on."""
+        if self._reference is None or step % self.every:
+            return None
+        exposure = float(np.mean(self._exposures(model, tokenizer, self.forget, "forget") or [math.nan]))
+        retain = retain_nll(model, tokenizer, self.retain)
+        mean, se = self._reference
+        self.history.append({"step": step, "forget_exposure": exposure, "retain_nll": retain})
+        if retain - self._retain_start > self.retain_bound:
+            return (
+                f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
+                f"({self._retain_start:.3f}) at step {step}"
+            )
+        if exposure <= mean + self.band * se:
+            return (
+                f"forget exposure {exposure:.2f} bits is inside the never-seen band "
+                f"(≤ {mean:.2f} + {self.band}·{se:.2f}) at step {step}"
+            )
+        return None
+
+    def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[float]:
+        if dry:
+            from obliviate.evaluate.exposure import exposure_targets
+
+            return [0.0] * len(exposure_targets(records, self.people, split, self.sampler, self.k, ("question",)))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                report = measure_exposure(
+                    model, tokenizer, records, self.people, split, self.sampler, k=self.k, attacks=("question",)
+                )
+        finally:
+            model.train(was_training)
+        return [pair["exposure"] for pair in report.pairs] if report is not None else []
+
+
+@torch.no_grad()
+def retain_nll(model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32) -> float:
+    """Mean answer-token NLL of ``records`` (token-weighted), in eval mode: what the retain bound watches."""
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import token_logprobs
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0.0
+    try:
+        for start in range(0, len(records), batch_size):
+            batch = collate(
+                [encode_record(tokenizer, r, max_length) for r in records[start : start + batch_size]],
+                tokenizer.pad_token_id,
+            ).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logp, mask = token_logprobs(logits, batch.labels)
+            total, count = total - float(logp.sum()), count + float(mask.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1.0)
+
+
+RETAIN_SAMPLE = 64
+"""Retain rows whose NLL the stop rule watches (a seeded sample that keeps people whole)."""
+
+
+def stop_rule_for(config) -> ExposureStopRule:
+    """The rule behind ``obliviate unlearn --stop_check_steps N`` (an :class:`~obliviate.config.UnlearnConfig`)."""
+    from obliviate.data.load import load_split
+    from obliviate.evaluate.suite import sample_records
+    from obliviate.train.relabel import known_people
+
+    forget = load_split(config.forget_dir, split="forget")
+    retain = load_split(config.retain_dir, split="retain") if config.retain_dir else []
+    holdout = load_split(config.holdout_dir, split="holdout") if config.holdout_dir else []
+    people = known_people(config.forget_dir, [*forget, *retain, *holdout])
+    return ExposureStopRule(
+        forget=forget,
+        people=people,
+        retain=sample_records(retain, RETAIN_SAMPLE, config.seed) if retain else [],
+        holdout=holdout,
+        every=config.stop_check_steps,
+        band=config.stop_band,
+        retain_bound=config.stop_retain_bound,
+        seed=config.seed,
+    )

@@ -1,0 +1,72 @@
+"""The oracle-free stop rule: stops on a constructed trajectory exactly where it should, and not before."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import metrics, unlearn_argv
+from obliviate.cli.main import main
+from obliviate.evaluate import stop_rule as rule_module
+from obliviate.evaluate.exposure import chance_exposure
+from obliviate.evaluate.stop_rule import ExposureStopRule
+
+
+def scripted(monkeypatch, exposures: dict[str, list[list[float]]], retain: list[float]) -> ExposureStopRule:
+    """A rule whose measurements follow a script: per split, one list of per-value exposures per call."""
+    calls = {split: iter(values) for split, values in exposures.items()}
+    nll = iter(retain)
+    monkeypatch.setattr(ExposureStopRule, "_exposures", lambda self, m, t, r, split, dry=False: next(calls[split]))
+    monkeypatch.setattr(rule_module, "retain_nll", lambda model, tokenizer, records: next(nll))
+    return ExposureStopRule(forget=[], people=[], retain=[], holdout=["h"], every=2, band=2.0, retain_bound=0.1)
+
+
+def test_stops_at_the_first_check_inside_the_holdout_band(monkeypatch):
+    """Holdout exposures 1.0 and 2.0: mean 1.5, standard error 0.5, band top 2.5. Forget 6, 4, 2.6, 2.4."""
+    rule = scripted(
+        monkeypatch,
+        {"holdout": [[1.0, 2.0]], "forget": [[6.0, 6.0], [4.0, 4.0], [2.6, 2.6], [2.4, 2.4]]},
+        retain=[1.00, 1.02, 1.05, 1.08, 1.09],
+    )
+    rule.start(None, None)
+    assert [rule(None, None, step) for step in (1, 2, 3, 4, 6)][:4] == [None, None, None, None]  # odd steps skip
+    assert len(rule.history) == 3
+    reason = rule(None, None, 8)
+    assert reason is not None and "inside the never-seen band" in reason and "step 8" in reason
+    assert [h["forget_exposure"] for h in rule.history] == [6.0, 4.0, 2.6, 2.4]
+
+
+def test_stops_when_the_retain_nll_passes_its_bound(monkeypatch):
+    rule = scripted(
+        monkeypatch,
+        {"holdout": [[1.0, 2.0]], "forget": [[6.0], [5.0], [4.0]]},
+        retain=[1.00, 1.05, 1.09, 1.11],
+    )
+    rule.start(None, None)
+    assert rule(None, None, 2) is None and rule(None, None, 4) is None  # 0.09 above the start: kept
+    reason = rule(None, None, 6)
+    assert reason is not None and "retain NLL 1.110 rose more than 0.1" in reason
+
+
+def test_without_holdout_the_reference_is_chance(monkeypatch):
+    rule = scripted(monkeypatch, {"forget": [[0.0] * 16, [chance_exposure(50) + 0.7] * 16]}, retain=[1.0, 1.0])
+    rule.holdout = []
+    rule.start(None, None)
+    mean, se = rule._reference
+    assert mean == pytest.approx(chance_exposure(50)) and se == pytest.approx(1.4427 / 4, rel=1e-3)
+    assert rule(None, None, 2) is not None  # 0.7 above chance is inside 2 standard errors (0.72)
+
+
+def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(target, tmp_path):
+    out = tmp_path / "out"
+    argv = unlearn_argv(target, out, "--method", "relabel", "--epochs", "3", "--stop_check_steps", "2")
+    argv += ["--holdout_dir", str(target.data / "holdout"), "--stop_retain_bound", "5"]
+    assert main(argv) == 0
+    checks = [line["stop_check"] for line in metrics(out) if "stop_check" in line]
+    assert checks and all(c["step"] % 2 == 0 for c in checks)
+    state = json.loads((out / "trainer_state.json").read_text())
+    if state["stopped"] is not None:
+        assert "never-seen band" in state["stopped"] and state["global_step"] == checks[-1]["step"]
+    else:
+        assert state["global_step"] == 15 and len(checks) == 7
