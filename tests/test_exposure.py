@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from obliviate.data.batching import collate, encode_record
 from obliviate.data.fakes import CandidateSampler, format_preserving, pour, render_like, skeleton
 from obliviate.data.load import load_split
+from obliviate.data.pii_match import normalize_value
 from obliviate.data.records import PersonPII, Record
 from obliviate.data.synth import biography_form, synthesize
 from obliviate.evaluate.exposure import (
@@ -32,7 +33,7 @@ from obliviate.evaluate.exposure import (
     nll_gap,
     score_targets,
 )
-from obliviate.evaluate.leak import Probe, normalize_value
+from obliviate.evaluate.leak import Probe
 from obliviate.evaluate.partial import in_place_share, score_partial_leaks
 from obliviate.evaluate.passes import forward_pass
 from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from obliviate.data.records import Record
-from obliviate.evaluate.leak import (
-    PersonPII,
-    Probe,
-    Redactor,
-    build_probes,
-    contains_value,
-    find_value,
-    normalize_value,
-    pii_from_records,
-    score_leaks,
-)
+from obliviate.data.pii import pii_from_records
+from obliviate.data.pii_match import contains_value, find_value, normalize_value
+from obliviate.data.records import PersonPII, Record
+from obliviate.evaluate.leak import Probe, Redactor, build_probes, score_leaks
 
 UID = "df8d2304-fb26"
 BIO_INPUT = (

@@ -10,8 +10,8 @@ import torch
 
 from helpers import metrics, unlearn_config
 from obliviate.data.load import load_split
+from obliviate.data.pii_match import contains_value
 from obliviate.data.records import PersonPII, Record
-from obliviate.evaluate.leak import contains_value
 from obliviate.losses import LOSSES
 from obliviate.losses.common import Forward, LossInputs, LossParams
 from obliviate.models.load import load_model

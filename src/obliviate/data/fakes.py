@@ -9,7 +9,7 @@ replaced by a random one of its class, every other character kept (``AB 12 34 56
 Positions where every value of the data agrees (LUME's SSNs all start with ``900``) are kept as the data has them.
 
 A fake never equals the value nor any real value of the data set (compared after
-:func:`~obliviate.evaluate.leak.normalize_value`).
+:func:`~obliviate.data.pii_match.normalize_value`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 from faker import Faker
 
+from obliviate.data.pii_match import normalize_value
 from obliviate.data.records import PersonPII
-from obliviate.evaluate.leak import normalize_value
 
 MIN_AGREEING_VALUES = 5
 """A character position counts as fixed by the data only when at least this many values of a format share it."""

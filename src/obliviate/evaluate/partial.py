@@ -23,7 +23,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from obliviate.evaluate.leak import Probe, normalize_value
+from obliviate.data.pii_match import normalize_value
+from obliviate.evaluate.leak import Probe
 
 PARTIAL_THRESHOLDS = {"ssn": 5 / 9, "phone": 6 / 10, "birth_date": 7 / 8, "email": 0.8, "address": 0.8}
 """Share of characters in place from which a pair counts as partially leaked; other fields use the default."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.load import load_mia_dir, load_split
+from obliviate.data.pii import pii_from_records
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError, DataError, ModelError
 from obliviate.evaluate import exposure, leak, mia, partial, scores, semeval
@@ -140,7 +141,7 @@ def load_eval_data(
 
         data.people = list(load_pii(pii_file))
     else:
-        data.people = [p for name, rows in splits.items() for p in leak.pii_from_records(rows, split=name)]
+        data.people = [p for name, rows in splits.items() for p in pii_from_records(rows, split=name)]
         if data.people:
             data.notes.append("PII taken from the Task2 QA answers (qa0 birth date … qa4 address)")
     if mia_dir:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 from faker import Faker
 
+from obliviate.data.pii_match import contains_value, find_value
 from obliviate.data.records import PersonPII, Record
-from obliviate.evaluate.leak import contains_value, find_value
 
 SWAP_TRIES = 4
 """Generation rounds per record before an answer that kept a real value falls back to fake-value relabelling."""
@@ -188,8 +188,8 @@ def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
     answers of ``records`` (forget and retain rows together)."""
     from pathlib import Path
 
+    from obliviate.data.pii import pii_from_records
     from obliviate.data.synth import load_pii
-    from obliviate.evaluate.leak import pii_from_records
 
     base = Path(forget_dir) if Path(forget_dir).is_dir() else Path(forget_dir).parent
     for candidate in (base / "pii.json", base.parent / "pii.json"):

@@ -1,0 +1,55 @@
+"""People and their PII read off LUME-style records, for data that has no ``pii.json`` side file."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+
+from obliviate.data.records import PII_FIELDS, PersonPII, Record, person_key, qa_index
+
+
+def pii_field(record: Record) -> str | None:
+    """The PII field a QA record asks for: ``meta["pii_field"]``, else LUME Task2's qa0..qa4 order."""
+    if record.kind != "qa":
+        return None
+    if record.meta.get("pii_field") in PII_FIELDS:
+        return record.meta["pii_field"]
+    index = qa_index(record.id)
+    return PII_FIELDS[index] if record.task == "Task2" and index is not None and index < len(PII_FIELDS) else None
+
+
+def _name_from_questions(questions: list[str]) -> str:
+    """The longest capitalised run (not sentence-initial) that every question about the person contains."""
+    common: set[str] | None = None
+    for question in questions:
+        question = re.sub(r"'s\b", ",", question)  # "Tiffi Magenta's Social Security Number" → two runs
+        runs = {m[0] for m in re.finditer(r"\b[A-Z][\w.-]*(?:\s+[A-Z][\w.-]*)*", question) if m.start() > 0}
+        common = runs if common is None else common & runs
+    return max(sorted(common or ()), key=len, default="")
+
+
+def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonPII]:
+    """People and their PII read from LUME-style records, for data without a ``pii.json``.
+
+    The person is ``meta["person_id"]`` or the id without its ``sc``/``qa`` suffix; the QA answers give the fields
+    (Task2 qa0..qa4 = birth_date, ssn, phone, email, address, or ``meta["pii_field"]``); ``records`` lists all the
+    person's ids (the biography included). The name is ``meta["name"]`` or read off the person's questions.
+    """
+    ids: dict[str, list[str]] = defaultdict(list)
+    fields: dict[str, dict[str, str]] = defaultdict(dict)
+    questions: dict[str, list[str]] = defaultdict(list)
+    names: dict[str, str] = {}
+    for record in records:
+        key = str(record.meta.get("person_id") or person_key(record.id))
+        ids[key].append(record.id)
+        if record.meta.get("name"):
+            names[key] = str(record.meta["name"])
+        if field := pii_field(record):
+            fields[key][field] = record.output.strip()
+            questions[key].append(record.input)
+    return [
+        PersonPII(key, split, names.get(key) or _name_from_questions(questions[key]), fields[key], tuple(ids[key]))
+        for key in ids
+        if fields[key]
+    ]
