@@ -144,7 +144,7 @@ class UnlearnConfig(TrainConfig):
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
-    method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo or rmu")
+    method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo, rmu or relabel")
     alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)", ge=0)
     gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)", ge=0)
     beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)", gt=0)
