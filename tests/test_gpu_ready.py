@@ -325,3 +325,21 @@ def test_gpu_smoke_runs_every_stage_on_cpu(tmp_path):
     assert result["eval"]["prompts"] == 64 and result["eval"]["generated_tokens"] > 0
     assert {result["sharded"][kind]["status"] for kind in ("fsdp", "zero3")} <= {"ok", "skipped"}
     assert result["sharded"]["fsdp"]["step1_kl"] == 0.0  # the launched worker ran its steps
+
+
+def test_forget_and_retain_in_one_pass_give_the_same_outputs(target):
+    """Item 10: one concatenated forward (sharded weights: one all-gather) equals two passes, at each batch's width."""
+    model, tokenizer = load_model(target.model)
+    model.eval()
+    forget = collate([encode_record(tokenizer, r, 512) for r in load_split(target.forget, split="forget")[:3]], 0)
+    retain = collate([encode_record(tokenizer, r, 512) for r in load_split(target.retain, split="retain")[1:6]], 0)
+    assert forget.input_ids.shape[1] != retain.input_ids.shape[1]  # the widths differ: padding is exercised
+    block = decoder_layers(model)[1]
+    with torch.no_grad():
+        joint_forget, joint_retain = loop._joint_forward(model, forget, retain, block)
+        for joint, batch in ((joint_forget, forget), (joint_retain, retain)):
+            alone = loop._forward(model, batch, block)
+            real = batch.attention_mask.bool()
+            assert joint.logits.shape == alone.logits.shape and torch.equal(joint.labels, batch.labels)
+            torch.testing.assert_close(joint.logits[real], alone.logits[real], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(joint.hidden[real], alone.hidden[real], rtol=1e-5, atol=1e-5)

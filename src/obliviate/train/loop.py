@@ -43,7 +43,7 @@ from obliviate.distributed import cpu_launch, process_state
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
-from obliviate.losses.common import Forward, LossInputs, LossParams
+from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams
 from obliviate.models.load import write_tokenizer_fingerprint
 from obliviate.models.trainable import decoder_layers
 from obliviate.train import checkpoint as ckpt
@@ -84,6 +84,7 @@ class _Run:
     state: dict[str, Any]
     forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
+    joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
 
 
 def _bars_off(acc: Accelerator) -> bool:
@@ -144,6 +145,7 @@ def setup(
         control=control,
         is_peft=is_peft,
         state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None},
+        joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
     )
     if config.resume:
         _restore(run, config, tokenizer)
@@ -331,6 +333,34 @@ def _forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None, sto
     return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
 
 
+def _joint_forward(
+    model, first: TokenBatch, second: TokenBatch, layer: torch.nn.Module | None
+) -> tuple[Forward, Forward]:
+    """Both batches in one forward pass, each given back at its own width: under ZeRO-3 / FSDP one all-gather of the
+    weights instead of two. Right padding to the common width changes nothing for the real tokens (causal attention,
+    padded positions masked and unscored)."""
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+    pad_id = int(first.input_ids[0, -1]) if first.attention_mask[0, -1] == 0 else 0  # any id: masked, unscored
+
+    def widen(tensor: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+    joint = TokenBatch(
+        torch.cat([widen(first.input_ids, pad_id), widen(second.input_ids, pad_id)]),
+        torch.cat([widen(first.attention_mask, 0), widen(second.attention_mask, 0)]),
+        torch.cat([widen(first.labels, IGNORE_INDEX), widen(second.labels, IGNORE_INDEX)]),
+    )
+    out = _forward(model, joint, layer)
+    rows = first.input_ids.shape[0]
+    parts = []
+    for batch, picked in ((first, slice(0, rows)), (second, slice(rows, None))):
+        length = batch.input_ids.shape[1]
+        logits = out.logits[picked, :length] if out.logits is not None else None
+        hidden = out.hidden[picked, :length] if out.hidden is not None else None
+        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden))
+    return parts[0], parts[1]
+
+
 @contextlib.contextmanager
 def _reference(run: _Run):
     """The frozen reference: a copy, or (under LoRA) the same model with its adapters switched off."""
@@ -351,9 +381,13 @@ def _loss_inputs(
 ) -> LossInputs:
     needs = method.needs
     block = _block(run.accelerator, run.model, layer)
-    inputs = LossInputs(forget=_forward(run.model, forget, block), control=run.control)
-    if retain is not None:
-        inputs.retain = _forward(run.model, retain, block)
+    if retain is not None and run.joint_forward:
+        forget_out, retain_out = _joint_forward(run.model, forget, retain, block)
+        inputs = LossInputs(forget=forget_out, retain=retain_out, control=run.control)
+    else:
+        inputs = LossInputs(forget=_forward(run.model, forget, block), control=run.control)
+        if retain is not None:
+            inputs.retain = _forward(run.model, retain, block)
     if needs.reference:
         # hidden-states methods read only h^ℓ of the reference; a pass cut short is safe without backward and
         # without sharding (ZeRO-3 and FSDP expect every forward to visit every unit)
