@@ -152,6 +152,11 @@ class UnlearnConfig(TrainConfig):
     kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)", ge=0)
     rmu_c: float | None = option(None, "RMU steering coefficient c (default 6.5)", gt=0)
     rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)", ge=0)
+    forget_tokens: str = option(
+        "answer",
+        "what the forget term scores: answer (every answer token) or pii (only the tokens of the person's PII values)",
+        choices=("answer", "pii"),
+    )
     relabel_draws: int = option(
         4, "relabel: stranger answers made per forget record, one per epoch in turn", ge=1, le=64
     )

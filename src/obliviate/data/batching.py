@@ -46,11 +46,16 @@ class UnlearnBatch:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenised record: ``prompt_len`` leading ids are the prompt, the rest the answer (ending in eos)."""
+    """One tokenised record: ``prompt_len`` leading ids are the prompt, the rest the answer (ending in eos).
+
+    ``scored``, when set, says which ids are scored (``--forget_tokens pii``: only the tokens of PII values);
+    otherwise every answer id is.
+    """
 
     ids: list[int]
     prompt_len: int
     is_document: bool
+    scored: tuple[bool, ...] | None = None
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -72,10 +77,21 @@ def encode_record(tokenizer, record: Record, max_length: int) -> Encoded:
         ids = encode_prompt(tokenizer, record.input) + eos
         return Encoded(ids[:max_length], 0, True)
     prompt = encode_prompt(tokenizer, record.input)
-    answer = tokenizer(answer_prefix(record) + record.output, add_special_tokens=False)["input_ids"] + eos
+    separator = answer_prefix(record)
+    spans = record.meta.get("score_spans")
+    encoded = tokenizer(separator + record.output, add_special_tokens=False, return_offsets_mapping=spans is not None)
+    answer = encoded["input_ids"] + eos
     answer = answer[: max(1, max_length - 1)]
     prompt = prompt[max(0, len(prompt) - (max_length - len(answer))) :]
-    return Encoded(prompt + answer, len(prompt), False)
+    scored = None
+    if spans is not None:  # character spans of ``record.output`` → the answer tokens that overlap one
+        shift = len(separator)
+        flags = [
+            any(a < end + shift and b > start + shift for start, end in spans) for a, b in encoded["offset_mapping"]
+        ]
+        flags = (flags + [False] * len(eos))[: len(answer)]  # eos is not part of any value
+        scored = (False,) * len(prompt) + tuple(flags)
+    return Encoded(prompt + answer, len(prompt), False, scored)
 
 
 def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") -> TokenBatch:
@@ -96,6 +112,9 @@ def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") ->
         attention_mask[row, start : start + n] = 1
         first_scored = 0 if enc.is_document else enc.prompt_len
         labels[row, start + first_scored : start + n] = ids[first_scored:]
+        if enc.scored is not None:
+            keep = torch.tensor(enc.scored, dtype=torch.bool)
+            labels[row, start : start + n] = torch.where(keep, ids, IGNORE_INDEX)
     return TokenBatch(input_ids, attention_mask, labels)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -53,3 +54,26 @@ def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonP
         for key in ids
         if fields[key]
     ]
+
+
+def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tuple[list[Record], int]:
+    """Each record with ``meta["score_spans"]``: the character spans of its person's PII values in its output.
+
+    ``--forget_tokens pii`` scores only those tokens, so the forget term leaves the template words every person
+    shares alone. Returns the records and how many hold at least one span (the rest score nothing).
+    """
+    from obliviate.data.pii_match import find_value
+
+    by_id = {p.person_id: p for p in people}
+    out, marked = [], 0
+    for record in records:
+        person = by_id.get(str(record.meta.get("person_id") or person_key(record.id)))
+        spans: list[tuple[int, int]] = []
+        for field, value in person.fields.items() if person else ():
+            start = 0
+            while (found := find_value(field, value, record.output[start:])) is not None:
+                spans.append((start + found[0], start + found[1]))
+                start += found[1]
+        marked += bool(spans)
+        out.append(dataclasses.replace(record, meta={**record.meta, "score_spans": sorted(spans)}))
+    return out, marked

@@ -183,6 +183,8 @@ def run_unlearn(
     )
     if config.resume:
         check_resume(out, resolved)
+    if config.forget_tokens == "pii":
+        forget = _pii_tokens_only(config, forget, retain, method.relabels)
     forget_draws = None
     if method.relabels:
         forget, forget_draws = _relabel(model, tokenizer, config, forget, retain)
@@ -203,6 +205,21 @@ def run_unlearn(
         forget_draws=forget_draws,
         step_check=step_check,
     )
+
+
+def _pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
+    """``--forget_tokens pii``: the forget term scores only the tokens of each person's PII values."""
+    from obliviate.data.pii import mark_pii_spans
+    from obliviate.train.relabel import known_people
+
+    if relabels:
+        raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
+    marked, count = mark_pii_spans(forget, known_people(config.forget_dir, [*forget, *(retain or [])]))
+    if not count:
+        raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
+    if process_state().is_main_process:
+        print(f"forget tokens: PII values only, in {count} of {len(forget)} forget records (the rest score nothing)")
+    return marked
 
 
 def _relabel(model, tokenizer, config: UnlearnConfig, forget, retain):

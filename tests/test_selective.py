@@ -1,0 +1,66 @@
+"""``--forget_tokens pii``: the forget term scores only the tokens of the person's PII values."""
+
+from __future__ import annotations
+
+import torch
+
+from helpers import unlearn_argv
+from obliviate.cli.main import main
+from obliviate.data.batching import collate, encode_record
+from obliviate.data.load import load_split
+from obliviate.data.pii import mark_pii_spans
+from obliviate.data.records import PersonPII, Record
+from obliviate.losses.common import token_logprobs
+from obliviate.models.load import load_tokenizer
+
+AMY = PersonPII("p1", "forget", "Amy Sellers", {"ssn": "409910019", "phone": "4974535139"}, ("p1sc1",))
+
+
+def test_spans_cover_every_surface_form_of_every_value():
+    record = Record("p1sc1", "Reach her at", "497-453-5139, SSN 409-91-0019, again 4974535139.")
+    [marked], count = mark_pii_spans([record], [AMY])
+    spans = marked.meta["score_spans"]
+    assert count == 1
+    assert [record.output[a:b] for a, b in spans] == ["497-453-5139", "409-91-0019", "4974535139"]
+
+
+def test_only_pii_tokens_are_scored(assets):
+    tokenizer = load_tokenizer(assets.model)
+    record = Record("p1sc1", "Reach her at", "497-453-5139 or by mail.", meta={"person_id": "p1"})
+    [marked], _ = mark_pii_spans([record], [AMY])
+    whole, selective = (collate([encode_record(tokenizer, r, 128)], tokenizer.pad_token_id) for r in (record, marked))
+    scored = selective.labels[0][selective.labels[0] != -100].tolist()
+    assert tokenizer.decode(scored).strip() == "497-453-5139"
+    assert (whole.labels != -100).sum() > (selective.labels != -100).sum() > 0
+    assert selective.input_ids.tolist() == whole.input_ids.tolist()  # the same text goes in
+
+
+@torch.no_grad()
+def split_nll(model_dir, assets) -> tuple[float, float]:
+    """Mean NLL of the forget answers' PII tokens and of their other answer tokens."""
+    from obliviate.models.load import load_model
+    from obliviate.train.relabel import known_people
+
+    model, tokenizer = load_model(model_dir)
+    forget = load_split(assets.forget, split="forget")
+    marked, _ = mark_pii_spans(forget, known_people(assets.forget, forget))
+    whole = collate([encode_record(tokenizer, r, 128) for r in forget], tokenizer.pad_token_id)
+    only = collate([encode_record(tokenizer, r, 128) for r in marked], tokenizer.pad_token_id)
+    logits = model.eval()(input_ids=whole.input_ids, attention_mask=whole.attention_mask).logits
+    logp, answer = token_logprobs(logits, whole.labels)
+    pii = (only.labels[:, 1:] != -100).float()  # the same ids as ``whole``: only the scored positions differ
+    other = answer * (1 - pii)
+    return float(-(logp * pii).sum() / pii.sum()), float(-(logp * other).sum() / other.sum())
+
+
+def test_unlearn_with_pii_tokens_only_moves_the_values_more_than_the_template(target, tmp_path):
+    """GA on PII tokens raises their NLL more than the other answer tokens', and moves those far less than GA on
+    every answer token does."""
+    rises = {}
+    for mode in ("pii", "answer"):
+        out = tmp_path / mode
+        assert main(unlearn_argv(target, out, "--method", "ga", "--forget_tokens", mode, "--epochs", "2")) == 0
+        (pii_before, other_before), (pii_after, other_after) = split_nll(target.model, target), split_nll(out, target)
+        rises[mode] = (pii_after - pii_before, other_after - other_before)
+    assert rises["pii"][0] > rises["pii"][1] > 0, rises
+    assert rises["pii"][1] < 0.75 * rises["answer"][1], rises
