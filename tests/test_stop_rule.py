@@ -60,7 +60,7 @@ def test_without_holdout_the_reference_is_chance(monkeypatch):
 
 def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(target, tmp_path):
     out = tmp_path / "out"
-    argv = unlearn_argv(target, out, "--method", "relabel", "--epochs", "3", "--stop_check_steps", "2")
+    argv = unlearn_argv(target, out, "--method", "ga_gd", "--epochs", "3", "--stop_check_steps", "2")
     argv += ["--holdout_dir", str(target.data / "holdout"), "--stop_retain_bound", "5"]
     assert main(argv) == 0
     checks = [line["stop_check"] for line in metrics(out) if "stop_check" in line]

@@ -50,7 +50,7 @@ def method_overrides(method: str) -> dict:
     overrides = {
         "rmu": {"alpha": 1.0, "rmu_layer": RMU_LAYER},
         "simnpo": {"beta": 0.5, "alpha": 0.2},
-        "relabel": {"lr": 5e-2},  # descends towards stranger answers: slower to move the true answers' NLL
+        "relabel": {"lr": 5e-2, "relabel_draws": 1},  # descends to stranger answers: slower to move the true NLL
     }
     return overrides.get(method, {})
 

@@ -134,9 +134,8 @@ def relabelled_draws(
     owners = [person_of(r, by_id) for r in forget]
     swappable = [i for i, person in enumerate(owners) if person is not None and person.name and forget[i].output]
     answers: dict[tuple[int, int], str] = {}
-    budget = {
-        i: max(16, 2 * len(tokenizer(forget[i].output, add_special_tokens=False)["input_ids"])) for i in swappable
-    }
+    # a stranger's answer is about as long as the memorised one: its length plus a margin bounds the generation
+    budget = {i: 8 + len(tokenizer(forget[i].output, add_special_tokens=False)["input_ids"]) for i in swappable}
     for attempt in range(SWAP_TRIES):
         todo = [(i, d) for i in swappable for d in range(draws) if (i, d) not in answers]
         if not todo:
