@@ -351,6 +351,7 @@ CASES: dict[str, Case] = {
     "evaluate batch size 0": (lambda w, t: evaluate_model(w, t, "--batch_size", "0"), 2, "--batch_size must be >= 1"),
     "evaluate max examples -1": (lambda w, t: evaluate_model(w, t, "--max_examples", "-1"), 2, "--max_examples"),
     "evaluate leak samples -3": (lambda w, t: evaluate_model(w, t, "--leak_samples", "-3"), 2, "--leak_samples"),
+    "evaluate exposure k 0": (lambda w, t: evaluate_model(w, t, "--exposure_k", "0"), 2, "--exposure_k must be >= 1"),
     "evaluate seed negative": (lambda w, t: evaluate_model(w, t, "--seed", "-1"), 2, "--seed must be >= 0"),
     "evaluate select unknown": (lambda w, t: evaluate_model(w, t, "--select", "best"), 2, "--select 'best'"),
     "evaluate model and checkpoints": (

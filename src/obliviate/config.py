@@ -196,6 +196,8 @@ class EvaluateConfig:
     batch_size: int = option(32, "rows per batch", ge=1, le=65_536)
     max_new_tokens: int = option(256, "generation length (256 as in the official script)", ge=1, le=65_536)
     leak_samples: int = option(0, "sampled generations per leak probe", ge=0, le=1000)
+    exposure_k: int = option(100, "fakes each PII value is ranked among for exposure (Carlini et al.: >= 100)", ge=1)
+    no_exposure: bool = option(False, "skip exposure (it costs K + 1 continuations per PII value)")
     chat_template: bool = option(False, "wrap prompts in the tokenizer's chat template")
     show_pii: bool = option(False, "keep PII values in generations and reports")
     select: str = option(

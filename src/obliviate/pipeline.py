@@ -72,7 +72,7 @@ class PipelineConfig:
     eval_batch_size: int = 128
     max_new_tokens: int = 40
     leak_samples: int = 0
-    exposure_k: int = 50  # fakes per PII value at every epoch's evaluation: half the cost of K = 100, 5.7 bits at most
+    exposure_k: int = 50  # fakes per PII value at every epoch's evaluation (epochs.EPOCH_EXPOSURE_K)
     select: str = "holdout_gap"
     group_by_length: bool = False
     workers: int = 0

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=config.max_new_tokens,
         max_examples=config.max_examples,
         leak_samples=config.leak_samples,
+        exposure=not config.no_exposure,
+        exposure_k=config.exposure_k,
         chat_template=config.chat_template,
         show_pii=config.show_pii,
         seed=config.seed,
