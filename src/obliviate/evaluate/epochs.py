@@ -133,7 +133,7 @@ def _holdout_gap(epoch: dict[str, Any]) -> float:
 
 def write_epoch_result(out_dir: Path, epoch: int, result: EvalResult) -> None:
     """``eval/epoch-N/results.json`` and ``per_example.jsonl`` (generations already redacted)."""
-    from obliviate.train.checkpoint import write_text_atomic
+    from obliviate.io import write_text_atomic
 
     target = out_dir / f"epoch-{epoch}"
     target.mkdir(parents=True, exist_ok=True)

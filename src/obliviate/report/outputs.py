@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.evaluate.suite import EvalResult
+from obliviate.io import write_text_atomic
 from obliviate.report.plots import plot_loss_per_epoch, plot_metric_per_epoch
 from obliviate.report.render import render_epochs_report, render_eval_report, write_report
-from obliviate.train.checkpoint import write_text_atomic
 
 ROUGE_KEYS = ["forget/rougeL_recall", "retain/rougeL_recall"]
 LEAK_KEYS = ["forget/leak_rate", "retain/leak_rate", "holdout/leak_rate"]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from obliviate.evaluate.scores import METRICS, higher_is_better
+from obliviate.io import write_text_atomic
 
 SPLIT_ORDER = ("forget", "retain", "holdout", "all")
 # (summary key, column header) of the per-epoch table; columns absent from every epoch are left out.
@@ -356,15 +356,8 @@ def render_demo_report(
 
 
 def write_report(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` (UTF-8) through a temporary file in the same folder, then ``os.replace``."""
+    """Write ``text`` to ``path`` (UTF-8, ending in a newline) atomically (:func:`obliviate.io.write_text_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text if text.endswith("\n") else text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text if text.endswith("\n") else text + "\n")
     return path
