@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -66,7 +67,15 @@ def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(targ
     checks = [line["stop_check"] for line in metrics(out) if "stop_check" in line]
     assert checks and all(c["step"] % 2 == 0 for c in checks)
     state = json.loads((out / "trainer_state.json").read_text())
-    if state["stopped"] is not None:
-        assert "never-seen band" in state["stopped"] and state["global_step"] == checks[-1]["step"]
+    last = checks[-1]
+    assert state["stopped"] is not None and state["global_step"] == last["step"], state  # stopped at a check
+    if "retain NLL" in state["stopped"]:  # the number it names is the one logged, past the bound
+        now, start = map(float, re.findall(r"retain NLL ([\d.]+) rose .* its start \(([\d.]+)\)", state["stopped"])[0])
+        assert now == pytest.approx(last["retain_nll"], abs=1e-3) and now - start > 5
     else:
-        assert state["global_step"] == 15 and len(checks) == 7
+        assert "never-seen band" in state["stopped"]
+        exposure, mean, band, se = map(
+            float, re.findall(r"exposure ([\d.]+) bits .*≤ ([\d.]+) \+ ([\d.]+)·([\d.]+)", state["stopped"])[0]
+        )
+        assert exposure == pytest.approx(last["forget_exposure"], abs=5e-3) and exposure <= mean + band * se + 5e-3
+    assert all(c["forget_exposure"] == c["forget_exposure"] for c in checks)  # measured (not NaN) at every check
