@@ -42,12 +42,12 @@ def test_help_lists_every_option_with_its_default(capsys):
         assert f"--{field.name}" in text
     for shown in (
         "(default: ga_gd)",
-        "(default: 1e-05)",
+        "(default: 1e-05; > 0, <= 1)",
         "(default: auto)",
         "(default: all-linear)",
         "(required)",
-        "(default: 32)",
-        "(default: None)",
+        "(default: 32; >= 1)",
+        "(default: None; > 0)",
     ):
         assert shown in text
     assert "--config" in text

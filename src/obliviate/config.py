@@ -295,6 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = _base_type(hints[f.name])
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = "required" if meta.get("required") else f"default: {default}"
+        bounds = [f"{_BOUNDS[key][0]} {meta[key]}" for key in ("gt", "ge", "lt", "le") if key in meta]
+        shown += f"; {', '.join(bounds)}" if bounds else ""
         kwargs: dict[str, Any] = {"help": f"{meta.get('help', '')} ({shown})", "default": argparse.SUPPRESS}
         if meta.get("positional"):
             parser.add_argument(f.name, nargs=meta.get("nargs", "+"), metavar="PATH", help=kwargs["help"])
