@@ -46,6 +46,7 @@ def full_inputs(method_needs: Needs, forget_logits: torch.Tensor | None = None) 
         forget_ref=make(2) if "forget" in method_needs.reference_on else None,
         retain_ref=make(3) if "retain" in method_needs.reference_on else None,
         control=make_control_vector(HIDDEN, 6.5, seed=0) if hidden else None,
+        paired=make(4) if method_needs.paired else None,
     )
 
 
@@ -213,6 +214,7 @@ EXPECTED_NEEDS = {
     "simnpo": Needs(retain=True),
     "rmu": Needs(retain=True, reference_on=("retain",), hidden=True),
     "relabel": Needs(retain=True),
+    "contrast": Needs(retain=True, paired=True),
 }
 
 
@@ -306,6 +308,7 @@ def sync_inputs(device: str = "cpu") -> LossInputs:
         forget_ref=make(2, SYNC_LABELS),
         retain_ref=make(3, SYNC_RETAIN_LABELS),
         control=make_control_vector(HIDDEN, 6.5, seed=0).to(device),
+        paired=make(4, SYNC_LABELS),
     )
 
 
@@ -366,6 +369,17 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
             "retain_nll": nll(retain),
         }
         return {**figures, "loss": figures["rmu_forget"] + params.alpha * figures["rmu_retain"]}
+    if name == "contrast":  # per row: the hinge on mean NLL(fake values) - mean NLL(true values) + delta
+        true, fake = answer_logprobs(forget), answer_logprobs(inputs.paired)
+        rows = [(-lp / n, -fp / m) for (lp, n), (fp, m) in zip(true, fake) if n and m]
+        hinge = sum(max(0.0, f - t + params.delta) for t, f in rows) / len(rows)
+        figures = {
+            "forget_nll": sum(t for t, _ in rows) / len(rows),
+            "fake_nll": sum(f for _, f in rows) / len(rows),
+            "gap_hinge": hinge,
+            "retain_nll": nll(retain),
+        }
+        return {**figures, "loss": hinge + params.alpha * figures["retain_nll"]}
     if name == "relabel":  # the forget batch already holds the relabelled answers
         figures = {"relabel_nll": nll(forget), "retain_nll": nll(retain)}
         return {**figures, "loss": figures["relabel_nll"] + params.alpha * figures["retain_nll"]}

@@ -115,3 +115,41 @@ def test_each_epoch_trains_on_its_own_draw(target, tmp_path, monkeypatch):
     assert set(first) != set(second)  # another stranger's answers
     assert set(first) == set(third)  # draw 0 again (reshuffled, and an epoch repeats a few rows to fill its steps)
     assert all("relabel_nll" in line for line in metrics(tmp_path / "out"))
+
+
+def test_fake_pairs_score_the_values_and_never_hold_a_real_one(target):
+    """Row i of every copy is forget row i with fakes in its PII spans, scored on those fakes only."""
+    forget = load_split(target.forget, split="forget")
+    retain = load_split(target.retain, split="retain")
+    people = relabel.known_people(target.forget, [*forget, *retain])
+    marked, copies = relabel.fake_pairs(forget, people, draws=2, seed=0)
+    by_id = {p.person_id: p for p in people}
+    assert [r.id for r in marked] == [r.id for r in forget] and len(copies) == 2
+    for copy in copies:
+        for original, scored, fake in zip(forget, marked, copy):
+            person = relabel.person_of(original, by_id)
+            assert scored.meta["score_spans"] and fake.meta["score_spans"]
+            assert len(fake.meta["score_spans"]) == len(scored.meta["score_spans"])
+            for field, value in person.fields.items():
+                assert not contains_value(field, value, fake.output) and not contains_value(field, value, fake.input)
+    assert copies[0][0].output != copies[1][0].output  # a fresh fake per draw
+
+
+def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fake():
+    """NLL(true) above NLL(fake) by more than the margin: zero loss and zero gradient on the forget side."""
+    vocab, labels = 5, torch.tensor([[-100, 1, 2]])
+    mask = torch.ones(1, 3, dtype=torch.long)
+    confident = torch.full((1, 3, vocab), -5.0)
+    confident[0, 0, 1] = confident[0, 1, 2] = 5.0  # predicts the labels: low NLL
+    uniform = torch.zeros(1, 3, vocab)
+    for true_logits, fake_logits, pushes in ((confident, uniform, True), (uniform, confident, False)):
+        true_logits = true_logits.clone().requires_grad_(True)
+        inputs = LossInputs(
+            forget=Forward(true_logits, labels, mask),
+            paired=Forward(fake_logits, labels, mask),
+            retain=Forward(uniform, labels, mask),
+        )
+        out = LOSSES["contrast"].loss(inputs, LossParams(alpha=0.0))
+        out.loss.backward()
+        assert bool(true_logits.grad.abs().sum() > 0) is pushes
+        assert (float(out.metrics["gap_hinge"]) > 0) is pushes

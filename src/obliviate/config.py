@@ -144,7 +144,7 @@ class UnlearnConfig(TrainConfig):
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
-    method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo, rmu or relabel")
+    method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel or contrast")
     alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)", ge=0)
     gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)", ge=0)
     beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)", gt=0)
@@ -158,7 +158,7 @@ class UnlearnConfig(TrainConfig):
         choices=("answer", "pii"),
     )
     relabel_draws: int = option(
-        4, "relabel: stranger answers made per forget record, one per epoch in turn", ge=1, le=64
+        4, "relabel / contrast: stranger answers or fake-value copies per forget record, one per epoch", ge=1, le=64
     )
     stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
     stop_check_steps: int = option(

@@ -10,7 +10,7 @@ from obliviate.config import UnlearnConfig, add_arguments, build_config
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "unlearn",
-        help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel)",
+        help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel, contrast)",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
         "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. Defaults are "
         "the published 7B ones (lr 1e-5, effective batch 32, AdamW); `obliviate demo` uses presets tuned for the "

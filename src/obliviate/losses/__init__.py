@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from obliviate.errors import ConfigError
-from obliviate.losses import finetune, ga, ga_gd, ga_kl, npo, relabel, rmu, simnpo
+from obliviate.losses import contrast, finetune, ga, ga_gd, ga_kl, npo, relabel, rmu, simnpo
 from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
 
 
@@ -105,6 +105,13 @@ LOSSES: dict[str, Method] = {
         "descend on forget records relabelled with what the model says about a stranger, plus alpha*NLL(R)",
         "2310.02238",
         relabels=True,
+    ),
+    "contrast": Method(
+        "contrast",
+        contrast.loss,
+        contrast.NEEDS,
+        "hinge until each true PII value is no more likely than a fresh fake of its format, plus alpha*NLL(R)",
+        "1802.08232",
     ),
 }
 

@@ -41,6 +41,7 @@ class LossInputs:
     forget_ref: Forward | None = None
     retain_ref: Forward | None = None
     control: torch.Tensor | None = None  # RMU: the fixed vector c·u, shape [hidden]
+    paired: Forward | None = None  # row i: forget row i with its PII values replaced by fresh fakes
 
 
 @dataclass
@@ -66,11 +67,14 @@ class Needs:
         retain: a retain batch paired with each forget batch.
         reference_on: the splits on which the frozen reference is run: ``()``, ``("forget",)``, ``("retain",)``.
         hidden: hidden states at one layer instead of logits (RMU).
+        paired: each forget row paired with a copy whose PII values are fresh fakes (``LossInputs.paired``), both
+            scored on the PII value tokens only.
     """
 
     retain: bool = False
     reference_on: tuple[str, ...] = ()
     hidden: bool = False
+    paired: bool = False
 
     @property
     def reference(self) -> bool:

@@ -83,6 +83,8 @@ class _Run:
     is_peft: bool
     state: dict[str, Any]
     forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
+    paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
+    paired: list = field(default_factory=list)  # this epoch's draw
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
 
@@ -377,7 +379,12 @@ def _block(accelerator: Accelerator, model, layer: int | None) -> torch.nn.Modul
 
 
 def _loss_inputs(
-    run: _Run, method: Method, forget: TokenBatch, retain: TokenBatch | None, layer: int | None
+    run: _Run,
+    method: Method,
+    forget: TokenBatch,
+    retain: TokenBatch | None,
+    layer: int | None,
+    paired: TokenBatch | None = None,
 ) -> LossInputs:
     needs = method.needs
     block = _block(run.accelerator, run.model, layer)
@@ -388,6 +395,8 @@ def _loss_inputs(
         inputs = LossInputs(forget=_forward(run.model, forget, block), control=run.control)
         if retain is not None:
             inputs.retain = _forward(run.model, retain, block)
+    if paired is not None:
+        inputs.paired = _forward(run.model, paired, block)
     if needs.reference:
         # hidden-states methods read only h^ℓ of the reference; a pass cut short is safe without backward and
         # without sharding (ZeRO-3 and FSDP expect every forward to visit every unit)
@@ -423,6 +432,8 @@ def train_epoch(
     acc = run.accelerator
     if run.forget_draws:  # a relabelling method: epoch e trains on draw e mod n, a fresh stranger each time
         run.forget = run.forget_draws[(epoch - 1) % len(run.forget_draws)]
+    if run.paired_draws:  # a paired method: epoch e compares with draw e mod n of fresh fakes
+        run.paired = run.paired_draws[(epoch - 1) % len(run.paired_draws)]
     grouped = config.group_by_length
     lengths = [len(e.ids) for e in run.forget] if grouped else None
     order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch, lengths)
@@ -533,6 +544,7 @@ def _accumulate(
             pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
         on_cpu = [collate([run.forget[i] for i in piece], pad_id) for piece in pieces]
         retain_cpu = collate([run.retain[i] for i in retain_rows], pad_id) if retain_rows else None
+        paired = collate([run.paired[i] for i in forget_rows], pad_id).to(acc.device) if run.paired else None
         tokens += sum(b.num_tokens for b in on_cpu) + (retain_cpu.num_tokens if retain_cpu is not None else 0)
         scored = [scored_tokens(b) for b in on_cpu] if len(on_cpu) > 1 else [1]
         retain = retain_cpu.to(acc.device) if retain_cpu is not None else None
@@ -542,7 +554,8 @@ def _accumulate(
                 last = index == len(on_cpu) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(run.model):
                     with acc.autocast():
-                        out = method.loss(_loss_inputs(run, method, batch.to(acc.device), retain, layer), params)
+                        inputs = _loss_inputs(run, method, batch.to(acc.device), retain, layer, paired)
+                        out = method.loss(inputs, params)
                     for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
                         value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
                         sums[key] = sums.get(key, 0.0) + value.detach().float() * (share / run.accumulation)
@@ -602,16 +615,19 @@ def train(
     resolved_config: str | None = None,
     forget_draws: list[list[Record]] | None = None,
     step_check=None,
+    paired_draws: list[list[Record]] | None = None,
 ) -> RunResult:
     """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``.
 
     ``forget_draws``: relabelled copies of ``forget`` (same length and order) that epochs train on in turn.
     ``step_check``: a stop rule with ``start(model, tokenizer)`` and ``(model, tokenizer, step) -> reason | None``.
+    ``paired_draws``: copies of ``forget`` with fake PII values, paired row by row (``Needs.paired``), in turn.
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     run = setup(model, tokenizer, method, params, forget, retain, config)
     run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
+    run.paired_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in paired_draws or []]
     acc = run.accelerator
     if step_check is not None:
         step_check.start(acc.unwrap_model(run.model), tokenizer)

@@ -195,3 +195,34 @@ def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
         if candidate.is_file():
             return list(load_pii(candidate))
     return pii_from_records(records)
+
+
+def fake_pairs(
+    forget: list[Record], people: list[PersonPII], *, draws: int, seed: int
+) -> tuple[list[Record], list[list[Record]]]:
+    """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
+    each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
+
+    A record without a known PII value scores nothing on either side (it contributes no gradient).
+    """
+    from obliviate.data.fakes import CandidateSampler
+    from obliviate.data.pii import mark_pii_spans
+
+    by_id = {p.person_id: p for p in people}
+    sampler = CandidateSampler(people, seed=seed + 2)
+    marked, _ = mark_pii_spans(forget, people)
+    copies = []
+    for d in range(draws):
+        copy = []
+        for record in forget:
+            person = person_of(record, by_id)
+            if person is None or not person.fields:
+                copy.append(dataclasses.replace(record, meta={**record.meta, "score_spans": []}))
+                continue
+            fakes = {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
+            faked = fake_values(record, person, fakes)
+            stand_in = dataclasses.replace(person, fields={f: v for f, v in fakes.items()})
+            [scored], _ = mark_pii_spans([faked], [stand_in])
+            copy.append(scored)
+        copies.append(copy)
+    return marked, copies

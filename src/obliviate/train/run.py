@@ -185,9 +185,11 @@ def run_unlearn(
         check_resume(out, resolved)
     if config.forget_tokens == "pii":
         forget = _pii_tokens_only(config, forget, retain, method.relabels)
-    forget_draws = None
+    forget_draws = paired_draws = None
     if method.relabels:
         forget, forget_draws = _relabel(model, tokenizer, config, forget, retain)
+    if method.needs.paired:
+        forget, paired_draws = _fake_pairs(config, forget, retain)
     model = _select(model, config, method.name, rmu_layer)
     _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
@@ -204,6 +206,7 @@ def run_unlearn(
         resolved_config=to_yaml(resolved),
         forget_draws=forget_draws,
         step_check=step_check,
+        paired_draws=paired_draws,
     )
 
 
@@ -220,6 +223,19 @@ def _pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     if process_state().is_main_process:
         print(f"forget tokens: PII values only, in {count} of {len(forget)} forget records (the rest score nothing)")
     return marked
+
+
+def _fake_pairs(config: UnlearnConfig, forget, retain):
+    """A paired method's forget set (scored on PII values) and its fake-value copies, one per epoch in turn."""
+    from obliviate.train.relabel import fake_pairs, known_people
+
+    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    marked, copies = fake_pairs(forget, people, draws=config.relabel_draws, seed=config.seed)
+    if not any(r.meta["score_spans"] for r in marked):
+        raise ConfigError(
+            f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"
+        )
+    return marked, copies
 
 
 def _relabel(model, tokenizer, config: UnlearnConfig, forget, retain):
