@@ -20,7 +20,14 @@ from typing import Any
 from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.load import load_training_records
 from obliviate.errors import ConfigError
-from obliviate.evaluate.epochs import evaluate_epoch, load_epoch_results, make_epoch_hook, select_best
+from obliviate.evaluate.epochs import (
+    EPOCH_EXPOSURE_K,
+    EPOCH_EXPOSURE_SPLITS,
+    evaluate_epoch,
+    load_epoch_results,
+    make_epoch_hook,
+    select_best,
+)
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
 from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
@@ -73,7 +80,7 @@ class PipelineConfig:
     eval_batch_size: int = 128
     max_new_tokens: int = 40
     leak_samples: int = 0
-    exposure_k: int = 50  # fakes per PII value at every epoch's evaluation (epochs.EPOCH_EXPOSURE_K)
+    exposure_k: int = EPOCH_EXPOSURE_K  # fakes per PII value at every epoch's evaluation, forget and holdout
     select: str = "holdout_gap"
     group_by_length: bool = False
     workers: int = 0
@@ -285,6 +292,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
             max_new_tokens=config.max_new_tokens,
             leak_samples=config.leak_samples,
             exposure_k=config.exposure_k,
+            exposure_splits=EPOCH_EXPOSURE_SPLITS,
             seed=config.seed,
             show_progress=False,
         )

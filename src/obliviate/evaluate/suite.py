@@ -43,6 +43,7 @@ class EvalOptions:
         mia_k: the k of Min-K% and Min-K%++.
         exposure: rank each PII value among ``exposure_k`` fakes of its format (:mod:`~obliviate.evaluate.exposure`).
         exposure_k: candidates per value (Carlini et al. use K ≥ 100; fewer only for quick looks).
+        exposure_splits: the splits whose values are ranked (each costs K + 1 continuations per value).
         exposure_attacks: prompts each value is ranked in: ``question`` (the dataset's), ``prefix`` (the biography cut
             before the value); each adds K + 1 scored continuations per value.
     """
@@ -60,6 +61,7 @@ class EvalOptions:
     exposure: bool = True
     exposure_k: int = 100
     exposure_attacks: tuple[str, ...] = ("question",)
+    exposure_splits: tuple[str, ...] = ("forget", "retain", "holdout")
 
     def __post_init__(self) -> None:
         if self.exposure_k < 1:
@@ -367,7 +369,7 @@ def evaluate_model(
         metrics += aggregates
         if report is not None:
             leak_reports[split] = {k: v for k, v in report.to_dict().items() if k != "leaked_pairs"}
-        if sampler is not None and (people := _people_of(data.people, split)):
+        if sampler is not None and split in options.exposure_splits and (people := _people_of(data.people, split)):
             found = exposure.measure_exposure(
                 model,
                 tokenizer,
