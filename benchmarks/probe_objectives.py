@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/probe")
     parser.add_argument("--cache_dir", default="runs/cache")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="also write the table into BENCHMARKS.md (markers)")
     args = parser.parse_args()
     presets = {name: dict(values) for name, values in PRESETS.items()}
     for method, option, value in map(parse_setting, args.set):
@@ -69,16 +70,50 @@ def main() -> None:
         workers=args.workers,
     )
     outcome = run_pipeline(config, log=StampedLog())
-    print("| model / epoch | " + " | ".join(label for _, label in KEYS) + " |")
-    print("|---" * (len(KEYS) + 1) + "|")
-    print(row("target", outcome["runs"][0]["epochs"][0]["summary"] if outcome["runs"] else {}))
-    print(row("oracle", outcome["oracle_result"].summary()))
+    lines = ["| model / epoch | " + " | ".join(label for _, label in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+    lines.append(row("target", outcome["runs"][0]["epochs"][0]["summary"] if outcome["runs"] else {}))
+    lines.append(row("oracle", outcome["oracle_result"].summary()))
+    chosen = []
     for run in outcome["runs"]:
         changed = {k: v for k, v in presets[run["method"]].items() if PRESETS.get(run["method"], {}).get(k) != v}
         for epoch in run["epochs"][1:]:
-            print(row(f"{run['method']} {changed or ''} epoch {epoch['epoch']}", epoch["summary"]))
-        print(f"<!-- {run['method']}: chosen epoch {run['best']['epoch']} ({run['best']['reason']}) -->")
+            lines.append(
+                row(f"{run['method']} {changed or ''} epoch {epoch['epoch']}".replace("  ", " "), epoch["summary"])
+            )
+        chosen.append(f"{run['method']}: epoch {run['best']['epoch']} chosen ({run['best']['reason']})")
+    print("\n".join(lines + chosen))
+    if args.write:
+        write_section(lines, chosen, presets, args)
     print(f"written under {Path(args.output_dir).resolve()}")
+
+
+def write_section(lines: list[str], chosen: list[str], presets: dict, args: argparse.Namespace) -> None:
+    """The table between ``<!-- probe-objectives:start -->`` and ``:end`` in BENCHMARKS.md, with its command."""
+    import datetime
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    start, end = "<!-- probe-objectives:start -->", "<!-- probe-objectives:end -->"
+    command = "python benchmarks/probe_objectives.py " + " ".join(a for a in sys.argv[1:])
+    presets_used = {m: presets.get(m, {}) for m in args.methods}
+    body = "\n".join(
+        [
+            start,
+            f"Measured {datetime.date.today().isoformat()} with `{command}` (demo data, tiny target and oracle "
+            f"from the cache; presets {presets_used}; exposure ranks among the per-epoch evaluation's fakes).",
+            "",
+            *lines,
+            "",
+            *[f"- {line}" for line in chosen],
+            end,
+        ]
+    )
+    text = path.read_text()
+    if start in text and end in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n## Objectives probed on the demo data (issue 9)\n\n" + body + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
