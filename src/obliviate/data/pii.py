@@ -6,6 +6,7 @@ import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 from obliviate.data.records import PII_FIELDS, PersonPII, Record, person_key, qa_index
 
@@ -77,3 +78,12 @@ def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tu
         marked += bool(spans)
         out.append(dataclasses.replace(record, meta={**record.meta, "score_spans": sorted(spans)}))
     return out, marked
+
+
+def find_pii_json(forget_dir) -> Path | None:
+    """The ``pii.json`` side file of a data set: beside the forget set, or one level up (``obliviate synth``)."""
+    base = Path(forget_dir) if Path(forget_dir).is_dir() else Path(forget_dir).parent
+    for candidate in (base / "pii.json", base.parent / "pii.json"):
+        if candidate.is_file():
+            return candidate
+    return None

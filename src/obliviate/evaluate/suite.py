@@ -18,7 +18,7 @@ import numpy as np
 
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.load import load_mia_dir, load_split
-from obliviate.data.pii import pii_from_records
+from obliviate.data.pii import find_pii_json, pii_from_records
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError, DataError, ModelError
 from obliviate.evaluate import exposure, leak, mia, partial, scores, semeval
@@ -137,7 +137,7 @@ def load_eval_data(
     if holdout_dir:
         splits["holdout"] = load_split(holdout_dir, split="holdout")
     data = EvalData(splits)
-    pii_file = Path(pii_path) if pii_path else _find_pii_json(Path(forget_dir))
+    pii_file = Path(pii_path) if pii_path else find_pii_json(forget_dir)
     if pii_file is not None:
         from obliviate.data.synth import load_pii
 
@@ -149,14 +149,6 @@ def load_eval_data(
     if mia_dir:
         data.mia_members, data.mia_nonmembers = load_mia_dir(mia_dir)
     return data
-
-
-def _find_pii_json(forget_dir: Path) -> Path | None:
-    base = forget_dir if forget_dir.is_dir() else forget_dir.parent
-    for candidate in (base / "pii.json", base.parent / "pii.json"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def sample_records(records: list[Record], max_examples: int | None, seed: int) -> list[Record]:

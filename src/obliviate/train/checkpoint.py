@@ -26,10 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from obliviate.errors import TrainingError
-from obliviate.io import kill_point, write_text_atomic
+from obliviate.io import kill_point
 from obliviate.models.load import write_tokenizer_fingerprint
-
-__all__ = ["list_checkpoints", "load_training_state", "load_weights", "save_checkpoint", "write_text_atomic"]
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_FILE = "trainer_state.json"

@@ -342,13 +342,12 @@ def _joint_forward(
     weights instead of two. Right padding to the common width changes nothing for the real tokens (causal attention,
     padded positions masked and unscored)."""
     width = max(first.input_ids.shape[1], second.input_ids.shape[1])
-    pad_id = int(first.input_ids[0, -1]) if first.attention_mask[0, -1] == 0 else 0  # any id: masked, unscored
 
     def widen(tensor: torch.Tensor, value: int) -> torch.Tensor:
         return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
     joint = TokenBatch(
-        torch.cat([widen(first.input_ids, pad_id), widen(second.input_ids, pad_id)]),
+        torch.cat([widen(first.input_ids, 0), widen(second.input_ids, 0)]),  # any id: masked, unscored
         torch.cat([widen(first.attention_mask, 0), widen(second.attention_mask, 0)]),
         torch.cat([widen(first.labels, IGNORE_INDEX), widen(second.labels, IGNORE_INDEX)]),
     )

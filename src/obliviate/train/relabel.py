@@ -171,9 +171,8 @@ def relabelled_draws(
 
 
 def _first_line_like(generated: str, original: str) -> str:
-    """Cut a sampled answer the way the original answer is cut: one line when the original has one line."""
-    text = generated.strip("\n") if "\n" not in original else generated
-    return text.split("\n", 1)[0] if "\n" not in original else text
+    """A generated answer cut the way the original is: its first line when the original is one line."""
+    return generated if "\n" in original else generated.strip("\n").split("\n", 1)[0]
 
 
 def person_of(record: Record, people: dict[str, PersonPII]) -> PersonPII | None:
@@ -185,16 +184,11 @@ def person_of(record: Record, people: dict[str, PersonPII]) -> PersonPII | None:
 def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
     """Everyone whose PII the data names: ``pii.json`` beside the forget set (synthetic data), else the Task2 QA
     answers of ``records`` (forget and retain rows together)."""
-    from pathlib import Path
-
-    from obliviate.data.pii import pii_from_records
+    from obliviate.data.pii import find_pii_json, pii_from_records
     from obliviate.data.synth import load_pii
 
-    base = Path(forget_dir) if Path(forget_dir).is_dir() else Path(forget_dir).parent
-    for candidate in (base / "pii.json", base.parent / "pii.json"):
-        if candidate.is_file():
-            return list(load_pii(candidate))
-    return pii_from_records(records)
+    pii_file = find_pii_json(forget_dir)
+    return list(load_pii(pii_file)) if pii_file is not None else pii_from_records(records)
 
 
 def fake_pairs(
