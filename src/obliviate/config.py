@@ -108,7 +108,13 @@ class TrainConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA branch", ge=0, lt=1)
     lora_target: str = option("all-linear", "LoRA target modules: all-linear, attn, mlp or a comma list")
     merge: bool = option(False, "under LoRA, also write the merged full model to OUTPUT_DIR/merged")
-    save_checkpoints: bool = option(True, "write checkpoints/epoch-N at every epoch end")
+    max_steps: int = option(
+        0, "optimizer steps in all, however many epochs that takes (the last may be partial); 0: --epochs", ge=0
+    )
+    save_checkpoints: bool = option(True, "write checkpoints/epoch-N at epoch ends (see --max_checkpoints)")
+    max_checkpoints: int = option(
+        20, "at most this many epoch checkpoints: with more epochs, every k-th epoch's and the last", ge=1
+    )
     resume: bool = option(False, "continue from the last complete checkpoint in OUTPUT_DIR")
     overwrite: bool = option(False, "allow a non-empty OUTPUT_DIR (its contents are replaced)")
     trust_remote_code: bool = option(False, "run model code shipped with a hub model (off: safer)")
@@ -145,12 +151,26 @@ class UnlearnConfig(TrainConfig):
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
     method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel or contrast")
+    lr: float | None = option(
+        None, "peak learning rate of AdamW; unset: the method's preset, else a short range test picks it", gt=0, le=1
+    )
+    epochs: int | None = option(
+        None, "passes over the forget set; unset with --max_steps unset: a budget of DEFAULT_STEPS steps", ge=1
+    )
+    max_steps: int | None = option(
+        None, "optimizer steps in all; with --epochs too, whichever ends first; unset: see --epochs", ge=1
+    )
     alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)", ge=0)
     gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)", ge=0)
     beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)", gt=0)
     delta: float | None = option(None, "SimNPO reward margin (default 0)", ge=-1000, le=1000)
     kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)", ge=0)
-    rmu_c: float | None = option(None, "RMU steering coefficient c (default 6.5)", gt=0)
+    rmu_c: float | None = option(
+        None, "RMU steering coefficient c (default: adaptive, rmu_scale x the layer's mean activation norm)", gt=0
+    )
+    rmu_scale: float = option(
+        5.0, "adaptive RMU (arXiv:2408.06223): c = rmu_scale x mean forget activation norm at --rmu_layer", gt=0
+    )
     rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)", ge=0)
     forget_tokens: str = option(
         "answer",
@@ -160,15 +180,19 @@ class UnlearnConfig(TrainConfig):
     relabel_draws: int = option(
         4, "relabel / contrast: stranger answers or fake-value copies per forget record, one per epoch", ge=1, le=64
     )
+    lr_probe_steps: int = option(5, "steps per candidate rate in the learning-rate range test (unset --lr)", ge=1)
     stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
-    stop_check_steps: int = option(
-        0,
+    stop_check_steps: int | None = option(
+        None,
         "every N optimizer steps, stop once forget PII exposure is inside the never-seen band (holdout people, else "
-        "chance) or retain NLL rose past --stop_retain_bound; 0: off",
+        "chance) or retain NLL rose past --stop_retain_bound; unset: about 20 checks per run where PII values are "
+        "known; 0: off",
         ge=0,
     )
     stop_band: float = option(2.0, "standard errors above the never-seen exposure that still count as forgotten", ge=0)
-    stop_retain_bound: float = option(0.1, "nats the retain NLL may rise above its start before the run stops", gt=0)
+    stop_retain_bound: float = option(
+        0.5, "nats the retain NLL may rise above its start before the stop rule ends the run", gt=0
+    )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1
@@ -201,7 +225,10 @@ class EvaluateConfig:
     chat_template: bool = option(False, "wrap prompts in the tokenizer's chat template")
     show_pii: bool = option(False, "keep PII values in generations and reports")
     select: str = option(
-        "task_aggregate", "best-checkpoint rule with --checkpoints", choices=("task_aggregate", "holdout_gap")
+        "task_aggregate",
+        "best-checkpoint rule with --checkpoints: last (where the run's stop rule ended it), task_aggregate or "
+        "holdout_gap",
+        choices=("last", "task_aggregate", "holdout_gap"),
     )
     seed: int = option(0, "sample and sampling seed", ge=0, lt=2**32)
     overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")

@@ -28,29 +28,20 @@ from obliviate.evaluate.epochs import (
     make_epoch_hook,
     select_best,
 )
+from obliviate.evaluate.stop_rule import stop_rule_for
 from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
 from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
+from obliviate.losses import get_method
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo")
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Chosen for the tiny model on the synthetic data only (benchmarks/SWEEP.md); LUME stays a fair test. A higher
-    # retain weight (alpha 4) keeps retain knowledge while the forget set goes; the per-epoch evaluation and the
-    # best-epoch rule stop each method before it collapses.
-    "ga": {"lr": 1e-4, "epochs": 8, "stop_forget_nll": 8.0},
-    "ga_kl": {"lr": 1e-4, "epochs": 8, "stop_forget_nll": 8.0},
-    "ga_gd": {"lr": 5e-4, "epochs": 8, "alpha": 4.0, "stop_forget_nll": 8.0},
-    "npo": {"lr": 1e-4, "epochs": 8, "alpha": 4.0},
-    "simnpo": {"lr": 3e-4, "epochs": 8, "alpha": 4.0},
-    "rmu": {"lr": 1e-3, "epochs": 8, "alpha": 100.0, "rmu_c": 6.5},
-    "relabel": {"lr": 1e-3, "epochs": 8},
-    # ga_gd's step size and retain weight; 14 epochs from one measured run on this data (BENCHMARKS.md)
-    "contrast": {"lr": 5e-4, "epochs": 14, "alpha": 4.0},
-}
-"""Per-method unlearning settings for the tiny model; everything else is the engine's default."""
+PRESETS: dict[str, dict[str, Any]] = {}
+"""Per-method overrides of ``obliviate unlearn``'s own defaults (none: the demo runs every method as the command
+line does, with the method's preset from :mod:`obliviate.losses`, a measured learning rate and the stop rule).
+Benchmarks and probes put their changes here."""
 
 
 @dataclass
@@ -75,14 +66,16 @@ class PipelineConfig:
     finetune_epochs: int = 30
     finetune_lr: float = 3e-3
     finetune_batch_size: int = 16
-    unlearn_batch_size: int = 16
-    unlearn_epochs: int | None = None
+    unlearn_batch_size: int = 32  # obliviate unlearn's default
+    unlearn_epochs: int | None = None  # None: obliviate unlearn's step budget, ended by its stop rule
+    unlearn_max_steps: int | None = None
+    unlearn_checkpoints: int = 8  # checkpoints (each evaluated) per method run, at most
     eval_max_examples: int | None = 60
     eval_batch_size: int = 128
     max_new_tokens: int = 40
     leak_samples: int = 0
     exposure_k: int = EPOCH_EXPOSURE_K  # fakes per PII value at every epoch's evaluation, forget and holdout
-    select: str = "holdout_gap"
+    select: str = "last"
     group_by_length: bool = False
     workers: int = 0
     fresh: bool = False
@@ -228,6 +221,8 @@ def unlearn_method(
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
+    if config.unlearn_max_steps is not None:
+        preset["max_steps"] = config.unlearn_max_steps
     out = Path(config.output_dir) / "methods" / method
     unlearn = UnlearnConfig(
         output_dir=str(out),
@@ -237,7 +232,9 @@ def unlearn_method(
         method=method,
         batch_size=config.unlearn_batch_size,
         micro_batch_size=config.unlearn_batch_size,
+        holdout_dir=str(dirs["holdout"]) if dirs.get("holdout") else None,
         group_by_length=config.group_by_length,
+        max_checkpoints=config.unlearn_checkpoints,
         seed=config.seed,
         overwrite=True,
         **preset,
@@ -245,7 +242,7 @@ def unlearn_method(
     data, options, oracle = hook_args
     hook = make_epoch_hook(data, options, out / "eval", str(target), oracle, start=start)
     started = time.perf_counter()
-    result = run_unlearn(unlearn, epoch_hook=hook)
+    result = run_unlearn(unlearn, epoch_hook=hook, stop_rule=stop_rule_for)
     wall_seconds = time.perf_counter() - started  # training and the per-epoch evaluations
     epochs = load_epoch_results(out / "eval")
     best = select_best(epochs, config.select)
@@ -260,8 +257,26 @@ def unlearn_method(
         "best": best,
         "tokens": result.tokens_seen,
         "wall_seconds": wall_seconds,
-        "preset": preset,
+        "preset": {**get_method(method).preset, **preset},
+        "lr": result.lr,
+        "steps": result.global_step,
+        "stopped": result.stopped,
+        "stop_checks": _stop_checks(out / "metrics.jsonl"),
     }
+
+
+def _stop_checks(metrics: Path) -> list[dict[str, float]]:
+    """The stop rule's checks of one run (``metrics.jsonl`` lines with ``stop_check``), for the exposure plot."""
+    if not metrics.is_file():
+        return []
+    lines = (json.loads(line) for line in metrics.read_text().splitlines() if '"stop_' in line)
+    checks = []
+    for line in lines:
+        if "stop_check" in line:
+            checks.append(line["stop_check"])
+        elif "stop_reference" in line:
+            checks.insert(0, {"step": 0, **line["stop_reference"]})
+    return checks
 
 
 def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:

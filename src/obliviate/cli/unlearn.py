@@ -12,9 +12,9 @@ def register(subparsers) -> None:
         "unlearn",
         help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel, contrast)",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
-        "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. Defaults are "
-        "the published 7B ones (lr 1e-5, effective batch 32, AdamW); `obliviate demo` uses presets tuned for the "
-        "tiny model.",
+        "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. With no "
+        "hyperparameter flags it measures its own learning rate (a short range test), runs at most 120 optimizer "
+        "steps, and stops once the forget set's PII is as unexposed as a never-seen person's (docs/METHODS.md).",
     )
     add_arguments(parser, UnlearnConfig)
     parser.set_defaults(func=run)
@@ -30,18 +30,16 @@ def run(args: argparse.Namespace) -> int:
         from obliviate.evaluate.epochs import epoch_evaluator
 
         hook = epoch_evaluator(config)
-    step_check = None
-    if config.stop_check_steps:
-        from obliviate.evaluate.stop_rule import stop_rule_for
+    from obliviate.evaluate.stop_rule import stop_rule_for
 
-        step_check = stop_rule_for(config)
     result = run_unlearn(
-        config, epoch_hook=hook, step_check=step_check, extra_inputs=[args.config] if args.config else None
+        config, epoch_hook=hook, stop_rule=stop_rule_for, extra_inputs=[args.config] if args.config else None
     )
     note = f" (stopped: {result.stopped})" if result.stopped else ""
     if process_state().is_main_process:  # one line per launch, not per process
         print(
-            f"unlearned with {config.method}: {result.epochs_completed} epochs, {result.global_step} steps, "
+            f"unlearned with {config.method} at lr {result.lr:.3g}: {result.epochs_completed} epochs, "
+            f"{result.global_step} steps, "
             f"{result.tokens_seen} tokens in {result.wall_seconds:.0f}s → {result.output_dir}{note}"
         )
     return 0

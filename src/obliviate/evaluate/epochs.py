@@ -19,7 +19,7 @@ from obliviate.evaluate.suite import EvalData, EvalOptions, EvalResult, OracleSt
 from obliviate.models.load import load_model, process_device
 from obliviate.train.checkpoint import list_checkpoints
 
-SELECT_RULES = ("task_aggregate", "holdout_gap")
+SELECT_RULES = ("last", "task_aggregate", "holdout_gap")
 EPOCH_EXPOSURE_K = 20
 """Fakes per PII value when every epoch is evaluated (the demo's too), forget and holdout only: measured on the demo
 target, an evaluation of 60 rows per split took 14.0 s of CPU without exposure, 20.8 s with K = 20 on every split
@@ -93,6 +93,8 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
     """The best epoch under ``rule``, among epochs that keep retain ROUGE-L ≥ 90 % of epoch 0.
 
     Rules:
+        ``last``: the run's last checkpoint, where its stop rule (or step budget) ended it; no evaluation chooses,
+            so nothing about the forget set's answers leaks into the choice. The retain floor does not apply.
         ``task_aggregate``: the highest SemEval task aggregate (the default of the issue and of the official score;
             it rewards over-forgetting, since forget regurgitation 0 beats any reference).
         ``holdout_gap``: the smallest gap to never-seen people, ``|forget − holdout|`` of ROUGE-L recall plus that of
@@ -101,6 +103,11 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
     """
     if rule not in SELECT_RULES:
         raise ConfigError(f"--select {rule!r}: expected one of {', '.join(SELECT_RULES)}")
+    if rule == "last" and len(epochs) > 1:
+        last = epochs[-1]
+        return {"epoch": last["epoch"], "path": last["path"], "rule": rule, "reason": "the run's last checkpoint"}
+    if rule == "last":
+        return {"epoch": 0, "rule": rule, "reason": "the run wrote no checkpoint: the starting model"}
     start = epochs[0]["summary"]
     floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
     candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]

@@ -70,6 +70,11 @@ class ExposureStopRule:
             self._reference = (chance_exposure(self.k), math.log2(math.e) / math.sqrt(count))
         self._retain_start = retain_nll(model, tokenizer, self.retain)
 
+    def describe(self) -> dict[str, float]:
+        """What :meth:`start` measured: the never-seen band's mean and standard error, and the retain NLL."""
+        mean, se = self._reference if self._reference is not None else (math.nan, math.nan)
+        return {"reference_exposure": mean, "reference_se": se, "band": self.band, "retain_nll": self._retain_start}
+
     def __call__(self, model, tokenizer, step: int) -> str | None:
         """The reason to stop at ``step``, or None to go on."""
         if self._reference is None or step % self.every:

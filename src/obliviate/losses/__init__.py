@@ -33,6 +33,10 @@ class Method:
             same gradient with far less padding.
         relabels: the method trains on relabelled forget records (:mod:`obliviate.train.relabel`), a fresh draw
             each epoch, instead of the forget set as it is.
+        preset: :class:`~obliviate.config.UnlearnConfig` options ``obliviate unlearn`` (and the demo) runs this method
+            with when the user leaves them unset. Nothing in a preset belongs to one data set or one model size:
+            the learning rate is measured per run (:mod:`obliviate.train.lr_probe`), the length is a step budget
+            ended by the stop rule.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Method:
     defaults: dict[str, float] = field(default_factory=dict)
     token_mean: bool = False
     relabels: bool = False
+    preset: Mapping[str, object] = field(default_factory=dict)
 
     def params(self, given: Mapping[str, float] | None = None) -> LossParams:
         """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
@@ -59,13 +64,22 @@ class Method:
 
 
 LOSSES: dict[str, Method] = {
-    "ga": Method("ga", ga.loss, ga.NEEDS, "gradient ascent on the forget set: -NLL(F)", "2210.01504", token_mean=True),
+    "ga": Method(
+        "ga",
+        ga.loss,
+        ga.NEEDS,
+        "gradient ascent on the forget set: -NLL(F)",
+        "2210.01504",
+        token_mean=True,
+        preset={"stop_forget_nll": 8.0},
+    ),
     "ga_kl": Method(
         "ga_kl",
         ga_kl.loss,
         ga_kl.NEEDS,
         "gradient ascent on F plus KL(ref || model) on the retain set's answer tokens",
         "2401.06121",
+        preset={"stop_forget_nll": 8.0},
     ),
     "ga_gd": Method(
         "ga_gd",
@@ -73,6 +87,7 @@ LOSSES: dict[str, Method] = {
         ga_gd.NEEDS,
         "gradient difference: -gamma*NLL(F) + alpha*NLL(R)",
         "2401.06121",
+        preset={"alpha": 4.0, "stop_forget_nll": 8.0},
     ),
     "npo": Method(
         "npo",
@@ -81,6 +96,7 @@ LOSSES: dict[str, Method] = {
         "negative preference optimisation against the frozen reference, plus alpha*NLL(R)",
         "2404.05868",
         {"beta": 0.1},
+        preset={"alpha": 4.0},
     ),
     "simnpo": Method(
         "simnpo",
@@ -89,6 +105,7 @@ LOSSES: dict[str, Method] = {
         "reference-free, length-normalised NPO with margin delta, plus alpha*NLL(R)",
         "2410.07163",
         {"beta": 4.5},
+        preset={"alpha": 4.0},
     ),
     "rmu": Method(
         "rmu",
@@ -96,7 +113,7 @@ LOSSES: dict[str, Method] = {
         rmu.NEEDS,
         "steer forget-set hidden states at one layer to c*u, keep retain hidden states at the reference's",
         "2403.03218",
-        {"alpha": 100.0, "rmu_c": 6.5},
+        {"alpha": 100.0},
     ),
     "relabel": Method(
         "relabel",
@@ -112,6 +129,7 @@ LOSSES: dict[str, Method] = {
         contrast.NEEDS,
         "hinge until each true PII value is no more likely than a fresh fake of its format, plus alpha*NLL(R)",
         "1802.08232",
+        preset={"alpha": 4.0},
     ),
 }
 

@@ -64,6 +64,7 @@ class RunResult:
     stopped: str | None = None
     wall_seconds: float = 0.0
     epoch_results: list[dict[str, Any]] = field(default_factory=list)
+    lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
 
 
 @dataclass
@@ -87,6 +88,8 @@ class _Run:
     paired: list = field(default_factory=list)  # this epoch's draw
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
+    epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
+    total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
 
 
 def _bars_off(acc: Accelerator) -> bool:
@@ -130,7 +133,8 @@ def setup(
 
         control = make_control_vector(model.config.hidden_size, params.rmu_c, config.seed).to(accelerator.device)
     steps_per_epoch = math.ceil(len(forget) / config.batch_size)
-    optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+    epochs, total_steps = planned_length(config, steps_per_epoch)
+    optimizer, scheduler = _optimizer(model, config, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if reference is not None:
         reference = _prepare_reference(accelerator, reference)
@@ -147,6 +151,8 @@ def setup(
         control=control,
         is_peft=is_peft,
         state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None},
+        epochs=epochs,
+        total_steps=total_steps,
         joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
     )
     if config.resume:
@@ -224,19 +230,53 @@ def _configure_fsdp(accelerator: Accelerator) -> None:
     plugin.set_mixed_precision(accelerator.mixed_precision, buffer_autocast=True, override=True)
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int):
-    """AdamW over the trainable parameters and its warm-up + constant / linear / cosine schedule."""
+def planned_length(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """``(epochs, optimizer steps)`` the run plans: ``--epochs`` passes, cut at ``--max_steps`` where that is set."""
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    return math.ceil(total / steps_per_epoch), total
+
+
+def checkpoint_due(config: TrainConfig, epoch: int, last_epoch: int) -> bool:
+    """Whether epoch ``epoch`` writes ``checkpoints/epoch-N``: every k-th epoch, k chosen so that a run writes at
+    most ``--max_checkpoints`` of them, and always the last epoch."""
+    if not config.save_checkpoints:
+        return False
+    every = math.ceil(last_epoch / config.max_checkpoints)
+    return epoch % every == 0 or epoch >= last_epoch
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: int, lr: float | None = None):
+    """AdamW over the trainable parameters and its warm-up + constant / linear / cosine schedule.
+
+    ``lr`` (default ``config.lr``) is the peak rate; an unlearning run whose rate is left to the range test builds
+    with a placeholder and calls :func:`reset_schedule` once the test has chosen.
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError("no parameter is trainable: check --trainable_layers / --trainable_modules / --lora_r")
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
+    lr = lr if lr is not None else config.lr
+    optimizer = torch.optim.AdamW(trainable, lr=lr if lr is not None else 1e-5, weight_decay=config.weight_decay)
+    return optimizer, _schedule(optimizer, config, total_steps)
+
+
+def _schedule(optimizer, config: TrainConfig, total_steps: int):
+    return get_scheduler(
         "constant_with_warmup" if config.scheduler == "constant" else config.scheduler,
         optimizer,
         num_warmup_steps=int(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    return optimizer, scheduler
+
+
+def reset_schedule(run: _Run, config: TrainConfig, lr: float) -> None:
+    """Start the optimizer afresh at peak rate ``lr``: no moments, and a new schedule from step 0."""
+    inner = getattr(run.optimizer, "optimizer", run.optimizer)  # accelerate wraps it
+    inner.state.clear()
+    for group in inner.param_groups:
+        group["lr"] = group["initial_lr"] = lr
+    run.scheduler = _schedule(inner, config, run.total_steps)
 
 
 def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
@@ -416,18 +456,12 @@ def _checksum(indices: list[int]) -> int:
     return value
 
 
-def train_epoch(
-    run: _Run,
-    method: Method,
-    params: LossParams,
-    config: TrainConfig,
-    tokenizer,
-    epoch: int,
-    layer: int | None,
-    log: Callable[[dict[str, Any]], None],
-    stop_forget_nll: float | None,
-) -> str | None:
-    """One pass over the forget set; returns a reason when the run must stop early."""
+def epoch_batches(run: _Run, config: TrainConfig, epoch: int) -> tuple[list[list[int]], list[list[int] | None]]:
+    """This process's forget micro-batches of ``epoch`` and the retain rows paired with each.
+
+    Also points ``run.forget`` / ``run.paired`` at the epoch's relabelled or fake-value draw, where the method has
+    them. The same ``(seed, epoch)`` gives the same batches on every call: a resumed run continues the very order.
+    """
     acc = run.accelerator
     if run.forget_draws:  # a relabelling method: epoch e trains on draw e mod n, a fresh stranger each time
         run.forget = run.forget_draws[(epoch - 1) % len(run.forget_draws)]
@@ -450,6 +484,32 @@ def train_epoch(
         if run.retain
         else [None] * len(micro)
     )
+    return micro, draws
+
+
+def optimizer_step(run: _Run, config: TrainConfig) -> None:
+    """Clip, step the optimizer and the schedule, clear the gradients."""
+    if config.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(
+    run: _Run,
+    method: Method,
+    params: LossParams,
+    config: TrainConfig,
+    tokenizer,
+    epoch: int,
+    layer: int | None,
+    log: Callable[[dict[str, Any]], None],
+    stop_forget_nll: float | None,
+) -> str | None:
+    """One pass over the forget set (or what is left of ``--max_steps``); returns a reason to stop early."""
+    acc = run.accelerator
+    micro, draws = epoch_batches(run, config, epoch)
     run.model.train()
     progress = tqdm(
         total=run.steps_per_epoch,
@@ -464,12 +524,8 @@ def train_epoch(
         step_metrics, tokens, checksums = _accumulate(
             run, method, params, config, tokenizer, epoch, layer, [micro[i] for i in chunk], [draws[i] for i in chunk]
         )
-        if config.max_grad_norm > 0:
-            acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(run, config)
         run.state["global_step"] += 1
         run.state["tokens_seen"] += tokens
         record = {
@@ -494,6 +550,8 @@ def train_epoch(
         if reason is not None:
             progress.close()
             return reason
+        if config.max_steps and run.state["global_step"] >= config.max_steps:
+            break  # the step budget is spent: the run ends here, as planned (not a stop)
     progress.close()
     return None
 
@@ -628,26 +686,43 @@ def train(
     run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
     run.paired_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in paired_draws or []]
     acc = run.accelerator
-    if step_check is not None:
-        step_check.start(acc.unwrap_model(run.model), tokenizer)
-        run.step_check = step_check
     layer = rmu_layer if method.needs.hidden else None
     metrics_path = output_dir / "metrics.jsonl"
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(metrics_path, run.state["global_step"])
-        if resolved_config is not None:
-            write_text_atomic(output_dir / "config.yaml", resolved_config)
 
     def log(record: dict[str, Any]) -> None:
         if acc.is_main_process:
             append_line(metrics_path, json.dumps(record))
         kill_point(f"step-{record['step']}")  # tests: killed between optimizer steps
 
-    result = RunResult(output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"])
+    if config.lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it
+        from obliviate.train.lr_probe import probe_lr
+
+        probe = probe_lr(
+            run, method, params, config, tokenizer, layer, steps=getattr(config, "lr_probe_steps", 5), log=log
+        )
+        acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried)")
+        result_lr = probe.lr
+        if resolved_config is not None:
+            resolved_config = _with_lr(resolved_config, probe.lr)
+    else:
+        result_lr = config.lr
+    if acc.is_main_process and resolved_config is not None:
+        write_text_atomic(output_dir / "config.yaml", resolved_config)
+    if step_check is not None:
+        step_check.start(acc.unwrap_model(run.model), tokenizer)
+        run.step_check = step_check
+        if run.state["global_step"] == 0 and hasattr(step_check, "describe"):
+            log({"step": 0, "stop_reference": step_check.describe()})
+
+    result = RunResult(
+        output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"], lr=result_lr
+    )
     try:
         epochs = tqdm(
-            range(run.state["epoch"] + 1, config.epochs + 1),
+            range(run.state["epoch"] + 1, run.epochs + 1),
             desc=method.name,
             disable=_bars_off(run.accelerator),
             dynamic_ncols=True,
@@ -655,7 +730,8 @@ def train(
         for epoch in epochs:
             stopped = train_epoch(run, method, params, config, tokenizer, epoch, layer, log, stop_forget_nll)
             run.state.update(epoch=epoch, stopped=stopped)
-            if config.save_checkpoints or stopped:
+            spent = run.state["global_step"] >= run.total_steps
+            if checkpoint_due(config, epoch, run.epochs) or stopped or (spent and config.save_checkpoints):
                 path = ckpt.save_checkpoint(
                     acc, run.model, tokenizer, run.optimizer, run.scheduler, output_dir, epoch, dict(run.state)
                 )
@@ -663,6 +739,8 @@ def train(
                     result.epoch_results.append(epoch_hook(epoch, path) or {})
             if stopped:
                 acc.print(stopped)
+                break
+            if spent:
                 break
         save_final(run, tokenizer, output_dir, config)
     finally:
@@ -674,6 +752,15 @@ def train(
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started
     return result
+
+
+def _with_lr(resolved_config: str, lr: float) -> str:
+    """The resolved config with the rate the range test chose, so that config.yaml says what was trained."""
+    import yaml
+
+    values = yaml.safe_load(resolved_config)
+    values["lr"] = lr
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 def _truncate_log(path: Path, last_step: int) -> None:

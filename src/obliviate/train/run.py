@@ -6,6 +6,7 @@ Each validates every input before anything is written, prepares the output direc
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from obliviate.models.load import load_model, model_paths
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, _mixed_precision, accumulation_steps, train
+from obliviate.train.loop import EpochHook, RunResult, _mixed_precision, accumulation_steps, planned_length, train
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
@@ -86,11 +87,34 @@ def check_resume(out: Path, resolved: TrainConfig) -> None:
         )
 
 
+DEFAULT_STEPS = 120
+"""The step budget of an unlearning run given neither ``--epochs`` nor ``--max_steps``: a maximum, which the stop
+rule (on by default where PII values are known) usually ends sooner."""
+
+
+def with_preset(config: UnlearnConfig) -> UnlearnConfig:
+    """The method's preset (:attr:`~obliviate.losses.Method.preset`) for every option the user left unset."""
+    method = get_method(config.method)
+    unset = {k: v for k, v in method.preset.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset) if unset else config
+
+
 def resolve_params(config: UnlearnConfig) -> LossParams:
     """Method defaults (e.g. simnpo β = 4.5) for every weight the user left unset."""
     method = get_method(config.method)
     values = {name: getattr(config, name) for name in _PARAM_NAMES if getattr(config, name, None) is not None}
     return LossParams(**{**method.defaults, **values})
+
+
+def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
+    """``--epochs`` and ``--max_steps`` as numbers: neither given means :data:`DEFAULT_STEPS` optimizer steps (as
+    many epochs as that takes); one given decides; both given, whichever ends first."""
+    epochs, max_steps = config.epochs, config.max_steps
+    if epochs is None and max_steps is None:
+        max_steps = DEFAULT_STEPS
+    if epochs is None:
+        epochs = math.ceil(max_steps / max(1, math.ceil(forget_rows / config.batch_size)))
+    return dataclasses.replace(config, epochs=epochs, max_steps=max_steps)
 
 
 def weights_dtype(config: TrainConfig) -> torch.dtype | None:
@@ -139,17 +163,42 @@ def _select(model, config, method_name: str, rmu_layer: int | None):
     return model
 
 
+def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int) -> UnlearnConfig:
+    """``--stop_check_steps`` unset: about 20 checks over the planned steps where PII values are known, else off."""
+    if config.stop_check_steps is not None:
+        return config
+    every = max(1, math.ceil(planned_steps / 20)) if has_pii else 0
+    return dataclasses.replace(config, stop_check_steps=every)
+
+
+def _saved_lr(out: Path) -> float | None:
+    """The rate a run being resumed trained with (its config.yaml), for a resume that leaves ``--lr`` unset."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    lr = saved.get("lr") if isinstance(saved, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
 def run_unlearn(
     config: UnlearnConfig,
     epoch_hook: EpochHook | None = None,
     extra_inputs: list[str | Path] | None = None,
     step_check=None,
+    stop_rule=None,
 ) -> RunResult:
     """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`.
 
+    Options left unset are resolved here, and the resolved values go to ``config.yaml``: the method's preset, the
+    step budget (:data:`DEFAULT_STEPS`), the stop-check interval, the RMU coefficient (adaptive) and, inside the
+    loop, the learning rate (:mod:`obliviate.train.lr_probe`).
+
     ``extra_inputs`` are other paths the caller read (a ``--config`` file): the output may not touch them either.
-    ``step_check`` is a stop rule asked every few optimizer steps (see :mod:`obliviate.evaluate.stop_rule`).
+    ``step_check`` is a stop rule asked every few optimizer steps (see :mod:`obliviate.evaluate.stop_rule`);
+    ``stop_rule`` instead builds one from the resolved config, when its ``stop_check_steps`` is not 0.
     """
+    config = with_preset(config)
     method = get_method(config.method)
     params = resolve_params(config)
     accumulation_steps(config)
@@ -169,6 +218,8 @@ def run_unlearn(
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
     if config.resume and (out / "trainer_state.json").is_file() and not ckpt.list_checkpoints(out):
         raise TrainingError(f"{out} holds a finished run and no checkpoint: nothing to resume")
+    if config.resume and config.lr is None:
+        config = dataclasses.replace(config, lr=_saved_lr(out))
     model, tokenizer = load_model(
         config.model_dir, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code
     )
@@ -178,11 +229,9 @@ def run_unlearn(
         rmu_layer = config.rmu_layer if config.rmu_layer is not None else default_rmu_layer(num_layers)
         if not 0 <= rmu_layer < num_layers:
             raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
-    resolved = dataclasses.replace(
-        config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
-    )
-    if config.resume:
-        check_resume(out, resolved)
+        if config.rmu_c is None:
+            config = dataclasses.replace(config, rmu_c=adaptive_rmu_c(model, tokenizer, forget, rmu_layer, config))
+            params = resolve_params(config)
     if config.forget_tokens == "pii":
         forget = _pii_tokens_only(config, forget, retain, method.relabels)
     forget_draws = paired_draws = None
@@ -190,6 +239,16 @@ def run_unlearn(
         forget, forget_draws = _relabel(model, tokenizer, config, forget, retain)
     if method.needs.paired:
         forget, paired_draws = _fake_pairs(config, forget, retain)
+    config = resolve_budget(config, len(forget))
+    planned_steps = planned_length(config, math.ceil(len(forget) / config.batch_size))[1]
+    config = resolve_stop_check(config, _has_pii(config, forget, retain), planned_steps)
+    resolved = dataclasses.replace(
+        config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
+    )
+    if config.resume:
+        check_resume(out, resolved)
+    if step_check is None and stop_rule is not None and config.stop_check_steps:
+        step_check = stop_rule(config)
     model = _select(model, config, method.name, rmu_layer)
     _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
@@ -208,6 +267,49 @@ def run_unlearn(
         step_check=step_check,
         paired_draws=paired_draws,
     )
+
+
+def _has_pii(config: UnlearnConfig, forget, retain) -> bool:
+    """Whether any forget record's person has known PII values (what the stop rule measures)."""
+    from obliviate.train.relabel import known_people
+
+    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    forget_ids = {r.id for r in forget}
+    return any(p.fields and forget_ids.intersection(p.records) for p in people)
+
+
+@torch.no_grad()
+def adaptive_rmu_c(model, tokenizer, forget, layer: int, config: UnlearnConfig, rows: int = 64) -> float:
+    """Adaptive RMU's coefficient (Dang et al. 2024, arXiv:2408.06223): ``rmu_scale`` times the mean L2 norm of the
+    starting model's hidden states at ``layer`` over the first ``rows`` forget records' real tokens. A fixed c (6.5
+    in WMDP, for Zephyr-7B's layer 7) is small or large depending on the model; scaled to the activations, the
+    forget states are pushed the same relative distance at any size."""
+    from obliviate.data.batching import collate, encode_record
+
+    block = decoder_layers(model)[layer]
+    captured: list[torch.Tensor] = []
+    handle = block.register_forward_hook(
+        lambda _m, _a, out: captured.append(out[0] if isinstance(out, tuple) else out)
+    )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, min(rows, len(forget)), 16):
+            batch = collate(
+                [encode_record(tokenizer, r, config.max_length) for r in forget[start : min(start + 16, rows)]],
+                tokenizer.pad_token_id,
+            ).to(device)
+            captured.clear()
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            norms = captured[0].float().norm(dim=-1)
+            mask = batch.attention_mask.bool()
+            total, count = total + float(norms[mask].sum()), count + int(mask.sum())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return round(config.rmu_scale * total / max(count, 1), 4)
 
 
 def _pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):

@@ -1,0 +1,176 @@
+"""The learning-rate range test behind an unlearning run whose ``--lr`` is unset.
+
+A rate that works for a 1.6 M-parameter model does nothing to a 7B one, and one that works for a 5-step epoch
+overshoots on a 94-step one. So the run measures instead of guessing: from the starting weights it takes
+``steps`` optimizer steps of the method's own objective on the first forget batches, at each candidate rate from
+the largest down, and measures two things on fixed rows (eval mode, no gradient):
+
+- the forget NLL (of the tokens the forget term scores) must rise by at least :data:`MIN_FORGET_RISE` nats:
+  the rate moves the forget set;
+- the retain NLL must rise by at most ``retain_bound`` nats (:data:`RETAIN_BOUND`): it leaves everyone else alone.
+
+The largest rate that does both is taken, divided by :data:`SAFETY` (a probe of a few steps sees less drift than
+the run will). If none moves the forget set within the bound, the largest rate within the bound is taken; if none
+is within it, the smallest candidate. After every candidate the weights and the optimizer go back to where they
+started, so the run itself starts from the model it was given. Every trial is logged (``metrics.jsonl``, a line
+``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+
+from obliviate.config import TrainConfig
+from obliviate.data.batching import collate
+from obliviate.errors import ConfigError, TrainingError
+from obliviate.losses import Method
+from obliviate.losses.common import LossParams, token_logprobs
+
+CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 2), 12) for k in range(4, 13))
+"""Candidate peak rates, half a decade apart: 1e-2, 3.16e-3, ..., 1e-6."""
+
+MIN_FORGET_RISE = 0.1
+"""Nats the forget NLL must rise over the probe for a rate to count as moving the forget set."""
+
+RETAIN_BOUND = 0.1
+"""Nats the retain NLL may rise over the probe's few steps (the run itself may drift further: ``--stop_retain_bound``
+bounds that)."""
+
+SAFETY = 2.0
+"""The chosen rate is the largest passing one divided by this."""
+
+MEASURE_ROWS = 32
+"""Forget and retain rows (the first ones of the first batches) the NLLs are measured on."""
+
+
+@dataclass
+class ProbeResult:
+    """The chosen rate, why, and every trial ``{lr, forget_rise, retain_rise, passed}``."""
+
+    lr: float
+    reason: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[float, str]:
+    """The rule, on trials measured from the largest rate down (see the module docstring)."""
+    within = [t for t in trials if t["retain_rise"] <= retain_bound]
+    moving = [t for t in within if t["forget_rise"] >= MIN_FORGET_RISE]
+    if moving:
+        best = max(moving, key=lambda t: t["lr"])
+        return best["lr"] / SAFETY, (
+            f"largest rate whose forget NLL rose >= {MIN_FORGET_RISE} with retain NLL within {retain_bound} "
+            f"({best['lr']:.3g}), / {SAFETY}"
+        )
+    if within:
+        best = max(within, key=lambda t: t["lr"])
+        return best[
+            "lr"
+        ], f"no rate moved the forget set within the retain bound: largest within it ({best['lr']:.3g})"
+    return min(t["lr"] for t in trials), "every rate broke the retain bound: the smallest candidate"
+
+
+def probe_lr(
+    run,
+    method: Method,
+    params: LossParams,
+    config: TrainConfig,
+    tokenizer,
+    layer,
+    steps: int,
+    retain_bound: float = RETAIN_BOUND,
+    log=None,
+) -> ProbeResult:
+    """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged.
+
+    Candidates are tried from the largest down, and the search ends at the first rate that passes both tests
+    (any smaller rate would be chosen only if that one failed).
+
+    Raises:
+        ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
+    """
+    from obliviate.train.loop import _accumulate, epoch_batches, reset_schedule
+
+    acc = run.accelerator
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
+    measured = run.forget  # the true forget records (a relabelling method trains on stand-ins, measured on these)
+    micro, draws = epoch_batches(run, config, 1)
+    step_batches = [
+        (micro[i : i + run.accumulation], draws[i : i + run.accumulation])
+        for i in range(0, len(micro), run.accumulation)
+    ]
+    forget_rows = [i for batch in micro for i in batch][:MEASURE_ROWS]
+    retain_rows = list(range(min(MEASURE_ROWS, len(run.retain))))
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]
+    before = _nll(run, tokenizer, measured, forget_rows), _nll(run, tokenizer, run.retain, retain_rows)
+    trials: list[dict[str, Any]] = []
+    try:
+        for lr in CANDIDATES:
+            reset_schedule(run, config, lr)
+            for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
+                group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
+            try:
+                for step in range(steps):
+                    forget_ids, retain_ids = step_batches[step % len(step_batches)]
+                    _accumulate(run, method, params, config, tokenizer, 0, layer, forget_ids, retain_ids)
+                    if config.max_grad_norm > 0:
+                        acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                after = _nll(run, tokenizer, measured, forget_rows), _nll(run, tokenizer, run.retain, retain_rows)
+            except TrainingError:  # a non-finite loss: this rate diverges
+                run.optimizer.zero_grad(set_to_none=True)
+                after = (math.inf, math.inf)
+            with torch.no_grad():
+                for param, saved in zip(trainable, start):
+                    param.copy_(saved)
+            forget_rise = after[0] - before[0]
+            trial = {
+                "lr": lr,
+                "forget_rise": forget_rise if math.isfinite(forget_rise) else math.inf,
+                "retain_rise": (after[1] - before[1]) if retain_rows else 0.0,
+            }
+            trial["passed"] = trial["retain_rise"] <= retain_bound and trial["forget_rise"] >= MIN_FORGET_RISE
+            trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
+            trials.append(trial)
+            if log is not None:
+                log({"step": 0, "lr_probe": trial})
+            if trial["passed"]:
+                break
+    finally:
+        with torch.no_grad():
+            for param, saved in zip(trainable, start):
+                param.copy_(saved)
+    lr, reason = choose(trials, retain_bound)
+    reset_schedule(run, config, lr)
+    return ProbeResult(lr=lr, reason=reason, trials=trials)
+
+
+@torch.no_grad()
+def _nll(run, tokenizer, examples, rows: list[int], batch_size: int = 16) -> float:
+    """Token-mean NLL of the scored tokens of ``examples[rows]`` in eval mode; nan without rows."""
+    if not rows:
+        return math.nan
+    model = run.model
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    try:
+        for begin in range(0, len(rows), batch_size):
+            batch = collate([examples[i] for i in rows[begin : begin + batch_size]], tokenizer.pad_token_id)
+            batch = batch.to(run.accelerator.device)
+            with run.accelerator.autocast():
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logp, mask = token_logprobs(logits, batch.labels)
+            total, count = total - float(logp.float().sum()), count + float(mask.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1.0)
