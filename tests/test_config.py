@@ -42,7 +42,7 @@ def test_help_lists_every_option_with_its_default(capsys):
         assert f"--{field.name}" in text
     for shown in (
         "(default: ga_gd)",
-        "(default: 1e-05; > 0, <= 1)",
+        "(default: None; > 0, <= 1)",
         "(default: auto)",
         "(default: all-linear)",
         "(required)",
@@ -107,7 +107,13 @@ def test_config_yaml_of_a_run_round_trips(assets, tmp_path):
     run_unlearn(unlearn_config(assets, out, method="simnpo"))
     values = load_yaml(out / "config.yaml", UnlearnConfig)
     config = UnlearnConfig(**values)
-    assert (config.method, config.beta, config.alpha, config.delta, config.lr) == ("simnpo", 4.5, 1.0, 0.0, 1e-2)
+    assert (config.method, config.beta, config.alpha, config.delta, config.lr) == (
+        "simnpo",
+        4.5,
+        4.0,
+        0.0,
+        1e-2,
+    )  # preset α 4
     assert yaml.safe_load((out / "config.yaml").read_text()) == dataclasses.asdict(config)
     rerun = build_config(UnlearnConfig, parse("--config", str(out / "config.yaml"), "--output_dir", "elsewhere"))
     assert dataclasses.replace(rerun, output_dir=config.output_dir) == config

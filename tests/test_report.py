@@ -327,3 +327,23 @@ def test_write_report_is_atomic_and_utf8(tmp_path):
     path = render.write_report("# Demo ↑ ★", tmp_path / "out" / "report.md")
     assert path.read_text(encoding="utf-8") == "# Demo ↑ ★\n"
     assert [p.name for p in path.parent.iterdir()] == ["report.md"]
+
+
+def test_stop_check_plot_draws_each_method_and_shades_the_never_seen_band():
+    from obliviate.report.plots import draw_stop_checks
+
+    checks = {
+        "contrast": [
+            {"step": 0, "reference_exposure": 1.4, "reference_se": 0.1, "band": 2.0},
+            {"step": 6, "forget_exposure": 5.0},
+            {"step": 12, "forget_exposure": 1.5},
+        ],
+        "ga_gd": [{"step": 6, "forget_exposure": 4.0}],
+    }
+    ax = draw_stop_checks(checks).axes[0]
+    lines = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    assert lines == {"contrast": [(6, 5.0), (12, 1.5)], "ga_gd": [(6, 4.0)]}
+    (band,) = ax.patches
+    path = band.get_path().transformed(band.get_patch_transform())
+    ys = [y for _, y in path.vertices]
+    assert min(ys) == pytest.approx(1.4) and max(ys) == pytest.approx(1.6)

@@ -180,6 +180,15 @@ class UnlearnConfig(TrainConfig):
     relabel_draws: int = option(
         4, "relabel / contrast: stranger answers or fake-value copies per forget record, one per epoch", ge=1, le=64
     )
+    schedule: str = option(
+        "joint",
+        "joint: every step optimises the method's whole loss; interleaved: one forget-only step (retain weight 0), "
+        "then --retain_steps steps of plain NLL on retain rows, the learning-rate schedule restarted every "
+        "--chunk_size forget examples (AILS-NTUA, SemEval-2025 Task 4)",
+        choices=("joint", "interleaved"),
+    )
+    chunk_size: int = option(32, "interleaved: forget examples per chunk (each chunk restarts the schedule)", ge=1)
+    retain_steps: int = option(7, "interleaved: retain-only optimizer steps after each forget step", ge=0, le=1000)
     lr_probe_steps: int = option(5, "steps per candidate rate in the learning-rate range test (unset --lr)", ge=1)
     stop_forget_nll: float | None = option(None, "stop when the forget NLL rises above this bound", gt=0)
     stop_check_steps: int | None = option(
@@ -275,11 +284,16 @@ class DemoConfig:
     """``obliviate demo``: the whole story offline on CPU. Unset numbers take the pipeline's (or --fast's) value."""
 
     methods: list[str] = option([], "methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)", nargs="+")
-    fast: bool = option(False, "50 people, 5 unlearning epochs, 50 rows evaluated per split (about 3 min)")
+    fast: bool = option(False, "50 people, at most 40 unlearning steps, 50 rows evaluated per split")
     fresh: bool = option(False, "ignore cached data, target and oracle")
     people: int | None = option(None, "synthetic people (default: 200; --fast: 50)", ge=10, le=100_000)
     finetune_epochs: int | None = option(None, "epochs to build target and oracle (default: 30)", ge=1, le=10_000)
-    unlearn_epochs: int | None = option(None, "override every method's preset number of epochs", ge=1, le=10_000)
+    unlearn_epochs: int | None = option(
+        None, "unlearning epochs for every method (default: the step budget)", ge=1, le=10_000
+    )
+    unlearn_max_steps: int | None = option(
+        None, "unlearning step budget for every method (default: obliviate unlearn's, 120; --fast: 40)", ge=1
+    )
     eval_max_examples: int | None = option(
         None, "rows evaluated per split at every epoch (default: 60; --fast: 50)", ge=1
     )

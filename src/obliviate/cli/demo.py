@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "demo",
         help="synthesise PII data, memorise it, unlearn it with each method, report against the oracle",
         description="Offline end to end: synthesise people with Faker, build a tiny OLMo, fine-tune the target "
-        "(forget + retain) and the oracle (retain only), unlearn with each method while evaluating every epoch, "
+        "(forget + retain) and the oracle (retain only), unlearn with each method as `obliviate unlearn` does with no "
+        "hyperparameter flags (measured learning rate, step budget, stop rule) while evaluating its checkpoints, "
         "and write OUTPUT_DIR/report.md and results.json. Target and oracle are cached under runs/cache.",
     )
     add_arguments(parser, DemoConfig)
@@ -27,10 +28,10 @@ def demo_config(args: argparse.Namespace):
 
     demo = build_config(DemoConfig, args)
     chosen = {name: getattr(demo, name) for name in ("seed", "fresh", "workers", "group_by_length")}
-    fast = {"people": 50, "unlearn_epochs": 5, "eval_max_examples": 50} if demo.fast else {}
+    fast = {"people": 50, "unlearn_max_steps": 40, "eval_max_examples": 50} if demo.fast else {}
     given = {
         name: getattr(demo, name)
-        for name in ("people", "finetune_epochs", "unlearn_epochs", "eval_max_examples")
+        for name in ("people", "finetune_epochs", "unlearn_epochs", "unlearn_max_steps", "eval_max_examples")
         if getattr(demo, name) is not None
     }
     methods = tuple(demo.methods or DEMO_METHODS)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.report.outputs import epoch_plots, write_json
-from obliviate.report.plots import plot_tradeoff
+from obliviate.report.plots import plot_stop_checks, plot_tradeoff
 from obliviate.report.render import render_demo_report, write_report
 
 COLUMNS = [  # the renderer adds the ↑/↓ direction of each metric to its header
@@ -113,10 +113,28 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         target=(rows[0].get("forget/rougeL_recall"), rows[0].get("retain/rougeL_recall")),
         oracle=(oracle.get("forget/rougeL_recall"), oracle.get("retain/rougeL_recall")),
     )
+    checks = {run["method"]: run.get("stop_checks") or [] for run in outcome["runs"]}
+    if any(checks.values()):
+        plots["Forget exposure at each stop-rule check, against the never-seen band"] = plot_stop_checks(
+            checks, out_dir / "stop_checks.png"
+        )
     goal_rows = goals(rows)
+    select = outcome["config"]["select"]
+    chosen = (
+        "each method's row is its run's last checkpoint: where the stop rule (or the step budget) ended it"
+        if select == "last"
+        else f"best epoch per method chosen by `{select}` among epochs whose retain ROUGE-L recall (and, under "
+        "`holdout_gap`, retain EM) stays ≥ 90 % of the target's"
+    )
+    runs_line = "; ".join(
+        f"{r['method']}: lr {r['lr']:.3g}, {r['steps']} steps, "
+        + (f"stopped ({r['stopped']})" if r.get("stopped") else "step budget spent")
+        for r in outcome["runs"]
+        if r.get("lr") is not None
+    )
     notes = [
-        f"best epoch per method chosen by `{outcome['config']['select']}` among epochs whose retain ROUGE-L "
-        "recall (and, under `holdout_gap`, retain EM) stays ≥ 90 % of the target's",
+        chosen,
+        *([f"learning rates (range test) and ends: {runs_line}"] if runs_line else []),
         "forget quality: KS-test p-value of per-example forget answer NLL against the oracle (no paraphrased or "
         "perturbed answers exist in this data)",
         "MIA AUC: LOSS attack, forget people (members) against holdout people (never trained on)",
@@ -133,6 +151,10 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
             "method": r["method"],
             "best": r["best"],
             "preset": r["preset"],
+            "lr": r.get("lr"),
+            "steps": r.get("steps"),
+            "stopped": r.get("stopped"),
+            "stop_checks": r.get("stop_checks", []),
             "tokens": r["tokens"],
             "wall_seconds": r["wall_seconds"],
             "epochs": r["epochs"],

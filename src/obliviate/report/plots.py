@@ -263,3 +263,44 @@ def draw_tradeoff(
     ax.margins(0.12)  # room for the labels next to the outermost points
     fig.tight_layout()
     return fig
+
+
+def plot_stop_checks(checks: dict[str, list[dict[str, float]]], out: Path) -> Path:
+    """:func:`draw_stop_checks`, written to ``out``."""
+    return _save(draw_stop_checks(checks), out)
+
+
+def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
+    """Forget exposure at each stop-rule check, one line per method, against the never-seen band.
+
+    ``checks`` maps a method to its checks as the pipeline reads them from ``metrics.jsonl``: an optional first
+    entry ``{"step": 0, "reference_exposure", "reference_se", "band"}`` (the band), then ``{"step",
+    "forget_exposure"}`` per check. The band (mean to mean + band x standard error) is shaded once, from the first
+    method that has it: every method starts from the same model.
+    """
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.add_subplot()
+    drawn = False
+    shaded = False
+    for index, (method, entries) in enumerate(checks.items()):
+        reference = next((e for e in entries if "reference_exposure" in e), None)
+        if reference is not None and not shaded and math.isfinite(reference.get("reference_exposure", math.nan)):
+            low = reference["reference_exposure"]
+            high = low + reference.get("band", 2.0) * reference.get("reference_se", 0.0)
+            ax.axhspan(low, high, color="0.85", label="never-seen band (stop inside)")
+            shaded = True
+        points = [(e["step"], e["forget_exposure"]) for e in entries if "forget_exposure" in e]
+        points = [(s, v) for s, v in points if math.isfinite(v)]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o", markersize=3, color=_color(index), label=method)
+            drawn = True
+    if not drawn:
+        _no_data(ax, "stop-rule check")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("forget exposure (bits)")
+    ax.set_title("Forget PII exposure at each stop-rule check")
+    if drawn or shaded:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -78,7 +79,8 @@ class _Run:
     scheduler: Any
     forget: list
     retain: list
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps per epoch (interleaved: forget steps and their retain steps)
+    forget_steps: int  # forget-batch steps per epoch
     accumulation: int
     control: torch.Tensor | None
     is_peft: bool
@@ -132,7 +134,8 @@ def setup(
         from obliviate.losses.rmu import make_control_vector
 
         control = make_control_vector(model.config.hidden_size, params.rmu_c, config.seed).to(accelerator.device)
-    steps_per_epoch = math.ceil(len(forget) / config.batch_size)
+    forget_steps = math.ceil(len(forget) / config.batch_size)
+    steps_per_epoch = forget_steps * (1 + _retain_steps(config))
     epochs, total_steps = planned_length(config, steps_per_epoch)
     optimizer, scheduler = _optimizer(model, config, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -147,6 +150,7 @@ def setup(
         forget=[encode_record(tokenizer, r, config.max_length) for r in forget],
         retain=[encode_record(tokenizer, r, config.max_length) for r in retain or []] if needs.retain else [],
         steps_per_epoch=steps_per_epoch,
+        forget_steps=forget_steps,
         accumulation=accumulation,
         control=control,
         is_peft=is_peft,
@@ -469,7 +473,7 @@ def epoch_batches(run: _Run, config: TrainConfig, epoch: int) -> tuple[list[list
         run.paired = run.paired_draws[(epoch - 1) % len(run.paired_draws)]
     grouped = config.group_by_length
     lengths = [len(e.ids) for e in run.forget] if grouped else None
-    order = forget_order(len(run.forget), run.steps_per_epoch, config.batch_size, config.seed, epoch, lengths)
+    order = forget_order(len(run.forget), run.forget_steps, config.batch_size, config.seed, epoch, lengths)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
     draws = (
         retain_draws(
@@ -485,6 +489,30 @@ def epoch_batches(run: _Run, config: TrainConfig, epoch: int) -> tuple[list[list
         else [None] * len(micro)
     )
     return micro, draws
+
+
+def _retain_steps(config: TrainConfig) -> int:
+    """Retain-only steps after each forget step: ``--retain_steps`` under ``--schedule interleaved``, else 0."""
+    return config.retain_steps if getattr(config, "schedule", "joint") == "interleaved" else 0
+
+
+def interleaved_plan(run: _Run, config: TrainConfig, epoch: int) -> list[tuple[str, int]]:
+    """The epoch's steps in order under ``--schedule interleaved``: ``("forget", i)`` for forget step ``i``, each
+    followed by ``("retain", j)`` for ``--retain_steps`` retain steps ``j``, counted through the epoch."""
+    plan: list[tuple[str, int]] = []
+    for i in range(run.forget_steps):
+        plan.append(("forget", i))
+        plan.extend(("retain", i * config.retain_steps + k) for k in range(config.retain_steps))
+    return plan
+
+
+def _retain_only_batches(run: _Run, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """This process's retain micro-batches of each retain-only step of ``epoch`` (a seeded order of its own)."""
+    acc = run.accelerator
+    steps = run.forget_steps * config.retain_steps
+    order = forget_order(len(run.retain), steps, config.batch_size, config.seed + 1, epoch)
+    micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
+    return [micro[i : i + run.accumulation] for i in range(0, len(micro), run.accumulation)]
 
 
 def optimizer_step(run: _Run, config: TrainConfig) -> None:
@@ -519,11 +547,25 @@ def train_epoch(
         dynamic_ncols=True,
     )
     started, tokens_at_start = time.perf_counter(), run.state["tokens_seen"]
-    for step_start in range(0, len(micro), run.accumulation):
-        chunk = range(step_start, step_start + run.accumulation)
-        step_metrics, tokens, checksums = _accumulate(
-            run, method, params, config, tokenizer, epoch, layer, [micro[i] for i in chunk], [draws[i] for i in chunk]
-        )
+    forget_groups = [
+        ([micro[i] for i in range(s, min(s + run.accumulation, len(micro)))], draws[s : s + run.accumulation])
+        for s in range(0, len(micro), run.accumulation)
+    ]
+    interleaved = _retain_steps(config) > 0
+    plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
+    retain_groups = _retain_only_batches(run, config, epoch) if interleaved else []
+    forget_params = dataclasses.replace(params, alpha=0.0, kl_weight=0.0) if interleaved else params
+    chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + config.retain_steps) if interleaved else 0
+    for position, (phase, index) in enumerate(plan):
+        if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
+            run.scheduler = _schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
+        if phase == "retain":
+            step_metrics, tokens, checksums = _retain_step(run, params, config, tokenizer, epoch, retain_groups[index])
+        else:
+            forget_ids, retain_ids = forget_groups[index]
+            step_metrics, tokens, checksums = _accumulate(
+                run, method, forget_params, config, tokenizer, epoch, layer, forget_ids, retain_ids
+            )
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         optimizer_step(run, config)
         run.state["global_step"] += 1
@@ -531,6 +573,7 @@ def train_epoch(
         record = {
             "step": run.state["global_step"],
             "epoch": epoch,
+            **({"phase": phase} if interleaved else {}),
             "lr": lr,
             **step_metrics,
             "tokens_seen": run.state["tokens_seen"],
@@ -554,6 +597,21 @@ def train_epoch(
             break  # the step budget is spent: the run ends here, as planned (not a stop)
     progress.close()
     return None
+
+
+def _retain_step(run: _Run, params: LossParams, config: TrainConfig, tokenizer, epoch: int, micro: list[list[int]]):
+    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``)."""
+    from obliviate.losses import FINETUNE
+
+    forget, paired = run.forget, run.paired
+    run.forget, run.paired = run.retain, []  # _accumulate reads its rows from run.forget
+    try:
+        metrics, tokens, _ = _accumulate(
+            run, FINETUNE, params, config, tokenizer, epoch, None, micro, [None] * len(micro)
+        )
+    finally:
+        run.forget, run.paired = forget, paired
+    return {"retain_nll": metrics["nll"]}, tokens, None
 
 
 def _step_check(run: _Run, tokenizer, epoch: int, log) -> str | None:

@@ -9,11 +9,11 @@ the largest down, and measures two things on fixed rows (eval mode, no gradient)
   the rate moves the forget set;
 - the retain NLL must rise by at most ``retain_bound`` nats (:data:`RETAIN_BOUND`): it leaves everyone else alone.
 
-The largest rate that does both is taken, divided by :data:`SAFETY` (a probe of a few steps sees less drift than
-the run will). If none moves the forget set within the bound, the largest rate within the bound is taken; if none
-is within it, the smallest candidate. After every candidate the weights and the optimizer go back to where they
-started, so the run itself starts from the model it was given. Every trial is logged (``metrics.jsonl``, a line
-``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes the rule.
+The largest rate that does both is taken. If none moves the forget set within the bound, the largest rate
+within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
+optimizer go back to where they started, so the run itself starts from the model it was given. Every trial is
+logged (``metrics.jsonl``, a line ``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes
+the rule.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import LossParams, token_logprobs
 
-CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 2), 12) for k in range(4, 13))
-"""Candidate peak rates, half a decade apart: 1e-2, 3.16e-3, ..., 1e-6."""
+CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 4), 12) for k in range(8, 25))
+"""Candidate peak rates, a quarter of a decade apart (x 1.78): 1e-2, 5.62e-3, 3.16e-3, ..., 1e-6."""
 
 MIN_FORGET_RISE = 0.1
 """Nats the forget NLL must rise over the probe for a rate to count as moving the forget set."""
@@ -41,9 +41,6 @@ MIN_FORGET_RISE = 0.1
 RETAIN_BOUND = 0.1
 """Nats the retain NLL may rise over the probe's few steps (the run itself may drift further: ``--stop_retain_bound``
 bounds that)."""
-
-SAFETY = 2.0
-"""The chosen rate is the largest passing one divided by this."""
 
 MEASURE_ROWS = 32
 """Forget and retain rows (the first ones of the first batches) the NLLs are measured on."""
@@ -64,10 +61,9 @@ def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[flo
     moving = [t for t in within if t["forget_rise"] >= MIN_FORGET_RISE]
     if moving:
         best = max(moving, key=lambda t: t["lr"])
-        return best["lr"] / SAFETY, (
-            f"largest rate whose forget NLL rose >= {MIN_FORGET_RISE} with retain NLL within {retain_bound} "
-            f"({best['lr']:.3g}), / {SAFETY}"
-        )
+        return best[
+            "lr"
+        ], f"largest rate whose forget NLL rose >= {MIN_FORGET_RISE} with retain NLL within {retain_bound}"
     if within:
         best = max(within, key=lambda t: t["lr"])
         return best[

@@ -107,13 +107,15 @@ def resolve_params(config: UnlearnConfig) -> LossParams:
 
 
 def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
-    """``--epochs`` and ``--max_steps`` as numbers: neither given means :data:`DEFAULT_STEPS` optimizer steps (as
-    many epochs as that takes); one given decides; both given, whichever ends first."""
+    """``--epochs`` and ``--max_steps`` as numbers: neither given means :data:`DEFAULT_STEPS` forget steps (as many
+    epochs as that takes; under ``--schedule interleaved`` each forget step brings its retain steps along, and the
+    budget counts them too); one given decides; both given, whichever ends first."""
     epochs, max_steps = config.epochs, config.max_steps
+    per_forget_step = 1 + (config.retain_steps if config.schedule == "interleaved" else 0)
     if epochs is None and max_steps is None:
-        max_steps = DEFAULT_STEPS
+        max_steps = DEFAULT_STEPS * per_forget_step
     if epochs is None:
-        epochs = math.ceil(max_steps / max(1, math.ceil(forget_rows / config.batch_size)))
+        epochs = math.ceil(max_steps / (max(1, math.ceil(forget_rows / config.batch_size)) * per_forget_step))
     return dataclasses.replace(config, epochs=epochs, max_steps=max_steps)
 
 
@@ -240,7 +242,10 @@ def run_unlearn(
     if method.needs.paired:
         forget, paired_draws = _fake_pairs(config, forget, retain)
     config = resolve_budget(config, len(forget))
-    planned_steps = planned_length(config, math.ceil(len(forget) / config.batch_size))[1]
+    per_epoch = math.ceil(len(forget) / config.batch_size) * (
+        1 + (config.retain_steps if config.schedule == "interleaved" else 0)
+    )
+    planned_steps = planned_length(config, per_epoch)[1]
     config = resolve_stop_check(config, _has_pii(config, forget, retain), planned_steps)
     resolved = dataclasses.replace(
         config, **{k: getattr(params, k) for k in _PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
