@@ -41,7 +41,7 @@ def test_help_lists_every_option_with_its_default(capsys):
     for field in dataclasses.fields(UnlearnConfig):
         assert f"--{field.name}" in text
     for shown in (
-        "(default: ga_gd)",
+        "(default: auto)",
         "(default: None; > 0, <= 1)",
         "(default: auto)",
         "(default: all-linear)",

@@ -75,8 +75,8 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert state["global_step"] <= DEFAULT_STEPS and steps[-1]["step"] == state["global_step"]
     assert any("stop_reference" in line for line in lines)
     assert any("stop_check" in line for line in lines)
-    # ga_gd's preset (alpha 4) and checkpoints thinned to at most --max_checkpoints
-    assert config["alpha"] == get_method("ga_gd").preset["alpha"]
+    # method auto: contrast (the synthetic people's values are known), with its preset; checkpoints thinned
+    assert config["method"] == "contrast" and config["alpha"] == get_method("contrast").preset["alpha"]
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 
@@ -168,7 +168,7 @@ def test_every_preset_names_real_unlearn_options():
     from obliviate.config import UnlearnConfig
 
     names = {f.name for f in fields(UnlearnConfig)}
-    for method in LOSSES.values():
+    for method in LOSSES.values():  # presets fill options left unset
         assert set(method.preset) <= names, method.name
         assert "lr" not in method.preset and "epochs" not in method.preset  # measured per run, not per data set
 
@@ -216,6 +216,36 @@ def test_interleaved_takes_one_forget_step_then_retain_steps_and_restarts_the_sc
 def test_interleaved_forget_steps_carry_no_retain_term(target, tmp_path):
     """With the retain weight at 0 in forget steps, ga_gd's forget step is plain ascent: loss = -forget NLL."""
     out = tmp_path / "inter-ga"
-    run_unlearn(unlearn_config(target, out, schedule="interleaved", retain_steps=1, epochs=1, alpha=4.0))
+    config = unlearn_config(target, out, method="ga_gd", schedule="interleaved", retain_steps=1, epochs=1, alpha=4.0)
+    run_unlearn(config)
     forget_steps = [line for line in metrics(out) if line.get("phase") == "forget"]
     assert forget_steps and all(s["loss"] == pytest.approx(-s["forget_nll"], rel=1e-5) for s in forget_steps)
+
+
+def test_method_auto_falls_back_to_ga_gd_without_known_pii(target, tmp_path):
+    """Records whose person has no pii.json entry and no Task2 QA rows: contrast cannot run, ga_gd can."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(target.data, data)
+    (data / "forget" / "pii.json").unlink(missing_ok=True)
+    (data / "pii.json").unlink(missing_ok=True)
+    forget = data / "forget"
+    rows = [json.loads(line) for f in sorted(forget.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    for f in forget.glob("*.jsonl"):
+        f.unlink()
+    bare = [{k: v for k, v in r.items() if k != "pii_field"} | {"task": "Task1"} for r in rows if "sc" in r["id"]]
+    (forget / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bare))  # biographies, no labels
+    out = tmp_path / "out"
+    argv = [
+        "unlearn",
+        "--model_dir",
+        str(target.model),
+        "--forget_dir",
+        str(forget),
+        "--retain_dir",
+        str(data / "retain"),
+    ]
+    assert main([*argv, "--output_dir", str(out), "--max_length", "64", "--max_steps", "3"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == "ga_gd" and config["stop_check_steps"] == 0

@@ -150,7 +150,11 @@ class UnlearnConfig(TrainConfig):
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
-    method: str = option("ga_gd", "ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel or contrast")
+    method: str = option(
+        "auto",
+        "auto (contrast where the forget people's PII values are known, else ga_gd), ga, ga_kl, ga_gd, npo, simnpo, "
+        "rmu, relabel or contrast",
+    )
     lr: float | None = option(
         None, "peak learning rate of AdamW; unset: the method's preset, else a short range test picks it", gt=0, le=1
     )
@@ -283,7 +287,9 @@ class InitModelConfig:
 class DemoConfig:
     """``obliviate demo``: the whole story offline on CPU. Unset numbers take the pipeline's (or --fast's) value."""
 
-    methods: list[str] = option([], "methods to run (default: ga ga_kl ga_gd npo; also simnpo, rmu)", nargs="+")
+    methods: list[str] = option(
+        [], "methods to run (default: ga ga_kl ga_gd npo contrast; also simnpo, rmu, relabel)", nargs="+"
+    )
     fast: bool = option(False, "50 people, at most 40 unlearning steps, 50 rows evaluated per split")
     fresh: bool = option(False, "ignore cached data, target and oracle")
     people: int | None = option(None, "synthetic people (default: 200; --fast: 50)", ge=10, le=100_000)

@@ -36,7 +36,7 @@ from obliviate.losses import get_method
 from obliviate.models.load import load_model
 from obliviate.train.run import run_finetune, run_unlearn
 
-DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo")
+DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
 
 PRESETS: dict[str, dict[str, Any]] = {}
 """Per-method overrides of ``obliviate unlearn``'s own defaults (none: the demo runs every method as the command

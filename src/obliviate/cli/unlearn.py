@@ -10,7 +10,7 @@ from obliviate.config import UnlearnConfig, add_arguments, build_config
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "unlearn",
-        help="unlearn a forget set (ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel, contrast)",
+        help="unlearn a forget set (auto, ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel, contrast)",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
         "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. With no "
         "hyperparameter flags it measures its own learning rate (a short range test), runs at most 120 optimizer "
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     note = f" (stopped: {result.stopped})" if result.stopped else ""
     if process_state().is_main_process:  # one line per launch, not per process
         print(
-            f"unlearned with {config.method} at lr {result.lr:.3g}: {result.epochs_completed} epochs, "
+            f"unlearned with {result.method} at lr {result.lr:.3g}: {result.epochs_completed} epochs, "
             f"{result.global_step} steps, "
             f"{result.tokens_seen} tokens in {result.wall_seconds:.0f}s → {result.output_dir}{note}"
         )

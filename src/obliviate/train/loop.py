@@ -66,6 +66,7 @@ class RunResult:
     wall_seconds: float = 0.0
     epoch_results: list[dict[str, Any]] = field(default_factory=list)
     lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
+    method: str | None = None  # the objective trained with (what --method auto chose)
 
 
 @dataclass

@@ -87,6 +87,22 @@ def check_resume(out: Path, resolved: TrainConfig) -> None:
         )
 
 
+AUTO = "auto"
+"""``--method auto`` (the default): :func:`auto_method` chooses."""
+
+
+def auto_method(config: UnlearnConfig, forget, retain) -> str:
+    """``contrast`` where the forget people's PII values are known (``pii.json`` or Task2 QA rows) and a retain set
+    is given, else ``ga_gd``: contrast acts on the values alone and needs them; GA+GD needs nothing but the data.
+    The choice was measured (BENCHMARKS.md) and is printed."""
+    known = retain is not None and _has_pii(config, forget, retain)
+    chosen = "contrast" if known else "ga_gd"
+    if process_state().is_main_process:
+        why = "the forget people's PII values are known" if known else "no known PII values (or no retain set)"
+        print(f"method auto: {chosen} ({why})")
+    return chosen
+
+
 DEFAULT_STEPS = 120
 """The step budget of an unlearning run given neither ``--epochs`` nor ``--max_steps``: a maximum, which the stop
 rule (on by default where PII values are known) usually ends sooner."""
@@ -200,12 +216,16 @@ def run_unlearn(
     ``step_check`` is a stop rule asked every few optimizer steps (see :mod:`obliviate.evaluate.stop_rule`);
     ``stop_rule`` instead builds one from the resolved config, when its ``stop_check_steps`` is not 0.
     """
-    config = with_preset(config)
-    method = get_method(config.method)
-    params = resolve_params(config)
+    if config.method != AUTO:
+        get_method(config.method)  # an unknown name fails before any data is read
     accumulation_steps(config)
     forget = load_split(config.forget_dir, split="forget")
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
+    if config.method == AUTO:
+        config = dataclasses.replace(config, method=auto_method(config, forget, retain))
+    config = with_preset(config)
+    method = get_method(config.method)
+    params = resolve_params(config)
     if method.needs.retain and retain is None:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
     if retain is not None:
