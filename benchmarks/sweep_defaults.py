@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         for lr, alpha in [(lr, alpha) for lr in args.lrs for alpha in args.alphas]:
             presets = {k: dict(v) for k, v in config.presets.items()}
-            presets[method]["lr"] = lr
+            presets.setdefault(method, {})["lr"] = lr
             label = f"{method} lr={lr:g}"
             if alpha is not None:
                 presets[method]["alpha"] = alpha

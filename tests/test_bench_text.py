@@ -52,7 +52,7 @@ def test_exact_command_lists_every_option_it_ran_with_but_not_write():
     parser = bench_quality.build_parser()
     args = parser.parse_args(["--tasks", "all", "--unlearn_epochs", "3", "--write"])
     assert _common.exact_command("bench_quality.py", parser, args) == (
-        ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu "
+        ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu contrast "
         "--size tiny --finetune_epochs 40 --unlearn_epochs 3 --eval_max_examples 60 --max_new_tokens 64 "
         "--output_dir runs/lume --seed 0 --workers 0"
     )
@@ -213,3 +213,27 @@ def test_sweep_write_up_states_epochs_rule_and_goals_it_used():
     args = argparse.Namespace(**{**vars(args), "epochs": 4})
     text = sweep_defaults.write_up(args, "CMD", "tiny", "task_aggregate", ["goal a"], rows)
     assert "4 unlearning epochs" in text and "(`task_aggregate`, retain ROUGE-L ≥ 90% of the target)" in text
+
+
+def test_quality_table_says_what_ended_each_run_with_its_rate_and_steps():
+    results = {
+        "summary": [
+            {"model": "target"},
+            {"model": "oracle (retrain)"},
+            {"model": "contrast", "forget/exposure": 1.5},
+            {"model": "ga_gd"},
+        ],
+        "runs": [
+            {
+                "method": "contrast",
+                "lr": 0.000562,
+                "steps": 78,
+                "stopped": "forget exposure 1.58 bits is inside the never-seen band (≤ 1.41 + 2.0·0.14) at step 78",
+            },
+            {"method": "ga_gd", "lr": 0.00178, "steps": 120, "stopped": None},
+        ],
+    }
+    text = bench_quality.table(results, None)
+    assert "| contrast |" in text and "| 0.000562 | 78 | exposure in band |" in text
+    assert "| 0.00178 | 120 | step budget |" in text
+    assert bench_quality.ended_by("retain NLL 0.797 rose more than 0.5 above its start") == "retain bound"

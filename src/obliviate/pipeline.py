@@ -281,7 +281,7 @@ def _stop_checks(metrics: Path) -> list[dict[str, float]]:
 
 def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
     if out.exists() and any(out.iterdir()):
         ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
@@ -341,6 +341,10 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
         "target_tokens": target_state["tokens_seen"],
         "oracle_tokens": oracle_state["tokens_seen"],
         "runs": runs,
+        "cached": {  # trained before this run started: taken from the cache
+            "target": (target / "trainer_state.json").stat().st_mtime < started_at,
+            "oracle": (oracle_dir / "trainer_state.json").stat().st_mtime < started_at,
+        },
         "workers": workers,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -92,6 +92,15 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 lambda v, o: abs(v - o) <= 0.05,
             ),
         ]
+        if row.get("forget/digits_in_place") is not None and oracle.get("forget/digits_in_place") is not None:
+            checks.append(  # partial leaks: digits reproduced in place, no more than a model that never saw them
+                (
+                    "digits in place ≤ oracle + 1 pp",
+                    row.get("forget/digits_in_place"),
+                    oracle.get("forget/digits_in_place"),
+                    lambda v, o: v <= o + 0.01,
+                )
+            )
         for goal, value, reference, test in checks:
             holds = value is not None and reference is not None and bool(test(value, reference))
             out.append({"goal": f"{row['model']}: {goal}", "value": value, "target": reference, "holds": holds})
@@ -163,7 +172,15 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
     ]
     write_json(
         out_dir / "results.json",
-        {"summary": rows, "goals": goal_rows, "runs": slim_runs, "config": outcome["config"], "notes": notes},
+        {
+            "summary": rows,
+            "goals": goal_rows,
+            "runs": slim_runs,
+            "config": outcome["config"],
+            "notes": notes,
+            "wall_seconds": outcome["wall_seconds"],
+            **({"cached": outcome["cached"]} if "cached" in outcome else {}),
+        },
     )
     return out_dir / "report.md"
 

@@ -1,0 +1,160 @@
+"""Writes README.md's demo section from a demo run: the table, the goals and the stop-check plot, all from
+``results.json``, so that no number in it is typed by hand.
+
+    python benchmarks/demo_results.py --run --write         # runs `obliviate demo` (timed), then writes README
+    python benchmarks/demo_results.py --write               # from the last run's runs/demo/results.json
+
+The section sits between ``<!-- demo-results:start -->`` and ``<!-- demo-results:end -->`` in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+KEY = "demo-results"
+TABLE = (
+    ("model", "model"),
+    ("forget/rougeL_recall", "forget ROUGE-L"),
+    ("retain/rougeL_recall", "retain ROUGE-L"),
+    ("retain/exact_match", "retain EM"),
+    ("forget/leak_rate", "leak forget"),
+    ("holdout/leak_rate", "leak holdout"),
+    ("forget/digits_in_place", "digits in place"),
+    ("forget/exposure", "exposure forget"),
+    ("holdout/exposure", "exposure holdout"),
+    ("forget/mia_auc_loss", "MIA AUC"),
+    ("lr", "lr"),
+    ("steps", "steps"),
+    ("end", "ended by"),
+    ("tokens_vs_oracle", "tokens / oracle"),
+)
+
+
+def cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 0.01 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+def section(results: dict, command: str, wall: float | None, cached: dict | None) -> str:
+    from obliviate.report.demo import goals
+
+    rows = results["summary"]
+    runs = {r["method"]: r for r in results["runs"]}
+    config = results["config"]
+    for row in rows[2:]:
+        run = runs.get(row["model"], {})
+        row["lr"], row["steps"] = run.get("lr"), run.get("steps")
+        stopped = run.get("stopped") or ""
+        row["end"] = (
+            "exposure in band"
+            if "never-seen band" in stopped
+            else "retain bound"
+            if "retain NLL" in stopped
+            else "forget NLL bound"
+            if "stop_forget_nll" in stopped
+            else "step budget"
+        )
+    table = _common.markdown_table(
+        [label for _, label in TABLE], [[cell(row.get(key)) for key, _ in TABLE] for row in rows]
+    )
+    goal_rows = goals(rows)
+    held = sum(g["holds"] for g in goal_rows)
+    lines = []
+    for row in rows[2:]:
+        mine = [g for g in goal_rows if g["goal"].startswith(f"{row['model']}: ")]
+        missed = [
+            f"{g['goal'].split(': ', 1)[1]} ({cell(g['value'])} against {cell(g['target'])})"
+            for g in mine
+            if not g["holds"]
+        ]
+        verdict = f"{sum(g['holds'] for g in mine)} of {len(mine)}"
+        lines.append(f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all"))
+    people = config["people"]
+    when = _common.utc_date()
+    if cached is None:
+        source = "target and oracle from the cache where present"
+    elif all(cached.values()):
+        source = "target and oracle came from the cache"
+    else:
+        source = "fine-tuned in the run: " + ", ".join(k for k, v in cached.items() if not v)
+    timing = (
+        f"The pipeline took {wall / 60:.1f} min of wall time on {_common.cpu_cores()} CPU cores ({source})."
+        if wall is not None
+        else "Wall time was not measured."
+    )
+    plot = ""
+    if (REPO / "docs" / "demo_stop_checks.png").is_file():
+        plot = "\n\n![Forget exposure at each stop-rule check, against the never-seen band](docs/demo_stop_checks.png)"
+    return f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
+{config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
+oracle fine-tuned {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn` runs it with no
+hyperparameter flags: batch {config["unlearn_batch_size"]}, the learning rate from the range test, at most 120
+optimizer steps, and the stop rule against the holdout people. Each row is the run's last checkpoint, evaluated on up
+to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
+`benchmarks/demo_results.py`. {timing}
+
+{table}
+
+Goals against the oracle (and the target, for retain): {held} of {len(goal_rows)} hold.
+
+{chr(10).join(lines)}{plot}"""
+
+
+def write_readme(body: str) -> None:
+    start, end = f"<!-- {KEY}:start -->", f"<!-- {KEY}:end -->"
+    text = README.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} … {end} markers")
+    before, rest = text.split(start, 1)
+    text = before + f"{start}\n{body.strip()}\n{end}" + rest.split(end, 1)[1]
+    tmp = README.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(README)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="store_true", help="run `obliviate demo` first (timed)")
+    parser.add_argument("--fresh", action="store_true", help="with --run: retrain target and oracle (no cache)")
+    parser.add_argument("--output_dir", default="runs/demo", help="the demo's report directory")
+    parser.add_argument("--write", action="store_true", help="write the section into README.md")
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    wall = None
+    if args.run:
+        command = [sys.executable, "-m", "obliviate.cli.main", "demo", "--output_dir", str(out)]
+        started = time.perf_counter()
+        subprocess.run(command + (["--fresh"] if args.fresh else []), check=True)
+        wall = time.perf_counter() - started
+    results = json.loads((out / "results.json").read_text())
+    if wall is None:  # the pipeline's own measure, as its report states it
+        found = [re.search(r"wall time of the whole pipeline: (\d+)s", n) for n in results.get("notes", [])]
+        wall = next((float(m.group(1)) for m in found if m), None)
+    cached = results.get("cached")  # which of target and oracle came from the cache (newer results only)
+    shown = "obliviate demo" + (" --fresh" if args.fresh else "")
+    if (out / "stop_checks.png").is_file():
+        shutil.copyfile(out / "stop_checks.png", REPO / "docs" / "demo_stop_checks.png")
+    body = section(results, shown, wall, cached)
+    print(body)
+    if args.write:
+        write_readme(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "src"))
+    sys.exit(main())
