@@ -93,9 +93,10 @@ def cpu_cores() -> int:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """The report's table renderer (``obliviate.report.render.markdown_table``), cells shown as given."""
+    from obliviate.report.render import markdown_table as render
+
+    return render(list(headers), [[str(cell) for cell in row] for row in rows])
 
 
 def interleave(contenders: Sequence[Callable[[], Any]], rounds: int) -> list[list[tuple[float, Any]]]:

@@ -98,3 +98,18 @@ def test_lora_errors_are_config_errors(assets):
         apply_lora(model, r=4, alpha=8.0, dropout=0.0, layers="5")
     with pytest.raises(ConfigError, match="--lora_target 'no_such_proj'"):
         apply_lora(model, r=4, alpha=8.0, dropout=0.0, target="no_such_proj")
+
+
+@pytest.mark.parametrize("layers, modules", [("all", "all"), ("0", "all"), ("1", "mlp")])
+def test_lora_on_gpt2_conv1d_projections_for_chosen_layers(layers, modules):
+    """GPT-2's projections are transformers' Conv1D: chosen layers must find them (peft adapts them)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300, n_positions=64))
+    adapted = apply_lora(model, r=4, alpha=8, dropout=0.0, layers=layers, modules=modules)
+    trained = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in name for name in trained)
+    if layers != "all":
+        assert all(f".h.{layers}." in name for name in trained), trained
+    if modules == "mlp":
+        assert all(".mlp." in name for name in trained), trained

@@ -36,14 +36,6 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
 
-@dataclass
-class UnlearnBatch:
-    """A forget batch and, for methods that need one, an equal-size retain batch drawn at random."""
-
-    forget: TokenBatch
-    retain: TokenBatch | None = None
-
-
 @dataclass(frozen=True)
 class Encoded:
     """One tokenised record: ``prompt_len`` leading ids are the prompt, the rest the answer (ending in eos).

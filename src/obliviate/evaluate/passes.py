@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from obliviate.data.batching import collate, encode_prompt, encode_record
 from obliviate.data.records import Record
+from obliviate.losses.common import IGNORE_INDEX
 
 
 @dataclass
@@ -116,7 +117,7 @@ def forward_pass(
         else:
             mu = sigma = logp_all.new_zeros(logp_all.shape[:2])
         token_logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        answer = batch.labels[:, 1:].ne(-100)
+        answer = batch.labels[:, 1:].ne(IGNORE_INDEX)
         for row, index in enumerate(rows):
             n = len(encoded[index].ids) - 1
             ends_with_eos = encoded[index].ids[-1] == tokenizer.eos_token_id

@@ -139,6 +139,11 @@ def retain_nll(model, tokenizer, records: Sequence[Record], max_length: int = 51
 RETAIN_SAMPLE = 64
 """Retain rows whose NLL the stop rule watches (a seeded sample that keeps people whole)."""
 
+EXPOSURE_SAMPLE = 240
+"""Forget (and holdout) rows whose people's PII values a check ranks: a seeded sample that keeps people whole (40
+synthetic people, about 200 values). LUME Task2's forget set alone holds 1,250 values; ranking each among 51
+continuations at every check would cost more than the training it checks."""
+
 
 def stop_rule_for(config) -> ExposureStopRule:
     """The rule behind ``obliviate unlearn --stop_check_steps N`` (an :class:`~obliviate.config.UnlearnConfig`)."""
@@ -151,10 +156,10 @@ def stop_rule_for(config) -> ExposureStopRule:
     holdout = load_split(config.holdout_dir, split="holdout") if config.holdout_dir else []
     people = known_people(config.forget_dir, [*forget, *retain, *holdout])
     return ExposureStopRule(
-        forget=forget,
+        forget=sample_records(forget, EXPOSURE_SAMPLE, config.seed),
         people=people,
         retain=sample_records(retain, RETAIN_SAMPLE, config.seed) if retain else [],
-        holdout=holdout,
+        holdout=sample_records(holdout, EXPOSURE_SAMPLE, config.seed) if holdout else [],
         every=config.stop_check_steps,
         band=config.stop_band,
         retain_bound=config.stop_retain_bound,

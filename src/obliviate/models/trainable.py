@@ -124,12 +124,16 @@ def lora_target_modules(target: str, modules: str = "all", model: torch.nn.Modul
 
 
 def _linear_names(model: torch.nn.Module, modules: str) -> list[str]:
-    """Leaf names (``q_proj``, ``down_proj``, ...) of the linear layers of the decoder blocks in group ``modules``."""
+    """Block-relative names (``self_attn.q_proj``, ``mlp.down_proj``, GPT-2's ``attn.c_attn``; peft matches them as
+    suffixes) of the linear layers (``nn.Linear`` or
+    transformers' ``Conv1D``, which peft adapts too) of the decoder blocks in group ``modules``."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections: a linear layer with transposed weights
+
     names = set()
     for block in decoder_layers(model):
         for name, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear) and _in_group(name, modules):
-                names.add(name.rsplit(".", 1)[-1])
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and _in_group(name, modules):
+                names.add(name)  # the path inside the block: GPT-2 has a c_proj in both attn and mlp
     if not names:
         raise ConfigError(f"--lora_target all-linear with --trainable_modules {modules!r} finds no linear layer")
     return sorted(names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +182,3 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         },
     )
     return out_dir / "report.md"
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
