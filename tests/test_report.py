@@ -347,3 +347,15 @@ def test_stop_check_plot_draws_each_method_and_shades_the_never_seen_band():
     path = band.get_path().transformed(band.get_patch_transform())
     ys = [y for _, y in path.vertices]
     assert min(ys) == pytest.approx(1.4) and max(ys) == pytest.approx(1.6)
+
+
+def test_epoch_means_skip_the_range_test_and_stop_reference_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        {"step": 0, "lr_probe": {"lr": 0.01, "forget_rise": 3.0, "retain_rise": 1.0, "passed": False}},
+        {"step": 0, "stop_reference": {"reference_exposure": 1.4, "reference_se": 0.1}},
+        {"step": 1, "epoch": 1, "loss": 2.0},
+        {"step": 2, "epoch": 1, "loss": 4.0},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert plots.epoch_means(path) == {1: {"loss": 3.0}}

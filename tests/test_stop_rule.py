@@ -79,3 +79,13 @@ def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(targ
         )
         assert exposure == pytest.approx(last["forget_exposure"], abs=5e-3) and exposure <= mean + band * se + 5e-3
     assert all(c["forget_exposure"] == c["forget_exposure"] for c in checks)  # measured (not NaN) at every check
+
+
+def test_the_band_counts_the_forget_means_own_standard_error(monkeypatch):
+    """Holdout 1.0, 2.0 (mean 1.5, se 0.5); forget 2.4, 3.4 (mean 2.9, se 0.5): the difference is 1.4 against a
+    combined standard error of 0.707, inside 2 of them (2.914), though above the holdout's own band (2.5)."""
+    rule = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[2.4, 3.4]]}, retain=[1.0, 1.0])
+    rule.start(None, None)
+    reason = rule(None, None, 2)
+    assert reason is not None and "never-seen band" in reason
+    assert rule.history[-1]["forget_se"] == pytest.approx(0.5)

@@ -5,8 +5,10 @@ generation: the exposure (``docs/METRICS.md``) of every forget PII value against
 of a fixed retain sample. It stops when
 
 - the forget values' mean exposure has come down into the never-seen band: at most the reference mean plus
-  ``band`` standard errors. The reference is the holdout people's exposure under the starting model when a
-  holdout set is given (people it never saw), else the chance level of a uniform rank among K + 1; or
+  ``band`` standard errors of the difference of the two means (``sqrt(se_ref² + se_forget²)``: a one-sided
+  two-sample z test, which cannot tell the forget people from never-seen ones at about 2 standard errors). The
+  reference is the holdout people's exposure under the starting model when a holdout set is given (people it never
+  saw), else the chance level of a uniform rank among K + 1; or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
 
@@ -79,10 +81,13 @@ class ExposureStopRule:
         """The reason to stop at ``step``, or None to go on."""
         if self._reference is None or step % self.every:
             return None
-        exposure = float(np.mean(self._exposures(model, tokenizer, self.forget, "forget") or [math.nan]))
+        values = self._exposures(model, tokenizer, self.forget, "forget") or [math.nan]
+        exposure = float(np.mean(values))
+        forget_se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else 0.0
         retain = retain_nll(model, tokenizer, self.retain)
-        mean, se = self._reference
-        self.history.append({"step": step, "forget_exposure": exposure, "retain_nll": retain})
+        mean, reference_se = self._reference
+        se = math.sqrt(reference_se**2 + forget_se**2)  # two-sample: both means are estimates
+        self.history.append({"step": step, "forget_exposure": exposure, "forget_se": forget_se, "retain_nll": retain})
         if retain - self._retain_start > self.retain_bound:
             return (
                 f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "

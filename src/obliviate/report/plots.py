@@ -74,6 +74,8 @@ def epoch_means(metrics_file: Path) -> dict[int, dict[str, float]]:
                 raise DataError(
                     f"{path}:{number}: expected a JSON object per line, found invalid JSON ({exc.msg})"
                 ) from exc
+            if isinstance(record, dict) and ("lr_probe" in record or "stop_reference" in record):
+                continue  # a run event logged before the first step (the range test, the stop rule's reference)
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise DataError(f"{path}:{number}: expected an object with an integer 'epoch', found {line[:80]!r}")
             for key, value in record.items():
