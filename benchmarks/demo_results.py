@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -99,19 +99,35 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     plot = ""
     if (REPO / "docs" / "demo_stop_checks.png").is_file():
         plot = "\n\n![Forget exposure at each stop-rule check, against the never-seen band](docs/demo_stop_checks.png)"
-    return f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
+    intro = f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
 {config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
 oracle fine-tuned {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn` runs it with no
 hyperparameter flags: batch {config["unlearn_batch_size"]}, the learning rate from the range test, at most 120
 optimizer steps, and the stop rule against the holdout people. Each row is the run's last checkpoint, evaluated on up
 to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
-`benchmarks/demo_results.py`. {timing}
+`benchmarks/demo_results.py`. {timing}"""
+    intro = textwrap.fill(" ".join(intro.split()), width=118, break_on_hyphens=False, break_long_words=False)
+    return f"""{intro}
 
 {table}
 
 Goals against the oracle (and the target, for retain): {held} of {len(goal_rows)} hold.
 
 {chr(10).join(lines)}{plot}"""
+
+
+def with_thresholds(checks: list[dict]) -> list[dict]:
+    """Each check with the rule's threshold, worked out from the logged reference and forget standard error where
+    the log predates the ``threshold`` field (the same formula as ``ExposureStopRule``)."""
+    reference = next((c for c in checks if "reference_exposure" in c), None)
+    out = []
+    for check in checks:
+        check = dict(check)
+        if "threshold" not in check and reference is not None and "forget_se" in check:
+            se = (reference["reference_se"] ** 2 + check["forget_se"] ** 2) ** 0.5
+            check["threshold"] = reference["reference_exposure"] + reference.get("band", 2.0) * se
+        out.append(check)
+    return out
 
 
 def write_readme(body: str) -> None:
@@ -146,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         wall = next((float(m.group(1)) for m in found if m), None)
     cached = results.get("cached")  # which of target and oracle came from the cache (newer results only)
     shown = "obliviate demo" + (" --fresh" if args.fresh else "")
-    if (out / "stop_checks.png").is_file():
-        shutil.copyfile(out / "stop_checks.png", REPO / "docs" / "demo_stop_checks.png")
+    checks = {r["method"]: with_thresholds(r.get("stop_checks") or []) for r in results["runs"]}
+    if any(checks.values()):
+        from obliviate.report.plots import plot_stop_checks
+
+        plot_stop_checks(checks, REPO / "docs" / "demo_stop_checks.png")
     body = section(results, shown, wall, cached)
     print(body)
     if args.write:

@@ -237,3 +237,16 @@ def test_quality_table_says_what_ended_each_run_with_its_rate_and_steps():
     assert "| contrast |" in text and "| 0.000562 | 78 | exposure in band |" in text
     assert "| 0.00178 | 120 | step budget |" in text
     assert bench_quality.ended_by("retain NLL 0.797 rose more than 0.5 above its start") == "retain bound"
+
+
+def test_demo_results_work_out_each_checks_threshold_as_the_rule_does():
+    import demo_results
+
+    checks = [
+        {"step": 0, "reference_exposure": 1.5, "reference_se": 0.3, "band": 2.0},
+        {"step": 6, "forget_exposure": 5.0, "forget_se": 0.4},
+        {"step": 12, "forget_exposure": 2.0, "forget_se": 0.4, "threshold": 9.0},  # logged: kept as logged
+    ]
+    out = demo_results.with_thresholds(checks)
+    assert out[1]["threshold"] == pytest.approx(1.5 + 2.0 * 0.5) and out[2]["threshold"] == 9.0
+    assert "threshold" not in out[0]

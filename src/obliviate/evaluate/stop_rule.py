@@ -87,13 +87,22 @@ class ExposureStopRule:
         retain = retain_nll(model, tokenizer, self.retain)
         mean, reference_se = self._reference
         se = math.sqrt(reference_se**2 + forget_se**2)  # two-sample: both means are estimates
-        self.history.append({"step": step, "forget_exposure": exposure, "forget_se": forget_se, "retain_nll": retain})
+        threshold = mean + self.band * se
+        self.history.append(
+            {
+                "step": step,
+                "forget_exposure": exposure,
+                "forget_se": forget_se,
+                "threshold": threshold,
+                "retain_nll": retain,
+            }
+        )
         if retain - self._retain_start > self.retain_bound:
             return (
                 f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
                 f"({self._retain_start:.3f}) at step {step}"
             )
-        if exposure <= mean + self.band * se:
+        if exposure <= threshold:
             return (
                 f"forget exposure {exposure:.2f} bits is inside the never-seen band "
                 f"(≤ {mean:.2f} + {self.band}·{se:.2f}) at step {step}"

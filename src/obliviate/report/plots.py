@@ -277,8 +277,9 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
 
     ``checks`` maps a method to its checks as the pipeline reads them from ``metrics.jsonl``: an optional first
     entry ``{"step": 0, "reference_exposure", "reference_se", "band"}`` (the band), then ``{"step",
-    "forget_exposure"}`` per check. The band (mean to mean + band x standard error) is shaded once, from the first
-    method that has it: every method starts from the same model.
+    "forget_exposure", "threshold"}`` per check. The reference band (mean to mean + band x its standard error) is
+    shaded once, from the first method that has it (every method starts from the same model); each method's stop
+    threshold, which also counts the forget mean's standard error, is a dotted line in its colour.
     """
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
@@ -289,7 +290,7 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
         if reference is not None and not shaded and math.isfinite(reference.get("reference_exposure", math.nan)):
             low = reference["reference_exposure"]
             high = low + reference.get("band", 2.0) * reference.get("reference_se", 0.0)
-            ax.axhspan(low, high, color="0.85", label="never-seen band (stop inside)")
+            ax.axhspan(low, high, color="0.85", label="holdout mean + 2 se (dotted: each check's stop threshold)")
             shaded = True
         points = [(e["step"], e["forget_exposure"]) for e in entries if "forget_exposure" in e]
         points = [(s, v) for s, v in points if math.isfinite(v)]
@@ -297,6 +298,10 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
             steps, values = zip(*points)
             ax.plot(steps, values, marker="o", markersize=3, color=_color(index), label=method)
             drawn = True
+        limits = [(e["step"], e["threshold"]) for e in entries if math.isfinite(e.get("threshold", math.nan))]
+        if limits:  # the rule's threshold at each check (it widens with the forget mean's own standard error)
+            steps, values = zip(*limits)
+            ax.plot(steps, values, linestyle=":", linewidth=1, color=_color(index), label="_nolegend_")
     if not drawn:
         _no_data(ax, "stop-rule check")
     ax.set_xlabel("optimizer step")
