@@ -209,7 +209,7 @@ CASES: dict[str, Case] = {
     "resume other method": (
         lambda w, t: unlearn(w, t, "--resume", "--epochs", "2", "--scheduler", "cosine", out=resumable(t, w)),
         2,
-        "--method 'ga' -> 'ga_gd'",
+        "--method 'ga' -> 'contrast'",
     ),
     "resume other batch size": (
         lambda w, t: unlearn(
