@@ -22,7 +22,15 @@ from obliviate.models.tiny import init_model
 
 PEOPLE = 12
 FORGET_RECORDS = 18  # 3 of 12 people, 6 records each
-FAST = {"epochs": 1, "batch_size": 4, "micro_batch_size": 4, "max_length": 64, "lr": 1e-2, "stop_check_steps": 0}
+FAST = {
+    "epochs": 1,
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "max_length": 64,
+    "lr": 1e-2,
+    "stop_check_steps": 0,
+    "stop_forget_nll": 0,
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,6 +133,8 @@ def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_p
                 "3",
                 "--stop_check_steps",
                 "0",
+                "--stop_forget_nll",
+                "0",
                 "--resume",
             ]
         )
@@ -222,7 +224,7 @@ def test_interleaved_forget_steps_carry_no_retain_term(target, tmp_path):
     assert forget_steps and all(s["loss"] == pytest.approx(-s["forget_nll"], rel=1e-5) for s in forget_steps)
 
 
-def test_method_auto_falls_back_to_ga_gd_without_known_pii(target, tmp_path):
+def test_method_auto_falls_back_to_ga_gd_without_known_pii(target, tmp_path, capsys):
     """Records whose person has no pii.json entry and no Task2 QA rows: contrast cannot run, ga_gd can."""
     import shutil
 
@@ -249,3 +251,4 @@ def test_method_auto_falls_back_to_ga_gd_without_known_pii(target, tmp_path):
     assert main([*argv, "--output_dir", str(out), "--max_length", "64", "--max_steps", "3"]) == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["method"] == "ga_gd" and config["stop_check_steps"] == 0
+    assert "unlearned with ga_gd at lr" in capsys.readouterr().out  # the summary names what auto chose

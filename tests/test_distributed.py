@@ -73,7 +73,18 @@ def torchrun(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tmp_path):
     out = tmp_path / "out"
-    argv = unlearn_argv(assets, out, "--micro_batch_size", str(MICRO), "--batch_size", str(BATCH), "--seed", str(SEED))
+    argv = unlearn_argv(
+        assets,
+        out,
+        "--method",
+        "ga_gd",
+        "--micro_batch_size",
+        str(MICRO),
+        "--batch_size",
+        str(BATCH),
+        "--seed",
+        str(SEED),
+    )
     done = torchrun(argv, tmp_path)
     assert done.stdout.count("unlearned with ga_gd") == 1  # one summary per launch
 

@@ -69,7 +69,7 @@ def test_resume_mid_epoch_under_lora_restores_rng_and_truncates_the_log(assets, 
         return ga_gd.loss(inputs, params)
 
     monkeypatch.setitem(LOSSES, "ga_gd", dataclasses.replace(ga_gd, loss=interrupted))
-    argv = unlearn_argv(assets, parts, "--epochs", "2", "--lora_r", "4", "--lora_dropout", "0.5")
+    argv = unlearn_argv(assets, parts, "--method", "ga_gd", "--epochs", "2", "--lora_r", "4", "--lora_dropout", "0.5")
     assert main(argv) == 130
     assert "--resume continues" in capsys.readouterr().err
     assert [line["step"] for line in metrics(parts)] == [1, 2, 3, 4, 5, 6, 7]

@@ -48,6 +48,7 @@ def method_overrides(method: str) -> dict:
     descends, towards other answers, so the true answers' NLL rises more slowly than under ascent.
     """
     overrides = {
+        "ga_gd": {"alpha": 1.0},  # the published weight; the preset's 4 keeps a 5-step LoRA run too close to start
         "rmu": {"alpha": 1.0, "rmu_layer": RMU_LAYER},
         "simnpo": {"beta": 0.5, "alpha": 0.2},
         "relabel": {"lr": 5e-2, "relabel_draws": 1},  # descends to stranger answers: slower to move the true NLL

@@ -777,7 +777,12 @@ def train(
             log({"step": 0, "stop_reference": step_check.describe()})
 
     result = RunResult(
-        output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"], lr=result_lr
+        output_dir,
+        run.state["epoch"],
+        run.state["global_step"],
+        run.state["tokens_seen"],
+        lr=result_lr,
+        method=method.name,
     )
     try:
         epochs = tqdm(

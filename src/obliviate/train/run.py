@@ -285,7 +285,7 @@ def run_unlearn(
         retain=retain if method.needs.retain else None,
         config=config,
         rmu_layer=rmu_layer,
-        stop_forget_nll=config.stop_forget_nll,
+        stop_forget_nll=config.stop_forget_nll or None,
         epoch_hook=epoch_hook,
         resolved_config=to_yaml(resolved),
         forget_draws=forget_draws,
