@@ -210,7 +210,7 @@ EXPECTED_NEEDS = {
     "ga": Needs(),
     "ga_kl": Needs(retain=True, reference_on=("retain",)),
     "ga_gd": Needs(retain=True),
-    "npo": Needs(retain=True, reference_on=("forget",)),
+    "npo": Needs(retain=True, reference_on=("forget",), reference_logprob=True),
     "simnpo": Needs(retain=True),
     "rmu": Needs(retain=True, reference_on=("retain",), hidden=True),
     "relabel": Needs(retain=True),

@@ -140,7 +140,10 @@ def test_lora_reference_is_the_model_with_adapters_disabled(method, target, tmp_
 
     monkeypatch.setattr(copy, "deepcopy", watched)
     run_unlearn(unlearn_config(target, tmp_path / "full", method=method))
-    assert copied, "the watch must see the full fine-tuning reference copy"
+    if method == "ga_kl":
+        assert copied, "the watch must see the full fine-tuning reference copy"
+    else:  # npo reads the reference only as one log-probability per forget row, cached before the first step
+        assert copied == []
     copied.clear()
     run_unlearn(unlearn_config(target, tmp_path / "out", method=method, lora_r=4))
     assert copied == []
@@ -165,12 +168,39 @@ def test_setup_builds_a_reference_only_when_needed(lora_r, target, tmp_path):
         model, tokenizer = load_model(target.model)
         model = _select(model, config, name, RMU_LAYER)
         run = setup(model, tokenizer, LOSSES[name], LossParams(), forget, retain, config)
-        if LOSSES[name].needs.reference and not lora_r:
+        needs = LOSSES[name].needs
+        cached = needs.reference_logprob and not lora_r
+        if needs.reference and not lora_r and not cached:
             assert run.reference is not None and run.reference is not run.model
             assert not any(p.requires_grad for p in run.reference.parameters())
         else:
             assert run.reference is None
-        assert (run.control is not None) == LOSSES[name].needs.hidden
+        assert (run.control is not None) == needs.hidden
+        if cached:
+            assert run.forget_ref_logprob.shape == (len(forget),) and (run.forget_ref_logprob < 0).all()
+        else:
+            assert run.forget_ref_logprob is None
+
+
+def test_npo_cached_reference_trains_as_the_frozen_copy_does(target, tmp_path, monkeypatch):
+    """Full fine-tuning NPO: one log π_ref(y|x) per forget row computed before training gives the losses, metrics and
+    weights of the frozen-copy path (the same numbers up to batching round-off), with no copy kept."""
+    config = unlearn_config(target, tmp_path / "cached", method="npo", epochs=2, scheduler="constant")
+    run_unlearn(config)
+    npo = LOSSES["npo"]
+    monkeypatch.setitem(
+        LOSSES, "npo", dataclasses.replace(npo, needs=dataclasses.replace(npo.needs, reference_logprob=False))
+    )
+    run_unlearn(dataclasses.replace(config, output_dir=str(tmp_path / "copy")))
+    cached, copied = metrics(tmp_path / "cached"), metrics(tmp_path / "copy")
+    assert len(cached) == len(copied) == 10
+    for a, b in zip(cached, copied):
+        for key in ("loss", "npo_term", "log_ratio", "forget_nll", "retain_nll"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    assert abs(cached[-1]["log_ratio"]) > 1e-2  # the model moved away from the reference, so the check has teeth
+    after, reference_path = weights(tmp_path / "cached"), weights(tmp_path / "copy")
+    for name, tensor in after.items():
+        torch.testing.assert_close(tensor, reference_path[name], rtol=1e-4, atol=1e-5)
 
 
 def test_same_seed_same_weights_also_under_lora(assets, tmp_path):

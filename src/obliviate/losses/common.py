@@ -42,6 +42,7 @@ class LossInputs:
     retain_ref: Forward | None = None
     control: torch.Tensor | None = None  # RMU: the fixed vector c·u, shape [hidden]
     paired: Forward | None = None  # row i: forget row i with its PII values replaced by fresh fakes
+    forget_ref_logprob: torch.Tensor | None = None  # [batch]: log π_ref(y|x) per forget row, computed before training
 
 
 @dataclass
@@ -69,12 +70,16 @@ class Needs:
         hidden: hidden states at one layer instead of logits (RMU).
         paired: each forget row paired with a copy whose PII values are fresh fakes (``LossInputs.paired``), both
             scored on the PII value tokens only.
+        reference_logprob: the reference is read only as each forget row's summed answer log-probability
+            (``LossInputs.forget_ref_logprob``). Under full fine-tuning the loop computes that number once, with the
+            starting model, before the first step, and keeps no frozen copy (docs/METHODS.md, NPO).
     """
 
     retain: bool = False
     reference_on: tuple[str, ...] = ()
     hidden: bool = False
     paired: bool = False
+    reference_logprob: bool = False
 
     @property
     def reference(self) -> bool:

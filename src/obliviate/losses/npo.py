@@ -25,7 +25,7 @@ from obliviate.losses.common import (
     token_mean_nll,
 )
 
-NEEDS = Needs(retain=True, reference_on=("forget",))
+NEEDS = Needs(retain=True, reference_on=("forget",), reference_logprob=True)
 
 
 def npo_term(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:
@@ -49,13 +49,15 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     forget, forget_ref = inputs.forget, inputs.forget_ref
     if forget.logits is None:
         raise ConfigError("method 'npo' needs logits of the forget batch; the forward pass returned none")
-    if forget_ref is None or forget_ref.logits is None:
-        raise ConfigError("method 'npo' needs the reference model's logits on the forget batch; none were given")
+    ref_logprob = inputs.forget_ref_logprob  # cached before training (full fine-tuning): no frozen copy is kept
+    if ref_logprob is None:
+        if forget_ref is None or forget_ref.logits is None:
+            raise ConfigError("method 'npo' needs the reference model's logits on the forget batch; none were given")
+        with torch.no_grad():
+            ref_logprob, _ = sequence_logprob(forget_ref.logits, forget_ref.labels)
     # One log-softmax serves both the NPO term and the logged forget NLL.
     logp, mask = token_logprobs(forget.logits, forget.labels)
     logprob = logp.sum(-1)
-    with torch.no_grad():
-        ref_logprob, _ = sequence_logprob(forget_ref.logits, forget_ref.labels)
     forget_term = npo_term(logprob, ref_logprob, params.beta)
     retain_nll = answer_nll(inputs.retain, "npo", "retain")
     metrics = {

@@ -44,7 +44,7 @@ from obliviate.distributed import cpu_launch, process_state
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
-from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams
+from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, sequence_logprob
 from obliviate.models.load import write_tokenizer_fingerprint
 from obliviate.models.trainable import decoder_layers
 from obliviate.train import checkpoint as ckpt
@@ -91,6 +91,7 @@ class _Run:
     paired: list = field(default_factory=list)  # this epoch's draw
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
+    forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
     epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
     total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
 
@@ -123,8 +124,9 @@ def setup(
     if needs.retain and not retain:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
     is_peft = config.lora_r > 0
+    cache_reference = needs.reference_logprob and not is_peft  # one number per forget row instead of a copy
     reference = None
-    if needs.reference and not is_peft:
+    if needs.reference and not is_peft and not cache_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if config.gradient_checkpointing:
         _enable_checkpointing(model)
@@ -160,9 +162,29 @@ def setup(
         total_steps=total_steps,
         joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
     )
+    if cache_reference:  # before a resume restores trained weights: the reference is the starting model
+        run.forget_ref_logprob = reference_logprobs(run, config, tokenizer)
     if config.resume:
         _restore(run, config, tokenizer)
     return run
+
+
+@torch.no_grad()
+def reference_logprobs(run: _Run, config: TrainConfig, tokenizer) -> torch.Tensor:
+    """``log π_ref(y|x)`` of every forget row under the model as it is now (the starting model), ``[rows]`` on the
+    device, in micro-batches of rows in order. Every process computes all rows (the same forwards on every rank,
+    as sharded weights need); eval mode and autocast, as the frozen copy it replaces would run."""
+    model, acc = run.model, run.accelerator
+    was_training = model.training
+    model.eval()
+    values = []
+    for start in range(0, len(run.forget), config.micro_batch_size):
+        batch = collate(run.forget[start : start + config.micro_batch_size], tokenizer.pad_token_id).to(acc.device)
+        with acc.autocast():
+            out = _forward(model, batch)
+        values.append(sequence_logprob(out.logits, out.labels)[0].float())
+    model.train(was_training)
+    return torch.cat(values)
 
 
 def _enable_checkpointing(model: torch.nn.Module) -> None:
@@ -429,7 +451,10 @@ def _loss_inputs(
     retain: TokenBatch | None,
     layer: int | None,
     paired: TokenBatch | None = None,
+    rows: list[int] | None = None,
 ) -> LossInputs:
+    """What ``method`` reads for one micro-batch; ``rows`` are the forget rows of ``forget`` (for a cached
+    reference)."""
     needs = method.needs
     block = _block(run.accelerator, run.model, layer)
     if retain is not None and run.joint_forward:
@@ -441,7 +466,10 @@ def _loss_inputs(
             inputs.retain = _forward(run.model, retain, block)
     if paired is not None:
         inputs.paired = _forward(run.model, paired, block)
-    if needs.reference:
+    if needs.reference_logprob and run.forget_ref_logprob is not None:
+        index = torch.as_tensor(rows, device=run.forget_ref_logprob.device)
+        inputs.forget_ref_logprob = run.forget_ref_logprob.index_select(0, index)
+    elif needs.reference:
         # hidden-states methods read only h^ℓ of the reference; a pass cut short is safe without backward and
         # without sharding (ZeRO-3 and FSDP expect every forward to visit every unit)
         stop = needs.hidden and run.accelerator.distributed_type in _PLAIN
@@ -670,7 +698,8 @@ def _accumulate(
                 last = index == len(on_cpu) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(run.model):
                     with acc.autocast():
-                        inputs = _loss_inputs(run, method, batch.to(acc.device), retain, layer, paired)
+                        rows = pieces[index]
+                        inputs = _loss_inputs(run, method, batch.to(acc.device), retain, layer, paired, rows)
                         out = method.loss(inputs, params)
                     for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
                         value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
