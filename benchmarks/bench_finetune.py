@@ -57,13 +57,13 @@ def finetune(workdir: Path, out: Path, threads: int, epochs: int, mode: str) -> 
     """One fine-tuning run through the real loop; ``mode`` is pieces, whole or grouped."""
     import torch
 
-    import obliviate.train.loop as loop
+    import obliviate.train.step as step
     from obliviate.config import FinetuneConfig
     from obliviate.train.run import run_finetune
 
     torch.set_num_threads(threads)
     if mode == "whole":
-        loop.length_pieces = lambda lengths, *a, **k: [list(range(len(lengths)))]
+        step.length_pieces = lambda lengths, *a, **k: [list(range(len(lengths)))]
     config = FinetuneConfig(
         output_dir=str(out),
         model=str(workdir / "init"),

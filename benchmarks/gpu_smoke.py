@@ -53,7 +53,7 @@ from obliviate.data.synth import synthesize  # noqa: E402
 from obliviate.losses import get_method  # noqa: E402
 from obliviate.models.tiny import train_tokenizer  # noqa: E402
 from obliviate.models.trainable import apply_lora  # noqa: E402
-from obliviate.train import loop  # noqa: E402
+from obliviate.train import loop, parallel  # noqa: E402
 
 SHAPES = {
     # hidden, MLP, layers, heads, vocabulary, sequence length, examples per step, steps, new tokens when generating
@@ -81,7 +81,7 @@ def build_model(shape: dict, layers: int, device: str, dtype: torch.dtype, token
     torch.manual_seed(0)
     with torch.device(device):
         model = OlmoForCausalLM(config)
-    return loop.cast_parameters(model, dtype)
+    return parallel.cast_parameters(model, dtype)
 
 
 def make_data(shape: dict) -> tuple[Any, list[Record], list[Record]]:

@@ -26,7 +26,7 @@ from obliviate.data.batching import collate, encode_record
 from obliviate.data.load import load_split
 from obliviate.models.load import load_model
 from obliviate.models.trainable import decoder_layers
-from obliviate.train import loop
+from obliviate.train import parallel, step
 from obliviate.train.run import run_unlearn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +59,12 @@ def test_zero3_reference_is_the_engine_not_what_eval_returns(monkeypatch):
         state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds_config)),
         mixed_precision="bf16",
     )
-    reference = loop._prepare_reference(accelerator, torch.nn.Linear(2, 2))
+    reference = parallel.prepare_reference(accelerator, torch.nn.Linear(2, 2))
     assert isinstance(reference, _StubEngine) and not reference.training
     assert reference.module.weight.dtype == torch.bfloat16  # cast on the host before DeepSpeed takes it
     assert "optimizer" not in seen["config"] and seen["config"]["zero_optimization"] == {"stage": 3}
     run = SimpleNamespace(reference=reference, accelerator=None, model=None)
-    with loop._reference(run) as used:
+    with step.reference_model(run) as used:
         assert used is reference
 
 
@@ -121,7 +121,7 @@ def test_reference_keeps_rope_buffers_fp32_and_the_same_rotary_phases(target):
     this test would see that.
     """
     model, _ = load_model(target.model, dtype=torch.float32)
-    reference = loop._prepare_reference(_stub_accelerator("bf16"), copy.deepcopy(model))
+    reference = parallel.prepare_reference(_stub_accelerator("bf16"), copy.deepcopy(model))
     dtypes = {name: p.dtype for name, p in reference.named_parameters()}
     assert {dtypes[n] for n in dtypes if "_proj." in n} == {torch.bfloat16}
     assert reference.get_input_embeddings().weight.dtype == torch.float32  # tied to lm_head here: kept
@@ -172,7 +172,7 @@ def test_checkpointing_is_asked_for_without_reentrancy(assets):
     """Item 6: the checkpoint function of every block carries ``use_reentrant=False``."""
     model, _ = load_model(assets.model, dtype=torch.float32)
     model.requires_grad_(False)
-    loop._enable_checkpointing(model)
+    parallel.enable_checkpointing(model)
     funcs = [block._gradient_checkpointing_func for block in decoder_layers(model)]
     assert funcs and all(f.keywords.get("use_reentrant") is False for f in funcs)
 
@@ -208,8 +208,8 @@ def test_rmu_reference_pass_stops_at_its_layer(assets):
     block = decoder_layers(model)[0]
     heads = []
     model.lm_head.register_forward_hook(lambda *_: heads.append(1))
-    full = loop._forward(model, batch, block)
-    short = loop._forward(model, batch, block, stop=True)
+    full = step.run_forward(model, batch, block)
+    short = step.run_forward(model, batch, block, stop=True)
     assert short.logits is None and full.logits is not None and len(heads) == 1
     assert torch.equal(short.hidden, full.hidden)
 
@@ -220,7 +220,7 @@ def test_fsdp_sync_each_batch_follows_the_launch(monkeypatch, assets, tmp_path):
     for flag, expected in (("true", True), ("false", False)):
         monkeypatch.setenv("ACCELERATE_USE_FSDP", flag)
         try:
-            accelerator, accumulation = loop._accelerator(config)
+            accelerator, accumulation = parallel.make_accelerator(config)
             assert (
                 accumulation == 2
                 and accelerator.gradient_state.plugin_kwargs.get("sync_each_batch", False) is expected
@@ -239,7 +239,7 @@ _FSDP_SCRIPT = textwrap.dedent(
     import functools
     from obliviate.models.load import load_model
     from obliviate.models.trainable import apply_lora, decoder_layers
-    from obliviate.train.loop import uniform_dtype_for_fsdp
+    from obliviate.train.parallel import uniform_dtype_for_fsdp
 
     dist.init_process_group("gloo", rank=0, world_size=1)
     mixed = MixedPrecision(torch.bfloat16, torch.bfloat16, buffer_dtype=torch.float32)
@@ -336,9 +336,9 @@ def test_forget_and_retain_in_one_pass_give_the_same_outputs(target):
     assert forget.input_ids.shape[1] != retain.input_ids.shape[1]  # the widths differ: padding is exercised
     block = decoder_layers(model)[1]
     with torch.no_grad():
-        joint_forget, joint_retain = loop._joint_forward(model, forget, retain, block)
+        joint_forget, joint_retain = step.joint_run_forward(model, forget, retain, block)
         for joint, batch in ((joint_forget, forget), (joint_retain, retain)):
-            alone = loop._forward(model, batch, block)
+            alone = step.run_forward(model, batch, block)
             real = batch.attention_mask.bool()
             assert joint.logits.shape == alone.logits.shape and torch.equal(joint.labels, batch.labels)
             torch.testing.assert_close(joint.logits[real], alone.logits[real], rtol=1e-5, atol=1e-5)

@@ -336,7 +336,7 @@ def test_rmu_hidden_state_is_the_block_output_at_every_depth(assets):
     from obliviate.data.load import load_split
     from obliviate.models.load import load_model
     from obliviate.models.trainable import decoder_layers
-    from obliviate.train.loop import _forward
+    from obliviate.train.step import run_forward as _forward
 
     model, tokenizer = load_model(assets.model)
     records = load_split(assets.forget, split="forget")[:3]
@@ -369,7 +369,7 @@ def test_trained_weights_load_in_fp32_and_a_frozen_lora_base_in_the_device_defau
 
 
 def test_finetune_runs_mixed_lengths_as_pieces_with_the_same_update(assets, tmp_path, monkeypatch):
-    import obliviate.train.loop as loop
+    import obliviate.train.step as step
     from obliviate.config import FinetuneConfig
     from obliviate.train.run import run_finetune
 
@@ -385,17 +385,17 @@ def test_finetune_runs_mixed_lengths_as_pieces_with_the_same_update(assets, tmp_
             max_length=64,
         )
 
-    real, pieces_seen = loop.length_pieces, []
+    real, pieces_seen = step.length_pieces, []
 
     def spy(lengths, *args, **kwargs):
         pieces = real(lengths, *args, **kwargs)
         pieces_seen.append(len(pieces))
         return pieces
 
-    monkeypatch.setattr(loop, "length_pieces", spy)
+    monkeypatch.setattr(step, "length_pieces", spy)
     run_finetune(config(tmp_path / "split"))
     assert max(pieces_seen) > 1  # the micro data mixes short answers and long biographies
-    monkeypatch.setattr(loop, "length_pieces", lambda lengths, *a, **k: [list(range(len(lengths)))])
+    monkeypatch.setattr(step, "length_pieces", lambda lengths, *a, **k: [list(range(len(lengths)))])
     run_finetune(config(tmp_path / "whole"))
     split, whole = weights(tmp_path / "split"), weights(tmp_path / "whole")
     for key in split:

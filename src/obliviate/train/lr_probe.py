@@ -91,7 +91,9 @@ def probe_lr(
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
     """
-    from obliviate.train.loop import _accumulate, epoch_batches, reset_schedule
+    from obliviate.train.loop import reset_schedule
+    from obliviate.train.sampling import epoch_batches
+    from obliviate.train.step import accumulate
 
     acc = run.accelerator
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
@@ -116,7 +118,7 @@ def probe_lr(
             try:
                 for step in range(steps):
                     forget_ids, retain_ids = step_batches[step % len(step_batches)]
-                    _accumulate(run, method, params, config, tokenizer, 0, layer, forget_ids, retain_ids)
+                    accumulate(run, method, params, config, tokenizer, 0, layer, forget_ids, retain_ids)
                     if config.max_grad_norm > 0:
                         acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
                     run.optimizer.step()

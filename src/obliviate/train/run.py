@@ -25,7 +25,8 @@ from obliviate.models.load import load_model, model_paths
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, _mixed_precision, accumulation_steps, planned_length, train
+from obliviate.train.loop import EpochHook, RunResult, planned_length, train
+from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 
@@ -142,7 +143,7 @@ def weights_dtype(config: TrainConfig) -> torch.dtype | None:
     (1.2e-4), so it rounds away. Mixed precision keeps the compute in bf16 (autocast; DeepSpeed keeps fp32 master
     weights of its own).
     """
-    if config.lora_r == 0 and _deepspeed_launch() and _mixed_precision(config.mixed_precision) == "bf16":
+    if config.lora_r == 0 and _deepspeed_launch() and resolve_mixed_precision(config.mixed_precision) == "bf16":
         return torch.bfloat16  # DeepSpeed keeps its own fp32 master weights: no fp32 host copy per process
     return torch.float32 if config.lora_r == 0 else None
 

@@ -1,0 +1,149 @@
+"""Accelerate, FSDP and DeepSpeed setup for the training loop, and where a frozen reference model lives.
+
+Kept apart from :mod:`obliviate.distributed` (process state, launch detection), which the CLI imports before any
+model work and which must stay free of accelerate's heavier imports.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, GradientAccumulationPlugin
+
+from obliviate.config import TrainConfig
+from obliviate.distributed import cpu_launch, process_state
+from obliviate.errors import ConfigError
+
+PLAIN = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+"""One process or plain data parallelism: every process holds the whole model."""
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant checkpointing, said explicitly: transformers 4.x defaults to the reentrant kind (5.x does not),
+    which computes no gradient for a block none of whose inputs requires one. Where the embeddings are frozen (LoRA,
+    a ``--trainable_layers`` subset) the embedding output is also made to require grad, which either kind accepts."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name; the old one warns until v6
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not model.get_input_embeddings().weight.requires_grad:
+        model.enable_input_require_grads()
+
+
+def uniform_dtype_for_fsdp(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP flattens each unit's parameters into one tensor of one dtype; a bf16 base with fp32 LoRA adapters in the
+    same decoder block fails with "Must flatten tensors with uniform dtype". The parameters go to fp32 (mixed
+    precision still computes in bf16); buffers are left as they are."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return cast_parameters(model, torch.float32) if len(dtypes) > 1 else model
+
+
+def accumulation_steps(config: TrainConfig) -> int:
+    """Micro-batches per optimizer step: ``batch_size / (micro_batch_size x processes)``, which must be whole."""
+    world = process_state().num_processes
+    if config.batch_size % (config.micro_batch_size * world):
+        raise ConfigError(
+            f"--batch_size {config.batch_size} must be a multiple of --micro_batch_size "
+            f"{config.micro_batch_size} x {world} process(es)"
+        )
+    return config.batch_size // (config.micro_batch_size * world)
+
+
+def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
+    """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
+    accumulation = accumulation_steps(config)
+    # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary.
+    # Under FSDP, skipping the sync would keep every micro-batch's gradients unsharded: a full-size fp32 copy.
+    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_each_batch=fsdp_launch())
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        gradient_accumulation_plugin=plugin,
+        cpu=cpu_launch(),
+    )
+    if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ConfigError(
+            "--resume is supported for single-process and DDP runs: the checkpoints hold the main "
+            "process's optimizer state, not the shards of DeepSpeed / FSDP"
+        )
+    _configure_deepspeed(accelerator, config)
+    _configure_fsdp(accelerator)
+    return accelerator, accumulation
+
+
+def fsdp_launch() -> bool:
+    """Launched with an FSDP config (``accelerate launch`` exports it before the accelerator exists)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+
+
+def _configure_fsdp(accelerator: Accelerator) -> None:
+    """FSDP computes in bf16 but keeps buffers in fp32: accelerate's default policy would round RoPE's ``inv_freq``.
+
+    A rounded ``inv_freq`` shifts every rotary phase (up to 0.6 rad below position 512), so the reference and the
+    model would disagree at step 0. FSDP2 never casts buffers; FSDP1 does unless ``buffer_dtype`` says otherwise.
+    """
+    plugin = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+    if plugin is None or accelerator.mixed_precision == "no" or getattr(plugin, "fsdp_version", 1) != 1:
+        return
+    plugin.set_mixed_precision(accelerator.mixed_precision, buffer_autocast=True, override=True)
+
+
+def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Fill what DeepSpeed would otherwise take from a prepared dataloader (the loop batches by itself)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
+    plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
+
+
+def prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> torch.nn.Module:
+    """Place the frozen reference copy: sharded like the trained model under ZeRO-3 and FSDP, whole otherwise."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        import deepspeed
+
+        ds_config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+        ds_config.pop("optimizer", None)
+        ds_config.pop("scheduler", None)
+        if ds_config.get("zero_optimization", {}).get("stage") != 3:
+            ds_config["zero_optimization"] = {"stage": 0}  # stages 1-2 shard only optimizer state: nothing to shard
+        if accelerator.mixed_precision == "bf16":
+            cast_parameters(reference, torch.bfloat16)  # DeepSpeed would anyway; the host copy is halved meanwhile
+        engine, *_ = deepspeed.initialize(model=reference, config=ds_config)
+        engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+        return engine
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if accelerator.mixed_precision == "bf16":
+        # autocast runs the matmuls in bf16 anyway: linear weights stored so take half the memory and give the very
+        # same products, and the rest (embeddings, norms) stays as the model has it, so that at step 0 the copy
+        # computes exactly what the model does. FSDP flattens one dtype per unit: there every parameter goes
+        # (accelerate upcasts only trainable ones, so the frozen copy stays bf16).
+        cast_parameters(reference, torch.bfloat16, linear_only=not fsdp)
+    if fsdp:
+        return accelerator.prepare_model(reference).eval()
+    return reference.to(accelerator.device)
+
+
+def cast_parameters(module: torch.nn.Module, dtype: torch.dtype, linear_only: bool = False) -> torch.nn.Module:
+    """Cast parameters, never buffers: ``module.to(dtype)`` would also round RoPE's fp32 ``inv_freq``, and a
+    reference would then disagree with the model it copies before any step.
+
+    With ``linear_only``, only weights that belong to ``nn.Linear`` layers alone (a tied embedding stays).
+    """
+    kept = set()
+    if linear_only:
+        others = (m for m in module.modules() if not isinstance(m, torch.nn.Linear))
+        kept = {id(p) for m in others for p in m.parameters(recurse=False)}
+    for param in module.parameters():
+        if param.is_floating_point() and id(param) not in kept:
+            param.data = param.data.to(dtype)
+    return module

@@ -1,0 +1,67 @@
+"""Which rows each optimizer step reads: the forget order, the retain rows drawn beside each forget micro-batch, and
+the interleaved schedule's plan. Every order is a function of ``(seed, epoch)``, so a resumed run continues it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from obliviate.config import TrainConfig
+from obliviate.data.batching import forget_order, micro_batches_for_rank, retain_draws
+
+if TYPE_CHECKING:
+    from obliviate.train.loop import Run
+
+
+def epoch_batches(run: Run, config: TrainConfig, epoch: int) -> tuple[list[list[int]], list[list[int] | None]]:
+    """This process's forget micro-batches of ``epoch`` and the retain rows paired with each.
+
+    Also points ``run.forget`` / ``run.paired`` at the epoch's relabelled or fake-value draw, where the method has
+    them. The same ``(seed, epoch)`` gives the same batches on every call: a resumed run continues the very order.
+    """
+    acc = run.accelerator
+    if run.forget_draws:  # a relabelling method: epoch e trains on draw e mod n, a fresh stranger each time
+        run.forget = run.forget_draws[(epoch - 1) % len(run.forget_draws)]
+    if run.paired_draws:  # a paired method: epoch e compares with draw e mod n of fresh fakes
+        run.paired = run.paired_draws[(epoch - 1) % len(run.paired_draws)]
+    grouped = config.group_by_length
+    lengths = [len(e.ids) for e in run.forget] if grouped else None
+    order = forget_order(len(run.forget), run.forget_steps, config.batch_size, config.seed, epoch, lengths)
+    micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
+    draws = (
+        retain_draws(
+            len(run.retain),
+            [len(m) for m in micro],
+            config.seed,
+            epoch,
+            acc.process_index,
+            lengths=[len(e.ids) for e in run.retain] if grouped else None,
+            forget_widths=[max(len(run.forget[i].ids) for i in m) for m in micro] if grouped else None,
+        )
+        if run.retain
+        else [None] * len(micro)
+    )
+    return micro, draws
+
+
+def retain_steps_per_forget(config: TrainConfig) -> int:
+    """Retain-only steps after each forget step: ``--retain_steps`` under ``--schedule interleaved``, else 0."""
+    return config.retain_steps if getattr(config, "schedule", "joint") == "interleaved" else 0
+
+
+def interleaved_plan(run: Run, config: TrainConfig, epoch: int) -> list[tuple[str, int]]:
+    """The epoch's steps in order under ``--schedule interleaved``: ``("forget", i)`` for forget step ``i``, each
+    followed by ``("retain", j)`` for ``--retain_steps`` retain steps ``j``, counted through the epoch."""
+    plan: list[tuple[str, int]] = []
+    for i in range(run.forget_steps):
+        plan.append(("forget", i))
+        plan.extend(("retain", i * config.retain_steps + k) for k in range(config.retain_steps))
+    return plan
+
+
+def retain_only_batches(run: Run, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """This process's retain micro-batches of each retain-only step of ``epoch`` (a seeded order of its own)."""
+    acc = run.accelerator
+    steps = run.forget_steps * config.retain_steps
+    order = forget_order(len(run.retain), steps, config.batch_size, config.seed + 1, epoch)
+    micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
+    return [micro[i : i + run.accumulation] for i in range(0, len(micro), run.accumulation)]

@@ -1,0 +1,273 @@
+"""One optimizer step's work: the forward passes a method needs, accumulation over micro-batches and length pieces,
+one gather of the step's metrics, and the optimizer step itself."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+
+from obliviate.config import TrainConfig
+from obliviate.data.batching import TokenBatch, collate, length_pieces, scored_tokens
+from obliviate.errors import TrainingError
+from obliviate.losses import Method
+from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, sequence_logprob
+from obliviate.models.trainable import decoder_layers
+from obliviate.train.parallel import PLAIN
+
+if TYPE_CHECKING:
+    from obliviate.train.loop import Run
+
+
+class _StopForward(Exception):
+    """Raised by the layer hook once a pass that needs only ``h^ℓ`` has it: the layers above and the logits are
+    never computed."""
+
+
+def run_forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None, stop: bool = False) -> Forward:
+    """One pass; with ``layer`` (a decoder block) its output is kept as ``Forward.hidden``, ``[batch, seq, hidden]``.
+
+    The block's own output is taken through a hook rather than from ``output_hidden_states``, whose last entry has
+    the final norm applied: ``h^ℓ`` must mean the same thing at every depth. With ``stop`` the pass ends at
+    ``layer`` and ``Forward.logits`` is None.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep(_module, _args, output) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        if stop:
+            raise _StopForward
+
+    handle = layer.register_forward_hook(keep) if layer is not None else None
+    logits = None
+    try:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    except _StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+    return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
+
+
+def joint_run_forward(
+    model, first: TokenBatch, second: TokenBatch, layer: torch.nn.Module | None
+) -> tuple[Forward, Forward]:
+    """Both batches in one forward pass, each given back at its own width: under ZeRO-3 / FSDP one all-gather of the
+    weights instead of two. Right padding to the common width changes nothing for the real tokens (causal attention,
+    padded positions masked and unscored)."""
+    width = max(first.input_ids.shape[1], second.input_ids.shape[1])
+
+    def widen(tensor: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+    joint = TokenBatch(
+        torch.cat([widen(first.input_ids, 0), widen(second.input_ids, 0)]),  # any id: masked, unscored
+        torch.cat([widen(first.attention_mask, 0), widen(second.attention_mask, 0)]),
+        torch.cat([widen(first.labels, IGNORE_INDEX), widen(second.labels, IGNORE_INDEX)]),
+    )
+    out = run_forward(model, joint, layer)
+    rows = first.input_ids.shape[0]
+    parts = []
+    for batch, picked in ((first, slice(0, rows)), (second, slice(rows, None))):
+        length = batch.input_ids.shape[1]
+        logits = out.logits[picked, :length] if out.logits is not None else None
+        hidden = out.hidden[picked, :length] if out.hidden is not None else None
+        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden))
+    return parts[0], parts[1]
+
+
+@contextlib.contextmanager
+def reference_model(run: Run):
+    """The frozen reference: a copy, or (under LoRA) the same model with its adapters switched off."""
+    if run.reference is not None:
+        yield run.reference
+        return
+    # the switch is on the inner PEFT model, the forward goes through the wrapper (DDP / FSDP / DeepSpeed)
+    with run.accelerator.unwrap_model(run.model).disable_adapter():
+        yield run.model
+
+
+def decoder_block(accelerator: Accelerator, model, layer: int | None) -> torch.nn.Module | None:
+    return None if layer is None else decoder_layers(accelerator.unwrap_model(model))[layer]
+
+
+def loss_inputs(
+    run: Run,
+    method: Method,
+    forget: TokenBatch,
+    retain: TokenBatch | None,
+    layer: int | None,
+    paired: TokenBatch | None = None,
+    rows: list[int] | None = None,
+) -> LossInputs:
+    """What ``method`` reads for one micro-batch; ``rows`` are the forget rows of ``forget`` (for a cached
+    reference)."""
+    needs = method.needs
+    block = decoder_block(run.accelerator, run.model, layer)
+    if retain is not None and run.joint_forward:
+        forget_out, retain_out = joint_run_forward(run.model, forget, retain, block)
+        inputs = LossInputs(forget=forget_out, retain=retain_out, control=run.control)
+    else:
+        inputs = LossInputs(forget=run_forward(run.model, forget, block), control=run.control)
+        if retain is not None:
+            inputs.retain = run_forward(run.model, retain, block)
+    if paired is not None:
+        inputs.paired = run_forward(run.model, paired, block)
+    if needs.reference_logprob and run.forget_ref_logprob is not None:
+        index = torch.as_tensor(rows, device=run.forget_ref_logprob.device)
+        inputs.forget_ref_logprob = run.forget_ref_logprob.index_select(0, index)
+    elif needs.reference:
+        # hidden-states methods read only h^ℓ of the reference; a pass cut short is safe without backward and
+        # without sharding (ZeRO-3 and FSDP expect every forward to visit every unit)
+        stop = needs.hidden and run.accelerator.distributed_type in PLAIN
+        with torch.no_grad(), reference_model(run) as reference:
+            reference_block = decoder_block(run.accelerator, reference, layer)
+            if "forget" in needs.reference_on:
+                inputs.forget_ref = run_forward(reference, forget, reference_block, stop)
+            if "retain" in needs.reference_on and retain is not None:
+                inputs.retain_ref = run_forward(reference, retain, reference_block, stop)
+    return inputs
+
+
+@torch.no_grad()
+def reference_logprobs(run: Run, config: TrainConfig, tokenizer) -> torch.Tensor:
+    """``log π_ref(y|x)`` of every forget row under the model as it is now (the starting model), ``[rows]`` on the
+    device, in micro-batches of rows in order. Every process computes all rows (the same forwards on every rank,
+    as sharded weights need); eval mode and autocast, as the frozen copy it replaces would run."""
+    model, acc = run.model, run.accelerator
+    was_training = model.training
+    model.eval()
+    values = []
+    for start in range(0, len(run.forget), config.micro_batch_size):
+        batch = collate(run.forget[start : start + config.micro_batch_size], tokenizer.pad_token_id).to(acc.device)
+        with acc.autocast():
+            out = run_forward(model, batch)
+        values.append(sequence_logprob(out.logits, out.labels)[0].float())
+    model.train(was_training)
+    return torch.cat(values)
+
+
+def _checksum(indices: list[int]) -> int:
+    value = 0
+    for index in indices:
+        value = (value * 1_000_003 + index + 1) % 2_147_483_647
+    return value
+
+
+def optimizer_step(run: Run, config: TrainConfig) -> None:
+    """Clip, step the optimizer and the schedule, clear the gradients."""
+    if config.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def retain_step(run: Run, params: LossParams, config: TrainConfig, tokenizer, epoch: int, micro: list[list[int]]):
+    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``)."""
+    from obliviate.losses import FINETUNE
+
+    forget, paired = run.forget, run.paired
+    run.forget, run.paired = run.retain, []  # accumulate reads its rows from run.forget
+    try:
+        metrics, tokens, _ = accumulate(
+            run, FINETUNE, params, config, tokenizer, epoch, None, micro, [None] * len(micro)
+        )
+    finally:
+        run.forget, run.paired = forget, paired
+    return {"retain_nll": metrics["nll"]}, tokens, None
+
+
+def accumulate(
+    run: Run,
+    method: Method,
+    params: LossParams,
+    config: TrainConfig,
+    tokenizer,
+    epoch: int,
+    layer: int | None,
+    forget_ids: list[list[int]],
+    retain_ids: list[list[int] | None],
+):
+    """Forward and backward over one optimizer step's micro-batches; accelerate syncs gradients on the last one.
+
+    Metrics stay on the device until the step's last forward; then one all-gather and one host copy carry them, the
+    token counts (taken on the CPU before the batches move) and the retain-draw checksums. That happens before the
+    last backward, because DeepSpeed steps inside it: a non-finite loss on any process stops every process first.
+
+    Returns:
+        ``(metrics averaged over micro-batches and processes, tokens this step on all processes, per-process
+        retain-draw checksums or None)``.
+    """
+    acc = run.accelerator
+    pad_id = tokenizer.pad_token_id
+    sums: dict[str, torch.Tensor] = {}
+    tokens, draw_ids, step = 0, [], None
+    for position, (forget_rows, retain_rows) in enumerate(zip(forget_ids, retain_ids)):
+        draw_ids.extend(retain_rows or [])
+        pieces = [forget_rows]
+        if _splittable(acc, method, retain_rows, config):
+            lengths = [len(run.forget[r].ids) for r in forget_rows]
+            pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
+        on_cpu = [collate([run.forget[i] for i in piece], pad_id) for piece in pieces]
+        retain_cpu = collate([run.retain[i] for i in retain_rows], pad_id) if retain_rows else None
+        paired = collate([run.paired[i] for i in forget_rows], pad_id).to(acc.device) if run.paired else None
+        tokens += sum(b.num_tokens for b in on_cpu) + (retain_cpu.num_tokens if retain_cpu is not None else 0)
+        scored = [scored_tokens(b) for b in on_cpu] if len(on_cpu) > 1 else [1]
+        retain = retain_cpu.to(acc.device) if retain_cpu is not None else None
+        with acc.accumulate(run.model):
+            for index, batch in enumerate(on_cpu):
+                share = scored[index] / max(sum(scored), 1)  # token-mean losses: pieces weighted by scored tokens
+                last = index == len(on_cpu) - 1
+                with contextlib.nullcontext() if last else acc.no_sync(run.model):
+                    with acc.autocast():
+                        rows = pieces[index]
+                        inputs = loss_inputs(run, method, batch.to(acc.device), retain, layer, paired, rows)
+                        out = method.loss(inputs, params)
+                    for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
+                        value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
+                        sums[key] = sums.get(key, 0.0) + value.detach().float() * (share / run.accumulation)
+                    if last and position == len(forget_ids) - 1:
+                        step = _gather_step(acc, sums, tokens, draw_ids)
+                        if not all(math.isfinite(v) for v in step[0].values()):
+                            non_finite(run, config, epoch, step[0])
+                    acc.backward(out.loss * share if share != 1 else out.loss)  # accelerate divides by accumulation
+    metrics, tokens_all, checksums = step
+    return metrics, tokens_all, checksums if draw_ids else None
+
+
+def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], tokens: int, draw_ids: list[int]):
+    """``[metrics..., tokens, checksum]`` of every process in one all-gather and one ``.tolist()``.
+
+    float64 carries the token count and the checksum (< 2^31) exactly.
+    """
+    extra = torch.tensor([tokens, _checksum(draw_ids)], dtype=torch.float64, device=acc.device)
+    local = torch.cat([torch.stack(list(sums.values())).double(), extra]) if sums else extra
+    rows = acc.gather(local.unsqueeze(0)).tolist()  # [processes, len(sums) + 2]
+    metrics = {key: sum(row[i] for row in rows) / len(rows) for i, key in enumerate(sums)}
+    return metrics, int(sum(row[-2] for row in rows)), [int(row[-1]) for row in rows]
+
+
+def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None, config: TrainConfig) -> bool:
+    """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, ``--length_pieces`` on, and
+    one process or plain data parallelism (DeepSpeed steps inside each backward; FSDP gathers parameters in every
+    forward, and ranks may cut different numbers of pieces)."""
+    return config.length_pieces and method.token_mean and not retain_rows and acc.distributed_type in PLAIN
+
+
+def non_finite(run: Run, config: TrainConfig, epoch: int, metrics: dict[str, float]) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    raise TrainingError(
+        f"non-finite loss at epoch {epoch} step {run.state['global_step'] + 1} ({fmt_metrics(metrics)}); "
+        f"the last good checkpoint is kept in {Path(config.output_dir) / 'checkpoints'}; lower --lr "
+        "or add a stop bound"
+    )
+
+
+def fmt_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
