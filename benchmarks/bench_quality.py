@@ -63,51 +63,29 @@ def ended_by(stopped: str | None) -> str:
 
 
 def table(results: dict, args) -> str:
-    from obliviate.report.render import markdown_table
+    """One row per model: the one-screen metric columns (labels, arrows and formats from the METRICS table), then how
+    each run went."""
+    from obliviate.report.columns import Column, metric_columns
+    from obliviate.report.render import columns_table
 
-    header = [
-        "model",
-        "forget regurg. ↓",
-        "retain regurg. ↑",
-        "forget knowl. ↓",
-        "retain knowl. ↑",
-        "leak forget ↓",
-        "leak holdout",
-        "digits in place",
-        "exposure forget",
-        "exposure holdout",
-        "MIA AUC",
-        "task agg. ↑",
-        "lr",
-        "steps",
-        "ended by",
-        "tokens / oracle",
-    ]
     runs = {r["method"]: r for r in results.get("runs", [])}
     rows = []
     for row in results["summary"]:
         run = runs.get(row["model"])
-        rows.append(
-            [
-                row["model"],
-                row.get("forget/rougeL_recall"),
-                row.get("retain/rougeL_recall"),
-                row.get("forget/exact_match"),
-                row.get("retain/exact_match"),
-                row.get("forget/leak_rate"),
-                row.get("holdout/leak_rate"),
-                row.get("forget/digits_in_place"),
-                row.get("forget/exposure"),
-                row.get("holdout/exposure"),
-                row.get("forget/mia_auc_loss"),
-                row.get("all/task_aggregate"),
-                f"{run['lr']:.3g}" if run and run.get("lr") else "–",
-                run.get("steps") if run else "–",
-                ended_by(run.get("stopped")) if run else "–",
-                row.get("tokens_vs_oracle"),
-            ]
-        )
-    return markdown_table(header, rows)
+        how = {"lr": "–", "steps": "–", "ended": "–"}
+        if run:
+            how = {"lr": f"{run['lr']:.3g}" if run.get("lr") else "–", "steps": run.get("steps")}
+            how["ended"] = ended_by(run.get("stopped"))
+        rows.append({**row, **how})
+    columns = [
+        Column("model", "model"),
+        *metric_columns("brief"),
+        Column("lr", "lr"),
+        Column("steps", "steps"),
+        Column("ended", "ended by"),
+        Column("tokens_vs_oracle", "tokens / oracle"),
+    ]
+    return columns_table(columns, rows)
 
 
 def write_section(text: str) -> None:

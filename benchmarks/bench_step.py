@@ -187,17 +187,8 @@ class Contenders:
         self.epochs["obliviate"] += 1
         before = self.run.state["tokens_seen"]
         with contextlib.redirect_stderr(self.devnull):
-            train_epoch(
-                self.run,
-                self.method,
-                self.params,
-                self.config,
-                self.tokenizer,
-                self.epochs["obliviate"],
-                None,
-                self.log,
-                None,
-            )
+            self.run.log = self.log
+            train_epoch(self.run, self.epochs["obliviate"])
         return self.run.state["tokens_seen"] - before
 
     def bare_round(self) -> int:

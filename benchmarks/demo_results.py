@@ -23,22 +23,8 @@ import _common
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 KEY = "demo-results"
-TABLE = (
-    ("model", "model"),
-    ("forget/rougeL_recall", "forget ROUGE-L"),
-    ("retain/rougeL_recall", "retain ROUGE-L"),
-    ("retain/exact_match", "retain EM"),
-    ("forget/leak_rate", "leak forget"),
-    ("holdout/leak_rate", "leak holdout"),
-    ("forget/digits_in_place", "digits in place"),
-    ("forget/exposure", "exposure forget"),
-    ("holdout/exposure", "exposure holdout"),
-    ("forget/mia_auc_loss", "MIA AUC"),
-    ("lr", "lr"),
-    ("steps", "steps"),
-    ("end", "ended by"),
-    ("tokens_vs_oracle", "tokens / oracle"),
-)
+RUN_COLUMNS = (("lr", "lr"), ("steps", "steps"), ("end", "ended by"), ("tokens_vs_oracle", "tokens / oracle"))
+"""After the one-screen metric columns, whose labels, arrows and formats come from the METRICS table."""
 
 
 def cell(value) -> str:
@@ -47,6 +33,17 @@ def cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if value < 0.01 and value != 0 else f"{value:.3f}"
     return str(value)
+
+
+def ended_by(stopped: str | None) -> str:
+    """What ended an unlearning run, in two or three words, from its stop reason."""
+    stopped = stopped or ""
+    ends = (
+        ("never-seen band", "exposure in band"),
+        ("retain NLL", "retain bound"),
+        ("stop_forget_nll", "forget NLL bound"),
+    )
+    return next((end for marker, end in ends if marker in stopped), "step budget")
 
 
 def section(results: dict, command: str, wall: float | None, cached: dict | None) -> str:
@@ -58,18 +55,12 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     for row in rows[2:]:
         run = runs.get(row["model"], {})
         row["lr"], row["steps"] = run.get("lr"), run.get("steps")
-        stopped = run.get("stopped") or ""
-        row["end"] = (
-            "exposure in band"
-            if "never-seen band" in stopped
-            else "retain bound"
-            if "retain NLL" in stopped
-            else "forget NLL bound"
-            if "stop_forget_nll" in stopped
-            else "step budget"
-        )
+        row["end"] = ended_by(run.get("stopped"))
+    from obliviate.report.columns import Column, metric_columns
+
+    columns = [Column("model", "model"), *metric_columns("brief"), *(Column(k, label) for k, label in RUN_COLUMNS)]
     table = _common.markdown_table(
-        [label for _, label in TABLE], [[cell(row.get(key)) for key, _ in TABLE] for row in rows]
+        [c.header for c in columns], [[cell(c.cell(row.get(c.key))) for c in columns] for row in rows]
     )
     goal_rows = goals(rows)
     held = sum(g["holds"] for g in goal_rows)

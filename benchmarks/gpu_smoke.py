@@ -149,7 +149,8 @@ def run_steps(model, tokenizer, method_name: str, config: UnlearnConfig, forget,
 
     distributed_type = str(run.accelerator.distributed_type)
     try:
-        loop.train_epoch(run, method, params, config, tokenizer, 1, None, log, None)
+        run.log = log
+        loop.train_epoch(run, 1)
         reference = run.reference
     finally:
         from accelerate.state import AcceleratorState

@@ -29,21 +29,8 @@ SUMMARY_KEYS = [
     "retain/leak_rate",
     "forget/mia_auc_loss",
 ]
-"""The per-run figures of a sweep table (``sweep_table.py`` shows the same)."""
-
-
-HEADER = [
-    "run",
-    "forget R-L",
-    "retain R-L",
-    "forget EM",
-    "retain EM",
-    "leak F",
-    "leak R",
-    "MIA AUC",
-    "FQ",
-    "best epoch",
-]
+"""The figures ``sweep_table.py`` shows, under a header of its own; this script's table takes its metric columns
+from the METRICS table (``obliviate.report.columns.metric_columns``)."""
 
 
 def write_up(
@@ -56,12 +43,17 @@ def write_up(
         rows: target, oracle, then one row per (method, lr[, alpha]) with its best epoch's summary and ``goals``.
     """
     from obliviate.evaluate.epochs import RETAIN_FLOOR
-    from obliviate.report.render import markdown_table
+    from obliviate.report.columns import Column, metric_columns
+    from obliviate.report.render import columns_table
 
     floors = f"retain ROUGE-L{' and EM' if select == 'holdout_gap' else ''} ≥ {RETAIN_FLOOR:.0%} of the target"
     epochs = f"{args.epochs} unlearning epochs" if args.epochs is not None else "each preset's unlearning epochs"
-    keys = [*SUMMARY_KEYS, "forget/forget_quality", "epoch", "goals"]
-    body = [[r["model"], *[r.get(k) for k in keys]] for r in rows]
+    columns = [
+        Column("model", "run"),
+        *metric_columns("brief"),
+        Column("epoch", "best epoch"),
+        Column("goals", f"goals (of {len(goal_names)})"),
+    ]
     return "\n".join(
         [
             f"## Sweep of {', '.join(args.methods)}",
@@ -70,7 +62,7 @@ def write_up(
             f"{args.finetune_epochs} fine-tuning epochs, {epochs}). Best epoch per run by the demo's rule "
             f"(`{select}`, {floors}). Goals: " + "; ".join(goal_names) + ".",
             "",
-            markdown_table([*HEADER, f"goals (of {len(goal_names)})"], body),
+            columns_table(columns, rows),
             "",
         ]
     )
@@ -140,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             started = time.perf_counter()
             run = unlearn_method(method, target, dirs, run_config, (data, options, oracle), print)
-            target_row = target_row or {"model": "target", **run["epochs"][0]["summary"]}
-            best = next(e for e in run["epochs"] if e["epoch"] == run["best"]["epoch"])
+            target_row = target_row or {"model": "target", **run.epochs[0].summary}
+            best = run.best_epoch
             row = {
                 "model": f"{method} lr={lr:g}",
-                **best["summary"],
-                "epoch": best["epoch"],
+                **best.summary,
+                "epoch": best.epoch,
                 "wall": time.perf_counter() - started,
             }
             checks = goals([target_row, oracle_row, row])

@@ -93,7 +93,7 @@ def test_the_probe_leaves_the_weights_where_they_started(target, tmp_path):
     forget, retain = load_split(target.forget, split="forget"), load_split(target.retain, split="retain")
     method = get_method("ga_gd")
     run = setup(model, tokenizer, method, LossParams(alpha=4.0), forget, retain, config)
-    result = lr_probe.probe_lr(run, method, LossParams(alpha=4.0), config, tokenizer, None, steps=3)
+    result = lr_probe.probe_lr(run, steps=3)
     after = run.accelerator.unwrap_model(run.model).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert result.trials and result.lr in lr_probe.CANDIDATES

@@ -10,9 +10,10 @@ from helpers import unlearn_argv
 from obliviate.cli.main import main
 from obliviate.errors import ConfigError
 from obliviate.evaluate.epochs import select_best
+from obliviate.evaluate.results import EpochEval
 
 
-def _epoch(n: int, forget: float, retain: float, agg: float, holdout: float = 0.2, leak: float = 0.0) -> dict:
+def _epoch(n: int, forget: float, retain: float, agg: float, holdout: float = 0.2, leak: float = 0.0) -> EpochEval:
     summary = {
         "forget/rougeL_recall": forget,
         "retain/rougeL_recall": retain,
@@ -21,7 +22,7 @@ def _epoch(n: int, forget: float, retain: float, agg: float, holdout: float = 0.
         "forget/leak_rate": leak,
         "holdout/leak_rate": 0.0,
     }
-    return {"epoch": n, "path": f"epoch-{n}", "summary": summary}
+    return EpochEval(n, f"epoch-{n}", summary)
 
 
 def test_select_best_keeps_retain_floor_and_applies_each_rule():
@@ -30,7 +31,7 @@ def test_select_best_keeps_retain_floor_and_applies_each_rule():
     assert select_best(epochs, "task_aggregate")["epoch"] == 2
     # gap to holdout people: |0.5-0.2| = 0.3 for epoch 1, |0.2-0.2| = 0 for epoch 2
     assert select_best(epochs, "holdout_gap")["epoch"] == 2
-    epochs[2]["summary"]["forget/leak_rate"] = 0.5  # epoch 2's gap is now 0 + |0.5 - 0| = 0.5 > 0.3
+    epochs[2].summary["forget/leak_rate"] = 0.5  # epoch 2's gap is now 0 + |0.5 - 0| = 0.5 > 0.3
     assert select_best(epochs, "holdout_gap")["epoch"] == 1
     collapsed = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.0, 0.1, 0.9)]
     assert select_best(collapsed)["epoch"] == 0
@@ -81,7 +82,7 @@ def test_select_best_reason_states_the_winning_score():
 def test_select_best_under_holdout_gap_needs_a_holdout_set():
     epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5)]
     for epoch in epochs:
-        del epoch["summary"]["holdout/rougeL_recall"]
+        del epoch.summary["holdout/rougeL_recall"]
     assert select_best(epochs, "task_aggregate")["epoch"] == 1
     with pytest.raises(ConfigError, match="needs a holdout set"):
         select_best(epochs, "holdout_gap")
@@ -160,7 +161,7 @@ CHECKPOINT_SCORES = {0: (0.9, 0.9, 0.1), 1: (0.2, 0.5, 0.9), 2: (0.3, 0.85, 0.5)
 def test_evaluate_checkpoints_writes_the_epoch_its_rule_picks(assets, tmp_path, monkeypatch, rule, expected):
     """The CLI's choice from known per-epoch scores (evaluation replaced by constructed results)."""
     import obliviate.evaluate.epochs as epochs
-    from obliviate.evaluate.suite import EvalResult
+    from obliviate.evaluate.results import EvalResult
 
     run = tmp_path / "run"
     run.mkdir()
@@ -195,19 +196,19 @@ def test_evaluate_checkpoints_writes_the_epoch_its_rule_picks(assets, tmp_path, 
 def test_select_best_under_holdout_gap_also_floors_retain_em_and_says_so():
     epochs = [_epoch(0, 0.9, 0.9, 0.1), _epoch(1, 0.5, 0.85, 0.5), _epoch(2, 0.2, 0.86, 0.6)]
     for epoch, em in zip(epochs, (1.0, 0.95, 0.5)):
-        epoch["summary"]["retain/exact_match"] = em
+        epoch.summary["retain/exact_match"] = em
     best = select_best(epochs, "holdout_gap")
     assert best["epoch"] == 1  # epoch 2 is closer to holdout people but lost retain EM (0.5 < 0.9)
     assert "retain EM >= 0.900" in best["reason"]
     # the EM floor belongs to holdout_gap only: under task_aggregate epoch 2 (aggregate 0.6) wins
     assert select_best(epochs, "task_aggregate")["epoch"] == 2
-    epochs[2]["summary"]["retain/exact_match"] = 0.9  # exactly 90 % of epoch 0's 1.0: kept
+    epochs[2].summary["retain/exact_match"] = 0.9  # exactly 90 % of epoch 0's 1.0: kept
     assert select_best(epochs, "holdout_gap")["epoch"] == 2
 
 
 def test_epoch_hook_writes_a_known_starting_result_without_evaluating_it(tmp_path, monkeypatch):
     import obliviate.evaluate.epochs as epochs
-    from obliviate.evaluate.suite import EvalResult
+    from obliviate.evaluate.results import EvalResult
 
     start = EvalResult(
         metrics=[

@@ -106,7 +106,9 @@ def test_epoch_hook_writes_only_on_the_main_process(monkeypatch, tmp_path):
     monkeypatch.setattr(epochs, "evaluate_epoch", lambda epoch, *a, **k: evaluated.append(epoch) or Result())
     monkeypatch.setattr(epochs, "write_epoch_result", lambda *a: pytest.fail("a non-main process wrote"))
     hook = epochs.make_epoch_hook(None, None, tmp_path / "eval", "model")
-    assert hook(1, tmp_path) == {"epoch": 1, "summary": {"forget/rougeL_recall": 0.5}}
+    returned = hook(1, tmp_path)  # the EpochEval the training loop collects in RunResult.epoch_results
+    assert (returned.epoch, returned.summary) == (1, {"forget/rougeL_recall": 0.5})
+    assert returned.path == str(tmp_path / "eval" / "epoch-1") and returned.result is None
     assert evaluated == [0, 1] and waits == [1]
 
 

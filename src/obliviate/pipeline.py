@@ -6,7 +6,6 @@ reuses them; ``fresh=True`` ignores the cache.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import pickle
@@ -24,12 +23,12 @@ from obliviate.evaluate.epochs import (
     EPOCH_EXPOSURE_K,
     EPOCH_EXPOSURE_SPLITS,
     evaluate_epoch,
-    load_epoch_results,
     make_epoch_hook,
     select_best,
 )
-from obliviate.evaluate.stop_rule import stop_rule_for
-from obliviate.evaluate.suite import EvalOptions, EvalResult, load_eval_data, oracle_stats
+from obliviate.evaluate.results import EpochEval, EvalResult, ItemAccess, MethodRun
+from obliviate.evaluate.stop_rule import read_stop_checks, stop_rule_for
+from obliviate.evaluate.suite import EvalOptions, load_eval_data, oracle_stats
 from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
@@ -85,6 +84,24 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, found {self.workers}")
+
+
+@dataclass
+class PipelineOutcome(ItemAccess):
+    """Everything the report needs (:func:`obliviate.report.demo.write_demo_report`)."""
+
+    config: PipelineConfig
+    data_dirs: dict[str, str]
+    target_dir: str
+    oracle_dir: str
+    target_result: EvalResult
+    oracle_result: EvalResult
+    target_tokens: int
+    oracle_tokens: int
+    runs: list[MethodRun]
+    cached: dict[str, bool]  # trained before this run started: taken from the cache
+    workers: int
+    wall_seconds: float
 
 
 def _hash(payload: Any) -> str:
@@ -216,8 +233,9 @@ def unlearn_method(
     hook_args,
     log,
     start: EvalResult | None = None,
-) -> dict[str, Any]:
-    """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0)."""
+) -> MethodRun:
+    """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0),
+    evaluated here when not given."""
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
@@ -240,46 +258,48 @@ def unlearn_method(
         **preset,
     )
     data, options, oracle = hook_args
-    hook = make_epoch_hook(data, options, out / "eval", str(target), oracle, start=start)
     started = time.perf_counter()
+    start = start if start is not None else evaluate_epoch(0, str(target), data, options, oracle)
+    hook = make_epoch_hook(data, options, out / "eval", str(target), oracle, start=start)
     result = run_unlearn(unlearn, epoch_hook=hook, stop_rule=stop_rule_for)
     wall_seconds = time.perf_counter() - started  # training and the per-epoch evaluations
-    epochs = load_epoch_results(out / "eval")
+    # the hook's EpochEval per checkpoint; epoch 0 is `start`, which the hook wrote to eval/epoch-0 beside them
+    epochs = [EpochEval.of(0, out / "eval" / "epoch-0", start), *result.epoch_results]
     best = select_best(epochs, config.select)
     log(
         f"{method}: {result.epochs_completed} epochs{' (stopped: ' + result.stopped + ')' if result.stopped else ''}, "
         f"best epoch {best['epoch']} ({best['reason']})"
     )
-    return {
-        "method": method,
-        "run_dir": out,
-        "epochs": epochs,
-        "best": best,
-        "tokens": result.tokens_seen,
-        "wall_seconds": wall_seconds,
-        "preset": {**get_method(method).preset, **preset},
-        "lr": result.lr,
-        "steps": result.global_step,
-        "stopped": result.stopped,
-        "stop_checks": _stop_checks(out / "metrics.jsonl"),
-    }
+    return MethodRun(
+        method=method,
+        run_dir=out,
+        epochs=epochs,
+        best=best,
+        tokens=result.tokens_seen,
+        wall_seconds=wall_seconds,
+        preset={**get_method(method).preset, **preset},
+        lr=result.lr,
+        steps=result.global_step,
+        stopped=result.stopped,
+        stop_checks=read_stop_checks(out / "metrics.jsonl"),
+    )
 
 
-def _stop_checks(metrics: Path) -> list[dict[str, float]]:
-    """The stop rule's checks of one run (``metrics.jsonl`` lines with ``stop_check``), for the exposure plot."""
-    if not metrics.is_file():
-        return []
-    lines = (json.loads(line) for line in metrics.read_text().splitlines() if '"stop_' in line)
-    checks = []
-    for line in lines:
-        if "stop_check" in line:
-            checks.append(line["stop_check"])
-        elif "stop_reference" in line:
-            checks.insert(0, {"step": 0, **line["stop_reference"]})
-    return checks
+def eval_options(config: PipelineConfig) -> EvalOptions:
+    """How every model of the pipeline is evaluated (each epoch's exposure on forget and holdout only)."""
+    return EvalOptions(
+        batch_size=config.eval_batch_size,
+        max_examples=config.eval_max_examples,
+        max_new_tokens=config.max_new_tokens,
+        leak_samples=config.leak_samples,
+        exposure_k=config.exposure_k,
+        exposure_splits=EPOCH_EXPOSURE_SPLITS,
+        seed=config.seed,
+        show_progress=False,
+    )
 
 
-def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
+def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
@@ -302,16 +322,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
             ]
         )
         data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
-        options = EvalOptions(
-            batch_size=config.eval_batch_size,
-            max_examples=config.eval_max_examples,
-            max_new_tokens=config.max_new_tokens,
-            leak_samples=config.leak_samples,
-            exposure_k=config.exposure_k,
-            exposure_splits=EPOCH_EXPOSURE_SPLITS,
-            seed=config.seed,
-            show_progress=False,
-        )
+        options = eval_options(config)
         oracle_model, oracle_tok = load_model(oracle_dir)
         oracle = oracle_stats(oracle_model, oracle_tok, data, options)
         del oracle_model
@@ -332,19 +343,20 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict[str, Any]:
         )
     target_state = json.loads((target / "trainer_state.json").read_text())
     oracle_state = json.loads((oracle_dir / "trainer_state.json").read_text())
-    return {
-        "config": dataclasses.asdict(config),
-        "data_dirs": {k: str(v) for k, v in dirs.items()},
-        "target_dir": str(target),
-        "oracle_dir": str(oracle_dir),
-        "oracle_result": oracle_result,
-        "target_tokens": target_state["tokens_seen"],
-        "oracle_tokens": oracle_state["tokens_seen"],
-        "runs": runs,
-        "cached": {  # trained before this run started: taken from the cache
+    return PipelineOutcome(
+        config=config,
+        data_dirs={k: str(v) for k, v in dirs.items()},
+        target_dir=str(target),
+        oracle_dir=str(oracle_dir),
+        target_result=target_result,
+        oracle_result=oracle_result,
+        target_tokens=target_state["tokens_seen"],
+        oracle_tokens=oracle_state["tokens_seen"],
+        runs=runs,
+        cached={
             "target": (target / "trainer_state.json").stat().st_mtime < started_at,
             "oracle": (oracle_dir / "trainer_state.json").stat().st_mtime < started_at,
         },
-        "workers": workers,
-        "wall_seconds": time.perf_counter() - started,
-    }
+        workers=workers,
+        wall_seconds=time.perf_counter() - started,
+    )

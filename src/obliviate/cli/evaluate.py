@@ -81,6 +81,7 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
     from obliviate.evaluate import epochs as epoch_eval
     from obliviate.evaluate.suite import evaluate_model
     from obliviate.io import prepare_output_dir
+    from obliviate.report.columns import metric_columns
     from obliviate.report.outputs import write_checkpoint_evaluation, write_evaluation
 
     main_process = process_state().is_main_process
@@ -98,10 +99,6 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
         prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
         write_evaluation(out, result, f"Evaluation of {config.model}", extra={"model": str(config.model)})
         summary = result.summary()
-        shown = {
-            k: summary[k]
-            for k in ("forget/rougeL_recall", "retain/rougeL_recall", "forget/leak_rate", "all/task_aggregate")
-            if k in summary
-        }
-        print("; ".join(f"{k} {v:.3f}" for k, v in shown.items()) + f" → {out}")
+        shown = metric_columns("brief", [summary])  # the one-screen columns of obliviate.evaluate.scores.METRICS
+        print("; ".join(f"{c.header} {c.cell(summary[c.key])}" for c in shown) + f" → {out}")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from obliviate.errors import ConfigError, DataError
-from obliviate.evaluate.suite import EvalData, EvalOptions, EvalResult, OracleStats, evaluate_model
+from obliviate.evaluate.results import EpochEval, EvalResult
+from obliviate.evaluate.suite import EvalData, EvalOptions, OracleStats, evaluate_model
 from obliviate.models.load import load_model, process_device
 from obliviate.train.checkpoint import list_checkpoints
 
@@ -73,8 +74,8 @@ def evaluate_checkpoints(
     options: EvalOptions,
     oracle: OracleStats | None = None,
     on_epoch: Callable[[int, EvalResult], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Evaluate epoch 0 and every complete checkpoint; returns ``[{"epoch", "path", "summary", "result"}, ...]``."""
+) -> list[EpochEval]:
+    """Evaluate epoch 0 and every complete checkpoint; each :class:`EpochEval` keeps its whole result (to write)."""
     run_dir = Path(run_dir)
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
@@ -83,13 +84,13 @@ def evaluate_checkpoints(
     epochs = []
     for epoch, path in [(0, Path(base)), *checkpoints]:
         result = evaluate_epoch(epoch, path, data, options, oracle, base_model=base if epoch else None)
-        epochs.append({"epoch": epoch, "path": str(path), "summary": result.summary(), "result": result})
+        epochs.append(EpochEval.of(epoch, path, result, keep=True))
         if on_epoch is not None:
             on_epoch(epoch, result)
     return epochs
 
 
-def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> dict[str, Any]:
+def select_best(epochs: Sequence[EpochEval], rule: str = "task_aggregate") -> dict[str, Any]:
     """The best epoch under ``rule``, among epochs that keep retain ROUGE-L ≥ 90 % of epoch 0.
 
     Rules:
@@ -105,17 +106,17 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
         raise ConfigError(f"--select {rule!r}: expected one of {', '.join(SELECT_RULES)}")
     if rule == "last" and len(epochs) > 1:
         last = epochs[-1]
-        return {"epoch": last["epoch"], "path": last["path"], "rule": rule, "reason": "the run's last checkpoint"}
+        return {"epoch": last.epoch, "path": last.path, "rule": rule, "reason": "the run's last checkpoint"}
     if rule == "last":
         return {"epoch": 0, "rule": rule, "reason": "the run wrote no checkpoint: the starting model"}
-    start = epochs[0]["summary"]
+    start = epochs[0].summary
     floor = RETAIN_FLOOR * (start.get("retain/rougeL_recall") or 0.0)
-    candidates = [e for e in epochs[1:] if (e["summary"].get("retain/rougeL_recall") or 0.0) >= floor]
+    candidates = [e for e in epochs[1:] if (e.summary.get("retain/rougeL_recall") or 0.0) >= floor]
     kept = f"retain ROUGE-L >= {floor:.3f}"
     if rule == "holdout_gap" and start.get("retain/exact_match") is not None:
         # Forgetting a person must not cost other people's facts: retain knowledge keeps the same floor.
         em_floor = RETAIN_FLOOR * start["retain/exact_match"]
-        candidates = [e for e in candidates if (e["summary"].get("retain/exact_match") or 0.0) >= em_floor]
+        candidates = [e for e in candidates if (e.summary.get("retain/exact_match") or 0.0) >= em_floor]
         kept += f" and retain EM >= {em_floor:.3f}"
     if not candidates:
         return {
@@ -124,19 +125,19 @@ def select_best(epochs: list[dict[str, Any]], rule: str = "task_aggregate") -> d
             "reason": f"no epoch kept {kept} ({RETAIN_FLOOR:.0%} of epoch 0): keeping the starting model",
         }
     if rule == "task_aggregate":
-        best = max(candidates, key=lambda e: e["summary"].get("all/task_aggregate") or 0.0)
-        score = best["summary"].get("all/task_aggregate")
+        best = max(candidates, key=lambda e: e.summary.get("all/task_aggregate") or 0.0)
+        score = best.summary.get("all/task_aggregate")
         reason = f"highest task aggregate ({score:.3f}) with {kept}"
     else:
-        if not any("holdout/rougeL_recall" in e["summary"] for e in candidates):
+        if not any("holdout/rougeL_recall" in e.summary for e in candidates):
             raise ConfigError("--select holdout_gap needs a holdout set (--holdout_dir)")
         best = min(candidates, key=_holdout_gap)
         reason = f"smallest gap to holdout people ({_holdout_gap(best):.3f}) with {kept}"
-    return {"epoch": best["epoch"], "path": best["path"], "rule": rule, "reason": reason}
+    return {"epoch": best.epoch, "path": best.path, "rule": rule, "reason": reason}
 
 
-def _holdout_gap(epoch: dict[str, Any]) -> float:
-    s = epoch["summary"]
+def _holdout_gap(epoch: EpochEval) -> float:
+    s = epoch.summary
     gap = abs(s.get("forget/rougeL_recall", 0.0) - s.get("holdout/rougeL_recall", 0.0))
     return gap + abs(s.get("forget/leak_rate", 0.0) - s.get("holdout/leak_rate", 0.0))
 
@@ -162,13 +163,14 @@ def make_epoch_hook(
 ):
     """An engine epoch hook that evaluates each checkpoint (and, first, the starting model as epoch 0).
 
-    Results go to ``out_dir/epoch-N/``. Under several processes every process evaluates its share of the rows (the
-    passes gather them, a collective each process must join) and only the main one writes. ``start`` is the
-    starting model's result when it is already known (several runs from one model share it).
+    Results go to ``out_dir/epoch-N/``; the hook returns epoch N's :class:`EpochEval` (its ``path`` that folder),
+    which the training loop collects in ``RunResult.epoch_results``. Under several processes every process evaluates
+    its share of the rows (the passes gather them, a collective each process must join) and only the main one writes.
+    ``start`` is the starting model's result when it is already known (several runs from one model share it).
     """
     from obliviate.distributed import process_state
 
-    def hook(epoch: int, path: Path) -> dict[str, Any]:
+    def hook(epoch: int, path: Path) -> EpochEval:
         state = process_state()
         if not (out_dir / "epoch-0" / "results.json").is_file():
             first = start if start is not None else evaluate_epoch(0, model_dir, data, options, oracle)
@@ -178,12 +180,12 @@ def make_epoch_hook(
         if state.is_main_process:
             write_epoch_result(out_dir, epoch, result)
         state.wait_for_everyone()  # every process sees the same files at the next epoch
-        return {"epoch": epoch, "summary": result.summary()}
+        return EpochEval.of(epoch, out_dir / f"epoch-{epoch}", result)
 
     return hook
 
 
-def epoch_evaluator(config) -> Callable[[int, Path], dict[str, Any]]:
+def epoch_evaluator(config) -> Callable[[int, Path], EpochEval]:
     """The hook behind ``obliviate unlearn --eval_every_epoch``: writes ``OUTPUT_DIR/eval/epoch-N/``."""
     from obliviate.evaluate.suite import load_eval_data
 
@@ -199,10 +201,10 @@ def epoch_evaluator(config) -> Callable[[int, Path], dict[str, Any]]:
     return make_epoch_hook(data, options, Path(config.output_dir) / "eval", model_dir, lora=config.lora_r > 0)
 
 
-def load_epoch_results(eval_dir: Path) -> list[dict[str, Any]]:
-    """``[{"epoch", "summary"}]`` from ``eval/epoch-N/results.json``, sorted by epoch."""
+def load_epoch_results(eval_dir: Path) -> list[EpochEval]:
+    """The epochs written to ``eval/epoch-N/results.json`` (by an earlier run), sorted by epoch."""
     found = []
     for path in eval_dir.glob("epoch-*/results.json"):
         data = json.loads(path.read_text())
-        found.append({"epoch": data["epoch"], "path": str(path.parent), "summary": data["summary"]})
-    return sorted(found, key=lambda e: e["epoch"])
+        found.append(EpochEval(data["epoch"], str(path.parent), data["summary"]))
+    return sorted(found, key=lambda e: e.epoch)

@@ -24,10 +24,10 @@ SPLITS = ("forget", "retain", "holdout")
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How to read one metric.
+    """How to read and show one metric: the one place a metric is declared (its scorer computes it).
 
     Attributes:
-        name: the key used in results.
+        name: the key used in results (``"split/name"`` in summaries).
         higher_is_better_on_forget: direction of improvement on the forget split. For metrics with an ideal value
             that can be overshot (``ideal`` set) it is the direction unlearning should move the trained model's
             value in; past the ideal the model is over-unlearned.
@@ -35,6 +35,11 @@ class MetricInfo:
         description: one line for reports.
         ideal: the best value where it is not an end of the range (0.5 for a MIA AUC, 0 for PrivLeak), else None.
         higher_is_better_on_holdout: direction on the holdout split; None means "as on forget".
+        label: the short column label ("ROUGE-L"); a column of a metric shown on several splits is "split label".
+        fmt: the format spec of its values in tables.
+        columns: the splits it has a column for in the full summary tables (the demo report, the per-epoch
+            table), in order; empty: shown only in the per-metric listing of an evaluation report.
+        brief: the splits it has a column for in the one-screen tables (README, BENCHMARKS.md, sweeps).
     """
 
     name: str
@@ -43,58 +48,138 @@ class MetricInfo:
     description: str
     ideal: float | None = None
     higher_is_better_on_holdout: bool | None = None
+    label: str = ""
+    fmt: str = ".3f"
+    columns: tuple[str, ...] = ()
+    brief: tuple[str, ...] = ()
 
 
 _EXPOSURE = "log2(K+1) - log2(rank) of the true {} among K same-format fakes (bits)"
 _MIA_AUC = "AUC of telling forget (members, label 1) from holdout by {}; 0.5 = indistinguishable"
+_FR, _FRH, _FH, _F = ("forget", "retain"), ("forget", "retain", "holdout"), ("forget", "holdout"), ("forget",)
+
+
+def _info(name: str, forget: bool, retain: bool, description: str, **how) -> MetricInfo:
+    return MetricInfo(name, forget, retain, description, **how)
+
+
 METRICS: dict[str, MetricInfo] = {
-    "rougeL_recall": MetricInfo(
-        "rougeL_recall", False, True, "ROUGE-L recall of greedy output vs reference (regurgitation)"
-    ),
-    "rouge1_recall": MetricInfo("rouge1_recall", False, True, "ROUGE-1 recall of greedy output vs reference"),
-    "exact_match": MetricInfo(
-        "exact_match", False, True, "stripped, lower-cased answer equals the reference (knowledge)"
-    ),
-    # On never-trained holdout text perplexity measures fluency, so lower is better there.
-    "perplexity": MetricInfo(
-        "perplexity", True, False, "exp of token-weighted mean answer NLL", higher_is_better_on_holdout=False
-    ),
-    "leak_rate": MetricInfo(
-        "leak_rate", False, True, "leaked (person, field) PII pairs / all pairs, over all attacks"
-    ),
-    # Exposure (Carlini et al. 2019): on retain the model should keep knowing its people; the holdout is the
-    # never-seen reference (chance ≈ 1.40 bits for K = 100), which forget should reach and not undershoot.
-    "exposure": MetricInfo("exposure", False, True, _EXPOSURE.format("each PII value")),
-    **{f"exposure_{f}": MetricInfo(f"exposure_{f}", False, True, _EXPOSURE.format(f)) for f in PII_FIELDS},
-    "exposure_nll_gap": MetricInfo(
-        "exposure_nll_gap", True, False, "NLL(true PII value) - mean NLL(its K fakes), nats; < 0 = true preferred"
-    ),
-    "partial_leak_rate": MetricInfo(
-        "partial_leak_rate", False, True, "PII pairs whose value an answer reproduces in place past a threshold"
-    ),
-    "digits_in_place": MetricInfo(
-        "digits_in_place", False, True, "mean share of SSN/phone digits the question's answer reproduces in place"
-    ),
-    "mia_auc_loss": MetricInfo("mia_auc_loss", False, False, _MIA_AUC.format("-NLL"), ideal=0.5),
-    "mia_auc_zlib": MetricInfo("mia_auc_zlib", False, False, _MIA_AUC.format("-NLL / zlib length"), ideal=0.5),
-    "mia_auc_mink": MetricInfo("mia_auc_mink", False, False, _MIA_AUC.format("Min-K% (k=0.4)"), ideal=0.5),
-    "mia_auc_minkpp": MetricInfo("mia_auc_minkpp", False, False, _MIA_AUC.format("Min-K%++ (k=0.4)"), ideal=0.5),
-    "mia_score": MetricInfo("mia_score", True, True, "1 - 2|AUC - 0.5| of the whole-document LOSS attack (SemEval)"),
-    "forget_quality": MetricInfo(
-        "forget_quality", True, True, "KS-test p-value, unlearned vs oracle forget statistics (TOFU)"
-    ),
-    "privleak": MetricInfo(
-        "privleak", True, True, "(AUC_u - AUC_oracle) / AUC_oracle * 100 in MUSE's orientation", ideal=0.0
-    ),
-    "task_aggregate": MetricInfo(
-        "task_aggregate", True, True, "SemEval-2025 Task 4 harmonic mean of the 12 inverted/plain terms"
-    ),
-    "mmlu_acc": MetricInfo("mmlu_acc", True, True, "MMLU accuracy (SemEval floor 0.371)"),
-    "final_score": MetricInfo(
-        "final_score", True, True, "SemEval final: mean(task aggregate, MIA score, MMLU accuracy)"
-    ),
+    info.name: info
+    for info in (
+        _info(
+            "rougeL_recall",
+            False,
+            True,
+            "ROUGE-L recall of greedy output vs reference (regurgitation)",
+            label="ROUGE-L",
+            columns=_FR,
+            brief=_FR,
+        ),
+        _info("rouge1_recall", False, True, "ROUGE-1 recall of greedy output vs reference", label="ROUGE-1"),
+        _info(
+            "exact_match",
+            False,
+            True,
+            "stripped, lower-cased answer equals the reference (knowledge)",
+            label="EM",
+            columns=_FR,
+            brief=_FR,
+        ),
+        # On never-trained holdout text perplexity measures fluency, so lower is better there.
+        _info(
+            "perplexity",
+            True,
+            False,
+            "exp of token-weighted mean answer NLL",
+            higher_is_better_on_holdout=False,
+            label="PPL",
+            columns=_FR,
+        ),
+        _info(
+            "leak_rate",
+            False,
+            True,
+            "leaked (person, field) PII pairs / all pairs, over all attacks",
+            label="leak",
+            columns=_FRH,
+            brief=_FH,
+        ),
+        # Exposure (Carlini et al. 2019): on retain the model should keep knowing its people; the holdout is the
+        # never-seen reference (chance ≈ 1.40 bits for K = 100), which forget should reach and not undershoot.
+        _info("exposure", False, True, _EXPOSURE.format("each PII value"), label="exposure", columns=_FH, brief=_FH),
+        *(_info(f"exposure_{f}", False, True, _EXPOSURE.format(f), label=f"{f} exposure") for f in PII_FIELDS),
+        _info(
+            "exposure_nll_gap",
+            True,
+            False,
+            "NLL(true PII value) - mean NLL(its K fakes), nats; < 0 = true preferred",
+            label="exposure NLL gap",
+        ),
+        _info(
+            "partial_leak_rate",
+            False,
+            True,
+            "PII pairs whose value an answer reproduces in place past a threshold",
+            label="partial leak",
+        ),
+        _info(
+            "digits_in_place",
+            False,
+            True,
+            "mean share of SSN/phone digits the question's answer reproduces in place",
+            label="digits in place",
+            columns=_F,
+            brief=_F,
+        ),
+        _info("mia_auc_loss", False, False, _MIA_AUC.format("-NLL"), ideal=0.5, label="MIA AUC", columns=_F, brief=_F),
+        _info("mia_auc_zlib", False, False, _MIA_AUC.format("-NLL / zlib length"), ideal=0.5, label="MIA AUC zlib"),
+        _info("mia_auc_mink", False, False, _MIA_AUC.format("Min-K% (k=0.4)"), ideal=0.5, label="MIA AUC Min-K%"),
+        _info(
+            "mia_auc_minkpp", False, False, _MIA_AUC.format("Min-K%++ (k=0.4)"), ideal=0.5, label="MIA AUC Min-K%++"
+        ),
+        _info(
+            "mia_score", True, True, "1 - 2|AUC - 0.5| of the whole-document LOSS attack (SemEval)", label="MIA score"
+        ),
+        _info(
+            "forget_quality",
+            True,
+            True,
+            "KS-test p-value, unlearned vs oracle forget statistics (TOFU)",
+            label="forget quality",
+            columns=_F,
+            brief=_F,
+        ),
+        _info(
+            "privleak",
+            True,
+            True,
+            "(AUC_u - AUC_oracle) / AUC_oracle * 100 in MUSE's orientation",
+            ideal=0.0,
+            label="PrivLeak",
+            fmt=".1f",
+        ),
+        _info(
+            "task_aggregate",
+            True,
+            True,
+            "SemEval-2025 Task 4 harmonic mean of the 12 inverted/plain terms",
+            label="task aggregate",
+            columns=("all",),
+            brief=("all",),
+        ),
+        _info("mmlu_acc", True, True, "MMLU accuracy (SemEval floor 0.371)", label="MMLU"),
+        _info(
+            "final_score",
+            True,
+            True,
+            "SemEval final: mean(task aggregate, MIA score, MMLU accuracy)",
+            label="final score",
+        ),
+    )
 }
-"""Every metric the suite reports. Split-free metrics have the same direction on forget and retain."""
+"""Every metric the suite reports, in the order report columns follow. Split-free metrics have the same direction
+on forget and retain. Adding a metric: one entry here, and its scorer (here, called from
+:mod:`obliviate.evaluate.suite`); every report and benchmark table takes its label, direction and format from here."""
 
 
 def higher_is_better(metric: str, split: str) -> bool:

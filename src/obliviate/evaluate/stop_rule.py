@@ -19,9 +19,11 @@ coming from above, is what keeps the run from going past it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -179,3 +181,17 @@ def stop_rule_for(config) -> ExposureStopRule:
         retain_bound=config.stop_retain_bound,
         seed=config.seed,
     )
+
+
+def read_stop_checks(metrics: Path) -> list[dict[str, float]]:
+    """The stop rule's checks of one run (``metrics.jsonl`` lines with ``stop_check``), for the exposure plot."""
+    if not metrics.is_file():
+        return []
+    lines = (json.loads(line) for line in metrics.read_text().splitlines() if '"stop_' in line)
+    checks = []
+    for line in lines:
+        if "stop_check" in line:
+            checks.append(line["stop_check"])
+        elif "stop_reference" in line:
+            checks.insert(0, {"step": 0, **line["stop_reference"]})
+    return checks

@@ -23,6 +23,7 @@ from obliviate.data.records import Record
 from obliviate.errors import ConfigError, DataError, ModelError
 from obliviate.evaluate import exposure, leak, mia, partial, scores, semeval
 from obliviate.evaluate.passes import TokenScores, forward_pass, generate
+from obliviate.evaluate.results import EvalResult, Metric
 
 EVAL_SPLITS = ("forget", "retain", "holdout")
 
@@ -89,40 +90,6 @@ class OracleStats:
     mink_auc: float | None
 
 
-@dataclass
-class EvalResult:
-    """Aggregates (``metrics``: name, split, task, value, higher_is_better) and per-example rows."""
-
-    metrics: list[dict[str, Any]]
-    per_example: list[dict[str, Any]]
-    semeval: dict[str, Any]
-    leak: dict[str, dict[str, Any]]
-    notes: list[str]
-    forget_nll: list[float]
-    mink_auc: float | None
-    exposure: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def value(self, name: str, split: str = "all", task: str = "all") -> float | None:
-        for metric in self.metrics:
-            if metric["name"] == name and metric["split"] == split and metric["task"] == task:
-                return metric["value"]
-        return None
-
-    def summary(self) -> dict[str, float]:
-        """``"split/metric"`` (overall task) → value: the flat view reports and tables use."""
-        return {f"{m['split']}/{m['name']}": m["value"] for m in self.metrics if m["task"] == "all"}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metrics": self.metrics,
-            "summary": self.summary(),
-            "semeval": self.semeval,
-            "leak": self.leak,
-            "exposure": self.exposure,
-            "notes": self.notes,
-        }
-
-
 def load_eval_data(
     forget_dir: str | Path,
     retain_dir: str | Path | None = None,
@@ -180,19 +147,6 @@ def _prompt(tokenizer, text: str, chat_template: bool) -> str:
     )
 
 
-def _metric(name: str, split: str, value: float | None, task: str = "all", **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "split": split,
-        "task": task,
-        "value": value,
-        "higher_is_better": scores.higher_is_better(name, split)
-        if split in EVAL_SPLITS
-        else scores.higher_is_better(name, "forget"),
-        **extra,
-    }
-
-
 def evaluate_split(
     model,
     tokenizer,
@@ -201,7 +155,7 @@ def evaluate_split(
     people: list[Any],
     options: EvalOptions,
     redactor: leak.Redactor | None,
-) -> tuple[list[dict], list[dict], list[TokenScores], Any]:
+) -> tuple[list[dict], list[Metric], list[TokenScores], Any]:
     """Rows, aggregates, token scores and the leak report of one split, from one forward and one generation pass."""
     token_scores = forward_pass(
         model,
@@ -290,7 +244,7 @@ def _generate_all(model, tokenizer, split: str, scored: list[Record], probes: li
     return greedy_by_prompt, samples_by_prompt
 
 
-def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], report) -> list[dict]:
+def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], report) -> list[Metric]:
     out = []
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
@@ -302,30 +256,30 @@ def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], r
         for name in ("rougeL_recall", "rouge1_recall", "exact_match"):
             values = [rows[i][name] for i in idx if name in rows[i]]
             if values:
-                out.append(_metric(name, split, float(np.mean(values)), task, n=len(values)))
+                out.append(Metric.of(name, split, float(np.mean(values)), task, n=len(values)))
         ppl = scores.perplexity(
             [token_scores[i].answer_nll_sum for i in idx], [token_scores[i].answer_tokens for i in idx]
         )
-        out.append(_metric("perplexity", split, ppl, task, n=len(idx)))
+        out.append(Metric.of("perplexity", split, ppl, task, n=len(idx)))
     if report is not None:
-        out.append(_metric("leak_rate", split, report.rate, n=report.n_pairs))
+        out.append(Metric.of("leak_rate", split, report.rate, n=report.n_pairs))
         if report.partial is not None:
-            out.append(_metric("partial_leak_rate", split, report.partial.rate, n=report.partial.n_pairs))
+            out.append(Metric.of("partial_leak_rate", split, report.partial.rate, n=report.partial.n_pairs))
             if report.partial.digits_in_place is not None:
-                out.append(_metric("digits_in_place", split, report.partial.digits_in_place))
+                out.append(Metric.of("digits_in_place", split, report.partial.digits_in_place))
     return out
 
 
-def _exposure_metrics(report: exposure.ExposureReport) -> list[dict]:
+def _exposure_metrics(report: exposure.ExposureReport) -> list[Metric]:
     """Mean exposure overall and per PII field, and the mean NLL gap, of one split."""
     n = len(report.pairs)
-    out = [_metric("exposure", report.split, report.mean, n=n, k=report.k, chance=report.chance)]
+    out = [Metric.of("exposure", report.split, report.mean, n=n, k=report.k, chance=report.chance)]
     out += [
-        _metric(f"exposure_{name}", report.split, stats["mean"], n=stats["n"])
+        Metric.of(f"exposure_{name}", report.split, stats["mean"], n=stats["n"])
         for name, stats in report.by_field.items()
         if f"exposure_{name}" in scores.METRICS
     ]
-    return out + [_metric("exposure_nll_gap", report.split, report.nll_gap, n=n)]
+    return out + [Metric.of("exposure_nll_gap", report.split, report.nll_gap, n=n)]
 
 
 def _mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list[mia.ExampleLogProbs]:
@@ -383,13 +337,13 @@ def evaluate_model(
     if members and nonmembers:
         aucs = mia.mia_aucs(members, nonmembers, k=options.mia_k)
         for attack, auc in aucs.items():
-            metrics.append(_metric(f"mia_auc_{attack}", "forget", auc))
-        metrics.append(_metric("mia_score", "forget", scores.mia_score(aucs["loss"])))
+            metrics.append(Metric.of(f"mia_auc_{attack}", "forget", auc))
+        metrics.append(Metric.of("mia_score", "forget", scores.mia_score(aucs["loss"])))
         mink_auc = aucs["mink"]
     forget_nll = [ts.answer_nll for ts in token_scores.get("forget", [])]
     if oracle is not None and forget_nll:
         metrics.append(
-            _metric(
+            Metric.of(
                 "forget_quality",
                 "forget",
                 scores.ks_forget_quality(forget_nll, oracle.forget_nll),
@@ -397,7 +351,7 @@ def evaluate_model(
             )
         )
         if mink_auc is not None and oracle.mink_auc is not None:
-            metrics.append(_metric("privleak", "forget", scores.privleak(mink_auc, oracle.mink_auc)))
+            metrics.append(Metric.of("privleak", "forget", scores.privleak(mink_auc, oracle.mink_auc)))
     semeval_json = _semeval(per_example, metrics, mmlu_acc, notes)
     return EvalResult(metrics, per_example, semeval_json, leak_reports, notes, forget_nll, mink_auc, exposure_reports)
 
@@ -437,14 +391,14 @@ def _semeval(per_example, metrics, mmlu_acc, notes) -> dict[str, Any]:
     except DataError as exc:
         notes.append(f"SemEval task aggregate skipped: {exc}")
         return {}
-    metrics.append(_metric("task_aggregate", "all", result.aggregate))
+    metrics.append(Metric.of("task_aggregate", "all", result.aggregate))
     out: dict[str, Any] = {"task_aggregate": result.aggregate, "terms": result.terms, "notes": result.notes}
-    mia_value = next((m["value"] for m in metrics if m["name"] == "mia_score"), None)
+    mia_value = next((m.value for m in metrics if m.name == "mia_score"), None)
     out["mia_score"] = mia_value
     if mmlu_acc is not None and mia_value is not None:
         out["mmlu_acc"] = mmlu_acc
         out["final_score"] = semeval.final_score(result.aggregate, mia_value, mmlu_acc)
-        metrics.append(_metric("final_score", "all", out["final_score"]))
+        metrics.append(Metric.of("final_score", "all", out["final_score"]))
     return out
 
 

@@ -2,53 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from obliviate.report.columns import Column, metric_columns
 from obliviate.report.outputs import epoch_plots, write_json
 from obliviate.report.plots import plot_stop_checks, plot_tradeoff
 from obliviate.report.render import render_demo_report, write_report
 
-COLUMNS = [  # the renderer adds the ↑/↓ direction of each metric to its header
-    ("model", "model"),
-    ("forget/rougeL_recall", "forget ROUGE-L"),
-    ("retain/rougeL_recall", "retain ROUGE-L"),
-    ("forget/exact_match", "forget EM"),
-    ("retain/exact_match", "retain EM"),
-    ("forget/perplexity", "forget PPL"),
-    ("retain/perplexity", "retain PPL"),
-    ("forget/leak_rate", "leak forget"),
-    ("retain/leak_rate", "leak retain"),
-    ("holdout/leak_rate", "leak holdout"),
-    ("forget/exposure", "exposure forget"),
-    ("holdout/exposure", "exposure holdout"),
-    ("forget/digits_in_place", "digits in place"),
-    ("forget/mia_auc_loss", "MIA AUC"),
-    ("forget/forget_quality", "forget quality"),
-    ("all/task_aggregate", "task agg."),
-    ("epoch", "best epoch"),
-    ("wall_seconds", "wall s"),
-    ("tokens_vs_oracle", "tokens / oracle"),
-]
+if TYPE_CHECKING:
+    from obliviate.pipeline import PipelineOutcome
+
+RUN_COLUMNS = (  # after the metric columns, which come from obliviate.evaluate.scores.METRICS
+    Column("epoch", "best epoch"),
+    Column("wall_seconds", "wall s"),
+    Column("tokens_vs_oracle", "tokens / oracle"),
+)
 
 
-def summary_rows(outcome: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model: target (epoch 0), oracle, then each method's best epoch."""
-    oracle_tokens = outcome["oracle_tokens"]
-    target_summary = outcome["runs"][0]["epochs"][0]["summary"] if outcome["runs"] else {}
+def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
+    """One flat row per model: target (epoch 0), oracle, then each method's best epoch."""
+    oracle_tokens = outcome.oracle_tokens
     rows = [
-        {"model": "target", **target_summary, "tokens_vs_oracle": outcome["target_tokens"] / oracle_tokens},
-        {"model": "oracle (retrain)", **outcome["oracle_result"].summary(), "tokens_vs_oracle": 1.0},
+        {
+            "model": "target",
+            **outcome.target_result.summary(),
+            "tokens_vs_oracle": outcome.target_tokens / oracle_tokens,
+        },
+        {"model": "oracle (retrain)", **outcome.oracle_result.summary(), "tokens_vs_oracle": 1.0},
     ]
-    for run in outcome["runs"]:
-        best = next(e for e in run["epochs"] if e["epoch"] == run["best"]["epoch"])
+    for run in outcome.runs:
+        best = run.best_epoch
         rows.append(
             {
-                "model": run["method"],
-                **best["summary"],
-                "epoch": best["epoch"],
-                "wall_seconds": run["wall_seconds"],
-                "tokens_vs_oracle": run["tokens"] / oracle_tokens,
+                "model": run.method,
+                **best.summary,
+                "epoch": best.epoch,
+                "wall_seconds": run.wall_seconds,
+                "tokens_vs_oracle": run.tokens / oracle_tokens,
             }
         )
     return rows
@@ -106,11 +98,33 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obliviate demo") -> Path:
+def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obliviate demo") -> Path:
     """``report.md``, ``results.json`` and the PNG plots in ``out_dir``."""
     rows = summary_rows(outcome)
-    curves = {run["method"]: [(e["epoch"], e["summary"]) for e in run["epochs"]] for run in outcome["runs"]}
-    metrics_files = {run["method"]: Path(run["run_dir"]) / "metrics.jsonl" for run in outcome["runs"]}
+    plots = {name: path.relative_to(out_dir) for name, path in _plots(outcome, rows, out_dir).items()}
+    goal_rows = goals(rows)
+    notes = _notes(outcome)
+    columns = [Column("model", "model"), *metric_columns("columns", rows), *RUN_COLUMNS]
+    write_report(render_demo_report(rows, columns, plots, notes, title, goal_rows), out_dir / "report.md")
+    write_json(
+        out_dir / "results.json",
+        {
+            "summary": rows,
+            "goals": goal_rows,
+            "runs": [run.to_json() for run in outcome.runs],
+            "config": dataclasses.asdict(outcome.config),
+            "notes": notes,
+            "wall_seconds": outcome.wall_seconds,
+            "cached": outcome.cached,
+        },
+    )
+    return out_dir / "report.md"
+
+
+def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """Loss, ROUGE-L and leak rate per epoch, the forget/retain trade-off, and the stop rule's checks."""
+    curves = {run.method: [(e.epoch, e.summary) for e in run.epochs] for run in outcome.runs}
+    metrics_files = {run.method: Path(run.run_dir) / "metrics.jsonl" for run in outcome.runs}
     oracle = rows[1]
     references = {"oracle forget": oracle.get("forget/rougeL_recall")} if "forget/rougeL_recall" in oracle else None
     plots = epoch_plots(out_dir, curves, metrics_files, references)
@@ -121,13 +135,16 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         target=(rows[0].get("forget/rougeL_recall"), rows[0].get("retain/rougeL_recall")),
         oracle=(oracle.get("forget/rougeL_recall"), oracle.get("retain/rougeL_recall")),
     )
-    checks = {run["method"]: run.get("stop_checks") or [] for run in outcome["runs"]}
+    checks = {run.method: run.stop_checks or [] for run in outcome.runs}
     if any(checks.values()):
         plots["Forget exposure at each stop-rule check, against the never-seen band"] = plot_stop_checks(
             checks, out_dir / "stop_checks.png"
         )
-    goal_rows = goals(rows)
-    select = outcome["config"]["select"]
+    return plots
+
+
+def _notes(outcome: PipelineOutcome) -> list[str]:
+    select = outcome.config.select
     chosen = (
         "each method's row is its run's last checkpoint: where the stop rule (or the step budget) ended it"
         if select == "last"
@@ -135,12 +152,12 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         "`holdout_gap`, retain EM) stays ≥ 90 % of the target's"
     )
     runs_line = "; ".join(
-        f"{r['method']}: lr {r['lr']:.3g}, {r['steps']} steps, "
-        + (f"stopped ({r['stopped']})" if r.get("stopped") else "step budget spent")
-        for r in outcome["runs"]
-        if r.get("lr") is not None
+        f"{r.method}: lr {r.lr:.3g}, {r.steps} steps, "
+        + (f"stopped ({r.stopped})" if r.stopped else "step budget spent")
+        for r in outcome.runs
+        if r.lr is not None
     )
-    notes = [
+    return [
         chosen,
         *([f"learning rates (range test) and ends: {runs_line}"] if runs_line else []),
         "forget quality: KS-test p-value of per-example forget answer NLL against the oracle (no paraphrased or "
@@ -148,37 +165,7 @@ def write_demo_report(outcome: dict[str, Any], out_dir: Path, title: str = "obli
         "MIA AUC: LOSS attack, forget people (members) against holdout people (never trained on)",
         "tokens / oracle: tokens processed by the unlearning run (forget + paired retain batches) over the tokens of "
         "retraining the oracle",
-        f"wall time of the whole pipeline: {outcome['wall_seconds']:.0f}s; a method's wall s covers its training and "
-        f"its per-epoch evaluations, with {outcome.get('workers', 1)} job(s) side by side on the machine",
-        *outcome["oracle_result"].notes,
+        f"wall time of the whole pipeline: {outcome.wall_seconds:.0f}s; a method's wall s covers its training and "
+        f"its per-epoch evaluations, with {outcome.workers} job(s) side by side on the machine",
+        *outcome.oracle_result.notes,
     ]
-    plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
-    write_report(render_demo_report(rows, COLUMNS, plots, notes, title, goal_rows), out_dir / "report.md")
-    slim_runs = [
-        {
-            "method": r["method"],
-            "best": r["best"],
-            "preset": r["preset"],
-            "lr": r.get("lr"),
-            "steps": r.get("steps"),
-            "stopped": r.get("stopped"),
-            "stop_checks": r.get("stop_checks", []),
-            "tokens": r["tokens"],
-            "wall_seconds": r["wall_seconds"],
-            "epochs": r["epochs"],
-        }
-        for r in outcome["runs"]
-    ]
-    write_json(
-        out_dir / "results.json",
-        {
-            "summary": rows,
-            "goals": goal_rows,
-            "runs": slim_runs,
-            "config": outcome["config"],
-            "notes": notes,
-            "wall_seconds": outcome["wall_seconds"],
-            **({"cached": outcome["cached"]} if "cached" in outcome else {}),
-        },
-    )
-    return out_dir / "report.md"

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from obliviate.evaluate.suite import EvalResult
+from obliviate.evaluate.results import EpochEval, EvalResult
 from obliviate.io import write_text_atomic
+from obliviate.report.columns import metric_keys
 from obliviate.report.plots import plot_loss_per_epoch, plot_metric_per_epoch
 from obliviate.report.render import render_epochs_report, render_eval_report, write_report
 
-ROUGE_KEYS = ["forget/rougeL_recall", "retain/rougeL_recall"]
-LEAK_KEYS = ["forget/leak_rate", "retain/leak_rate", "holdout/leak_rate"]
+ROUGE_KEYS = metric_keys("rougeL_recall")
+LEAK_KEYS = metric_keys("leak_rate")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -54,18 +55,17 @@ def epoch_plots(
 
 
 def write_checkpoint_evaluation(
-    out_dir: Path, epochs: list[dict[str, Any]], best: dict[str, Any], run_dir: Path, title: str
+    out_dir: Path, epochs: list[EpochEval], best: dict[str, Any], run_dir: Path, title: str
 ) -> None:
     """``--checkpoints``: per-epoch results, plots, ``best.json`` and a report with the per-epoch table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for epoch in epochs:
-        if "result" in epoch:
-            target = out_dir / f"epoch-{epoch['epoch']}"
-            write_evaluation(target, epoch["result"], f"{title}: epoch {epoch['epoch']}")
-    slim = [{k: v for k, v in e.items() if k != "result"} for e in epochs]
+        if epoch.result is not None:
+            write_evaluation(out_dir / f"epoch-{epoch.epoch}", epoch.result, f"{title}: epoch {epoch.epoch}")
+    slim = [e.to_json() for e in epochs]
     write_json(out_dir / "results.json", {"epochs": slim, "best": best})
     write_json(out_dir / "best.json", best)
-    curves = {"run": [(e["epoch"], e["summary"]) for e in epochs]}
+    curves = {"run": [(e.epoch, e.summary) for e in epochs]}
     plots = epoch_plots(out_dir, curves, {"run": run_dir / "metrics.jsonl"})
     plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
     write_report(render_epochs_report(slim, best, title, plots), out_dir / "report.md")

@@ -2,38 +2,24 @@
 
 The renderers only format what they are given (aggregate numbers, and notes that the evaluator has already
 redacted); they never read per-example rows, so no generation and no raw PII reaches a report.
-Every metric is shown with its direction on its split (↑ higher is better, ↓ lower is better), from
-:data:`obliviate.evaluate.scores.METRICS`.
+Every metric is shown with its direction on its split (↑ higher is better, ↓ lower is better), and the summary
+tables' metric columns with their labels and formats, from :data:`obliviate.evaluate.scores.METRICS` (through
+:mod:`obliviate.report.columns`).
 """
 
 from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from obliviate.evaluate.scores import METRICS, higher_is_better
+from obliviate.evaluate.scores import METRICS
 from obliviate.io import write_text_atomic
+from obliviate.report.columns import Column, direction, metric_column, metric_columns
 
 SPLIT_ORDER = ("forget", "retain", "holdout", "all")
-# (summary key, column header) of the per-epoch table; columns absent from every epoch are left out.
-EPOCH_COLUMNS = (
-    ("forget/rougeL_recall", "forget ROUGE-L"),
-    ("retain/rougeL_recall", "retain ROUGE-L"),
-    ("forget/exact_match", "forget EM"),
-    ("retain/exact_match", "retain EM"),
-    ("forget/leak_rate", "forget leak"),
-    ("retain/leak_rate", "retain leak"),
-    ("holdout/leak_rate", "holdout leak"),
-    ("forget/digits_in_place", "forget digits in place"),
-    ("forget/exposure", "forget exposure"),
-    ("holdout/exposure", "holdout exposure"),
-    ("forget/mia_auc_loss", "MIA AUC"),
-    ("all/task_aggregate", "task aggregate"),
-    ("forget/forget_quality", "forget quality"),
-)
 BEST_MARK = "★"
 
 
@@ -64,24 +50,9 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def direction(name: str, split: str, higher: bool | None = None) -> str:
-    """ "↑" or "↓" for ``name`` on ``split`` (``higher`` overrides the lookup), plus the ideal where one exists."""
-    info = METRICS.get(name)
-    if higher is None:
-        if info is None:
-            return ""
-        try:
-            higher = higher_is_better(name, split)
-        except ValueError:
-            return ""
-    arrow = "↑" if higher else "↓"
-    return f"{arrow} (ideal {info.ideal:g})" if info is not None and info.ideal is not None else arrow
-
-
-def _header_with_direction(key: str, header: str) -> str:
-    split, _, name = key.partition("/")
-    arrow = direction(name, split)
-    return f"{header} {arrow}" if arrow else header
+def columns_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A table of ``rows`` (flat dicts) with one column per :class:`Column`: its header, its formatted values."""
+    return markdown_table([c.header for c in columns], [[c.cell(row.get(c.key)) for c in columns] for row in rows])
 
 
 def _image_links(plots: dict[str, Path] | None, report_dir: Path | None) -> str:
@@ -282,20 +253,15 @@ def render_epochs_report(
         report_dir: the folder the report will be written to.
     """
     ordered = sorted(epochs, key=lambda entry: entry["epoch"])
-    columns = [
-        (key, header)
-        for key, header in EPOCH_COLUMNS
-        if any(entry.get("summary", {}).get(key) is not None for entry in ordered)
-    ]
     best_epoch = best.get("epoch") if best else None
     rows = [
-        [
-            f"{entry['epoch']} {BEST_MARK}" if entry["epoch"] == best_epoch else entry["epoch"],
-            *(entry.get("summary", {}).get(key) for key, _ in columns),
-        ]
+        {
+            **entry.get("summary", {}),
+            "epoch": f"{entry['epoch']} {BEST_MARK}" if entry["epoch"] == best_epoch else entry["epoch"],
+        }
         for entry in ordered
     ]
-    table = markdown_table(["epoch", *(_header_with_direction(key, header) for key, header in columns)], rows)
+    table = columns_table([Column("epoch", "epoch"), *metric_columns("columns", rows)], rows)
     selection = ""
     if best:
         selection = f"{BEST_MARK} best epoch: **{best_epoch}**"
@@ -313,7 +279,7 @@ def render_epochs_report(
 
 def render_demo_report(
     rows: list[dict[str, Any]],
-    columns: list[tuple[str, str]],
+    columns: Sequence[Column | tuple[str, str]],
     plots: dict[str, Path],
     notes: list[str],
     title: str,
@@ -324,19 +290,18 @@ def render_demo_report(
 
     Args:
         rows: one flat dict per model; ``row["model"]`` names it (first column, unless ``columns`` has "model").
-        columns: ``(key, header)`` pairs; a missing key shows as "–". Headers of known ``split/metric`` keys get
-            their direction arrow.
+        columns: :class:`~obliviate.report.columns.Column` objects, or ``(key, header)`` pairs (headers of known
+            ``split/metric`` keys then get their direction arrow); a missing key shows as "–".
         plots: caption → PNG path (see :func:`render_eval_report`).
         notes: already-redacted lines shown at the end.
         title: the report's heading.
         goals: ``{"goal", "value", "target", "holds"}`` per goal, rendered as a table with a count of those held.
         report_dir: the folder the report will be written to.
     """
-    keys = [key for key, _ in columns]
-    if "model" not in keys:
-        columns = [("model", "model"), *columns]
-    header = [_header_with_direction(key, name) for key, name in columns]
-    summary = markdown_table(header, [[row.get(key) for key, _ in columns] for row in rows])
+    shown = [c if isinstance(c, Column) else metric_column(*c) for c in columns]
+    if "model" not in [c.key for c in shown]:
+        shown = [Column("model", "model"), *shown]
+    summary = columns_table(shown, rows)
     goals_text = ""
     if goals:
         held = sum(bool(goal.get("holds")) for goal in goals)

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from obliviate.distributed import gathered_state_dict
 from obliviate.errors import TrainingError
 from obliviate.io import kill_point
 from obliviate.models.load import write_tokenizer_fingerprint
@@ -142,7 +143,7 @@ def save_checkpoint(
 
 def _write_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, tmp: Path, epoch: int) -> None:
     unwrapped = accelerator.unwrap_model(model)
-    weights = accelerator.get_state_dict(model)
+    weights = gathered_state_dict(accelerator, model)
     if accelerator.is_main_process:
         unwrapped.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -26,11 +26,9 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 
-from obliviate.config import TrainConfig
 from obliviate.data.batching import collate
 from obliviate.errors import ConfigError, TrainingError
-from obliviate.losses import Method
-from obliviate.losses.common import LossParams, token_logprobs
+from obliviate.losses.common import token_logprobs
 
 CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 4), 12) for k in range(8, 25))
 """Candidate peak rates, a quarter of a decade apart (x 1.78): 1e-2, 5.62e-3, 3.16e-3, ..., 1e-6."""
@@ -72,17 +70,7 @@ def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[flo
     return min(t["lr"] for t in trials), "every rate broke the retain bound: the smallest candidate"
 
 
-def probe_lr(
-    run,
-    method: Method,
-    params: LossParams,
-    config: TrainConfig,
-    tokenizer,
-    layer,
-    steps: int,
-    retain_bound: float = RETAIN_BOUND,
-    log=None,
-) -> ProbeResult:
+def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged.
 
     Candidates are tried from the largest down, and the search ends at the first rate that passes both tests
@@ -91,45 +79,28 @@ def probe_lr(
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
     """
-    from obliviate.train.loop import reset_schedule
     from obliviate.train.sampling import epoch_batches
-    from obliviate.train.step import accumulate
+    from obliviate.train.schedule import reset_schedule
 
-    acc = run.accelerator
-    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
-    measured = run.forget  # the true forget records (a relabelling method trains on stand-ins, measured on these)
-    micro, draws = epoch_batches(run, config, 1)
+    micro, draws = epoch_batches(run, run.config, 1)
     step_batches = [
         (micro[i : i + run.accumulation], draws[i : i + run.accumulation])
         for i in range(0, len(micro), run.accumulation)
     ]
-    forget_rows = [i for batch in micro for i in batch][:MEASURE_ROWS]
+    # the true forget records (a relabelling method trains on stand-ins, measured on these)
+    rows = (run.forget, [i for batch in micro for i in batch][:MEASURE_ROWS])
     retain_rows = list(range(min(MEASURE_ROWS, len(run.retain))))
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in trainable]
-    before = _nll(run, tokenizer, measured, forget_rows), _nll(run, tokenizer, run.retain, retain_rows)
+    before = _nll(run, *rows), _nll(run, run.retain, retain_rows)
     trials: list[dict[str, Any]] = []
     try:
         for lr in CANDIDATES:
-            reset_schedule(run, config, lr)
-            for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
-                group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
-            try:
-                for step in range(steps):
-                    forget_ids, retain_ids = step_batches[step % len(step_batches)]
-                    accumulate(run, method, params, config, tokenizer, 0, layer, forget_ids, retain_ids)
-                    if config.max_grad_norm > 0:
-                        acc.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
-                    run.optimizer.step()
-                    run.optimizer.zero_grad(set_to_none=True)
-                after = _nll(run, tokenizer, measured, forget_rows), _nll(run, tokenizer, run.retain, retain_rows)
-            except TrainingError:  # a non-finite loss: this rate diverges
-                run.optimizer.zero_grad(set_to_none=True)
-                after = (math.inf, math.inf)
-            with torch.no_grad():
-                for param, saved in zip(trainable, start):
-                    param.copy_(saved)
+            reset_schedule(run, run.config, lr)
+            after = _train_at(run, lr, steps, step_batches, rows, retain_rows)
+            _put_back(trainable, start)
             forget_rise = after[0] - before[0]
             trial = {
                 "lr": lr,
@@ -144,16 +115,41 @@ def probe_lr(
             if trial["passed"]:
                 break
     finally:
-        with torch.no_grad():
-            for param, saved in zip(trainable, start):
-                param.copy_(saved)
+        _put_back(trainable, start)
     lr, reason = choose(trials, retain_bound)
-    reset_schedule(run, config, lr)
+    reset_schedule(run, run.config, lr)
     return ProbeResult(lr=lr, reason=reason, trials=trials)
 
 
+def _train_at(run, lr: float, steps: int, step_batches, rows, retain_rows: list[int]) -> tuple[float, float]:
+    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then the forget and retain NLLs (both
+    infinite where the loss went non-finite: the rate diverges)."""
+    from obliviate.train.step import accumulate
+
+    for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
+        group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
+    try:
+        for step in range(steps):
+            forget_ids, retain_ids = step_batches[step % len(step_batches)]
+            accumulate(run, run.method, run.params, 0, forget_ids, retain_ids)
+            if run.config.max_grad_norm > 0:
+                run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    except TrainingError:
+        run.optimizer.zero_grad(set_to_none=True)
+        return math.inf, math.inf
+    return _nll(run, *rows), _nll(run, run.retain, retain_rows)
+
+
 @torch.no_grad()
-def _nll(run, tokenizer, examples, rows: list[int], batch_size: int = 16) -> float:
+def _put_back(trainable: list[torch.nn.Parameter], start: list[torch.Tensor]) -> None:
+    for param, saved in zip(trainable, start):
+        param.copy_(saved)
+
+
+@torch.no_grad()
+def _nll(run, examples, rows: list[int], batch_size: int = 16) -> float:
     """Token-mean NLL of the scored tokens of ``examples[rows]`` in eval mode; nan without rows."""
     if not rows:
         return math.nan
@@ -163,7 +159,7 @@ def _nll(run, tokenizer, examples, rows: list[int], batch_size: int = 16) -> flo
     total, count = 0.0, 0.0
     try:
         for begin in range(0, len(rows), batch_size):
-            batch = collate([examples[i] for i in rows[begin : begin + batch_size]], tokenizer.pad_token_id)
+            batch = collate([examples[i] for i in rows[begin : begin + batch_size]], run.tokenizer.pad_token_id)
             batch = batch.to(run.accelerator.device)
             with run.accelerator.autocast():
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

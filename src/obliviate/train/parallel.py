@@ -1,20 +1,19 @@
 """Accelerate, FSDP and DeepSpeed setup for the training loop, and where a frozen reference model lives.
 
-Kept apart from :mod:`obliviate.distributed` (process state, launch detection), which the CLI imports before any
-model work and which must stay free of accelerate's heavier imports.
+:mod:`obliviate.distributed` answers where this process stands (rank, device, launch kind) for every subcommand; this
+module builds what only training needs from it.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
 from obliviate.config import TrainConfig
-from obliviate.distributed import cpu_launch, process_state
+from obliviate.distributed import cpu_launch, fsdp_requested, process_state
 from obliviate.errors import ConfigError
 
 PLAIN = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
@@ -64,7 +63,7 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
     accumulation = accumulation_steps(config)
     # accelerate (and DeepSpeed, which steps inside backward) must know the accumulation to sync at its boundary.
     # Under FSDP, skipping the sync would keep every micro-batch's gradients unsharded: a full-size fp32 copy.
-    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_each_batch=fsdp_launch())
+    plugin = GradientAccumulationPlugin(num_steps=accumulation, sync_each_batch=fsdp_requested())
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_plugin=plugin,
@@ -78,11 +77,6 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
     _configure_deepspeed(accelerator, config)
     _configure_fsdp(accelerator)
     return accelerator, accumulation
-
-
-def fsdp_launch() -> bool:
-    """Launched with an FSDP config (``accelerate launch`` exports it before the accelerator exists)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def _configure_fsdp(accelerator: Accelerator) -> None:

@@ -25,8 +25,9 @@ from obliviate.models.load import load_model, model_paths
 from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, decoder_layers, select_trainable
 from obliviate.train import checkpoint as ckpt
-from obliviate.train.loop import EpochHook, RunResult, planned_length, train
+from obliviate.train.loop import EpochHook, RunResult, train
 from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision
+from obliviate.train.schedule import planned_length
 
 _PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
 

@@ -135,16 +135,16 @@ def loss_inputs(
 
 
 @torch.no_grad()
-def reference_logprobs(run: Run, config: TrainConfig, tokenizer) -> torch.Tensor:
+def reference_logprobs(run: Run) -> torch.Tensor:
     """``log π_ref(y|x)`` of every forget row under the model as it is now (the starting model), ``[rows]`` on the
     device, in micro-batches of rows in order. Every process computes all rows (the same forwards on every rank,
     as sharded weights need); eval mode and autocast, as the frozen copy it replaces would run."""
-    model, acc = run.model, run.accelerator
+    model, acc, size = run.model, run.accelerator, run.config.micro_batch_size
     was_training = model.training
     model.eval()
     values = []
-    for start in range(0, len(run.forget), config.micro_batch_size):
-        batch = collate(run.forget[start : start + config.micro_batch_size], tokenizer.pad_token_id).to(acc.device)
+    for start in range(0, len(run.forget), size):
+        batch = collate(run.forget[start : start + size], run.tokenizer.pad_token_id).to(acc.device)
         with acc.autocast():
             out = run_forward(model, batch)
         values.append(sequence_logprob(out.logits, out.labels)[0].float())
@@ -168,16 +168,14 @@ def optimizer_step(run: Run, config: TrainConfig) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
-def retain_step(run: Run, params: LossParams, config: TrainConfig, tokenizer, epoch: int, micro: list[list[int]]):
+def retain_step(run: Run, params: LossParams, epoch: int, micro: list[list[int]]):
     """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``)."""
     from obliviate.losses import FINETUNE
 
     forget, paired = run.forget, run.paired
     run.forget, run.paired = run.retain, []  # accumulate reads its rows from run.forget
     try:
-        metrics, tokens, _ = accumulate(
-            run, FINETUNE, params, config, tokenizer, epoch, None, micro, [None] * len(micro)
-        )
+        metrics, tokens, _ = accumulate(run, FINETUNE, params, epoch, micro, [None] * len(micro))
     finally:
         run.forget, run.paired = forget, paired
     return {"retain_nll": metrics["nll"]}, tokens, None
@@ -187,10 +185,7 @@ def accumulate(
     run: Run,
     method: Method,
     params: LossParams,
-    config: TrainConfig,
-    tokenizer,
     epoch: int,
-    layer: int | None,
     forget_ids: list[list[int]],
     retain_ids: list[list[int] | None],
 ):
@@ -204,8 +199,9 @@ def accumulate(
         ``(metrics averaged over micro-batches and processes, tokens this step on all processes, per-process
         retain-draw checksums or None)``.
     """
-    acc = run.accelerator
-    pad_id = tokenizer.pad_token_id
+    acc, config = run.accelerator, run.config
+    pad_id = run.tokenizer.pad_token_id
+    layer = run.layer if method.needs.hidden else None
     sums: dict[str, torch.Tensor] = {}
     tokens, draw_ids, step = 0, [], None
     for position, (forget_rows, retain_rows) in enumerate(zip(forget_ids, retain_ids)):

@@ -1,0 +1,167 @@
+"""The typed results of an evaluation: one :class:`Metric`, one model's :class:`EvalResult`, one epoch's
+:class:`EpochEval`, one method's unlearning run (:class:`MethodRun`).
+
+They flow one way: the suite builds an ``EvalResult``; the epoch hook turns it into an ``EpochEval``, which the
+training loop collects in ``RunResult.epoch_results`` and the pipeline reads from there; the report serialises them.
+``"split/metric"`` string keys (``"forget/rougeL_recall"``) appear only in the serialised form: ``summary()`` and
+``results.json``, whose layout is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from obliviate.evaluate.scores import METRICS, SPLITS, higher_is_better
+
+METRIC_FIELDS = ("name", "split", "task", "value", "higher_is_better")
+"""The fixed keys of a metric in ``results.json``; any other key is one of its ``extra`` figures."""
+
+
+class ItemAccess:
+    """``obj["field"]`` reads ``obj.field``, for scripts written against the dicts these types replace
+    (``benchmarks/probe_objectives.py`` and ``benchmarks/sweep_table.py``) until they read attributes."""
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+
+def direction_of(name: str, split: str) -> bool | None:
+    """Whether a larger ``name`` on ``split`` is better (``split`` "all" or any other: as on forget); None when
+    :data:`~obliviate.evaluate.scores.METRICS` does not know the metric."""
+    if name not in METRICS:
+        return None
+    return higher_is_better(name, split if split in SPLITS else "forget")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One aggregate: ``name`` on ``split`` (``"all"`` for split-free ones) over ``task`` rows.
+
+    ``extra`` holds the figures that come with some metrics (``n`` rows, exposure's ``k`` and ``chance``, forget
+    quality's ``statistic``).
+    """
+
+    name: str
+    split: str
+    value: float | None
+    task: str = "all"
+    higher_is_better: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, split: str, value: float | None, task: str = "all", **extra: Any) -> Metric:
+        """A metric with its direction looked up in :data:`~obliviate.evaluate.scores.METRICS`."""
+        return cls(name, split, value, task, direction_of(name, split), extra)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Metric:
+        extra = {k: v for k, v in data.items() if k not in METRIC_FIELDS}
+        higher = data.get("higher_is_better")
+        return cls(data["name"], data["split"], data["value"], data.get("task", "all"), higher, extra)
+
+    @property
+    def key(self) -> str:
+        """``"split/name"``: the summary key."""
+        return f"{self.split}/{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "split": self.split,
+            "task": self.task,
+            "value": self.value,
+            "higher_is_better": self.higher_is_better,
+            **self.extra,
+        }
+
+
+@dataclass
+class EvalResult:
+    """One model's evaluation: aggregates (``metrics``) and per-example rows, plus the SemEval, leak and exposure
+    breakdowns. Metrics given as ``results.json`` dicts are read into :class:`Metric`."""
+
+    metrics: list[Metric]
+    per_example: list[dict[str, Any]]
+    semeval: dict[str, Any]
+    leak: dict[str, dict[str, Any]]
+    notes: list[str]
+    forget_nll: list[float]
+    mink_auc: float | None
+    exposure: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = [m if isinstance(m, Metric) else Metric.from_json(m) for m in self.metrics]
+
+    def value(self, name: str, split: str = "all", task: str = "all") -> float | None:
+        return next((m.value for m in self.metrics if (m.name, m.split, m.task) == (name, split, task)), None)
+
+    def summary(self) -> dict[str, float]:
+        """``"split/metric"`` (overall task) → value: the flat view ``results.json`` and the tables read."""
+        return {m.key: m.value for m in self.metrics if m.task == "all"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": [m.to_json() for m in self.metrics],
+            "summary": self.summary(),
+            "semeval": self.semeval,
+            "leak": self.leak,
+            "exposure": self.exposure,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class EpochEval(ItemAccess):
+    """One evaluated epoch of a run (epoch 0: the model before unlearning).
+
+    Attributes:
+        epoch: the epoch.
+        path: the checkpoint evaluated (``evaluate --checkpoints``) or the folder its results were written to (an
+            unlearning run's ``eval/epoch-N``).
+        summary: :meth:`EvalResult.summary`.
+        result: the whole evaluation where it is still to be written; None once it is on disk.
+    """
+
+    epoch: int
+    path: str
+    summary: dict[str, float]
+    result: EvalResult | None = None
+
+    @classmethod
+    def of(cls, epoch: int, path: Any, result: EvalResult, keep: bool = False) -> EpochEval:
+        return cls(epoch, str(path), result.summary(), result if keep else None)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"epoch", "path", "summary"}``: an epoch's entry in ``results.json``."""
+        return {"epoch": self.epoch, "path": self.path, "summary": self.summary}
+
+
+@dataclass
+class MethodRun(ItemAccess):
+    """One method's unlearning run: every evaluated epoch (0: the target) and the one chosen."""
+
+    method: str
+    run_dir: Path
+    epochs: list[EpochEval]
+    best: dict[str, Any]  # select_best's choice: epoch, path, rule, reason
+    tokens: int
+    wall_seconds: float  # training and the per-epoch evaluations
+    preset: dict[str, Any]
+    lr: float | None
+    steps: int
+    stopped: str | None
+    stop_checks: list[dict[str, float]]
+
+    @property
+    def best_epoch(self) -> EpochEval:
+        return next(e for e in self.epochs if e.epoch == self.best["epoch"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The run's entry in the report's ``results.json``."""
+        fields = ("method", "best", "preset", "lr", "steps", "stopped", "stop_checks", "tokens", "wall_seconds")
+        return {**{name: getattr(self, name) for name in fields}, "epochs": [e.to_json() for e in self.epochs]}

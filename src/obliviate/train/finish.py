@@ -1,0 +1,85 @@
+"""The ends of a run: the final model (or adapter) written atomically, and what a resumed run restores from its last
+checkpoint (weights, optimizer, schedule, RNG; log lines past it are dropped)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from obliviate.config import TrainConfig
+from obliviate.distributed import gathered_state_dict
+from obliviate.errors import TrainingError
+from obliviate.io import kill_point, write_text_atomic
+from obliviate.models.load import write_tokenizer_fingerprint
+from obliviate.train import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from obliviate.train.loop import Run
+
+
+def restore(run: Run, config: TrainConfig, tokenizer) -> None:
+    found = ckpt.list_checkpoints(config.output_dir)
+    if not found:
+        return
+    epoch, path = found[-1]
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    ckpt.load_weights(unwrapped, path, run.is_peft)
+    run.state = ckpt.load_training_state(path, run.optimizer, run.scheduler, run.accelerator.process_index)
+    if run.state.get("stopped"):
+        raise TrainingError(f"{config.output_dir} already finished ({run.state['stopped']}): nothing to resume")
+    run.accelerator.print(f"resuming from {path} (epoch {epoch}, step {run.state['global_step']})")
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint, so that the log matches the weights."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if logged_step(line) <= last_step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def logged_step(line: str) -> float:
+    """The step of one ``metrics.jsonl`` line; a damaged line (a write cut off by a kill) counts as after any."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def save_final(run: Run, tokenizer, output_dir: Path, config: TrainConfig) -> None:
+    """The final model (or adapter) into ``output_dir``; under LoRA with ``--merge`` also ``output_dir/merged``."""
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    unwrapped = acc.unwrap_model(run.model)
+    weights = gathered_state_dict(acc, run.model)
+    if acc.is_main_process:
+        save_model_files(unwrapped, weights, tokenizer, output_dir)
+        kill_point("final")  # tests: killed with the model written and trainer_state.json not yet
+        # trainer_state.json last: its presence says the final model is complete
+        write_text_atomic(output_dir / "trainer_state.json", json.dumps(run.state, indent=1, sort_keys=True))
+        if run.is_peft and config.merge:
+            from obliviate.models.load import load_model, save_pretrained_atomic
+
+            # from the saved adapter onto a fresh base on CPU: no second copy on the accelerator, and it works
+            # when the trained weights are sharded (ZeRO-3 / FSDP)
+            adapted, _ = load_model(output_dir, dtype=getattr(unwrapped, "dtype", None), device="cpu")
+            save_pretrained_atomic(adapted.merge_and_unload(), tokenizer, output_dir / "merged")
+    acc.wait_for_everyone()
+
+
+def save_model_files(model, weights, tokenizer, output_dir: Path) -> None:
+    """Save into a temporary sibling, then rename file by file: a failed write leaves no half-written weights."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=output_dir))
+    try:
+        model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_tokenizer_fingerprint(tmp, tokenizer)
+        for file in sorted(tmp.iterdir()):
+            os.replace(file, output_dir / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
