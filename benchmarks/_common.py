@@ -140,6 +140,23 @@ def write_section(key: str, body: str) -> Path:
     return BENCHMARKS_MD
 
 
+def write_readme_line(key: str, body: str) -> Path:
+    """Replace the text between ``<!-- key:start -->`` and ``<!-- key:end -->`` in README.md (a summary line that the
+    benchmark measured, kept beside its BENCHMARKS.md section). The markers must exist: a README without them is left
+    alone and the call says so."""
+    readme = REPO_ROOT / "README.md"
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = readme.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} markers: nothing written there")
+    before, rest = text.split(start, 1)
+    text = before + start + "\n" + body.strip() + "\n" + rest[rest.index(end) :]
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, readme)
+    return readme
+
+
 def _insert(text: str, key: str, block: str) -> str:
     position = SECTION_ORDER.index(key) if key in SECTION_ORDER else len(SECTION_ORDER)
     for earlier in reversed(SECTION_ORDER[:position]):

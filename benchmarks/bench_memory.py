@@ -227,6 +227,21 @@ def report(result: dict, argv: list[str], write: bool) -> None:
     _common.emit("bench_memory", table + "\n\n" + headline, result)
     if write:
         _common.write_section("bench_memory", section(result, table, headline, argv))
+        _common.write_readme_line("readme:bench_memory", readme_line(result))
+
+
+def readme_line(result: dict) -> str:
+    """The README's summary bullet: the ratios and what they mean."""
+    line = (
+        f"- peak memory of `ga_kl` and `npo` under LoRA is at most **{result['max_lora_peak_ratio']:.3f}×** that of "
+        f"`ga_gd` (goal ≤ {GOAL}×): the reference is the base model with adapters disabled, not a copy"
+    )
+    if result["full_npo_peak_ratio"] is not None:
+        line += (
+            f"; with full fine-tuning `npo` peaks at **{result['full_npo_peak_ratio']:.3f}×** `ga_gd` (goal ≤ "
+            f"{FULL_NPO_GOAL}×: it keeps one reference log-probability per forget row, not a frozen copy)"
+        )
+    return line + ";"
 
 
 def section(result: dict, table: str, headline: str, argv: list[str]) -> str:

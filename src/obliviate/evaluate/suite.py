@@ -8,24 +8,20 @@ PII-leak probes together); every metric below is a pure scorer on those values.
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from obliviate.data.fakes import CandidateSampler
-from obliviate.data.load import load_mia_dir, load_split
-from obliviate.data.pii import find_pii_json, pii_from_records
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError, DataError, ModelError
-from obliviate.evaluate import exposure, leak, mia, partial, scores, semeval
+from obliviate.evaluate import exposure, leak, partial, scores, semeval
+from obliviate.evaluate.data import EVAL_SPLITS, EvalData, people_of, sample_records
+from obliviate.evaluate.membership import OracleStats, mia_metrics, mia_sets, oracle_metrics
 from obliviate.evaluate.passes import TokenScores, forward_pass, generate
 from obliviate.evaluate.results import EvalResult, Metric
-
-EVAL_SPLITS = ("forget", "retain", "holdout")
 
 
 @dataclass(frozen=True)
@@ -71,72 +67,6 @@ class EvalOptions:
             raise ConfigError(f"exposure_attacks: expected some of {exposure.ATTACKS}, found {self.exposure_attacks}")
 
 
-@dataclass
-class EvalData:
-    """The sets to evaluate on, the people whose PII is tracked, and optional SemEval-style MIA documents."""
-
-    splits: dict[str, list[Record]]
-    people: list[Any] = field(default_factory=list)
-    mia_members: list[Record] | None = None
-    mia_nonmembers: list[Record] | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class OracleStats:
-    """What forget quality and PrivLeak compare against: the oracle's per-example forget NLL and Min-K% AUC."""
-
-    forget_nll: list[float]
-    mink_auc: float | None
-
-
-def load_eval_data(
-    forget_dir: str | Path,
-    retain_dir: str | Path | None = None,
-    holdout_dir: str | Path | None = None,
-    mia_dir: str | Path | None = None,
-    pii_path: str | Path | None = None,
-) -> EvalData:
-    """Load the sets and the PII to track: ``pii.json`` (synthetic data) when found, else the Task2 QA answers."""
-    splits = {"forget": load_split(forget_dir, split="forget")}
-    if retain_dir:
-        splits["retain"] = load_split(retain_dir, split="retain")
-    if holdout_dir:
-        splits["holdout"] = load_split(holdout_dir, split="holdout")
-    data = EvalData(splits)
-    pii_file = Path(pii_path) if pii_path else find_pii_json(forget_dir)
-    if pii_file is not None:
-        from obliviate.data.synth import load_pii
-
-        data.people = list(load_pii(pii_file))
-    else:
-        data.people = [p for name, rows in splits.items() for p in pii_from_records(rows, split=name)]
-        if data.people:
-            data.notes.append("PII taken from the Task2 QA answers (qa0 birth date … qa4 address)")
-    if mia_dir:
-        data.mia_members, data.mia_nonmembers = load_mia_dir(mia_dir)
-    return data
-
-
-def sample_records(records: list[Record], max_examples: int | None, seed: int) -> list[Record]:
-    """A fixed, seeded sample that keeps whole people together (a person's biography and QA rows)."""
-    if max_examples is None or len(records) <= max_examples:
-        return records
-    from obliviate.data.records import person_key
-
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for record in records:
-        groups[str(record.meta.get("person_id") or person_key(record.id))].append(record)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    chosen: list[Record] = []
-    for key in keys:
-        if len(chosen) >= max_examples:
-            break
-        chosen.extend(groups[key])
-    return chosen
-
-
 def _prompt(tokenizer, text: str, chat_template: bool) -> str:
     if not chat_template:
         return text
@@ -168,7 +98,7 @@ def evaluate_split(
         distribution=split in ("forget", "holdout"),  # only membership inference reads mu / sigma
     )
     scored = [r for r in records if r.kind in ("completion", "qa")]
-    split_people = _people_of(people, split)
+    split_people = people_of(people, split)
     probes = leak.build_probes(records, split_people, split) if split_people else []
     greedy_by_prompt, samples_by_prompt = _generate_all(model, tokenizer, split, scored, probes, options)
     rows = []
@@ -199,10 +129,6 @@ def evaluate_split(
         )
         report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy))
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
-
-
-def _people_of(people: list[Any], split: str) -> list[Any]:
-    return [p for p in people if getattr(p, "split", split) in (split, "")]
 
 
 def _generate_all(model, tokenizer, split: str, scored: list[Record], probes: list, options: EvalOptions):
@@ -282,13 +208,6 @@ def _exposure_metrics(report: exposure.ExposureReport) -> list[Metric]:
     return out + [Metric.of("exposure_nll_gap", report.split, report.nll_gap, n=n)]
 
 
-def _mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list[mia.ExampleLogProbs]:
-    return [
-        mia.ExampleLogProbs(ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text)
-        for r, ts in zip(records, token_scores)
-    ]
-
-
 def evaluate_model(
     model,
     tokenizer,
@@ -298,87 +217,79 @@ def evaluate_model(
     mmlu_acc: float | None = None,
 ) -> EvalResult:
     """Every metric of the suite on every split present in ``data``."""
+    passes = _SplitPasses(notes=list(data.notes))
     redactor = None if options.show_pii or not data.people else leak.Redactor(data.people)
     sampler = CandidateSampler(data.people, seed=options.seed) if options.exposure and data.people else None
-    metrics, per_example, notes, leak_reports, exposure_reports = [], [], list(data.notes), {}, {}
-    token_scores: dict[str, list[TokenScores]] = {}
-    records_by_split: dict[str, list[Record]] = {}
     for split in EVAL_SPLITS:
-        if split not in data.splits:
-            continue
-        records = sample_records(data.splits[split], options.max_examples, options.seed)
-        records_by_split[split] = records
-        rows, aggregates, token_scores[split], report = evaluate_split(
-            model, tokenizer, split, records, data.people, options, redactor
-        )
-        per_example += rows
-        metrics += aggregates
-        if report is not None:
-            leak_reports[split] = {k: v for k, v in report.to_dict().items() if k != "leaked_pairs"}
-        if sampler is not None and split in options.exposure_splits and (people := _people_of(data.people, split)):
-            found = exposure.measure_exposure(
-                model,
-                tokenizer,
-                records,
-                people,
-                split,
-                sampler,
-                k=options.exposure_k,
-                attacks=options.exposure_attacks,
-                max_length=options.max_length,
-            )
-            if found is not None:
-                exposure_reports[split] = found.to_dict()
-                metrics += _exposure_metrics(found)
-        if not any(r["kind"] in ("completion", "qa") for r in rows):
-            notes.append(f"{split}: no completion or QA rows, so ROUGE-L, exact match and leak rate are skipped")
-    members, nonmembers = _mia_sets(model, tokenizer, data, records_by_split, token_scores, options, notes)
-    mink_auc = None
-    if members and nonmembers:
-        aucs = mia.mia_aucs(members, nonmembers, k=options.mia_k)
-        for attack, auc in aucs.items():
-            metrics.append(Metric.of(f"mia_auc_{attack}", "forget", auc))
-        metrics.append(Metric.of("mia_score", "forget", scores.mia_score(aucs["loss"])))
-        mink_auc = aucs["mink"]
-    forget_nll = [ts.answer_nll for ts in token_scores.get("forget", [])]
-    if oracle is not None and forget_nll:
-        metrics.append(
-            Metric.of(
-                "forget_quality",
-                "forget",
-                scores.ks_forget_quality(forget_nll, oracle.forget_nll),
-                statistic="per-example forget answer NLL (no paraphrased/perturbed answers)",
-            )
-        )
-        if mink_auc is not None and oracle.mink_auc is not None:
-            metrics.append(Metric.of("privleak", "forget", scores.privleak(mink_auc, oracle.mink_auc)))
-    semeval_json = _semeval(per_example, metrics, mmlu_acc, notes)
-    return EvalResult(metrics, per_example, semeval_json, leak_reports, notes, forget_nll, mink_auc, exposure_reports)
+        if split in data.splits:
+            _evaluate_split_into(passes, model, tokenizer, split, data, options, redactor, sampler)
+    members, nonmembers = mia_sets(model, tokenizer, data, passes.records, passes.token_scores, options, passes.notes)
+    mink_auc = mia_metrics(members, nonmembers, options, passes.metrics)
+    forget_nll = [ts.answer_nll for ts in passes.token_scores.get("forget", [])]
+    passes.metrics += oracle_metrics(forget_nll, mink_auc, oracle)
+    semeval_json = _semeval(passes.per_example, passes.metrics, mmlu_acc, passes.notes)
+    return EvalResult(
+        passes.metrics,
+        passes.per_example,
+        semeval_json,
+        passes.leak_reports,
+        passes.notes,
+        forget_nll,
+        mink_auc,
+        passes.exposure_reports,
+    )
 
 
-def _mia_sets(model, tokenizer, data, records_by_split, token_scores, options, notes):
-    if data.mia_members is not None:
-        docs = {}
-        for name, records in (("member", data.mia_members), ("nonmember", data.mia_nonmembers)):
-            ts = forward_pass(
-                model,
-                tokenizer,
-                records,
-                batch_size=options.batch_size,
-                max_length=options.max_length,
-                desc=f"MIA {name}",
-                show_progress=options.show_progress,
-            )
-            docs[name] = _mia_examples(records, ts)
-        notes.append("membership inference: member.jsonl against nonmember.jsonl")
-        return docs["member"], docs["nonmember"]
-    if "forget" in token_scores and "holdout" in token_scores:
-        return (
-            _mia_examples(records_by_split["forget"], token_scores["forget"]),
-            _mia_examples(records_by_split["holdout"], token_scores["holdout"]),
+@dataclass
+class _SplitPasses:
+    """What :func:`evaluate_model` gathers split by split, in split order."""
+
+    notes: list[str]
+    metrics: list[Metric] = field(default_factory=list)
+    per_example: list[dict] = field(default_factory=list)
+    leak_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exposure_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    token_scores: dict[str, list[TokenScores]] = field(default_factory=dict)
+    records: dict[str, list[Record]] = field(default_factory=dict)
+
+
+def _evaluate_split_into(
+    passes: _SplitPasses,
+    model,
+    tokenizer,
+    split: str,
+    data: EvalData,
+    options: EvalOptions,
+    redactor: leak.Redactor | None,
+    sampler: CandidateSampler | None,
+) -> None:
+    """One split's rows, aggregates, leak report and exposure, added to ``passes``."""
+    records = sample_records(data.splits[split], options.max_examples, options.seed)
+    passes.records[split] = records
+    rows, aggregates, passes.token_scores[split], report = evaluate_split(
+        model, tokenizer, split, records, data.people, options, redactor
+    )
+    passes.per_example += rows
+    passes.metrics += aggregates
+    if report is not None:
+        passes.leak_reports[split] = {k: v for k, v in report.to_dict().items() if k != "leaked_pairs"}
+    if sampler is not None and split in options.exposure_splits and (people := people_of(data.people, split)):
+        found = exposure.measure_exposure(
+            model,
+            tokenizer,
+            records,
+            people,
+            split,
+            sampler,
+            k=options.exposure_k,
+            attacks=options.exposure_attacks,
+            max_length=options.max_length,
         )
-    notes.append("membership inference skipped: it needs --holdout_dir or --mia_dir")
-    return None, None
+        if found is not None:
+            passes.exposure_reports[split] = found.to_dict()
+            passes.metrics += _exposure_metrics(found)
+    if not any(r["kind"] in ("completion", "qa") for r in rows):
+        passes.notes.append(f"{split}: no completion or QA rows, so ROUGE-L, exact match and leak rate are skipped")
 
 
 def _semeval(per_example, metrics, mmlu_acc, notes) -> dict[str, Any]:
@@ -400,27 +311,3 @@ def _semeval(per_example, metrics, mmlu_acc, notes) -> dict[str, Any]:
         out["final_score"] = semeval.final_score(result.aggregate, mia_value, mmlu_acc)
         metrics.append(Metric.of("final_score", "all", out["final_score"]))
     return out
-
-
-def oracle_stats(model, tokenizer, data: EvalData, options: EvalOptions) -> OracleStats:
-    """The oracle's per-example forget NLL and Min-K% AUC, from one forward pass on forget and holdout."""
-
-    def scored(split: str) -> tuple[list[Record], list[TokenScores]]:
-        records = sample_records(data.splits[split], options.max_examples, options.seed)
-        return records, forward_pass(
-            model,
-            tokenizer,
-            records,
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            desc="oracle forward",
-            show_progress=options.show_progress,
-        )
-
-    forget, ts_forget = scored("forget")
-    mink_auc = None
-    if "holdout" in data.splits:
-        holdout, ts_holdout = scored("holdout")
-        aucs = mia.mia_aucs(_mia_examples(forget, ts_forget), _mia_examples(holdout, ts_holdout), k=options.mia_k)
-        mink_auc = aucs["mink"]
-    return OracleStats([ts.answer_nll for ts in ts_forget], mink_auc)
