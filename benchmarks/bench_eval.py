@@ -40,7 +40,8 @@ from obliviate.data.batching import collate, encode_record  # noqa: E402
 from obliviate.data.load import load_split  # noqa: E402
 from obliviate.data.records import Record, answer_prefix  # noqa: E402
 from obliviate.evaluate import suite  # noqa: E402
-from obliviate.evaluate.suite import EvalData, EvalOptions, evaluate_model, sample_records  # noqa: E402
+from obliviate.evaluate.data import EvalData, sample_records  # noqa: E402
+from obliviate.evaluate.suite import EvalOptions, evaluate_model  # noqa: E402
 from obliviate.losses import FINETUNE  # noqa: E402
 from obliviate.losses.common import LossParams, mean_nll  # noqa: E402
 from obliviate.models.tiny import build_model, count_parameters, train_tokenizer  # noqa: E402

@@ -71,16 +71,14 @@ def main() -> None:
     )
     outcome = run_pipeline(config, log=StampedLog())
     lines = ["| model / epoch | " + " | ".join(label for _, label in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
-    lines.append(row("target", outcome["runs"][0]["epochs"][0]["summary"] if outcome["runs"] else {}))
-    lines.append(row("oracle", outcome["oracle_result"].summary()))
+    lines.append(row("target", outcome.runs[0].epochs[0].summary if outcome.runs else {}))
+    lines.append(row("oracle", outcome.oracle_result.summary()))
     chosen = []
-    for run in outcome["runs"]:
-        changed = {k: v for k, v in presets[run["method"]].items() if PRESETS.get(run["method"], {}).get(k) != v}
-        for epoch in run["epochs"][1:]:
-            lines.append(
-                row(f"{run['method']} {changed or ''} epoch {epoch['epoch']}".replace("  ", " "), epoch["summary"])
-            )
-        chosen.append(f"{run['method']}: epoch {run['best']['epoch']} chosen ({run['best']['reason']})")
+    for run in outcome.runs:
+        changed = {k: v for k, v in presets[run.method].items() if PRESETS.get(run.method, {}).get(k) != v}
+        for epoch in run.epochs[1:]:
+            lines.append(row(f"{run.method} {changed or ''} epoch {epoch.epoch}".replace("  ", " "), epoch.summary))
+        chosen.append(f"{run.method}: epoch {run.best['epoch']} chosen ({run.best['reason']})")
     print("\n".join(lines + chosen))
     if args.write:
         write_section(lines, chosen, presets, args)

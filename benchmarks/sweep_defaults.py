@@ -20,17 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SUMMARY_KEYS = [
-    "forget/rougeL_recall",
-    "retain/rougeL_recall",
-    "forget/exact_match",
-    "retain/exact_match",
-    "forget/leak_rate",
-    "retain/leak_rate",
-    "forget/mia_auc_loss",
-]
-"""The figures ``sweep_table.py`` shows, under a header of its own; this script's table takes its metric columns
-from the METRICS table (``obliviate.report.columns.metric_columns``)."""
 
 
 def write_up(
@@ -42,7 +31,7 @@ def write_up(
         goal_names: the goals each run is checked against (``obliviate.report.demo.goals``, without the method).
         rows: target, oracle, then one row per (method, lr[, alpha]) with its best epoch's summary and ``goals``.
     """
-    from obliviate.evaluate.epochs import RETAIN_FLOOR
+    from obliviate.evaluate.selection import RETAIN_FLOOR
     from obliviate.report.columns import Column, metric_columns
     from obliviate.report.render import columns_table
 
@@ -88,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from obliviate.evaluate.suite import evaluate_model, load_eval_data, oracle_stats
+    from obliviate.evaluate.data import load_eval_data
+    from obliviate.evaluate.membership import oracle_stats
+    from obliviate.evaluate.suite import evaluate_model
     from obliviate.models.load import load_model
-    from obliviate.pipeline import PipelineConfig, cached_finetune, prepare_data, unlearn_method
+    from obliviate.pipeline import PipelineConfig, unlearn_method
+    from obliviate.pipeline_cache import cached_finetune, prepare_data
     from obliviate.report.demo import goals
 
     config = PipelineConfig(

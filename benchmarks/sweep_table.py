@@ -8,9 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from obliviate.evaluate.epochs import load_epoch_results, select_best
-from obliviate.report.render import markdown_table
-from sweep_defaults import SUMMARY_KEYS as KEYS  # the scripts' own folder is on sys.path when run as a script
+from obliviate.evaluate.epochs import load_epoch_results
+from obliviate.evaluate.selection import select_best
+from obliviate.report.columns import Column, metric_columns
+from obliviate.report.render import columns_table
 
 
 def main() -> int:
@@ -20,21 +21,11 @@ def main() -> int:
         if len(epochs) < 2:
             continue
         best = select_best(epochs, "holdout_gap")
-        summary = next(e for e in epochs if e["epoch"] == best["epoch"])["summary"]
-        rows.append([eval_dir.parts[2], len(epochs) - 1, best["epoch"], *[summary.get(k) for k in KEYS]])
-    header = [
-        "run",
-        "epochs run",
-        "best epoch",
-        "forget R-L",
-        "retain R-L",
-        "forget EM",
-        "retain EM",
-        "leak F",
-        "leak R",
-        "MIA AUC",
-    ]
-    print(markdown_table(header, rows))
+        summary = next(e for e in epochs if e.epoch == best["epoch"]).summary
+        rows.append({"run": eval_dir.parts[2], "epochs": len(epochs) - 1, "best": best["epoch"], **summary})
+    # the metric columns of the sweep's own write-up (sweep_defaults.write_up): the METRICS table's brief tier
+    columns = [Column("run", "run"), Column("epochs", "epochs run"), Column("best", "best epoch")]
+    print(columns_table([*columns, *metric_columns("brief")], rows))
     return 0
 
 

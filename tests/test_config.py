@@ -19,7 +19,8 @@ from helpers import (
     unlearn_config,
 )
 from obliviate.cli.main import build_parser, main
-from obliviate.config import FinetuneConfig, UnlearnConfig, build_config, load_yaml
+from obliviate.cli.options import build_config, load_yaml
+from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.load import load_split, write_jsonl
 from obliviate.errors import ConfigError
 from obliviate.losses import LOSSES

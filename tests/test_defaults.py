@@ -14,7 +14,8 @@ from helpers import listing, metrics, unlearn_config
 from obliviate.cli.main import main
 from obliviate.losses import LOSSES, get_method
 from obliviate.train import lr_probe
-from obliviate.train.run import DEFAULT_STEPS, adaptive_rmu_c, run_unlearn
+from obliviate.train.resolve import DEFAULT_STEPS, adaptive_rmu_c
+from obliviate.train.run import run_unlearn
 
 
 def bare_argv(target, out, *extra: str) -> list[str]:

@@ -9,8 +9,8 @@ import pytest
 from helpers import unlearn_argv
 from obliviate.cli.main import main
 from obliviate.errors import ConfigError
-from obliviate.evaluate.epochs import select_best
 from obliviate.evaluate.results import EpochEval
+from obliviate.evaluate.selection import select_best
 
 
 def _epoch(n: int, forget: float, retain: float, agg: float, holdout: float = 0.2, leak: float = 0.0) -> EpochEval:

@@ -24,6 +24,7 @@ from obliviate.data.load import load_split
 from obliviate.data.pii_match import normalize_value
 from obliviate.data.records import PersonPII, Record
 from obliviate.data.synth import biography_form, synthesize
+from obliviate.evaluate.data import load_eval_data
 from obliviate.evaluate.exposure import (
     ExposureTarget,
     chance_exposure,
@@ -36,7 +37,7 @@ from obliviate.evaluate.exposure import (
 from obliviate.evaluate.leak import Probe
 from obliviate.evaluate.partial import in_place_share, score_partial_leaks
 from obliviate.evaluate.passes import forward_pass
-from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data
+from obliviate.evaluate.suite import EvalOptions, evaluate_model
 from obliviate.models.load import load_model
 
 # ---------------------------------------------------------------- exposure math

@@ -15,7 +15,8 @@ from obliviate.config import FinetuneConfig
 from obliviate.data.batching import collate, encode_record
 from obliviate.data.load import load_split
 from obliviate.data.synth import biography_form, load_pii, synthesize, write_synth
-from obliviate.evaluate.suite import EvalOptions, evaluate_model, load_eval_data
+from obliviate.evaluate.data import load_eval_data
+from obliviate.evaluate.suite import EvalOptions, evaluate_model
 from obliviate.losses.common import IGNORE_INDEX
 from obliviate.models.load import load_model
 from obliviate.models.tiny import init_model

@@ -1,12 +1,11 @@
 """The demo and benchmark pipeline: synth → target / oracle → unlearn (evaluated every epoch) → report.
 
 Intermediate models are cached under ``runs/cache`` by a hash of everything that determines them, so a re-run
-reuses them; ``fresh=True`` ignores the cache.
+reuses them; ``fresh=True`` ignores the cache (:mod:`obliviate.pipeline_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -16,24 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.config import FinetuneConfig, UnlearnConfig
-from obliviate.data.load import load_training_records
+from obliviate.config import UnlearnConfig
 from obliviate.errors import ConfigError
+from obliviate.evaluate.data import load_eval_data
 from obliviate.evaluate.epochs import (
     EPOCH_EXPOSURE_K,
     EPOCH_EXPOSURE_SPLITS,
     evaluate_epoch,
     make_epoch_hook,
-    select_best,
 )
-from obliviate.evaluate.results import EpochEval, EvalResult, ItemAccess, MethodRun
+from obliviate.evaluate.membership import oracle_stats
+from obliviate.evaluate.results import EpochEval, EvalResult, MethodRun
+from obliviate.evaluate.selection import select_best
 from obliviate.evaluate.stop_rule import read_stop_checks, stop_rule_for
-from obliviate.evaluate.suite import EvalOptions, load_eval_data, oracle_stats
+from obliviate.evaluate.suite import EvalOptions
 from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
-from obliviate.train.run import run_finetune, run_unlearn
+from obliviate.pipeline_cache import cached_finetune, cached_init, prepare_data
+from obliviate.train.run import run_unlearn
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
 
@@ -87,7 +88,7 @@ class PipelineConfig:
 
 
 @dataclass
-class PipelineOutcome(ItemAccess):
+class PipelineOutcome:
     """Everything the report needs (:func:`obliviate.report.demo.write_demo_report`)."""
 
     config: PipelineConfig
@@ -102,18 +103,6 @@ class PipelineOutcome(ItemAccess):
     cached: dict[str, bool]  # trained before this run started: taken from the cache
     workers: int
     wall_seconds: float
-
-
-def _hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _dir_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            digest.update(file.name.encode() + file.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 class StampedLog:
@@ -143,86 +132,6 @@ def _portable(log: Callable[[str], None]) -> Callable[[str], None]:
         return log
     except Exception:  # a closure or lambda: workers print plainly
         return print
-
-
-def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
-    if config.data_dirs:
-        return {k: Path(v) for k, v in config.data_dirs.items()}
-    from obliviate.data.synth import synthesize, write_synth
-
-    key = _hash(["synth", config.people, config.forget_fraction, config.holdout_fraction, config.seed])
-    out = Path(config.cache_dir) / f"data-{key}"
-    if config.fresh or not (out / "pii.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)  # the pipeline's own cache entry, named by its settings' hash
-        data = synthesize(
-            people=config.people,
-            forget_fraction=config.forget_fraction,
-            holdout_fraction=config.holdout_fraction,
-            seed=config.seed,
-        )
-        write_synth(data, out, overwrite=True)
-    log(f"data: {config.people} synthetic people → {out}")
-    return {"forget": out / "forget", "retain": out / "retain", "holdout": out / "holdout"}
-
-
-def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
-    return dict(
-        size=config.size,
-        epochs=config.finetune_epochs,
-        lr=config.finetune_lr,
-        batch_size=config.finetune_batch_size,
-        seed=config.seed,
-    )
-
-
-def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
-    """The tokenizer trained on ``tokenizer_data`` and the freshly initialised model, shared by target and oracle."""
-    key = _hash([_finetune_settings(config), [_dir_hash(p) for p in tokenizer_data]])
-    init = Path(config.cache_dir) / f"init-{key}"
-    if config.fresh or not (init / "config.json").is_file():
-        from obliviate.models.tiny import init_model
-
-        init_model(load_training_records(tokenizer_data), init, size=config.size, seed=config.seed)
-    return init
-
-
-def cached_finetune(
-    name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log, init: Path | None = None
-) -> Path:
-    """Fine-tune (or reuse) a model on ``data``, starting from ``init`` (default: :func:`cached_init` of
-    ``tokenizer_data``; pass it when several jobs start from one model, so that none rebuilds it under ``fresh``)."""
-    settings = _finetune_settings(config)
-    grouped = config.group_by_length
-    key_parts: list[Any] = [name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]]
-    if grouped:  # appended only when on, so that models cached before the option existed keep their key
-        key_parts.append("group_by_length")
-    out = Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
-    if not config.fresh and (out / "trainer_state.json").is_file():
-        log(f"{name}: cached → {out}")
-        return out
-    init = init if init is not None else cached_init(config, tokenizer_data)
-    shutil.rmtree(out, ignore_errors=True)  # the pipeline's own cache entry: stale, or refreshed under --fresh
-    started = time.perf_counter()
-    result = run_finetune(
-        FinetuneConfig(
-            output_dir=str(out),
-            model=str(init),
-            data=[str(p) for p in data],
-            epochs=config.finetune_epochs,
-            lr=config.finetune_lr,
-            batch_size=config.finetune_batch_size,
-            micro_batch_size=config.finetune_batch_size,
-            group_by_length=grouped,
-            seed=config.seed,
-            overwrite=True,
-        )
-    )
-    seconds = time.perf_counter() - started
-    log(
-        f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in {seconds:.0f}s "
-        f"({result.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s) → {out}"
-    )
-    return out
 
 
 def unlearn_method(
@@ -303,10 +212,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
-    if out.exists() and any(out.iterdir()):
-        ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
-        if not ours:
-            raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
+    _check_output_dir(out)
     dirs = prepare_data(config, log)  # fails before the old report is removed
     shutil.rmtree(out, ignore_errors=True)
     mark_output_dir(out, "demo")
@@ -321,28 +227,13 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
                 (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log, init)),
             ]
         )
-        data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
-        options = eval_options(config)
-        oracle_model, oracle_tok = load_model(oracle_dir)
-        oracle = oracle_stats(oracle_model, oracle_tok, data, options)
-        del oracle_model
-        oracle_result, target_result = jobs.run(
-            [
-                (evaluate_epoch, (0, str(oracle_dir), data, options, oracle)),
-                (evaluate_epoch, (0, str(target), data, options, oracle)),
-            ]
-        )
+        hook_args, oracle_result, target_result = _evaluate_references(jobs, config, dirs, target, oracle_dir)
         log("target and oracle: evaluated")
         if workers > 1 and len(config.methods) > 1:
             log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
         runs = jobs.run(
-            [
-                (unlearn_method, (m, target, dirs, config, (data, options, oracle), worker_log, target_result))
-                for m in config.methods
-            ]
+            [(unlearn_method, (m, target, dirs, config, hook_args, worker_log, target_result)) for m in config.methods]
         )
-    target_state = json.loads((target / "trainer_state.json").read_text())
-    oracle_state = json.loads((oracle_dir / "trainer_state.json").read_text())
     return PipelineOutcome(
         config=config,
         data_dirs={k: str(v) for k, v in dirs.items()},
@@ -350,13 +241,44 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
         oracle_dir=str(oracle_dir),
         target_result=target_result,
         oracle_result=oracle_result,
-        target_tokens=target_state["tokens_seen"],
-        oracle_tokens=oracle_state["tokens_seen"],
+        target_tokens=_tokens_seen(target),
+        oracle_tokens=_tokens_seen(oracle_dir),
         runs=runs,
-        cached={
-            "target": (target / "trainer_state.json").stat().st_mtime < started_at,
-            "oracle": (oracle_dir / "trainer_state.json").stat().st_mtime < started_at,
-        },
+        cached={"target": _older_than(target, started_at), "oracle": _older_than(oracle_dir, started_at)},
         workers=workers,
         wall_seconds=time.perf_counter() - started,
     )
+
+
+def _check_output_dir(out: Path) -> None:
+    """The demo replaces only its own earlier report: a non-empty ``out`` must hold one."""
+    if out.exists() and any(out.iterdir()):
+        ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
+        if not ours:
+            raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
+
+
+def _evaluate_references(jobs: Jobs, config: PipelineConfig, dirs: dict[str, Path], target: Path, oracle_dir: Path):
+    """The evaluation data, options and oracle statistics every method's hook shares, and the oracle's and the
+    target's results (epoch 0 of every method)."""
+    data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
+    options = eval_options(config)
+    oracle_model, oracle_tok = load_model(oracle_dir)
+    oracle = oracle_stats(oracle_model, oracle_tok, data, options)
+    del oracle_model
+    oracle_result, target_result = jobs.run(
+        [
+            (evaluate_epoch, (0, str(oracle_dir), data, options, oracle)),
+            (evaluate_epoch, (0, str(target), data, options, oracle)),
+        ]
+    )
+    return (data, options, oracle), oracle_result, target_result
+
+
+def _tokens_seen(model_dir: Path) -> int:
+    return json.loads((model_dir / "trainer_state.json").read_text())["tokens_seen"]
+
+
+def _older_than(model_dir: Path, started_at: float) -> bool:
+    """Trained before this run started: taken from the cache."""
+    return (model_dir / "trainer_state.json").stat().st_mtime < started_at

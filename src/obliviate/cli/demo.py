@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from obliviate.config import DemoConfig, add_arguments, build_config
+from obliviate.cli.options import add_arguments, build_config
+from obliviate.config import DemoConfig
 
 
 def register(subparsers) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from obliviate.config import EvaluateConfig, add_arguments, build_config
+from obliviate.cli.options import add_arguments, build_config
+from obliviate.config import EvaluateConfig
 
 
 def register(subparsers) -> None:
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.distributed import process_state
     from obliviate.errors import ConfigError
     from obliviate.evaluate import epochs as epoch_eval
+    from obliviate.evaluate.data import load_eval_data
+    from obliviate.evaluate.membership import oracle_stats
     from obliviate.evaluate.semeval import load_mmlu_metrics
-    from obliviate.evaluate.suite import EvalOptions, load_eval_data, oracle_stats
+    from obliviate.evaluate.suite import EvalOptions
     from obliviate.io import check_output_dir
     from obliviate.models.load import load_model, process_device
 
@@ -79,6 +82,7 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
     """Every process evaluates its share of the rows (the passes gather them); only the main one writes."""
     from obliviate.distributed import process_state
     from obliviate.evaluate import epochs as epoch_eval
+    from obliviate.evaluate.selection import select_best
     from obliviate.evaluate.suite import evaluate_model
     from obliviate.io import prepare_output_dir
     from obliviate.report.columns import metric_columns
@@ -87,7 +91,7 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
     main_process = process_state().is_main_process
     if config.checkpoints:
         epochs = epoch_eval.evaluate_checkpoints(config.checkpoints, data, options, oracle)
-        best = epoch_eval.select_best(epochs, config.select)
+        best = select_best(epochs, config.select)
         if main_process:
             prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
             title = f"Evaluation of {config.checkpoints}"

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from obliviate.config import InspectConfig, add_arguments, build_config
+from obliviate.cli.options import add_arguments, build_config
+from obliviate.config import InspectConfig
 
 
 def register(subparsers) -> None:

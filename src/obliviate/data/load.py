@@ -3,13 +3,12 @@
 Layouts: LUME / SemEval-2025 Task 4 (``forget.jsonl``, ``retain.parquet``, HF-style
 ``forget_train-00000-of-00001.parquet``), any ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` with ``input`` and
 ``output`` columns, TOFU-style ``question`` / ``answer`` files, directories of ``.txt`` documents, and membership
-sets (``member.jsonl`` / ``nonmember.jsonl`` with a ``document`` column). Files are read with pandas / pyarrow;
-JSON lines are first checked one by one with :func:`json.loads` only to report the number of a malformed line.
+sets (``member.jsonl`` / ``nonmember.jsonl`` with a ``document`` column). One file's text and rows:
+:mod:`obliviate.data.files`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
+from obliviate.data.files import read_rows, read_text
 from obliviate.data.records import KINDS, Record, kind_from_id
 from obliviate.errors import ConfigError, DataError
 
@@ -205,11 +204,11 @@ def _files_for(directory: Path, split: str | None) -> list[Path]:
 
 def _load_file(file: Path) -> list[Record]:
     if file.suffix == ".txt":
-        text = _read_text(file).rstrip()
+        text = read_text(file).rstrip()
         if not text.strip():
             raise DataError(f"{file}: expected a non-empty document, found an empty file")
         return [Record(id=file.stem, input=text, output="", kind="document")]
-    rows, where = _read_rows(file)
+    rows, where = read_rows(file)
     columns = list(rows[0]) if rows else []
     schema = next((s for s in _SCHEMAS if s[0] in columns and (s[1] is None or s[1] in columns)), None)
     if schema is None and rows:
@@ -248,84 +247,6 @@ def _to_record(row: dict[str, Any], schema: tuple, file: Path, where: str, index
     meta = {key: _plain(value) for key, value in row.items() if key not in consumed and not _is_null(value)}
     task = _plain_str(row.get("task")) or "default"
     return Record(id=record_id, input=text, output=output, task=task, kind=kind, meta=meta)
-
-
-def _read_rows(file: Path) -> tuple[list[dict[str, Any]], Any]:
-    """Rows of a tabular file and a function mapping a row index to a human place ("line 7", "row 3")."""
-    if file.suffix == ".parquet":
-        try:
-            rows = pq.read_table(file).to_pylist()
-        except Exception as error:  # pyarrow raises several unrelated types for corrupt files
-            raise DataError(f"{file}: expected a parquet file, found unreadable data ({_first_line(error)})") from None
-        return rows, lambda i: f"row {i + 1}"
-    text = _read_text(file)
-    try:
-        if file.suffix == ".csv":
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-            return frame.to_dict("records"), lambda i: f"row {i + 1}"
-        if file.suffix == ".json" and text.lstrip().startswith("["):
-            _validate_json_array(text, file)
-            frame = pd.read_json(io.StringIO(text), orient="records", dtype=False, convert_axes=False)
-            return frame.to_dict("records"), lambda i: f"item {i + 1}"
-        lines, numbers = _validate_json_lines(text, file)
-        if not lines:
-            return [], str
-        frame = pd.read_json(io.StringIO("\n".join(lines)), lines=True, dtype=False, convert_axes=False)
-        return frame.to_dict("records"), lambda i: f"line {numbers[i]}"
-    except (ValueError, TypeError, RecursionError) as error:  # pandas parser / ujson errors
-        raise DataError(
-            f"{file}: expected {file.suffix} data, found unreadable content ({_first_line(error)})"
-        ) from None
-
-
-def _validate_json_lines(text: str, file: Path) -> tuple[list[str], list[int]]:
-    """Check every non-blank line is one JSON object; return those lines and their 1-based line numbers."""
-    lines, numbers = [], []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as error:
-            detail = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else "too deep"
-            raise DataError(
-                f"{file} line {number}: expected one JSON object per line, found malformed JSON ({detail})"
-            ) from None
-        if not isinstance(value, dict):
-            raise DataError(
-                f"{file} line {number}: expected one JSON object per line, found a JSON {type(value).__name__}"
-            )
-        lines.append(line)
-        numbers.append(number)
-    return lines, numbers
-
-
-def _validate_json_array(text: str, file: Path) -> None:
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        detail = (
-            f"{error.msg} at line {error.lineno} column {error.colno}"
-            if isinstance(error, json.JSONDecodeError)
-            else "too deep"
-        )
-        raise DataError(f"{file}: expected a JSON array of objects, found malformed JSON ({detail})") from None
-    bad = next((i for i, item in enumerate(value) if not isinstance(item, dict)), None)
-    if bad is not None:
-        raise DataError(f"{file} item {bad + 1}: expected a JSON object, found a JSON {type(value[bad]).__name__}")
-
-
-def _read_text(file: Path) -> str:
-    data = file.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise DataError(
-            f"{file}: expected UTF-8 text, found invalid byte 0x{data[error.start]:02x} at byte offset {error.start} "
-            f"(line {line})"
-        ) from None
-    return text.removeprefix("\ufeff")
 
 
 def _is_null(value: Any) -> bool:
@@ -368,8 +289,3 @@ def _text_cell(value: Any, expected: str) -> str:
 
 def _short(value: str) -> str:
     return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__

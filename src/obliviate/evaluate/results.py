@@ -19,17 +19,6 @@ METRIC_FIELDS = ("name", "split", "task", "value", "higher_is_better")
 """The fixed keys of a metric in ``results.json``; any other key is one of its ``extra`` figures."""
 
 
-class ItemAccess:
-    """``obj["field"]`` reads ``obj.field``, for scripts written against the dicts these types replace
-    (``benchmarks/probe_objectives.py`` and ``benchmarks/sweep_table.py``) until they read attributes."""
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-
 def direction_of(name: str, split: str) -> bool | None:
     """Whether a larger ``name`` on ``split`` is better (``split`` "all" or any other: as on forget); None when
     :data:`~obliviate.evaluate.scores.METRICS` does not know the metric."""
@@ -116,7 +105,7 @@ class EvalResult:
 
 
 @dataclass
-class EpochEval(ItemAccess):
+class EpochEval:
     """One evaluated epoch of a run (epoch 0: the model before unlearning).
 
     Attributes:
@@ -142,7 +131,7 @@ class EpochEval(ItemAccess):
 
 
 @dataclass
-class MethodRun(ItemAccess):
+class MethodRun:
     """One method's unlearning run: every evaluated epoch (0: the target) and the one chosen."""
 
     method: str

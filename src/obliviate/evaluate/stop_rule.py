@@ -164,7 +164,7 @@ continuations at every check would cost more than the training it checks."""
 def stop_rule_for(config) -> ExposureStopRule:
     """The rule behind ``obliviate unlearn --stop_check_steps N`` (an :class:`~obliviate.config.UnlearnConfig`)."""
     from obliviate.data.load import load_split
-    from obliviate.evaluate.suite import sample_records
+    from obliviate.evaluate.data import sample_records
     from obliviate.train.relabel import known_people
 
     forget = load_split(config.forget_dir, split="forget")
