@@ -130,6 +130,38 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
     )
 
 
+def readme_section(results: dict, args: argparse.Namespace, command: str, seconds: float) -> str:
+    """README.md's LUME section: the one-screen table and each method's goals, from ``results.json``."""
+    import textwrap
+
+    import demo_results
+    from obliviate.report.columns import Column, metric_columns
+
+    rows = [dict(r) for r in results["summary"]]
+    runs = {r["method"]: r for r in results.get("runs", [])}
+    for row in rows[2:]:
+        run = runs.get(row["model"], {})
+        row["lr"], row["steps"], row["end"] = run.get("lr"), run.get("steps"), ended_by(run.get("stopped"))
+    run_columns = demo_results.RUN_COLUMNS
+    columns = [Column("model", "model"), *metric_columns("brief"), *(Column(k, label) for k, label in run_columns)]
+    table = _common.markdown_table(
+        [c.header for c in columns], [[demo_results.cell(c.cell(row.get(c.key))) for c in columns] for row in rows]
+    )
+    held, total, lines = demo_results.goal_lines(rows)
+    intro = (
+        f"The same pipeline on the real LUME {args.tasks} data (`../shared/data/lume`; 10 % of the retain people held "
+        f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
+        f"Measured {_common.utc_date()} with `{command}` ({seconds / 60:.0f} min on {_common.cpu_cores()} CPU cores; "
+        f"target and oracle {args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split), "
+        "written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-task2)."
+    )
+    intro = textwrap.fill(intro, width=118, break_on_hyphens=False, break_long_words=False)
+    return (
+        f"{intro}\n\n{table}\n\nGoals against the oracle (and the target, for retain): {held} of {total} hold.\n\n"
+        + ("\n".join(lines))
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="Task2", help="Task2 (default), all, or a comma list")
@@ -144,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="side-by-side processes (default: one per core)")
     parser.add_argument("--write", action="store_true", help="rewrite the Quality section of BENCHMARKS.md")
+    parser.add_argument(
+        "--set", action="append", default=[], help="method.option=value for probes (repeatable; never with --write)"
+    )
     return parser
 
 
@@ -154,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     from obliviate.pipeline import PipelineConfig, StampedLog, run_pipeline
     from obliviate.report.demo import write_demo_report
 
+    if args.set and args.write:
+        parser.error("--set runs a probe with options the defaults do not have: it never rewrites BENCHMARKS.md")
+    from probe_objectives import parse_setting
+
+    presets: dict = {}
+    for text in args.set:
+        method, option, value = parse_setting(text)
+        presets.setdefault(method, {})[option] = value
     tasks = ["Task1", "Task2", "Task3"] if args.tasks == "all" else args.tasks.split(",")
     out = Path(args.output_dir)
     dirs = split_lume(tasks, out / "data", 0.1, args.seed)
@@ -170,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         eval_batch_size=32,  # biographies up to 512 tokens: keep each forward's logits small
         data_dirs={k: str(v) for k, v in dirs.items()},
+        presets=presets,
     )
     started = time.perf_counter()
     outcome = run_pipeline(config, log=StampedLog())
@@ -180,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write:
         write_section(text)
+        _common.write_readme_line(
+            "lume-results", readme_section(results, args, command, time.perf_counter() - started)
+        )
     return 0
 
 

@@ -47,8 +47,6 @@ def ended_by(stopped: str | None) -> str:
 
 
 def section(results: dict, command: str, wall: float | None, cached: dict | None) -> str:
-    from obliviate.report.demo import goals
-
     rows = results["summary"]
     runs = {r["method"]: r for r in results["runs"]}
     config = results["config"]
@@ -62,18 +60,7 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     table = _common.markdown_table(
         [c.header for c in columns], [[cell(c.cell(row.get(c.key))) for c in columns] for row in rows]
     )
-    goal_rows = goals(rows)
-    held = sum(g["holds"] for g in goal_rows)
-    lines = []
-    for row in rows[2:]:
-        mine = [g for g in goal_rows if g["goal"].startswith(f"{row['model']}: ")]
-        missed = [
-            f"{g['goal'].split(': ', 1)[1]} ({cell(g['value'])} against {cell(g['target'])})"
-            for g in mine
-            if not g["holds"]
-        ]
-        verdict = f"{sum(g['holds'] for g in mine)} of {len(mine)}"
-        lines.append(f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all"))
+    held, total, lines = goal_lines(rows)
     people = config["people"]
     when = _common.utc_date()
     if cached is None:
@@ -102,9 +89,27 @@ to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}
 
 {table}
 
-Goals against the oracle (and the target, for retain): {held} of {len(goal_rows)} hold.
+Goals against the oracle (and the target, for retain): {held} of {total} hold.
 
 {chr(10).join(lines)}{plot}"""
+
+
+def goal_lines(rows: list[dict]) -> tuple[int, int, list[str]]:
+    """Goals held, goals in all, and one line per method: how many it meets and the measured value of each miss."""
+    from obliviate.report.demo import goals
+
+    goal_rows = goals(rows)
+    lines = []
+    for row in rows[2:]:
+        mine = [g for g in goal_rows if g["goal"].startswith(f"{row['model']}: ")]
+        missed = [
+            f"{g['goal'].split(': ', 1)[1]} ({cell(g['value'])} against {cell(g['target'])})"
+            for g in mine
+            if not g["holds"]
+        ]
+        verdict = f"{sum(g['holds'] for g in mine)} of {len(mine)}"
+        lines.append(f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all"))
+    return sum(g["holds"] for g in goal_rows), len(goal_rows), lines
 
 
 def with_thresholds(checks: list[dict]) -> list[dict]:

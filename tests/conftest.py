@@ -19,3 +19,13 @@ def lume_dir() -> Path:
     if not (path / "forget.jsonl").is_file():
         pytest.skip(f"LUME data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """Tests that call ``setup`` directly leave an accelerator behind (``train`` resets it in its ``finally``);
+    accelerate refuses a second one with another precision in the same process, so each test starts clean."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()

@@ -431,3 +431,78 @@ def test_loss_reads_nothing_on_the_host_and_metrics_keep_their_values(name: str,
         assert isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad
     got = {key: value.item() for key, value in {**out.metrics, "loss": out.loss}.items()}
     assert got == pytest.approx(expected_figures(name, inputs, params), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", [*LOSSES, "finetune"])
+def test_pieces_weighted_by_their_shares_add_up_to_the_whole_batch(name: str):
+    """Rows cut into pieces (forget rows {0, 2} and {1}, retain rows {1} and {0, 2}), each piece's loss called with
+    its share of every unit its ``Method.means`` declares (``step.piece_shares``): the pieces' losses, metrics and
+    gradients add up to those of the whole batch (float32, rel 1e-5). A loss reading an undeclared unit is refused."""
+    from obliviate.data.batching import TokenBatch
+    from obliviate.train.step import piece_shares
+
+    method = FINETUNE if name == "finetune" else LOSSES[name]
+    assert method.piece_units, f"{name} declares no decomposition"
+    params = method.params(SYNC_PARAMS)
+    whole = sync_inputs()
+    leaves = [f for f in (whole.forget, whole.retain, whole.paired) if f is not None]
+    for forward in leaves:
+        forward.logits.requires_grad_(True)
+        forward.hidden.requires_grad_(True)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        tensors = [t for f in leaves for t in (f.logits, f.hidden)]
+        return [
+            g if g is not None else torch.zeros_like(t)
+            for g, t in zip(torch.autograd.grad(loss, tensors, allow_unused=True), tensors)
+        ]
+
+    out = method.loss(whole, params)
+    expected = {"loss": out.loss.item(), **{k: v.item() for k, v in out.metrics.items()}}
+    expected_grads = grads(out.loss)
+
+    def rows(forward: Forward | None, index: list[int]) -> Forward | None:
+        if forward is None:
+            return None
+        return Forward(
+            forward.logits[index], forward.labels[index], forward.attention_mask[index], forward.hidden[index]
+        )
+
+    def batch(forward: Forward | None) -> TokenBatch | None:
+        if forward is None:
+            return None
+        return TokenBatch(torch.zeros_like(forward.labels), forward.attention_mask, forward.labels)
+
+    cut = [([0, 2], [1]), ([1], [0, 2])]
+    pieces = [
+        LossInputs(
+            forget=rows(whole.forget, f),
+            retain=rows(whole.retain, r),
+            forget_ref=rows(whole.forget_ref, f),
+            retain_ref=rows(whole.retain_ref, r),
+            control=whole.control,
+            paired=rows(whole.paired, f),
+        )
+        for f, r in cut
+    ]
+    needs_retain = "retain" in method.piece_units
+    shares = piece_shares(
+        method,
+        [batch(p.forget) for p in pieces],
+        [batch(p.retain) if needs_retain else None for p in pieces],
+        [batch(p.paired) for p in pieces],
+    )
+    assert all(0 < s[key] < 1 for s in shares for key in s if key[1] != "pairs")
+    total, figures = 0.0, {}
+    for piece, share in zip(pieces, shares):
+        piece.shares = share
+        piece_out = method.loss(piece, params)
+        total = total + piece_out.loss
+        for key, value in {"loss": piece_out.loss, **piece_out.metrics}.items():
+            figures[key] = figures.get(key, 0.0) + value.item()
+    assert figures == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    for got, want in zip(grads(total), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    pieces[0].shares = {("forget", "none"): 1.0}
+    with pytest.raises(ConfigError, match="does not declare"):
+        method.loss(pieces[0], params)

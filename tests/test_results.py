@@ -83,7 +83,7 @@ def test_a_new_metric_needs_only_its_metrics_entry_to_reach_the_tables(monkeypat
 def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_path, monkeypatch):
     """The hook's EpochEvals, as the loop collects them, are the run's epochs; nothing is read back from eval/."""
     from obliviate import pipeline
-    from obliviate.train.loop import RunResult
+    from obliviate.train.state import RunResult
 
     start = _result(retain__rougeL_recall=0.9, forget__rougeL_recall=0.9)
     hooked = [EpochEval(n, f"e{n}", {"retain/rougeL_recall": 0.9, "forget/rougeL_recall": 0.1 * n}) for n in (1, 2)]

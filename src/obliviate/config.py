@@ -87,7 +87,8 @@ class TrainConfig:
     )
     length_pieces: bool = option(
         True,
-        "run a batch of mixed lengths as length-sorted pieces where the loss allows it (finetune, ga): same update",
+        "run a batch of mixed lengths as length-sorted pieces, each weighted by its share of every mean the loss "
+        "takes (every method; one process or DDP): the same update with less padding",
     )
     group_by_length: bool = option(
         False, "batch examples of similar length together (same examples per epoch, much less padding)"

@@ -135,9 +135,88 @@ def length_pieces(lengths: list[int], overhead: int = 64) -> list[list[int]]:
     return pieces[::-1]
 
 
+def _sorted_cuts(lengths: list[int], most: int) -> list[tuple[float, list[list[int]]]]:
+    """For ``k = 1 .. most``: the fewest padded tokens (``Σ size x longest``) of ``lengths`` cut into exactly ``k``
+    length-sorted pieces, and those pieces (positions into ``lengths``). Exact dynamic programming."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n, inf = len(sizes), float("inf")
+    cost = [[0.0] + [inf] * n]
+    cuts: list[list[int]] = [[0] * (n + 1)]
+    for k in range(1, most + 1):
+        row, cut = [inf] * (n + 1), [0] * (n + 1)
+        for end in range(k, n + 1):
+            for start in range(k - 1, end):
+                value = cost[k - 1][start] + (end - start) * sizes[end - 1]
+                if value < row[end]:
+                    row[end], cut[end] = value, start
+        cost.append(row)
+        cuts.append(cut)
+    out = []
+    for k in range(1, most + 1):
+        pieces, end = [], n
+        for level in range(k, 0, -1):
+            start = cuts[level][end]
+            pieces.append(order[start:end])
+            end = start
+        out.append((cost[k][n], pieces[::-1]))
+    return out
+
+
+def matched_pieces(
+    forget_lengths: list[int], retain_lengths: list[int], overhead: int = 64
+) -> list[tuple[list[int], list[int]]]:
+    """Cut a forget batch and its retain batch into the same number ``k`` of length-sorted pieces, paired in order
+    (shortest with shortest), at the fewest padded tokens plus ``2 x overhead`` per pair (two forward passes).
+
+    Every piece holds at least one row of each split, so that each pass runs the whole objective on its rows; ``k``
+    is chosen jointly for both splits (exact: the cheapest cut of each split into ``k`` pieces, for every ``k``).
+
+    Returns:
+        ``(forget positions, retain positions)`` per piece; together they hold every position of each split once.
+    """
+    most = min(len(forget_lengths), len(retain_lengths))
+    if most <= 1:
+        return [(list(range(len(forget_lengths))), list(range(len(retain_lengths))))]
+    floor = sum(forget_lengths) + sum(retain_lengths)  # no cut pads below the real tokens
+    best_k = 1
+    forget_cuts, retain_cuts = _sorted_cuts(forget_lengths, most), _sorted_cuts(retain_lengths, most)
+    best = forget_cuts[0][0] + retain_cuts[0][0] + 2 * overhead
+    for k in range(2, most + 1):
+        if floor + 2 * overhead * k >= best:
+            break  # more pieces only add overhead from here on
+        value = forget_cuts[k - 1][0] + retain_cuts[k - 1][0] + 2 * overhead * k
+        if value < best:
+            best, best_k = value, k
+    return list(zip(forget_cuts[best_k - 1][1], retain_cuts[best_k - 1][1]))
+
+
 def scored_tokens(batch: TokenBatch) -> int:
     """Tokens a next-token loss scores: labels other than ``-100`` after the one-position shift."""
     return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+UNITS = ("tokens", "sequences", "positions", "pairs")
+"""What a loss term (or metric) of one split averages over, so that a batch run as pieces weights each piece by its
+share of them (:attr:`obliviate.losses.Method.means`): ``tokens``, the scored tokens (:func:`scored_tokens`);
+``sequences``, the rows; ``positions``, the real tokens (attention mask); ``pairs``, the rows scored both in the
+split and in the same row of the paired batch (``LossInputs.paired``)."""
+
+
+def unit_count(unit: str, batch: TokenBatch, paired: TokenBatch | None = None) -> int:
+    """How many ``unit`` (one of :data:`UNITS`) ``batch`` holds; ``pairs`` reads ``paired`` as well."""
+    if unit == "tokens":
+        return scored_tokens(batch)
+    if unit == "sequences":
+        return len(batch)
+    if unit == "positions":
+        return batch.num_tokens
+    if unit == "pairs":
+        if paired is None:
+            raise ValueError("the unit 'pairs' counts rows scored in a batch and in its paired batch; none was given")
+        both = (batch.labels[:, 1:] != IGNORE_INDEX).any(-1) & (paired.labels[:, 1:] != IGNORE_INDEX).any(-1)
+        return int(both.sum())
+    raise ValueError(f"unknown unit {unit!r}; expected one of {', '.join(UNITS)}")
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int | None = None) -> torch.Generator:

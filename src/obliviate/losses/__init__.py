@@ -28,9 +28,14 @@ class Method:
         paper: arXiv id of the paper that defines it, or None.
         defaults: :class:`LossParams` values this method uses when the user set none (e.g. NPO β = 0.1, SimNPO
             β = 4.5), overriding the class-wide defaults.
-        token_mean: the loss is a mean over the batch's scored tokens and nothing else (no retain batch, no
-            reference), so the loop may run a batch as length-sorted pieces weighted by their scored tokens: the
-            same gradient with far less padding.
+        means: how the loss decomposes over rows: for each split (``forget``, ``retain``), the units
+            (:data:`obliviate.data.batching.UNITS`: ``tokens``, ``sequences``, ``positions``, ``pairs``) that its
+            terms and metrics are means over, each term a sum over its split's rows divided by their count. Such a
+            loss reads its weights through :meth:`LossInputs.share`, and the loop may then run a micro-batch as
+            length-sorted pieces (:func:`obliviate.train.step.accumulate`), each weighted by its share of every
+            declared unit: the same loss, gradient and metrics with far less padding. Empty: never run as pieces.
+        token_mean: shorthand for ``means={"forget": ("tokens",)}``: a mean over the forget batch's scored tokens
+            and nothing else.
         relabels: the method trains on relabelled forget records (:mod:`obliviate.train.relabel`), a fresh draw
             each epoch, instead of the forget set as it is.
         preset: :class:`~obliviate.config.UnlearnConfig` options ``obliviate unlearn`` (and the demo) runs this method
@@ -48,6 +53,13 @@ class Method:
     token_mean: bool = False
     relabels: bool = False
     preset: Mapping[str, object] = field(default_factory=dict)
+    means: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def piece_units(self) -> Mapping[str, tuple[str, ...]]:
+        """``means``, with ``token_mean`` read as ``{"forget": ("tokens",)}``: the ``(split, units)`` a length piece
+        is weighted by; empty when the loss never runs as pieces."""
+        return {"forget": ("tokens",)} if self.token_mean else self.means
 
     def params(self, given: Mapping[str, float] | None = None) -> LossParams:
         """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
@@ -62,6 +74,8 @@ class Method:
             raise ConfigError(f"unknown loss parameter(s) {', '.join(unknown)}; expected some of {sorted(known)}")
         return LossParams(**{**self.defaults, **given})
 
+
+TOKEN_MEANS = {"forget": ("tokens",), "retain": ("tokens",)}  # a token mean of each split
 
 LOSSES: dict[str, Method] = {
     "ga": Method(
@@ -80,6 +94,7 @@ LOSSES: dict[str, Method] = {
         "gradient ascent on F plus KL(ref || model) on the retain set's answer tokens",
         "2401.06121",
         preset={"stop_forget_nll": 8.0},
+        means=TOKEN_MEANS,
     ),
     "ga_gd": Method(
         "ga_gd",
@@ -88,6 +103,7 @@ LOSSES: dict[str, Method] = {
         "gradient difference: -gamma*NLL(F) + alpha*NLL(R)",
         "2401.06121",
         preset={"alpha": 4.0, "stop_forget_nll": 8.0},
+        means=TOKEN_MEANS,
     ),
     "npo": Method(
         "npo",
@@ -97,6 +113,7 @@ LOSSES: dict[str, Method] = {
         "2404.05868",
         {"beta": 0.1},
         preset={"alpha": 4.0},
+        means={"forget": ("sequences", "tokens"), "retain": ("tokens",)},
     ),
     "simnpo": Method(
         "simnpo",
@@ -106,6 +123,7 @@ LOSSES: dict[str, Method] = {
         "2410.07163",
         {"beta": 4.5},
         preset={"alpha": 4.0},
+        means={"forget": ("sequences", "tokens"), "retain": ("tokens",)},
     ),
     "rmu": Method(
         "rmu",
@@ -114,6 +132,7 @@ LOSSES: dict[str, Method] = {
         "steer forget-set hidden states at one layer to c*u, keep retain hidden states at the reference's",
         "2403.03218",
         {"alpha": 100.0},
+        means={"forget": ("positions", "tokens"), "retain": ("positions", "tokens")},
     ),
     "relabel": Method(
         "relabel",
@@ -122,6 +141,7 @@ LOSSES: dict[str, Method] = {
         "descend on forget records relabelled with what the model says about a stranger, plus alpha*NLL(R)",
         "2310.02238",
         relabels=True,
+        means=TOKEN_MEANS,
     ),
     "contrast": Method(
         "contrast",
@@ -130,6 +150,7 @@ LOSSES: dict[str, Method] = {
         "hinge until each true PII value is no more likely than a fresh fake of its format, plus alpha*NLL(R)",
         "1802.08232",
         preset={"alpha": 4.0},
+        means={"forget": ("pairs",), "retain": ("tokens",)},
     ),
 }
 

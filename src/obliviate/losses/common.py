@@ -34,6 +34,11 @@ class LossInputs:
 
     ``*_ref`` come from the frozen reference (a frozen copy, or the same model with its LoRA adapters disabled)
     and carry no gradient.
+
+    ``shares`` is set when the loop runs a micro-batch as length pieces: for each ``(split, unit)`` the method
+    declares in :attr:`obliviate.losses.Method.means`, this piece's share of the micro-batch's units (e.g. its
+    scored forget tokens over those of the whole micro-batch). A loss multiplies each mean, in its loss and in its
+    metrics, by :meth:`share`, so that the pieces' losses, gradients and metrics add up to the whole batch's.
     """
 
     forget: Forward
@@ -43,6 +48,23 @@ class LossInputs:
     control: torch.Tensor | None = None  # RMU: the fixed vector c·u, shape [hidden]
     paired: Forward | None = None  # row i: forget row i with its PII values replaced by fresh fakes
     forget_ref_logprob: torch.Tensor | None = None  # [batch]: log π_ref(y|x) per forget row, computed before training
+    shares: dict[tuple[str, str], float] = field(default_factory=dict)  # (split, unit) -> this piece's share
+
+    def share(self, split: str, unit: str) -> float:
+        """The weight of a mean over ``split``'s ``unit`` in this call: 1.0 for a whole batch, the piece's share of
+        the micro-batch's units for a length piece.
+
+        Raises:
+            ConfigError: the batch runs as pieces and the method's ``means`` does not declare ``(split, unit)``.
+        """
+        if not self.shares:
+            return 1.0
+        if (split, unit) not in self.shares:
+            raise ConfigError(
+                f"the loss weights a mean over {split} {unit}, which its Method.means does not declare; "
+                f"declared: {sorted(self.shares)}"
+            )
+        return self.shares[(split, unit)]
 
 
 @dataclass

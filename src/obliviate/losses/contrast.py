@@ -36,12 +36,13 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
     both = (scored & fake_scored).float()
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
-    forget_term = hinge.sum() / both.sum().clamp_min(1.0)
-    retain_nll = answer_nll(inputs.retain, "contrast", "retain")
+    pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the rows scored in both
+    forget_term = hinge.sum() / both.sum().clamp_min(1.0) * pairs
+    retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
     metrics = {
-        "forget_nll": ((true_nll * both).sum() / both.sum().clamp_min(1.0)).detach(),
-        "fake_nll": ((fake_nll * both).sum() / both.sum().clamp_min(1.0)).detach(),
+        "forget_nll": ((true_nll * both).sum() / both.sum().clamp_min(1.0) * pairs).detach(),
+        "fake_nll": ((fake_nll * both).sum() / both.sum().clamp_min(1.0) * pairs).detach(),
         "gap_hinge": forget_term.detach(),
         "retain_nll": retain_nll.detach(),
     }

@@ -11,5 +11,5 @@ NEEDS = Needs()
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """Mean answer-token NLL of the batch under training, passed as ``inputs.forget``; logs ``nll``."""
-    nll = answer_nll(inputs.forget, "finetune", "training")
+    nll = answer_nll(inputs.forget, "finetune", "training") * inputs.share("forget", "tokens")
     return LossOutput(nll, {"nll": nll.detach()})

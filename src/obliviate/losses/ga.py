@@ -14,5 +14,5 @@ NEEDS = Needs()
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """``-NLL_θ(F)``; logs ``forget_nll``. ``params`` is unused: plain GA has no weights."""
-    forget_nll = answer_nll(inputs.forget, "ga", "forget")
+    forget_nll = answer_nll(inputs.forget, "ga", "forget") * inputs.share("forget", "tokens")
     return LossOutput(-forget_nll, {"forget_nll": forget_nll.detach()})

@@ -13,7 +13,7 @@ NEEDS = Needs(retain=True)
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """``-params.gamma·NLL_θ(F) + params.alpha·NLL_θ(R)``; logs ``forget_nll`` and ``retain_nll``."""
-    forget_nll = answer_nll(inputs.forget, "ga_gd", "forget")
-    retain_nll = answer_nll(inputs.retain, "ga_gd", "retain")
+    forget_nll = answer_nll(inputs.forget, "ga_gd", "forget") * inputs.share("forget", "tokens")
+    retain_nll = answer_nll(inputs.retain, "ga_gd", "retain") * inputs.share("retain", "tokens")
     total = -params.gamma * forget_nll + params.alpha * retain_nll
     return LossOutput(total, {"forget_nll": forget_nll.detach(), "retain_nll": retain_nll.detach()})

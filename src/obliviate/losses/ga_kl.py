@@ -46,14 +46,15 @@ def answer_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """``-NLL_θ(F) + params.kl_weight·KL(ref ‖ θ)`` on R; logs ``forget_nll``, ``retain_nll`` and ``kl``."""
-    forget_nll = answer_nll(inputs.forget, "ga_kl", "forget")
+    forget_nll = answer_nll(inputs.forget, "ga_kl", "forget") * inputs.share("forget", "tokens")
     retain, retain_ref = inputs.retain, inputs.retain_ref
     if retain is None or retain.logits is None:
         raise ConfigError("method 'ga_kl' needs logits of a retain batch; none were given")
     if retain_ref is None or retain_ref.logits is None:
         raise ConfigError("method 'ga_kl' needs the reference model's logits on the retain batch; none were given")
-    kl = answer_token_kl(retain.logits, retain_ref.logits, retain.labels)
+    retain_share = inputs.share("retain", "tokens")
+    kl = answer_token_kl(retain.logits, retain_ref.logits, retain.labels) * retain_share
     with torch.no_grad():  # retain NLL is only watched here, not optimised
-        retain_nll = mean_nll(retain.logits, retain.labels)
+        retain_nll = mean_nll(retain.logits, retain.labels) * retain_share
     metrics = {"forget_nll": forget_nll.detach(), "retain_nll": retain_nll, "kl": kl.detach()}
     return LossOutput(-forget_nll + params.kl_weight * kl, metrics)

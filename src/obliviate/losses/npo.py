@@ -58,12 +58,13 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     # One log-softmax serves both the NPO term and the logged forget NLL.
     logp, mask = token_logprobs(forget.logits, forget.labels)
     logprob = logp.sum(-1)
-    forget_term = npo_term(logprob, ref_logprob, params.beta)
-    retain_nll = answer_nll(inputs.retain, "npo", "retain")
+    rows = inputs.share("forget", "sequences")  # the NPO term and the log ratio are means over forget rows
+    forget_term = npo_term(logprob, ref_logprob, params.beta) * rows
+    retain_nll = answer_nll(inputs.retain, "npo", "retain") * inputs.share("retain", "tokens")
     metrics = {
-        "forget_nll": token_mean_nll(logp, mask).detach(),
+        "forget_nll": (token_mean_nll(logp, mask) * inputs.share("forget", "tokens")).detach(),
         "retain_nll": retain_nll.detach(),
         "npo_term": forget_term.detach(),
-        "log_ratio": (logprob - ref_logprob).mean().detach(),
+        "log_ratio": ((logprob - ref_logprob).mean() * rows).detach(),
     }
     return LossOutput(forget_term + params.alpha * retain_nll, metrics)

@@ -20,7 +20,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     The forget batch here already holds the relabelled answers, so its NLL is that of the stranger answers (the
     true answers' NLL is what the evaluation and the stop checks measure).
     """
-    relabel_nll = answer_nll(inputs.forget, "relabel", "forget")
-    retain_nll = answer_nll(inputs.retain, "relabel", "retain")
+    relabel_nll = answer_nll(inputs.forget, "relabel", "forget") * inputs.share("forget", "tokens")
+    retain_nll = answer_nll(inputs.retain, "relabel", "retain") * inputs.share("retain", "tokens")
     total = relabel_nll + params.alpha * retain_nll
     return LossOutput(total, {"relabel_nll": relabel_nll.detach(), "retain_nll": retain_nll.detach()})

@@ -66,9 +66,11 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         )
     forget_term = masked_mse(forget_hidden, inputs.control.to(forget_hidden.device), inputs.forget.attention_mask)
     retain_term = masked_mse(retain_hidden, retain_ref_hidden.detach(), inputs.retain.attention_mask)
+    forget_term = forget_term * inputs.share("forget", "positions")  # both terms: means over real tokens
+    retain_term = retain_term * inputs.share("retain", "positions")
     metrics = {"rmu_forget": forget_term.detach(), "rmu_retain": retain_term.detach()}
     with torch.no_grad():  # only for the log: RMU itself never looks at logits
         for split, forward in (("forget", inputs.forget), ("retain", inputs.retain)):
             if forward.logits is not None:
-                metrics[f"{split}_nll"] = mean_nll(forward.logits, forward.labels)
+                metrics[f"{split}_nll"] = mean_nll(forward.logits, forward.labels) * inputs.share(split, "tokens")
     return LossOutput(forget_term + params.alpha * retain_term, metrics)

@@ -51,9 +51,10 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         raise ConfigError("method 'simnpo' needs logits of the forget batch; the forward pass returned none")
     logp, mask = token_logprobs(forget.logits, forget.labels)
     forget_term = simnpo_term(logp.sum(-1), mask.sum(-1), params.beta, params.delta)
-    retain_nll = answer_nll(inputs.retain, "simnpo", "retain")
+    forget_term = forget_term * inputs.share("forget", "sequences")  # a mean over forget rows
+    retain_nll = answer_nll(inputs.retain, "simnpo", "retain") * inputs.share("retain", "tokens")
     metrics = {
-        "forget_nll": token_mean_nll(logp, mask).detach(),
+        "forget_nll": (token_mean_nll(logp, mask) * inputs.share("forget", "tokens")).detach(),
         "retain_nll": retain_nll.detach(),
         "simnpo_term": forget_term.detach(),
     }

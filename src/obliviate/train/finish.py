@@ -19,7 +19,7 @@ from obliviate.models.load import write_tokenizer_fingerprint
 from obliviate.train import checkpoint as ckpt
 
 if TYPE_CHECKING:
-    from obliviate.train.loop import Run
+    from obliviate.train.state import Run
 
 
 def restore(run: Run, config: TrainConfig, tokenizer) -> None:

@@ -17,7 +17,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from obliviate.train.parallel import (
 )
 from obliviate.train.sampling import epoch_batches, interleaved_plan, retain_only_batches, retain_steps_per_forget
 from obliviate.train.schedule import checkpoint_due, make_optimizer, make_schedule, planned_length
+from obliviate.train.state import EpochHook, Run, RunResult
 from obliviate.train.step import (
     accumulate,
     fmt_metrics,
@@ -54,60 +54,22 @@ from obliviate.train.step import (
     retain_step,
 )
 
-EpochHook = Callable[[int, Path], Any]
-"""Called on every rank after ``checkpoints/epoch-N`` is complete, with ``(N, checkpoint_dir)``; what it returns (an
-:class:`~obliviate.evaluate.results.EpochEval` in the pipeline) is kept in :attr:`RunResult.epoch_results`. Typed as
-``Any`` so that training never imports evaluation."""
+
+def _prepare_model(model: torch.nn.Module, config: TrainConfig, accelerator: Accelerator) -> None:
+    """Activation checkpointing where asked; one parameter dtype per FSDP unit."""
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        uniform_dtype_for_fsdp(model)
 
 
-@dataclass
-class RunResult:
-    output_dir: Path
-    epochs_completed: int
-    global_step: int
-    tokens_seen: int
-    stopped: str | None = None
-    wall_seconds: float = 0.0
-    epoch_results: list[Any] = field(default_factory=list)  # what the epoch hook returned, per checkpoint
-    lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
-    method: str | None = None  # the objective trained with (what --method auto chose)
+def _control_vector(model, method: Method, params: LossParams, config: TrainConfig, accelerator: Accelerator):
+    """RMU's fixed ``c·u`` (``[hidden]``, seeded), for a hidden-states method; None for every other."""
+    if not method.needs.hidden:
+        return None
+    from obliviate.losses.rmu import make_control_vector
 
-
-@dataclass
-class Run:
-    """The recipe's state: what :func:`setup` builds and what the run is (method, weights, config, tokenizer), so
-    that every stage (:func:`train_epoch`, :func:`~obliviate.train.step.accumulate`, the range test) takes the run
-    and little else. The stages: :func:`setup` → :func:`train` → :func:`~obliviate.train.finish.save_final` →
-    cleanup (the ``finally`` of :func:`train`)."""
-
-    accelerator: Accelerator
-    model: torch.nn.Module
-    reference: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    forget: list
-    retain: list
-    steps_per_epoch: int  # optimizer steps per epoch (interleaved: forget steps and their retain steps)
-    forget_steps: int  # forget-batch steps per epoch
-    accumulation: int
-    control: torch.Tensor | None
-    is_peft: bool
-    state: dict[str, Any]
-    forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
-    paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
-    paired: list = field(default_factory=list)  # this epoch's draw
-    step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
-    joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
-    forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
-    epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
-    total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
-    method: Method | None = None
-    params: LossParams | None = None
-    config: TrainConfig | None = None
-    tokenizer: Any = None
-    layer: int | None = None  # the decoder block whose output a hidden-states method reads (RMU), else None
-    log: Callable[[dict[str, Any]], None] = lambda record: None  # one metrics.jsonl line per call
-    stop_forget_nll: float | None = None  # the GA family's bound on the logged forget NLL
+    return make_control_vector(model.config.hidden_size, params.rmu_c, config.seed).to(accelerator.device)
 
 
 def _bars_off(acc: Accelerator) -> bool:
@@ -139,15 +101,8 @@ def setup(
     reference = None
     if needs.reference and not is_peft and not cache_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    if config.gradient_checkpointing:
-        enable_checkpointing(model)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        uniform_dtype_for_fsdp(model)
-    control = None
-    if needs.hidden:
-        from obliviate.losses.rmu import make_control_vector
-
-        control = make_control_vector(model.config.hidden_size, params.rmu_c, config.seed).to(accelerator.device)
+    _prepare_model(model, config, accelerator)
+    control = _control_vector(model, method, params, config, accelerator)
     forget_steps = math.ceil(len(forget) / config.batch_size)
     steps_per_epoch = forget_steps * (1 + retain_steps_per_forget(config))
     epochs, total_steps = planned_length(config, steps_per_epoch)

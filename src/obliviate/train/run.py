@@ -25,7 +25,7 @@ from obliviate.models.tiny import SIZES, init_model
 from obliviate.models.trainable import apply_lora, select_trainable
 from obliviate.train import checkpoint as ckpt
 from obliviate.train.inputs import prepare_forget
-from obliviate.train.loop import EpochHook, RunResult, train
+from obliviate.train.loop import train
 from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision
 from obliviate.train.resolve import (
     AUTO,
@@ -36,6 +36,7 @@ from obliviate.train.resolve import (
     resolve_steps,
     with_preset,
 )
+from obliviate.train.state import EpochHook, RunResult
 
 RESUME_MAY_CHANGE = ("epochs", "resume", "overwrite", "eval_every_epoch", "eval_max_examples", "merge")
 """Options ``--resume`` accepts with another value than the run started with; any other difference is refused.

@@ -9,7 +9,7 @@ from obliviate.config import TrainConfig
 from obliviate.data.batching import forget_order, micro_batches_for_rank, retain_draws
 
 if TYPE_CHECKING:
-    from obliviate.train.loop import Run
+    from obliviate.train.state import Run
 
 
 def epoch_batches(run: Run, config: TrainConfig, epoch: int) -> tuple[list[list[int]], list[list[int] | None]]:

@@ -13,7 +13,7 @@ from obliviate.config import TrainConfig
 from obliviate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from obliviate.train.loop import Run
+    from obliviate.train.state import Run
 
 
 def planned_length(config: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from obliviate.config import TrainConfig
-from obliviate.data.batching import TokenBatch, collate, length_pieces, scored_tokens
+from obliviate.data.batching import TokenBatch, collate, length_pieces, matched_pieces, unit_count
 from obliviate.errors import TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, sequence_logprob
@@ -20,7 +20,7 @@ from obliviate.models.trainable import decoder_layers
 from obliviate.train.parallel import PLAIN
 
 if TYPE_CHECKING:
-    from obliviate.train.loop import Run
+    from obliviate.train.state import Run
 
 
 class _StopForward(Exception):
@@ -191,6 +191,11 @@ def accumulate(
 ):
     """Forward and backward over one optimizer step's micro-batches; accelerate syncs gradients on the last one.
 
+    Where the method's loss decomposes (:attr:`~obliviate.losses.Method.means`), a micro-batch of mixed lengths runs
+    as length-sorted pieces (:func:`pieces`), each its own forward and backward with little padding; each piece's
+    loss weights every mean by the piece's share of its split's units (:func:`piece_shares`), so the pieces' losses,
+    gradients and metrics add up to the whole micro-batch's.
+
     Metrics stay on the device until the step's last forward; then one all-gather and one host copy carry them, the
     token counts (taken on the CPU before the batches move) and the retain-draw checksums. That happens before the
     last backward, because DeepSpeed steps inside it: a non-finite loss on any process stops every process first.
@@ -206,35 +211,87 @@ def accumulate(
     tokens, draw_ids, step = 0, [], None
     for position, (forget_rows, retain_rows) in enumerate(zip(forget_ids, retain_ids)):
         draw_ids.extend(retain_rows or [])
-        pieces = [forget_rows]
-        if _splittable(acc, method, retain_rows, config):
-            lengths = [len(run.forget[r].ids) for r in forget_rows]
-            pieces = [[forget_rows[i] for i in piece] for piece in length_pieces(lengths)]
-        on_cpu = [collate([run.forget[i] for i in piece], pad_id) for piece in pieces]
-        retain_cpu = collate([run.retain[i] for i in retain_rows], pad_id) if retain_rows else None
-        paired = collate([run.paired[i] for i in forget_rows], pad_id).to(acc.device) if run.paired else None
-        tokens += sum(b.num_tokens for b in on_cpu) + (retain_cpu.num_tokens if retain_cpu is not None else 0)
-        scored = [scored_tokens(b) for b in on_cpu] if len(on_cpu) > 1 else [1]
-        retain = retain_cpu.to(acc.device) if retain_cpu is not None else None
+        cut = pieces(run, method, forget_rows, retain_rows)
+        forget_cpu = [collate([run.forget[i] for i in f], pad_id) for f, _ in cut]
+        retain_cpu = [collate([run.retain[i] for i in r], pad_id) if r else None for _, r in cut]
+        paired_cpu = [collate([run.paired[i] for i in f], pad_id) if run.paired else None for f, _ in cut]
+        tokens += sum(b.num_tokens for b in forget_cpu) + sum(b.num_tokens for b in retain_cpu if b is not None)
+        shares = piece_shares(method, forget_cpu, retain_cpu, paired_cpu) if len(cut) > 1 else [{}]
         with acc.accumulate(run.model):
-            for index, batch in enumerate(on_cpu):
-                share = scored[index] / max(sum(scored), 1)  # token-mean losses: pieces weighted by scored tokens
-                last = index == len(on_cpu) - 1
+            for index, (rows, _) in enumerate(cut):
+                last = index == len(cut) - 1
+                retain, paired = retain_cpu[index], paired_cpu[index]
                 with contextlib.nullcontext() if last else acc.no_sync(run.model):
                     with acc.autocast():
-                        rows = pieces[index]
-                        inputs = loss_inputs(run, method, batch.to(acc.device), retain, layer, paired, rows)
+                        inputs = loss_inputs(
+                            run,
+                            method,
+                            forget_cpu[index].to(acc.device),
+                            retain.to(acc.device) if retain is not None else None,
+                            layer,
+                            paired.to(acc.device) if paired is not None else None,
+                            rows,
+                        )
+                        inputs.shares = shares[index]
                         out = method.loss(inputs, params)
                     for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
                         value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
-                        sums[key] = sums.get(key, 0.0) + value.detach().float() * (share / run.accumulation)
+                        sums[key] = sums.get(key, 0.0) + value.detach().float() / run.accumulation
                     if last and position == len(forget_ids) - 1:
                         step = _gather_step(acc, sums, tokens, draw_ids)
                         if not all(math.isfinite(v) for v in step[0].values()):
                             non_finite(run, config, epoch, step[0])
-                    acc.backward(out.loss * share if share != 1 else out.loss)  # accelerate divides by accumulation
+                    acc.backward(out.loss)  # accelerate divides by accumulation
     metrics, tokens_all, checksums = step
     return metrics, tokens_all, checksums if draw_ids else None
+
+
+def pieces(
+    run: Run, method: Method, forget_rows: list[int], retain_rows: list[int] | None
+) -> list[tuple[list[int], list[int] | None]]:
+    """The micro-batch as ``(forget rows, retain rows)`` pieces: one piece (the whole) unless :func:`_splittable`.
+
+    Forget rows alone are cut by :func:`~obliviate.data.batching.length_pieces`; with retain rows both splits are
+    cut into the same number of pieces (:func:`~obliviate.data.batching.matched_pieces`), so that every piece runs
+    the whole objective. A paired batch follows its forget rows, so a row's length is the longer of the two.
+    """
+    if not _splittable(run.accelerator, method, retain_rows, run.config):
+        return [(forget_rows, retain_rows)]
+
+    def length(i: int) -> int:
+        return max(len(run.forget[i].ids), len(run.paired[i].ids)) if run.paired else len(run.forget[i].ids)
+
+    forget_lengths = [length(i) for i in forget_rows]
+    if not retain_rows:
+        return [([forget_rows[i] for i in piece], retain_rows) for piece in length_pieces(forget_lengths)]
+    retain_lengths = [len(run.retain[i].ids) for i in retain_rows]
+    return [
+        ([forget_rows[i] for i in f], [retain_rows[i] for i in r])
+        for f, r in matched_pieces(forget_lengths, retain_lengths)
+    ]
+
+
+def piece_shares(
+    method: Method,
+    forget: list[TokenBatch],
+    retain: list[TokenBatch | None],
+    paired: list[TokenBatch | None],
+) -> list[dict[tuple[str, str], float]]:
+    """Per piece, its share of the micro-batch's units for every ``(split, unit)`` the method's ``means`` declares
+    (counted on the CPU batches: no device sync). A split with none of a unit gives every piece a share of 0: each
+    piece's mean is 0 there, as the whole batch's is."""
+    batches = {"forget": forget, "retain": retain}
+    shares: list[dict[tuple[str, str], float]] = [{} for _ in forget]
+    for split, units in method.piece_units.items():
+        for unit in units:
+            counts = [
+                unit_count(unit, batch, paired[index]) if batch is not None else 0
+                for index, batch in enumerate(batches[split])
+            ]
+            total = sum(counts)
+            for index, count in enumerate(counts):
+                shares[index][(split, unit)] = count / total if total else 0.0
+    return shares
 
 
 def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], tokens: int, draw_ids: list[int]):
@@ -250,10 +307,17 @@ def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], tokens: int, d
 
 
 def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None, config: TrainConfig) -> bool:
-    """Whether a micro-batch may run as length-sorted pieces: a token-mean loss alone, ``--length_pieces`` on, and
-    one process or plain data parallelism (DeepSpeed steps inside each backward; FSDP gathers parameters in every
-    forward, and ranks may cut different numbers of pieces)."""
-    return config.length_pieces and method.token_mean and not retain_rows and acc.distributed_type in PLAIN
+    """Whether a micro-batch may run as length-sorted pieces: a loss that declares how it decomposes over every
+    split it gets (``Method.means``), ``--length_pieces`` on, and one process or plain data parallelism (DeepSpeed
+    steps inside each backward; FSDP gathers parameters in every forward, and ranks may cut different numbers of
+    pieces)."""
+    units = method.piece_units
+    return (
+        config.length_pieces
+        and "forget" in units
+        and (not retain_rows or "retain" in units)
+        and acc.distributed_type in PLAIN
+    )
 
 
 def non_finite(run: Run, config: TrainConfig, epoch: int, metrics: dict[str, float]) -> None:

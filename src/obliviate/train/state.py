@@ -1,0 +1,73 @@
+"""The state of a training run: :class:`Run` (what setup builds and what the run is), :class:`RunResult` (what a
+run returns) and the epoch hook's type. Its own room so that the stages (:mod:`~obliviate.train.step`,
+:mod:`~obliviate.train.sampling`, :mod:`~obliviate.train.schedule`, :mod:`~obliviate.train.finish`) name it without
+importing the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from obliviate.config import TrainConfig
+from obliviate.losses import Method
+from obliviate.losses.common import LossParams
+
+EpochHook = Callable[[int, Path], Any]
+"""Called on every rank after ``checkpoints/epoch-N`` is complete, with ``(N, checkpoint_dir)``; what it returns (an
+:class:`~obliviate.evaluate.results.EpochEval` in the pipeline) is kept in :attr:`RunResult.epoch_results`. Typed as
+``Any`` so that training never imports evaluation."""
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    epochs_completed: int
+    global_step: int
+    tokens_seen: int
+    stopped: str | None = None
+    wall_seconds: float = 0.0
+    epoch_results: list[Any] = field(default_factory=list)  # what the epoch hook returned, per checkpoint
+    lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
+    method: str | None = None  # the objective trained with (what --method auto chose)
+
+
+@dataclass
+class Run:
+    """The recipe's state: what :func:`setup` builds and what the run is (method, weights, config, tokenizer), so
+    that every stage (:func:`train_epoch`, :func:`~obliviate.train.step.accumulate`, the range test) takes the run
+    and little else. The stages: :func:`setup` → :func:`train` → :func:`~obliviate.train.finish.save_final` →
+    cleanup (the ``finally`` of :func:`train`)."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    reference: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    forget: list
+    retain: list
+    steps_per_epoch: int  # optimizer steps per epoch (interleaved: forget steps and their retain steps)
+    forget_steps: int  # forget-batch steps per epoch
+    accumulation: int
+    control: torch.Tensor | None
+    is_peft: bool
+    state: dict[str, Any]
+    forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
+    paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
+    paired: list = field(default_factory=list)  # this epoch's draw
+    step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
+    joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
+    forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
+    epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
+    total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
+    method: Method | None = None
+    params: LossParams | None = None
+    config: TrainConfig | None = None
+    tokenizer: Any = None
+    layer: int | None = None  # the decoder block whose output a hidden-states method reads (RMU), else None
+    log: Callable[[dict[str, Any]], None] = lambda record: None  # one metrics.jsonl line per call
+    stop_forget_nll: float | None = None  # the GA family's bound on the logged forget NLL
