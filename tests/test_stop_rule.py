@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -89,3 +90,23 @@ def test_the_band_counts_the_forget_means_own_standard_error(monkeypatch):
     reason = rule(None, None, 2)
     assert reason is not None and "never-seen band" in reason
     assert rule.history[-1]["forget_se"] == pytest.approx(0.5)
+
+
+def test_a_mean_inside_the_band_is_not_enough_while_values_still_rank_first(monkeypatch):
+    """Half the values still ranked first (exposure log2(51)) and half pushed to 0: the mean (2.84) is inside the
+    band, the share ranked first (0.5 against the holdout's 0) is not; the next check, with none first, stops."""
+    top = math.log2(51)
+    rule = scripted(
+        monkeypatch,
+        {"holdout": [[2.0, 3.0, 2.5, 3.5]], "forget": [[top, top, 0.0, 0.0] * 4, [2.5] * 16]},
+        retain=[1.0, 1.0, 1.0],
+    )
+    rule.start(None, None)
+    assert rule._reference_top == (0.0, 4)
+    mean_in_band = rule(None, None, 2)
+    assert mean_in_band is None
+    check = rule.history[-1]
+    assert check["forget_exposure"] <= check["threshold"] and check["forget_top_share"] == 0.5
+    assert check["top_threshold"] == pytest.approx(2.0 * math.sqrt(0.25 / 16))  # 0.25 < 0.5: go on
+    reason = rule(None, None, 4)
+    assert reason is not None and "0.00 of the values ranked first" in reason

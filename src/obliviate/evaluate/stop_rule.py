@@ -6,9 +6,13 @@ of a fixed retain sample. It stops when
 
 - the forget values' mean exposure has come down into the never-seen band: at most the reference mean plus
   ``band`` standard errors of the difference of the two means (``sqrt(se_ref² + se_forget²)``: a one-sided
-  two-sample z test, which cannot tell the forget people from never-seen ones at about 2 standard errors). The
-  reference is the holdout people's exposure under the starting model when a holdout set is given (people it never
-  saw), else the chance level of a uniform rank among K + 1; or
+  two-sample z test, which cannot tell the forget people from never-seen ones at about 2 standard errors), and the
+  share of forget values ranked first among their fakes (the values a greedy answer would most likely reproduce)
+  is inside the same kind of band around the reference's share. The mean alone is not enough: a third of the
+  values still ranked first and the rest pushed below chance average out inside the band (measured on LUME Task2,
+  where the run stopped with a leak rate of 0.36). The reference is the holdout people's exposure under the
+  starting model when a holdout set is given (people it never saw), else the chance level of a uniform rank among
+  K + 1 (a share of 1 / (K + 1) ranked first); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
 
@@ -59,6 +63,7 @@ class ExposureStopRule:
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     _reference: tuple[float, float] | None = None
+    _reference_top: tuple[float, int] = (0.0, 0)  # the share of reference values ranked first, and their count
     _retain_start: float | None = None
 
     def __post_init__(self) -> None:
@@ -69,15 +74,35 @@ class ExposureStopRule:
         values = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
         if len(values) >= 2:
             self._reference = (float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))))
+            self._reference_top = (self._top_share(values), len(values))
         else:  # a uniform rank among K + 1 has a standard deviation of about log2(e) bits per value
             count = max(1, len(self._exposures(model, tokenizer, self.forget, "forget", dry=True)))
             self._reference = (chance_exposure(self.k), math.log2(math.e) / math.sqrt(count))
+            self._reference_top = (1.0 / (self.k + 1), count)
         self._retain_start = retain_nll(model, tokenizer, self.retain)
 
     def describe(self) -> dict[str, float]:
         """What :meth:`start` measured: the never-seen band's mean and standard error, and the retain NLL."""
         mean, se = self._reference if self._reference is not None else (math.nan, math.nan)
-        return {"reference_exposure": mean, "reference_se": se, "band": self.band, "retain_nll": self._retain_start}
+        return {
+            "reference_exposure": mean,
+            "reference_se": se,
+            "reference_top_share": self._reference_top[0],
+            "band": self.band,
+            "retain_nll": self._retain_start,
+        }
+
+    def _top_share(self, values: Sequence[float]) -> float:
+        """The share of values ranked first among their K fakes (exposure log2(K + 1), the most a value can have)."""
+        top = math.log2(self.k + 1) - 1e-9
+        return float(np.mean([v >= top for v in values])) if len(values) else 0.0
+
+    def _top_threshold(self, forget_share: float, forget_count: int) -> float:
+        """The highest forget share ranked first that the band admits: the reference share plus ``band`` standard
+        errors of the difference of two proportions."""
+        share, count = self._reference_top
+        variance = share * (1 - share) / max(count, 1) + forget_share * (1 - forget_share) / max(forget_count, 1)
+        return share + self.band * math.sqrt(variance)
 
     def __call__(self, model, tokenizer, step: int) -> str | None:
         """The reason to stop at ``step``, or None to go on."""
@@ -90,12 +115,16 @@ class ExposureStopRule:
         mean, reference_se = self._reference
         se = math.sqrt(reference_se**2 + forget_se**2)  # two-sample: both means are estimates
         threshold = mean + self.band * se
+        top = self._top_share(values)
+        top_threshold = self._top_threshold(top, len(values))
         self.history.append(
             {
                 "step": step,
                 "forget_exposure": exposure,
                 "forget_se": forget_se,
                 "threshold": threshold,
+                "forget_top_share": top,
+                "top_threshold": top_threshold,
                 "retain_nll": retain,
             }
         )
@@ -104,10 +133,11 @@ class ExposureStopRule:
                 f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
                 f"({self._retain_start:.3f}) at step {step}"
             )
-        if exposure <= threshold:
+        if exposure <= threshold and top <= top_threshold:
             return (
                 f"forget exposure {exposure:.2f} bits is inside the never-seen band "
-                f"(≤ {mean:.2f} + {self.band}·{se:.2f}) at step {step}"
+                f"(≤ {mean:.2f} + {self.band}·{se:.2f}), {top:.2f} of the values ranked first "
+                f"(≤ {top_threshold:.2f}) at step {step}"
             )
         return None
 
