@@ -223,3 +223,17 @@ def test_ga_needs_no_retain_set_and_a_relative_output_dir_works(assets, tmp_path
     assert main(argv) == 0
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 5
+
+
+def test_a_registered_method_reaches_the_unlearn_help(monkeypatch, capsys):
+    """Adding a method is one file and one registry entry: ``--method``'s help and choices come from ``LOSSES``."""
+    import dataclasses as dc
+
+    from obliviate.cli.main import build_parser
+    from obliviate.losses import LOSSES
+
+    monkeypatch.setitem(LOSSES, "ga_twice", dc.replace(LOSSES["ga"], name="ga_twice", summary="GA, said twice"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["unlearn", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ga_twice: GA, said twice" in text and "{auto,ga," in text and ",ga_twice}" in text

@@ -151,8 +151,7 @@ class UnlearnConfig(TrainConfig):
     holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
     method: str = option(
         "auto",
-        "auto (contrast where the forget people's PII values are known, else ga_gd), ga, ga_kl, ga_gd, npo, simnpo, "
-        "rmu, relabel or contrast",
+        "auto, or a method of the registry (obliviate.losses.LOSSES); the CLI lists them with their summaries",
     )
     lr: float | None = option(
         None, "peak learning rate of AdamW; unset: the method's preset, else a short range test picks it", gt=0, le=1

@@ -9,16 +9,30 @@ from obliviate.config import UnlearnConfig
 
 
 def register(subparsers) -> None:
+    from obliviate.losses import LOSSES
+
     parser = subparsers.add_parser(
         "unlearn",
-        help="unlearn a forget set (auto, ga, ga_kl, ga_gd, npo, simnpo, rmu, relabel, contrast)",
+        help=f"unlearn a forget set ({', '.join(['auto', *LOSSES])})",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
         "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. With no "
         "hyperparameter flags it measures its own learning rate (a short range test), runs at most 120 optimizer "
         "steps, and stops once the forget set's PII is as unexposed as a never-seen person's (docs/METHODS.md).",
     )
     add_arguments(parser, UnlearnConfig)
+    _describe_methods(parser, LOSSES)
     parser.set_defaults(func=run)
+
+
+def _describe_methods(parser: argparse.ArgumentParser, methods) -> None:
+    """``--method``'s help from the registry: a method added to ``LOSSES`` is listed, with its one-line summary."""
+    action = next(a for a in parser._actions if a.dest == "method")
+    listed = "; ".join(f"{name}: {method.summary}" for name, method in methods.items())
+    action.help = (
+        "auto (contrast where the forget people's PII values are known and a retain set is given, else ga_gd) or "
+        f"one of the registered methods ({listed}) (default: auto)"
+    )
+    action.metavar = "{" + ",".join(["auto", *methods]) + "}"
 
 
 def run(args: argparse.Namespace) -> int:
