@@ -222,18 +222,9 @@ def accumulate(
                 last = index == len(cut) - 1
                 retain, paired = retain_cpu[index], paired_cpu[index]
                 with contextlib.nullcontext() if last else acc.no_sync(run.model):
-                    with acc.autocast():
-                        inputs = loss_inputs(
-                            run,
-                            method,
-                            forget_cpu[index].to(acc.device),
-                            retain.to(acc.device) if retain is not None else None,
-                            layer,
-                            paired.to(acc.device) if paired is not None else None,
-                            rows,
-                        )
-                        inputs.shares = shares[index]
-                        out = method.loss(inputs, params)
+                    out = _piece_loss(
+                        run, method, params, layer, (forget_cpu[index], retain, paired), rows, shares[index]
+                    )
                     for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
                         value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
                         sums[key] = sums.get(key, 0.0) + value.detach().float() / run.accumulation
@@ -244,6 +235,17 @@ def accumulate(
                     acc.backward(out.loss)  # accelerate divides by accumulation
     metrics, tokens_all, checksums = step
     return metrics, tokens_all, checksums if draw_ids else None
+
+
+def _piece_loss(run: Run, method: Method, params: LossParams, layer, batches, rows: list[int], shares):
+    """One piece's forwards and loss under autocast; ``batches`` are its ``(forget, retain, paired)`` CPU batches
+    (retain and paired may be None), ``shares`` its weights (:func:`piece_shares`)."""
+    device = run.accelerator.device
+    forget, retain, paired = (b.to(device) if b is not None else None for b in batches)
+    with run.accelerator.autocast():
+        inputs = loss_inputs(run, method, forget, retain, layer, paired, rows)
+        inputs.shares = shares
+        return method.loss(inputs, params)
 
 
 def pieces(
