@@ -2,7 +2,7 @@
 
 For each method (``--methods``, default every registered one), contender A is the real loop:
 :func:`obliviate.train.loop.setup` builds the run (Accelerator, AdamW, schedule, tokenised data, the reference the
-method needs) and each round times one :func:`obliviate.train.loop.train_epoch` (collation, length pieces, the
+method needs) and each round times one :func:`obliviate.train.epoch.train_epoch` (collation, length pieces, the
 forwards, the loss, backward, clipping, AdamW, per-step metrics, the JSON log line and the progress bar). Contender
 B is a bare loop over the *same* rows (same forget order, retain draws and paired fakes), collated once up front as
 whole padded micro-batches: the same forward passes (hidden states through the same hook, the reference where the
@@ -44,7 +44,8 @@ from obliviate.losses.common import LossInputs  # noqa: E402
 from obliviate.models.tiny import build_model, count_parameters, train_tokenizer  # noqa: E402
 from obliviate.models.trainable import decoder_layers  # noqa: E402
 from obliviate.train import step  # noqa: E402
-from obliviate.train.loop import setup, train_epoch  # noqa: E402
+from obliviate.train.epoch import train_epoch  # noqa: E402
+from obliviate.train.loop import setup  # noqa: E402
 from obliviate.train.sampling import epoch_batches  # noqa: E402
 
 GOAL = 1.5

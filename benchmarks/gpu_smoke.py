@@ -53,7 +53,7 @@ from obliviate.data.synth import synthesize  # noqa: E402
 from obliviate.losses import get_method  # noqa: E402
 from obliviate.models.tiny import train_tokenizer  # noqa: E402
 from obliviate.models.trainable import apply_lora  # noqa: E402
-from obliviate.train import loop, parallel  # noqa: E402
+from obliviate.train import epoch, loop, parallel  # noqa: E402
 
 SHAPES = {
     # hidden, MLP, layers, heads, vocabulary, sequence length, examples per step, steps, new tokens when generating
@@ -150,7 +150,7 @@ def run_steps(model, tokenizer, method_name: str, config: UnlearnConfig, forget,
     distributed_type = str(run.accelerator.distributed_type)
     try:
         run.log = log
-        loop.train_epoch(run, 1)
+        epoch.train_epoch(run, 1)
         reference = run.reference
     finally:
         from accelerate.state import AcceleratorState

@@ -56,7 +56,7 @@ def test_available_cpus_honours_affinity_and_a_cgroup_quota(tmp_path, monkeypatc
 def test_training_bars_follow_tqdm_disable(monkeypatch):
     from types import SimpleNamespace
 
-    from obliviate.train.loop import _bars_off
+    from obliviate.train.state import bars_off as _bars_off
 
     main_process, other = SimpleNamespace(is_main_process=True), SimpleNamespace(is_main_process=False)
     monkeypatch.delenv("TQDM_DISABLE", raising=False)

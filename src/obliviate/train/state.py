@@ -5,6 +5,7 @@ importing the loop."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,9 @@ class RunResult:
 @dataclass
 class Run:
     """The recipe's state: what :func:`setup` builds and what the run is (method, weights, config, tokenizer), so
-    that every stage (:func:`train_epoch`, :func:`~obliviate.train.step.accumulate`, the range test) takes the run
-    and little else. The stages: :func:`setup` → :func:`train` → :func:`~obliviate.train.finish.save_final` →
-    cleanup (the ``finally`` of :func:`train`)."""
+    that every stage (:func:`~obliviate.train.epoch.train_epoch`, :func:`~obliviate.train.step.accumulate`, the range test) takes the run
+    and little else. The stages: :func:`~obliviate.train.loop.setup` → :func:`~obliviate.train.loop.train` → :func:`~obliviate.train.finish.save_final` →
+    cleanup (the ``finally`` of ``train``)."""
 
     accelerator: Accelerator
     model: torch.nn.Module
@@ -71,3 +72,9 @@ class Run:
     layer: int | None = None  # the decoder block whose output a hidden-states method reads (RMU), else None
     log: Callable[[dict[str, Any]], None] = lambda record: None  # one metrics.jsonl line per call
     stop_forget_nll: float | None = None  # the GA family's bound on the logged forget NLL
+
+
+def bars_off(acc: Accelerator) -> bool:
+    """Progress bars only on the main process, and not where ``TQDM_DISABLE`` is set (e.g. pipeline workers): an
+    explicit ``disable=False`` would override tqdm's own reading of that variable."""
+    return not acc.is_main_process or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,115 @@
+"""One epoch of a run: its steps in order (joint, or interleaved forget and retain steps), each step's log line and
+progress, and after each step the reasons to stop (the forget-NLL bound, the stop rule)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from tqdm.auto import tqdm
+
+from obliviate.train.sampling import epoch_batches, interleaved_plan, retain_only_batches, retain_steps_per_forget
+from obliviate.train.schedule import make_schedule
+from obliviate.train.state import Run, bars_off
+from obliviate.train.step import accumulate, fmt_metrics, optimizer_step, retain_step
+
+
+def train_epoch(run: Run, epoch: int) -> str | None:
+    """One pass over the forget set (or what is left of ``--max_steps``); returns a reason to stop early.
+
+    Under ``--schedule interleaved`` each forget step (forget term only) is followed by ``--retain_steps`` retain-only
+    steps, and the schedule restarts at every chunk of ``--chunk_size`` forget rows."""
+    config, params = run.config, run.params
+    micro, draws = epoch_batches(run, config, epoch)
+    run.model.train()
+    forget_groups = [
+        ([micro[i] for i in range(s, min(s + run.accumulation, len(micro)))], draws[s : s + run.accumulation])
+        for s in range(0, len(micro), run.accumulation)
+    ]
+    interleaved = retain_steps_per_forget(config) > 0
+    plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
+    retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
+    forget_params = dataclasses.replace(params, alpha=0.0, kl_weight=0.0) if interleaved else params
+    chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + config.retain_steps) if interleaved else 0
+    progress = _Progress(run, epoch)
+    for position, (phase, index) in enumerate(plan):
+        if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
+            run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
+        if phase == "retain":
+            step_metrics, tokens, checksums = retain_step(run, params, epoch, retain_groups[index])
+        else:
+            forget_ids, retain_ids = forget_groups[index]
+            step_metrics, tokens, checksums = accumulate(run, run.method, forget_params, epoch, forget_ids, retain_ids)
+        lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
+        optimizer_step(run, config)
+        _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, tokens, checksums)
+        progress.step(step_metrics)
+        reason = _stop_reason(run, epoch, step_metrics)
+        if reason is not None:
+            progress.close()
+            return reason
+        if config.max_steps and run.state["global_step"] >= config.max_steps:
+            break  # the step budget is spent: the run ends here, as planned (not a stop)
+    progress.close()
+    return None
+
+
+class _Progress:
+    """The epoch's progress bar (main process only), with the step's metrics and the epoch's tokens/s."""
+
+    def __init__(self, run: Run, epoch: int) -> None:
+        self.run, self.started, self.tokens_at_start = run, time.perf_counter(), run.state["tokens_seen"]
+        self.bar = tqdm(
+            total=run.steps_per_epoch,
+            desc=f"{run.method.name} epoch {epoch}",
+            disable=bars_off(run.accelerator),
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def step(self, step_metrics: dict[str, float]) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        speed = (self.run.state["tokens_seen"] - self.tokens_at_start) / elapsed
+        self.bar.set_postfix_str(fmt_metrics({**step_metrics, "tok/s": speed}))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _record_step(run: Run, epoch: int, phase: str | None, lr: float, step_metrics, tokens: int, checksums) -> None:
+    """Count the step and write its ``metrics.jsonl`` line."""
+    run.state["global_step"] += 1
+    run.state["tokens_seen"] += tokens
+    record = {
+        "step": run.state["global_step"],
+        "epoch": epoch,
+        **({"phase": phase} if phase is not None else {}),
+        "lr": lr,
+        **step_metrics,
+        "tokens_seen": run.state["tokens_seen"],
+    }
+    if checksums is not None:
+        record["retain_draw_checksums"] = checksums
+    run.log(record)
+
+
+def _stop_reason(run: Run, epoch: int, step_metrics: dict[str, float]) -> str | None:
+    """Why the run stops after this step: the forget-NLL bound, or the stop rule; None to go on."""
+    forget_nll, bound = step_metrics.get("forget_nll"), run.stop_forget_nll
+    if bound is not None and forget_nll is not None and forget_nll > bound:
+        return f"forget NLL {forget_nll:.3f} passed --stop_forget_nll {bound} at epoch {epoch}"
+    return _step_check(run, epoch)
+
+
+def _step_check(run: Run, epoch: int) -> str | None:
+    """Ask the run's stop rule (every process asks; the model is the same everywhere) and log what it measured."""
+    if run.step_check is None:
+        return None
+    model = run.accelerator.unwrap_model(run.model)
+    checks_before = len(run.step_check.history)
+    reason = run.step_check(model, run.tokenizer, run.state["global_step"])
+    if len(run.step_check.history) > checks_before:
+        run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
+    return reason
