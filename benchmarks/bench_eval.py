@@ -275,6 +275,18 @@ def report(result: dict, argv: list[str], write: bool) -> None:
     _common.emit("bench_eval", "\n\n".join([speed, phases, agreement, headline]), result)
     if write:
         _common.write_section("bench_eval", section(result, speed, phases, agreement, headline, argv))
+        _common.write_readme_line("readme:bench_eval", readme_line(result))
+
+
+def readme_line(result: dict) -> str:
+    """The README's summary bullet, from the same figures as the section."""
+    verdict = "met" if result["speedup_median"] >= GOAL else "not met"
+    return (
+        f"- the evaluator is **{result['speedup_median']:.1f}×** faster than a one-row-at-a-time reimplementation of "
+        f"the official SemEval loop on {_device_name(result)} ({result['rows']} rows), with "
+        f"{result['identical_generations']:.1%} identical generations and aggregates that differ by at most "
+        f"{result['largest_gap_excluding_nll']:.4f} (goal ≥ {GOAL:.0f}×: {verdict});"
+    )
 
 
 def _device_name(result: dict) -> str:
