@@ -61,10 +61,14 @@ def torchrun(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        "-m",
-        "obliviate.cli.main",
-        *argv,
     ]
+    return launch(command, argv, cwd)
+
+
+def launch(launcher: list[str], argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``obliviate argv`` under a multi-process ``launcher`` command on CPU (one torch thread per process, no
+    GPU), with a timeout; the launch must succeed."""
+    command = [*launcher, "-m", "obliviate.cli.main", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from helpers import FORGET_RECORDS, metrics, unlearn_argv, weights
 from obliviate.cli.main import main
 from obliviate.train import checkpoint as ckpt
-from test_distributed import free_port, torchrun
+from test_distributed import free_port, launch, torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "fsdp_cpu.yaml"
@@ -53,14 +52,8 @@ def accelerate_launch(argv: list[str], cwd: Path) -> subprocess.CompletedProcess
         "127.0.0.1",
         "--main_process_port",
         str(free_port()),
-        "-m",
-        "obliviate.cli.main",
-        *argv,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return launch(command, argv, cwd)
 
 
 @pytest.mark.slow  # two launches and an evaluation of three epochs: about a minute on two shared cores
