@@ -39,10 +39,20 @@ def _finetune_result(grouped: dict, ungrouped: dict, nll_gap: float = 0.0) -> di
 
 
 def _written(monkeypatch) -> list[str]:
-    """Bodies handed to ``write_section`` (BENCHMARKS.md itself is left alone)."""
+    """Bodies handed to ``write_section`` (BENCHMARKS.md and README.md themselves are left alone: the README lines
+    a benchmark writes are collected apart, in ``_written.readme``)."""
     bodies: list[str] = []
+    _written.readme = []
     monkeypatch.setattr(_common, "write_section", lambda key, body: bodies.append(body))
+    monkeypatch.setattr(_common, "write_readme_line", lambda key, body: _written.readme.append((key, body)))
     return bodies
+
+
+def test_no_test_writes_the_real_readme(monkeypatch):
+    """A benchmark's README line goes through ``_common.write_readme_line``, which the tests above replace."""
+    _written(monkeypatch)
+    bench_step.report(_step_result(0.0, 1e-3), PROFILE, "CMD --steps 8", write=True)
+    assert _written.readme and _written.readme[-1][0] == "readme:bench_step"
 
 
 # --- the reproduce line -------------------------------------------------------------------------------------------
