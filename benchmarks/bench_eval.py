@@ -43,7 +43,7 @@ from obliviate.evaluate import suite  # noqa: E402
 from obliviate.evaluate.data import EvalData, sample_records  # noqa: E402
 from obliviate.evaluate.suite import EvalOptions, evaluate_model  # noqa: E402
 from obliviate.losses import FINETUNE  # noqa: E402
-from obliviate.losses.common import LossParams, mean_nll  # noqa: E402
+from obliviate.losses.common import mean_nll  # noqa: E402
 from obliviate.models.tiny import build_model, count_parameters, train_tokenizer  # noqa: E402
 from obliviate.train.loop import train  # noqa: E402
 
@@ -84,7 +84,7 @@ def finetuned_model(splits: dict[str, list[Record]], vocabulary: list[Record], a
     with tempfile.TemporaryDirectory(prefix="bench_eval-") as workdir, contextlib.redirect_stderr(io.StringIO()):
         config = FinetuneConfig(output_dir=workdir, model="tiny", data=["-"], epochs=args.epochs, seed=args.seed,
                                 save_checkpoints=False, mixed_precision="no")  # fmt: skip
-        train(model, tokenizer, method=FINETUNE, params=LossParams(), forget=records, retain=None, config=config)
+        train(model, tokenizer, method=FINETUNE, params=FINETUNE.params(), forget=records, retain=None, config=config)
     return model.to(args.device).eval(), tokenizer
 
 

@@ -52,7 +52,8 @@ GOAL = 1.5
 SAME_WORK = 1e-3
 """Largest weight gap, as a share of how far the weights moved, that still counts as the same work (float order)."""
 RMU_LAYER = 1
-PARAMS = {"rmu": {"alpha": 1.0}}  # RMU's published alpha = 100 on an untrained tiny model only scales the retain term
+# the published RMU alpha = 100 on an untrained tiny model only scales the retain term; c = 6.5 as in WMDP
+PARAMS = {"rmu": {"alpha": 1.0, "rmu_c": 6.5}}
 
 
 def build_parser() -> argparse.ArgumentParser:

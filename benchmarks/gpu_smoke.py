@@ -114,7 +114,7 @@ def train_config(shape: dict, out: Path, **overrides) -> UnlearnConfig:
         save_checkpoints=False,
         mixed_precision="bf16",
     )
-    return UnlearnConfig(**{**values, **overrides})
+    return UnlearnConfig.build(**{**values, **overrides})
 
 
 def step_flops(model, shape: dict, tokens: int, policy_passes: int, reference_passes: int, lora: bool) -> float:

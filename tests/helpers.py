@@ -99,7 +99,7 @@ def unlearn_config(assets: Assets, output_dir: Path, **overrides: Any) -> Unlear
         **FAST,
     }
     values.update(overrides)
-    return UnlearnConfig(**values)
+    return UnlearnConfig.build(**values)
 
 
 def unlearn_argv(assets: Assets, output_dir: Path, *extra: str) -> list[str]:

@@ -20,10 +20,11 @@ from helpers import (
 )
 from obliviate.cli.main import build_parser, main
 from obliviate.cli.options import build_config, load_yaml
+from obliviate.cli.unlearn import config_from
 from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.load import load_split, write_jsonl
 from obliviate.errors import ConfigError
-from obliviate.losses import LOSSES
+from obliviate.losses import LOSSES, weight_options
 from obliviate.train.run import run_unlearn
 
 pytest_plugins = ["helpers"]  # the micro model and data fixtures
@@ -40,7 +41,12 @@ def test_help_lists_every_option_with_its_default(capsys):
         main(["unlearn", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for field in dataclasses.fields(UnlearnConfig):
-        assert f"--{field.name}" in text
+        assert f"--{field.name}" in text or field.metadata.get("flag") is False
+    for name, weight in weight_options().items():  # each weight a flag, with every method's default
+        assert f"--{name} X" in text and weight[1] in text
+    assert "(default per method, ga_gd: 1, ...)" not in text
+    assert "--alpha X weight of the retain term (the paper's and the seed's: 1); weight of the retain term" in text
+    assert "ga_gd: 4, npo: 4, simnpo: 4, rmu: 100, relabel: 1, contrast: 4)" in text
     for shown in (
         "(default: auto)",
         "(default: None; > 0, <= 1)",
@@ -48,7 +54,6 @@ def test_help_lists_every_option_with_its_default(capsys):
         "(default: all-linear)",
         "(required)",
         "(default: 32; >= 1)",
-        "(default: None; > 0)",
     ):
         assert shown in text
     assert "--config" in text
@@ -60,8 +65,9 @@ def test_yaml_supplies_options_and_flags_win(tmp_path):
         "model_dir: m\nforget_dir: f\noutput_dir: o\nmethod: npo\nlr: 1e-4\nepochs: 3\n"
         "trainable_layers: 0\nlora_r: 8\nmerge: true\nbeta: 0.2\n"
     )
-    config = build_config(UnlearnConfig, parse("--config", str(path), "--epochs", "7", "--no-merge"))
-    assert (config.method, config.lr, config.epochs, config.merge, config.beta) == ("npo", 1e-4, 7, False, 0.2)
+    config = config_from(parse("--config", str(path), "--epochs", "7", "--no-merge", "--alpha", "2"))
+    assert (config.method, config.lr, config.epochs, config.merge) == ("npo", 1e-4, 7, False)
+    assert config.loss_params == {"beta": 0.2, "alpha": 2.0}  # a weight from YAML's top level, one from a flag
     assert config.trainable_layers == "0" and config.lora_r == 8  # YAML 1.1 reads 1e-4 as text and 0 as a number
     assert config.output_dir == "o"
 
@@ -108,15 +114,10 @@ def test_config_yaml_of_a_run_round_trips(assets, tmp_path):
     run_unlearn(unlearn_config(assets, out, method="simnpo"))
     values = load_yaml(out / "config.yaml", UnlearnConfig)
     config = UnlearnConfig(**values)
-    assert (config.method, config.beta, config.alpha, config.delta, config.lr) == (
-        "simnpo",
-        4.5,
-        4.0,
-        0.0,
-        1e-2,
-    )  # preset α 4
+    assert (config.method, config.lr) == ("simnpo", 1e-2)
+    assert config.loss_params == {"beta": 4.5, "delta": 0.0, "alpha": 4.0}  # simnpo's own weights, and only those
     assert yaml.safe_load((out / "config.yaml").read_text()) == dataclasses.asdict(config)
-    rerun = build_config(UnlearnConfig, parse("--config", str(out / "config.yaml"), "--output_dir", "elsewhere"))
+    rerun = config_from(parse("--config", str(out / "config.yaml"), "--output_dir", "elsewhere"))
     assert dataclasses.replace(rerun, output_dir=config.output_dir) == config
 
 
@@ -142,7 +143,9 @@ def test_shipped_configs_load():
         elif "data" in values:
             assert FinetuneConfig(**load_yaml(path, FinetuneConfig)).data
         else:
-            assert UnlearnConfig(**load_yaml(path, UnlearnConfig)).method in LOSSES
+            config = UnlearnConfig(**load_yaml(path, UnlearnConfig, {"loss_params": weight_options()}))
+            assert config.method in LOSSES
+            LOSSES[config.method].params(config.loss_params)  # every weight it names is one its method reads
 
 
 def overlapping_retain(root: Path, data: Assets) -> Path:

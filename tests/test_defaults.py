@@ -76,13 +76,12 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert state["global_step"] <= DEFAULT_STEPS and steps[-1]["step"] == state["global_step"]
     assert any("stop_reference" in line for line in lines)
     assert any("stop_check" in line for line in lines)
-    # method auto: contrast (the synthetic people's values are known), with its preset; checkpoints thinned
-    assert config["method"] == "contrast" and config["alpha"] == get_method("contrast").preset["alpha"]
+    # method auto: contrast (the synthetic people's values are known), with its declared weights; checkpoints thinned
+    assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 
 def test_the_probe_leaves_the_weights_where_they_started(target, tmp_path):
-    from obliviate.losses.common import LossParams
     from obliviate.models.load import load_model
     from obliviate.train.loop import setup
 
@@ -93,7 +92,7 @@ def test_the_probe_leaves_the_weights_where_they_started(target, tmp_path):
     config = unlearn_config(target, tmp_path / "o", lr=None, epochs=1)
     forget, retain = load_split(target.forget, split="forget"), load_split(target.retain, split="retain")
     method = get_method("ga_gd")
-    run = setup(model, tokenizer, method, LossParams(alpha=4.0), forget, retain, config)
+    run = setup(model, tokenizer, method, method.params({"alpha": 4.0}), forget, retain, config)
     result = lr_probe.probe_lr(run, steps=3)
     after = run.accelerator.unwrap_model(run.model).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -158,7 +157,7 @@ def test_adaptive_rmu_scales_c_to_the_layer_activations(target, tmp_path):
     forget = load_split(target.forget, split="forget")
     config = unlearn_config(target, out, method="rmu")
     c = adaptive_rmu_c(model, tokenizer, forget, written["rmu_layer"], config)
-    assert written["rmu_c"] == pytest.approx(c) and c > 0
+    assert written["loss_params"]["rmu_c"] == pytest.approx(c) and c > 0
     doubled = adaptive_rmu_c(
         model, tokenizer, forget, written["rmu_layer"], unlearn_config(target, out, rmu_scale=10.0)
     )
@@ -173,6 +172,7 @@ def test_every_preset_names_real_unlearn_options():
     names = {f.name for f in fields(UnlearnConfig)}
     for method in LOSSES.values():  # presets fill options left unset
         assert set(method.preset) <= names, method.name
+        assert not set(method.preset) & set(method.weights)  # a weight's default lives in its Weight, not here
         assert "lr" not in method.preset and "epochs" not in method.preset  # measured per run, not per data set
 
 

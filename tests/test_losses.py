@@ -64,7 +64,7 @@ def test_ga_gd_reduces_to_ga_and_to_retain_nll():
     inputs = full_inputs(LOSSES["ga_gd"].needs)
     ga_gd = LOSSES["ga_gd"].loss
     ga_value = LOSSES["ga"].loss(inputs, LossParams()).loss
-    torch.testing.assert_close(ga_gd(inputs, LossParams(alpha=0.0)).loss, ga_value)
+    torch.testing.assert_close(ga_gd(inputs, LossParams(gamma=1.0, alpha=0.0)).loss, ga_value)
     retain_nll = mean_nll(inputs.retain.logits, inputs.retain.labels)
     torch.testing.assert_close(ga_gd(inputs, LossParams(gamma=0.0, alpha=2.5)).loss, 2.5 * retain_nll)
 
@@ -131,7 +131,7 @@ def test_npo_decreases_as_forget_logprob_decreases():
     values = []
     for shift in (2.0, 0.0, -2.0, -4.0):
         inputs.forget = fwd(inputs.forget_ref.logits + shift * target_of_position)
-        values.append(get_method("npo").loss(inputs, LossParams(alpha=0.0)).loss.item())
+        values.append(get_method("npo").loss(inputs, LossParams(beta=0.1, alpha=0.0)).loss.item())
     assert values == sorted(values, reverse=True) and values[0] > values[-1]
 
 
@@ -152,7 +152,9 @@ def test_simnpo_is_reference_free_and_delta_raises_it():
     """SimNPO needs no reference pass; the forget term is increasing in δ (softplus is increasing)."""
     assert LOSSES["simnpo"].needs.reference_on == ()
     inputs = full_inputs(LOSSES["simnpo"].needs)
-    values = [get_method("simnpo").loss(inputs, LossParams(beta=4.5, delta=d)).loss.item() for d in (-1, 0, 1)]
+    values = [
+        get_method("simnpo").loss(inputs, LossParams(beta=4.5, delta=d, alpha=1.0)).loss.item() for d in (-1, 0, 1)
+    ]
     assert values[0] < values[1] < values[2]
 
 
@@ -232,12 +234,33 @@ def test_get_method_unknown_lists_valid_names():
 
 
 def test_method_params_precedence():
-    """LossParams defaults < Method.defaults < user values; unknown names are refused."""
+    """Each weight's default comes from its method's file; user values win; names the method does not read, and
+    values out of range, are refused; a loss cannot read a weight its method did not declare."""
     assert get_method("simnpo").params().beta == 4.5 and get_method("npo").params().beta == 0.1
     assert get_method("simnpo").params({"beta": 2.0}).beta == 2.0
-    assert get_method("rmu").params().alpha == 100.0 and get_method("ga_gd").params().alpha == 1.0
-    with pytest.raises(ConfigError, match="betta"):
+    assert get_method("simnpo").params({"beta": None}).beta == 4.5  # None: unset
+    assert get_method("rmu").params().alpha == 100.0 and get_method("ga_gd").params().alpha == 4.0
+    with pytest.raises(ConfigError, match="--betta is not a weight of npo .its weights: beta, alpha"):
         get_method("npo").params({"betta": 1.0})
+    with pytest.raises(ConfigError, match="--gamma is not a weight of ga .it has no weights"):
+        get_method("ga").params({"gamma": 1.0})
+    with pytest.raises(ConfigError, match="--beta must be > 0, found 0"):
+        get_method("simnpo").params({"beta": 0.0})
+    with pytest.raises(ConfigError, match="--alpha must be a finite number"):
+        get_method("ga_gd").params({"alpha": float("nan")})
+    with pytest.raises(AttributeError, match="'gamma' is not declared"):
+        _ = get_method("npo").params().gamma
+
+
+def test_interleaved_forget_steps_zero_exactly_the_retain_weights():
+    """``Method.forget_only`` zeroes the weights declared ``retain=True`` and nothing else."""
+    assert get_method("ga_gd").forget_only(get_method("ga_gd").params()).as_dict() == {"gamma": 1.0, "alpha": 0.0}
+    assert get_method("ga_kl").forget_only(get_method("ga_kl").params()).as_dict() == {"kl_weight": 0.0}
+    assert get_method("simnpo").forget_only(get_method("simnpo").params()).as_dict() == {
+        "beta": 4.5,
+        "delta": 0.0,
+        "alpha": 0.0,
+    }
 
 
 @pytest.mark.parametrize("name", [*LOSSES, "finetune"])
@@ -387,7 +410,7 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
     if name == "ga":
         return {**figures, "loss": -figures["forget_nll"]}
     figures["retain_nll"] = nll(retain)
-    beta = params.beta
+    beta = params.beta if "beta" in params else None
     if name == "ga_gd":
         loss = -params.gamma * figures["forget_nll"] + params.alpha * figures["retain_nll"]
     elif name == "ga_kl":
@@ -419,7 +442,7 @@ def test_loss_reads_nothing_on_the_host_and_metrics_keep_their_values(name: str,
     loss (float32 against float64: rel 1e-5).
     """
     method = FINETUNE if name == "finetune" else LOSSES[name]
-    params = method.params(SYNC_PARAMS)
+    params = method.params({k: v for k, v in SYNC_PARAMS.items() if k in method.weights})
     inputs = sync_inputs()
     with monkeypatch.context() as patch:
         refuse_host_reads(patch)
@@ -443,7 +466,7 @@ def test_pieces_weighted_by_their_shares_add_up_to_the_whole_batch(name: str):
 
     method = FINETUNE if name == "finetune" else LOSSES[name]
     assert method.piece_units, f"{name} declares no decomposition"
-    params = method.params(SYNC_PARAMS)
+    params = method.params({k: v for k, v in SYNC_PARAMS.items() if k in method.weights})
     whole = sync_inputs()
     leaves = [f for f in (whole.forget, whole.retain, whole.paired) if f is not None]
     for forward in leaves:

@@ -13,7 +13,7 @@ from obliviate.data.load import load_split
 from obliviate.data.pii_match import contains_value
 from obliviate.data.records import PersonPII, Record
 from obliviate.losses import LOSSES
-from obliviate.losses.common import Forward, LossInputs, LossParams
+from obliviate.losses.common import Forward, LossInputs
 from obliviate.models.load import load_model
 from obliviate.train import relabel
 from obliviate.train.run import run_unlearn
@@ -91,7 +91,7 @@ def test_relabel_loss_is_nll_of_the_relabelled_batch_plus_alpha_retain():
     vocab = 7
     labels = torch.tensor([[-100, 3, 4, -100]])
     uniform = Forward(torch.zeros(1, 4, vocab), labels, torch.ones(1, 4, dtype=torch.long))
-    out = LOSSES["relabel"].loss(LossInputs(forget=uniform, retain=uniform), LossParams(alpha=2.0))
+    out = LOSSES["relabel"].loss(LossInputs(forget=uniform, retain=uniform), LOSSES["relabel"].params({"alpha": 2.0}))
     assert out.loss.item() == pytest.approx(3 * torch.log(torch.tensor(vocab)).item())
     assert float(out.metrics["relabel_nll"]) == pytest.approx(torch.log(torch.tensor(vocab)).item())
 
@@ -149,7 +149,7 @@ def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fak
             paired=Forward(fake_logits, labels, mask),
             retain=Forward(uniform, labels, mask),
         )
-        out = LOSSES["contrast"].loss(inputs, LossParams(alpha=0.0))
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0}))
         out.loss.backward()
         assert bool(true_logits.grad.abs().sum() > 0) is pushes
         assert (float(out.metrics["gap_hinge"]) > 0) is pushes

@@ -157,7 +157,6 @@ def test_lora_reference_is_the_model_with_adapters_disabled(method, target, tmp_
 @pytest.mark.parametrize("lora_r", [0, 4])
 def test_setup_builds_a_reference_only_when_needed(lora_r, target, tmp_path):
     from obliviate.data.load import load_split
-    from obliviate.losses.common import LossParams
     from obliviate.models.load import load_model
     from obliviate.train.loop import setup
     from obliviate.train.run import _select
@@ -167,7 +166,15 @@ def test_setup_builds_a_reference_only_when_needed(lora_r, target, tmp_path):
         config = unlearn_config(target, tmp_path / name, method=name, lora_r=lora_r, rmu_layer=RMU_LAYER)
         model, tokenizer = load_model(target.model)
         model = _select(model, config, name, RMU_LAYER)
-        run = setup(model, tokenizer, LOSSES[name], LossParams(), forget, retain, config)
+        run = setup(
+            model,
+            tokenizer,
+            LOSSES[name],
+            LOSSES[name].params({"rmu_c": 6.5} if name == "rmu" else {}),
+            forget,
+            retain,
+            config,
+        )
         needs = LOSSES[name].needs
         cached = needs.reference_logprob and not lora_r
         if needs.reference and not lora_r and not cached:

@@ -23,11 +23,12 @@ SCHEDULERS = ("constant", "linear", "cosine")
 def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with the help text its command-line flag shows.
 
-    Keyword metadata: ``required``, ``nargs``, ``positional``, ``choices``, and the bounds ``ge``, ``gt``, ``le``,
-    ``lt`` that :func:`validate` enforces.
+    Keyword metadata: ``required``, ``nargs``, ``positional``, ``choices``, the bounds ``ge``, ``gt``, ``le``,
+    ``lt`` that :func:`validate` enforces, and ``flag=False`` for a field the CLI fills from flags of its own (the
+    loss weights).
     """
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -162,13 +163,12 @@ class UnlearnConfig(TrainConfig):
     max_steps: int | None = option(
         None, "optimizer steps in all; with --epochs too, whichever ends first; unset: see --epochs", ge=1
     )
-    alpha: float | None = option(None, "weight of the retain term (method default: 1; rmu: 100)", ge=0)
-    gamma: float | None = option(None, "weight of the forget term of ga_gd (default 1)", ge=0)
-    beta: float | None = option(None, "inverse temperature (npo: 0.1, simnpo: 4.5)", gt=0)
-    delta: float | None = option(None, "SimNPO reward margin (default 0)", ge=-1000, le=1000)
-    kl_weight: float | None = option(None, "weight of the KL term of ga_kl (default 1)", ge=0)
-    rmu_c: float | None = option(
-        None, "RMU steering coefficient c (default: adaptive, rmu_scale x the layer's mean activation norm)", gt=0
+    loss_params: dict[str, float] = option(
+        {},
+        "loss weights by name, each declared once in its method's file (obliviate.losses, WEIGHTS); the CLI gives "
+        "each its own flag (--alpha, --beta, ...) and YAML may name them at the top level; unset: the method's "
+        "default",
+        flag=False,
     )
     rmu_scale: float = option(
         5.0, "adaptive RMU (arXiv:2408.06223): c = rmu_scale x mean forget activation norm at --rmu_layer", gt=0
@@ -210,6 +210,26 @@ class UnlearnConfig(TrainConfig):
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1
     )
+
+    @classmethod
+    def build(cls, **options: Any) -> UnlearnConfig:
+        """A config from options by name, as a user writes them: every field by its name, and every other name a
+        loss weight (``alpha=4`` → ``loss_params["alpha"]``), checked against the method's weights when the run
+        resolves them (:meth:`obliviate.losses.Method.params`)."""
+        return cls(**_split_weights(cls, options, {}))
+
+    def with_options(self, **options: Any) -> UnlearnConfig:
+        """This config with ``options`` changed, loss weights by name as in :meth:`build`."""
+        return dataclasses.replace(self, **_split_weights(type(self), options, self.loss_params))
+
+
+def _split_weights(cls: type, options: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in options.items() if k in names}
+    extra = {k: v for k, v in options.items() if k not in names}
+    if extra or "loss_params" not in fields:
+        fields["loss_params"] = {**weights, **fields.get("loss_params", {}), **extra}
+    return fields
 
 
 @dataclass

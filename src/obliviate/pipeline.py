@@ -151,7 +151,7 @@ def unlearn_method(
     if config.unlearn_max_steps is not None:
         preset["max_steps"] = config.unlearn_max_steps
     out = Path(config.output_dir) / "methods" / method
-    unlearn = UnlearnConfig(
+    unlearn = UnlearnConfig.build(
         output_dir=str(out),
         model_dir=str(target),
         forget_dir=str(dirs["forget"]),
@@ -186,7 +186,7 @@ def unlearn_method(
         best=best,
         tokens=result.tokens_seen,
         wall_seconds=wall_seconds,
-        preset={**get_method(method).preset, **preset},
+        preset={**get_method(method).preset, **_declared_weights(method), **preset},
         lr=result.lr,
         steps=result.global_step,
         stopped=result.stopped,
@@ -282,3 +282,9 @@ def _tokens_seen(model_dir: Path) -> int:
 def _older_than(model_dir: Path, started_at: float) -> bool:
     """Trained before this run started: taken from the cache."""
     return (model_dir / "trainer_state.json").stat().st_mtime < started_at
+
+
+def _declared_weights(method: str) -> dict[str, float]:
+    """The loss weights ``method`` runs with by default (its file's ``WEIGHTS``; one resolved per run, RMU's
+    adaptive c, is left out)."""
+    return {k: v for k, v in get_method(method).params().as_dict().items() if v is not None}

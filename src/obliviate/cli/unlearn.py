@@ -20,8 +20,19 @@ def register(subparsers) -> None:
         "steps, and stops once the forget set's PII is as unexposed as a never-seen person's (docs/METHODS.md).",
     )
     add_arguments(parser, UnlearnConfig)
+    _add_weights(parser)
     _describe_methods(parser, LOSSES)
     parser.set_defaults(func=run)
+
+
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    """One flag per loss weight of the registry (``--alpha``, ``--beta``, …), its help from the methods' own
+    declarations (:func:`obliviate.losses.weight_options`); the values go to ``UnlearnConfig.loss_params``."""
+    from obliviate.losses import weight_options
+
+    group = parser.add_argument_group("loss weights (each method reads its own; unset: the method's default)")
+    for name, (_, help_text) in weight_options().items():
+        group.add_argument(f"--{name}", type=float, default=argparse.SUPPRESS, metavar="X", help=help_text)
 
 
 def _describe_methods(parser: argparse.ArgumentParser, methods) -> None:
@@ -35,11 +46,19 @@ def _describe_methods(parser: argparse.ArgumentParser, methods) -> None:
     action.metavar = "{" + ",".join(["auto", *methods]) + "}"
 
 
+def config_from(args: argparse.Namespace) -> UnlearnConfig:
+    """The run's config: ``--config`` YAML under the flags, the loss weights (flags or top-level YAML keys) gathered
+    into ``loss_params``."""
+    from obliviate.losses import weight_options
+
+    return build_config(UnlearnConfig, args, nested={"loss_params": weight_options()})
+
+
 def run(args: argparse.Namespace) -> int:
     from obliviate.distributed import process_state
     from obliviate.train.run import run_unlearn
 
-    config = build_config(UnlearnConfig, args)
+    config = config_from(args)
     hook = None
     if config.eval_every_epoch:
         from obliviate.evaluate.epochs import epoch_evaluator

@@ -7,13 +7,12 @@ states), so nothing else is built or run.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from obliviate.errors import ConfigError
 from obliviate.losses import contrast, finetune, ga, ga_gd, ga_kl, npo, relabel, rmu, simnpo
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,8 @@ class Method:
         needs: what the loop must compute for it.
         summary: one line for ``--help`` and reports.
         paper: arXiv id of the paper that defines it, or None.
-        defaults: :class:`LossParams` values this method uses when the user set none (e.g. NPO β = 0.1, SimNPO
-            β = 4.5), overriding the class-wide defaults.
+        weights: the loss weights the objective reads (its file's ``WEIGHTS``), each with its default, help and
+            range: the one place a weight is defined (:class:`~obliviate.losses.common.Weight`).
         means: how the loss decomposes over rows: for each split (``forget``, ``retain``), the units
             (:data:`obliviate.data.batching.UNITS`: ``tokens``, ``sequences``, ``positions``, ``pairs``) that its
             terms and metrics are means over, each term a sum over its split's rows divided by their count. Such a
@@ -49,7 +48,7 @@ class Method:
     needs: Needs
     summary: str
     paper: str | None
-    defaults: dict[str, float] = field(default_factory=dict)
+    weights: Mapping[str, Weight] = field(default_factory=dict)
     token_mean: bool = False
     relabels: bool = False
     preset: Mapping[str, object] = field(default_factory=dict)
@@ -61,18 +60,24 @@ class Method:
         is weighted by; empty when the loss never runs as pieces."""
         return {"forget": ("tokens",)} if self.token_mean else self.means
 
-    def params(self, given: Mapping[str, float] | None = None) -> LossParams:
-        """The :class:`LossParams` for a run: ``LossParams`` defaults < this method's ``defaults`` < ``given``.
+    def params(self, given: Mapping[str, float | None] | None = None) -> LossParams:
+        """The :class:`LossParams` for a run: each weight's declared default, with ``given`` values on top (None
+        in ``given`` means unset).
 
         Raises:
-            ConfigError: ``given`` names a field ``LossParams`` does not have.
+            ConfigError: ``given`` names a weight this method does not read, or a value out of its range.
         """
-        known = {f.name for f in dataclasses.fields(LossParams)}
-        given = dict(given or {})
-        unknown = sorted(set(given) - known)
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        unknown = sorted(set(given) - set(self.weights))
         if unknown:
-            raise ConfigError(f"unknown loss parameter(s) {', '.join(unknown)}; expected some of {sorted(known)}")
-        return LossParams(**{**self.defaults, **given})
+            has = f"its weights: {', '.join(self.weights)}" if self.weights else "it has no weights"
+            raise ConfigError(f"{', '.join('--' + u for u in unknown)} is not a weight of {self.name} ({has})")
+        checked = {name: self.weights[name].check(name, value) for name, value in given.items()}
+        return LossParams(**{**{name: w.default for name, w in self.weights.items()}, **checked})
+
+    def forget_only(self, params: LossParams) -> LossParams:
+        """``params`` with every retain-term weight at 0: the forget steps of ``--schedule interleaved``."""
+        return params.replace(**{name: 0.0 for name, w in self.weights.items() if w.retain})
 
 
 TOKEN_MEANS = {"forget": ("tokens",), "retain": ("tokens",)}  # a token mean of each split
@@ -86,6 +91,7 @@ LOSSES: dict[str, Method] = {
         "2210.01504",
         token_mean=True,
         preset={"stop_forget_nll": 8.0},
+        weights=ga.WEIGHTS,
     ),
     "ga_kl": Method(
         "ga_kl",
@@ -95,6 +101,7 @@ LOSSES: dict[str, Method] = {
         "2401.06121",
         preset={"stop_forget_nll": 8.0},
         means=TOKEN_MEANS,
+        weights=ga_kl.WEIGHTS,
     ),
     "ga_gd": Method(
         "ga_gd",
@@ -102,8 +109,9 @@ LOSSES: dict[str, Method] = {
         ga_gd.NEEDS,
         "gradient difference: -gamma*NLL(F) + alpha*NLL(R)",
         "2401.06121",
-        preset={"alpha": 4.0, "stop_forget_nll": 8.0},
+        preset={"stop_forget_nll": 8.0},
         means=TOKEN_MEANS,
+        weights=ga_gd.WEIGHTS,
     ),
     "npo": Method(
         "npo",
@@ -111,9 +119,8 @@ LOSSES: dict[str, Method] = {
         npo.NEEDS,
         "negative preference optimisation against the frozen reference, plus alpha*NLL(R)",
         "2404.05868",
-        {"beta": 0.1},
-        preset={"alpha": 4.0},
         means={"forget": ("sequences", "tokens"), "retain": ("tokens",)},
+        weights=npo.WEIGHTS,
     ),
     "simnpo": Method(
         "simnpo",
@@ -121,9 +128,8 @@ LOSSES: dict[str, Method] = {
         simnpo.NEEDS,
         "reference-free, length-normalised NPO with margin delta, plus alpha*NLL(R)",
         "2410.07163",
-        {"beta": 4.5},
-        preset={"alpha": 4.0},
         means={"forget": ("sequences", "tokens"), "retain": ("tokens",)},
+        weights=simnpo.WEIGHTS,
     ),
     "rmu": Method(
         "rmu",
@@ -131,8 +137,8 @@ LOSSES: dict[str, Method] = {
         rmu.NEEDS,
         "steer forget-set hidden states at one layer to c*u, keep retain hidden states at the reference's",
         "2403.03218",
-        {"alpha": 100.0},
         means={"forget": ("positions", "tokens"), "retain": ("positions", "tokens")},
+        weights=rmu.WEIGHTS,
     ),
     "relabel": Method(
         "relabel",
@@ -142,6 +148,7 @@ LOSSES: dict[str, Method] = {
         "2310.02238",
         relabels=True,
         means=TOKEN_MEANS,
+        weights=relabel.WEIGHTS,
     ),
     "contrast": Method(
         "contrast",
@@ -149,8 +156,8 @@ LOSSES: dict[str, Method] = {
         contrast.NEEDS,
         "hinge until each true PII value is no more likely than a fresh fake of its format, plus alpha*NLL(R)",
         "1802.08232",
-        preset={"alpha": 4.0},
         means={"forget": ("pairs",), "retain": ("tokens",)},
+        weights=contrast.WEIGHTS,
     ),
 }
 
@@ -161,7 +168,26 @@ FINETUNE = Method(
     "plain NLL on the batch (target and oracle models)",
     None,
     token_mean=True,
+    weights=finetune.WEIGHTS,
 )
+
+
+def weight_options(methods: Mapping[str, Method] | None = None) -> dict[str, tuple[Weight, str]]:
+    """Every loss weight of the registry, once: its first declaration (for type and range) and a help line that
+    gives each meaning and every method's default, e.g. ``--alpha``: ``weight of the retain term (ga_gd: 4, …)``."""
+    methods = LOSSES if methods is None else methods
+    found: dict[str, list[tuple[str, Weight]]] = {}
+    for method in methods.values():
+        for name, weight in method.weights.items():
+            found.setdefault(name, []).append((method.name, weight))
+    options = {}
+    for name, declared in found.items():
+        meanings = list(dict.fromkeys(weight.help for _, weight in declared))
+        defaults = ", ".join(
+            f"{method}: {'per run' if w.default is None else f'{w.default:g}'}" for method, w in declared
+        )
+        options[name] = (declared[0][1], f"{'; '.join(meanings)} (default per method, {defaults})")
+    return options
 
 
 def get_method(name: str) -> Method:
@@ -175,4 +201,4 @@ def get_method(name: str) -> Method:
     return LOSSES[name]
 
 
-__all__ = ["FINETUNE", "LOSSES", "Method", "get_method"]
+__all__ = ["FINETUNE", "LOSSES", "Method", "get_method", "weight_options"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from obliviate.config import BOUNDS
 from obliviate.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -109,24 +111,85 @@ class Needs:
 
 
 @dataclass(frozen=True)
-class LossParams:
-    """The weights every objective may use. Each objective reads only its own.
+class Weight:
+    """One loss weight as a method's file declares it: its default, what it means, and its valid range.
+
+    The declaration is the only place a weight is defined: ``obliviate unlearn`` makes a flag of it (``--alpha``,
+    its help listing every method's default), :meth:`obliviate.losses.Method.params` checks a given value against
+    it, and the loss reads it as ``params.<name>``.
 
     Attributes:
-        alpha: weight of the retain term (GA+GD, NPO, SimNPO, RMU).
-        gamma: weight of the forget term (GA+GD).
-        beta: inverse temperature of NPO (0.1) or SimNPO (4.5).
-        delta: SimNPO reward margin.
-        kl_weight: weight of the KL term of GA+KL.
-        rmu_c: RMU steering coefficient c.
+        default: the value a run uses when the user sets none; None: resolved per run (RMU's adaptive ``c``).
+        help: what the weight does, one line.
+        ge, gt, le, lt: bounds a given value must satisfy (None: no bound).
+        retain: the weight of a retain-set term, set to 0 on the forget-only steps of ``--schedule interleaved``.
     """
 
-    alpha: float = 1.0
-    gamma: float = 1.0
-    beta: float = 0.1
-    delta: float = 0.0
-    kl_weight: float = 1.0
-    rmu_c: float = 6.5
+    default: float | None
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    retain: bool = False
+
+    def check(self, name: str, value: float) -> float:
+        """``value`` as a float, or a ConfigError worded like every other option's (``--name must be …``)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"--{name} must be a number, found {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"--{name} must be a finite number, found {value}")
+        rules = [(key, getattr(self, key)) for key in ("ge", "gt", "le", "lt") if getattr(self, key) is not None]
+        if not all(BOUNDS[key][1](value, bound) for key, bound in rules):
+            wanted = " and ".join(f"{BOUNDS[key][0]} {bound}" for key, bound in rules)
+            raise ConfigError(f"--{name} must be {wanted}, found {value}")
+        return float(value)
+
+
+class LossParams:
+    """The weights one run's objective reads, by name (``params.alpha``): the method's :class:`Weight` defaults
+    with the user's values on top, built by :meth:`obliviate.losses.Method.params`.
+
+    Reading a weight the method did not declare is an error, so a loss cannot silently use a value nobody set.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: float | None) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(
+                f"loss weight {name!r} is not declared; this run has {sorted(self._values)}"
+            ) from None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("LossParams is immutable; use replace()")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LossParams) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __repr__(self) -> str:
+        return f"LossParams({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+    def replace(self, **changes: float | None) -> LossParams:
+        """A copy with ``changes``; every name must already be a weight of this run."""
+        unknown = sorted(set(changes) - set(self._values))
+        if unknown:
+            raise AttributeError(f"loss weight(s) {unknown} are not declared; this run has {sorted(self._values)}")
+        return LossParams(**{**self._values, **changes})
+
+    def as_dict(self) -> dict[str, float | None]:
+        return dict(self._values)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll, sequence_logprob
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll, sequence_logprob
 
 NEEDS = Needs(retain=True, paired=True)
+WEIGHTS = {
+    "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
+    "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
+}
 
 
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll
 
 NEEDS = Needs()
+WEIGHTS: dict[str, Weight] = {}
 
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:

@@ -7,9 +7,10 @@ or an early stop.
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll
 
 NEEDS = Needs()
+WEIGHTS: dict[str, Weight] = {}  # plain ascent: nothing to weigh
 
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:

@@ -6,9 +6,13 @@ Ascend on the forget batch while descending on an equal-size retain batch, so th
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll
 
 NEEDS = Needs(retain=True)
+WEIGHTS = {
+    "gamma": Weight(1.0, "weight of the forget term", ge=0),
+    "alpha": Weight(4.0, "weight of the retain term (the paper's and the seed's: 1)", ge=0, retain=True),
+}
 
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:

@@ -11,9 +11,19 @@ from __future__ import annotations
 import torch
 
 from obliviate.errors import ConfigError, ModelError
-from obliviate.losses.common import IGNORE_INDEX, LossInputs, LossOutput, LossParams, Needs, answer_nll, mean_nll
+from obliviate.losses.common import (
+    IGNORE_INDEX,
+    LossInputs,
+    LossOutput,
+    LossParams,
+    Needs,
+    Weight,
+    answer_nll,
+    mean_nll,
+)
 
 NEEDS = Needs(retain=True, reference_on=("retain",))
+WEIGHTS = {"kl_weight": Weight(1.0, "weight of the KL term on the retain set", ge=0, retain=True)}
 
 
 def answer_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from obliviate.losses.common import (
     LossOutput,
     LossParams,
     Needs,
+    Weight,
     answer_nll,
     sequence_logprob,
     token_logprobs,
@@ -26,6 +27,10 @@ from obliviate.losses.common import (
 )
 
 NEEDS = Needs(retain=True, reference_on=("forget",), reference_logprob=True)
+WEIGHTS = {
+    "beta": Weight(0.1, "inverse temperature", gt=0),
+    "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
+}
 
 
 def npo_term(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:

@@ -9,9 +9,10 @@ A fresh draw of ``F̃`` each epoch keeps any one made-up value from becoming a n
 
 from __future__ import annotations
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, answer_nll
+from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll
 
 NEEDS = Needs(retain=True)
+WEIGHTS = {"alpha": Weight(1.0, "weight of the retain term", ge=0, retain=True)}
 
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:

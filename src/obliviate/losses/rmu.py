@@ -13,9 +13,15 @@ from __future__ import annotations
 import torch
 
 from obliviate.errors import ConfigError
-from obliviate.losses.common import Forward, LossInputs, LossOutput, LossParams, Needs, mean_nll
+from obliviate.losses.common import Forward, LossInputs, LossOutput, LossParams, Needs, Weight, mean_nll
 
 NEEDS = Needs(retain=True, reference_on=("retain",), hidden=True)
+WEIGHTS = {
+    "alpha": Weight(100.0, "weight of the retain term (the paper's)", ge=0, retain=True),
+    "rmu_c": Weight(
+        None, "steering coefficient c; unset: adaptive, --rmu_scale x the layer's mean activation norm", gt=0
+    ),
+}
 
 
 def make_control_vector(hidden_size: int, c: float, seed: int) -> torch.Tensor:

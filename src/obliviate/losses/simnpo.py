@@ -17,12 +17,18 @@ from obliviate.losses.common import (
     LossOutput,
     LossParams,
     Needs,
+    Weight,
     answer_nll,
     token_logprobs,
     token_mean_nll,
 )
 
 NEEDS = Needs(retain=True)
+WEIGHTS = {
+    "beta": Weight(4.5, "inverse temperature", gt=0),
+    "delta": Weight(0.0, "reward margin", ge=-1000, le=1000),
+    "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
+}
 
 
 def simnpo_term(logprob: torch.Tensor, num_tokens: torch.Tensor, beta: float, delta: float) -> torch.Tensor:

@@ -3,7 +3,6 @@ progress, and after each step the reasons to stop (the forget-NLL bound, the sto
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -30,7 +29,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     interleaved = retain_steps_per_forget(config) > 0
     plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
-    forget_params = dataclasses.replace(params, alpha=0.0, kl_weight=0.0) if interleaved else params
+    forget_params = run.method.forget_only(params) if interleaved else params
     chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + config.retain_steps) if interleaved else 0
     progress = _Progress(run, epoch)
     for position, (phase, index) in enumerate(plan):

@@ -19,9 +19,6 @@ from obliviate.models.trainable import decoder_layers
 from obliviate.train.inputs import has_pii
 from obliviate.train.schedule import planned_length
 
-PARAM_NAMES = tuple(f.name for f in dataclasses.fields(LossParams))
-"""The ``UnlearnConfig`` fields that are loss weights (named like a ``LossParams`` field)."""
-
 AUTO = "auto"
 """``--method auto`` (the default): :func:`auto_method` chooses."""
 
@@ -51,10 +48,9 @@ def with_preset(config: UnlearnConfig) -> UnlearnConfig:
 
 
 def resolve_params(config: UnlearnConfig) -> LossParams:
-    """Method defaults (e.g. simnpo β = 4.5) for every weight the user left unset."""
-    method = get_method(config.method)
-    values = {name: getattr(config, name) for name in PARAM_NAMES if getattr(config, name, None) is not None}
-    return LossParams(**{**method.defaults, **values})
+    """The method's declared default (e.g. simnpo β = 4.5) for every weight the user left unset; a weight the
+    method does not read, or a value out of range, is a ConfigError."""
+    return get_method(config.method).params(config.loss_params)
 
 
 def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
@@ -102,8 +98,8 @@ def resolve_rmu(model, tokenizer, config: UnlearnConfig, method: Method, forget)
     rmu_layer = config.rmu_layer if config.rmu_layer is not None else default_rmu_layer(num_layers)
     if not 0 <= rmu_layer < num_layers:
         raise ConfigError(f"--rmu_layer {rmu_layer} is out of range: the model has {num_layers} layers")
-    if config.rmu_c is None:
-        config = dataclasses.replace(config, rmu_c=adaptive_rmu_c(model, tokenizer, forget, rmu_layer, config))
+    if config.loss_params.get("rmu_c") is None:
+        config = config.with_options(rmu_c=adaptive_rmu_c(model, tokenizer, forget, rmu_layer, config))
     return config, rmu_layer
 
 

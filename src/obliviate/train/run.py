@@ -29,7 +29,6 @@ from obliviate.train.loop import train
 from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision
 from obliviate.train.resolve import (
     AUTO,
-    PARAM_NAMES,
     auto_method,
     resolve_params,
     resolve_rmu,
@@ -175,9 +174,7 @@ def run_unlearn(
     params = resolve_params(config)
     forget, forget_draws, paired_draws = prepare_forget(model, tokenizer, config, method, forget, retain)
     config = resolve_steps(config, forget, retain)
-    resolved = dataclasses.replace(
-        config, **{k: getattr(params, k) for k in PARAM_NAMES if hasattr(config, k)}, rmu_layer=rmu_layer
-    )
+    resolved = dataclasses.replace(config, loss_params=params.as_dict(), rmu_layer=rmu_layer)
     if config.resume:
         check_resume(out, resolved)
     if step_check is None and stop_rule is not None and config.stop_check_steps:
@@ -205,8 +202,8 @@ def run_unlearn(
 def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, list | None]:
     """The forget and retain sets, and the method (``--method auto`` chosen, its preset applied), checked before
     anything is written: an unknown method fails before any data is read."""
-    if config.method != AUTO:
-        get_method(config.method)  # an unknown name fails before any data is read
+    if config.method != AUTO:  # an unknown name, or a weight it does not read, fails before any data is read
+        get_method(config.method).params(config.loss_params)
     accumulation_steps(config)
     forget = load_split(config.forget_dir, split="forget")
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
@@ -275,8 +272,12 @@ def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None =
 
 
 def _clear_output_dir(out: Path, inputs: list, config, command: str) -> None:
-    """--overwrite: empty ``out`` once (on the main process; the others wait), after every input was validated."""
+    """--overwrite: empty ``out`` once (on the main process; the others wait), after every input was validated.
+
+    Every process has checked the output directory by now; the first barrier keeps a slow process from seeing the
+    directory the main process is about to create (non-empty, so "pass --overwrite"), a race seen under torchrun."""
     state = process_state()
+    state.wait_for_everyone()
     if state.is_main_process:
         prepare_output_dir(out, inputs, overwrite=config.overwrite, resume=config.resume, command=command)
     state.wait_for_everyone()

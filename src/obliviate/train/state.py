@@ -40,9 +40,10 @@ class RunResult:
 @dataclass
 class Run:
     """The recipe's state: what :func:`setup` builds and what the run is (method, weights, config, tokenizer), so
-    that every stage (:func:`~obliviate.train.epoch.train_epoch`, :func:`~obliviate.train.step.accumulate`, the range test) takes the run
-    and little else. The stages: :func:`~obliviate.train.loop.setup` → :func:`~obliviate.train.loop.train` → :func:`~obliviate.train.finish.save_final` →
-    cleanup (the ``finally`` of ``train``)."""
+    that every stage (:func:`~obliviate.train.epoch.train_epoch`, :func:`~obliviate.train.step.accumulate`, the
+    range test) takes the run and little else. The stages: :func:`~obliviate.train.loop.setup` →
+    :func:`~obliviate.train.loop.train` → :func:`~obliviate.train.finish.save_final` → cleanup (the ``finally`` of
+    ``train``)."""
 
     accelerator: Accelerator
     model: torch.nn.Module
