@@ -118,7 +118,7 @@ def _rebase(run_dir: Path, base: str) -> None:
     """An in-memory model was trained from a temporary copy: adapters and cards name the model's own source
     (``name_or_path``, as peft records it), not the copy that is about to be removed."""
     from obliviate.io import write_text_atomic
-    from obliviate.model_card import CARD, update_model_card
+    from obliviate.model_card import CARD, read_card, update_model_card
 
     for directory in [run_dir, *sorted((run_dir / "checkpoints").glob("epoch-*"))]:
         adapter = directory / "adapter_config.json"
@@ -127,7 +127,9 @@ def _rebase(run_dir: Path, base: str) -> None:
             values["base_model_name_or_path"] = base or None
             write_text_atomic(adapter, json.dumps(values, indent=2, sort_keys=True))
         if (directory / CARD).is_file():
-            update_model_card(directory, base_model=base or None)
+            config = dict(read_card(directory / CARD)[0].get("obliviate", {}).get("config") or {})
+            config["model_dir"] = base or None  # the card says where the model came from, not the temporary copy
+            update_model_card(directory, base_model=base or None, config=config)
 
 
 def evaluate(
@@ -244,10 +246,10 @@ def run(
         options: any :class:`~obliviate.pipeline.PipelineConfig` field (``methods=("ga_gd", "npo")``,
             ``unlearn_max_steps=40``, ``eval_max_examples=50``, ``workers=2``).
     """
+    options = _guard_workers(dict(options))  # before the heavy imports: a refused call costs nothing
     from obliviate.pipeline import PipelineConfig, run_pipeline
 
     _check_options(PipelineConfig, options, ("output_dir", "data_dirs"), "run")
-    options = _guard_workers(dict(options))
     if (forget is None) != (retain is None):
         raise ConfigError("obliviate.run: pass both forget and retain (or neither, for synthetic people)")
     with ExitStack() as stack:
