@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from obliviate.config import FinetuneConfig, UnlearnConfig
 from obliviate.data.synth import synthesize, write_synth
 from obliviate.models.tiny import init_model
+from obliviate.train.epoch import TIMING_KEYS
 
 PEOPLE = 12
 FORGET_RECORDS = 18  # 3 of 12 people, 6 records each
@@ -134,8 +135,11 @@ def hash_dir(directory: Path) -> dict[str, str]:
     }
 
 
-def metrics(output_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+def metrics(output_dir: Path, clock: bool = False) -> list[dict[str, Any]]:
+    """The lines of a run's ``metrics.jsonl``; without ``clock``, less the keys that measure the wall clock
+    (``TIMING_KEYS``), so that two runs that trained alike compare equal."""
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return lines if clock else [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in lines]
 
 
 def listing(directory: Path) -> list[str]:

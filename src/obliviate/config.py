@@ -119,6 +119,12 @@ class TrainConfig:
     overwrite: bool = option(False, "allow a non-empty OUTPUT_DIR (its contents are replaced)")
     trust_remote_code: bool = option(False, "run model code shipped with a hub model (off: safer)")
     allow_overlap: bool = option(False, "accept records that are in both the forget and the retain set")
+    report_to: str = option(
+        "none",
+        "experiment tracker for step losses, learning rate, stop-rule checks and epoch evaluations: tensorboard "
+        "(OUTPUT_DIR/tensorboard), wandb (offline unless WANDB_MODE says otherwise) or none",
+        choices=("none", "tensorboard", "wandb"),
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from obliviate.distributed import gathered_state_dict
 from obliviate.errors import TrainingError
 from obliviate.io import kill_point
+from obliviate.model_card import write_model_card
 from obliviate.models.load import write_tokenizer_fingerprint
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
@@ -115,9 +116,19 @@ def load_rng_state(checkpoint: Path, process_index: int) -> None:
 
 
 def save_checkpoint(
-    accelerator, model, tokenizer, optimizer, scheduler, run_dir: Path, epoch: int, state: dict[str, Any]
+    accelerator,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    run_dir: Path,
+    epoch: int,
+    state: dict[str, Any],
+    card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/epoch-<epoch>`` atomically; every rank must call it (it holds collective calls)."""
+    """Write ``checkpoints/epoch-<epoch>`` atomically; every rank must call it (it holds collective calls).
+
+    With ``card``, the checkpoint holds its model card (``README.md``, :mod:`obliviate.model_card`)."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"epoch-{epoch}"
     tmp = root / f".epoch-{epoch}.tmp"
@@ -133,6 +144,8 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
+        if card is not None:
+            write_model_card(tmp, card)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
         if final.exists():
             shutil.rmtree(final)

@@ -35,6 +35,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
+        clock = time.perf_counter()
         if phase == "retain":
             step_metrics, tokens, checksums = retain_step(run, params, epoch, retain_groups[index])
         else:
@@ -42,7 +43,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             step_metrics, tokens, checksums = accumulate(run, run.method, forget_params, epoch, forget_ids, retain_ids)
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         optimizer_step(run, config)
-        _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, tokens, checksums)
+        seconds = time.perf_counter() - clock
+        _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, (tokens, seconds), checksums)
         progress.step(step_metrics)
         reason = _stop_reason(run, epoch, step_metrics)
         if reason is not None:
@@ -77,8 +79,15 @@ class _Progress:
         self.bar.close()
 
 
-def _record_step(run: Run, epoch: int, phase: str | None, lr: float, step_metrics, tokens: int, checksums) -> None:
-    """Count the step and write its ``metrics.jsonl`` line."""
+TIMING_KEYS = ("time", "step_seconds", "tokens_per_second")
+"""The keys of a ``metrics.jsonl`` line that measure the clock, not the training: a resumed or repeated run writes
+every other key identically."""
+
+
+def _record_step(run: Run, epoch: int, phase: str | None, lr: float, step_metrics, counted, checksums) -> None:
+    """Count the step and write its ``metrics.jsonl`` line, with the step's seconds and tokens/s (tokens of every
+    process over the step's wall time, from its first forward to the end of the optimizer step)."""
+    tokens, seconds = counted
     run.state["global_step"] += 1
     run.state["tokens_seen"] += tokens
     record = {
@@ -88,6 +97,8 @@ def _record_step(run: Run, epoch: int, phase: str | None, lr: float, step_metric
         "lr": lr,
         **step_metrics,
         "tokens_seen": run.state["tokens_seen"],
+        "step_seconds": round(seconds, 6),
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
     }
     if checksums is not None:
         record["retain_draw_checksums"] = checksums
@@ -107,8 +118,10 @@ def _step_check(run: Run, epoch: int) -> str | None:
     if run.step_check is None:
         return None
     model = run.accelerator.unwrap_model(run.model)
-    checks_before = len(run.step_check.history)
+    checks_before, clock = len(run.step_check.history), time.perf_counter()
     reason = run.step_check(model, run.tokenizer, run.state["global_step"])
+    if run.timing:
+        run.timing["stop_check_seconds"] += time.perf_counter() - clock
     if len(run.step_check.history) > checks_before:
         run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
     return reason

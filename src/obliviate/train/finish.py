@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from obliviate.config import TrainConfig
 from obliviate.distributed import gathered_state_dict
 from obliviate.errors import TrainingError
 from obliviate.io import kill_point, write_text_atomic
+from obliviate.model_card import write_model_card
 from obliviate.models.load import write_tokenizer_fingerprint
 from obliviate.train import checkpoint as ckpt
 
@@ -51,17 +53,17 @@ def logged_step(line: str) -> float:
         return math.inf
 
 
-def save_final(run: Run, tokenizer, output_dir: Path, config: TrainConfig) -> None:
-    """The final model (or adapter) into ``output_dir``; under LoRA with ``--merge`` also ``output_dir/merged``."""
-    acc = run.accelerator
+def save_final(run: Run, tokenizer, output_dir: Path, config: TrainConfig, started: float | None = None) -> None:
+    """The final model (or adapter) and its card into ``output_dir``; under LoRA with ``--merge`` also
+    ``output_dir/merged``. ``trainer_state.json`` last, with the run's seconds per phase (``started``: the
+    ``perf_counter`` the run began at)."""
+    acc, clock = run.accelerator, time.perf_counter()
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(run.model)
     weights = gathered_state_dict(acc, run.model)
     if acc.is_main_process:
-        save_model_files(unwrapped, weights, tokenizer, output_dir)
+        save_model_files(unwrapped, weights, tokenizer, output_dir, card=run.card)
         kill_point("final")  # tests: killed with the model written and trainer_state.json not yet
-        # trainer_state.json last: its presence says the final model is complete
-        write_text_atomic(output_dir / "trainer_state.json", json.dumps(run.state, indent=1, sort_keys=True))
         if run.is_peft and config.merge:
             from obliviate.models.load import load_model, save_pretrained_atomic
 
@@ -69,16 +71,29 @@ def save_final(run: Run, tokenizer, output_dir: Path, config: TrainConfig) -> No
             # when the trained weights are sharded (ZeRO-3 / FSDP)
             adapted, _ = load_model(output_dir, dtype=getattr(unwrapped, "dtype", None), device="cpu")
             save_pretrained_atomic(adapted.merge_and_unload(), tokenizer, output_dir / "merged")
+            write_model_card(output_dir / "merged", {**run.card, "adapter": False, "merged": True})
+        # trainer_state.json last: its presence says the final model is complete
+        if run.timing:
+            run.timing["save_seconds"] = time.perf_counter() - clock
+            total = time.perf_counter() - started if started is not None else None
+            timing = {**{k: round(v, 3) for k, v in run.timing.items()}, "total_seconds": round(total or 0.0, 3)}
+        state = {**run.state, "timing": timing} if run.timing else run.state
+        write_text_atomic(output_dir / "trainer_state.json", json.dumps(state, indent=1, sort_keys=True))
     acc.wait_for_everyone()
 
 
-def save_model_files(model, weights, tokenizer, output_dir: Path) -> None:
-    """Save into a temporary sibling, then rename file by file: a failed write leaves no half-written weights."""
+def save_model_files(model, weights, tokenizer, output_dir: Path, card: dict | None = None) -> None:
+    """Save into a temporary sibling, then rename file by file: a failed write leaves no half-written weights.
+
+    With ``card``, the model card (``README.md``, :mod:`obliviate.model_card`) goes in with the weights, replacing
+    the stub peft writes beside an adapter."""
     tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=output_dir))
     try:
         model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_tokenizer_fingerprint(tmp, tokenizer)
+        if card is not None:
+            write_model_card(tmp, card)
         for file in sorted(tmp.iterdir()):
             os.replace(file, output_dir / file.name)
     finally:

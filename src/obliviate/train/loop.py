@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
@@ -33,7 +34,9 @@ from obliviate.errors import ConfigError
 from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
 from obliviate.losses.common import LossParams
+from obliviate.model_card import CARD, write_model_card
 from obliviate.train import checkpoint as ckpt
+from obliviate.train import trackers
 from obliviate.train.epoch import train_epoch
 from obliviate.train.finish import restore, save_final, truncate_log
 from obliviate.train.parallel import (
@@ -145,12 +148,16 @@ def train(
     forget_draws: list[list[Record]] | None = None,
     step_check=None,
     paired_draws: list[list[Record]] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``.
 
     ``forget_draws``: relabelled copies of ``forget`` (same length and order) that epochs train on in turn.
     ``step_check``: a stop rule with ``start(model, tokenizer)`` and ``(model, tokenizer, step) -> reason | None``.
     ``paired_draws``: copies of ``forget`` with fake PII values, paired row by row (``Needs.paired``), in turn.
+    ``card``: what the model cards of the final model and the checkpoints say (:mod:`obliviate.model_card`).
+
+    The seconds of each phase go to ``RunResult.timing`` and the final ``trainer_state.json`` (:data:`TIMING`).
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
@@ -158,15 +165,20 @@ def train(
     run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
     run.paired_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in paired_draws or []]
     run.stop_forget_nll = stop_forget_nll
+    run.timing = dict.fromkeys(TIMING, 0.0)
+    run.card = {"method": method.name, **(card or {}), "adapter": run.is_peft}
     run.log = _metrics_log(run, output_dir)
     result = RunResult(
         output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"], method=method.name
     )
     try:
         result.lr = _start(run, output_dir, resolved_config, step_check)
+        run.timing["setup_seconds"] = time.perf_counter() - started - run.timing["lr_probe_seconds"]
         _run_epochs(run, output_dir, result, epoch_hook)
-        save_final(run, tokenizer, output_dir, config)
+        run.card.update(_final_card(run, result))
+        save_final(run, tokenizer, output_dir, config, started)
     finally:
+        trackers.finish(run.accelerator)
         run.accelerator.free_memory()
         # accelerate keeps one precision per process; a later run in this process (a notebook, the demo) may
         # ask for another. The process group (PartialState) stays.
@@ -174,22 +186,54 @@ def train(
     result.epochs_completed = run.state["epoch"]
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started
+    result.timing = {**run.timing, "total_seconds": result.wall_seconds}
     return result
 
 
+TIMING = (
+    "setup_seconds",
+    "lr_probe_seconds",
+    "loop_seconds",
+    "stop_check_seconds",
+    "checkpoint_seconds",
+    "epoch_eval_seconds",
+    "save_seconds",
+)
+"""The phases a run's seconds are split into. ``setup``: loading done by the caller excluded, from the accelerator
+to the first step (tokenising, the reference, the stop rule's reference measurement); ``lr_probe``: the range test;
+``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's checks, which
+``stop_check`` counts separately as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the epoch
+hook's evaluations; ``save``: the final model. A resumed run counts only its own process's seconds."""
+
+
 def _metrics_log(run: Run, output_dir: Path) -> Callable[[dict[str, Any]], None]:
-    """The run's ``metrics.jsonl`` writer (main process), after cutting lines a resumed run will write again."""
+    """The run's ``metrics.jsonl`` writer (main process), after cutting lines a resumed run will write again.
+
+    Every line gets ``time``, the wall clock (Unix seconds) when it was written; every line also goes to the
+    run's tracker (``--report_to``)."""
     metrics_path = output_dir / "metrics.jsonl"
     if run.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         truncate_log(metrics_path, run.state["global_step"])
+    probes = iter(range(1_000_000))  # the range test's trials all sit before step 1: the tracker numbers them
 
     def log(record: dict[str, Any]) -> None:
+        record = {**record, "time": round(time.time(), 3)}
         if run.accelerator.is_main_process:
             append_line(metrics_path, json.dumps(record))
+        step = next(probes) if "lr_probe" in record else record["step"]
+        trackers.log(run.accelerator, trackers.scalars(record), step)
         kill_point(f"step-{record['step']}")  # tests: killed between optimizer steps
 
     return log
+
+
+def _final_card(run: Run, result: RunResult) -> dict[str, Any]:
+    """The final model's card facts: its epoch and step, how the run ended, and that epoch's metrics if evaluated."""
+    epoch = run.state["epoch"]
+    evaluated = [e for e in result.epoch_results if getattr(e, "epoch", None) == epoch]
+    facts = {"epoch": epoch, "global_step": run.state["global_step"], "stopped": run.state["stopped"]}
+    return {**facts, "metrics": trackers.summary_of(evaluated[-1]) if evaluated else None}
 
 
 def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) -> float | None:
@@ -200,13 +244,19 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
     if lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it
         from obliviate.train.lr_probe import probe_lr
 
+        probe_started = time.perf_counter()
         probe = probe_lr(run, steps=getattr(config, "lr_probe_steps", 5), log=run.log)
+        run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started
         acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried)")
         lr = probe.lr
         if resolved_config is not None:
             resolved_config = _with_lr(resolved_config, probe.lr)
     if acc.is_main_process and resolved_config is not None:
         write_text_atomic(output_dir / "config.yaml", resolved_config)
+    if resolved_config is not None:
+        run.card["config"] = yaml.safe_load(resolved_config)
+    run.card["lr"] = lr
+    trackers.start(acc, config, run.method.name, run.card.get("config"))
     if step_check is not None:
         step_check.start(acc.unwrap_model(run.model), run.tokenizer)
         run.step_check = step_check
@@ -225,15 +275,13 @@ def _run_epochs(run: Run, output_dir: Path, result: RunResult, epoch_hook: Epoch
         dynamic_ncols=True,
     )
     for epoch in epochs:
+        clock = time.perf_counter()
         stopped = train_epoch(run, epoch)
+        run.timing["loop_seconds"] += time.perf_counter() - clock
         run.state.update(epoch=epoch, stopped=stopped)
         spent = run.state["global_step"] >= run.total_steps
         if checkpoint_due(config, epoch, run.epochs) or stopped or (spent and config.save_checkpoints):
-            path = ckpt.save_checkpoint(
-                acc, run.model, run.tokenizer, run.optimizer, run.scheduler, output_dir, epoch, dict(run.state)
-            )
-            if epoch_hook is not None:
-                result.epoch_results.append(epoch_hook(epoch, path))
+            _checkpoint(run, output_dir, epoch, result, epoch_hook)
         if stopped:
             acc.print(stopped)
             break
@@ -241,10 +289,29 @@ def _run_epochs(run: Run, output_dir: Path, result: RunResult, epoch_hook: Epoch
             break
 
 
+def _checkpoint(run: Run, output_dir: Path, epoch: int, result: RunResult, epoch_hook: EpochHook | None) -> None:
+    """``checkpoints/epoch-N`` with its model card; the hook's evaluation, which goes to the tracker and the card."""
+    acc, clock = run.accelerator, time.perf_counter()
+    card = {**run.card, "epoch": epoch, "global_step": run.state["global_step"], "stopped": run.state["stopped"]}
+    state = dict(run.state)
+    path = ckpt.save_checkpoint(
+        acc, run.model, run.tokenizer, run.optimizer, run.scheduler, output_dir, epoch, state, card=card
+    )
+    run.timing["checkpoint_seconds"] += time.perf_counter() - clock
+    if epoch_hook is None:
+        return
+    clock = time.perf_counter()
+    evaluation = epoch_hook(epoch, path)
+    run.timing["epoch_eval_seconds"] += time.perf_counter() - clock
+    result.epoch_results.append(evaluation)
+    metrics = trackers.summary_of(evaluation)
+    trackers.log(acc, {f"eval/{k}": v for k, v in trackers.numbers(metrics).items()}, run.state["global_step"])
+    if acc.is_main_process and metrics and (path / CARD).is_file():
+        write_model_card(path, {**card, "metrics": metrics})
+
+
 def _with_lr(resolved_config: str, lr: float) -> str:
     """The resolved config with the rate the range test chose, so that config.yaml says what was trained."""
-    import yaml
-
     values = yaml.safe_load(resolved_config)
     values["lr"] = lr
     return yaml.safe_dump(values, sort_keys=False)

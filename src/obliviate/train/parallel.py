@@ -15,6 +15,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from obliviate.config import TrainConfig
 from obliviate.distributed import cpu_launch, fsdp_requested, process_state
 from obliviate.errors import ConfigError
+from obliviate.train.trackers import accelerator_kwargs
 
 PLAIN = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 """One process or plain data parallelism: every process holds the whole model."""
@@ -68,6 +69,7 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         gradient_accumulation_plugin=plugin,
         cpu=cpu_launch(),
+        **accelerator_kwargs(config),
     )
     if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError(

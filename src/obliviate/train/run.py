@@ -17,7 +17,7 @@ from obliviate.config import FinetuneConfig, TrainConfig, UnlearnConfig, to_yaml
 from obliviate.data.load import check_overlap, load_split, load_training_records
 from obliviate.distributed import process_state
 from obliviate.errors import ConfigError, TrainingError
-from obliviate.io import check_output_dir, prepare_output_dir
+from obliviate.io import check_output_dir, prepare_output_dir, sha256_tree
 from obliviate.losses import FINETUNE, Method, get_method
 from obliviate.losses.common import LossParams
 from obliviate.models.load import load_model, model_paths
@@ -36,8 +36,17 @@ from obliviate.train.resolve import (
     with_preset,
 )
 from obliviate.train.state import EpochHook, RunResult
+from obliviate.train.trackers import check_tracker
 
-RESUME_MAY_CHANGE = ("epochs", "resume", "overwrite", "eval_every_epoch", "eval_max_examples", "merge")
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "resume",
+    "overwrite",
+    "eval_every_epoch",
+    "eval_max_examples",
+    "merge",
+    "report_to",
+)
 """Options ``--resume`` accepts with another value than the run started with; any other difference is refused.
 
 ``epochs`` may only grow, and only under the constant schedule (a linear or cosine schedule's shape depends on it).
@@ -196,7 +205,19 @@ def run_unlearn(
         forget_draws=forget_draws,
         step_check=step_check,
         paired_draws=paired_draws,
+        card=_unlearn_card(config),
     )
+
+
+def _unlearn_card(config: UnlearnConfig) -> dict:
+    """What an unlearned model's card says of its inputs: the starting model, and the data as hashes only."""
+    retain = sha256_tree(config.retain_dir) if config.retain_dir else None
+    return {
+        "command": "unlearn",
+        "base_model": config.model_dir,
+        "forget_sha256": sha256_tree(config.forget_dir),
+        "retain_sha256": retain,
+    }
 
 
 def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, list | None]:
@@ -204,6 +225,7 @@ def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, li
     anything is written: an unknown method fails before any data is read."""
     if config.method != AUTO:  # an unknown name, or a weight it does not read, fails before any data is read
         get_method(config.method).params(config.loss_params)
+    check_tracker(config)
     accumulation_steps(config)
     forget = load_split(config.forget_dir, split="forget")
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
@@ -239,6 +261,7 @@ def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None =
     With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
     """
     accumulation_steps(config)
+    check_tracker(config)
     records = load_training_records(config.data)
     model_inputs = model_paths(config.model) if config.model not in SIZES else []
     inputs = [*config.data, *model_inputs, *(extra_inputs or [])]
@@ -268,6 +291,11 @@ def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None =
         retain=None,
         config=config,
         resolved_config=to_yaml(config),
+        card={
+            "command": "finetune",
+            "base_model": None if config.model in SIZES else config.model,
+            "data_sha256": [sha256_tree(path) for path in config.data],
+        },
     )
 
 

@@ -35,6 +35,7 @@ class RunResult:
     epoch_results: list[Any] = field(default_factory=list)  # what the epoch hook returned, per checkpoint
     lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
     method: str | None = None  # the objective trained with (what --method auto chose)
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Run.timing)
 
 
 @dataclass
@@ -73,6 +74,8 @@ class Run:
     layer: int | None = None  # the decoder block whose output a hidden-states method reads (RMU), else None
     log: Callable[[dict[str, Any]], None] = lambda record: None  # one metrics.jsonl line per call
     stop_forget_nll: float | None = None  # the GA family's bound on the logged forget NLL
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per phase, written to trainer_state.json
+    card: dict[str, Any] = field(default_factory=dict)  # what the model cards say (obliviate.model_card)
 
 
 def bars_off(acc: Accelerator) -> bool:
