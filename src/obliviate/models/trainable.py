@@ -179,6 +179,13 @@ def _no_linear_reason(block: torch.nn.Module, modules: str) -> str:
     return f"{head}: its modules are {', '.join(groups)}; name them with --lora_target"
 
 
+def _transposed(model: torch.nn.Module) -> bool:
+    """GPT-2's blocks use transformers' ``Conv1D`` (weights stored in x out): peft is told (``fan_in_fan_out``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in decoder_layers(model)[0].modules())
+
+
 def apply_lora(
     model: torch.nn.Module,
     *,
@@ -211,6 +218,7 @@ def apply_lora(
             lora_dropout=dropout,
             target_modules=lora_target_modules(target, modules, spelled_out),
             layers_to_transform=None if every_layer else indices,
+            fan_in_fan_out=_transposed(model),
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)

@@ -184,7 +184,7 @@ def _offsets():
     sides = [(1, 0, "left", "center"), (0, 1, "center", "bottom"), (-1, 0, "right", "center")]
     sides += [(0, -1, "center", "top"), (1, 1, "left", "bottom"), (-1, 1, "right", "bottom")]
     sides += [(1, -1, "left", "top"), (-1, -1, "right", "top")]
-    for distance in (6, 16, 28, 42, 60):
+    for distance in (9, 18, 30, 44, 60):
         for dx, dy, ha, va in sides:
             yield dx * distance, dy * distance, ha, va
 
