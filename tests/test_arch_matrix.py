@@ -152,8 +152,14 @@ def test_a_mixture_of_experts_says_why_lora_cannot_take_its_experts(people, tmp_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_every_family_is_a_real_transformers_model_type():
+def test_the_readme_lists_exactly_the_tested_families():
+    """README's list (between its tested-families markers) is ARCHS, the eight of the default suite first."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    assert set(README_FAMILIES) <= set(ARCHS)
-    assert not set(ARCHS) - set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("<!-- tested-families")[1].split("<!-- /tested-families -->")[0]
+    listed = next(p for p in section.split("\n\n") if p.startswith("olmo,")).replace("\n", " ").rstrip(".")
+    families = [name.strip() for name in listed.split(",")]
+    assert families[: len(README_FAMILIES)] == list(README_FAMILIES)
+    assert sorted(families) == sorted(ARCHS) and len(families) == len(set(families))
+    assert not set(ARCHS) - set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)  # each is a transformers causal-LM model type
