@@ -121,7 +121,13 @@ def unit_range(ax, values: Sequence[float], axis: str = "y") -> None:
     if min(finite) >= 0 and max(finite) <= 1:
         setter(-0.03, 1.03)
     elif min(finite) >= 0:
-        setter(bottom=0) if axis == "y" else setter(left=0)
+        setter(0, max(finite) * 1.08 or 1.0)
+
+
+def epoch_range(ax, epochs: Sequence[int]) -> None:
+    """Room around a single epoch, so that its axis gets integer ticks (matplotlib falls back to fractions)."""
+    if epochs and max(epochs) == min(epochs):
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
 
 
 def tight_upper_range(ax, values: Sequence[float], step: float = 0.1) -> None:
@@ -133,8 +139,8 @@ def tight_upper_range(ax, values: Sequence[float], step: float = 0.1) -> None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite or min(finite) < 0 or max(finite) > 1:
         return
-    low = max(0.0, math.floor((min(finite) - step / 2) / step) * step)
-    ax.set_ylim(low, 1.0 + step / 10)
+    low = math.floor((min(finite) - step / 2) / step) * step
+    ax.set_ylim(-0.03 if low <= 0 else low, 1.0 + step / 10)  # a score of 0 keeps its whole marker in view
 
 
 def place_labels(fig: Figure, ax, points: Sequence[tuple[str, float, float]], **text_kw) -> list:
@@ -157,7 +163,8 @@ def place_labels(fig: Figure, ax, points: Sequence[tuple[str, float, float]], **
                 text, (x, y), textcoords="offset points", xytext=(ox, oy), ha=ha, va=va, arrowprops=leader, **text_kw
             )
             box = _text_box(annotation, renderer)
-            if _inside(box, frame) and not any(_overlap(box, b) for b in blocked):
+            padded = (box[0] - 3, box[1] - 1, box[2] + 3, box[3] + 1)  # a gap between neighbouring words
+            if _inside(box, frame) and not any(_overlap(padded, b) for b in blocked):
                 break
             annotation.remove()
         else:  # nowhere free: keep the first spot rather than drop the label

@@ -30,6 +30,7 @@ from obliviate.report.plot_parts import (  # noqa: E402
     Level,
     as_level,
     draw_band,
+    epoch_range,
     legend_in_spare_cell,
     panel_figure,
     panels,
@@ -138,12 +139,13 @@ def draw_loss_per_epoch(metrics_files: dict[str, Path]) -> Figure:
         forget_key, retain_key = _first_key(means, FORGET_KEYS), _first_key(means, RETAIN_KEYS)
         if forget_key is None and retain_key is None:
             forget_key = _first_key(means, ("loss",))
-        values = []
-        for key, style in ((forget_key, "-"), (retain_key, "--")):
+        values, drawn_epochs = [], []
+        for index, (key, style) in enumerate(((forget_key, "-"), (retain_key, "--"))):
             if key is not None:
                 epochs, series = _series(means, key)
-                ax.plot(epochs, series, marker="o", markersize=3, linestyle=style, color="C0", label=key)
-                values += series
+                ax.plot(epochs, series, marker="o", markersize=3, linestyle=style, color=_color(index), label=key)
+                values, drawn_epochs = values + series, drawn_epochs + epochs
+        epoch_range(ax, drawn_epochs)
         ax.set_title(method, fontsize="small")
         unit_range(ax, values)
         if values:
@@ -220,6 +222,7 @@ def draw_metric_per_epoch(
     if not handles or not curves:
         _no_data(axes[0], ", ".join(keys))
     unit_range(axes[0], values)
+    epoch_range(axes[0], [epoch for points in curves.values() for epoch, _ in points])
     fig.supylabel(ylabel, fontsize="small")
     fig.suptitle(f"{title} (epoch 0: the model before unlearning)", fontsize="medium")
     if handles:
