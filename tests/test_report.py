@@ -14,14 +14,14 @@ from obliviate.report import plots, render
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _assert_png(path: Path) -> None:
+def _assert_png(path: Path, size: tuple[int, int] = (600, 400)) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     with Image.open(path) as image:
         image.load()
         assert image.format == "PNG"
-        # 6 × 4 inches at 100 dpi.
-        assert image.size == (600, 400)
+        # 6 × 4 inches at 100 dpi; small multiples 8 in wide, 1.2 + 2.3 in per row of three panels
+        assert image.size == size
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temporary file left behind"
 
 
@@ -33,6 +33,7 @@ def _lines(ax) -> dict[str, tuple[list[float], list[float]]]:
             [round(float(y), 9) for y in line.get_ydata()],
         )
         for line in ax.get_lines()
+        if not line.get_label().startswith("_")  # a band's centre line stays out of the legend
     }
 
 
@@ -77,27 +78,24 @@ def test_plot_loss_per_epoch_with_rmu_and_loss_only_runs(tmp_path):
     runs = {"ga_kl": ga_kl, "rmu": rmu, "finetune": finetune}
     out = plots.plot_loss_per_epoch(runs, tmp_path / "png" / "loss.png")
     assert out == tmp_path / "png" / "loss.png"
-    _assert_png(out)
-    forget, retain = plots.draw_loss_per_epoch(runs).axes
+    _assert_png(out, (800, 350))
+    panels = plots.draw_loss_per_epoch(runs).axes
+    assert [ax.get_title() for ax in panels] == ["ga_kl", "rmu", "finetune"]  # one panel per method
     # ga_kl: steps 0-2 are epoch 1 (forget NLL 0, 1, 2: mean 1), steps 3-5 epoch 2 (mean 4); RMU shows its own
-    # terms; the fine-tuning run logged only its loss, which goes on the forget panel.
-    assert _lines(forget) == {
-        "ga_kl (forget_nll)": ([1, 2], [1.0, 4.0]),
-        "rmu (rmu_forget)": ([1, 2], [1.5, 1.5]),
-        "finetune (loss)": ([1], [3.2]),
-    }
-    assert _lines(retain) == {"ga_kl (retain_nll)": ([1, 2], [1.0, 1.0]), "rmu (rmu_retain)": ([1, 2], [0.1, 0.1])}
-    # a method keeps its colour across the two panels
-    assert [line.get_color() for line in retain.get_lines()] == [line.get_color() for line in forget.get_lines()[:2]]
-    assert (forget.get_title(), retain.get_title()) == ("forget NLL per epoch", "retain NLL per epoch")
-    assert not _texts(forget) and not _texts(retain)
+    # terms; the fine-tuning run logged only its loss, which is its forget (solid) line.
+    ga_kl_ax, rmu_ax, finetune_ax = panels
+    assert _lines(ga_kl_ax) == {"forget_nll": ([1, 2], [1.0, 4.0]), "retain_nll": ([1, 2], [1.0, 1.0])}
+    assert _lines(rmu_ax) == {"rmu_forget": ([1, 2], [1.5, 1.5]), "rmu_retain": ([1, 2], [0.1, 0.1])}
+    assert _lines(finetune_ax) == {"loss": ([1], [3.2])}
+    assert [line.get_linestyle() for line in ga_kl_ax.get_lines()] == ["-", "--"]
+    assert ga_kl_ax.get_ylim()[0] == 0  # a non-negative loss starts at 0
+    assert not any(_texts(ax) for ax in panels)
 
 
 def test_plot_loss_per_epoch_says_when_a_panel_has_nothing(tmp_path):
-    finetune = _write_jsonl(tmp_path / "ft.jsonl", [{"step": 1, "epoch": 1, "loss": 3.2}])
-    forget, retain = plots.draw_loss_per_epoch({"finetune": finetune}).axes
-    assert _lines(forget) == {"finetune (loss)": ([1], [3.2])}
-    assert _lines(retain) == {} and _texts(retain) == ["no retain NLL logged"]
+    empty = _write_jsonl(tmp_path / "empty.jsonl", [{"step": 1, "epoch": 1, "note": "x"}])
+    (ax,) = plots.draw_loss_per_epoch({"ga": empty}).axes
+    assert _lines(ax) == {} and _texts(ax) == ["no loss logged"]
 
 
 def test_plot_loss_per_epoch_rejects_missing_and_bad_files(tmp_path):
@@ -110,7 +108,13 @@ def test_plot_loss_per_epoch_rejects_missing_and_bad_files(tmp_path):
     assert not (tmp_path / "loss.png").exists()
 
 
-def test_plot_metric_per_epoch_skips_missing_keys(tmp_path):
+def _band(ax) -> tuple[float, float]:
+    (patch,) = ax.patches
+    ys = [y for _, y in patch.get_path().transformed(patch.get_patch_transform()).vertices]
+    return min(ys), max(ys)
+
+
+def test_plot_metric_per_epoch_draws_one_panel_per_method_with_the_oracle_band(tmp_path):
     curves = {
         "ga": [
             (2, {"forget/rougeL_recall": 0.3, "retain/rougeL_recall": 0.7}),  # out of order: drawn by epoch
@@ -118,25 +122,49 @@ def test_plot_metric_per_epoch_skips_missing_keys(tmp_path):
             (1, {"forget/rougeL_recall": 0.5}),
         ],  # retain missing at epoch 1
         "npo": [(1, {"forget/rougeL_recall": 0.6, "retain/rougeL_recall": None})],
+        "rmu": [(1, {"forget/rougeL_recall": 0.4})],
+        "simnpo": [(1, {"forget/rougeL_recall": 0.35})],
     }
-    keys = ["forget/rougeL_recall", "retain/rougeL_recall", "absent/key"]
-    reference = {"oracle forget": 0.48}
+    keys = ["forget/rougeL_recall", "retain/rougeL_recall", "holdout/rougeL_recall"]  # no holdout: left out
+    reference = {"oracle forget": (0.48, 0.05)}
     out = plots.plot_metric_per_epoch(
         curves, keys, tmp_path / "rouge.png", title="ROUGE-L", ylabel="recall", reference_lines=reference
     )
-    _assert_png(out)
-    (ax,) = plots.draw_metric_per_epoch(curves, keys, "ROUGE-L", "recall", reference).axes
-    assert _lines(ax) == {
-        "ga forget/rougeL_recall": ([0, 1, 2], [0.9, 0.5, 0.3]),
-        "ga retain/rougeL_recall": ([0, 2], [0.9, 0.7]),
-        "npo forget/rougeL_recall": ([1], [0.6]),
-        "oracle forget (0.48)": ([0, 1], [0.48, 0.48]),  # axhline: axes-fraction x, the value as y
-    }
-    styles = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
-    assert styles["ga forget/rougeL_recall"] == ("C0", "-")
-    assert styles["ga retain/rougeL_recall"] == ("C0", "--")
-    assert styles["npo forget/rougeL_recall"] == ("C1", "-")
-    assert (ax.get_title(), ax.get_ylabel()) == ("ROUGE-L", "recall")
+    _assert_png(out, (800, 580))  # two rows of panels
+    fig = plots.draw_metric_per_epoch(curves, keys, "ROUGE-L", "recall", reference)
+    assert [ax.get_title() for ax in fig.axes] == ["ga", "npo", "rmu", "simnpo"]  # one axes per method, no spare
+    ga, npo = fig.axes[:2]
+    assert _lines(ga) == {"forget": ([0, 1, 2], [0.9, 0.5, 0.3]), "retain": ([0, 2], [0.9, 0.7])}
+    assert _lines(npo) == {"forget": ([1], [0.6])}
+    styles = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in ga.get_lines()}
+    assert styles["forget"] == ("C0", "-") and styles["retain"] == ("C1", "--")  # the same key, the same look
+    for ax in fig.axes:  # the oracle's 95 % interval on every panel: 0.48 ± 1.96 x 0.05
+        assert _band(ax) == pytest.approx((0.48 - 0.098, 0.48 + 0.098))
+        assert ax.get_ylim() == pytest.approx((-0.03, 1.03))  # a recall shows its whole [0, 1] range
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "forget",
+        "retain",
+        "oracle forget 0.48 ± 0.098 (95 % interval)",
+    ]
+    assert fig.texts[-1].get_text() == "ROUGE-L (epoch 0: the model before unlearning)"
+
+
+def test_a_level_without_its_standard_error_is_a_thin_band_and_says_so():
+    curves = {"ga": [(0, {"forget/leak_rate": 1.0}), (1, {"forget/leak_rate": 0.2})]}
+    fig = plots.draw_metric_per_epoch(curves, ["forget/leak_rate"], "leak", "rate", {"oracle": 0.3})
+    low, high = _band(fig.axes[0])
+    assert low < 0.3 < high and high - low < 0.01
+    (legend,) = fig.legends
+    assert "oracle 0.3 (sampling error unknown: thin band)" in [t.get_text() for t in legend.get_texts()]
+
+
+def test_mean_se_is_the_standard_error_of_the_mean():
+    from obliviate.report.plot_parts import mean_se
+
+    level = mean_se([0.0, 1.0, 1.0, None, 0.0])  # sample sd 0.577, n 4
+    assert level.value == pytest.approx(0.5) and level.se == pytest.approx(0.57735 / 2, rel=1e-4)
+    assert mean_se([0.4]).se is None and mean_se([]) is None
 
 
 def test_plots_overwrite_atomically_and_handle_empty_input(tmp_path):
@@ -146,7 +174,8 @@ def test_plots_overwrite_atomically_and_handle_empty_input(tmp_path):
     _assert_png(out)
     _assert_png(plots.plot_tradeoff({}, tmp_path / "empty.png"))
     _assert_png(plots.plot_tradeoff({"rmu": (None, 0.9)}, tmp_path / "partial.png", oracle=(0.5, 0.9)))
-    _assert_png(plots.plot_metric_per_epoch({}, ["forget/leak_rate"], tmp_path / "leak.png", "leak", "rate"))
+    empty = plots.plot_metric_per_epoch({}, ["forget/leak_rate"], tmp_path / "leak.png", "leak", "rate")
+    _assert_png(empty, (800, 350))
 
 
 def test_tradeoff_places_each_method_target_and_oracle_at_its_scores():
@@ -157,11 +186,29 @@ def test_tradeoff_places_each_method_target_and_oracle_at_its_scores():
         "target": [(0.95, 0.96)],
         "oracle": [(0.48, 0.97)],
     }
-    assert _texts(ax) == ["ga", "npo", "target", "oracle"]  # each point is labelled next to it
+    assert _texts(ax) == ["ga", "npo", "target", "oracle"]  # each point is labelled
+    assert ax.get_xlim() == pytest.approx((-0.03, 1.03))  # forget recall: its whole range
+    assert ax.get_ylim() == pytest.approx((0.7, 1.01))  # retain: a round step under the lowest score, up to 1
     (partial,) = plots.draw_tradeoff({"rmu": (None, 0.9)}, oracle=(0.5, 0.9)).axes
     assert _points(partial) == {"oracle": [(0.5, 0.9)]}  # a point with a missing coordinate is left out
     (empty,) = plots.draw_tradeoff({}).axes
     assert _points(empty) == {} and _texts(empty) == ["no points logged"]
+
+
+def test_tradeoff_labels_of_methods_that_score_alike_do_not_overprint():
+    """The demo's case: ga, ga_kl and npo within 0.005 of each other and of the target ("gaɑklga" before)."""
+    from obliviate.report.plot_parts import label_boxes, overlaps
+
+    points = {"ga": (0.921, 0.9486), "ga_kl": (0.925, 0.9489), "ga_gd": (0.353, 0.893), "npo": (0.92, 0.9487)}
+    fig = plots.draw_tradeoff(points, target=(0.97, 0.9488), oracle=(0.316, 0.9488))
+    (ax,) = fig.axes
+    boxes = label_boxes(fig, ax.texts)
+    assert [t.get_text() for t in ax.texts] == ["ga", "ga_kl", "ga_gd", "npo", "target", "oracle"]
+    assert overlaps(boxes) == []
+    frame = ax.get_window_extent()
+    assert all(frame.x0 <= b[0] and b[2] <= frame.x1 and frame.y0 <= b[1] and b[3] <= frame.y1 for b in boxes)
+    naive = [(0, 0, 10, 10), (5, 5, 15, 15), (20, 20, 30, 30)]
+    assert overlaps(naive) == [(0, 1)]  # the overlap check itself sees an overlap
 
 
 def test_markdown_table_exact_formatting():

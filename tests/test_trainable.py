@@ -113,3 +113,40 @@ def test_lora_on_gpt2_conv1d_projections_for_chosen_layers(layers, modules):
         assert all(f".h.{layers}." in name for name in trained), trained
     if modules == "mlp":
         assert all(".mlp." in name for name in trained), trained
+
+
+def test_decoder_layers_found_by_count_when_the_path_is_unusual():
+    """BioGPT keeps its blocks at ``biogpt.layers``: no known path, but the only list of num_hidden_layers blocks."""
+    from transformers import BioGptConfig, BioGptForCausalLM
+
+    model = BioGptForCausalLM(
+        BioGptConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    )
+    assert decoder_layers(model) is model.biogpt.layers
+    names = select_trainable(model, "last:1", "attn")
+    assert names and all(n.startswith("layers.2.self_attn") for n in names)  # its layer norm included
+
+
+def test_a_model_without_decoder_layers_says_what_was_looked_for():
+    import torch
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError, match=r"cannot find the decoder layers of Flat: no model.layers / transformer.h"):
+        decoder_layers(Flat())
+
+
+def test_mlp_group_covers_families_without_an_mlp_module():
+    """OPT's fc1 / fc2 sit in the block itself: --trainable_modules mlp must still find them, and LoRA too."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2)
+    model = OPTForCausalLM(config.__class__(**{**config.to_dict(), "word_embed_proj_dim": 32}))
+    names = select_trainable(model, "0", "mlp")
+    assert sorted({n.split(".")[2] for n in names}) == ["fc1", "fc2"]
+    adapted = apply_lora(model, r=2, alpha=4.0, dropout=0.0, layers="1", modules="mlp")
+    lora = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert lora and all(".layers.1.fc" in n for n in lora), sorted(lora)

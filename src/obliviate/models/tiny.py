@@ -1,14 +1,18 @@
-"""A tokenizer trained on the data itself and a tiny OLMo-architecture model: the offline default."""
+"""A tokenizer trained on the data itself and a tiny random-weight causal LM: the offline default.
+
+The default architecture is OLMo; :data:`ARCHS` lists every family obliviate builds from a config alone (no hub
+download) and tests end to end (``tests/test_arch_matrix.py``): the same named size in each family's config terms.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError
@@ -33,7 +37,73 @@ SIZES: dict[str, ModelSize] = {
     # for the test suite only: fast enough to train dozens of runs on two CPU cores
     "micro": ModelSize(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=128),
 }
-ARCHS = ("olmo", "olmo2")
+
+
+LEARNED_POSITIONS = 1024
+"""The position table of the families with learned absolute positions or a fixed sine table (GPT-2's own size).
+Evaluation reads prompts of up to 512 tokens and generates up to 256 more; a table of ``max_positions`` (128 for
+``micro``) would overflow, where rotary and ALiBi models merely extrapolate."""
+
+
+def _learned(spec: ModelSize) -> dict:
+    return {"max_position_embeddings": max(spec.max_positions, LEARNED_POSITIONS)}
+
+
+def _half_head(spec: ModelSize) -> dict:
+    """GPT-J and CodeGen rotate ``rotary_dim`` of each head's dimensions (the default, 64, exceeds a small head), from
+    a sine table as long as the position table: neither extrapolates past it."""
+    return {"rotary_dim": spec.hidden_size // spec.num_heads // 2, **_learned(spec)}
+
+
+def _gpt2(spec: ModelSize) -> dict:
+    return {"n_inner": spec.intermediate_size, **_learned(spec)}
+
+
+def _ffn(spec: ModelSize) -> dict:
+    """OPT names its MLP width ``ffn_dim`` and projects embeddings unless ``word_embed_proj_dim`` is the width."""
+    return {"ffn_dim": spec.intermediate_size, "word_embed_proj_dim": spec.hidden_size, **_learned(spec)}
+
+
+def _head_dim(spec: ModelSize) -> dict:
+    """Gemma and Qwen3 fix ``head_dim`` (256, 128) instead of deriving it from the width: derive it here."""
+    return {"head_dim": spec.hidden_size // spec.num_heads}
+
+
+def _few_experts(spec: ModelSize) -> dict:
+    """A mixture of experts small enough for a test: 4 experts, 2 per token."""
+    return {"num_local_experts": 4, "num_experts_per_tok": 2}
+
+
+# Hugging Face ``model_type`` → what its config needs beyond the shared size fields (see :func:`build_config`).
+ARCHS: dict[str, Callable[[ModelSize], dict] | None] = {
+    "olmo": None,
+    "olmo2": None,
+    "olmo3": None,
+    "llama": None,
+    "qwen2": None,
+    "qwen3": _head_dim,
+    "mistral": None,
+    "mixtral": _few_experts,
+    "phi": None,
+    "phi3": None,
+    "gemma": _head_dim,
+    "gemma2": _head_dim,
+    "gemma3_text": _head_dim,
+    "gpt2": _gpt2,
+    "gpt_bigcode": _gpt2,
+    "gpt_neox": None,
+    "gptj": _half_head,
+    "codegen": _half_head,
+    "falcon": None,
+    "bloom": None,
+    "opt": _ffn,
+    "stablelm": None,
+    "starcoder2": None,
+    "granite": None,
+    "cohere": None,
+    "smollm3": None,
+    "mpt": lambda spec: {"d_model": spec.hidden_size, "n_heads": spec.num_heads, "n_layers": spec.num_layers},
+}
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
@@ -54,29 +124,43 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, bos_token=BOS)
 
 
-def build_model(size: str, vocab_size: int, tokenizer=None, arch: str = "olmo", seed: int = 0) -> torch.nn.Module:
-    """An untrained OLMo (or OLMo-2) causal LM of a named size, with tied embeddings, on CPU in fp32."""
+def build_config(size: str, vocab_size: int, tokenizer=None, arch: str = "olmo"):
+    """The config of an untrained ``arch`` model of a named size, with tied embeddings.
+
+    The shared fields (``hidden_size``, ``num_hidden_layers``, ...) reach every family through its config's own
+    names (transformers maps them, e.g. GPT-2's ``n_embd``); :data:`ARCHS` adds what a family needs besides.
+    """
     if size not in SIZES:
         raise ConfigError(f"unknown model size {size!r}: expected one of {', '.join(SIZES)}")
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHS)}")
     spec = SIZES[size]
-    config_cls, model_cls = (OlmoConfig, OlmoForCausalLM) if arch == "olmo" else (Olmo2Config, Olmo2ForCausalLM)
-    config = config_cls(
-        vocab_size=vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        max_position_embeddings=spec.max_positions,
+    extra = ARCHS[arch]
+    fields = {
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_heads,
+        "max_position_embeddings": spec.max_positions,
+        **(extra(spec) if callable(extra) else {}),
+    }
+    return AutoConfig.for_model(
+        arch,
+        **fields,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id if tokenizer is not None else None,
         eos_token_id=tokenizer.eos_token_id if tokenizer is not None else None,
         bos_token_id=tokenizer.bos_token_id if tokenizer is not None else None,
     )
+
+
+def build_model(size: str, vocab_size: int, tokenizer=None, arch: str = "olmo", seed: int = 0) -> torch.nn.Module:
+    """An untrained causal LM of family ``arch`` (default OLMo) and a named size, on CPU in fp32."""
+    config = build_config(size, vocab_size, tokenizer, arch)
     torch.manual_seed(seed)
-    return model_cls(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def init_model(

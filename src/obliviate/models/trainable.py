@@ -13,10 +13,17 @@ _ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks")
+
+
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a HF causal LM (``model.model.layers`` for OLMo / Llama families)."""
+    """The list of decoder blocks of a HF causal LM (``model.model.layers`` for OLMo / Llama families).
+
+    The usual attribute paths are tried first; otherwise the first ``ModuleList`` as long as the config's layer count
+    (``num_hidden_layers``, GPT-2's ``n_layer`` mapped to it) is taken, so that a family with its own naming works.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    for path in _LAYER_PATHS:
         module = base
         for part in path.split("."):
             module = getattr(module, part, None)
@@ -24,7 +31,14 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
                 break
         if isinstance(module, torch.nn.ModuleList):
             return module
-    raise ConfigError(f"cannot find the decoder layers of {type(base).__name__}: layer selection is unsupported")
+    count = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    for _name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and count and len(module) == count:
+            return module
+    raise ConfigError(
+        f"cannot find the decoder layers of {type(base).__name__}: no {' / '.join(_LAYER_PATHS)} and no list of "
+        f"{count} blocks, so --trainable_layers, LoRA and RMU cannot choose layers in it"
+    )
 
 
 def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
@@ -61,12 +75,18 @@ def parse_layer_spec(spec: str, num_layers: int) -> list[int]:
     return sorted(chosen)
 
 
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "fc1", "fc2", "block_sparse_moe", "experts")
+"""Name parts of a block's MLP across families: Llama's ``mlp``, LFM2's ``feed_forward``, OPT's ``fc1`` / ``fc2``
+(which sit in the block itself), Mixtral's ``block_sparse_moe``."""
+
+
 def _in_group(name: str, modules: str) -> bool:
     if modules == "all":
         return True
+    parts = name.split(".")
     if modules == "mlp":
-        return ".mlp." in f".{name}."
-    return "attn" in name or "attention" in name
+        return any(part in _MLP_NAMES for part in parts)
+    return any("attn" in part or "attention" in part for part in parts)
 
 
 def select_trainable(model: torch.nn.Module, layers: str = "all", modules: str = "all") -> list[str]:
@@ -125,18 +145,45 @@ def lora_target_modules(target: str, modules: str = "all", model: torch.nn.Modul
 
 def _linear_names(model: torch.nn.Module, modules: str) -> list[str]:
     """Block-relative names (``self_attn.q_proj``, ``mlp.down_proj``, GPT-2's ``attn.c_attn``; peft matches them as
-    suffixes) of the linear layers (``nn.Linear`` or
-    transformers' ``Conv1D``, which peft adapts too) of the decoder blocks in group ``modules``."""
+    suffixes) of the linear layers (``nn.Linear`` or transformers' ``Conv1D``, which peft adapts too) of the decoder
+    blocks in group ``modules``.
+
+    Raises:
+        ConfigError: the group holds no linear layer; the message says what the group holds instead (a mixture of
+            experts keeps its experts as fused 3-D weights, which LoRA's linear adapters cannot wrap).
+    """
     from transformers.pytorch_utils import Conv1D  # GPT-2's projections: a linear layer with transposed weights
 
     names = set()
-    for block in decoder_layers(model):
+    blocks = decoder_layers(model)
+    for block in blocks:
         for name, module in block.named_modules():
             if isinstance(module, (torch.nn.Linear, Conv1D)) and _in_group(name, modules):
                 names.add(name)  # the path inside the block: GPT-2 has a c_proj in both attn and mlp
     if not names:
-        raise ConfigError(f"--lora_target all-linear with --trainable_modules {modules!r} finds no linear layer")
+        raise ConfigError(_no_linear_reason(blocks[0], modules))
     return sorted(names)
+
+
+def _no_linear_reason(block: torch.nn.Module, modules: str) -> str:
+    """Why a block's ``modules`` group has nothing for LoRA: fused weights (experts) or no such group at all."""
+    fused = [n for n, p in block.named_parameters() if p.dim() > 2 and _in_group(n, modules)]
+    kind = type(block).__name__
+    head = f"--lora_target all-linear with --trainable_modules {modules!r} finds no linear layer in {kind}"
+    if fused:
+        return (
+            f"{head}: {', '.join(sorted(fused)[:3])} are fused 3-D (mixture-of-experts) weights, which LoRA's linear"
+            " adapters cannot wrap; use --trainable_modules attn, or --lora_r 0 to train the weights themselves"
+        )
+    groups = sorted({n.split(".")[0] for n, _ in block.named_modules() if n})
+    return f"{head}: its modules are {', '.join(groups)}; name them with --lora_target"
+
+
+def _transposed(model: torch.nn.Module) -> bool:
+    """GPT-2's blocks use transformers' ``Conv1D`` (weights stored in x out): peft is told (``fan_in_fan_out``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in decoder_layers(model)[0].modules())
 
 
 def apply_lora(
@@ -171,8 +218,12 @@ def apply_lora(
             lora_dropout=dropout,
             target_modules=lora_target_modules(target, modules, spelled_out),
             layers_to_transform=None if every_layer else indices,
+            fan_in_fan_out=_transposed(model),
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise ConfigError(f"cannot apply LoRA with --lora_target {target!r}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        if "ParamWrapper" in reason:  # peft's adapter of fused 3-D weights: the experts of a mixture of experts
+            reason += " (the model's experts are fused 3-D weights, which peft adapts only without dropout)"
+        raise ConfigError(f"cannot apply LoRA with --lora_target {target!r}: {reason}") from None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from obliviate.report.columns import Column, metric_columns
 from obliviate.report.outputs import epoch_plots, write_json
+from obliviate.report.plot_parts import Level, mean_se
 from obliviate.report.plots import plot_stop_checks, plot_tradeoff
 from obliviate.report.render import render_demo_report, write_report
 
@@ -126,7 +127,7 @@ def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) 
     curves = {run.method: [(e.epoch, e.summary) for e in run.epochs] for run in outcome.runs}
     metrics_files = {run.method: Path(run.run_dir) / "metrics.jsonl" for run in outcome.runs}
     oracle = rows[1]
-    references = {"oracle forget": oracle.get("forget/rougeL_recall")} if "forget/rougeL_recall" in oracle else None
+    references = {"oracle forget": _oracle_level(outcome, oracle)} if "forget/rougeL_recall" in oracle else None
     plots = epoch_plots(out_dir, curves, metrics_files, references)
     points = {r["model"]: (r.get("forget/rougeL_recall"), r.get("retain/rougeL_recall")) for r in rows[2:]}
     plots["Forget against retain ROUGE-L recall (best epoch per method)"] = plot_tradeoff(
@@ -141,6 +142,14 @@ def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) 
             checks, out_dir / "stop_checks.png"
         )
     return plots
+
+
+def _oracle_level(outcome: PipelineOutcome, oracle: dict[str, Any]) -> Level:
+    """The oracle's forget ROUGE-L recall with the standard error of that mean over its evaluated forget rows: the
+    plots draw its 95 % interval as the band a method should reach."""
+    rows = [r.get("rougeL_recall") for r in outcome.oracle_result.per_example if r.get("split") == "forget"]
+    spread = mean_se(rows)
+    return Level(oracle["forget/rougeL_recall"], spread.se if spread is not None else None)
 
 
 def _notes(outcome: PipelineOutcome) -> list[str]:

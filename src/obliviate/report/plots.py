@@ -1,5 +1,10 @@
 """Small PNG plots for reports: loss per epoch, a metric per epoch, and the forget/retain trade-off.
 
+Per-epoch curves are small multiples, one panel per method on shared axes, so that a method's lines are never
+tangled with another's; a reference such as the oracle's level is a band on every panel (its 95 % interval where
+the caller knows its standard error, else a thin strip, as its legend entry says). Scores bounded by [0, 1] get
+axes that show the bound (:mod:`obliviate.report.plot_parts`).
+
 Each plot has two functions: ``draw_*`` builds the figure (6 × 4 in) and returns it, so that a test can read what
 was drawn from its axes; ``plot_*`` draws it and writes it as a PNG at 100 dpi with the Agg backend, atomically (a
 temporary file in the same folder, then ``os.replace``, so a reader never sees half a PNG), and returns the path.
@@ -19,9 +24,20 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on CI machines or training nodes
 from matplotlib.figure import Figure  # noqa: E402 (must follow the backend choice)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from obliviate.errors import DataError  # noqa: E402
+from obliviate.report.plot_parts import (  # noqa: E402
+    Level,
+    as_level,
+    draw_band,
+    epoch_range,
+    legend_in_spare_cell,
+    panel_figure,
+    panels,
+    place_labels,
+    tight_upper_range,
+    unit_range,
+)
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
@@ -33,6 +49,10 @@ RETAIN_KEYS = ("retain_nll", "rmu_retain")
 
 def _color(index: int) -> str:
     return f"C{index % 10}"
+
+
+METHOD_COLORS = ("C0", "C1", "C4", "C5", "C6", "C9", "C8", "C7")
+"""Method colours in the trade-off plot: the default cycle without red and green, the target's and oracle's."""
 
 
 def _save(fig: Figure, out: Path) -> Path:
@@ -100,40 +120,42 @@ def plot_loss_per_epoch(metrics_files: dict[str, Path], out: Path) -> Path:
 
 
 def draw_loss_per_epoch(metrics_files: dict[str, Path]) -> Figure:
-    """Per method, the mean forget NLL and retain NLL per epoch (two panels), from each run's ``metrics.jsonl``.
+    """One panel per method: its mean forget NLL (solid) and retain NLL (dashed) per epoch, from ``metrics.jsonl``.
 
     A run without ``forget_nll`` / ``retain_nll`` shows what it logged instead (RMU's ``rmu_forget`` /
-    ``rmu_retain``); a run with neither shows its ``loss`` on the forget panel. The legend names the key plotted.
+    ``rmu_retain``); a run with neither shows its ``loss`` as the forget line. The legend names the key plotted.
+    Panels do not share the y axis: the methods' losses are different quantities (RMU's are activation distances).
 
     Args:
         metrics_files: method name → path of its ``metrics.jsonl``.
 
     Returns:
-        The figure: axes 0 the forget panel, axes 1 the retain panel, one line per method and key.
+        The figure, one axes per method titled by its name (in the order given).
     """
-    fig = Figure(figsize=FIGSIZE)
-    ax_forget, ax_retain = fig.subplots(1, 2, sharex=True)
-    drawn = {"forget": False, "retain": False}
-    for index, (method, path) in enumerate(metrics_files.items()):
-        means = epoch_means(path)
+    means_by_method = {method: epoch_means(path) for method, path in metrics_files.items()}
+    fig = panel_figure(len(means_by_method))
+    axes = panels(fig, max(1, len(means_by_method)), sharey=False)
+    for ax, (method, means) in zip(axes, means_by_method.items()):
         forget_key, retain_key = _first_key(means, FORGET_KEYS), _first_key(means, RETAIN_KEYS)
         if forget_key is None and retain_key is None:
             forget_key = _first_key(means, ("loss",))
-        for panel, ax, key in (("forget", ax_forget, forget_key), ("retain", ax_retain, retain_key)):
-            if key is None:
-                continue
-            epochs, values = _series(means, key)
-            ax.plot(epochs, values, marker="o", color=_color(index), label=f"{method} ({key})")
-            drawn[panel] = True
-    for panel, ax in (("forget", ax_forget), ("retain", ax_retain)):
-        ax.set_title(f"{panel} NLL per epoch")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("mean over the epoch's steps")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if drawn[panel]:
-            ax.legend(fontsize="x-small")
+        values, drawn_epochs = [], []
+        for index, (key, style) in enumerate(((forget_key, "-"), (retain_key, "--"))):
+            if key is not None:
+                epochs, series = _series(means, key)
+                ax.plot(epochs, series, marker="o", markersize=3, linestyle=style, color=_color(index), label=key)
+                values, drawn_epochs = values + series, drawn_epochs + epochs
+        epoch_range(ax, drawn_epochs)
+        ax.set_title(method, fontsize="small")
+        unit_range(ax, values)
+        if values:
+            ax.legend(fontsize="xx-small")
         else:
-            _no_data(ax, f"{panel} NLL")
+            _no_data(ax, "loss")
+    if not means_by_method:
+        _no_data(axes[0], "loss")
+    fig.supylabel("mean over the epoch's steps", fontsize="small")
+    fig.suptitle("forget (solid) and retain (dashed) loss per epoch", fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -144,7 +166,7 @@ def plot_metric_per_epoch(
     out: Path,
     title: str,
     ylabel: str,
-    reference_lines: dict[str, float] | None = None,
+    reference_lines: dict[str, float | Level | tuple[float, float | None]] | None = None,
 ) -> Path:
     """Write :func:`draw_metric_per_epoch` to the PNG ``out``; returns ``out``."""
     return _save(draw_metric_per_epoch(curves, keys, title, ylabel, reference_lines), out)
@@ -155,58 +177,65 @@ def draw_metric_per_epoch(
     keys: list[str],
     title: str,
     ylabel: str,
-    reference_lines: dict[str, float] | None = None,
+    reference_lines: dict[str, float | Level | tuple[float, float | None]] | None = None,
 ) -> Figure:
-    """One line per (method, key) over epochs, e.g. forget (solid) against retain (dashed) ROUGE-L recall.
+    """Small multiples: one panel per method, a line per key (e.g. forget solid, retain dashed) over epochs.
 
     Args:
         curves: method → ``[(epoch, summary), ...]`` where ``summary`` maps ``"split/metric"`` to a value; a key
             missing from an epoch's summary (or None) leaves that point out.
-        keys: the summary keys to draw; the i-th key gets the i-th line style.
+        keys: the summary keys to draw; the i-th key gets the i-th colour and line style on every panel.
         title: figure title.
         ylabel: y-axis label.
-        reference_lines: label → value drawn as grey horizontal lines (e.g. ``{"oracle forget": 0.48}``).
+        reference_lines: label → a level drawn as a band on every panel: a value (thin band), ``(value, se)`` or a
+            :class:`~obliviate.report.plot_parts.Level` (band of ±1.96 se); e.g. ``{"oracle forget": (0.31, 0.02)}``.
 
     Returns:
-        The figure, one axes: a line labelled ``"{method} {key}"`` per curve, then one per reference line.
+        The figure: one axes per method, titled by it, sharing both axes; one figure legend naming each key (by its
+        split when the keys share a metric) and each band.
     """
-    fig = Figure(figsize=FIGSIZE)
-    ax = fig.subplots()
-    drawn = False
-    for index, (method, points) in enumerate(curves.items()):
+    fig = panel_figure(len(curves))
+    axes = panels(fig, max(1, len(curves)))
+    levels = {label: as_level(value) for label, value in (reference_lines or {}).items() if value is not None}
+    handles: dict[str, object] = {}
+    values: list[float] = [level.value for level in levels.values()]
+    for ax, (method, points) in zip(axes, curves.items()):
         ordered = sorted(points, key=lambda point: point[0])
         for key_index, key in enumerate(keys):
             present = [(epoch, summary[key]) for epoch, summary in ordered if summary.get(key) is not None]
-            if not present:
-                continue
-            ax.plot(
-                [p[0] for p in present],
-                [p[1] for p in present],
-                marker="o",
-                color=_color(index),
-                linestyle=LINESTYLES[key_index % len(LINESTYLES)],
-                label=f"{method} {key}",
-            )
-            drawn = True
-    for line_index, (label, value) in enumerate((reference_lines or {}).items()):
-        ax.axhline(
-            value,
-            color="0.45",
-            linewidth=1,
-            linestyle=LINESTYLES[(line_index + 1) % len(LINESTYLES)],
-            label=f"{label} ({value:.3g})",
-        )
-        drawn = True
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    if drawn:
-        ax.legend(fontsize="x-small")
+            if present:
+                (line,) = ax.plot(
+                    [p[0] for p in present],
+                    [p[1] for p in present],
+                    marker="o",
+                    markersize=3,
+                    color=_color(key_index),
+                    linestyle=LINESTYLES[key_index % len(LINESTYLES)],
+                    label=_key_label(key, keys),
+                )
+                handles.setdefault(line.get_label(), line)
+                values += [p[1] for p in present]
+        for band_index, (label, level) in enumerate(levels.items()):
+            patch = draw_band(ax, level, level.label(label), color=("0.45", "tab:olive", "tab:cyan")[band_index % 3])
+            handles.setdefault(patch.get_label(), patch)
+        ax.set_title(method, fontsize="small")
+    if not handles or not curves:
+        _no_data(axes[0], ", ".join(keys))
+    unit_range(axes[0], values)
+    epoch_range(axes[0], [epoch for points in curves.values() for epoch, _ in points])
+    fig.supylabel(ylabel, fontsize="small")
+    fig.suptitle(f"{title} (epoch 0: the model before unlearning)", fontsize="medium")
+    if handles:
+        legend_in_spare_cell(fig, axes, handles)
     else:
-        _no_data(ax, ", ".join(keys))
-    fig.tight_layout()
+        fig.tight_layout()
     return fig
+
+
+def _key_label(key: str, keys: list[str]) -> str:
+    """``forget/leak_rate`` → ``forget`` when every key names the same metric (the title says which)."""
+    metrics = {k.split("/", 1)[-1] for k in keys}
+    return key.split("/", 1)[0] if len(metrics) == 1 and "/" in key else key
 
 
 def plot_tradeoff(
@@ -230,7 +259,10 @@ def draw_tradeoff(
 ) -> Figure:
     """Scatter of each method's (forget, retain) score, labelled, with the target and the oracle marked.
 
-    The ideal sits at the oracle: as forgotten as a model that never saw the forget set, with retain kept.
+    The ideal sits at the oracle: as forgotten as a model that never saw the forget set, with retain kept. Labels
+    are placed where they overlap no other label and no point (methods that score alike sit together), with a
+    leader line when pushed away. The forget axis spans [0, 1]; the retain axis runs from a round step below the
+    lowest score to 1 (:func:`~obliviate.report.plot_parts.tight_upper_range`).
 
     Args:
         points: method → ``(x, y)``, by default (forget ROUGE-L recall, retain ROUGE-L recall); a point with a
@@ -239,31 +271,40 @@ def draw_tradeoff(
         oracle: the model retrained on retain only, drawn as a green star.
 
     Returns:
-        The figure, one axes: a one-point scatter collection labelled by method, then ``target`` and ``oracle``.
+        The figure, one axes: a one-point scatter collection labelled by method, then ``target`` and ``oracle``;
+        the axes' ``texts`` are the point labels, in that order.
     """
     fig = Figure(figsize=FIGSIZE)
     ax = fig.subplots()
+    labels: list[tuple[str, float, float]] = []
+    colors: dict[str, str] = {}
     for index, (method, (x, y)) in enumerate(points.items()):
         if x is None or y is None:  # a metric the run did not produce: nothing to place
             continue
-        ax.scatter([x], [y], color=_color(index), marker="o", s=40, label=method)
-        ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
+        color = METHOD_COLORS[index % len(METHOD_COLORS)]
+        ax.scatter([x], [y], color=color, marker="o", s=40, label=method, zorder=2)
+        labels.append((method, x, y))
+        colors[method] = color
     for name, point, marker, color in (("target", target, "s", "tab:red"), ("oracle", oracle, "*", "tab:green")):
-        if point is not None:
+        if point is not None and None not in point:
             ax.scatter(
                 [point[0]], [point[1]], color=color, marker=marker, s=120, edgecolors="black", label=name, zorder=3
             )
-            ax.annotate(name, point, textcoords="offset points", xytext=(5, -11), fontsize="small", color=color)
-    if not points and target is None and oracle is None:
-        _no_data(ax, "points")
-    else:
-        ax.legend(fontsize="x-small")
+            labels.append((name, *point))
+            colors[name] = color
     ax.set_title("forget vs retain trade-off")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.margins(0.12)  # room for the labels next to the outermost points
-    fig.tight_layout()
+    if not labels:
+        _no_data(ax, "points")
+        fig.tight_layout()
+        return fig
+    unit_range(ax, [x for _, x, _ in labels], axis="x")
+    tight_upper_range(ax, [y for _, _, y in labels])
+    fig.tight_layout()  # before the labels: they are placed in pixels
+    for annotation in place_labels(fig, ax, labels, fontsize="small"):
+        annotation.set_color(colors[annotation.get_text()])
     return fig
 
 
