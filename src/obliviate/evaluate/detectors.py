@@ -67,8 +67,8 @@ _MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|a
 _ORD = r"\d{1,2}(?:st|nd|rd|th)?"
 _DATE_PATTERNS = (
     (re.compile(r"(?<![\d-])\d{4}([-/.])\d{1,2}\1\d{1,2}(?![\d-])"), True),  # 1984-12-31
-    (re.compile(r"(?<![\d/.-])\d{1,2}([-/.])\d{1,2}\1\d{4}(?![\d/.-])"), False),  # 12/31/1984
-    (re.compile(r"(?<![\d/.-])\d{1,2}/\d{1,2}/\d{2}(?![\d/.-])"), False),  # 12/31/84
+    (re.compile(r"(?<![\d/.-])\d{1,2}([-/.])\d{1,2}\1\d{4}(?![\d/-]|\.\d)"), False),  # 12/31/1984
+    (re.compile(r"(?<![\d/.-])\d{1,2}/\d{1,2}/\d{2}(?![\d/-]|\.\d)"), False),  # 12/31/84
     (re.compile(rf"\b{_MONTH}\s+{_ORD},?\s+\d{{4}}(?!\d)", re.IGNORECASE), False),  # December 31, 1984
     (re.compile(rf"(?<!\d){_ORD}\s+(?:of\s+)?{_MONTH},?\s+\d{{4}}(?!\d)", re.IGNORECASE), False),  # 31st of Dec 1984
 )
@@ -174,10 +174,14 @@ def _emails(text: str) -> Iterator[Detection]:
 
 # ---- postal addresses -----------------------------------------------------------------------------------------
 _ABBREVIATIONS = ("St", "Ave", "Rd", "Dr", "Blvd", "Ln", "Ct", "Pl", "Ter", "Pkwy", "Hwy", "Cir", "Sq", "Trl", "Pike")
-_SUFFIXES = sorted({*_AddressProvider.street_suffixes, *_ABBREVIATIONS, "Place", "Terrace"}, key=len, reverse=True)
+_FULL = ("Street", "Avenue", "Road", "Drive", "Boulevard", "Lane", "Court", "Place", "Terrace", "Parkway", "Highway")
+_SUFFIXES = sorted({*_AddressProvider.street_suffixes, *_ABBREVIATIONS, *_FULL}, key=len, reverse=True)
 _WORD = r"[A-Z0-9][\w'.-]*"
-_STREET = rf"\b\d{{1,6}}(?:\s+{_WORD}){{0,4}}?\s+(?:{'|'.join(_SUFFIXES)})\b\.?"
-_UNIT = r"(?:,?\s*(?:Apt\.?|Suite|Unit|Ste\.?|#)\s*#?[\w-]+)?"
+_DIRECTION = r"(?:\s+(?:North|South|East|West|Northeast|Northwest|Southeast|Southwest|N|S|E|W|NE|NW|SE|SW)\b\.?)?"
+# greedy words, so that "1810 Orchard Place" ends at Place, though "Orchard" is a suffix too
+_ROUTE = r"(?:\s+[A-Z]*\d[A-Z0-9]*\b)?"  # "Highway A1A", "Route 66"
+_STREET = rf"\b\d{{1,6}}(?:\s+{_WORD}){{0,4}}\s+(?:{'|'.join(_SUFFIXES)})\b\.?{_ROUTE}{_DIRECTION}"
+_UNIT = r"(?:,?\s*(?:(?i:apt|suite|unit|ste)\.?|#)\s*#?[\w-]+(?:\s+[A-Z]?\d[\w-]*)?|,\s*[A-Z0-9]{1,4}(?=,))?"
 _PLACE = r"(?:,\s*[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*){0,3})?(?:,?\s*[A-Z]{2})?,?\s*\d{5}(?:-\d{4})?"
 _ADDRESS = re.compile(rf"{_STREET}{_UNIT}(?:{_PLACE})?")
 _TOWN = re.compile(r"\b[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*){0,3},\s*[A-Z]{2},?\s*\d{5}(?:-\d{4})?(?!\d)")
