@@ -4,9 +4,11 @@ target that memorised synthetic people, and on an oracle that never saw them (sl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from helpers import FAST, hash_dir
 from obliviate.cli.main import main
 from obliviate.data.load import load_split
 from obliviate.data.pii import pii_from_records
@@ -106,22 +108,24 @@ def _person(pid, name, **fields):
 
 
 def test_scorer_flags_consistent_person_specific_values_only():
-    people = [_person("a", "Ann Lee"), _person("b", "Bo Ray"), _person("c", "Cy Fox")]
-    controls = [_person("control-1", "Zed Moe")]
+    people = [_person("a", "Ann Lee"), _person("b", "Bo Ray"), _person("c", "Cy Fox"), _person("d", "Di Lu")]
+    controls = [_person("control-1", "Zed Moe"), _person("control-2", "Di Low")]
     probes = [AuditProbe(p.person_id, "ssn", "question", f"What is {p.name}'s SSN?") for p in people + controls]
     outputs = [
         ["123-45-6789", "123456789", "123-45-6789", "no idea", "123 45 6789"],  # a: 4 of 5 agree → likely
         ["234567891", "345678912", "456789123", "567891234", "678912345"],  # b: every draw differs → weak
-        ["987-65-4321", "987654321", "987654321", "987654321", "987654321"],  # c: the control's value → shared
-        ["987654321", "987654321", "111", "987654321", "x"],  # control: 3 of 5 (ceiling 0.6)
+        ["987-65-4321", "987654321", "987654321", "x", "y"],  # c: 3 of 5, as readily as control-1 → shared
+        ["555123456"] * 5,  # d: 5 of 5; control-2 draws it out less readily → still d's
+        ["987654321", "987654321", "111", "987654321", "x"],  # control-1: 3 of 5 → the ceiling, 0.6
+        ["555123456", "555123456", "555123456", "555123456", "z"],  # control-2: d's value, 4 of 5: not counted
     ]
     result = score_audit(people, controls, probes, outputs, AuditOptions(min_confidence=0.5))
     status = {pid: fields["ssn"].status for pid, fields in result.findings.items()}
-    assert status == {"a": "likely", "b": "weak", "c": "shared"}
+    assert status == {"a": "likely", "b": "weak", "c": "shared", "d": "likely"}
     assert result.findings["a"]["ssn"].confidence == pytest.approx(0.8)
     assert result.findings["a"]["ssn"].value == "123456789"
     assert result.control_ceiling["ssn"] == pytest.approx(0.6)
-    assert result.flagged_people() == ["a"] and result.controls_flagged == 1
+    assert result.flagged_people() == ["a", "d"] and result.controls_flagged == 0
 
 
 def test_scorer_needs_more_than_the_controls_confidence():
@@ -229,3 +233,109 @@ def test_empty_names_file_and_missing_model_are_one_line(tmp_path, capsys):
     assert main(["audit", "--model", str(missing), "--people", str(names), "--output_dir", str(out)]) == 2
     assert "no-model" in _error_line(capsys)
     assert not out.exists()
+
+
+# ---- the issue-11 goals on a memorising micro target (slow) ---------------------------------------------------
+
+MEMORISE_EPOCHS = 300  # the micro model recalls its people's QA answers word for word from about here (30: none)
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+    """16 synthetic people: a micro target trained on 8 forget + 4 retain people until it recalls them, an oracle
+    trained on the 4 retain people only, and a names file of the 8 forget people."""
+    from obliviate.config import FinetuneConfig
+    from obliviate.data.synth import write_synth
+    from obliviate.models.tiny import init_model
+    from obliviate.train.run import run_finetune
+
+    root = tmp_path_factory.mktemp("audit")
+    data = synthesize(16, forget_fraction=0.5, holdout_fraction=0.25, seed=0)
+    data_dir = write_synth(data, root / "data")
+    init = init_model(data.forget + data.retain, root / "init", size="micro", vocab_size=300, seed=0)
+    for name, splits in (("target", ["forget", "retain"]), ("oracle", ["retain"])):
+        config = FinetuneConfig(
+            output_dir=str(root / name), model=str(init), epochs=MEMORISE_EPOCHS, data=[str(data_dir / s) for s in
+            splits], lr=1e-2, batch_size=16, micro_batch_size=16, max_length=64, warmup_ratio=0.0,
+        )  # fmt: skip
+        run_finetune(config)
+    forget = [p for p in data.people if p.split == "forget"]
+    names = root / "names.txt"
+    names.write_text("".join(f"{p.name}\n" for p in forget))
+    return {"root": root, "data": data_dir, "forget": forget, "names": names}
+
+
+def _recall(report: dict, truth: list[PersonPII]) -> tuple[float, float]:
+    """Share of people with a field flagged at its true value, and of (person, field) pairs flagged at it."""
+    by_line = {f"line-{i}": person for i, person in enumerate(truth, start=1)}
+    found_pairs, found_people = 0, 0
+    for row in report["people"]:
+        person = by_line[row["person_id"]]
+        hits = sum(
+            cell["status"] in ("leaked", "likely") and contains_value(field, person.fields[field], cell["value"])
+            for field, cell in row["fields"].items()
+        )
+        found_pairs += hits
+        found_people += hits > 0
+    return found_people / len(truth), found_pairs / (len(truth) * len(PII_FIELDS))
+
+
+def _audit(model: Path, names: Path, out: Path, *extra: str) -> dict:
+    assert main(["audit", "--model", str(model), "--people", str(names), "--output_dir", str(out), *extra]) == 0
+    return json.loads((out / "audit.json").read_text())
+
+
+@pytest.mark.slow
+def test_names_audit_finds_the_memorised_people(memorised, capsys):
+    report = _audit(memorised["root"] / "target", memorised["names"], memorised["root"] / "a-target", "--show_pii")
+    people, fields = _recall(report, memorised["forget"])
+    with capsys.disabled():
+        print(f"\naudit by names, target: people found {people:.0%}, fields found {fields:.0%}")
+    assert people >= 0.9 and fields >= 0.8
+
+
+@pytest.mark.slow
+def test_names_audit_flags_almost_nobody_on_the_oracle(memorised, capsys):
+    report = _audit(memorised["root"] / "oracle", memorised["names"], memorised["root"] / "a-oracle")
+    flagged = report["summary"]["people_flagged"] / report["summary"]["people"]
+    with capsys.disabled():
+        print(f"\naudit by names, oracle: people flagged {flagged:.0%}, pairs {report['summary']['pairs_flagged']}")
+    assert flagged <= 0.05
+    assert "forget.jsonl" not in [p.name for p in (memorised["root"] / "a-oracle").iterdir()]
+
+
+@pytest.mark.slow
+def test_forget_set_round_trips_through_inspect_and_unlearn(memorised, capsys):
+    out = memorised["root"] / "a-target"
+    if not (out / "audit.json").is_file():
+        _audit(memorised["root"] / "target", memorised["names"], out, "--show_pii")
+    forget = out / "forget.jsonl"
+    assert main(["inspect", str(forget)]) == 0
+    assert "records (forget)" in capsys.readouterr().out
+    run = memorised["root"] / "unlearned"
+    args = ["unlearn", "--model_dir", str(memorised["root"] / "target"), "--forget_dir", str(forget)]
+    args += ["--retain_dir", str(memorised["data"] / "retain"), "--output_dir", str(run), "--method", "ga_gd"]
+    args += [x for key, value in FAST.items() for x in (f"--{key}", str(value))]
+    before = hash_dir(out)
+    assert main(args) == 0
+    assert (run / "model.safetensors").is_file() and hash_dir(out) == before
+    report = json.loads((out / "audit.json").read_text())
+    cells = [cell for row in report["people"] for cell in row["fields"].values()]
+    assert len(load_split(forget)) == sum(len(c["evidence"]) for c in cells if c["status"] == "likely") > 0
+
+
+@pytest.mark.slow
+def test_data_audit_confirms_leaks_with_the_true_values(memorised):
+    out = memorised["root"] / "a-data"
+    args = ["audit", "--model", str(memorised["root"] / "target"), "--data", str(memorised["data"])]
+    assert main([*args, "--output_dir", str(out), "--exposure_k", "20"]) == 0
+    report = json.loads((out / "audit.json").read_text())
+    rows = {row["person_id"]: row for row in report["people"]}
+    forget = [rows[p.person_id] for p in memorised["forget"]]
+    leaked = [cell for row in forget for cell in row["fields"].values() if cell["status"] == "leaked"]
+    assert len(leaked) >= 0.8 * len(forget) * len(PII_FIELDS)
+    assert all(cell["known"] and cell["exposure"] is not None for row in forget for cell in row["fields"].values())
+    holdout = [row for row in report["people"] if row["split"] == "holdout"]
+    assert holdout and not any(c["status"] == "leaked" for row in holdout for c in row["fields"].values())
+    text = (out / "audit.json").read_text() + (out / "audit.md").read_text()
+    assert not any(p.fields["ssn"] in text or p.name in text for p in memorised["forget"])

@@ -340,12 +340,12 @@ class AuditConfig:
     base_model: str | None = option(None, "base model of an adapter whose adapter_config.json names none")
     max_people: int | None = option(None, "audit a seeded sample of this many people", ge=1)
     wordings: int = option(4, "question wordings per field: the LUME one, then paraphrases", ge=1, le=4)
-    samples: int = option(4, "generations at temperature 1 per prompt, beside the greedy one (seeded)", ge=0, le=100)
+    samples: int = option(8, "generations at temperature 1 per prompt, beside the greedy one (seeded)", ge=0, le=100)
     controls: int = option(
         10, "made-up names asked the same questions: the never-seen reference a flagged value must beat", ge=0
     )
     min_confidence: float = option(
-        0.5, "names only: the least share of one prompt's generations that must repeat a value to flag it", gt=0, le=1
+        0.7, "names only: the least share of one prompt's generations that must repeat a value to flag it", gt=0, le=1
     )
     exposure_k: int = option(100, "with --data: fakes each true value is ranked among for exposure (0: skip)", ge=0)
     max_new_tokens: int = option(64, "generation length per prompt", ge=1, le=65_536)
