@@ -11,7 +11,8 @@ with ``samples`` draws at temperature 1 (:func:`obliviate.evaluate.passes.genera
   value's *confidence* is the largest share of one prompt's generations (greedy and samples) that hold it: a
   memorised value keeps coming back at temperature 1, a guess does not. The same questions about made-up control
   names give the never-seen reference: a value is flagged *likely* only when its confidence is at least
-  ``min_confidence`` and above every control's for that field, and when no control and no other person got it.
+  ``min_confidence`` and at least every control's for that field (the control ceiling), and when no other name,
+  control or audited person, gets it as readily (else it is *shared*: not about this person).
 
 Confidence is reported for known values too (how readily the true value comes back), so the two modes rank alike.
 """
