@@ -353,5 +353,41 @@ class InspectConfig:
     allow_overlap: bool = option(False, "report forget / retain overlap instead of failing")
 
 
+@dataclass
+class AuditConfig:
+    """``obliviate audit``: which people and PII fields a model leaks, as a ranked report and a forget set."""
+
+    model: str = option(
+        "", "the model to audit: a local directory, a hub id or a PEFT adapter directory", required=True
+    )
+    output_dir: str = option("", "where audit.json, audit.md and forget.jsonl go", required=True)
+    people: str | None = option(None, "a text file of names, one per line: an audit by names alone")
+    data: str | None = option(None, "a LUME-format data set (directory or file): its people, true values and texts")
+    base_model: str | None = option(None, "base model of an adapter whose adapter_config.json names none")
+    max_people: int | None = option(None, "audit a seeded sample of this many people", ge=1)
+    wordings: int = option(4, "question wordings per field: the LUME one, then paraphrases", ge=1, le=4)
+    samples: int = option(8, "generations at temperature 1 per prompt, beside the greedy one (seeded)", ge=0, le=100)
+    controls: int = option(
+        10, "made-up names asked the same questions: the never-seen reference a flagged value must beat", ge=0
+    )
+    min_confidence: float = option(
+        0.7, "names only: the least share of one prompt's generations that must repeat a value to flag it", gt=0, le=1
+    )
+    exposure_k: int = option(100, "with --data: fakes each true value is ranked among for exposure (0: skip)", ge=0)
+    max_new_tokens: int = option(64, "generation length per prompt", ge=1, le=65_536)
+    batch_size: int = option(32, "prompts per generation batch", ge=1, le=65_536)
+    region: str = option("US", "phone numbering plan for numbers without +country code (ISO 3166, e.g. US, GB)")
+    show_pii: bool = option(False, "keep names and PII values in audit.json and audit.md")
+    seed: int = option(0, "control names and sampling seed", ge=0, lt=2**32)
+    overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if bool(self.people) == bool(self.data):
+            raise ConfigError("pass exactly one of --people (a names file) and --data (a LUME-format data set)")
+        if not (len(self.region) == 2 and self.region.isalpha()):
+            raise ConfigError(f"--region {self.region!r}: expected a two-letter ISO 3166 code such as US or GB")
+
+
 def to_yaml(config: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
