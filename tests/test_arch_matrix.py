@@ -163,3 +163,12 @@ def test_the_readme_lists_exactly_the_tested_families():
     assert families[: len(README_FAMILIES)] == list(README_FAMILIES)
     assert sorted(families) == sorted(ARCHS) and len(families) == len(set(families))
     assert not set(ARCHS) - set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)  # each is a transformers causal-LM model type
+
+
+def test_the_cli_offers_every_family_the_library_builds(tmp_path):
+    """``--arch`` of ``finetune`` and ``init-model`` accepts exactly ``ARCHS`` (config.py names them, a layer below)."""
+    from obliviate.config import TINY_ARCHS
+
+    assert TINY_ARCHS == tuple(ARCHS)
+    with pytest.raises(SystemExit):
+        main(["init-model", "--arch", "no_such_model", "--data", str(tmp_path), "--output_dir", str(tmp_path / "o")])
