@@ -97,9 +97,9 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
         extra = {"model": str(config.model)}
         write_evaluation(out, result, f"Evaluation of {config.model}", extra=extra, attacks=attacks)
         if config.evidence:
-            from obliviate.evaluate.evidence import write_evidence
+            from obliviate.report.evidence import write_evidence
 
-            write_evidence(out, config, data, options, result, attacks, chosen=None, inputs=inputs)
+            write_evidence(out, config, data, options, result, attacks, chosen=None)
         summary = result.summary()
         shown = metric_columns("brief", [summary])  # the one-screen columns of obliviate.evaluate.scores.METRICS
         print("; ".join(f"{c.header} {c.cell(summary[c.key])}" for c in shown) + f" → {out}")
@@ -130,9 +130,9 @@ def _evaluate_checkpoints(config, out, inputs, data, options, oracle) -> int:
         title = f"Evaluation of {config.checkpoints}"
         write_checkpoint_evaluation(out, epochs, best, Path(config.checkpoints), title, attacks=attacks)
         if config.evidence:
-            from obliviate.evaluate.evidence import write_evidence
+            from obliviate.report.evidence import write_evidence
 
-            write_evidence(out, config, data, options, chosen.result, attacks, chosen=(chosen, best), inputs=inputs)
+            write_evidence(out, config, data, options, chosen.result, attacks, chosen=(chosen, best))
         print(f"evaluated {len(epochs)} epochs; best: epoch {best['epoch']} ({best['reason']}) → {out}")
     return 0
 

@@ -33,7 +33,7 @@ INTRO = (
 )
 
 
-def _pair(before: dict[str, Any], after: dict[str, Any] | None, key: str) -> str:
+def pair_cell(before: dict[str, Any], after: dict[str, Any] | None, key: str) -> str:
     def shown(value: Any) -> str:
         return "–" if value is None else f"{float(value):.3f}"
 
@@ -49,7 +49,7 @@ def attack_section(attacks: Sequence[dict[str, Any]]) -> str:
     keys = [(key, label) for key, label in COLUMNS if any(key in a["before"] for a in attacks)]
     rows = []
     for attack in attacks:
-        cells = [_pair(attack["before"], attack["after"], key) for key, _ in keys]
+        cells = [pair_cell(attack["before"], attack["after"], key) for key, _ in keys]
         change = (attack.get("details") or {}).get("relative_change")
         status = f"‖Δθ‖/‖θ‖ {change:.3g}" if attack["ran"] and change is not None else attack.get("note") or ""
         rows.append([attack["name"], *cells, status])
