@@ -113,7 +113,10 @@ def verdicts(data: EvalData, result: EvalResult, attacks: list[AttackResult], sh
             entry["name"] = person.name
             for leak in leaks:
                 leak["value"] = person.fields.get(leak["field"])
-        shown = "; ".join(f"{x['through']}: {x['field']} ({', '.join(x['probes'])})" for x in leaks)
+        shown = "; ".join(
+            f"{x['through']}: {x['field']}{' = ' + x['value'] if 'value' in x else ''} ({', '.join(x['probes'])})"
+            for x in leaks
+        )
         entry["verdict"] = f"leaked through {shown}" if leaks else "no leak found"
         entry["leaks"] = leaks
         out.append(entry)
