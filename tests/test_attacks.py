@@ -223,3 +223,16 @@ def test_config_parses_comma_lists():
     assert attacks_module.attack_options(EvaluateConfig(output_dir="o", forget_dir="f", model="m"), None) is None
     with pytest.raises(ConfigError, match="relearn, quantize"):
         EvaluateConfig(output_dir="o", forget_dir="f", model="m", attacks="quantise")
+
+
+def test_a_source_the_data_lacks_is_reported_unavailable_not_faked(target):
+    model, tokenizer = load_model(target.model)
+    data = load_eval_data(target.forget)  # no retain set
+    unattacked = evaluate_model(model, tokenizer, data, OPTIONS)
+    attack = AttackOptions(attacks=("relearn",), relearn_steps=(10, 50), relearn_sources=("retain",))
+    results = run_attacks(model, tokenizer, data, OPTIONS, attack, unattacked)
+    assert [r.name for r in results] == ["relearn retain k=10", "relearn retain k=50"]
+    for result in results:
+        entry = result.to_json()
+        assert not entry["ran"] and entry["after"] is None and "unavailable" in entry["note"]
+        assert entry["before"] == unattacked.summary()
