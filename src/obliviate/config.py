@@ -25,6 +25,29 @@ TINY_ARCHS = (
 )  # fmt: skip
 """The Hugging Face model types ``--model tiny|small --arch`` builds from a config (``models.tiny.ARCHS``, kept equal
 by a test; config sits below models, so it names them instead of importing them)."""
+ATTACKS = ("relearn", "quantize")
+"""``evaluate --attacks``: the attacks on copies of the model (:mod:`obliviate.evaluate.attacks`)."""
+RELEARN_SOURCES = ("forget_half", "retain", "forget_nonpii")
+"""``evaluate --relearn_sources``: what the relearning attack trains on (:mod:`obliviate.evaluate.relearn`)."""
+QUANTIZE_BITS = (8, 4)
+"""``evaluate --quantize_bits``: bit widths of round-to-nearest quantisation (:mod:`obliviate.evaluate.quantize`)."""
+
+
+def comma_list(flag: str, value: str, valid: tuple, kind: type = str) -> tuple:
+    """``"a,b"`` → ``("a", "b")`` (as ``kind``), each checked against ``valid``; an empty string is no items.
+
+    Raises:
+        ConfigError: an item that is not one of ``valid``, in one line that lists the valid ones.
+    """
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    try:
+        parsed = tuple(kind(item) for item in items)
+    except ValueError:
+        parsed = ()
+    if len(parsed) != len(items) or any(item not in valid for item in parsed):
+        wanted = ", ".join(map(str, valid))
+        raise ConfigError(f"--{flag} {value!r}: expected a comma list of {wanted}")
+    return tuple(dict.fromkeys(parsed))
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -277,12 +300,42 @@ class EvaluateConfig:
         choices=("last", "task_aggregate", "holdout_gap"),
     )
     seed: int = option(0, "sample and sampling seed", ge=0, lt=2**32)
+    attacks: str = option(
+        "",
+        "comma list of attacks run on in-memory copies of the model (with --checkpoints: of the chosen epoch), each "
+        "copy evaluated like the model itself: relearn (fine-tune k steps, then probe), quantize (round-to-nearest "
+        "weights); empty: none",
+    )
+    relearn_steps: str = option("10,50", "relearn: comma list of step counts k after which the copy is probed")
+    relearn_sources: str = option(
+        "forget_half,retain,forget_nonpii",
+        "relearn: comma list of training sources: forget_half (half of each forget person's records; the other half "
+        "probed), retain (retain rows only), forget_nonpii (the forget people's sentences without PII values)",
+    )
+    relearn_lr: float | None = option(
+        None,
+        "relearn: AdamW learning rate (constant, no weight decay, clip 1); unset: the unlearning run's own --lr from "
+        "its config.yaml when --model is an obliviate run or checkpoint, else 1e-5",
+        gt=0,
+        le=1,
+    )
+    relearn_batch_size: int = option(8, "relearn: rows per optimizer step", ge=1, le=65_536)
+    quantize_bits: str = option("8,4", "quantize: comma list of bit widths (8, 4); symmetric, per row, groups of 128")
+    evidence: bool = option(
+        False, "also write evidence.md and evidence.json: hashes, method, attacks and probes, per-person verdicts"
+    )
     overwrite: bool = option(False, "replace a non-empty --output_dir that obliviate wrote")
 
     def __post_init__(self) -> None:
         validate(self)
         if bool(self.model) == bool(self.checkpoints):
             raise ConfigError("pass exactly one of --model and --checkpoints")
+        comma_list("attacks", self.attacks, ATTACKS)
+        comma_list("relearn_sources", self.relearn_sources, RELEARN_SOURCES)
+        comma_list("quantize_bits", self.quantize_bits, QUANTIZE_BITS, int)
+        steps = [s.strip() for s in str(self.relearn_steps).split(",") if s.strip()]
+        if not steps or not all(s.isdigit() and 0 < int(s) <= 1_000_000 for s in steps):
+            raise ConfigError(f"--relearn_steps {self.relearn_steps!r}: expected a comma list of positive integers")
 
 
 @dataclass

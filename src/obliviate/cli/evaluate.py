@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.distributed import process_state
     from obliviate.errors import ConfigError
     from obliviate.evaluate import epochs as epoch_eval
+    from obliviate.evaluate.attacks import attack_options
     from obliviate.evaluate.data import load_eval_data
     from obliviate.evaluate.membership import oracle_stats
     from obliviate.evaluate.semeval import load_mmlu_metrics
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.models.load import load_model, process_device
 
     config = build_config(EvaluateConfig, args)
+    attack_options(config, config.model or config.checkpoints)  # a bad attack setting fails before any work
     if config.checkpoints and not epoch_eval.list_checkpoints(config.checkpoints):
         epoch_eval.run_model_dir(Path(config.checkpoints))  # names what is wrong with a directory that is no run
         raise ConfigError(f"--checkpoints {config.checkpoints} holds no checkpoints/epoch-N directory")
@@ -81,28 +83,68 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate_and_write(config, out, inputs, data, options, oracle, model, tokenizer, mmlu) -> int:
     """Every process evaluates its share of the rows (the passes gather them); only the main one writes."""
     from obliviate.distributed import process_state
-    from obliviate.evaluate import epochs as epoch_eval
-    from obliviate.evaluate.selection import select_best
     from obliviate.evaluate.suite import evaluate_model
     from obliviate.io import prepare_output_dir
     from obliviate.report.columns import metric_columns
-    from obliviate.report.outputs import write_checkpoint_evaluation, write_evaluation
+    from obliviate.report.outputs import write_evaluation
 
-    main_process = process_state().is_main_process
     if config.checkpoints:
-        epochs = epoch_eval.evaluate_checkpoints(config.checkpoints, data, options, oracle)
-        best = select_best(epochs, config.select)
-        if main_process:
-            prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
-            title = f"Evaluation of {config.checkpoints}"
-            write_checkpoint_evaluation(out, epochs, best, Path(config.checkpoints), title)
-            print(f"evaluated {len(epochs)} epochs; best: epoch {best['epoch']} ({best['reason']}) → {out}")
-        return 0
+        return _evaluate_checkpoints(config, out, inputs, data, options, oracle)
     result = evaluate_model(model, tokenizer, data, options, oracle=oracle, mmlu_acc=mmlu)
-    if main_process:
+    attacks = _attacks(config, config.model, model, tokenizer, data, options, result, oracle)
+    if process_state().is_main_process:
         prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
-        write_evaluation(out, result, f"Evaluation of {config.model}", extra={"model": str(config.model)})
+        extra = {"model": str(config.model)}
+        write_evaluation(out, result, f"Evaluation of {config.model}", extra=extra, attacks=attacks)
+        if config.evidence:
+            from obliviate.report.evidence import write_evidence
+
+            write_evidence(out, config, data, options, result, attacks, chosen=None)
         summary = result.summary()
         shown = metric_columns("brief", [summary])  # the one-screen columns of obliviate.evaluate.scores.METRICS
         print("; ".join(f"{c.header} {c.cell(summary[c.key])}" for c in shown) + f" → {out}")
     return 0
+
+
+def _evaluate_checkpoints(config, out, inputs, data, options, oracle) -> int:
+    """``--checkpoints``: every epoch, the chosen one, and the attacks on the chosen one."""
+    from obliviate.distributed import process_state
+    from obliviate.evaluate import epochs as epoch_eval
+    from obliviate.evaluate.selection import select_best
+    from obliviate.io import prepare_output_dir
+    from obliviate.models.load import load_model, process_device
+    from obliviate.report.outputs import write_checkpoint_evaluation
+
+    epochs = epoch_eval.evaluate_checkpoints(config.checkpoints, data, options, oracle)
+    best = select_best(epochs, config.select)
+    chosen = next(e for e in epochs if e.epoch == best["epoch"])
+    attacks = []
+    if config.attacks:
+        base = epoch_eval.run_model_dir(Path(config.checkpoints))
+        model, tokenizer = load_model(chosen.path, base_model=base if chosen.epoch else None, device=process_device())
+        model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        attacks = _attacks(config, config.checkpoints, model, tokenizer, data, options, chosen.result, oracle)
+        del model
+    if process_state().is_main_process:
+        prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
+        title = f"Evaluation of {config.checkpoints}"
+        write_checkpoint_evaluation(out, epochs, best, Path(config.checkpoints), title, attacks=attacks)
+        if config.evidence:
+            from obliviate.report.evidence import write_evidence
+
+            write_evidence(out, config, data, options, chosen.result, attacks, chosen=(chosen, best))
+        print(f"evaluated {len(epochs)} epochs; best: epoch {best['epoch']} ({best['reason']}) → {out}")
+    return 0
+
+
+def _attacks(config, model_path, model, tokenizer, data, options, unattacked, oracle) -> list:
+    """``--attacks`` on copies of ``model``, one progress line each (none when the flag is empty)."""
+    from obliviate.distributed import process_state
+    from obliviate.evaluate.attacks import attack_options, describe, run_attacks
+
+    attack = attack_options(config, str(model_path))
+    if attack is None:
+        return []
+    main = process_state().is_main_process
+    report = (lambda result: print(describe(result), flush=True)) if main else None
+    return run_attacks(model, tokenizer, data, options, attack, unattacked, oracle, on_result=report)

@@ -154,3 +154,27 @@ def load_epoch_results(eval_dir: Path) -> list[EpochEval]:
         data = json.loads(path.read_text())
         found.append(EpochEval(data["epoch"], str(path.parent), data["summary"]))
     return sorted(found, key=lambda e: e.epoch)
+
+
+def run_of_model(path: str | Path) -> dict | None:
+    """What an obliviate unlearning run says about a model directory: the run's final model (``RUN``) or one of its
+    checkpoints (``RUN/checkpoints/epoch-N``). None for any other model (a hub id, a model from elsewhere).
+
+    Returns:
+        ``{"run_dir", "config_file", "config" (the resolved config.yaml), "epoch" (None for the final model)}``.
+    """
+    model = Path(str(path)).expanduser()
+    candidates = [(model, None)]
+    if model.parent.name == "checkpoints" and model.name.startswith("epoch-") and model.name[6:].isdigit():
+        candidates.append((model.parent.parent, int(model.name[6:])))
+    for run_dir, epoch in candidates:
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            continue
+        try:
+            config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(config, dict) and config.get("method"):
+            return {"run_dir": str(run_dir), "config_file": str(config_file), "config": config, "epoch": epoch}
+    return None

@@ -83,6 +83,8 @@ class LeakReport:
         by_attack / attack_counts: per attack, pairs its greedy output leaked / pairs that had the attack;
             ``sampled`` counts pairs any sampled output (of any attack) leaked, over pairs that had samples.
         partial: values partly reproduced in place (:mod:`obliviate.evaluate.partial`), when the suite scored them.
+        leaked_by: ``(person_id, field, attacks)`` of every leaked pair, the attacks in :data:`ATTACKS` order: what
+            a per-person verdict (``evaluate --evidence``) names; ids and field names only, never values.
     """
 
     split: str
@@ -95,6 +97,7 @@ class LeakReport:
     attack_counts: dict[str, tuple[int, int]]
     leaked_pairs: list[tuple[str, str]]
     partial: Any = None  # a PartialReport; typed loosely because partial.py imports this module
+    leaked_by: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -138,6 +141,7 @@ def score_leaks(probes: Sequence[Probe], greedy: Sequence[str], samples: Sequenc
         by_attack={attack: hits / total for attack, (hits, total) in attack_counts.items()},
         attack_counts=attack_counts,
         leaked_pairs=sorted(leaked_pairs),
+        leaked_by=[(*pair, tuple(a for a in attacks if pair in leaked[a])) for pair in sorted(leaked_pairs)],
     )
 
 

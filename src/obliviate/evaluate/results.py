@@ -82,6 +82,9 @@ class EvalResult:
     forget_nll: list[float]
     mink_auc: float | None
     exposure: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaked: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict, repr=False)
+    """Split → ``(person_id, field, attacks)`` of every leaked pair (:attr:`LeakReport.leaked_by`); kept in memory
+    for ``--evidence``, not written to ``results.json``."""
 
     def __post_init__(self) -> None:
         self.metrics = [m if isinstance(m, Metric) else Metric.from_json(m) for m in self.metrics]
@@ -154,3 +157,42 @@ class MethodRun:
         """The run's entry in the report's ``results.json``."""
         fields = ("method", "best", "preset", "lr", "steps", "stopped", "stop_checks", "tokens", "wall_seconds")
         return {**{name: getattr(self, name) for name in fields}, "epochs": [e.to_json() for e in self.epochs]}
+
+
+@dataclass
+class AttackResult:
+    """One attack on a copy of the evaluated model (:mod:`obliviate.evaluate.attacks`), beside the unattacked numbers.
+
+    Attributes:
+        attack: ``relearn`` or ``quantize``.
+        name: the setting, e.g. ``relearn forget_half k=10`` or ``quantize int4 g128``.
+        params: what was done (source, steps, learning rate; bits, group size).
+        before: the unattacked model's summary on the data the attacked model is probed on (``relearn
+            forget_half``: the held-back half, evaluated separately; every other attack: the main evaluation).
+        after: the attacked model's summary on the same data; None when the attack could not run (see ``note``).
+        note: why it did not run, or what to know about it.
+        details: records trained on and probed, how far the weights moved.
+        leak: the attacked model's leak report per split (rates and counts, no values).
+        leaked / leaked_before: ``(person_id, field, probes)`` leaked after / before the attack, per split; kept in
+            memory for ``--evidence``, not written to ``results.json``.
+    """
+
+    attack: str
+    name: str
+    params: dict[str, Any]
+    before: dict[str, float]
+    after: dict[str, float] | None
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    leak: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaked: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict, repr=False)
+    leaked_before: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def ran(self) -> bool:
+        return self.after is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The attack's entry in ``results.json["attacks"]``."""
+        fields = ("attack", "name", "params", "ran", "note", "details", "before", "after", "leak")
+        return {name: getattr(self, name) for name in fields}

@@ -237,6 +237,7 @@ def evaluate_model(
         forget_nll,
         mink_auc,
         passes.exposure_reports,
+        leaked=passes.leaked,
     )
 
 
@@ -249,6 +250,7 @@ class _SplitPasses:
     per_example: list[dict] = field(default_factory=list)
     leak_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     exposure_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaked: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict)
     token_scores: dict[str, list[TokenScores]] = field(default_factory=dict)
     records: dict[str, list[Record]] = field(default_factory=dict)
 
@@ -272,7 +274,10 @@ def _evaluate_split_into(
     passes.per_example += rows
     passes.metrics += aggregates
     if report is not None:
-        passes.leak_reports[split] = {k: v for k, v in report.to_dict().items() if k != "leaked_pairs"}
+        passes.leak_reports[split] = {
+            k: v for k, v in report.to_dict().items() if k not in ("leaked_pairs", "leaked_by")
+        }
+        passes.leaked[split] = report.leaked_by
     if sampler is not None and split in options.exposure_splits and (people := people_of(data.people, split)):
         found = exposure.measure_exposure(
             model,

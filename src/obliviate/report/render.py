@@ -206,12 +206,15 @@ def render_eval_report(
     terms and aggregate, the PII leak rates (per split, field and attack), notes, and the plots.
 
     Args:
-        result: ``{"metrics": [...], "semeval": {...}, "leak": {...}, "notes": [...]}``; other keys (such as
+        result: ``{"metrics": [...], "semeval": {...}, "leak": {...}, "notes": [...]}`` and, after ``--attacks``,
+            ``"attacks"`` (:mod:`obliviate.report.attacks`); other keys (such as
             per-example rows) are ignored, so generations never reach the report.
         title: the report's heading.
         plots: caption → PNG path; relative paths are kept, absolute ones made relative to ``report_dir``.
         report_dir: the folder ``report.md`` will be written to.
     """
+    from obliviate.report.attacks import attack_section  # it draws with this module's tables
+
     metrics = list(result.get("metrics") or [])
     overall = sorted((m for m in metrics if m.get("task", "all") == "all"), key=lambda m: _split_rank(m["split"]))
     parts = [
@@ -230,6 +233,7 @@ def render_eval_report(
         _section("PII leak", _leak_section(result.get("leak") or {})),
         _section("Partial PII leaks", _partial_section(result.get("leak") or {})),
         _section("PII exposure", _exposure_section(result.get("exposure") or {})),
+        _section("Attacks", attack_section(result.get("attacks") or [])),
         _section("Notes", _bullets(result.get("notes") or [])),
         _section("Plots", _image_links(plots, report_dir)),
     ]
@@ -242,8 +246,10 @@ def render_epochs_report(
     title: str,
     plots: dict[str, Path],
     report_dir: Path | None = None,
+    attacks: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """Per-epoch table of a run's checkpoints (epoch 0 = before unlearning), the best epoch marked, and the plots.
+    """Per-epoch table of a run's checkpoints (epoch 0 = before unlearning), the best epoch marked, the attacks on
+    the best epoch (``--attacks``) and the plots.
 
     Args:
         epochs: ``[{"epoch": n, "summary": {"forget/rougeL_recall": v, ...}}, ...]``.
@@ -252,6 +258,8 @@ def render_epochs_report(
         plots: caption → PNG path (see :func:`render_eval_report`).
         report_dir: the folder the report will be written to.
     """
+    from obliviate.report.attacks import attack_section
+
     ordered = sorted(epochs, key=lambda entry: entry["epoch"])
     best_epoch = best.get("epoch") if best else None
     rows = [
@@ -272,6 +280,7 @@ def render_epochs_report(
     parts = [
         f"# {title}\n",
         _section("Per epoch", table + (f"\n\n{selection}" if selection else "")),
+        _section(f"Attacks on epoch {best_epoch}", attack_section(attacks)),
         _section("Plots", _image_links(plots, report_dir)),
     ]
     return "\n".join(part for part in parts if part)
