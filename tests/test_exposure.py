@@ -167,6 +167,31 @@ def test_candidates_keep_positions_every_value_shares_and_exist_when_the_name_gi
     assert again != CandidateSampler(people, seed=1).candidates(people[0], "ssn", 100)
 
 
+def test_address_fakes_are_made_of_the_datas_own_streets_and_places() -> None:
+    """LUME's addresses are real US ones; Faker's (``Kim Mountains``, ``Mcintyreville``) use words a tokenizer trained
+    on the data never saw, and a never-seen person's real address ranked first among 50 of them 88-96 % of the time.
+    A fake takes another person's street (its number redrawn) and another's "City, ST, ZIP", in the value's layout."""
+    streets = ["10175 West 58th Place", "3904 October Woods Drive", "1011 San Jose Street", "2894 Music Avenue",
+               "1838 Crofton Parkway", "3101 Penland Parkway"]  # fmt: skip
+    places = ["Orange, CA, 92867", "Lawrence, MA, 01841", "Brooklyn Park, MD, 21225", "Williston, VT, 05495",
+              "Glendale, AZ, 85306", "Anchorage, AK, 99515"]  # fmt: skip
+    values = [f"{street}, {place}." for street, place in zip(streets, places)]
+    values[0] = f"{streets[0]}, #505, {places[0]}."
+    people = [PersonPII(f"u{i}", "forget", f"P{i} Q{i}", {"address": v}, ()) for i, v in enumerate(values)]
+    fakes = _all_fakes(people, k=30)["address"]
+    names = {street.partition(" ")[2] for street in streets}
+    for person, fake in fakes:
+        value = person.fields["address"]
+        parts = fake[:-1].split(", ")
+        assert fake.endswith(".") and fake not in values
+        assert ", ".join(parts[-3:]) in places and parts[0].partition(" ")[2] in names
+        assert re.fullmatch(r"[1-9]\d*", parts[0].partition(" ")[0])
+        assert (len(parts) == 5) == ("#505" in value)  # the unit part only where the value has one
+        if len(parts) == 5:
+            assert re.fullmatch(r"#\d{3}", parts[1])
+    assert len({fake for _, fake in fakes}) > len(fakes) // 2  # varied draws, not a few repeated
+
+
 # ---------------------------------------------------------------- partial leaks
 
 

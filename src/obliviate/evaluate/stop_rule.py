@@ -4,15 +4,16 @@ Every ``every`` optimizer steps the loop asks :class:`ExposureStopRule`. The che
 generation: the exposure (``docs/METRICS.md``) of every forget PII value against fixed fakes, and the answer NLL
 of a fixed retain sample. It stops when
 
-- the forget values' mean exposure has come down into the never-seen band: at most the reference mean plus
-  ``band`` standard errors of the difference of the two means (``sqrt(se_ref² + se_forget²)``: a one-sided
-  two-sample z test, which cannot tell the forget people from never-seen ones at about 2 standard errors), and the
-  share of forget values ranked first among their fakes (the values a greedy answer would most likely reproduce)
-  is inside the same kind of band around the reference's share. The mean alone is not enough: a third of the
-  values still ranked first and the rest pushed below chance average out inside the band (measured on LUME Task2,
-  where the run stopped with a leak rate of 0.36). The reference is the holdout people's exposure under the
-  starting model when a holdout set is given (people it never saw), else the chance level of a uniform rank among
-  K + 1 (a share of 1 / (K + 1) ranked first); or
+- for every PII field (birth date, SSN, phone, e-mail, address, ...), the forget values cannot be told from
+  never-seen ones: their mean exposure is at most the field's reference mean plus ``band`` standard errors of the
+  difference of the two means (``sqrt(se_ref² + se_forget²)``: a one-sided two-sample z test), and their share
+  ranked first among the fakes (the values a greedy answer would most likely reproduce) is inside the same kind of
+  band around the reference's share. The reference is the holdout people's exposure under the starting model when
+  a holdout set is given (people it never saw), else the chance level of a uniform rank among K + 1. Per field,
+  because fields differ in how much a stranger's value is guessable: LUME's e-mails are ``first_last@me.com``, so a
+  never-seen person's e-mail ranks first among its fakes every time, while a never-seen SSN ranks at chance. Pooled,
+  the guessable fields lift the reference, and a run stopped with a third of the forget values still ranked first
+  (measured on LUME Task2: leak rate 0.36); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
 
@@ -35,6 +36,43 @@ import torch
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.records import PersonPII, Record
 from obliviate.evaluate.exposure import chance_exposure, measure_exposure
+
+
+def _top_share(values: Sequence[float], k: int) -> float:
+    """The share of values ranked first among their K fakes (exposure log2(K + 1), the most a value can have)."""
+    top = math.log2(k + 1) - 1e-9
+    return float(np.mean([v >= top for v in values])) if len(values) else 0.0
+
+
+@dataclass(frozen=True)
+class Band:
+    """One PII field's never-seen exposure: the mean and its standard error, and the share of values ranked
+    first and how many values that share rests on."""
+
+    mean: float
+    se: float
+    top_share: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Sequence[float], k: int) -> Band:
+        se = float(np.std(values, ddof=1) / math.sqrt(len(values)))
+        return cls(float(np.mean(values)), se, _top_share(values, k), len(values))
+
+    @classmethod
+    def chance(cls, k: int, count: int) -> Band:
+        """A uniform rank among K + 1, whose standard deviation is about log2(e) bits per value."""
+        return cls(chance_exposure(k), math.log2(math.e) / math.sqrt(count), 1.0 / (k + 1), count)
+
+    def admits(self, values: Sequence[float], k: int, band: float) -> bool:
+        """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided two-
+        sample tests): their mean exposure, and their share ranked first (two proportions)."""
+        mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
+        forget_se = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+        if mean > self.mean + band * math.sqrt(self.se**2 + forget_se**2):
+            return False
+        variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
+        return top <= self.top_share + band * math.sqrt(variance)
 
 
 @dataclass
@@ -62,90 +100,86 @@ class ExposureStopRule:
     retain_bound: float = 0.1
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    _reference: tuple[float, float] | None = None
-    _reference_top: tuple[float, int] = (0.0, 0)  # the share of reference values ranked first, and their count
+    _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _retain_start: float | None = None
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
 
     def start(self, model, tokenizer) -> None:
-        """The reference band and the retain NLL, measured on the starting model."""
-        values = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
-        if len(values) >= 2:
-            self._reference = (float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))))
-            self._reference_top = (self._top_share(values), len(values))
-        else:  # a uniform rank among K + 1 has a standard deviation of about log2(e) bits per value
-            count = max(1, len(self._exposures(model, tokenizer, self.forget, "forget", dry=True)))
-            self._reference = (chance_exposure(self.k), math.log2(math.e) / math.sqrt(count))
-            self._reference_top = (1.0 / (self.k + 1), count)
+        """The reference band of every PII field and the retain NLL, measured on the starting model."""
+        pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
+        forget_fields = {p["field"] for p in self._exposures(model, tokenizer, self.forget, "forget", dry=True)}
+        chance = Band.chance(self.k, max(1, len(self._exposures(model, tokenizer, self.forget, "forget", dry=True))))
+        self._reference = {}
+        for name in sorted(forget_fields):
+            values = [p["exposure"] for p in pairs if p["field"] == name]
+            self._reference[name] = Band.of(values, self.k) if len(values) >= 2 else chance
         self._retain_start = retain_nll(model, tokenizer, self.retain)
 
     def describe(self) -> dict[str, float]:
-        """What :meth:`start` measured: the never-seen band's mean and standard error, and the retain NLL."""
-        mean, se = self._reference if self._reference is not None else (math.nan, math.nan)
-        return {
-            "reference_exposure": mean,
-            "reference_se": se,
-            "reference_top_share": self._reference_top[0],
+        """What :meth:`start` measured: the never-seen band (overall mean and standard error, and per field), and
+        the retain NLL."""
+        bands = self._reference or {}
+        means = [band.mean for band in bands.values()]
+        out = {
+            "reference_exposure": float(np.mean(means)) if means else math.nan,
+            "reference_se": float(np.sqrt(np.mean([b.se**2 for b in bands.values()]))) if bands else math.nan,
             "band": self.band,
             "retain_nll": self._retain_start,
         }
-
-    def _top_share(self, values: Sequence[float]) -> float:
-        """The share of values ranked first among their K fakes (exposure log2(K + 1), the most a value can have)."""
-        top = math.log2(self.k + 1) - 1e-9
-        return float(np.mean([v >= top for v in values])) if len(values) else 0.0
-
-    def _top_threshold(self, forget_share: float, forget_count: int) -> float:
-        """The highest forget share ranked first that the band admits: the reference share plus ``band`` standard
-        errors of the difference of two proportions."""
-        share, count = self._reference_top
-        variance = share * (1 - share) / max(count, 1) + forget_share * (1 - forget_share) / max(forget_count, 1)
-        return share + self.band * math.sqrt(variance)
+        for name, band in bands.items():
+            out[f"{name}/reference_exposure"] = band.mean
+            out[f"{name}/reference_top_share"] = band.top_share
+        return out
 
     def __call__(self, model, tokenizer, step: int) -> str | None:
         """The reason to stop at ``step``, or None to go on."""
         if self._reference is None or step % self.every:
             return None
-        values = self._exposures(model, tokenizer, self.forget, "forget") or [math.nan]
-        exposure = float(np.mean(values))
-        forget_se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else 0.0
+        pairs = self._exposures(model, tokenizer, self.forget, "forget")
         retain = retain_nll(model, tokenizer, self.retain)
-        mean, reference_se = self._reference
-        se = math.sqrt(reference_se**2 + forget_se**2)  # two-sample: both means are estimates
-        threshold = mean + self.band * se
-        top = self._top_share(values)
-        top_threshold = self._top_threshold(top, len(values))
-        self.history.append(
-            {
-                "step": step,
-                "forget_exposure": exposure,
-                "forget_se": forget_se,
-                "threshold": threshold,
-                "forget_top_share": top,
-                "top_threshold": top_threshold,
-                "retain_nll": retain,
-            }
-        )
+        outside = []
+        check: dict[str, float] = {"step": step, "retain_nll": retain}
+        for name, band in self._reference.items():
+            values = [p["exposure"] for p in pairs if p["field"] == name]
+            if not values:
+                continue
+            mean, top = float(np.mean(values)), _top_share(values, self.k)
+            check[f"{name}/forget_exposure"], check[f"{name}/forget_top_share"] = mean, top
+            if not band.admits(values, self.k, self.band):
+                outside.append(name)
+        overall = [p["exposure"] for p in pairs] or [math.nan]
+        check["forget_exposure"] = float(np.mean(overall))
+        check["threshold"] = self._overall_threshold(overall)
+        check["fields_outside"] = len(outside)
+        self.history.append(check)
         if retain - self._retain_start > self.retain_bound:
             return (
                 f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
                 f"({self._retain_start:.3f}) at step {step}"
             )
-        if exposure <= threshold and top <= top_threshold:
+        if not outside:
             return (
-                f"forget exposure {exposure:.2f} bits is inside the never-seen band "
-                f"(≤ {mean:.2f} + {self.band}·{se:.2f}), {top:.2f} of the values ranked first "
-                f"(≤ {top_threshold:.2f}) at step {step}"
+                f"forget exposure of every PII field ({', '.join(self._reference)}) is inside its never-seen band "
+                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise) at step {step}"
             )
         return None
 
-    def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[float]:
+    def _overall_threshold(self, values: Sequence[float]) -> float:
+        """The band of all fields pooled, for the plot of exposure per check (the decision is per field)."""
+        bands = list((self._reference or {}).values())
+        mean = float(np.mean([b.mean for b in bands]))
+        forget_se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else 0.0
+        reference_se = float(np.sqrt(np.mean([b.se**2 for b in bands])))
+        return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
+
+    def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[dict]:
         if dry:
             from obliviate.evaluate.exposure import exposure_targets
 
-            return [0.0] * len(exposure_targets(records, self.people, split, self.sampler, self.k, ("question",)))
+            targets = exposure_targets(records, self.people, split, self.sampler, self.k, ("question",))
+            return [{"field": t.field, "exposure": 0.0} for t in targets]
         was_training = model.training
         model.eval()
         try:
@@ -155,7 +189,7 @@ class ExposureStopRule:
                 )
         finally:
             model.train(was_training)
-        return [pair["exposure"] for pair in report.pairs] if report is not None else []
+        return list(report.pairs) if report is not None else []
 
 
 @torch.no_grad()
