@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test test-slow lint format demo demo-fast bench bench-quality clean
+.PHONY: install test test-slow lint format demo demo-fast results bench bench-quality clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: $(STAMP)
 
 demo-fast: $(STAMP)
 	$(BIN)/obliviate demo --fast
+
+# Runs the demo and rewrites README's demo section and docs/demo_*.png from it (benchmarks/demo_results.py).
+results: $(STAMP)
+	$(BIN)/python benchmarks/demo_results.py --run --write
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py

@@ -74,9 +74,12 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
         if wall is not None
         else "Wall time was not measured."
     )
-    plot = ""
-    if (REPO / "docs" / "demo_stop_checks.png").is_file():
-        plot = "\n\n![Forget exposure at each stop-rule check, against the never-seen band](docs/demo_stop_checks.png)"
+    shown_plots = (
+        ("demo_stop_checks.png", "Forget exposure at each stop-rule check, against the never-seen band"),
+        ("demo_tradeoff.png", "Forget against retain ROUGE-L of every method, the target and the oracle"),
+        ("demo_leak_rate_per_epoch.png", "Forget, retain and holdout leak rate per epoch, one panel per method"),
+    )
+    plot = "".join(f"\n\n![{alt}](docs/{name})" for name, alt in shown_plots if (REPO / "docs" / name).is_file())
     intro = f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
 {config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
 oracle fine-tuned {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn` runs it with no
@@ -159,15 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     cached = results.get("cached")  # which of target and oracle came from the cache (newer results only)
     shown = "obliviate demo" + (" --fresh" if args.fresh else "")
     checks = {r["method"]: with_thresholds(r.get("stop_checks") or []) for r in results["runs"]}
-    if any(checks.values()):
-        from obliviate.report.plots import plot_stop_checks
-
-        plot_stop_checks(checks, REPO / "docs" / "demo_stop_checks.png")
+    if args.write:  # the README's pictures come from this run too; without --write the repository is left alone
+        write_plots(checks, out)
     body = section(results, shown, wall, cached)
     print(body)
     if args.write:
         write_readme(body)
     return 0
+
+
+PLOTS = {"tradeoff.png": "demo_tradeoff.png", "leak_rate_per_epoch.png": "demo_leak_rate_per_epoch.png"}
+"""The demo report's plots the README shows, copied from the run into docs/."""
+
+
+def write_plots(checks: dict, out: Path) -> None:
+    """docs/demo_stop_checks.png drawn from the run's stop checks, and the report's own plots copied beside it."""
+    import shutil
+
+    if any(checks.values()):
+        from obliviate.report.plots import plot_stop_checks
+
+        plot_stop_checks(checks, REPO / "docs" / "demo_stop_checks.png")
+    for name, target in PLOTS.items():
+        if (out / name).is_file():
+            shutil.copyfile(out / name, REPO / "docs" / target)
 
 
 if __name__ == "__main__":
