@@ -165,7 +165,7 @@ def test_setup_builds_a_reference_only_when_needed(lora_r, target, tmp_path):
     for name in LOSSES:
         config = unlearn_config(target, tmp_path / name, method=name, lora_r=lora_r, rmu_layer=RMU_LAYER)
         model, tokenizer = load_model(target.model)
-        model = _select(model, config, name, RMU_LAYER)
+        model = _select(model, config, RMU_LAYER if LOSSES[name].needs.hidden else None)
         run = setup(
             model,
             tokenizer,

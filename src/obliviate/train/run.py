@@ -120,11 +120,13 @@ def _deepspeed_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def _select(model, config, method_name: str, rmu_layer: int | None):
+def _select(model, config, layer: int | None):
+    """The trainable part. ``--trainable_layers auto``: every layer, or, for a method that reads hidden states at
+    ``layer`` (``Needs.hidden``: RMU), the MLPs of that layer and the two below it, as RMU's recipe trains."""
     layers, modules = config.trainable_layers, config.trainable_modules
     if layers == "auto":
-        if method_name == "rmu" and rmu_layer is not None:
-            layers, modules = f"{max(0, rmu_layer - 2)}-{rmu_layer}", "mlp"
+        if layer is not None:
+            layers, modules = f"{max(0, layer - 2)}-{layer}", "mlp"
         else:
             layers = "all"
     set_seed(config.seed)  # LoRA initialisation draws from the global RNG: the seed must fix it too
@@ -188,7 +190,7 @@ def run_unlearn(
         check_resume(out, resolved)
     if step_check is None and stop_rule is not None and config.stop_check_steps:
         step_check = stop_rule(config)
-    model = _select(model, config, method.name, rmu_layer)
+    model = _select(model, config, rmu_layer)
     _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
         model,
@@ -275,12 +277,12 @@ def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None =
             init_model(records, source, size=config.model, arch=config.arch, seed=config.seed)
         process_state().wait_for_everyone()
         model, tokenizer = load_model(source, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code)
-        model = _select(model, config, "finetune", None)
+        model = _select(model, config, None)
     else:
         model, tokenizer = load_model(
             config.model, dtype=weights_dtype(config), trust_remote_code=config.trust_remote_code
         )
-        model = _select(model, config, "finetune", None)
+        model = _select(model, config, None)
         _clear_output_dir(out, inputs, config, "finetune")
     return train(
         model,
