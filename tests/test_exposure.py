@@ -162,6 +162,9 @@ def test_candidates_keep_positions_every_value_shares_and_exist_when_the_name_gi
     assert all(fake.startswith("900") for _, fake in fakes["ssn"])
     real_emails = {p.fields["email"] for p in people}
     assert len(fakes["email"]) == 100 * len(people) and not {fake for _, fake in fakes["email"]} & real_emails
+    sampler = CandidateSampler(people, seed=0)  # every e-mail is first_last@me.com: no fake of that format exists
+    assert all(sampler.guessable(p, "email", 100) for p in people)
+    assert not any(sampler.guessable(p, "ssn", 100) for p in people)
     again = CandidateSampler(people, seed=0).candidates(people[0], "ssn", 100)
     assert again == CandidateSampler(people, seed=0).candidates(people[0], "ssn", 100)  # same draws every time
     assert again != CandidateSampler(people, seed=1).candidates(people[0], "ssn", 100)

@@ -132,3 +132,18 @@ def test_each_field_is_held_to_its_own_band(monkeypatch):
     assert rule(None, None, 2) is None and rule.history[-1]["fields_outside"] == 1
     reason = rule(None, None, 4)
     assert reason is not None and "(email, ssn)" in reason
+
+
+def test_without_holdout_a_field_given_by_the_name_is_left_out_and_said(monkeypatch):
+    """No never-seen people: the reference is chance, which an e-mail built from the name never reaches. That field
+    is not checked (and the reason says so); the SSNs, at chance, end the run."""
+    top = math.log2(51)
+    forget = [[("email", top)] * 16 + [("ssn", chance_exposure(50))] * 16]
+    rule = scripted(monkeypatch, {"forget": forget}, retain=[1.0, 1.0])
+    rule.holdout = []
+    monkeypatch.setattr(ExposureStopRule, "_mostly_guessable", lambda self, name: name == "email")
+    rule.start(None, None)
+    assert rule.skipped == ["email"] and set(rule._reference) == {"ssn"}
+    assert rule.describe()["skipped_fields"] == 1
+    reason = rule(None, None, 2)
+    assert reason is not None and "(ssn)" in reason and "not checked, guessable from the name: email" in reason

@@ -137,6 +137,7 @@ class CandidateSampler:
         self.fixed = {field: _fixed_positions(found) for field, found in values.items()}
         self.address_parts = _address_parts(values.get("address", ()))
         self._drawn: dict[tuple[str, str, int], list[str]] = {}  # draws are deterministic: reuse them across epochs
+        self._widened: set[tuple[str, str]] = set()  # (person, field) whose draws left the data's own format
 
     def candidates(self, person: PersonPII, field: str, k: int) -> list[str]:
         """``k`` fakes of ``person.fields[field]`` (drawn with replacement), none equal to a real value.
@@ -160,9 +161,18 @@ class CandidateSampler:
             fake = self._draw(field, value, person.name, rng, mode)
             if normalize_value(field, fake) not in taken:
                 out.append(fake)
+                if mode != "data":
+                    self._widened.add((person.person_id, field))
                 if len(out) == k:
                     break
         return out
+
+    def guessable(self, person: PersonPII, field: str, k: int) -> bool:
+        """Whether the data's own format left no room for ``k`` fakes of this value, so that some had to be drawn in
+        other formats: the value is (nearly) given by what the prompt already holds, as LUME's e-mails
+        (``first_last@me.com``) are by the name. Such a value outranks its fakes for anyone, seen or not."""
+        self.candidates(person, field, k)
+        return (person.person_id, field) in self._widened
 
     def _draw(self, field: str, value: str, name: str, rng: random.Random, mode: str) -> str:
         if mode != "format":

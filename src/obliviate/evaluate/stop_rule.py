@@ -9,11 +9,13 @@ of a fixed retain sample. It stops when
   difference of the two means (``sqrt(se_ref² + se_forget²)``: a one-sided two-sample z test), and their share
   ranked first among the fakes (the values a greedy answer would most likely reproduce) is inside the same kind of
   band around the reference's share. The reference is the holdout people's exposure under the starting model when
-  a holdout set is given (people it never saw), else the chance level of a uniform rank among K + 1. Per field,
-  because fields differ in how much a stranger's value is guessable: LUME's e-mails are ``first_last@me.com``, so a
-  never-seen person's e-mail ranks first among its fakes every time, while a never-seen SSN ranks at chance. Pooled,
-  the guessable fields lift the reference, and a run stopped with a third of the forget values still ranked first
-  (measured on LUME Task2: leak rate 0.36); or
+  a holdout set is given (people it never saw), else the chance level of a uniform rank among K + 1; then a field
+  whose values the data's own format gives from the name for most forget people (no fakes of that format exist,
+  :meth:`~obliviate.data.fakes.CandidateSampler.guessable`) is not checked, since no model ranks it at chance.
+  Per field, because fields differ in how much a stranger's value is guessable: LUME's e-mails are
+  ``first_last@me.com``, so a never-seen person's e-mail ranks first among its fakes every time, while a never-seen
+  SSN ranks at chance. Pooled, the guessable fields lift the reference, and a run stopped with a third of the forget
+  values still ranked first (measured on LUME Task2: leak rate 0.36); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
 
@@ -100,6 +102,7 @@ class ExposureStopRule:
     retain_bound: float = 0.1
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _retain_start: float | None = None
 
@@ -109,12 +112,17 @@ class ExposureStopRule:
     def start(self, model, tokenizer) -> None:
         """The reference band of every PII field and the retain NLL, measured on the starting model."""
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
-        forget_fields = {p["field"] for p in self._exposures(model, tokenizer, self.forget, "forget", dry=True)}
-        chance = Band.chance(self.k, max(1, len(self._exposures(model, tokenizer, self.forget, "forget", dry=True))))
-        self._reference = {}
-        for name in sorted(forget_fields):
+        planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
+        chance = Band.chance(self.k, max(1, len(planned)))
+        self._reference, self.skipped = {}, []
+        for name in sorted({p["field"] for p in planned}):
             values = [p["exposure"] for p in pairs if p["field"] == name]
-            self._reference[name] = Band.of(values, self.k) if len(values) >= 2 else chance
+            if len(values) >= 2:
+                self._reference[name] = Band.of(values, self.k)
+            elif self._mostly_guessable(name):  # no never-seen people to show how guessable it is: leave it out
+                self.skipped.append(name)
+            else:
+                self._reference[name] = chance
         self._retain_start = retain_nll(model, tokenizer, self.retain)
 
     def describe(self) -> dict[str, float]:
@@ -123,6 +131,7 @@ class ExposureStopRule:
         bands = self._reference or {}
         means = [band.mean for band in bands.values()]
         out = {
+            "skipped_fields": len(self.skipped),
             "reference_exposure": float(np.mean(means)) if means else math.nan,
             "reference_se": float(np.sqrt(np.mean([b.se**2 for b in bands.values()]))) if bands else math.nan,
             "band": self.band,
@@ -159,12 +168,22 @@ class ExposureStopRule:
                 f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
                 f"({self._retain_start:.3f}) at step {step}"
             )
-        if not outside:
+        if not outside and self._reference:
+            unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
             return (
                 f"forget exposure of every PII field ({', '.join(self._reference)}) is inside its never-seen band "
                 f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise) at step {step}"
+                f"{unchecked}"
             )
         return None
+
+    def _mostly_guessable(self, name: str) -> bool:
+        """Without a holdout the reference is chance, which a value given by the name (an e-mail built from it)
+        never reaches, seen or not: such a field, guessable for most forget people, is not checked."""
+        ids = {record.id for record in self.forget}
+        with_field = [p for p in self.people if name in p.fields and ids.intersection(p.records)]
+        guessable = [self.sampler.guessable(person, name, self.k) for person in with_field]
+        return bool(guessable) and sum(guessable) > len(guessable) / 2
 
     def _overall_threshold(self, values: Sequence[float]) -> float:
         """The band of all fields pooled, for the plot of exposure per check (the decision is per field)."""
