@@ -176,6 +176,17 @@ class FinetuneConfig(TrainConfig):
     )
     warmup_ratio: float = option(0.05, "share of optimizer steps spent warming up", ge=0, lt=1)
     save_checkpoints: bool = option(False, "write checkpoints/epoch-N at every epoch end")
+    until_memorised: float | None = option(
+        None,
+        "stop once greedy answers on a seeded sample of the training rows reach this exact match (QA rows) and "
+        "ROUGE-L recall (completion rows), checked at every epoch end; --epochs is then the budget (the schedule "
+        "is planned over it); unset: train --epochs",
+        gt=0,
+        le=1,
+    )
+    memorised_sample: int = option(
+        64, "with --until_memorised: training rows checked (a seeded sample that keeps people whole)", ge=1
+    )
 
 
 @dataclass
