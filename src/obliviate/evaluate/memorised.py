@@ -111,7 +111,6 @@ def memorisation_check_for(config) -> MemorisationCheck:
     )
 
 
-
 def read_memorisation(model_dir) -> dict[str, Any] | None:
     """How memorised a fine-tuned model directory ended, from its ``trainer_state.json``: the last epoch-end check
     (scores, rows, threshold, ``memorised``) with the epochs trained; None for a run without the check."""
@@ -122,4 +121,11 @@ def read_memorisation(model_dir) -> dict[str, Any] | None:
     check = state.get("epoch_check")
     if not isinstance(check, dict):
         return None
-    return {**check, "epochs": state.get("epoch")}
+    budget = None
+    config = path.parent / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        values = yaml.safe_load(config.read_text(encoding="utf-8"))
+        budget = values.get("epochs") if isinstance(values, dict) else None
+    return {**check, "epochs": state.get("epoch"), "budget": budget}
