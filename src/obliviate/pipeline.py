@@ -33,7 +33,7 @@ from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
-from obliviate.pipeline_cache import check_models, model_memorisation, pipeline_models, prepare_data
+from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
 from obliviate.train.run import run_unlearn
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
@@ -219,9 +219,9 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
-    _check_output_dir(out)
+    check_output_dir(out)
     dirs = prepare_data(config, log)  # fails before the old report is removed
-    check_models(config)
+    check_inputs(config, dirs)
     shutil.rmtree(out, ignore_errors=True)
     mark_output_dir(out, "demo")
     worker_log = _portable(log)
@@ -253,8 +253,9 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     )
 
 
-def _check_output_dir(out: Path) -> None:
+def check_output_dir(out: str | Path) -> None:
     """The demo replaces only its own earlier report: a non-empty ``out`` must hold one."""
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
         if not ours:

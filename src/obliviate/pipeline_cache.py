@@ -191,10 +191,16 @@ def cached_recipe_oracle(target: Path, retain: Path, config: PipelineConfig, log
     return out
 
 
-def check_models(config: PipelineConfig) -> None:
-    """Given models exist, and an oracle to retrain with a given target's recipe has one, before anything is
-    written (:func:`pipeline_models` trains what is missing)."""
+def check_inputs(config: PipelineConfig, dirs: dict[str, Path]) -> None:
+    """Before anything is written: given data reads and validates (forget and retain share no record), given
+    models exist, and an oracle to retrain with a given target's recipe has one (:func:`pipeline_models` trains
+    what is missing)."""
+    from obliviate.data.load import check_overlap, load_split
     from obliviate.errors import ModelError
+
+    if config.data_dirs:
+        splits = {name: load_split(path, split=name) for name, path in dirs.items()}
+        check_overlap(splits["forget"], splits["retain"], allow_overlap=False)
 
     for flag, path in (("--model", config.target_dir), ("--oracle", config.oracle_dir)):
         if path is not None and not (Path(path) / "config.json").is_file():
