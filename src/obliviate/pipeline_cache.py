@@ -81,20 +81,25 @@ def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
     return init
 
 
+def finetune_entry(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
+    """The cache directory of a fine-tuned model: named by everything that determines it."""
+    key_parts: list[Any] = [name, _finetune_settings(config), [_dir_hash(p) for p in data]]
+    key_parts.append([_dir_hash(p) for p in tokenizer_data])
+    if config.group_by_length:  # appended only when on, so that models cached before the option existed keep their key
+        key_parts.append("group_by_length")
+    memorised = _memorisation(config)
+    if memorised:  # the stop changes the model: a fixed-length run and a memorised one never share an entry
+        key_parts.append(memorised)
+    return Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
+
+
 def cached_finetune(
     name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log, init: Path | None = None
 ) -> Path:
     """Fine-tune (or reuse) a model on ``data``, starting from ``init`` (default: :func:`cached_init` of
     ``tokenizer_data``; pass it when several jobs start from one model, so that none rebuilds it under ``fresh``)."""
-    settings = _finetune_settings(config)
-    grouped = config.group_by_length
-    key_parts: list[Any] = [name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]]
-    if grouped:  # appended only when on, so that models cached before the option existed keep their key
-        key_parts.append("group_by_length")
-    memorised = _memorisation(config)
-    if memorised:  # the stop changes the model: a fixed-length run and a memorised one never share an entry
-        key_parts.append(memorised)
-    out = Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
+    out = finetune_entry(name, data, config, tokenizer_data)
+    grouped, memorised = config.group_by_length, _memorisation(config)
     if not config.fresh and (out / "trainer_state.json").is_file():
         log(f"{name}: cached → {out}")
         return out
