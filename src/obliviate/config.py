@@ -390,7 +390,9 @@ class DemoConfig:
     fast: bool = option(False, "50 people, at most 40 unlearning steps, 50 rows evaluated per split")
     fresh: bool = option(False, "ignore cached data, target and oracle")
     people: int | None = option(None, "synthetic people (default: 200; --fast: 50)", ge=10, le=100_000)
-    finetune_epochs: int | None = option(None, "epochs to build target and oracle (default: 30)", ge=1, le=10_000)
+    finetune_epochs: int | None = option(
+        None, "epoch budget to build target and oracle, each stopped once memorised (default: 30)", ge=1, le=10_000
+    )
     unlearn_epochs: int | None = option(
         None, "unlearning epochs for every method (default: the step budget)", ge=1, le=10_000
     )
