@@ -99,6 +99,12 @@ def write_section(text: str) -> None:
     path.write_text(current)
 
 
+def _epochs(results: dict, model: str) -> str:
+    """The epochs a model was fine-tuned (until memorised), from ``results.json``."""
+    epochs = results.get("memorisation", {}).get(model, {}).get("epochs")
+    return "–" if epochs is None else str(epochs)
+
+
 def write_up(results: dict, args: argparse.Namespace, command: str, seconds: float, cores: int) -> str:
     """The Quality section: how it was measured, the target's starting point, the table and the goals."""
     target = results["summary"][0]
@@ -114,11 +120,12 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
             f"## Quality on LUME ({args.tasks})",
             "",
             f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
-            f"{args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split per epoch, greedy "
-            f"{args.max_new_tokens} new tokens; whole run {seconds:.0f}s on a machine with {cores} CPU "
+            f"fine-tuned until memorised within {args.finetune_epochs} epochs, {args.eval_max_examples} rows per "
+            f"split per epoch, greedy {args.max_new_tokens} new tokens; whole run {seconds:.0f}s on a machine with "
+            f"{cores} CPU "
             f"core{'s' if cores != 1 else ''}).",
             "",
-            f"The target's ROUGE-L recall on its training data after {args.finetune_epochs} fine-tuning epochs: "
+            f"The target's ROUGE-L recall on its training data after {_epochs(results, 'target')} fine-tuning epochs: "
             f"{score('forget/rougeL_recall')} (forget) / {score('retain/rougeL_recall')} (retain).",
             "",
             table(results, args),
@@ -152,7 +159,8 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
         f"The same pipeline on the real LUME {args.tasks} data (`../shared/data/lume`; 10 % of the retain people held "
         f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
         f"Measured {_common.utc_date()} with `{command}` ({seconds / 60:.0f} min on {_common.cpu_cores()} CPU cores; "
-        f"target and oracle {args.finetune_epochs} fine-tuning epochs, {args.eval_max_examples} rows per split), "
+        f"target and oracle fine-tuned until memorised within {args.finetune_epochs} epochs, {args.eval_max_examples} "
+        "rows per split), "
         "written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-task2)."
     )
     intro = textwrap.fill(intro, width=118, break_on_hyphens=False, break_long_words=False)
@@ -168,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     methods = ["ga", "ga_kl", "ga_gd", "npo", "simnpo", "rmu", "contrast"]
     parser.add_argument("--methods", nargs="+", default=methods)
     parser.add_argument("--size", default="tiny", help="model size (default: tiny)")
-    parser.add_argument("--finetune_epochs", type=int, default=40, help="target/oracle epochs (default: 40)")
+    parser.add_argument(
+        "--finetune_epochs",
+        type=int,
+        default=40,
+        help="target/oracle epoch budget, stopped once memorised (default: 40)",
+    )
     parser.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: step budget)")
     parser.add_argument("--eval_max_examples", type=int, default=60, help="rows per split per epoch (default: 60)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
@@ -186,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from obliviate.pipeline import PipelineConfig, StampedLog, run_pipeline
-    from obliviate.report.demo import write_demo_report
+    from obliviate.cli.run import run_experiment
+    from obliviate.pipeline import PipelineConfig, StampedLog
 
     if args.set and args.write:
         parser.error("--set runs a probe with options the defaults do not have: it never rewrites BENCHMARKS.md")
@@ -216,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         presets=presets,
     )
     started = time.perf_counter()
-    outcome = run_pipeline(config, log=StampedLog())
-    write_demo_report(outcome, Path(config.output_dir), title=f"LUME {args.tasks} quality benchmark")
+    run_experiment(config, title=f"LUME {args.tasks} quality benchmark", log=StampedLog())  # as `obliviate run`
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
     command = _common.exact_command("bench_quality.py", parser, args)
     text = write_up(results, args, command, time.perf_counter() - started, _common.cpu_cores())

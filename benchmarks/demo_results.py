@@ -82,10 +82,10 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     plot = "".join(f"\n\n![{alt}](docs/{name})" for name, alt in shown_plots if (REPO / "docs" / name).is_file())
     intro = f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
 {config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
-oracle fine-tuned {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn` runs it with no
-hyperparameter flags: batch {config["unlearn_batch_size"]}, the learning rate from the range test, at most 120
-optimizer steps, and the stop rule against the holdout people. Each row is the run's last checkpoint, evaluated on up
-to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
+oracle fine-tuned until memorised, within {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn`
+runs it with no hyperparameter flags: batch {config["unlearn_batch_size"]}, the learning rate from the range test, at
+most 120 optimizer steps, and the stop rule against the holdout people. Each row is the run's last checkpoint,
+evaluated on up to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
 `benchmarks/demo_results.py`. {timing}"""
     intro = textwrap.fill(" ".join(intro.split()), width=118, break_on_hyphens=False, break_long_words=False)
     return f"""{intro}

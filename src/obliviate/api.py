@@ -261,12 +261,11 @@ def run(
             if holdout is not None:
                 dirs["holdout"] = _data_path(holdout, "holdout", stack)
         config = PipelineConfig(output_dir=str(output_dir), data_dirs=dirs, **options)
-        outcome = run_pipeline(config)
-        if write_report:
-            from obliviate.report.demo import write_demo_report
+        if not write_report:
+            return run_pipeline(config)
+        from obliviate.cli.run import run_experiment
 
-            write_demo_report(outcome, Path(output_dir), title="obliviate run")
-    return outcome
+        return run_experiment(config, log=print)
 
 
 def _guard_workers(options: dict[str, Any]) -> dict[str, Any]:

@@ -176,6 +176,17 @@ class FinetuneConfig(TrainConfig):
     )
     warmup_ratio: float = option(0.05, "share of optimizer steps spent warming up", ge=0, lt=1)
     save_checkpoints: bool = option(False, "write checkpoints/epoch-N at every epoch end")
+    until_memorised: float | None = option(
+        None,
+        "stop once greedy answers on a seeded sample of the training rows reach this exact match (QA rows) and "
+        "ROUGE-L recall (completion rows), checked at every epoch end; --epochs is then the budget (the schedule "
+        "is planned over it); unset: train --epochs",
+        gt=0,
+        le=1,
+    )
+    memorised_sample: int = option(
+        64, "with --until_memorised: training rows checked (a seeded sample that keeps people whole)", ge=1
+    )
 
 
 @dataclass
@@ -379,7 +390,9 @@ class DemoConfig:
     fast: bool = option(False, "50 people, at most 40 unlearning steps, 50 rows evaluated per split")
     fresh: bool = option(False, "ignore cached data, target and oracle")
     people: int | None = option(None, "synthetic people (default: 200; --fast: 50)", ge=10, le=100_000)
-    finetune_epochs: int | None = option(None, "epochs to build target and oracle (default: 30)", ge=1, le=10_000)
+    finetune_epochs: int | None = option(
+        None, "epoch budget to build target and oracle, each stopped once memorised (default: 30)", ge=1, le=10_000
+    )
     unlearn_epochs: int | None = option(
         None, "unlearning epochs for every method (default: the step budget)", ge=1, le=10_000
     )
@@ -402,6 +415,63 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+@dataclass
+class RunConfig:
+    """``obliviate run``: the whole experiment on the user's data, as the demo runs it on synthetic people."""
+
+    model: str = option(
+        "", "the fine-tuned target (a model directory); or tiny / small with --finetune_target", required=True
+    )
+    forget_dir: str = option("", "the forget set (file or directory)", required=True)
+    retain_dir: str = option("", "the retain set (file or directory)", required=True)
+    output_dir: str = option("", "where report.md, results.json, the plots and every method's run go", required=True)
+    holdout_dir: str | None = option(
+        None, "people never trained on: the MIA non-members and the never-seen reference (else chance level)"
+    )
+    oracle: str | None = option(None, "a model retrained on the retain set alone: the reference a method should reach")
+    train_oracle: bool = option(
+        False, "fine-tune the oracle on the retain set with the target's recipe (its obliviate config.yaml)"
+    )
+    finetune_target: bool = option(
+        False, "build the target: fine-tune a fresh --model tiny / small on forget + retain"
+    )
+    methods: list[str] = option(
+        [], "methods to run (default: ga ga_kl ga_gd npo contrast; also simnpo, rmu, relabel)", nargs="+"
+    )
+    finetune_epochs: int = option(
+        100, "epoch budget of the fine-tuning this run does (target, oracle)", ge=1, le=10_000
+    )
+    until_memorised: float | None = option(
+        0.95, "fine-tune until train exact match and ROUGE-L recall reach this (checked each epoch)", gt=0, le=1
+    )
+    memorised_sample: int = option(64, "training rows the memorisation check generates for", ge=1)
+    unlearn_epochs: int | None = option(None, "unlearning epochs per method (default: the step budget)", ge=1)
+    unlearn_max_steps: int | None = option(None, "unlearning step budget per method (default: unlearn's)", ge=1)
+    eval_max_examples: int = option(60, "rows evaluated per split at every epoch (a seeded sample)", ge=1)
+    max_new_tokens: int = option(40, "generation length of every evaluation", ge=1, le=65_536)
+    eval_batch_size: int = option(32, "rows per evaluation batch", ge=1, le=65_536)
+    select: str = option(
+        "last", "which checkpoint each method's row shows", choices=("last", "task_aggregate", "holdout_gap")
+    )
+    workers: int = option(0, "processes for independent jobs; 0: one per CPU core up to the jobs", ge=0, le=1024)
+    seed: int = option(0, "sampling, model and training seed", ge=0, lt=2**32)
+    fresh: bool = option(False, "ignore cached fine-tuned models")
+    cache_dir: str = option("runs/cache", "cached fine-tuned models")
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.oracle and self.train_oracle:
+            raise ConfigError("pass at most one of --oracle (a given model) and --train_oracle (fine-tune one)")
+        sizes = ("tiny", "small")
+        if self.finetune_target and self.model not in sizes:
+            raise ConfigError(
+                f"--finetune_target builds the target from --model tiny or small, found --model {self.model}: "
+                "drop --finetune_target to use that model as the fine-tuned target"
+            )
+        if self.model in sizes and not self.finetune_target:
+            raise ConfigError(f"--model {self.model} is a fresh model, not a fine-tuned target: add --finetune_target")
 
 
 @dataclass

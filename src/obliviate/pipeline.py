@@ -33,7 +33,7 @@ from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
-from obliviate.pipeline_cache import cached_finetune, cached_init, prepare_data
+from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
 from obliviate.train.run import run_unlearn
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
@@ -63,7 +63,9 @@ class PipelineConfig:
     holdout_fraction: float = 0.1
     seed: int = 0
     size: str = "tiny"
-    finetune_epochs: int = 30
+    finetune_epochs: int = 30  # with finetune_until_memorised: the budget
+    finetune_until_memorised: float | None = 0.95  # fine-tune until train EM and ROUGE-L reach this; None: fixed
+    memorised_sample: int = 64  # training rows the memorisation check generates for, each epoch
     finetune_lr: float = 3e-3
     finetune_batch_size: int = 16
     unlearn_batch_size: int = 32  # obliviate unlearn's default
@@ -80,6 +82,9 @@ class PipelineConfig:
     workers: int = 0
     fresh: bool = False
     data_dirs: dict[str, str] | None = None
+    target_dir: str | None = None  # a fine-tuned target to start from; None: fine-tune one (size) on forget + retain
+    oracle_dir: str | None = None  # a model retrained on retain only; None: train one (train_oracle) or go without
+    train_oracle: bool = True  # with target_dir: the oracle follows the target's recipe (its config.yaml)
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
 
     def __post_init__(self) -> None:
@@ -94,15 +99,17 @@ class PipelineOutcome:
     config: PipelineConfig
     data_dirs: dict[str, str]
     target_dir: str
-    oracle_dir: str
+    oracle_dir: str | None  # None: no oracle (the report says so; its goals are not computed)
     target_result: EvalResult
-    oracle_result: EvalResult
-    target_tokens: int
-    oracle_tokens: int
+    oracle_result: EvalResult | None
+    target_tokens: int | None  # None: a given target whose training obliviate did not record
+    oracle_tokens: int | None
     runs: list[MethodRun]
     cached: dict[str, bool]  # trained before this run started: taken from the cache
     workers: int
     wall_seconds: float
+    memorisation: dict[str, Any] = field(default_factory=dict)  # per model: its train EM / ROUGE-L, epochs, budget
+    trained: dict[str, bool] = field(default_factory=dict)  # per model: fine-tuned by the pipeline (else given)
 
 
 class StampedLog:
@@ -212,23 +219,17 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
-    _check_output_dir(out)
+    check_output_dir(out)
     dirs = prepare_data(config, log)  # fails before the old report is removed
+    check_inputs(config, dirs)
     shutil.rmtree(out, ignore_errors=True)
     mark_output_dir(out, "demo")
-    train_dirs = [dirs["forget"], dirs["retain"]]
     worker_log = _portable(log)
-    init = cached_init(config, train_dirs)  # once, before the workers
     workers = resolve_workers(config, max(2, len(config.methods)))
     with Jobs(workers) as jobs:
-        target, oracle_dir = jobs.run(
-            [
-                (cached_finetune, ("target", train_dirs, config, train_dirs, worker_log, init)),
-                (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, worker_log, init)),
-            ]
-        )
+        target, oracle_dir = pipeline_models(jobs, config, dirs, worker_log)
         hook_args, oracle_result, target_result = _evaluate_references(jobs, config, dirs, target, oracle_dir)
-        log("target and oracle: evaluated")
+        log(f"target{' and oracle' if oracle_dir else ''}: evaluated")
         if workers > 1 and len(config.methods) > 1:
             log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
         runs = jobs.run(
@@ -238,31 +239,38 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
         config=config,
         data_dirs={k: str(v) for k, v in dirs.items()},
         target_dir=str(target),
-        oracle_dir=str(oracle_dir),
+        oracle_dir=str(oracle_dir) if oracle_dir is not None else None,
         target_result=target_result,
         oracle_result=oracle_result,
         target_tokens=_tokens_seen(target),
         oracle_tokens=_tokens_seen(oracle_dir),
         runs=runs,
-        cached={"target": _older_than(target, started_at), "oracle": _older_than(oracle_dir, started_at)},
+        cached=_cached(config, target, oracle_dir, started_at),
         workers=workers,
         wall_seconds=time.perf_counter() - started,
+        memorisation=model_memorisation(config, dirs, target, oracle_dir),
+        trained={"target": config.target_dir is None, "oracle": oracle_dir is not None and config.oracle_dir is None},
     )
 
 
-def _check_output_dir(out: Path) -> None:
+def check_output_dir(out: str | Path) -> None:
     """The demo replaces only its own earlier report: a non-empty ``out`` must hold one."""
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
         if not ours:
             raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
 
 
-def _evaluate_references(jobs: Jobs, config: PipelineConfig, dirs: dict[str, Path], target: Path, oracle_dir: Path):
-    """The evaluation data, options and oracle statistics every method's hook shares, and the oracle's and the
-    target's results (epoch 0 of every method)."""
+def _evaluate_references(
+    jobs: Jobs, config: PipelineConfig, dirs: dict[str, Path], target: Path, oracle_dir: Path | None
+):
+    """The evaluation data, options and oracle statistics every method's hook shares, and the oracle's (None
+    without one) and the target's results (epoch 0 of every method)."""
     data = load_eval_data(dirs["forget"], dirs["retain"], dirs.get("holdout"))
     options = eval_options(config)
+    if oracle_dir is None:
+        return (data, options, None), None, evaluate_epoch(0, str(target), data, options, None)
     oracle_model, oracle_tok = load_model(oracle_dir)
     oracle = oracle_stats(oracle_model, oracle_tok, data, options)
     del oracle_model
@@ -275,8 +283,18 @@ def _evaluate_references(jobs: Jobs, config: PipelineConfig, dirs: dict[str, Pat
     return (data, options, oracle), oracle_result, target_result
 
 
-def _tokens_seen(model_dir: Path) -> int:
-    return json.loads((model_dir / "trainer_state.json").read_text())["tokens_seen"]
+def _tokens_seen(model_dir: Path | None) -> int | None:
+    state = Path(model_dir) / "trainer_state.json" if model_dir is not None else None
+    if state is None or not state.is_file():
+        return None
+    return json.loads(state.read_text()).get("tokens_seen")
+
+
+def _cached(config: PipelineConfig, target: Path, oracle: Path | None, started_at: float) -> dict[str, bool]:
+    """Per model the pipeline fine-tuned: whether it was trained before this run started (taken from the cache)."""
+    trained = {"target": target if config.target_dir is None else None}
+    trained["oracle"] = oracle if config.oracle_dir is None else None
+    return {name: _older_than(path, started_at) for name, path in trained.items() if path is not None}
 
 
 def _older_than(model_dir: Path, started_at: float) -> bool:

@@ -6,6 +6,7 @@ so a re-run reuses it; ``PipelineConfig.fresh`` rebuilds it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -13,8 +14,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from obliviate.config import FinetuneConfig
 from obliviate.data.load import load_training_records
+from obliviate.errors import ConfigError
+from obliviate.evaluate.memorised import memorisation_check_for
+from obliviate.models.tiny import SIZES
 from obliviate.train.run import run_finetune
 
 if TYPE_CHECKING:
@@ -75,17 +81,25 @@ def cached_init(config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
     return init
 
 
+def finetune_entry(name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path]) -> Path:
+    """The cache directory of a fine-tuned model: named by everything that determines it."""
+    key_parts: list[Any] = [name, _finetune_settings(config), [_dir_hash(p) for p in data]]
+    key_parts.append([_dir_hash(p) for p in tokenizer_data])
+    if config.group_by_length:  # appended only when on, so that models cached before the option existed keep their key
+        key_parts.append("group_by_length")
+    memorised = _memorisation(config)
+    if memorised:  # the stop changes the model: a fixed-length run and a memorised one never share an entry
+        key_parts.append(memorised)
+    return Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
+
+
 def cached_finetune(
     name: str, data: list[Path], config: PipelineConfig, tokenizer_data: list[Path], log, init: Path | None = None
 ) -> Path:
     """Fine-tune (or reuse) a model on ``data``, starting from ``init`` (default: :func:`cached_init` of
     ``tokenizer_data``; pass it when several jobs start from one model, so that none rebuilds it under ``fresh``)."""
-    settings = _finetune_settings(config)
-    grouped = config.group_by_length
-    key_parts: list[Any] = [name, settings, [_dir_hash(p) for p in data], [_dir_hash(p) for p in tokenizer_data]]
-    if grouped:  # appended only when on, so that models cached before the option existed keep their key
-        key_parts.append("group_by_length")
-    out = Path(config.cache_dir) / f"{name}-{_hash(key_parts)}"
+    out = finetune_entry(name, data, config, tokenizer_data)
+    grouped, memorised = config.group_by_length, _memorisation(config)
     if not config.fresh and (out / "trainer_state.json").is_file():
         log(f"{name}: cached → {out}")
         return out
@@ -104,11 +118,153 @@ def cached_finetune(
             group_by_length=grouped,
             seed=config.seed,
             overwrite=True,
-        )
+            **memorised,
+        ),
+        memorisation_check=memorisation_check_for,
     )
-    seconds = time.perf_counter() - started
+    _log_finetune(log, name, result, time.perf_counter() - started, bool(memorised))
+    return out
+
+
+def _memorisation(config: PipelineConfig) -> dict[str, Any]:
+    """The fine-tuning stop (:mod:`obliviate.evaluate.memorised`), as FinetuneConfig fields; empty when off."""
+    if config.finetune_until_memorised is None:
+        return {}
+    return {"until_memorised": config.finetune_until_memorised, "memorised_sample": config.memorised_sample}
+
+
+def _log_finetune(log, name: str, result, seconds: float, memorised: bool) -> None:
+    ended = ""
+    if memorised:
+        ended = f"; {result.stopped}" if result.stopped else "; not memorised within the epoch budget"
     log(
         f"{name}: {result.epochs_completed} epochs, {result.tokens_seen:,} tokens in {seconds:.0f}s "
-        f"({result.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s) → {out}"
+        f"({result.tokens_seen / max(seconds, 1e-9):,.0f} tokens/s){ended} → {result.output_dir}"
     )
+
+
+RECIPE_SKIPS = ("output_dir", "data", "model", "resume", "overwrite")
+"""The fields of a target's ``config.yaml`` that are not its recipe: where it went, what it read, how it was run."""
+
+
+def target_recipe(target: Path) -> dict[str, Any]:
+    """How ``obliviate finetune`` built ``target`` (its resolved ``config.yaml``), with the model it started from
+    (``model``: for a ``tiny``/``small`` build, the fresh model it kept in ``.init``), to retrain an oracle alike.
+
+    Raises:
+        ConfigError: ``target`` was not written by ``obliviate finetune``, or its starting model is gone.
+    """
+    path = Path(target) / "config.yaml"
+    advice = "pass --oracle with a model retrained on the retain set, or build the target with --finetune_target"
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        values = None
+    if not isinstance(values, dict) or "data" not in values or "model" not in values:
+        raise ConfigError(
+            f"--train_oracle needs the target's recipe: {target} has no `obliviate finetune` config.yaml; {advice}"
+        )
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - set(RECIPE_SKIPS)
+    recipe = {k: v for k, v in values.items() if k in names}
+    recipe["model"] = str(values["model"])
+    if recipe["model"] in SIZES:
+        recipe["model"] = str(Path(target) / ".init")
+        if not (Path(target) / ".init" / "config.json").is_file():
+            raise ConfigError(
+                f"--train_oracle: {target} was built from --model {values['model']} and its starting "
+                f"model ({target}/.init) is gone; {advice}"
+            )
+    return recipe
+
+
+def cached_recipe_oracle(target: Path, retain: Path, config: PipelineConfig, log) -> Path:
+    """An oracle fine-tuned on ``retain`` alone with ``target``'s recipe (:func:`target_recipe`), cached by that
+    recipe, the target's own run and the retain data."""
+    recipe = target_recipe(target)
+    state = (
+        (Path(target) / "trainer_state.json").read_text() if (Path(target) / "trainer_state.json").is_file() else ""
+    )
+    out = Path(config.cache_dir) / f"oracle-{_hash(['recipe', recipe, state, _dir_hash(retain)])}"
+    if not config.fresh and (out / "trainer_state.json").is_file():
+        log(f"oracle: cached → {out}")
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # the pipeline's own cache entry: stale, or refreshed under --fresh
+    started = time.perf_counter()
+    finetune = FinetuneConfig(**recipe, output_dir=str(out), data=[str(retain)], overwrite=True)
+    result = run_finetune(finetune, memorisation_check=memorisation_check_for)
+    _log_finetune(log, "oracle", result, time.perf_counter() - started, finetune.until_memorised is not None)
     return out
+
+
+def check_inputs(config: PipelineConfig, dirs: dict[str, Path]) -> None:
+    """Before anything is written: given data reads and validates (forget and retain share no record), given
+    models exist, and an oracle to retrain with a given target's recipe has one (:func:`pipeline_models` trains
+    what is missing)."""
+    from obliviate.data.load import check_overlap, load_split
+    from obliviate.errors import ModelError
+
+    if config.data_dirs:
+        splits = {name: load_split(path, split=name) for name, path in dirs.items()}
+        check_overlap(splits["forget"], splits["retain"], allow_overlap=False)
+
+    for flag, path in (("--model", config.target_dir), ("--oracle", config.oracle_dir)):
+        if path is not None and not (Path(path) / "config.json").is_file():
+            raise ModelError(f"{flag} {path}: not a model directory (no config.json)")
+    if config.target_dir is not None and config.oracle_dir is None and config.train_oracle:
+        target_recipe(Path(config.target_dir))
+
+
+def pipeline_models(jobs, config: PipelineConfig, dirs: dict[str, Path], log) -> tuple[Path, Path | None]:
+    """The target and the oracle: each given (``target_dir``, ``oracle_dir``) or fine-tuned here, side by side and
+    cached; no oracle when none is given and ``train_oracle`` is off."""
+    train_dirs = [dirs["forget"], dirs["retain"]]
+    target = Path(config.target_dir) if config.target_dir else None
+    oracle = Path(config.oracle_dir) if config.oracle_dir else None
+    calls: dict[str, tuple] = {}
+    if target is None:
+        init = cached_init(config, train_dirs)  # once, before the workers
+        calls["target"] = (cached_finetune, ("target", train_dirs, config, train_dirs, log, init))
+        if oracle is None and config.train_oracle:
+            calls["oracle"] = (cached_finetune, ("oracle", [dirs["retain"]], config, train_dirs, log, init))
+    elif oracle is None and config.train_oracle:
+        calls["oracle"] = (cached_recipe_oracle, (target, dirs["retain"], config, log))
+    trained = dict(zip(calls, jobs.run(list(calls.values())))) if calls else {}
+    return trained.get("target", target), trained.get("oracle", oracle)
+
+
+def model_memorisation(
+    config: PipelineConfig, dirs: dict[str, Path], target: Path, oracle: Path | None
+) -> dict[str, dict[str, Any]]:
+    """How well target (forget + retain) and oracle (retain) reproduce their training rows: the last check of their
+    fine-tuning under ``--until_memorised``, else measured now on the same seeded sample (a given model)."""
+    from obliviate.evaluate.data import sample_records
+    from obliviate.evaluate.memorised import MemorisationCheck, read_memorisation
+    from obliviate.models.load import load_model
+
+    threshold = config.finetune_until_memorised or 0.95
+    out: dict[str, dict[str, Any]] = {}
+    for name, path, given, data in (
+        ("target", target, config.target_dir, [dirs["forget"], dirs["retain"]]),
+        ("oracle", oracle, config.oracle_dir, [dirs["retain"]]),
+    ):
+        if path is None:
+            continue
+        recorded = None if given else read_memorisation(path)
+        if recorded is not None:
+            out[name] = {**recorded, "source": "fine-tuning"}
+            continue
+        rows = [r for r in load_training_records(data) if r.kind in ("qa", "completion")]
+        check = MemorisationCheck(sample_records(rows, config.memorised_sample, config.seed), threshold)
+        model, tokenizer = load_model(path)
+        check(model, tokenizer, 0)
+        del model
+        out[name] = {**check.history[-1], **_trained_epochs(path), "source": "measured"}
+    return out
+
+
+def _trained_epochs(model_dir: Path) -> dict[str, Any]:
+    """The epochs a model directory obliviate wrote was trained (``trainer_state.json``), else nothing."""
+    state = Path(model_dir) / "trainer_state.json"
+    if not state.is_file():
+        return {"epochs": None}
+    return {"epochs": json.loads(state.read_text()).get("epoch")}

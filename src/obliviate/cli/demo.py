@@ -46,14 +46,18 @@ def demo_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    """``obliviate run`` on synthetic people: the data is made (or taken from the cache) first, then the experiment
+    runs on it exactly as on a user's data (:func:`obliviate.cli.run.run_experiment`)."""
+    import dataclasses
 
-    from obliviate.pipeline import StampedLog, run_pipeline
-    from obliviate.report.demo import write_demo_report
+    from obliviate.cli.run import run_experiment
+    from obliviate.pipeline import StampedLog, check_output_dir
+    from obliviate.pipeline_cache import prepare_data
 
     config = demo_config(args)
     log = StampedLog()
-    outcome = run_pipeline(config, log=log)
-    report = write_demo_report(outcome, Path(config.output_dir))
-    log(f"report → {report}")
+    check_output_dir(config.output_dir)  # before the data is made: a refused directory costs nothing
+    dirs = prepare_data(config, log)
+    config = dataclasses.replace(config, data_dirs={name: str(path) for name, path in dirs.items()})
+    run_experiment(config, title="obliviate demo", log=log)
     return 0

@@ -16,7 +16,7 @@ from safetensors import SafetensorError  # noqa: E402
 from obliviate import __version__
 from obliviate.errors import ObliviateError
 
-SUBCOMMANDS = ("synth", "inspect", "init_model", "finetune", "unlearn", "evaluate", "demo", "audit")
+SUBCOMMANDS = ("synth", "inspect", "init_model", "finetune", "unlearn", "evaluate", "run", "demo", "audit")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -294,6 +294,7 @@ def render_demo_report(
     title: str,
     goals: list[dict[str, Any]] | None = None,
     report_dir: Path | None = None,
+    setup: list[str] | None = None,
 ) -> str:
     """The demo's side-by-side report: one row per model (target, oracle, each method), plots, goals, notes.
 
@@ -306,6 +307,8 @@ def render_demo_report(
         title: the report's heading.
         goals: ``{"goal", "value", "target", "holds"}`` per goal, rendered as a table with a count of those held.
         report_dir: the folder the report will be written to.
+        setup: lines on the models and references compared against (how memorised the target is, which oracle,
+            what stands in for a missing holdout), shown first.
     """
     shown = [c if isinstance(c, Column) else metric_column(*c) for c in columns]
     if "model" not in [c.key for c in shown]:
@@ -321,6 +324,7 @@ def render_demo_report(
         goals_text += f"\n\n{held} of {len(goals)} goals hold."
     parts = [
         f"# {title}\n",
+        _section("Setup", _bullets(setup or [])),
         _section("Summary", summary),
         _section("Plots", _image_links(plots, report_dir)),
         _section("Goals", goals_text),

@@ -149,6 +149,7 @@ def train(
     step_check=None,
     paired_draws: list[list[Record]] | None = None,
     card: dict[str, Any] | None = None,
+    epoch_check=None,
 ) -> RunResult:
     """Run the loop: setup → train → save → cleanup. The caller has validated inputs and prepared ``output_dir``.
 
@@ -156,6 +157,8 @@ def train(
     ``step_check``: a stop rule with ``start(model, tokenizer)`` and ``(model, tokenizer, step) -> reason | None``.
     ``paired_draws``: copies of ``forget`` with fake PII values, paired row by row (``Needs.paired``), in turn.
     ``card``: what the model cards of the final model and the checkpoints say (:mod:`obliviate.model_card`).
+    ``epoch_check``: asked at every epoch end, ``(model, tokenizer, epoch) -> reason | None`` with a ``history`` of
+    its measurements (``finetune --until_memorised``, :mod:`obliviate.evaluate.memorised`); a reason ends the run.
 
     The seconds of each phase go to ``RunResult.timing`` and the final ``trainer_state.json`` (:data:`TIMING`).
     """
@@ -168,6 +171,7 @@ def train(
     run.timing = dict.fromkeys(TIMING, 0.0)
     run.card = {"method": method.name, **(card or {}), "adapter": run.is_peft}
     run.log = _metrics_log(run, output_dir)
+    run.epoch_check = epoch_check
     result = RunResult(
         output_dir, run.state["epoch"], run.state["global_step"], run.state["tokens_seen"], method=method.name
     )
@@ -201,9 +205,9 @@ TIMING = (
 )
 """The phases a run's seconds are split into. ``setup``: loading done by the caller excluded, from the accelerator
 to the first step (tokenising, the reference, the stop rule's reference measurement); ``lr_probe``: the range test;
-``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's checks, which
-``stop_check`` counts separately as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the epoch
-hook's evaluations; ``save``: the final model. A resumed run counts only its own process's seconds."""
+``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's (and epoch-end) checks,
+which ``stop_check`` counts separately as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the
+epoch hook's evaluations; ``save``: the final model. A resumed run counts only its own process's seconds."""
 
 
 def _metrics_log(run: Run, output_dir: Path) -> Callable[[dict[str, Any]], None]:
@@ -280,13 +284,32 @@ def _run_epochs(run: Run, output_dir: Path, result: RunResult, epoch_hook: Epoch
         run.timing["loop_seconds"] += time.perf_counter() - clock
         run.state.update(epoch=epoch, stopped=stopped)
         spent = run.state["global_step"] >= run.total_steps
-        if checkpoint_due(config, epoch, run.epochs) or stopped or (spent and config.save_checkpoints):
+        reached = None if stopped else _epoch_check(run, epoch)
+        if reached:  # an end as planned (the check's goal is met): a checkpoint only where they are kept
+            run.state["stopped"] = reached
+        if checkpoint_due(config, epoch, run.epochs) or stopped or ((spent or reached) and config.save_checkpoints):
             _checkpoint(run, output_dir, epoch, result, epoch_hook)
-        if stopped:
-            acc.print(stopped)
+        if stopped or reached:
+            acc.print(stopped or reached)
             break
         if spent:
             break
+
+
+def _epoch_check(run: Run, epoch: int) -> str | None:
+    """Ask the run's epoch-end check (every process asks; the model is the same everywhere); log and keep what it
+    measured: the last measurement goes to ``trainer_state.json`` as ``epoch_check``."""
+    if run.epoch_check is None:
+        return None
+    clock = time.perf_counter()
+    reason = run.epoch_check(run.accelerator.unwrap_model(run.model), run.tokenizer, epoch)
+    seconds = time.perf_counter() - clock
+    run.timing["stop_check_seconds"] += seconds
+    run.timing["loop_seconds"] += seconds
+    measured = run.epoch_check.history[-1]
+    run.state["epoch_check"] = measured
+    run.log({"step": run.state["global_step"], "epoch": epoch, "memorised_check": measured})
+    return reason
 
 
 def _checkpoint(run: Run, output_dir: Path, epoch: int, result: RunResult, epoch_hook: EpochHook | None) -> None:

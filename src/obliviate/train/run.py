@@ -257,14 +257,22 @@ def _check_output(config: UnlearnConfig, extra_inputs: list[str | Path] | None) 
     return out, inputs
 
 
-def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None = None) -> RunResult:
+def run_finetune(
+    config: FinetuneConfig, extra_inputs: list[str | Path] | None = None, memorisation_check=None
+) -> RunResult:
     """Train a causal LM on ``config.data`` (answers only; documents on every token).
 
     With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
+    With ``--until_memorised`` the run ends at the first epoch whose check passes, ``--epochs`` being the budget;
+    ``memorisation_check`` builds that check from the config (training never imports evaluation: the caller passes
+    :func:`obliviate.evaluate.memorised.memorisation_check_for`).
     """
     accumulation_steps(config)
     check_tracker(config)
+    if config.until_memorised is not None and memorisation_check is None:
+        raise ConfigError("--until_memorised needs the evaluation suite: pass memorisation_check to run_finetune")
     records = load_training_records(config.data)
+    epoch_check = memorisation_check(config) if config.until_memorised is not None else None
     model_inputs = model_paths(config.model) if config.model not in SIZES else []
     inputs = [*config.data, *model_inputs, *(extra_inputs or [])]
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite, resume=config.resume)
@@ -298,6 +306,7 @@ def run_finetune(config: FinetuneConfig, extra_inputs: list[str | Path] | None =
             "base_model": None if config.model in SIZES else config.model,
             "data_sha256": [sha256_tree(path) for path in config.data],
         },
+        epoch_check=epoch_check,
     )
 
 

@@ -63,6 +63,7 @@ class Run:
     paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
     paired: list = field(default_factory=list)  # this epoch's draw
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
+    epoch_check: Any = None  # asked at epoch ends (finetune --until_memorised: obliviate.evaluate.memorised)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
     forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
     epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes

@@ -3,9 +3,10 @@
 Every ``metrics.jsonl`` line the loop writes goes to the tracker as well, as scalars at its optimizer step:
 ``train/<key>`` for a step's losses, learning rate and tokens/s, ``stop_check/<key>`` for each check of the stop rule
 (``stop_reference/<key>`` for the never-seen band it measured before the first step), ``lr_probe/<key>`` for the
-range test's trials; and ``eval/<split>/<metric>`` for each epoch's evaluation (``--eval_every_epoch``). The
-resolved config is the run's hyperparameters. Files go inside the run directory: ``O/tensorboard/<method>/`` and
-``O/wandb/``. W&B runs offline unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads them later).
+range test's trials, ``memorised_check/<key>`` for ``finetune --until_memorised``'s epoch-end checks; and
+``eval/<split>/<metric>`` for each epoch's evaluation (``--eval_every_epoch``). The resolved config is the run's
+hyperparameters. Files go inside the run directory: ``O/tensorboard/<method>/`` and ``O/wandb/``. W&B runs offline
+unless ``WANDB_MODE`` says otherwise (``wandb sync`` uploads them later).
 
 A tracker's package is optional (``pip install 'obliviate[trackers]'`` for TensorBoard, ``pip install wandb``);
 asking for a missing one fails before anything is written.
@@ -88,7 +89,7 @@ def hparams(values: dict[str, Any]) -> dict[str, Any]:
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """One ``metrics.jsonl`` line as tracker scalars (see the module docstring for the names)."""
-    for event in ("stop_check", "stop_reference", "lr_probe"):
+    for event in ("stop_check", "stop_reference", "lr_probe", "memorised_check"):
         if isinstance(record.get(event), dict):
             return {f"{event}/{k}": v for k, v in numbers(record[event]).items()}
     return {f"train/{k}": v for k, v in numbers(record).items() if k not in _NOT_SCALARS}
