@@ -20,6 +20,7 @@ from obliviate.models.load import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import official_loop  # noqa: E402
+from helpers import build_assets  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 NEW_TOKENS = 24
@@ -31,24 +32,17 @@ def _prompts(assets, tokenizer) -> list[list[int]]:
     return [tokenizer(r.input)["input_ids"] for r in rows[:20]]
 
 
-def _early_eos(model, tokenizer, prompts) -> int:
-    """A token that the model emits at different steps of different rows: declared eos, it ends rows early and
-    unevenly, which is what dropping finished rows must get right."""
-    ids, mask = passes._left_pad(prompts, tokenizer.pad_token_id, "cpu")
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=None)[:, ids.shape[1] :]  # fmt: skip
-    first = {}
-    for row in out.tolist():
-        for step, token in enumerate(row):
-            first.setdefault(token, []).append(step) if token not in row[:step] else None
-    return max(first, key=lambda t: (len(set(first[t])), len(first[t])))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A micro model trained until it answers and stops: rows end at eos after different numbers of steps."""
+    return build_assets(tmp_path_factory.mktemp("trained"), finetune_epochs=40)
 
 
-def test_dropping_finished_rows_gives_the_tokens_of_generate(target) -> None:
-    model, tokenizer = load_model(target.model)
+def test_dropping_finished_rows_gives_the_tokens_of_generate(trained) -> None:
+    model, tokenizer = load_model(trained.model)
     assert plain_greedy(model)
-    prompts = _prompts(target, tokenizer)
-    eos = _early_eos(model, tokenizer, prompts)
+    prompts = _prompts(trained, tokenizer)
+    eos = tokenizer.eos_token_id
     ids, mask = passes._left_pad(prompts, tokenizer.pad_token_id, "cpu")
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)[:, ids.shape[1] :]  # fmt: skip
@@ -56,13 +50,13 @@ def test_dropping_finished_rows_gives_the_tokens_of_generate(target) -> None:
     for row in out.tolist():
         reference.append(row[: row.index(eos) + 1] if eos in row else row)
     lengths = {len(r) for r in reference}
-    assert len(lengths) >= 3 and min(lengths) < NEW_TOKENS, "the declared eos must end rows early and unevenly"
+    assert len(lengths) >= 3 and min(lengths) < NEW_TOKENS, "rows must end at eos early and unevenly"
     assert greedy_compacting(model, ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos) == reference
 
 
-def test_generate_bucketed_and_compacted_equals_plain_generate(target, monkeypatch) -> None:
-    model, tokenizer = load_model(target.model)
-    data = load_eval_data(target.forget, target.retain)
+def test_generate_bucketed_and_compacted_equals_plain_generate(trained, monkeypatch) -> None:
+    model, tokenizer = load_model(trained.model)
+    data = load_eval_data(trained.forget, trained.retain)
     rows = [r for split in data.splits.values() for r in split if r.kind in ("qa", "completion")]
     prompts = [r.input for r in rows]
     expected = [len(tokenizer(r.output)["input_ids"]) for r in rows]
@@ -74,9 +68,9 @@ def test_generate_bucketed_and_compacted_equals_plain_generate(target, monkeypat
     assert fast == before and len(set(before)) > 3
 
 
-def test_each_distinct_probe_prompt_is_generated_once(target, monkeypatch) -> None:
-    model, tokenizer = load_model(target.model)
-    data = load_eval_data(target.forget, target.retain)
+def test_each_distinct_probe_prompt_is_generated_once(trained, monkeypatch) -> None:
+    model, tokenizer = load_model(trained.model)
+    data = load_eval_data(trained.forget, trained.retain)
     seen: list[str] = []
 
     def spy(model, tokenizer, prompts, **kwargs):
@@ -87,14 +81,14 @@ def test_each_distinct_probe_prompt_is_generated_once(target, monkeypatch) -> No
     result = evaluate_model(model, tokenizer, data, EvalOptions(max_new_tokens=4, exposure=False, show_progress=False))
     probes = [p for split in ("forget", "retain") for p in generation.leak.build_probes(
         data.splits[split], [q for q in data.people if q.split == split], split)]  # fmt: skip
-    assert len(seen) == len(set(seen))
-    assert {p.prompt for p in probes} <= set(seen) and len(probes) > len({p.prompt for p in probes})
+    rows = [r.input for split in ("forget", "retain") for r in data.splits[split] if r.kind in ("qa", "completion")]
+    assert len(seen) == len(set(seen)) == len(set(rows) | {p.prompt for p in probes})
+    assert len(seen) < len(rows) + len(probes)  # question probes are the QA rows' own inputs: generated once
     assert result.value("leak_rate", "forget") == 0.0
     seen.clear()
     evaluate_model(model, tokenizer, data, EvalOptions(max_new_tokens=4, exposure=False, show_progress=False,
                                                        leak_probes=False))  # fmt: skip
-    rows = {r.input for split in data.splits.values() for r in split if r.kind in ("qa", "completion")}
-    assert set(seen) == rows
+    assert sorted(seen) == sorted(set(rows))
 
 
 def _official_data(assets, root: Path) -> tuple[Path, EvalData]:
@@ -108,12 +102,12 @@ def _official_data(assets, root: Path) -> tuple[Path, EvalData]:
     return root, EvalData(splits={s: data.splits[s] for s in ("forget", "retain")}, people=[])
 
 
-def test_official_mode_matches_the_organisers_loop(target, tmp_path) -> None:
-    data_path, data = _official_data(target, tmp_path / "official-data")
-    theirs_model, theirs_tokenizer = official_loop.load(str(target.model))
+def test_official_mode_matches_the_organisers_loop(trained, tmp_path) -> None:
+    data_path, data = _official_data(trained, tmp_path / "official-data")
+    theirs_model, theirs_tokenizer = official_loop.load(str(trained.model))
     official_loop.inference(theirs_model, theirs_tokenizer, str(data_path), str(tmp_path), NEW_TOKENS)
     theirs = official_loop.compute_metrics(str(tmp_path))
-    model, tokenizer = load_model(target.model, dtype=official.DTYPE)
+    model, tokenizer = load_model(trained.model, dtype=official.DTYPE)
     options = EvalOptions(official=True, max_new_tokens=NEW_TOKENS, batch_size=7, exposure=False, show_progress=False)
     ours = evaluate_model(model, tokenizer, data, options)
     rows = {r["id"]: r for r in ours.per_example}
@@ -129,20 +123,20 @@ def test_official_mode_matches_the_organisers_loop(target, tmp_path) -> None:
     assert ours.semeval["task_aggregate"] == pytest.approx(theirs["harmonic-mean-task-aggregate"], abs=1e-12)
     their_terms = theirs["aggregated-terms"]
     assert sorted(ours.semeval["terms"].values()) == pytest.approx(sorted(their_terms), abs=1e-12)
-    default = evaluate_model(*load_model(target.model), data, EvalOptions(max_new_tokens=NEW_TOKENS, exposure=False,
+    default = evaluate_model(*load_model(trained.model), data, EvalOptions(max_new_tokens=NEW_TOKENS, exposure=False,
                                                                           show_progress=False))  # fmt: skip
     assert any(rows[r["id"]]["answer_nll"] != pytest.approx(r["answer_nll"], abs=1e-3) for r in default.per_example)
 
 
-def test_official_mode_needs_bf16_weights(target) -> None:
-    model, tokenizer = load_model(target.model)
+def test_official_mode_needs_bf16_weights(trained) -> None:
+    model, tokenizer = load_model(trained.model)
     with pytest.raises(ModelError, match="bfloat16"):
         evaluate_model(model, tokenizer, EvalData(splits={}, people=[]), EvalOptions(official=True))
     with pytest.raises(ConfigError, match="chat template"):
         EvalOptions(official=True, chat_template=True)
 
 
-def test_cli_official_loads_bf16(target, tmp_path, monkeypatch, capsys) -> None:
+def test_cli_official_loads_bf16(trained, tmp_path, monkeypatch, capsys) -> None:
     dtypes = []
     original = evaluate_model
 
@@ -151,8 +145,8 @@ def test_cli_official_loads_bf16(target, tmp_path, monkeypatch, capsys) -> None:
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr("obliviate.evaluate.suite.evaluate_model", spy)
-    base = ["evaluate", "--model", str(target.model), "--forget_dir", str(target.forget), "--retain_dir",
-            str(target.retain), "--no_exposure", "--no_probes", "--max_examples", "3"]  # fmt: skip
+    base = ["evaluate", "--model", str(trained.model), "--forget_dir", str(trained.forget), "--retain_dir",
+            str(trained.retain), "--no_exposure", "--no_probes", "--max_examples", "3"]  # fmt: skip
     assert cli_main([*base, "--official", "--output_dir", str(tmp_path / "official")]) == 0
     assert cli_main([*base, "--output_dir", str(tmp_path / "default"), "--max_new_tokens", "8"]) == 0
     assert dtypes == [torch.bfloat16, torch.float32]
