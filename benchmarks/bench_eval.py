@@ -1,17 +1,19 @@
-"""Evaluation speed: obliviate's evaluator against the official SemEval-2025 Task 4 loop, one row at a time.
+"""Evaluation speed and official-mode fidelity: ``obliviate evaluate`` against a faithful copy of the SemEval-2025
+Task 4 organisers' loop (``official_loop.py``), each a fresh process, start-up included.
 
-Contender A is :func:`obliviate.evaluate.suite.evaluate_model` on the forget and retain rows with ``people=[]``,
-so that it runs only what the official script runs (no PII-leak probes; MIA, forget quality and MMLU are skipped
-too): one batched forward pass and batched greedy generation per split, then the pure scorers. Contender B
-reimplements the organisers' ``evaluate_generations.py`` loop: for each row, ``generate`` greedily from the raw
-prompt with batch 1, then a separate forward pass on ``prompt + answer`` (prompt tokens masked) for the NLL, then
-ROUGE-L recall (completion rows) and exact match (QA rows) as the official ``compute_metrics`` scores them.
+Contender A is the command a user runs, ``obliviate evaluate --no_probes --no_exposure`` (no PII-leak probes, no
+exposure: the official script's work, every row generated greedily for ``--max_new_tokens`` and scored for its
+NLL). Contender B is ``python official_loop.py`` (bfloat16, one row at a time, as the organisers' script).
+Contender C is ``obliviate evaluate --official --no_probes --no_exposure``: its generations are compared with B's
+row by row, and its task aggregate and terms with B's, on the target and, with ``--models``, on an oracle (trained
+on retain only) and a GA+GD model unlearned from the target.
 
-Both run on the same tiny OLMo, briefly fine-tuned on the same seeded sample of LUME Task2 rows (so generations are
-not trivial), interleaved A, B, A, B in one process. Reported: the speed-up (goal >= 10x), the share of identical
-generations, and the largest difference in an aggregate.
+The rows are a seeded sample of LUME rows of all three tasks (half forget, half retain, whole people kept
+together); the model a ``tiny`` OLMo with a tokenizer trained on LUME, fine-tuned on the sample in-process through
+obliviate's loop so that it answers and stops. Rounds run A, B, C in turn; seconds are wall clock of each process.
 
-    .venv/bin/python benchmarks/bench_eval.py [--rows 120] [--max_new_tokens 64] [--rounds 2] [--write]
+    .venv/bin/python benchmarks/bench_eval.py [--rows 1000] [--max_new_tokens 256] [--models target,oracle,ga_gd]
+        [--rounds 1] [--write]
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,334 +34,254 @@ import _common  # noqa: E402
 
 _common.quiet()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from rouge_score import rouge_scorer  # noqa: E402
 
-from obliviate.config import FinetuneConfig  # noqa: E402
-from obliviate.data.batching import collate, encode_record  # noqa: E402
+from obliviate.config import FinetuneConfig, UnlearnConfig  # noqa: E402
 from obliviate.data.load import load_split  # noqa: E402
-from obliviate.data.records import Record, answer_prefix  # noqa: E402
-from obliviate.evaluate import suite  # noqa: E402
-from obliviate.evaluate.data import EvalData, sample_records  # noqa: E402
-from obliviate.evaluate.suite import EvalOptions, evaluate_model  # noqa: E402
-from obliviate.losses import FINETUNE  # noqa: E402
-from obliviate.losses.common import mean_nll  # noqa: E402
+from obliviate.data.records import Record  # noqa: E402
+from obliviate.evaluate.data import sample_records  # noqa: E402
+from obliviate.losses import FINETUNE, LOSSES  # noqa: E402
 from obliviate.models.tiny import build_model, count_parameters, train_tokenizer  # noqa: E402
 from obliviate.train.loop import train  # noqa: E402
 
-GOAL = 10.0
+GOAL = 5.0
+IDENTITY_GOAL = 0.995
+OFFICIAL_TOKENS = 256
 SPLITS = ("forget", "retain")
+HERE = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(_common.LUME_DIR), help="LUME directory with forget.jsonl/retain.jsonl")
-    parser.add_argument("--rows", type=int, default=120, help="Task2 rows, half forget, half retain (default: 120)")
-    parser.add_argument("--max_new_tokens", type=int, default=64, help="greedy generation length (default: 64)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each contender (default: 2)")
-    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs on the rows (default: 20)")
+    parser.add_argument("--rows", type=int, default=1000, help="LUME rows, half forget, half retain (default: 1000)")
+    parser.add_argument("--max_new_tokens", type=int, default=256, help="greedy generation length (default: 256)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of A, B, C in turn (default: 1)")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs on the rows (default: 10)")
+    parser.add_argument("--models", default="target", help="official-mode check on: target,oracle,ga_gd")
     parser.add_argument("--batch_size", type=int, default=32, help="obliviate's evaluation batch size (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="row sample and model initialisation")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
-    parser.add_argument("--device", default="cpu", help="where both evaluators run, e.g. cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="where every contender runs, e.g. cuda (default: cpu)")
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
     return parser.parse_args(argv)
 
 
-def task2_sample(data_dir: str, rows: int, seed: int) -> tuple[dict[str, list[Record]], list[Record]]:
-    """A seeded sample of Task2 rows per split (whole people kept together), and every Task2 row (tokenizer)."""
+def lume_sample(data_dir: str, rows: int, seed: int) -> tuple[dict[str, list[Record]], list[Record]]:
+    """A seeded sample of LUME rows of every task per split (whole people kept together), and every row."""
     splits, everything = {}, []
     for split in SPLITS:
-        task2 = [r for r in load_split(data_dir, split=split) if r.task == "Task2"]
-        everything += task2
-        splits[split] = sample_records(task2, rows // 2, seed)
+        records = [r for r in load_split(data_dir, split=split) if r.kind in ("completion", "qa")]
+        everything += records
+        splits[split] = sample_records(records, rows // 2, seed)
     return splits, everything
 
 
-def finetuned_model(splits: dict[str, list[Record]], vocabulary: list[Record], args: argparse.Namespace):
-    """A tiny OLMo trained through the real loop on the sampled rows, so that it regurgitates some of them."""
+def _train(model, tokenizer, method, forget, retain, config) -> None:
+    with contextlib.redirect_stderr(io.StringIO()):
+        train(model, tokenizer, method=method, params=method.params(), forget=forget, retain=retain, config=config)
+
+
+def build_models(splits, vocabulary, args, root: Path) -> dict[str, Path]:
+    """target (fine-tuned on forget + retain), oracle (retain only) and GA+GD (unlearned from the target), saved as
+    standard model directories, as many as ``--models`` asks for (the target always)."""
+    wanted = {m.strip() for m in args.models.split(",") if m.strip()} | {"target"}
     tokenizer = train_tokenizer([r.text for r in vocabulary], vocab_size=4096)
-    model = build_model("tiny", len(tokenizer), tokenizer=tokenizer, seed=args.seed)
-    records = splits["forget"] + splits["retain"]
-    with tempfile.TemporaryDirectory(prefix="bench_eval-") as workdir, contextlib.redirect_stderr(io.StringIO()):
-        config = FinetuneConfig(output_dir=workdir, model="tiny", data=["-"], epochs=args.epochs, seed=args.seed,
-                                save_checkpoints=False, mixed_precision="no")  # fmt: skip
-        train(model, tokenizer, method=FINETUNE, params=FINETUNE.params(), forget=records, retain=None, config=config)
-    return model.to(args.device).eval(), tokenizer
+    common = dict(save_checkpoints=False, mixed_precision="no", seed=args.seed)
+    paths = {}
+    for name, rows in (("target", splits["forget"] + splits["retain"]), ("oracle", splits["retain"])):
+        if name not in wanted:
+            continue
+        model = build_model("tiny", len(tokenizer), tokenizer=tokenizer, seed=args.seed)
+        config = FinetuneConfig(output_dir=str(root / f"work-{name}"), model="tiny", data=["-"], epochs=args.epochs,
+                                **common)  # fmt: skip
+        _train(model, tokenizer, FINETUNE, rows, None, config)
+        paths[name] = _save(model, tokenizer, root / name)
+        if name == "target" and "ga_gd" in wanted:
+            config = UnlearnConfig.build(model_dir=str(paths[name]), forget_dir="-", retain_dir="-", method="ga_gd",
+                                         output_dir=str(root / "work-ga_gd"), epochs=1, stop_check_steps=0,
+                                         stop_forget_nll=0, **common)  # fmt: skip
+            _train(model, tokenizer, LOSSES["ga_gd"], splits["forget"], splits["retain"], config)
+            paths["ga_gd"] = _save(model, tokenizer, root / "ga_gd")
+    return paths
 
 
-@torch.no_grad()
-def official_loop(model, tokenizer, splits: dict[str, list[Record]], max_new_tokens: int,
-                  phases: dict[str, float]) -> dict[str, dict]:  # fmt: skip
-    """The organisers' inference loop, row by row: batch-1 greedy generation, then a separate NLL forward pass.
-
-    As in ``evaluate_generations.py``: the prompt is the raw input; the NLL is HF's ``loss`` on the tokenised
-    ``input + output`` (no separator, no eos) with the first ``len(tokenised input)`` positions masked; padding
-    is the eos token; output decoded with ``skip_special_tokens`` and ``clean_up_tokenization_spaces``. Seconds
-    spent in generation and in the NLL forward passes are added to ``phases``.
-    """
-    model.eval()
-    outputs = {}
-    for split in ("retain", "forget"):  # the official order
-        for record in splits[split]:
-            input_ids = tokenizer(record.input, return_tensors="pt").input_ids.to(model.device)
-            combined = tokenizer(record.input + record.output, return_tensors="pt").input_ids.to(model.device)
-            labels = combined.clone()
-            labels[:, : input_ids.shape[1]] = -100
-            started = time.perf_counter()
-            out = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-            generation = tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True,
-                                                clean_up_tokenization_spaces=True)[0]  # fmt: skip
-            generated = time.perf_counter()
-            nll = model(combined, labels=labels).loss.item()
-            phases["generation"] += generated - started
-            phases["forward pass (NLL)"] += time.perf_counter() - generated
-            outputs[record.id] = {"generation": generation, "nll": nll}
-    return outputs
+def _save(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
 
 
-def official_scores(splits: dict[str, list[Record]], outputs: dict[str, dict]) -> dict[str, float]:
-    """The official ``compute_metrics`` on Task2 rows: per split mean ROUGE-L recall / exact match / NLL, and the
-    harmonic mean of the four terms (forget terms inverted)."""
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    aggregates, terms = {}, []
+def write_data(splits: dict[str, list[Record]], root: Path) -> Path:
+    """The sample as ``forget.jsonl`` and ``retain.jsonl``, the files both evaluators read."""
+    root.mkdir(parents=True)
     for split in SPLITS:
-        rouge, exact = [], []
-        for record in splits[split]:
-            generated = outputs[record.id]["generation"]
-            if record.kind == "completion":
-                rouge.append(scorer.score(str(record.output), str(generated))["rougeL"].recall)
-            elif record.kind == "qa":
-                exact.append(int(str(record.output).strip().lower() == str(generated).strip().lower()))
-        aggregates[f"{split}/rougeL_recall"] = float(np.mean(rouge))
-        aggregates[f"{split}/exact_match"] = float(np.mean(exact))
-        aggregates[f"{split}/mean_nll"] = float(np.mean([outputs[r.id]["nll"] for r in splits[split]]))
-        split_terms = [aggregates[f"{split}/rougeL_recall"], aggregates[f"{split}/exact_match"]]
-        terms += [1 - v for v in split_terms] if split == "forget" else split_terms
-    aggregates["task_aggregate"] = statistics.harmonic_mean(terms)
-    return aggregates
+        lines = [json.dumps({"id": r.id, "task": r.task, "input": r.input, "output": r.output}) for r in splits[split]]
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
 
 
-def obliviate_scores(result) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
-    """The same aggregates from obliviate's result, its generations and its per-row answer NLL."""
-    aggregates = {}
+def _run(command: list[str], args) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{done.stderr[-3000:]}")
+
+
+def obliviate_evaluate(model: Path, data: Path, out: Path, args, official: bool) -> dict:
+    """``obliviate evaluate`` in a fresh process; its generations by row id and its SemEval block."""
+    command = [sys.executable, "-m", "obliviate.cli.main", "evaluate", "--model", str(model), "--forget_dir",
+               str(data), "--retain_dir", str(data), "--output_dir", str(out), "--no_probes", "--no_exposure",
+               "--show_pii", "--batch_size", str(args.batch_size)]  # fmt: skip
+    command += ["--official"] if official else ["--max_new_tokens", str(args.max_new_tokens)]
+    _run(command, args)
+    rows = [json.loads(line) for line in (out / "per_example.jsonl").read_text(encoding="utf-8").splitlines()]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    return {"generations": {r["id"]: r.get("generation", "") for r in rows}, "semeval": results.get("semeval", {})}
+
+
+def official_copy(model: Path, data: Path, out: Path, args) -> dict:
+    """The organisers' loop copy in a fresh process; its generations by row id and its results."""
+    _run([sys.executable, str(HERE / "official_loop.py"), "--data_path", str(data), "--checkpoint_path", str(model),
+          "--output_dir", str(out), "--max_new_tokens", str(args.max_new_tokens)], args)  # fmt: skip
+    import pandas as pd
+
+    generations = {}
     for split in SPLITS:
-        rows = [r for r in result.per_example if r["split"] == split]
-        aggregates[f"{split}/rougeL_recall"] = result.value("rougeL_recall", split)
-        aggregates[f"{split}/exact_match"] = result.value("exact_match", split)
-        aggregates[f"{split}/mean_nll"] = float(np.mean([r["answer_nll"] for r in rows]))
-    aggregates["task_aggregate"] = result.semeval["task_aggregate"]
-    generations = {r["id"]: r["generation"] for r in result.per_example}
-    return aggregates, generations, {r["id"]: r["answer_nll"] for r in result.per_example}
+        frame = pd.read_csv(out / f"{split}_0.csv", keep_default_na=False)
+        generations.update({i: str(g) for i, g in zip(frame["id"], frame["model_output"])})
+    return {"generations": generations, "results": json.loads((out / "results.json").read_text(encoding="utf-8"))}
 
 
-@torch.no_grad()
-def one_row_nll_checks(model, tokenizer, splits: dict[str, list[Record]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Untimed checks, one row at a time: each row's answer NLL on obliviate's own tokens (no padding), and each
-    split's mean NLL by the official formula once the separator and eos obliviate trains with are added."""
-    same_tokens, official_with_separator = {}, {}
-    for split in SPLITS:
-        values = []
-        for record in splits[split]:
-            batch = collate([encode_record(tokenizer, record, 512)], tokenizer.pad_token_id).to(model.device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            same_tokens[record.id] = float(mean_nll(logits, batch.labels))
-            prompt = tokenizer(record.input, return_tensors="pt").input_ids
-            text = tokenizer(record.input + answer_prefix(record) + record.output, return_tensors="pt").input_ids
-            ids = torch.cat([text, torch.tensor([[tokenizer.eos_token_id]])], dim=1).to(model.device)
-            labels = ids.clone()
-            labels[:, : prompt.shape[1]] = -100
-            values.append(model(ids, labels=labels).loss.item())
-        official_with_separator[f"{split}/mean_nll"] = float(np.mean(values))
-    return same_tokens, official_with_separator
-
-
-def time_suite_passes(phases: dict[str, float]) -> None:
-    """Wrap the two passes the suite calls so that their seconds add up in ``phases`` (the rest is scoring)."""
-    for attribute, phase in (("forward_pass", "forward pass (NLL)"), ("generate", "generation")):
-        original = getattr(suite, attribute)
-
-        def timed(*args, _original=original, _phase=phase, **kwargs):
-            started = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                phases[_phase] += time.perf_counter() - started
-
-        setattr(suite, attribute, timed)
+def agreement(ours: dict, theirs: dict) -> dict:
+    """Share of identical generations, and the largest gap between task aggregates and between sorted terms."""
+    ids = list(theirs["generations"])
+    same = sum(ours["generations"].get(i) == theirs["generations"][i] for i in ids) / len(ids)
+    their_terms = sorted(theirs["results"]["aggregated-terms"])
+    our_terms = sorted(ours["semeval"].get("terms", {}).values())
+    gaps = [abs(a - b) for a, b in zip(our_terms, their_terms)] if len(our_terms) == len(their_terms) else [1.0]
+    aggregate_gap = abs(ours["semeval"]["task_aggregate"] - theirs["results"]["harmonic-mean-task-aggregate"])
+    return {"identical": same, "rows": len(ids), "aggregate_gap": aggregate_gap, "largest_term_gap": max(gaps),
+            "aggregate_official": theirs["results"]["harmonic-mean-task-aggregate"],
+            "aggregate_obliviate": ours["semeval"]["task_aggregate"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    splits, vocabulary = task2_sample(args.data, args.rows, args.seed)
-    model, tokenizer = finetuned_model(splits, vocabulary, args)
-    data = EvalData(splits=splits, people=[])
-    options = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, show_progress=False)
+    splits, vocabulary = lume_sample(args.data, args.rows, args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench_eval-") as tmp:
+        root = Path(tmp)
+        models = build_models(splits, vocabulary, args, root)
+        data = write_data(splits, root / "data")
+        counter = iter(range(10_000))
 
-    phases = {"obliviate": defaultdict(float), "official": defaultdict(float)}
-    time_suite_passes(phases["obliviate"])
+        def out() -> Path:
+            return root / f"out-{next(counter)}"
 
-    def contender_obliviate():
-        return obliviate_scores(evaluate_model(model, tokenizer, data, options))
-
-    def contender_official():
-        outputs = official_loop(model, tokenizer, splits, args.max_new_tokens, phases["official"])
-        return official_scores(splits, outputs), outputs
-
-    timings = _common.interleave([contender_obliviate, contender_official], args.rounds)
-    speedups = [t_official / t_obliviate for (t_obliviate, _), (t_official, _) in zip(*timings)]
-    (ours, generations, our_nll), (theirs, outputs) = timings[0][0][1], timings[1][0][1]
-    ids = list(generations)
-    identical = sum(generations[i] == outputs[i]["generation"] for i in ids) / len(ids)
-    same_tokens, official_with_separator = one_row_nll_checks(model, tokenizer, splits)
-    gaps = {name: abs(ours[name] - theirs[name]) for name in ours}
+        contenders = [
+            lambda: obliviate_evaluate(models["target"], data, out(), args, official=False),
+            lambda: official_copy(models["target"], data, out(), args),
+            lambda: obliviate_evaluate(models["target"], data, out(), args, official=True),
+        ]
+        fidelity = args.max_new_tokens == OFFICIAL_TOKENS  # --official generates 256 tokens, the copy must too
+        timings = _common.interleave(contenders if fidelity else contenders[:2], args.rounds)
+        checks = {"target": agreement(timings[2][0][1], timings[1][0][1])} if fidelity else {}
+        for name in [m for m in models if m != "target" and fidelity]:
+            checks[name] = agreement(obliviate_evaluate(models[name], data, out(), args, official=True),
+                                     official_copy(models[name], data, out(), args))  # fmt: skip
+        parameters = count_parameters(build_model("tiny", 4096, seed=args.seed))
+    seconds = {
+        name: [round(t, 2) for t, _ in timing] for name, timing in zip(("default", "copy", "official"), timings)
+    }
+    speedups = [b / a for a, b in zip(seconds["default"], seconds["copy"])]
     result = {
-        "rows": len(ids), "rows_per_split": {s: len(splits[s]) for s in SPLITS}, "parameters": count_parameters(model),
+        "rows": sum(len(v) for v in splits.values()), "rows_per_split": {s: len(splits[s]) for s in SPLITS},
+        "tasks": sorted({r.task for v in splits.values() for r in v}), "parameters": parameters,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "rounds": args.rounds,
-        "epochs": args.epochs, "threads": torch.get_num_threads(), "device": str(args.device),
-        "obliviate_seconds": [round(t, 3) for t, _ in timings[0]],
-        "official_seconds": [round(t, 3) for t, _ in timings[1]],
+        "epochs": args.epochs, "threads": args.threads, "device": str(args.device), "seconds": seconds,
         "speedups": [round(s, 3) for s in speedups], "speedup_median": statistics.median(speedups),
-        "identical_generations": identical, "aggregates_obliviate": ours, "aggregates_official": theirs,
-        "aggregate_gaps": gaps, "largest_gap_name": max(gaps, key=gaps.get), "largest_gap": max(gaps.values()),
-        "largest_gap_excluding_nll": max(v for k, v in gaps.items() if not k.endswith("mean_nll")),
-        "max_row_nll_gap_same_tokens": max(abs(our_nll[i] - same_tokens[i]) for i in ids), "goal": GOAL,
-        "phases": phase_table(phases, timings), "official_nll_with_separator_and_eos": official_with_separator,
-        "max_nll_gap_with_separator_and_eos": max(abs(ours[k] - v) for k, v in official_with_separator.items()),
+        "official_speedup_median": statistics.median([b / a for a, b in zip(seconds.get("official", [1.0]),
+                                                                            seconds["copy"])]),
+        "checks": checks, "goal": GOAL, "identity_goal": IDENTITY_GOAL,
     }  # fmt: skip
     report(result, argv, args.write)
     return result
 
 
-def phase_table(phases: dict[str, dict[str, float]], timings) -> dict[str, dict[str, float]]:
-    """Seconds per phase over all rounds for each contender; "scoring and the rest" is what the passes leave."""
-    totals = {"obliviate": sum(t for t, _ in timings[0]), "official": sum(t for t, _ in timings[1])}
-    table = {}
-    for name in ("generation", "forward pass (NLL)"):
-        table[name] = {who: phases[who][name] for who in totals}
-    table["scoring and the rest"] = {who: totals[who] - sum(phases[who].values()) for who in totals}
-    table["total"] = totals
-    return table
+def _device_name(result: dict) -> str:
+    return f"CPU, {result['threads']} thread(s)" if result["device"] == "cpu" else result["device"]
 
 
 def report(result: dict, argv: list[str], write: bool) -> None:
+    s = {name: " / ".join(f"{t:.1f}" for t in values) for name, values in result["seconds"].items()}
     speed = _common.markdown_table(
-        ["contender", "seconds per round", "rows"],
-        [["obliviate `evaluate_model` (batched)", " / ".join(f"{t:.1f}" for t in result["obliviate_seconds"]),
+        ["contender (fresh process, start-up included)", "seconds per round", "rows"],
+        [["`obliviate evaluate --no_probes --no_exposure`", s["default"],
           result["rows"]],
-         ["official loop, one row at a time", " / ".join(f"{t:.1f}" for t in result["official_seconds"]),
+         ["official loop copy (`official_loop.py`, bf16, one row at a time)", s["copy"],
+          result["rows"]],
+         ["`obliviate evaluate --official --no_probes --no_exposure`", s["official"],
           result["rows"]]],
     )  # fmt: skip
-    phase_rows = [[name, f"{v['official']:.2f}", f"{v['obliviate']:.2f}", f"{v['official'] / v['obliviate']:.1f}×"]
-                  for name, v in result["phases"].items()]  # fmt: skip
-    phases = _common.markdown_table(["phase (all rounds)", "official s", "obliviate s", "speed-up"], phase_rows)
-    names = list(result["aggregates_obliviate"])
-    agreement = _common.markdown_table(
-        ["aggregate", "obliviate", "official loop", "|difference|"],
-        [[name, f"{result['aggregates_obliviate'][name]:.4f}", f"{result['aggregates_official'][name]:.4f}",
-          f"{result['aggregate_gaps'][name]:.4f}"] for name in names],
+    fidelity = _common.markdown_table(
+        ["model", "identical generations (`--official` vs copy)", "task aggregate (copy / obliviate)",
+         "largest term gap"],
+        [[name, f"{c['identical']:.1%} of {c['rows']}",
+          f"{c['aggregate_official']:.4f} / {c['aggregate_obliviate']:.4f}", f"{c['largest_term_gap']:.1e}"]
+         for name, c in result["checks"].items()],
     )  # fmt: skip
     verdict = "met" if result["speedup_median"] >= GOAL else "not met"
+    if not result["checks"]:  # --max_new_tokens other than 256: no --official run to compare
+        result["checks"] = {"none (needs --max_new_tokens 256)": {"identical": float("nan"), "rows": 0,
+                            "aggregate_gap": float("nan"), "largest_term_gap": float("nan"),
+                            "aggregate_official": float("nan"), "aggregate_obliviate": float("nan")}}  # fmt: skip
+        s.setdefault("official", "not run")
+        result["official_speedup_median"] = float("nan")
+    worst = min(c["identical"] for c in result["checks"].values())
+    same = all(c["aggregate_gap"] < 1e-9 and c["largest_term_gap"] < 1e-9 for c in result["checks"].values())
     headline = (
-        f"**Speed-up: {result['speedup_median']:.1f}×** (median of {result['rounds']} interleaved rounds: "
-        f"{', '.join(f'{s:.1f}×' for s in result['speedups'])}; goal ≥ {GOAL:.0f}×: {verdict} on "
-        f"{_device_name(result)}). **Identical generations: {result['identical_generations']:.1%}** of "
-        f"{result['rows']} rows. **Largest aggregate difference: {result['largest_gap_excluding_nll']:.4f}** among "
-        f"the scores the official script reports (ROUGE-L recall, exact match, task aggregate); the mean NLL "
-        f"differs by up to {result['largest_gap']:.2f} nats ({result['largest_gap_name']}) because the two "
-        "define it on different tokens (below)."
+        f"**Speed-up: {result['speedup_median']:.1f}×** end to end for `obliviate evaluate` against the official "
+        f"loop copy on {result['rows']} rows ({_device_name(result)}; goal ≥ {GOAL:.0f}×: {verdict}); "
+        f"`--official` runs {result['official_speedup_median']:.1f}× faster than the copy. **`--official` "
+        f"fidelity: {worst:.1%}** identical generations at worst over {', '.join(result['checks'])} (goal ≥ "
+        f"{IDENTITY_GOAL:.1%}); task aggregates and terms {'equal' if same else 'differ'}."
     )
-    _common.emit("bench_eval", "\n\n".join([speed, phases, agreement, headline]), result)
+    _common.emit("bench_eval", "\n\n".join([speed, fidelity, headline]), result)
     if write:
-        _common.write_section("bench_eval", section(result, speed, phases, agreement, headline, argv))
-        _common.write_readme_line("readme:bench_eval", readme_line(result))
+        _common.write_section("bench_eval", section(result, speed, fidelity, headline, argv))
+        _common.write_readme_line("readme:bench_eval", readme_line(result, worst))
 
 
-def readme_line(result: dict) -> str:
-    """The README's summary bullet, from the same figures as the section."""
+def readme_line(result: dict, worst: float) -> str:
     verdict = "met" if result["speedup_median"] >= GOAL else "not met"
     return (
-        f"- the evaluator is **{result['speedup_median']:.1f}×** faster than a one-row-at-a-time reimplementation of "
-        f"the official SemEval loop on {_device_name(result)} ({result['rows']} rows), with "
-        f"{result['identical_generations']:.1%} identical generations and aggregates that differ by at most "
-        f"{result['largest_gap_excluding_nll']:.4f} (goal ≥ {GOAL:.0f}×: {verdict});"
+        f"- `obliviate evaluate` is **{result['speedup_median']:.1f}×** faster end to end than a one-row-at-a-time "
+        f"copy of the official SemEval loop on {result['rows']} LUME rows ({_device_name(result)}; goal ≥ "
+        f"{GOAL:.0f}×: {verdict}), and `--official` reproduces the copy's generations ({worst:.1%} identical at worst "
+        f"over {', '.join(result['checks'])});"
     )
 
 
-def _device_name(result: dict) -> str:
-    return "CPU" if result["device"] == "cpu" else result["device"]
-
-
-def describe(result: dict) -> str:
-    per_split = result["rows_per_split"]
-    return (
-        f"A seeded sample of LUME Task2 rows ({per_split['forget']} forget + {per_split['retain']} retain, whole "
-        f"people kept together) and a `tiny` OLMo ({result['parameters']:,} parameters, fp32, {_device_name(result)}, "
-        f"{result['threads']} torch thread) fine-tuned on them for {result['epochs']} epochs through obliviate's "
-        f"loop so that generations are non-trivial; greedy, `max_new_tokens` {result['max_new_tokens']}. "
-        "obliviate: `evaluate_model` with `EvalData(people=[])`, so it runs no PII-leak probes (and, with no "
-        "holdout, oracle or MMLU, no MIA, forget quality or final score): one batched forward pass and batched "
-        f"generation (batch {result['batch_size']}; short-answer and long-answer prompts in separate passes) "
-        "per split, "
-        "then the scorers. Official: a reimplementation of "
-        "the organisers' `evaluate_generations.py` inference loop (per row: `generate` with batch 1 from the raw "
-        "prompt, then a separate forward pass on `input + output` for the NLL) followed by its `compute_metrics` "
-        "scoring. Rounds interleaved A, B, A, B in one process; seconds are shown only for context."
+def section(result: dict, speed: str, fidelity: str, headline: str, argv: list[str]) -> str:
+    describe = (
+        f"A seeded sample of LUME rows of {', '.join(result['tasks'])} ({result['rows_per_split']['forget']} forget + "
+        f"{result['rows_per_split']['retain']} retain, whole people kept together) and a `tiny` OLMo "
+        f"({result['parameters']:,} parameters) fine-tuned on them for {result['epochs']} epochs through obliviate's "
+        f"loop; greedy, {result['max_new_tokens']} new tokens, batch {result['batch_size']}. Every contender is a "
+        "fresh process timed from launch to exit (imports, model load, data, generation, NLL, scoring, writing). "
+        "The copy (`benchmarks/official_loop.py`) follows the organisers' published `evaluate_generations.py`: "
+        "bfloat16 weights, one row at a time, `generate` then a separate NLL pass on `input + output`. obliviate's "
+        "default mode runs fp32, batched; greedy rows leave their batch at eos and batches are bucketed by "
+        "reference answer length."
     )
-
-
-def why_cpu(result: dict) -> str:
-    generation = result["phases"]["generation"]
-    forward = result["phases"]["forward pass (NLL)"]
-    return (
-        "Why the speed-up is small on a CPU: with one thread the model's arithmetic grows with the batch, so "
-        "batching saves only the per-call Python and dispatch overhead. Generation gains "
-        f"{generation['official'] / generation['obliviate']:.1f}×, and a batch keeps computing rows that have "
-        "already emitted eos until its longest row ends (the sort is by prompt length, so the few long completion "
-        "rows share a batch with many short QA rows). The batched forward pass runs at "
-        f"{forward['official'] / forward['obliviate']:.1f}× the speed of the per-row passes: short QA rows are "
-        "padded to the longest completion "
-        "row in their batch, and `forward_pass` also computes the Min-K%++ statistics (mean and spread of log p "
-        "over the whole vocabulary at every position) for every row, though no MIA is requested here. On a GPU a "
-        "model this small is bound by kernel launches, so a batch-32 step should cost about what a batch-1 step "
-        "does; that is where the 10× goal is meant to be met, and `--device cuda` runs the same comparison there "
-        "(not measured: this session had no GPU)."
-    )
-
-
-def section(result: dict, speed: str, phases: str, agreement: str, headline: str, argv: list[str]) -> str:
-    nll_note = (
-        "The NLL means differ by definition, not by numerics: the official loop tokenises `input + output` glued "
-        "together with no separator and no eos (`...Her Social` + `Security Number...` becomes `SocialSecurity`; "
-        "a question's `?` runs into its answer) and masks `len(tokenised input)` positions, whereas obliviate "
-        "tokenises prompt and answer separately with one separating space, as the model was trained, and scores "
-        "the eos. On obliviate's own tokens, one row at a time, the per-row NLL differs from the batched pass by at "
-        f"most {result['max_row_nll_gap_same_tokens']:.1e} (padding and batching numerics only); and the official "
-        "formula applied to `input + separator + output + eos` gives split means within "
-        f"{result['max_nll_gap_with_separator_and_eos']:.1e} of obliviate's."
-    )
-    ours = result["aggregates_obliviate"]
-    zero = [name for name in ours if name.endswith(("retain/exact_match", "retain/rougeL_recall")) and ours[name] == 0]
-    zero += [name for name in ours if name.startswith("forget/") and not name.endswith("nll") and ours[name] == 1]
-    if ours["task_aggregate"] == 0 and zero:
-        nll_note += (
-            f" The task aggregate is 0 for both because a harmonic-mean term is 0 ({', '.join(zero)}) for this "
-            "briefly trained tiny model."
-        )
     command = _common.reproduce_command("bench_eval.py", argv)
-    reproduce = (
-        f"Reproduce: `{command}` (measured {_common.utc_date()}). `--rows 3000 --max_new_tokens 256` evaluates "
-        "every Task2 row at the official generation length (long on a CPU); `--epochs 30` trains the model until "
-        "it answers some QA rows exactly."
-    )
-    parts = ["## Evaluation speed", describe(result), speed, headline, phases]
-    if result["device"] == "cpu" and result["speedup_median"] < GOAL:
-        parts.append(why_cpu(result))
-    return "\n\n".join(parts + [agreement, nll_note, reproduce])
+    reproduce = f"Reproduce: `{command}` (measured {_common.utc_date()})."
+    return "\n\n".join(["## Evaluation speed and official-mode fidelity", describe, speed, fidelity, headline,
+                        reproduce])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -302,6 +302,14 @@ class EvaluateConfig:
     leak_samples: int = option(0, "sampled generations per leak probe", ge=0, le=1000)
     exposure_k: int = option(100, "fakes each PII value is ranked among for exposure (Carlini et al.: >= 100)", ge=1)
     no_exposure: bool = option(False, "skip exposure (it costs K + 1 continuations per PII value)")
+    no_probes: bool = option(
+        False, "skip the PII-leak probes (leak and partial-leak rates): generate only the rows, as the official script"
+    )
+    official: bool = option(
+        False,
+        "score as the SemEval-2025 Task 4 organisers' script: weights in bfloat16, prompt and answer glued into one "
+        "string for the NLL, 256 new tokens (docs/METRICS.md, Official mode)",
+    )
     chat_template: bool = option(False, "wrap prompts in the tokenizer's chat template")
     show_pii: bool = option(False, "keep PII values in generations and reports")
     select: str = option(
@@ -341,6 +349,11 @@ class EvaluateConfig:
         validate(self)
         if bool(self.model) == bool(self.checkpoints):
             raise ConfigError("pass exactly one of --model and --checkpoints")
+        if self.official and (self.max_new_tokens != 256 or self.chat_template):
+            raise ConfigError(
+                "--official generates 256 new tokens from the raw prompt, as the organisers' script does: drop "
+                "--max_new_tokens and --chat_template"
+            )
         comma_list("attacks", self.attacks, ATTACKS)
         comma_list("relearn_sources", self.relearn_sources, RELEARN_SOURCES)
         comma_list("quantize_bits", self.quantize_bits, QUANTIZE_BITS, int)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from obliviate.evaluate.data import load_eval_data
     from obliviate.evaluate.membership import oracle_stats
     from obliviate.evaluate.semeval import load_mmlu_metrics
-    from obliviate.evaluate.suite import EvalOptions
+    from obliviate.evaluate.suite import eval_options
     from obliviate.io import check_output_dir
     from obliviate.models.load import load_model, process_device
 
@@ -54,25 +54,16 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(config.output_dir, inputs, overwrite=config.overwrite)
     mmlu = load_mmlu_metrics(config.mmlu_metrics) if config.mmlu_metrics else None
     data = load_eval_data(config.forget_dir, config.retain_dir, config.holdout_dir, config.mia_dir, config.pii)
-    options = EvalOptions(
-        batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-        max_examples=config.max_examples,
-        leak_samples=config.leak_samples,
-        exposure=not config.no_exposure,
-        exposure_k=config.exposure_k,
-        chat_template=config.chat_template,
-        show_pii=config.show_pii,
-        seed=config.seed,
-    )
+    options = eval_options(config)
+    dtype = options.load_dtype
     model = tokenizer = None
     device = process_device()
     if config.model:  # loaded before anything is written, so that a bad model leaves no output behind
-        model, tokenizer = load_model(config.model, base_model=config.base_model, device=device)
+        model, tokenizer = load_model(config.model, base_model=config.base_model, device=device, dtype=dtype)
         model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # plain matmuls
     oracle = None
     if config.oracle:
-        oracle_model, oracle_tokenizer = load_model(config.oracle, device=device)
+        oracle_model, oracle_tokenizer = load_model(config.oracle, device=device, dtype=dtype)
         oracle = oracle_stats(oracle_model, oracle_tokenizer, data, options)
         del oracle_model
     code = _evaluate_and_write(config, out, inputs, data, options, oracle, model, tokenizer, mmlu)
@@ -94,7 +85,8 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
     attacks = _attacks(config, config.model, model, tokenizer, data, options, result, oracle)
     if process_state().is_main_process:
         prepare_output_dir(out, inputs, overwrite=config.overwrite, command="evaluate")
-        extra = {"model": str(config.model)}
+        extra = {"model": str(config.model), "mode": "official" if config.official else "default"}
+        extra["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
         write_evaluation(out, result, f"Evaluation of {config.model}", extra=extra, attacks=attacks)
         if config.evidence:
             from obliviate.report.evidence import write_evidence
@@ -121,7 +113,9 @@ def _evaluate_checkpoints(config, out, inputs, data, options, oracle) -> int:
     attacks = []
     if config.attacks:
         base = epoch_eval.run_model_dir(Path(config.checkpoints))
-        model, tokenizer = load_model(chosen.path, base_model=base if chosen.epoch else None, device=process_device())
+        model, tokenizer = load_model(
+            chosen.path, base_model=base if chosen.epoch else None, device=process_device(), dtype=options.load_dtype
+        )
         model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         attacks = _attacks(config, config.checkpoints, model, tokenizer, data, options, chosen.result, oracle)
         del model

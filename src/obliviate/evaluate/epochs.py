@@ -49,7 +49,7 @@ def evaluate_epoch(
 ) -> EvalResult:
     """One model's evaluation on this process's device; an adapter is merged into its base first, so that generation
     runs plain matmuls. The model is freed before returning: the next epoch, or training, needs the memory."""
-    model, tokenizer = load_model(path, base_model=base_model, device=process_device())
+    model, tokenizer = load_model(path, base_model=base_model, device=process_device(), dtype=options.load_dtype)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     try:

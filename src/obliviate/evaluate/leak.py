@@ -72,6 +72,15 @@ def build_probes(records: Sequence[Record], people: Iterable[PersonPII], split: 
     return probes
 
 
+def unique_prompts(row_prompts: Iterable[str], probes: Iterable[Probe]) -> list[str]:
+    """Every distinct prompt once, rows first, in first-seen order.
+
+    A ``question`` probe is the QA row's own input, two people can share a generic paraphrase or a completion prefix,
+    and one prompt can probe several fields; each is generated once and its output scored for every probe that has it.
+    """
+    return list(dict.fromkeys([*row_prompts, *(probe.prompt for probe in probes)]))
+
+
 @dataclasses.dataclass(frozen=True)
 class LeakReport:
     """Leak rates of one split; values never appear here, only person ids and field names.

@@ -78,6 +78,7 @@ def mia_sets(model, tokenizer, data, records_by_split, token_scores, options, no
                 max_length=options.max_length,
                 desc=f"MIA {name}",
                 show_progress=options.show_progress,
+                official=options.official,
             )
             docs[name] = mia_examples(records, ts)
         notes.append("membership inference: member.jsonl against nonmember.jsonl")
@@ -104,6 +105,7 @@ def oracle_stats(model, tokenizer, data: EvalData, options: EvalOptions) -> Orac
             max_length=options.max_length,
             desc="oracle forward",
             show_progress=options.show_progress,
+            official=options.official,
         )
 
     forget, ts_forget = scored("forget")

@@ -3,8 +3,9 @@
 The forward pass returns, per example, the log-prob of every token, plus the mean and standard deviation of the
 model's own next-token log-prob distribution at each position (Min-K%++ needs them). Answer NLL, perplexity,
 forget quality and every membership-inference score are pure functions of these values; nothing is recomputed.
-Generation is greedy (optionally k samples at temperature 1), batched with left padding and the KV cache, and each
-row stops at its own eos.
+Generation is greedy (optionally k samples at temperature 1), batched with left padding and the KV cache; rows are
+grouped by their expected answer length, and each greedy row leaves its batch at its own eos
+(:mod:`~obliviate.evaluate.decode`), so a short answer never waits for a long one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from tqdm.auto import tqdm
 
 from obliviate.data.batching import collate, encode_prompt, encode_record
 from obliviate.data.records import Record
+from obliviate.evaluate import official as official_recipe
+from obliviate.evaluate.decode import greedy_compacting, plain_greedy
 from obliviate.losses.common import IGNORE_INDEX
 
 
@@ -57,11 +60,33 @@ class TokenScores:
         return self.token_logp[: self.text_positions]
 
 
-def _length_order(lengths: list[int]) -> list[int]:
-    """Longest first (little padding), and under several processes only this rank's share of the rows."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+def _length_order(lengths: list[int], expected: list[int] | None = None) -> list[int]:
+    """Longest first (little padding), and under several processes only this rank's share of the rows.
+
+    With ``expected`` (answer lengths), rows are bucketed by it first: a batch then holds answers that end at about
+    the same step, so it stays full while it decodes.
+    """
+    if expected is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: (-expected[i], -lengths[i]))
     state = _state()
     return order[state.process_index :: state.num_processes] if state.num_processes > 1 else order
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, same_length: bool) -> list[list[int]]:
+    """``order`` cut into batches of ``batch_size``; with ``same_length``, a batch never mixes two lengths.
+
+    Official mode batches only rows of one length: padding changes bfloat16 logits enough to flip greedy choices
+    (with left padding, about 1 generation in 20 on a micro model differed from batch-1 ones; with equal lengths,
+    none), and the organisers' loop pads nothing.
+    """
+    if not same_length:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    by_length: dict[int, list[int]] = {}
+    for index in order:
+        by_length.setdefault(lengths[index], []).append(index)
+    return [rows[i : i + batch_size] for rows in by_length.values() for i in range(0, len(rows), batch_size)]
 
 
 def _state():
@@ -94,19 +119,24 @@ def forward_pass(
     desc: str = "forward",
     show_progress: bool = True,
     distribution: bool = True,
+    official: bool = False,
 ) -> list[TokenScores]:
     """One batched forward pass over ``records`` (longest first, to pad little); results in input order.
 
     ``distribution=False`` skips the per-position mean and spread of log p over the vocabulary (Min-K%++ only),
-    leaving ``mu`` and ``sigma`` zero, for splits that no membership attack reads.
+    leaving ``mu`` and ``sigma`` zero, for splits that no membership attack reads. ``official=True`` scores the
+    organisers' tokens instead (:func:`obliviate.evaluate.official.encode`: prompt and answer glued, no eos).
     """
     model.eval()
     device = next(model.parameters()).device
-    encoded = [encode_record(tokenizer, r, max_length) for r in records]
-    order = _length_order([len(e.ids) for e in encoded])
+    if official:
+        encoded = [official_recipe.encode(tokenizer, r) for r in records]
+    else:
+        encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    lengths = [len(e.ids) for e in encoded]
+    batches = _batches(_length_order(lengths), lengths, batch_size, same_length=official)
     results: list[TokenScores | None] = [None] * len(records)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
-        rows = order[start : start + batch_size]
+    for rows in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
         batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logp_all = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -144,8 +174,14 @@ def generate(
     max_length: int = 512,
     desc: str = "generate",
     show_progress: bool = True,
+    expected_lengths: list[int] | None = None,
+    official: bool = False,
 ) -> tuple[list[str], list[list[str]]]:
     """Greedy continuations of raw prompts and, with ``num_samples`` > 0, that many samples at temperature 1.
+
+    ``expected_lengths`` (tokens each answer is expected to take, e.g. its reference answer's) buckets the batches;
+    it changes only the speed. ``official=True`` encodes each prompt as ``tokenizer(prompt)`` untouched, as the
+    organisers' loop does.
 
     Returns:
         ``(greedy, samples)``: ``greedy[i]`` is the decoded continuation of ``prompts[i]`` (special tokens removed);
@@ -153,13 +189,18 @@ def generate(
     """
     model.eval()
     device = next(model.parameters()).device
-    encoded = [encode_prompt(tokenizer, p)[-max_length:] or [tokenizer.eos_token_id] for p in prompts]
-    order = _length_order([len(e) for e in encoded])
+    if official:
+        encoded = [official_recipe.prompt_ids(tokenizer, p) or [tokenizer.eos_token_id] for p in prompts]
+    else:
+        encoded = [encode_prompt(tokenizer, p)[-max_length:] or [tokenizer.eos_token_id] for p in prompts]
+    lengths = [len(e) for e in encoded]
+    batches = _batches(_length_order(lengths, expected_lengths), lengths, batch_size, same_length=official)
+    compact = plain_greedy(model)
+    cleanup = {"clean_up_tokenization_spaces": True} if official else {}  # as their batch_decode is called
     greedy: list[str | None] = [None] * len(prompts)
     samples: list[list[str] | None] = [None] * len(prompts)
     generator_seed = seed
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
-        rows = order[start : start + batch_size]
+    for rows in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
         input_ids, attention_mask = _left_pad([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         common = dict(
             input_ids=input_ids,
@@ -168,9 +209,15 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        out = model.generate(**common, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
-        for row, index in enumerate(rows):
-            greedy[index] = tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True)
+        if compact:
+            continuations = greedy_compacting(
+                model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id
+            )
+        else:
+            out = model.generate(**common, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+            continuations = [out[row, input_ids.shape[1] :] for row in range(len(rows))]
+        for index, continuation in zip(rows, continuations):
+            greedy[index] = tokenizer.decode(continuation, skip_special_tokens=True, **cleanup)
         if num_samples > 0:
             torch.manual_seed(generator_seed)
             generator_seed += 1

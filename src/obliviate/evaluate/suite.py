@@ -16,11 +16,12 @@ import numpy as np
 
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.records import Record
-from obliviate.errors import ConfigError, DataError, ModelError
-from obliviate.evaluate import exposure, leak, partial, scores, semeval
+from obliviate.errors import ConfigError, DataError
+from obliviate.evaluate import exposure, leak, official, partial, scores, semeval
 from obliviate.evaluate.data import EVAL_SPLITS, EvalData, people_of, sample_records
+from obliviate.evaluate.generation import generate_split
 from obliviate.evaluate.membership import OracleStats, mia_metrics, mia_sets, oracle_metrics
-from obliviate.evaluate.passes import TokenScores, forward_pass, generate
+from obliviate.evaluate.passes import TokenScores, forward_pass
 from obliviate.evaluate.results import EvalResult, Metric
 
 
@@ -41,6 +42,9 @@ class EvalOptions:
         exposure: rank each PII value among ``exposure_k`` fakes of its format (:mod:`~obliviate.evaluate.exposure`).
         exposure_k: candidates per value (Carlini et al. use K ≥ 100; fewer only for quick looks).
         exposure_splits: the splits whose values are ranked (each costs K + 1 continuations per value).
+        leak_probes: generate the PII-leak probes (leak rate, partial leaks); off, generation covers only the rows.
+        official: the SemEval organisers' recipe (:mod:`~obliviate.evaluate.official`): the model must be bfloat16,
+            prompts are ``tokenizer(input)`` untouched, and the NLL is scored on ``tokenizer(input + output)``.
         exposure_attacks: prompts each value is ranked in: ``question`` (the dataset's), ``prefix`` (the biography cut
             before the value); each adds K + 1 scored continuations per value.
     """
@@ -59,21 +63,37 @@ class EvalOptions:
     exposure_k: int = 100
     exposure_attacks: tuple[str, ...] = ("question",)
     exposure_splits: tuple[str, ...] = ("forget", "retain", "holdout")
+    leak_probes: bool = True
+    official: bool = False
+
+    @property
+    def load_dtype(self):
+        """The dtype models are loaded in for these options: bfloat16 in official mode, else the device's default."""
+        return official.DTYPE if self.official else None
 
     def __post_init__(self) -> None:
+        if self.official and self.chat_template:
+            raise ConfigError("official: the organisers' script generates from the raw prompt, with no chat template")
         if self.exposure_k < 1:
             raise ConfigError(f"exposure_k: expected at least 1 candidate per value, found {self.exposure_k}")
         if not self.exposure_attacks or not set(self.exposure_attacks) <= set(exposure.ATTACKS):
             raise ConfigError(f"exposure_attacks: expected some of {exposure.ATTACKS}, found {self.exposure_attacks}")
 
 
-def _prompt(tokenizer, text: str, chat_template: bool) -> str:
-    if not chat_template:
-        return text
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError("--chat_template was given but the tokenizer has no chat template")
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+def eval_options(config) -> EvalOptions:
+    """The options of an ``EvaluateConfig`` (``obliviate evaluate`` and the Python API build them alike)."""
+    return EvalOptions(
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        max_examples=config.max_examples,
+        leak_samples=config.leak_samples,
+        exposure=not config.no_exposure,
+        exposure_k=config.exposure_k,
+        chat_template=config.chat_template,
+        show_pii=config.show_pii,
+        seed=config.seed,
+        leak_probes=not getattr(config, "no_probes", False),
+        official=getattr(config, "official", False),
     )
 
 
@@ -96,11 +116,12 @@ def evaluate_split(
         desc=f"{split} forward",
         show_progress=options.show_progress,
         distribution=split in ("forget", "holdout"),  # only membership inference reads mu / sigma
+        official=options.official,
     )
     scored = [r for r in records if r.kind in ("completion", "qa")]
     split_people = people_of(people, split)
-    probes = leak.build_probes(records, split_people, split) if split_people else []
-    greedy_by_prompt, samples_by_prompt = _generate_all(model, tokenizer, split, scored, probes, options)
+    probes = leak.build_probes(records, split_people, split) if split_people and options.leak_probes else []
+    greedy_by_prompt, samples_by_prompt = generate_split(model, tokenizer, split, scored, probes, options)
     rows = []
     for record, ts in zip(records, token_scores):
         row: dict[str, Any] = {
@@ -129,45 +150,6 @@ def evaluate_split(
         )
         report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy))
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
-
-
-def _generate_all(model, tokenizer, split: str, scored: list[Record], probes: list, options: EvalOptions):
-    """Greedy (and sampled) continuations of every unique prompt of a split, each generated once.
-
-    Prompts whose answers are short (questions, paraphrases) and prompts whose answers are long (completion
-    prefixes) are generated in separate passes: a batch runs until its longest row ends, so mixing them would make
-    every short row wait for the long ones.
-    """
-    long = {r.input for r in scored if r.kind == "completion"} | {p.prompt for p in probes if p.attack == "prefix"}
-    prompts = list(dict.fromkeys([r.input for r in scored] + [p.prompt for p in probes]))
-    probe_prompts = {p.prompt for p in probes}
-    greedy_by_prompt: dict[str, str] = {}
-    samples_by_prompt: dict[str, list[str]] = {}
-    for group in ([p for p in prompts if p not in long], [p for p in prompts if p in long]):
-        if not group:
-            continue
-        common = dict(
-            max_new_tokens=options.max_new_tokens,
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            show_progress=options.show_progress,
-        )
-        shown = [_prompt(tokenizer, p, options.chat_template) for p in group]
-        greedy, _ = generate(model, tokenizer, shown, desc=f"{split} generate", **common)
-        greedy_by_prompt.update(zip(group, greedy))
-        sampled = [p for p in group if p in probe_prompts]
-        if options.leak_samples and sampled:
-            _, samples = generate(
-                model,
-                tokenizer,
-                [_prompt(tokenizer, p, options.chat_template) for p in sampled],
-                num_samples=options.leak_samples,
-                seed=options.seed,
-                desc=f"{split} sample",
-                **common,
-            )
-            samples_by_prompt.update(zip(sampled, samples))
-    return greedy_by_prompt, samples_by_prompt
 
 
 def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], report) -> list[Metric]:
@@ -217,6 +199,8 @@ def evaluate_model(
     mmlu_acc: float | None = None,
 ) -> EvalResult:
     """Every metric of the suite on every split present in ``data``."""
+    if options.official:
+        official.check_model(model)
     passes = _SplitPasses(notes=list(data.notes))
     redactor = None if options.show_pii or not data.people else leak.Redactor(data.people)
     sampler = CandidateSampler(data.people, seed=options.seed) if options.exposure and data.people else None
