@@ -182,7 +182,7 @@ def _evaluate(config, model, tokenizer, oracle) -> EvalResult:
     from obliviate.evaluate.data import load_eval_data
     from obliviate.evaluate.membership import oracle_stats
     from obliviate.evaluate.semeval import load_mmlu_metrics
-    from obliviate.evaluate.suite import EvalOptions, evaluate_model
+    from obliviate.evaluate.suite import eval_options, evaluate_model
     from obliviate.models.load import load_model, process_device
 
     out = None
@@ -194,24 +194,15 @@ def _evaluate(config, model, tokenizer, oracle) -> EvalResult:
         out = check_output_dir(config.output_dir, read, overwrite=config.overwrite)
     mmlu = load_mmlu_metrics(config.mmlu_metrics) if config.mmlu_metrics else None
     data = load_eval_data(config.forget_dir, config.retain_dir, config.holdout_dir, config.mia_dir, config.pii)
-    options = EvalOptions(
-        batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-        max_examples=config.max_examples,
-        leak_samples=config.leak_samples,
-        exposure=not config.no_exposure,
-        exposure_k=config.exposure_k,
-        chat_template=config.chat_template,
-        show_pii=config.show_pii,
-        seed=config.seed,
-    )
+    options = eval_options(config)  # as `obliviate evaluate` builds them (--official, --no_probes included)
+    dtype = options.load_dtype
     if model is None:
-        model, tokenizer = load_model(config.model, base_model=config.base_model, device=process_device())
+        model, tokenizer = load_model(config.model, base_model=config.base_model, device=process_device(), dtype=dtype)
         model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     stats = None
     if oracle is not None:
         oracle_model, oracle_tokenizer = (
-            oracle if isinstance(oracle, tuple) else load_model(oracle, device=process_device())
+            oracle if isinstance(oracle, tuple) else load_model(oracle, device=process_device(), dtype=dtype)
         )
         stats = oracle_stats(oracle_model, oracle_tokenizer, data, options)
     result = evaluate_model(model, tokenizer, data, options, oracle=stats, mmlu_acc=mmlu)
