@@ -203,11 +203,12 @@ def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
     results = {
         "summary": [{"model": "target", "forget/rougeL_recall": 0.4321, "retain/rougeL_recall": 0.9}],
         "goals": [{"goal": "npo: a", "holds": True}, {"goal": "npo: b", "holds": False}],
+        "memorisation": {"target": {"epochs": 9}},
     }
     text = bench_quality.write_up(results, args, "CMD --finetune_epochs 12", 61.4, cores=3)
-    assert "with `CMD --finetune_epochs 12` (tiny OLMo, 12 fine-tuning epochs" in text
+    assert "with `CMD --finetune_epochs 12` (tiny OLMo, fine-tuned until memorised within 12 epochs" in text
     assert "whole run 61s on a machine with 3 CPU cores)" in text and "2 CPU cores" not in text
-    assert "after 12 fine-tuning epochs: 0.432 (forget) / 0.900 (retain)." in text
+    assert "after 9 fine-tuning epochs: 0.432 (forget) / 0.900 (retain)." in text  # the epochs it took
     assert "Goals against the oracle: 1 of 2 hold." in text and "- ✗ npo: b" in text
     assert "1 CPU core)" in bench_quality.write_up(results, args, "CMD", 1.0, cores=1)
 
