@@ -105,13 +105,16 @@ def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obl
     plots = {name: path.relative_to(out_dir) for name, path in _plots(outcome, rows, out_dir).items()}
     goal_rows = goals(rows)
     notes = _notes(outcome)
+    attacks, sections = _attacks(outcome, out_dir, plots, goal_rows)
     columns = [Column("model", "model"), *metric_columns("columns", rows), *RUN_COLUMNS]
-    write_report(render_demo_report(rows, columns, plots, notes, title, goal_rows), out_dir / "report.md")
+    text = render_demo_report(rows, columns, plots, notes, title, goal_rows, sections=sections)
+    write_report(text, out_dir / "report.md")
     write_json(
         out_dir / "results.json",
         {
             "summary": rows,
             "goals": goal_rows,
+            **attacks,
             "runs": [run.to_json() for run in outcome.runs],
             "config": dataclasses.asdict(outcome.config),
             "notes": notes,
@@ -120,6 +123,28 @@ def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obl
         },
     )
     return out_dir / "report.md"
+
+
+def _attacks(outcome: PipelineOutcome, out_dir: Path, plots: dict[str, Path], goal_rows: list) -> tuple[dict, dict]:
+    """With attacks (:mod:`obliviate.pipeline_attacks`): their goals appended to ``goal_rows``, their plot added to
+    ``plots``; returns the ``results.json`` keys and the report's "Attacks" section (both empty without)."""
+    if outcome.attacks is None:
+        return {}, {}
+    from obliviate.report import demo_attacks
+
+    entries = outcome.attacks.entries()
+    found = demo_attacks.attack_goals(entries)
+    goal_rows.extend(found)
+    plots[demo_attacks.PLOT_TITLE] = demo_attacks.plot_pipeline_attacks(
+        entries, out_dir / demo_attacks.PLOT
+    ).relative_to(out_dir)
+    section = demo_attacks.attack_section(outcome.attacks, found, outcome.wall_seconds)
+    data = {
+        "attacks": entries,
+        "attack_seconds": outcome.attacks.wall_seconds,
+        "default_method": outcome.attacks.default_method,
+    }
+    return data, {"Attacks": section}
 
 
 def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:

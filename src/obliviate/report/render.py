@@ -294,6 +294,7 @@ def render_demo_report(
     title: str,
     goals: list[dict[str, Any]] | None = None,
     report_dir: Path | None = None,
+    sections: dict[str, str] | None = None,
 ) -> str:
     """The demo's side-by-side report: one row per model (target, oracle, each method), plots, goals, notes.
 
@@ -306,6 +307,7 @@ def render_demo_report(
         title: the report's heading.
         goals: ``{"goal", "value", "target", "holds"}`` per goal, rendered as a table with a count of those held.
         report_dir: the folder the report will be written to.
+        sections: title → markdown body of further sections, shown after the summary (the attacks).
     """
     shown = [c if isinstance(c, Column) else metric_column(*c) for c in columns]
     if "model" not in [c.key for c in shown]:
@@ -322,6 +324,7 @@ def render_demo_report(
     parts = [
         f"# {title}\n",
         _section("Summary", summary),
+        *(_section(name, body) for name, body in (sections or {}).items()),
         _section("Plots", _image_links(plots, report_dir)),
         _section("Goals", goals_text),
         _section("Notes", _bullets(notes)),
