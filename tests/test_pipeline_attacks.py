@@ -145,3 +145,44 @@ def test_attack_goal_is_the_oracle_after_the_same_attack_plus_five_points():
     # one before/after pair of bars per model and attack that ran, in order
     heights = [bar.get_height() for bar in draw_pipeline_attacks(entries).axes[0].patches]
     assert heights == [0.5, 0.9, 0.5, 0.2, 0.5, 0.0, 0.5, 0.25, 0.5, 0.06, 0.5, 0.0]
+
+
+def test_benchmark_write_ups_show_the_attacks_and_count_their_goals():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_quality
+    import demo_results
+
+    entries = [_entry(ORACLE, RELEARN, 0.2), _entry("npo", RELEARN, 0.4)]
+    for entry in entries:
+        entry["before"]["forget/rougeL_recall"] = 0.3
+        entry["after"]["forget/rougeL_recall"] = 0.6
+    rows = [{"model": "target"}, {"model": ORACLE}, {"model": "npo"}]
+    results = {
+        "summary": rows,
+        "goals": attack_goals(entries),
+        "attacks": entries,
+        "attack_seconds": 30.0,
+        "default_method": "npo",
+        "notes": ["wall time of the whole pipeline: 150s; ..."],
+    }
+    text = demo_results.attacks_text(results)
+    assert "| npo | relearn forget_half k=10 | 0.500 → 0.400 | 0.300 → 0.600 |" in text
+    assert "They took 30s, 25% on top of the rest of the pipeline." in text
+    assert (
+        "holds for 0 of 1 attacks; forget leak after relearn forget_half k=10 0.400 against the oracle's 0.200" in text
+    )
+    held, total, lines = demo_results.goal_lines(rows, demo_results.attack_goals(results))
+    plain_held, plain_total, _ = demo_results.goal_lines(rows)
+    assert (held, total) == (plain_held, plain_total + 1)
+    assert (
+        "forget leak after relearn forget_half k=10 ≤ the oracle's after it + 5 pp (0.400 against 0.200)" in lines[0]
+    )
+    args = bench_quality.build_parser().parse_args([])
+    assert args.attacks == "relearn,quantize"
+    written = bench_quality.write_up({**results, "summary": [{"model": "target"}]}, args, "CMD", 1.0, cores=2)
+    assert "### Attacks on LUME" in written and "| npo | relearn forget_half k=10 |" in written
+    assert "### Attacks" not in bench_quality.write_up(
+        {"summary": [{"model": "target"}], "goals": []}, args, "C", 1, 2
+    )
