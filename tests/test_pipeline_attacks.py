@@ -3,6 +3,7 @@ chosen checkpoint, in results.json, the report, one plot and the goals; ``attack
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_results_carry_each_attack_for_target_oracle_and_every_method(attacked):
     for entry in entries:
         assert entry["ran"], entry
         assert 0.0 <= entry["after"]["forget/leak_rate"] <= 1.0
-        assert entry["params"].get("lr", 3e-3) == 3e-3  # every model relearned at the pipeline's fine-tuning rate
+        # every model relearned at one rate, a tenth of the pipeline's fine-tuning rate
+        assert entry["params"].get("lr", 3e-4) == pytest.approx(3e-4)
     # quantize's "before" is the model's own unattacked evaluation: the summary row (the method's chosen epoch)
     rows = {row["model"]: row for row in results["summary"]}
     for entry in (e for e in entries if e["name"] == QUANTIZE):
@@ -92,8 +94,8 @@ def test_attack_goals_are_computed_from_the_attacked_models(attacked):
 
 
 def test_attacks_none_turns_them_off(attacked, tmp_path):
-    root, _, _ = attacked
-    config = _micro(tmp_path / "demo", root / "cache", attacks="none")
+    _, outcome, _ = attacked
+    config = _micro(tmp_path / "demo", tmp_path / "cache", attacks="none")
     assert attack_options(config) is None
 
     class NoJobs:
@@ -101,6 +103,12 @@ def test_attacks_none_turns_them_off(attacked, tmp_path):
             raise AssertionError("attacks=none ran a job")
 
     assert run_pipeline_attacks(NoJobs(), config, {}, (None, None, None), [], []) is None
+    # the report of a run without attacks: no attacks in results.json, no section, goal or plot
+    write_demo_report(dataclasses.replace(outcome, attacks=None), tmp_path / "report")
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "attacks" not in results and not [g for g in results["goals"] if "attack" in g]
+    assert results["goals"] and "## Attacks" not in (tmp_path / "report" / "report.md").read_text()
+    assert not (tmp_path / "report" / "attack_leak_rate.png").exists()
 
 
 def test_bad_attacks_are_refused_before_any_work(tmp_path, capsys):

@@ -8,9 +8,16 @@ The attacked oracle is the reference a method is held to: a relearned oracle sho
 never saw the forget people, so leaking no more than it after the same attack is the goal (issue 11). Both run at
 the pipeline's cheap settings (one k, one source, one bit width; ``evaluate --attacks`` runs the full grid).
 
-Every model of one pipeline is relearned at one rate, the pipeline's fine-tuning rate (``finetune_lr``, the rate
-the target memorised the data at), so that "the same attack" means the same optimiser on every model. The unattacked
-numbers of a method's checkpoint are read back from its ``eval/epoch-N/results.json``; nothing is re-evaluated.
+Every model of one pipeline is relearned at one rate, so that "the same attack" means the same optimiser on every
+model: :data:`RELEARN_LR_FRACTION` of the pipeline's fine-tuning rate (``finetune_lr``, the rate the target memorised
+the data at, under a schedule). The fraction was measured on the fast demo (50 people, tiny OLMo, 10 steps of 8 rows
+on ``forget_half``): at the full 3e-3 a fresh constant-rate AdamW wrecks the target (retain ROUGE-L 0.96 → 0.12,
+forget leak 1.0 → 0), which is no attack; at 1e-3 the oracle loses retain ROUGE-L 0.96 → 0.72; at 3e-4 target and
+oracle keep every number while the default method's held-back leak rises 0 → 0.20, so relearning shows what it
+brings back and not what it breaks. The unlearning runs' own rates (range test) lay between 3e-4 and 6e-4 there.
+
+The unattacked numbers of a method's checkpoint are read back from its ``eval/epoch-N/results.json``; nothing is
+re-evaluated.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ TARGET, ORACLE = "target", "oracle (retrain)"
 RELEARN_STEPS = (10,)
 RELEARN_SOURCES = ("forget_half",)
 QUANTIZE_BITS = (4,)
+RELEARN_LR_FRACTION = 0.1
+"""The relearning rate as a share of the pipeline's fine-tuning rate (see the module docstring for why)."""
 
 
 @dataclass
@@ -68,7 +77,7 @@ def attack_options(config) -> AttackOptions | None:
         attacks=names,
         relearn_steps=RELEARN_STEPS,
         relearn_sources=RELEARN_SOURCES,
-        relearn_lr=config.finetune_lr,
+        relearn_lr=config.finetune_lr * RELEARN_LR_FRACTION,
         quantize_bits=QUANTIZE_BITS,
     )
 
