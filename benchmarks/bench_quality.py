@@ -106,7 +106,9 @@ def _epochs(results: dict, model: str) -> str:
 
 
 def write_up(results: dict, args: argparse.Namespace, command: str, seconds: float, cores: int) -> str:
-    """The Quality section: how it was measured, the target's starting point, the table and the goals."""
+    """The Quality section: how it was measured, the target's starting point, the table, the goals and the attacks."""
+    import demo_results
+
     target = results["summary"][0]
     goals = results["goals"]
     held = [g for g in goals if g["holds"]]
@@ -133,6 +135,11 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
             f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
             "",
             *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
+            *(
+                ["", "### Attacks on LUME", demo_results.attacks_text(results).strip()]
+                if results.get("attacks")
+                else []
+            ),
         ]
     )
 
@@ -154,7 +161,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     table = _common.markdown_table(
         [c.header for c in columns], [[demo_results.cell(c.cell(row.get(c.key))) for c in columns] for row in rows]
     )
-    held, total, lines = demo_results.goal_lines(rows)
+    held, total, lines = demo_results.goal_lines(rows, demo_results.attack_goals(results))
     intro = (
         f"The same pipeline on the real LUME {args.tasks} data (`../shared/data/lume`; 10 % of the retain people held "
         f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
@@ -167,6 +174,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     return (
         f"{intro}\n\n{table}\n\nGoals against the oracle (and the target, for retain): {held} of {total} hold.\n\n"
         + ("\n".join(lines))
+        + demo_results.attacks_text(results)
     )
 
 
@@ -188,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="side-by-side processes (default: one per core)")
+    parser.add_argument(
+        "--attacks",
+        default="relearn,quantize",
+        help="attacks on target, oracle and each method's chosen checkpoint (default: relearn,quantize; none: off)",
+    )
     parser.add_argument("--write", action="store_true", help="rewrite the Quality section of BENCHMARKS.md")
     parser.add_argument(
         "--set", action="append", default=[], help="method.option=value for probes (repeatable; never with --write)"
@@ -227,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_batch_size=32,  # biographies up to 512 tokens: keep each forward's logits small
         data_dirs={k: str(v) for k, v in dirs.items()},
         presets=presets,
+        attacks=args.attacks,
     )
     started = time.perf_counter()
     run_experiment(config, title=f"LUME {args.tasks} quality benchmark", log=StampedLog())  # as `obliviate run`

@@ -60,7 +60,7 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     table = _common.markdown_table(
         [c.header for c in columns], [[cell(c.cell(row.get(c.key))) for c in columns] for row in rows]
     )
-    held, total, lines = goal_lines(rows)
+    held, total, lines = goal_lines(rows, attack_goals(results))
     people = config["people"]
     when = _common.utc_date()
     if cached is None:
@@ -94,14 +94,41 @@ evaluated on up to {config["eval_max_examples"]} rows per split. Measured {when}
 
 Goals against the oracle (and the target, for retain): {held} of {total} hold.
 
-{chr(10).join(lines)}{plot}"""
+{chr(10).join(lines)}{attacks_text(results)}{plot}"""
 
 
-def goal_lines(rows: list[dict]) -> tuple[int, int, list[str]]:
-    """Goals held, goals in all, and one line per method: how many it meets and the measured value of each miss."""
+def attack_goals(results: dict) -> list[dict]:
+    """The goals against the attacked oracle that the run computed (``results.json`` goals with an ``attack``)."""
+    return [g for g in results.get("goals", []) if g.get("attack")]
+
+
+def attacks_text(results: dict) -> str:
+    """The attacks' table, the default method's verdict and their cost, from ``results.json`` (empty without)."""
+    entries = results.get("attacks")
+    if not entries:
+        return ""
+    from obliviate.report.demo_attacks import attack_table, default_verdict
+
+    found = re.search(r"wall time of the whole pipeline: (\d+)s", " ".join(results.get("notes", [])))
+    seconds = results.get("attack_seconds") or 0.0
+    cost = ""
+    if found and float(found.group(1)) > seconds:
+        rest = float(found.group(1)) - seconds
+        cost = f" They took {seconds:.0f}s, {seconds / rest:.0%} on top of the rest of the pipeline."
+    intro = (
+        "Attacks on copies of each model (relearn: 10 steps on half of each forget person's records, the other half "
+        f"probed; quantize: 4-bit round-to-nearest), forget leak and the rest *before → after*.{cost}"
+    )
+    verdict = default_verdict(attack_goals(results), results.get("default_method"))
+    return f"\n\n{intro}\n\n{attack_table(entries)}" + (f"\n\n{verdict}" if verdict else "")
+
+
+def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, int, list[str]]:
+    """Goals held, goals in all, and one line per method: how many it meets and the measured value of each miss;
+    ``extra``: goals the run computed beyond those of the summary rows (the attacks'), counted the same way."""
     from obliviate.report.demo import goals
 
-    goal_rows = goals(rows)
+    goal_rows = goals(rows) + list(extra or [])
     lines = []
     for row in rows[2:]:
         mine = [g for g in goal_rows if g["goal"].startswith(f"{row['model']}: ")]

@@ -64,7 +64,7 @@ def test_exact_command_lists_every_option_it_ran_with_but_not_write():
     assert _common.exact_command("bench_quality.py", parser, args) == (
         ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu contrast "
         "--size tiny --finetune_epochs 40 --unlearn_epochs 3 --eval_max_examples 60 --max_new_tokens 64 "
-        "--output_dir runs/lume --seed 0 --workers 0"
+        "--output_dir runs/lume --seed 0 --workers 0 --attacks relearn,quantize"
     )
     # an option left unset is left out, not written as "None"
     assert "--unlearn_epochs" not in _common.exact_command("bench_quality.py", parser, parser.parse_args([]))

@@ -63,7 +63,12 @@ def _check_demo_output(out: Path, cache: Path) -> dict:
     assert {g["goal"].split(":")[0] for g in results["goals"]} == {"ga_gd", "npo"}
     report = (out / "report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
-    assert {"rougeL_per_epoch.png", "tradeoff.png", "loss_per_epoch.png"} <= set(images)
+    assert {"rougeL_per_epoch.png", "tradeoff.png", "loss_per_epoch.png", "attack_leak_rate.png"} <= set(images)
+    # the demo's default attacks: relearn k=10 and 4-bit quantisation of every model, as references for each other
+    attacked = [(e["model"], e["name"]) for e in results["attacks"] if e["ran"]]
+    assert attacked == [
+        (model, name) for model in models for name in ("relearn forget_half k=10", "quantize int4 g128")
+    ]
     for image in images:
         assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     people = load_pii(next(cache.glob("data-*")) / "pii.json")
@@ -106,6 +111,9 @@ def test_demo_target_leaks_what_the_oracle_does_not_and_the_report_redacts_it(tm
     results = _check_demo_output(out, cache)
     target, oracle = results["summary"][0], results["summary"][1]
     assert target["forget/leak_rate"] >= oracle["forget/leak_rate"] + 0.25, (target, oracle)
+    # ten relearning steps on half of the records do not teach the oracle the held-back values the target knows
+    relearned = {e["model"]: e["after"] for e in results["attacks"] if e["name"] == "relearn forget_half k=10"}
+    assert relearned["target"]["forget/leak_rate"] >= relearned["oracle (retrain)"]["forget/leak_rate"] + 0.25
     assert target["forget/rougeL_recall"] >= oracle["forget/rougeL_recall"] + 0.2, (target, oracle)
     assert target["retain/rougeL_recall"] >= 0.5  # it memorised the retain people too
     last = _last_epochs(results)

@@ -31,6 +31,8 @@ RELEARN_SOURCES = ("forget_half", "retain", "forget_nonpii")
 """``evaluate --relearn_sources``: what the relearning attack trains on (:mod:`obliviate.evaluate.relearn`)."""
 QUANTIZE_BITS = (8, 4)
 """``evaluate --quantize_bits``: bit widths of round-to-nearest quantisation (:mod:`obliviate.evaluate.quantize`)."""
+PIPELINE_ATTACKS = "relearn,quantize"
+"""``demo --attacks``' default: both attacks, at the pipeline's cheap settings (:mod:`obliviate.pipeline_attacks`)."""
 
 
 def comma_list(flag: str, value: str, valid: tuple, kind: type = str) -> tuple:
@@ -48,6 +50,13 @@ def comma_list(flag: str, value: str, valid: tuple, kind: type = str) -> tuple:
         wanted = ", ".join(map(str, valid))
         raise ConfigError(f"--{flag} {value!r}: expected a comma list of {wanted}")
     return tuple(dict.fromkeys(parsed))
+
+
+def pipeline_attack_names(value: str) -> tuple[str, ...]:
+    """``demo --attacks``: ``none`` (or empty) turns the attacks off, else a comma list of :data:`ATTACKS`."""
+    if str(value).strip().lower() in ("", "none"):
+        return ()
+    return comma_list("attacks", value, ATTACKS)
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -422,12 +431,19 @@ class DemoConfig:
         le=1024,
     )
     group_by_length: bool = option(False, "batch similar lengths together (faster, memorised worse when measured)")
+    attacks: str = option(
+        PIPELINE_ATTACKS,
+        "comma list of attacks on the target, the oracle and every method's chosen checkpoint, each on an in-memory "
+        "copy: relearn (10 steps on half of each forget person's records, the other half probed), quantize (4-bit "
+        "round-to-nearest); none: off",
+    )
     seed: int = option(0, "data, model and training seed", ge=0, lt=2**32)
     output_dir: str = option("runs/demo", "report directory")
     cache_dir: str = option("runs/cache", "cached data and models")
 
     def __post_init__(self) -> None:
         validate(self)
+        pipeline_attack_names(self.attacks)
 
 
 @dataclass
@@ -473,8 +489,16 @@ class RunConfig:
     fresh: bool = option(False, "ignore cached fine-tuned models")
     cache_dir: str = option("runs/cache", "cached fine-tuned models")
 
+    attacks: str = option(
+        PIPELINE_ATTACKS,
+        "comma list of attacks on the target, the oracle and every method's chosen checkpoint, each on an in-memory "
+        "copy: relearn (10 steps on half of each forget person's records, the other half probed), quantize (4-bit "
+        "round-to-nearest); none: off",
+    )
+
     def __post_init__(self) -> None:
         validate(self)
+        pipeline_attack_names(self.attacks)
         if self.oracle and self.train_oracle:
             raise ConfigError("pass at most one of --oracle (a given model) and --train_oracle (fine-tune one)")
         sizes = ("tiny", "small")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obliviate.config import UnlearnConfig
+from obliviate.config import PIPELINE_ATTACKS, UnlearnConfig
 from obliviate.errors import ConfigError
 from obliviate.evaluate.data import load_eval_data
 from obliviate.evaluate.epochs import (
@@ -33,6 +33,7 @@ from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
+from obliviate.pipeline_attacks import PipelineAttacks, attack_options, run_pipeline_attacks
 from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
 from obliviate.train.run import run_unlearn
 
@@ -52,7 +53,8 @@ class PipelineConfig:
     process per available core, up to the number of jobs, each with an equal share of the cores as torch threads
     (on 2 cores: two one-thread processes, 2.6× the throughput of one two-thread process for the tiny model); on a
     GPU one job at a time. ``group_by_length`` batches similar lengths together in fine-tuning and unlearning; it
-    is off, because it slowed memorisation badly in our measurement (BENCHMARKS.md).
+    is off, because it slowed memorisation badly in our measurement (BENCHMARKS.md). ``attacks`` (``none``: off)
+    attacks the target, the oracle and every method's chosen checkpoint (:mod:`obliviate.pipeline_attacks`).
     """
 
     output_dir: str = "runs/demo"
@@ -85,11 +87,13 @@ class PipelineConfig:
     target_dir: str | None = None  # a fine-tuned target to start from; None: fine-tune one (size) on forget + retain
     oracle_dir: str | None = None  # a model retrained on retain only; None: train one (train_oracle) or go without
     train_oracle: bool = True  # with target_dir: the oracle follows the target's recipe (its config.yaml)
+    attacks: str = PIPELINE_ATTACKS
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, found {self.workers}")
+        attack_options(self)  # a bad --attacks fails before any work
 
 
 @dataclass
@@ -110,6 +114,7 @@ class PipelineOutcome:
     wall_seconds: float
     memorisation: dict[str, Any] = field(default_factory=dict)  # per model: its train EM / ROUGE-L, epochs, budget
     trained: dict[str, bool] = field(default_factory=dict)  # per model: fine-tuned by the pipeline (else given)
+    attacks: PipelineAttacks | None = None  # None: PipelineConfig.attacks is none
 
 
 class StampedLog:
@@ -235,6 +240,8 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
         runs = jobs.run(
             [(unlearn_method, (m, target, dirs, config, hook_args, worker_log, target_result)) for m in config.methods]
         )
+        references = [(target, target_result), (oracle_dir, oracle_result)]
+        attacks = run_pipeline_attacks(jobs, config, dirs, hook_args, references, runs, log)
     return PipelineOutcome(
         config=config,
         data_dirs={k: str(v) for k, v in dirs.items()},
@@ -250,6 +257,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
         wall_seconds=time.perf_counter() - started,
         memorisation=model_memorisation(config, dirs, target, oracle_dir),
         trained={"target": config.target_dir is None, "oracle": oracle_dir is not None and config.oracle_dir is None},
+        attacks=attacks,
     )
 
 

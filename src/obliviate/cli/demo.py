@@ -28,7 +28,7 @@ def demo_config(args: argparse.Namespace):
     from obliviate.pipeline import DEMO_METHODS, PipelineConfig
 
     demo = build_config(DemoConfig, args)
-    chosen = {name: getattr(demo, name) for name in ("seed", "fresh", "workers", "group_by_length")}
+    chosen = {name: getattr(demo, name) for name in ("seed", "fresh", "workers", "group_by_length", "attacks")}
     fast = {"people": 50, "unlearn_max_steps": 40, "eval_max_examples": 50} if demo.fast else {}
     given = {
         name: getattr(demo, name)

@@ -66,6 +66,7 @@ def pipeline_config(run: RunConfig) -> PipelineConfig:
         target_dir=None if run.finetune_target else run.model,
         oracle_dir=run.oracle,
         train_oracle=run.train_oracle,
+        attacks=run.attacks,
     )
 
 

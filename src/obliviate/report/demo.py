@@ -120,14 +120,16 @@ def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obl
     notes = _notes(outcome)
     refs = references(outcome)
     setup = setup_lines(outcome, refs)
+    attacks, sections = _attacks(outcome, out_dir, plots, goal_rows)
     columns = [Column("model", "model"), *metric_columns("columns", rows), *RUN_COLUMNS]
-    text = render_demo_report(rows, columns, plots, notes, title, goal_rows, setup=setup)
+    text = render_demo_report(rows, columns, plots, notes, title, goal_rows, setup=setup, sections=sections)
     write_report(text, out_dir / "report.md")
     write_json(
         out_dir / "results.json",
         {
             "summary": rows,
             "goals": goal_rows,
+            **attacks,
             "runs": [run.to_json() for run in outcome.runs],
             "config": dataclasses.asdict(outcome.config),
             "memorisation": outcome.memorisation,
@@ -139,6 +141,28 @@ def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obl
         },
     )
     return out_dir / "report.md"
+
+
+def _attacks(outcome: PipelineOutcome, out_dir: Path, plots: dict[str, Path], goal_rows: list) -> tuple[dict, dict]:
+    """With attacks (:mod:`obliviate.pipeline_attacks`): their goals appended to ``goal_rows``, their plot added to
+    ``plots``; returns the ``results.json`` keys and the report's "Attacks" section (both empty without)."""
+    if outcome.attacks is None:
+        return {}, {}
+    from obliviate.report import demo_attacks
+
+    entries = outcome.attacks.entries()
+    found = demo_attacks.attack_goals(entries)
+    goal_rows.extend(found)
+    plots[demo_attacks.PLOT_TITLE] = demo_attacks.plot_pipeline_attacks(
+        entries, out_dir / demo_attacks.PLOT
+    ).relative_to(out_dir)
+    section = demo_attacks.attack_section(outcome.attacks, found, outcome.wall_seconds)
+    data = {
+        "attacks": entries,
+        "attack_seconds": outcome.attacks.wall_seconds,
+        "default_method": outcome.attacks.default_method,
+    }
+    return data, {"Attacks": section}
 
 
 def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:

@@ -295,6 +295,7 @@ def render_demo_report(
     goals: list[dict[str, Any]] | None = None,
     report_dir: Path | None = None,
     setup: list[str] | None = None,
+    sections: dict[str, str] | None = None,
 ) -> str:
     """The demo's side-by-side report: one row per model (target, oracle, each method), plots, goals, notes.
 
@@ -309,6 +310,7 @@ def render_demo_report(
         report_dir: the folder the report will be written to.
         setup: lines on the models and references compared against (how memorised the target is, which oracle,
             what stands in for a missing holdout), shown first.
+        sections: title → markdown body of further sections, shown after the summary (the attacks).
     """
     shown = [c if isinstance(c, Column) else metric_column(*c) for c in columns]
     if "model" not in [c.key for c in shown]:
@@ -326,6 +328,7 @@ def render_demo_report(
         f"# {title}\n",
         _section("Setup", _bullets(setup or [])),
         _section("Summary", summary),
+        *(_section(name, body) for name, body in (sections or {}).items()),
         _section("Plots", _image_links(plots, report_dir)),
         _section("Goals", goals_text),
         _section("Notes", _bullets(notes)),
