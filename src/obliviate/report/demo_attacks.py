@@ -35,7 +35,8 @@ def attack_goals(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One goal per method and attack: its forget leak after the attack against the oracle's after the same one.
 
     A goal whose attack did not run on the method or on the oracle (no value) does not hold. Without an oracle
-    (``obliviate run`` with neither ``--oracle`` nor ``--train_oracle``) there is nothing to hold a method to: no goals.
+    (``obliviate run`` with neither ``--oracle`` nor ``--train_oracle``) there is nothing to hold a method to, and
+    there are no goals.
     """
     oracle = {e["name"]: e for e in entries if e["model"] == ORACLE}
     if not oracle:
