@@ -99,8 +99,17 @@ def write_section(text: str) -> None:
     path.write_text(current)
 
 
-def _epochs(results: dict, model: str) -> str:
-    """The epochs a model was fine-tuned (until memorised), from ``results.json``."""
+def _finetuned(args: argparse.Namespace) -> str:
+    """How target and oracle were fine-tuned, as the run's flags say."""
+    if args.until_memorised:
+        return f"fine-tuned until memorised ({args.until_memorised:g}) within {args.finetune_epochs} epochs"
+    return f"fine-tuned {args.finetune_epochs} epochs"
+
+
+def _epochs(results: dict, model: str, args: argparse.Namespace) -> str:
+    """The epochs a model was fine-tuned: all of the budget, or until memorised (from ``results.json``)."""
+    if not args.until_memorised:
+        return str(args.finetune_epochs)
     epochs = results.get("memorisation", {}).get(model, {}).get("epochs")
     return "–" if epochs is None else str(epochs)
 
@@ -122,13 +131,11 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
             f"## Quality on LUME ({args.tasks})",
             "",
             f"Measured {datetime.date.today().isoformat()} with `{command}` ({args.size} OLMo, "
-            f"fine-tuned until memorised within {args.finetune_epochs} epochs, {args.eval_max_examples} rows per "
-            f"split per epoch, greedy {args.max_new_tokens} new tokens; whole run {seconds:.0f}s on a machine with "
-            f"{cores} CPU "
-            f"core{'s' if cores != 1 else ''}).",
+            f"{_finetuned(args)}, {args.eval_max_examples} rows per split per epoch, greedy {args.max_new_tokens} "
+            f"new tokens; whole run {seconds:.0f}s on a machine with {cores} CPU core{'s' if cores != 1 else ''}).",
             "",
-            f"The target's ROUGE-L recall on its training data after {_epochs(results, 'target')} fine-tuning epochs: "
-            f"{score('forget/rougeL_recall')} (forget) / {score('retain/rougeL_recall')} (retain).",
+            f"The target's ROUGE-L recall on its training data after {_epochs(results, 'target', args)} fine-tuning "
+            f"epochs: {score('forget/rougeL_recall')} (forget) / {score('retain/rougeL_recall')} (retain).",
             "",
             table(results, args),
             "",
@@ -166,8 +173,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
         f"The same pipeline on the real LUME {args.tasks} data (`../shared/data/lume`; 10 % of the retain people held "
         f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
         f"Measured {_common.utc_date()} with `{command}` ({seconds / 60:.0f} min on {_common.cpu_cores()} CPU cores; "
-        f"target and oracle fine-tuned until memorised within {args.finetune_epochs} epochs, {args.eval_max_examples} "
-        "rows per split), "
+        f"target and oracle {_finetuned(args)}, {args.eval_max_examples} rows per split), "
         "written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-task2)."
     )
     intro = textwrap.fill(intro, width=118, break_on_hyphens=False, break_long_words=False)
@@ -189,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=40,
         help="target/oracle epoch budget, stopped once memorised (default: 40)",
+    )
+    parser.add_argument(
+        "--until_memorised",
+        type=float,
+        default=0.95,
+        help="stop fine-tuning once training EM and ROUGE-L reach this (default: 0.95); 0: all --finetune_epochs",
     )
     parser.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: step budget)")
     parser.add_argument("--eval_max_examples", type=int, default=60, help="rows per split per epoch (default: 60)")
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         methods=tuple(args.methods),
         size=args.size,
         finetune_epochs=args.finetune_epochs,
+        finetune_until_memorised=args.until_memorised or None,  # None: the fixed budget, and its cache entries
         eval_max_examples=args.eval_max_examples,
         unlearn_epochs=args.unlearn_epochs,
         max_new_tokens=args.max_new_tokens,

@@ -63,7 +63,8 @@ def test_exact_command_lists_every_option_it_ran_with_but_not_write():
     args = parser.parse_args(["--tasks", "all", "--unlearn_epochs", "3", "--write"])
     assert _common.exact_command("bench_quality.py", parser, args) == (
         ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu contrast "
-        "--size tiny --finetune_epochs 40 --unlearn_epochs 3 --eval_max_examples 60 --max_new_tokens 64 "
+        "--size tiny --finetune_epochs 40 --until_memorised 0.95 --unlearn_epochs 3 --eval_max_examples 60 "
+        "--max_new_tokens 64 "
         "--output_dir runs/lume --seed 0 --workers 0 --attacks relearn,quantize"
     )
     # an option left unset is left out, not written as "None"
@@ -206,11 +207,14 @@ def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
         "memorisation": {"target": {"epochs": 9}},
     }
     text = bench_quality.write_up(results, args, "CMD --finetune_epochs 12", 61.4, cores=3)
-    assert "with `CMD --finetune_epochs 12` (tiny OLMo, fine-tuned until memorised within 12 epochs" in text
+    assert "with `CMD --finetune_epochs 12` (tiny OLMo, fine-tuned until memorised (0.95) within 12 epochs" in text
     assert "whole run 61s on a machine with 3 CPU cores)" in text and "2 CPU cores" not in text
     assert "after 9 fine-tuning epochs: 0.432 (forget) / 0.900 (retain)." in text  # the epochs it took
     assert "Goals against the oracle: 1 of 2 hold." in text and "- ✗ npo: b" in text
     assert "1 CPU core)" in bench_quality.write_up(results, args, "CMD", 1.0, cores=1)
+    fixed = bench_quality.build_parser().parse_args(["--finetune_epochs", "12", "--until_memorised", "0"])
+    text = bench_quality.write_up(results, fixed, "CMD", 1.0, cores=1)
+    assert "(tiny OLMo, fine-tuned 12 epochs," in text and "after 12 fine-tuning epochs" in text
 
 
 def test_sweep_write_up_states_epochs_rule_and_goals_it_used():
