@@ -166,7 +166,7 @@ def test_the_readme_lists_exactly_the_tested_families():
 
 
 def test_the_cli_offers_every_family_the_library_builds(tmp_path):
-    """``--arch`` of ``finetune`` and ``init-model`` takes exactly ``ARCHS`` (config names them: it sits a layer below)."""
+    """``--arch`` of ``finetune`` and ``init-model`` takes exactly ``ARCHS`` (config, a layer below, names them)."""
     from obliviate.config import TINY_ARCHS
 
     assert TINY_ARCHS == tuple(ARCHS)
