@@ -82,14 +82,19 @@ def test_evaluation_loads_onto_the_process_device_and_merges_adapters(monkeypatc
     adapter = SimpleNamespace(merge_and_unload=lambda: merged)
     calls = {}
 
-    def fake_load(path, base_model=None, device=None):
-        calls["device"] = device
+    def fake_load(path, base_model=None, device=None, dtype=None):
+        calls["device"], calls["dtype"] = device, dtype
         return adapter, "tokenizer"
+
+    from obliviate.evaluate.suite import EvalOptions
 
     monkeypatch.setattr(epochs, "load_model", fake_load)
     monkeypatch.setattr(epochs, "evaluate_model", lambda model, *a, **k: calls.setdefault("model", model) or "result")
-    epochs.evaluate_epoch(1, tmp_path, data=None, options=None, oracle=None, base_model="base")
+    epochs.evaluate_epoch(1, tmp_path, data=None, options=EvalOptions(), oracle=None, base_model="base")
     assert calls["device"] == torch.device("cuda", 3) and calls["model"] is merged
+    assert calls["dtype"] is None  # the device's default; --official asks for bfloat16
+    epochs.evaluate_epoch(1, tmp_path, data=None, options=EvalOptions(official=True), oracle=None, base_model="base")
+    assert calls["dtype"] is torch.bfloat16
 
 
 def test_epoch_hook_writes_only_on_the_main_process(monkeypatch, tmp_path):

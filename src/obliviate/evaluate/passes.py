@@ -209,26 +209,40 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        if compact:
-            continuations = greedy_compacting(
-                model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id
-            )
-        else:
-            out = model.generate(**common, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
-            continuations = [out[row, input_ids.shape[1] :] for row in range(len(rows))]
-        for index, continuation in zip(rows, continuations):
+        for index, continuation in zip(rows, _greedy_batch(model, common, compact)):
             greedy[index] = tokenizer.decode(continuation, skip_special_tokens=True, **cleanup)
         if num_samples > 0:
             torch.manual_seed(generator_seed)
             generator_seed += 1
-            out = model.generate(
-                **common, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=num_samples
-            )
-            for row, index in enumerate(rows):
-                chunk = out[row * num_samples : (row + 1) * num_samples, input_ids.shape[1] :]
+            for index, chunk in zip(rows, _sample_batch(model, common, num_samples)):
                 samples[index] = tokenizer.batch_decode(chunk, skip_special_tokens=True)
     greedy, samples = _gather(greedy), _gather(samples)
     return greedy, [s if s is not None else [] for s in samples]
+
+
+def _greedy_batch(model, common: dict, compact: bool) -> list[torch.Tensor]:
+    """Each row's greedy continuation (new tokens only): finished rows dropped as they end (``compact``), else
+    ``model.generate`` with every sampling knob off."""
+    input_ids = common["input_ids"]
+    if compact:
+        return greedy_compacting(
+            model,
+            input_ids,
+            common["attention_mask"],
+            max_new_tokens=common["max_new_tokens"],
+            eos_token_id=common["eos_token_id"],
+        )
+    out = model.generate(**common, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    return [out[row, input_ids.shape[1] :] for row in range(input_ids.shape[0])]
+
+
+def _sample_batch(model, common: dict, num_samples: int) -> list[torch.Tensor]:
+    """Each row's ``num_samples`` continuations at temperature 1 (new tokens only), from the seeded global RNG."""
+    rows, width = common["input_ids"].shape
+    out = model.generate(
+        **common, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=num_samples
+    )
+    return [out[row * num_samples : (row + 1) * num_samples, width:] for row in range(rows)]
 
 
 def _left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
