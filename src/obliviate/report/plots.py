@@ -331,7 +331,8 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
         if reference is not None and not shaded and math.isfinite(reference.get("reference_exposure", math.nan)):
             low = reference["reference_exposure"]
             high = low + reference.get("band", 2.0) * reference.get("reference_se", 0.0)
-            ax.axhspan(low, high, color="0.85", label="holdout mean + 2 se (dotted: each check's stop threshold)")
+            label = "holdout mean + 2 se, fields pooled (dotted: per check; the rule decides per field)"
+            ax.axhspan(low, high, color="0.85", label=label)
             shaded = True
         points = [(e["step"], e["forget_exposure"]) for e in entries if "forget_exposure" in e]
         points = [(s, v) for s, v in points if math.isfinite(v)]
