@@ -41,7 +41,7 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
         raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
     people = known_people(config.forget_dir, [*forget, *(retain or [])])
     secret = secret_fields(people, CandidateSampler(people, seed=config.seed))
-    _say_left_out(people, secret, forget)
+    _say_left_out(people, secret)
     marked, count = mark_pii_spans(forget, secret)
     if not count:
         raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
@@ -50,13 +50,10 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     return marked
 
 
-def _say_left_out(people, secret, forget) -> None:
-    """Print which values the forget term leaves alone, counted over the forget set's people."""
+def _say_left_out(people, secret) -> None:
     from obliviate.train.relabel import left_out
 
-    ids = {record.id for record in forget}
-    pairs = [(p, s) for p, s in zip(people, secret, strict=True) if ids.intersection(p.records)]
-    found = left_out([p for p, _ in pairs], [s for _, s in pairs])
+    found = left_out(people, secret)
     if found and process_state().is_main_process:
         print(f"not trained on, given by what the prompt holds (a stranger's would be too): {found}")
 
@@ -69,7 +66,7 @@ def fake_pairs(config: UnlearnConfig, forget, retain):
 
     people = known_people(config.forget_dir, [*forget, *(retain or [])])
     marked, copies = pair_with_fakes(forget, people, draws=config.relabel_draws, seed=config.seed)
-    _say_left_out(people, secret_fields(people, CandidateSampler(people, seed=config.seed + 2)), forget)
+    _say_left_out(people, secret_fields(people, CandidateSampler(people, seed=config.seed + 2)))
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
             f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"
