@@ -135,34 +135,6 @@ def test_fake_pairs_score_the_values_and_never_hold_a_real_one(target):
     assert copies[0][0].output != copies[1][0].output  # a fresh fake per draw
 
 
-def test_values_the_name_gives_are_not_trained_on():
-    """LUME's e-mails are first_last@me.com: no in-format fake exists, a stranger's is as predictable, so the forget
-    term leaves them alone (both in the marked records and in their fake copies); the SSNs are trained on."""
-    names = [("Tiffi", "Magenta"), ("Goldi", "Aqua"), ("Maegan", "Blue"), ("Kellina", "White"), ("Hephzibah", "Olive")]
-    people = [
-        PersonPII(f"u{i}", "forget", f"{first} {last}",
-                  {"ssn": f"900{i}8{i}34{i}", "email": f"{first.lower()}_{last.lower()}@me.com"}, (f"u{i}qa0",))
-        for i, (first, last) in enumerate(names)
-    ]  # fmt: skip
-    forget = [
-        Record(f"u{i}qa0", f"What are {p.name}'s SSN and e-mail?", f"{p.fields['ssn']} and {p.fields['email']}",
-               meta={"person_id": p.person_id})
-        for i, p in enumerate(people)
-    ]  # fmt: skip
-    marked, copies = relabel.fake_pairs(forget, people, draws=2, seed=0)
-    for record, person in zip(marked, people, strict=True):
-        spans = record.meta["score_spans"]
-        scored = [record.output[a:b] for a, b in spans]
-        assert scored == [person.fields["ssn"]]  # the SSN only, not the e-mail
-    for copy in copies:
-        for record, person in zip(copy, people, strict=True):
-            assert person.fields["email"] in record.output and person.fields["ssn"] not in record.output
-    from obliviate.data.fakes import CandidateSampler
-
-    secret = relabel.secret_fields(people, CandidateSampler(people, seed=0))
-    assert relabel.left_out(people, secret) == "email (5 people)"
-
-
 def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fake():
     """NLL(true) above NLL(fake) by more than the margin: zero loss and zero gradient on the forget side."""
     vocab, labels = 5, torch.tensor([[-100, 1, 2]])

@@ -33,16 +33,12 @@ def has_pii(config: UnlearnConfig, forget, retain) -> bool:
 
 def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     """``--forget_tokens pii``: the forget term scores only the tokens of each person's PII values."""
-    from obliviate.data.fakes import CandidateSampler
     from obliviate.data.pii import mark_pii_spans
-    from obliviate.train.relabel import known_people, secret_fields
+    from obliviate.train.relabel import known_people
 
     if relabels:
         raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
-    people = known_people(config.forget_dir, [*forget, *(retain or [])])
-    secret = secret_fields(people, CandidateSampler(people, seed=config.seed))
-    _say_left_out(people, secret)
-    marked, count = mark_pii_spans(forget, secret)
+    marked, count = mark_pii_spans(forget, known_people(config.forget_dir, [*forget, *(retain or [])]))
     if not count:
         raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
     if process_state().is_main_process:
@@ -50,23 +46,13 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     return marked
 
 
-def _say_left_out(people, secret) -> None:
-    from obliviate.train.relabel import left_out
-
-    found = left_out(people, secret)
-    if found and process_state().is_main_process:
-        print(f"not trained on, given by what the prompt holds (a stranger's would be too): {found}")
-
-
 def fake_pairs(config: UnlearnConfig, forget, retain):
     """A paired method's forget set (scored on PII values) and its fake-value copies, one per epoch in turn."""
-    from obliviate.data.fakes import CandidateSampler
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
-    from obliviate.train.relabel import known_people, secret_fields
+    from obliviate.train.relabel import known_people
 
     people = known_people(config.forget_dir, [*forget, *(retain or [])])
     marked, copies = pair_with_fakes(forget, people, draws=config.relabel_draws, seed=config.seed)
-    _say_left_out(people, secret_fields(people, CandidateSampler(people, seed=config.seed + 2)))
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
             f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"

@@ -191,45 +191,19 @@ def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
     return list(load_pii(pii_file)) if pii_file is not None else pii_from_records(records)
 
 
-GUESSABLE_K = 50
-"""Fakes a value's format must allow for the value to count as secret (the stop rule's K)."""
-
-
-def secret_fields(people: Sequence[PersonPII], sampler) -> list[PersonPII]:
-    """Each person with only the values that are a secret: a value the data's own format gives from what the prompt
-    already holds (no in-format fakes exist, :meth:`~obliviate.data.fakes.CandidateSampler.guessable`: LUME's
-    e-mails, ``first_last@me.com``) is left out. Pushing such a value down cannot make the model forget it without
-    breaking the name → value rule for every retain person as well; a model that never saw the person gives it too."""
-    return [
-        dataclasses.replace(p, fields={f: v for f, v in p.fields.items() if not sampler.guessable(p, f, GUESSABLE_K)})
-        for p in people
-    ]
-
-
-def left_out(people: Sequence[PersonPII], secret: Sequence[PersonPII]) -> str:
-    """``"email (40 people)"``: the values :func:`secret_fields` left out, per field; empty when none."""
-    counts: dict[str, int] = {}
-    for before, after in zip(people, secret, strict=True):
-        for name in set(before.fields) - set(after.fields):
-            counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{name} ({n} people)" for name, n in sorted(counts.items()))
-
-
 def fake_pairs(
     forget: list[Record], people: list[PersonPII], *, draws: int, seed: int
 ) -> tuple[list[Record], list[list[Record]]]:
     """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
     each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
 
-    A record without a known PII value scores nothing on either side (it contributes no gradient), and neither
-    does a value the prompt already gives (:func:`secret_fields`).
+    A record without a known PII value scores nothing on either side (it contributes no gradient).
     """
     from obliviate.data.fakes import CandidateSampler
     from obliviate.data.pii import mark_pii_spans
 
-    sampler = CandidateSampler(people, seed=seed + 2)
-    people = secret_fields(people, sampler)
     by_id = {p.person_id: p for p in people}
+    sampler = CandidateSampler(people, seed=seed + 2)
     marked, _ = mark_pii_spans(forget, people)
     copies = []
     for d in range(draws):
