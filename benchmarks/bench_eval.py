@@ -45,6 +45,8 @@ from obliviate.models.tiny import build_model, count_parameters, train_tokenizer
 from obliviate.train.loop import train  # noqa: E402
 
 GOAL = 5.0
+GOAL_ROWS = 1000
+"""The speed goal holds on at least this many rows; fewer rows show a ratio, not the goal."""
 IDENTITY_GOAL = 0.995
 OFFICIAL_TOKENS = 256
 SPLITS = ("forget", "retain")
@@ -64,6 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
     parser.add_argument("--device", default="cpu", help="where every contender runs, e.g. cuda (default: cpu)")
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
+    parser.add_argument(
+        "--from_json",
+        default=None,
+        help="write up a measurement this script printed before (its JSON line) instead of measuring; the other "
+        "flags must be the ones it ran with, for the reproduce line",
+    )
     return parser.parse_args(argv)
 
 
@@ -171,6 +179,12 @@ def agreement(ours: dict, theirs: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        result.pop("benchmark", None)
+        kept = [a for i, a in enumerate(argv) if a != "--from_json" and (i == 0 or argv[i - 1] != "--from_json")]
+        report(result, kept, args.write)
+        return result
     torch.set_num_threads(args.threads)
     splits, vocabulary = lume_sample(args.data, args.rows, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_eval-") as tmp:
@@ -234,7 +248,7 @@ def report(result: dict, argv: list[str], write: bool) -> None:
           f"{c['aggregate_official']:.4f} / {c['aggregate_obliviate']:.4f}", f"{c['largest_term_gap']:.1e}"]
          for name, c in result["checks"].items()],
     )  # fmt: skip
-    verdict = "met" if result["speedup_median"] >= GOAL else "not met"
+    verdict = speed_verdict(result)
     if not result["checks"]:  # --max_new_tokens other than 256: no --official run to compare
         result["checks"] = {"none (needs --max_new_tokens 256)": {"identical": float("nan"), "rows": 0,
                             "aggregate_gap": float("nan"), "largest_term_gap": float("nan"),
@@ -243,12 +257,18 @@ def report(result: dict, argv: list[str], write: bool) -> None:
         result["official_speedup_median"] = float("nan")
     worst = min(c["identical"] for c in result["checks"].values())
     same = all(c["aggregate_gap"] < 1e-9 and c["largest_term_gap"] < 1e-9 for c in result["checks"].values())
+    zero = all(c["aggregate_official"] == 0 for c in result["checks"].values())
     headline = (
         f"**Speed-up: {result['speedup_median']:.1f}×** end to end for `obliviate evaluate` against the official "
-        f"loop copy on {result['rows']} rows ({_device_name(result)}; goal ≥ {GOAL:.0f}×: {verdict}); "
-        f"`--official` runs {result['official_speedup_median']:.1f}× faster than the copy. **`--official` "
+        f"loop copy on {result['rows']} rows ({_device_name(result)}; {verdict}); `--official` takes "
+        f"{1 / result['official_speedup_median']:.2f}× the copy's time. **`--official` "
         f"fidelity: {worst:.1%}** identical generations at worst over {', '.join(result['checks'])} (goal ≥ "
-        f"{IDENTITY_GOAL:.1%}); task aggregates and terms {'equal' if same else 'differ'}."
+        f"{IDENTITY_GOAL:.1%}); task aggregates and terms {'equal' if same else 'differ'}"
+        + (
+            " (every aggregate is 0 here: the tiny model scores 0 on some term, so equal aggregates say little)."
+            if zero
+            else "."
+        )
     )
     _common.emit("bench_eval", "\n\n".join([speed, fidelity, headline]), result)
     if write:
@@ -256,13 +276,20 @@ def report(result: dict, argv: list[str], write: bool) -> None:
         _common.write_readme_line("readme:bench_eval", readme_line(result, worst))
 
 
+def speed_verdict(result: dict) -> str:
+    """The goal (≥ 5× on ≥ 1,000 rows) as the measurement supports it: met, not met, or not shown on fewer rows."""
+    goal = f"goal ≥ {GOAL:.0f}× on ≥ {GOAL_ROWS:,} rows"
+    if result["rows"] < GOAL_ROWS:
+        return f"{goal}: not shown, {result['rows']} rows measured"
+    return f"{goal}: {'met' if result['speedup_median'] >= GOAL else 'not met'}"
+
+
 def readme_line(result: dict, worst: float) -> str:
-    verdict = "met" if result["speedup_median"] >= GOAL else "not met"
     return (
         f"- `obliviate evaluate` is **{result['speedup_median']:.1f}×** faster end to end than a one-row-at-a-time "
-        f"copy of the official SemEval loop on {result['rows']} LUME rows ({_device_name(result)}; goal ≥ "
-        f"{GOAL:.0f}×: {verdict}), and `--official` reproduces the copy's generations ({worst:.1%} identical at worst "
-        f"over {', '.join(result['checks'])});"
+        f"copy of the official SemEval loop on {result['rows']} LUME rows ({_device_name(result)}; "
+        f"{speed_verdict(result)}), and `--official` reproduces the copy's generations ({worst:.1%} identical at "
+        f"worst over {', '.join(result['checks'])});"
     )
 
 
