@@ -77,7 +77,8 @@ def test_run_with_a_given_oracle_and_no_holdout_says_what_stands_in(target, tmp_
 
 def test_run_without_an_oracle_reports_no_oracle_goals(target, tmp_path):
     out = tmp_path / "out"
-    assert main(_run(target, out, tmp_path / "cache")) == 0
+    assert main([*_run(target, out, tmp_path / "cache"), "--report_to", "tensorboard"]) == 0
+    assert list((out / "methods" / "ga_gd" / "tensorboard").rglob("events.out.tfevents.*"))  # each method's run
     results, report = _results(out)
     assert [r["model"] for r in results["summary"]] == ["target", "ga_gd"]
     assert results["references"]["oracle"] == "none"

@@ -88,6 +88,7 @@ class PipelineConfig:
     oracle_dir: str | None = None  # a model retrained on retain only; None: train one (train_oracle) or go without
     train_oracle: bool = True  # with target_dir: the oracle follows the target's recipe (its config.yaml)
     attacks: str = PIPELINE_ATTACKS
+    report_to: str = "none"  # every method's unlearning run logs to this tracker (its OUTPUT_DIR/tensorboard)
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
 
     def __post_init__(self) -> None:
@@ -174,6 +175,7 @@ def unlearn_method(
         holdout_dir=str(dirs["holdout"]) if dirs.get("holdout") else None,
         group_by_length=config.group_by_length,
         max_checkpoints=config.unlearn_checkpoints,
+        report_to=config.report_to,
         seed=config.seed,
         overwrite=True,
         **preset,

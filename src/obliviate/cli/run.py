@@ -67,6 +67,7 @@ def pipeline_config(run: RunConfig) -> PipelineConfig:
         oracle_dir=run.oracle,
         train_oracle=run.train_oracle,
         attacks=run.attacks,
+        report_to=run.report_to,
     )
 
 

@@ -227,6 +227,13 @@ class RunConfig:
         "round-to-nearest); none: off",
     )
 
+    report_to: str = option(
+        "none",
+        "tracker of every method's unlearning run (step losses, learning rate, stop checks, epoch evaluations): "
+        "tensorboard (OUT/methods/METHOD/tensorboard), wandb (offline unless WANDB_MODE says otherwise) or none",
+        choices=("none", "tensorboard", "wandb"),
+    )
+
     def __post_init__(self) -> None:
         validate(self)
         pipeline_attack_names(self.attacks)
