@@ -252,6 +252,17 @@ def test_method_params_precedence():
         _ = get_method("npo").params().gamma
 
 
+def test_loss_params_survive_copy_and_pickle_unchanged_and_stay_immutable():
+    import copy
+    import pickle
+
+    params = get_method("simnpo").params({"beta": 2.0})
+    for twin in (copy.deepcopy(params), copy.copy(params), pickle.loads(pickle.dumps(params))):
+        assert twin == params and twin.beta == 2.0 and twin.as_dict() == params.as_dict()
+    with pytest.raises(AttributeError, match="immutable"):
+        params.beta = 3.0
+
+
 def test_interleaved_forget_steps_zero_exactly_the_retain_weights():
     """``Method.forget_only`` zeroes the weights declared ``retain=True`` and nothing else."""
     assert get_method("ga_gd").forget_only(get_method("ga_gd").params()).as_dict() == {"gamma": 1.0, "alpha": 0.0}

@@ -159,6 +159,8 @@ class LossParams:
         object.__setattr__(self, "_values", dict(values))
 
     def __getattr__(self, name: str) -> float:
+        if name.startswith("__") or name == "_values":  # copy and pickle probe dunders before __init__ has run
+            raise AttributeError(name)
         try:
             return self._values[name]
         except KeyError:
@@ -168,6 +170,10 @@ class LossParams:
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("LossParams is immutable; use replace()")
+
+    def __reduce__(self):
+        """Pickled and copied by its values (``__setattr__`` refuses the slot-by-slot default)."""
+        return (_loss_params, (self._values,))
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -190,6 +196,10 @@ class LossParams:
 
     def as_dict(self) -> dict[str, float | None]:
         return dict(self._values)
+
+
+def _loss_params(values: dict[str, float | None]) -> LossParams:
+    return LossParams(**values)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
