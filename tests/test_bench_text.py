@@ -265,3 +265,12 @@ def test_demo_results_work_out_each_checks_threshold_as_the_rule_does():
     out = demo_results.with_thresholds(checks)
     assert out[1]["threshold"] == pytest.approx(1.5 + 2.0 * 0.5) and out[2]["threshold"] == 9.0
     assert "threshold" not in out[0]
+
+
+def test_eval_speed_goal_is_shown_only_on_enough_rows():
+    """The goal is >= 5x on >= 1,000 rows: fewer rows give a ratio, never a verdict (a 202-row run said "met")."""
+    import bench_eval
+
+    assert bench_eval.speed_verdict({"rows": 202, "speedup_median": 6.0}).endswith("not shown, 202 rows measured")
+    assert bench_eval.speed_verdict({"rows": 1000, "speedup_median": 6.0}).endswith(": met")
+    assert bench_eval.speed_verdict({"rows": 1200, "speedup_median": 4.9}).endswith(": not met")

@@ -13,6 +13,8 @@ import yaml
 from obliviate.errors import ConfigError
 
 SCHEDULERS = ("constant", "linear", "cosine")
+TRACKERS = ("none", "tensorboard", "wandb")
+"""``--report_to``: accelerate's experiment trackers obliviate feeds (:mod:`obliviate.train.trackers`)."""
 TINY_ARCHS = (
     "olmo", "olmo2", "olmo3", "llama", "qwen2", "qwen3", "mistral", "mixtral", "phi", "phi3", "gemma", "gemma2",
     "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "codegen", "falcon", "bloom", "opt", "stablelm",

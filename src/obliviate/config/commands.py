@@ -11,6 +11,7 @@ from obliviate.config.base import (
     QUANTIZE_BITS,
     RELEARN_SOURCES,
     TINY_ARCHS,
+    TRACKERS,
     comma_list,
     option,
     pipeline_attack_names,
@@ -231,7 +232,7 @@ class RunConfig:
         "none",
         "tracker of every method's unlearning run (step losses, learning rate, stop checks, epoch evaluations): "
         "tensorboard (OUT/methods/METHOD/tensorboard), wandb (offline unless WANDB_MODE says otherwise) or none",
-        choices=("none", "tensorboard", "wandb"),
+        choices=TRACKERS,
     )
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from obliviate.config.base import SCHEDULERS, TINY_ARCHS, option, validate
+from obliviate.config.base import SCHEDULERS, TINY_ARCHS, TRACKERS, option, validate
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TrainConfig:
         "none",
         "experiment tracker for step losses, learning rate, stop-rule checks and epoch evaluations: tensorboard "
         "(OUTPUT_DIR/tensorboard), wandb (offline unless WANDB_MODE says otherwise) or none",
-        choices=("none", "tensorboard", "wandb"),
+        choices=TRACKERS,
     )
 
     def __post_init__(self) -> None:

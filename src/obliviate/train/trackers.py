@@ -22,9 +22,6 @@ from typing import Any
 
 from obliviate.errors import ConfigError
 
-TRACKERS = ("none", "tensorboard", "wandb")
-"""What ``--report_to`` accepts."""
-
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 """The package each tracker imports (TensorBoard writes through ``torch.utils.tensorboard``, which needs it)."""
 
