@@ -1,0 +1,128 @@
+"""Is the tiny model part of the problem? The demo's experiment at each model size, on the same synthetic people.
+
+    .venv/bin/python benchmarks/bench_size.py --sizes tiny small --methods contrast ga_gd --write
+
+For every size, the same data (the demo's people, same seed) is memorised by a fresh target and oracle of that size
+(fine-tuned until memorised, as the demo does), then each method unlearns it as ``obliviate unlearn`` does with no
+hyperparameter flags. The section in BENCHMARKS.md puts each size's target, oracle and methods side by side with the
+goals each meets, so that a change in selectivity with size shows as a change in retain damage at the same forget
+level. Sizes run one after another in this process's workers (``--workers``), each in its own output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+import demo_results  # noqa: E402
+
+MARK = "bench_size"
+
+
+def run_size(size: str, args: argparse.Namespace) -> tuple[dict, float]:
+    """The demo pipeline at ``size``; its ``results.json`` and wall seconds (cached target and oracle reused)."""
+    import dataclasses
+
+    from obliviate.cli.run import run_experiment
+    from obliviate.pipeline import PipelineConfig, StampedLog
+    from obliviate.pipeline_cache import prepare_data
+
+    out = Path(args.output_dir) / size
+    config = PipelineConfig(
+        output_dir=str(out),
+        cache_dir=str(Path(args.output_dir) / "cache"),
+        methods=tuple(args.methods),
+        people=args.people,
+        size=size,
+        finetune_epochs=args.finetune_epochs,
+        seed=args.seed,
+        workers=args.workers,
+        attacks="none",
+        fresh=args.fresh,
+    )
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # the benchmark's own directory: each run writes it anew
+    log = StampedLog()
+    started = time.perf_counter()
+    dirs = prepare_data(config, log)
+    config = dataclasses.replace(config, data_dirs={name: str(path) for name, path in dirs.items()})
+    outcome = run_experiment(config, title=f"bench_size {size}", log=log)
+    seconds = time.perf_counter() - started
+    results = json.loads((out / "results.json").read_text())
+    results["parameters"] = parameters(outcome.target_dir)
+    return results, seconds
+
+
+def parameters(model_dir: str) -> str:
+    """The parameter count of the model in ``model_dir``."""
+    from obliviate.models.load import load_model
+    from obliviate.models.tiny import count_parameters
+
+    model, _ = load_model(model_dir)
+    return f"{count_parameters(model):,}"
+
+
+def section(measured: dict[str, tuple[dict, float]], command: str) -> str:
+    """The markdown section: one table of every size's rows and the goals each method meets at each size."""
+    from obliviate.report.columns import metric_columns
+
+    columns = metric_columns("brief")
+    header = ["size", "model", *(c.header for c in columns), "steps", "ended by"]
+    rows, verdicts = [], []
+    for size, (results, _) in measured.items():
+        runs = {r["method"]: r for r in results["runs"]}
+        for row in results["summary"]:
+            run = runs.get(row["model"], {})
+            end = demo_results.ended_by(run.get("stopped")) if run else "–"
+            cells = [demo_results.cell(c.cell(row.get(c.key))) for c in columns]
+            rows.append([size, row["model"], *cells, demo_results.cell(run.get("steps")), end])
+        held, total, lines = demo_results.goal_lines(results["summary"])
+        verdicts.append(f"**{size}** ({results['parameters']} parameters): {held} of {total} goals hold.")
+        verdicts.extend(lines)
+    times = ", ".join(f"{size} {seconds / 60:.1f} min" for size, (_, seconds) in measured.items())
+    first = next(iter(measured.values()))[0]["config"]
+    return f"""## Model size and selectivity (demo data)
+
+The demo's {first["people"]} synthetic people at each model size: target and oracle fine-tuned until memorised
+(budget {first["finetune_epochs"]} epochs), then each method as `obliviate unlearn` runs it with no hyperparameter
+flags (learning rate from the range test, at most 120 steps, the stop rule). Last checkpoint of each run, up to
+{first["eval_max_examples"]} rows per split. Wall time per size (fine-tuning included unless cached): {times}.
+
+{_common.markdown_table(header, rows)}
+
+{chr(10).join(verdicts)}
+
+Reproduce: `{command}` (measured {_common.utc_date()}, {_common.cpu_cores()} CPU cores)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--methods", nargs="+", default=["contrast", "ga_gd"])
+    parser.add_argument("--people", type=int, default=200, help="synthetic people (the demo's 200)")
+    parser.add_argument("--finetune_epochs", type=int, default=30, help="fine-tuning budget (the demo's)")
+    parser.add_argument("--workers", type=int, default=1, help="processes per size's jobs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="retrain targets and oracles (no cache)")
+    parser.add_argument("--output_dir", default="runs/size")
+    parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    _common.quiet()
+    measured = {size: run_size(size, args) for size in args.sizes}
+    text = section(measured, _common.exact_command("bench_size.py", parser, args))
+    print(text)
+    if args.write:
+        _common.write_section(MARK, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.exit(main())
