@@ -176,3 +176,40 @@ def test_the_cli_offers_every_family_the_library_builds(tmp_path):
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_position_table_overflow_is_a_clear_error_not_an_index_error(people, tmp_path, capsys):
+    """GPT-2 learns a table of 1,024 positions: generating past it stops before any work with the flags to lower;
+    OLMo (rotary) has no such limit."""
+    from obliviate.models.load import position_limit
+
+    data, data_dir = people
+    gpt2 = init_model(data.forget + data.retain, tmp_path / "gpt2", size="micro", arch="gpt2", vocab_size=300)
+    olmo = init_model(data.forget + data.retain, tmp_path / "olmo", size="micro", arch="olmo", vocab_size=300)
+    assert position_limit(AutoModelForCausalLM.from_pretrained(gpt2)) == 1024
+    assert position_limit(AutoModelForCausalLM.from_pretrained(olmo)) is None
+    argv = ["evaluate", "--model", str(gpt2), "--forget_dir", str(data_dir / "forget"), "--retain_dir"]
+    argv += [str(data_dir / "retain"), "--max_examples", "2", "--no_exposure", "--no_probes", "--max_new_tokens"]
+    assert main([*argv, "2000", "--output_dir", str(tmp_path / "eval")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "IndexError" not in "".join(err)
+    assert "--max_new_tokens need" in err[-1] and "position table of 1024" in err[-1]
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_training_rows_longer_than_the_position_table_are_refused_before_training(people, tmp_path, capsys):
+    from transformers import AutoTokenizer, GPT2Config
+
+    data, data_dir = people
+    source = init_model(data.forget + data.retain, tmp_path / "init", size="micro", arch="gpt2", vocab_size=300)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    short = tmp_path / "short"
+    AutoModelForCausalLM.from_config(config).save_pretrained(short)
+    tokenizer.save_pretrained(short)
+    splits = [str(data_dir / "forget"), str(data_dir / "retain")]
+    out = tmp_path / "target"
+    assert main(["finetune", "--model", str(short), "--data", *splits, "--output_dir", str(out), *STEP]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training rows (at most --max_length tokens) need" in err and "position table of 16" in err
+    assert not (out / "model.safetensors").exists()

@@ -22,6 +22,7 @@ from obliviate.data.records import Record
 from obliviate.evaluate import official as official_recipe
 from obliviate.evaluate.decode import greedy_compacting, plain_greedy
 from obliviate.losses.common import IGNORE_INDEX
+from obliviate.models.load import check_positions
 
 
 @dataclass
@@ -134,6 +135,8 @@ def forward_pass(
     else:
         encoded = [encode_record(tokenizer, r, max_length) for r in records]
     lengths = [len(e.ids) for e in encoded]
+    if lengths:
+        check_positions(model, max(lengths), "scored rows (prompt and answer, at most --max_length tokens)")
     batches = _batches(_length_order(lengths), lengths, batch_size, same_length=official)
     results: list[TokenScores | None] = [None] * len(records)
     for rows in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
@@ -194,6 +197,10 @@ def generate(
     else:
         encoded = [encode_prompt(tokenizer, p)[-max_length:] or [tokenizer.eos_token_id] for p in prompts]
     lengths = [len(e) for e in encoded]
+    if lengths:
+        check_positions(
+            model, max(lengths) + max_new_tokens, f"prompts of up to {max(lengths)} tokens plus --max_new_tokens"
+        )
     batches = _batches(_length_order(lengths, expected_lengths), lengths, batch_size, same_length=official)
     compact = plain_greedy(model)
     cleanup = {"clean_up_tokenization_spaces": True} if official else {}  # as their batch_decode is called

@@ -140,6 +140,38 @@ def _load_adapter(path: Path, base_model, dtype, device, trust_remote_code):
     return model, tokenizer
 
 
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+"""Names of the learned position tables (GPT-2's ``wpe``, OPT's ``embed_positions``) and fixed sine tables (GPT-J's
+``embed_positions`` buffer): a model with one cannot take a position past it, where rotary and ALiBi models merely
+extrapolate."""
+
+
+def position_limit(model) -> int | None:
+    """How many positions ``model`` can take: its config's ``n_positions`` / ``max_position_embeddings`` when it has a
+    learned or fixed position table (:data:`POSITION_TABLES`), else ``None`` (no hard limit)."""
+    names = [name for name, _ in model.named_modules()] + [name for name, _ in model.named_buffers()]
+    if not any(name.rsplit(".", 1)[-1] in POSITION_TABLES for name in names):
+        return None
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(model, longest: int, what: str) -> None:
+    """A clear error, instead of an ``IndexError`` deep in the model, when ``longest`` positions overflow the model's
+    position table; ``what`` says which sequences and which flags set their length."""
+    limit = position_limit(model)
+    if limit is not None and longest > limit:
+        kind = getattr(getattr(model, "config", None), "model_type", "this model")
+        raise ModelError(
+            f"{what} need {longest} positions, but {kind} has a position table of {limit} and cannot go past it: "
+            "lower them (rotary models such as OLMo and Llama have no such limit)"
+        )
+
+
 def check_vocab(model, tokenizer, source) -> None:
     """The tokenizer must not produce ids the embedding matrix does not have."""
     rows = model.get_input_embeddings().num_embeddings

@@ -35,6 +35,7 @@ from obliviate.io import append_line, kill_point, write_text_atomic
 from obliviate.losses import Method
 from obliviate.losses.common import LossParams
 from obliviate.model_card import CARD, write_model_card
+from obliviate.models.load import check_positions
 from obliviate.train import checkpoint as ckpt
 from obliviate.train import trackers
 from obliviate.train.epoch import train_epoch
@@ -88,6 +89,10 @@ def setup(
     needs = method.needs
     if needs.retain and not retain:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
+    forget_ids = [encode_record(tokenizer, r, config.max_length) for r in forget]
+    retain_ids = [encode_record(tokenizer, r, config.max_length) for r in retain or []] if needs.retain else []
+    longest = max((len(e.ids) for e in forget_ids + retain_ids), default=0)
+    check_positions(model, longest, "training rows (at most --max_length tokens)")
     is_peft = config.lora_r > 0
     cache_reference = needs.reference_logprob and not is_peft  # one number per forget row instead of a copy
     reference = None
@@ -108,8 +113,8 @@ def setup(
         reference=reference,
         optimizer=optimizer,
         scheduler=scheduler,
-        forget=[encode_record(tokenizer, r, config.max_length) for r in forget],
-        retain=[encode_record(tokenizer, r, config.max_length) for r in retain or []] if needs.retain else [],
+        forget=forget_ids,
+        retain=retain_ids,
         steps_per_epoch=steps_per_epoch,
         forget_steps=forget_steps,
         accumulation=accumulation,
