@@ -12,12 +12,12 @@ from helpers import metrics, unlearn_argv
 from obliviate.cli.main import main
 from obliviate.evaluate import stop_rule as rule_module
 from obliviate.evaluate.exposure import chance_exposure
-from obliviate.evaluate.stop_rule import ExposureStopRule
+from obliviate.evaluate.stop_rule import ExposureStopRule, RetainCheck
 
 
-def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list[float]) -> ExposureStopRule:
+def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list, **rule) -> ExposureStopRule:
     """A rule whose measurements follow a script: per split, one list of per-value exposures per call, each a
-    number (an SSN) or a ``(field, exposure)`` pair."""
+    number (an SSN) or a ``(field, exposure)`` pair; per retain check its NLL, or ``(NLL, exact match)``."""
     calls = {split: iter(values) for split, values in exposures.items()}
     fields = sorted({v[0] for call in exposures.get("forget", []) for v in call if isinstance(v, tuple)} or {"ssn"})
     nll = iter(retain)
@@ -29,8 +29,14 @@ def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list[float])
                 for v in next(calls[split])]  # fmt: skip
 
     monkeypatch.setattr(ExposureStopRule, "_exposures", measured)
-    monkeypatch.setattr(rule_module, "retain_nll", lambda model, tokenizer, records: next(nll))
-    return ExposureStopRule(forget=[], people=[], retain=[], holdout=["h"], every=2, band=2.0, retain_bound=0.1)
+
+    def checked(model, tokenizer, records):
+        value = next(nll)
+        return RetainCheck(*value) if isinstance(value, tuple) else RetainCheck(value, 1.0)
+
+    monkeypatch.setattr(rule_module, "retain_check", checked)
+    options = {"every": 2, "band": 2.0, "retain_bound": 0.1, **rule}
+    return ExposureStopRule(forget=[], people=[], retain=[], holdout=["h"], **options)
 
 
 def test_stops_at_the_first_check_inside_the_holdout_band(monkeypatch):
@@ -58,6 +64,48 @@ def test_stops_when_the_retain_nll_passes_its_bound(monkeypatch):
     assert rule(None, None, 2) is None and rule(None, None, 4) is None  # 0.09 above the start: kept
     reason = rule(None, None, 6)
     assert reason is not None and "retain NLL 1.110 rose more than 0.1" in reason
+
+
+def test_stops_when_the_retain_exact_match_falls_below_its_share_of_the_start(monkeypatch):
+    """Start 0.80; bound 0.95 of it, 0.76: 0.78 and 0.76 are kept, 0.75 stops; the NLL alone never would."""
+    retain = [(0.10, 0.80), (0.11, 0.78), (0.11, 0.76), (0.12, 0.75)]
+    rule = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 3}, retain, retain_exact=0.95)
+    rule.start(None, None)
+    assert rule(None, None, 2) is None and rule(None, None, 4) is None
+    reason = rule(None, None, 6)
+    assert reason is not None and "retain exact match 0.750 fell below 0.95 of its start (0.800)" in reason
+    assert [h["retain_exact"] for h in rule.history] == [0.78, 0.76, 0.75]
+    unwatched = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 2}, [(0.1, 0.8), (0.1, 0.1)])
+    unwatched.start(None, None)
+    assert unwatched(None, None, 2) is None  # retain_exact=0: not watched
+
+
+def test_retain_exact_is_what_greedy_decoding_reproduces(tmp_path):
+    """On a model that has memorised some rows: the teacher-forced share equals the share of rows whose greedy
+    continuation is the answer, word for word."""
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.data.records import Record
+    from obliviate.evaluate.passes import generate
+    from obliviate.evaluate.stop_rule import retain_check
+    from obliviate.models.tiny import build_model, train_tokenizer
+
+    rows = [Record(id=f"r{i}", input=f"Code of person {i} is", output=f"{i * 7919 % 1000:03d} end") for i in range(12)]
+    tokenizer = train_tokenizer([r.input + " " + r.output for r in rows], vocab_size=300)
+    model = build_model("micro", len(tokenizer), tokenizer, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = collate([encode_record(tokenizer, r, 64) for r in rows[:8]], tokenizer.pad_token_id)
+    for _ in range(150):  # memorise the first 8 rows only
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    check = retain_check(model, tokenizer, rows)
+    greedy, _ = generate(model, tokenizer, [r.input for r in rows], max_new_tokens=8, show_progress=False)
+    reproduced = sum(g.strip() == r.output for g, r in zip(greedy, rows)) / len(rows)
+    assert 0 < check.exact < 1
+    assert check.exact == pytest.approx(reproduced)
 
 
 def test_without_holdout_the_reference_is_chance(monkeypatch):

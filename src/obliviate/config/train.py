@@ -164,6 +164,13 @@ class UnlearnConfig(TrainConfig):
     stop_retain_bound: float = option(
         0.5, "nats the retain NLL may rise above its start before the stop rule ends the run", gt=0
     )
+    stop_retain_exact: float = option(
+        0.0,
+        "share of its starting exact match the retain sample must keep (teacher-forced: every answer token the most "
+        "likely, i.e. what greedy decoding reproduces word for word), else the stop rule ends the run; 0: not watched",
+        ge=0,
+        le=1,
+    )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1

@@ -90,6 +90,8 @@ class ExposureStopRule:
         k: fakes per value.
         band: standard errors above the reference mean that still count as never seen.
         retain_bound: nats the retain NLL may rise above its start.
+        retain_exact: share of its starting retain exact match (teacher-forced, :class:`RetainCheck`) the retain
+            sample must keep; 0: not watched.
     """
 
     forget: Sequence[Record]
@@ -100,11 +102,12 @@ class ExposureStopRule:
     k: int = 50
     band: float = 2.0
     retain_bound: float = 0.1
+    retain_exact: float = 0.0
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
-    _retain_start: float | None = None
+    _retain_start: RetainCheck | None = None
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
@@ -123,7 +126,7 @@ class ExposureStopRule:
                 self.skipped.append(name)
             else:
                 self._reference[name] = chance
-        self._retain_start = retain_nll(model, tokenizer, self.retain)
+        self._retain_start = retain_check(model, tokenizer, self.retain)
 
     def describe(self) -> dict[str, float]:
         """What :meth:`start` measured: the never-seen band (overall mean and standard error, and per field), and
@@ -135,7 +138,8 @@ class ExposureStopRule:
             "reference_exposure": float(np.mean(means)) if means else math.nan,
             "reference_se": float(np.sqrt(np.mean([b.se**2 for b in bands.values()]))) if bands else math.nan,
             "band": self.band,
-            "retain_nll": self._retain_start,
+            "retain_nll": self._retain_start.nll if self._retain_start else math.nan,
+            "retain_exact": self._retain_start.exact if self._retain_start else math.nan,
         }
         for name, band in bands.items():
             out[f"{name}/reference_exposure"] = band.mean
@@ -147,9 +151,9 @@ class ExposureStopRule:
         if self._reference is None or step % self.every:
             return None
         pairs = self._exposures(model, tokenizer, self.forget, "forget")
-        retain = retain_nll(model, tokenizer, self.retain)
+        retain = retain_check(model, tokenizer, self.retain)
         outside = []
-        check: dict[str, float] = {"step": step, "retain_nll": retain}
+        check: dict[str, float] = {"step": step, "retain_nll": retain.nll, "retain_exact": retain.exact}
         for name, band in self._reference.items():
             values = [p["exposure"] for p in pairs if p["field"] == name]
             if not values:
@@ -163,10 +167,16 @@ class ExposureStopRule:
         check["threshold"] = self._overall_threshold(overall)
         check["fields_outside"] = len(outside)
         self.history.append(check)
-        if retain - self._retain_start > self.retain_bound:
+        start = self._retain_start
+        if retain.nll - start.nll > self.retain_bound:
             return (
-                f"retain NLL {retain:.3f} rose more than {self.retain_bound} above its start "
-                f"({self._retain_start:.3f}) at step {step}"
+                f"retain NLL {retain.nll:.3f} rose more than {self.retain_bound} above its start "
+                f"({start.nll:.3f}) at step {step}"
+            )
+        if self.retain_exact and retain.exact < self.retain_exact * start.exact:
+            return (
+                f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
+                f"({start.exact:.3f}) at step {step}"
             )
         if not outside and self._reference:
             unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
@@ -211,28 +221,50 @@ class ExposureStopRule:
         return list(report.pairs) if report is not None else []
 
 
+@dataclass(frozen=True)
+class RetainCheck:
+    """What a check measures on the retain sample: the mean answer-token NLL (token-weighted), and the share of rows
+    whose every answer token, eos included, is the model's most likely next token. Under teacher forcing that share
+    is exactly the share of rows greedy decoding reproduces word for word: the retain exact match, from one forward
+    pass and no generation."""
+
+    nll: float
+    exact: float
+
+
 @torch.no_grad()
-def retain_nll(model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32) -> float:
-    """Mean answer-token NLL of ``records`` (token-weighted), in eval mode: what the retain bound watches."""
+def retain_check(
+    model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32
+) -> RetainCheck:
+    """:class:`RetainCheck` of ``records``, in eval mode."""
     from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import token_logprobs
+    from obliviate.losses.common import IGNORE_INDEX
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0.0
+    total, count, exact = 0.0, 0.0, 0
     try:
         for start in range(0, len(records), batch_size):
             batch = collate(
                 [encode_record(tokenizer, r, max_length) for r in records[start : start + batch_size]],
                 tokenizer.pad_token_id,
             ).to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            logp, mask = token_logprobs(logits, batch.labels)
-            total, count = total - float(logp.sum()), count + float(mask.sum())
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+            labels = batch.labels[:, 1:]
+            mask = labels.ne(IGNORE_INDEX)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            total, count = total - float((logp * mask).sum()), count + float(mask.sum())
+            wrong = (logits.argmax(-1).ne(labels) & mask).any(-1)
+            exact += int((~wrong & mask.any(-1)).sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1.0)
+    return RetainCheck(total / max(count, 1.0), exact / max(len(records), 1))
+
+
+def retain_nll(model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32) -> float:
+    """Mean answer-token NLL of ``records`` (token-weighted), in eval mode."""
+    return retain_check(model, tokenizer, records, max_length, batch_size).nll
 
 
 RETAIN_SAMPLE = 64
@@ -262,6 +294,7 @@ def stop_rule_for(config) -> ExposureStopRule:
         every=config.stop_check_steps,
         band=config.stop_band,
         retain_bound=config.stop_retain_bound,
+        retain_exact=config.stop_retain_exact,
         seed=config.seed,
     )
 
