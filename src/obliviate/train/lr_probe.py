@@ -7,7 +7,11 @@ the largest down, and measures two things on fixed rows (eval mode, no gradient)
 
 - the forget NLL (of the tokens the forget term scores) must rise by at least :data:`MIN_FORGET_RISE` nats:
   the rate moves the forget set;
-- the retain NLL must rise by at most ``retain_bound`` nats (:data:`RETAIN_BOUND`): it leaves everyone else alone.
+- the retain NLL must rise by at most ``retain_bound`` nats (:data:`RETAIN_BOUND`), and the retain rows' exact match
+  (teacher-forced: every answer token the most likely one, which is what greedy decoding reproduces word for word)
+  must keep :data:`RETAIN_EXACT` of its start: it leaves everyone else alone. The NLL alone is too lax: on LUME
+  Task2 (tiny), contrast's chosen rate kept the retain NLL within 0.1 nats while its exact match fell from 1.0 to
+  0.77 within 6 steps and to 0.42 by step 12.
 
 The largest rate that does both is taken. If none moves the forget set within the bound, the largest rate
 within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
@@ -40,28 +44,38 @@ RETAIN_BOUND = 0.1
 """Nats the retain NLL may rise over the probe's few steps (the run itself may drift further: ``--stop_retain_bound``
 bounds that)."""
 
+RETAIN_EXACT = 0.95
+"""Share of the retain rows' starting exact match a rate must keep over the probe."""
+
 MEASURE_ROWS = 32
 """Forget and retain rows (the first ones of the first batches) the NLLs are measured on."""
 
 
 @dataclass
 class ProbeResult:
-    """The chosen rate, why, and every trial ``{lr, forget_rise, retain_rise, passed}``."""
+    """The chosen rate, why, and every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed}``."""
 
     lr: float
     reason: str
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
+def keeps_retain(trial: dict[str, float], retain_bound: float) -> bool:
+    """Whether a trial left the retain rows alone: NLL within the bound and exact match kept (see module docstring).
+    ``retain_exact_kept`` is the share of the starting exact match left (1.0 where nothing was exact to begin with)."""
+    return trial["retain_rise"] <= retain_bound and trial.get("retain_exact_kept", 1.0) >= RETAIN_EXACT
+
+
 def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[float, str]:
     """The rule, on trials measured from the largest rate down (see the module docstring)."""
-    within = [t for t in trials if t["retain_rise"] <= retain_bound]
+    within = [t for t in trials if keeps_retain(t, retain_bound)]
     moving = [t for t in within if t["forget_rise"] >= MIN_FORGET_RISE]
     if moving:
         best = max(moving, key=lambda t: t["lr"])
-        return best[
-            "lr"
-        ], f"largest rate whose forget NLL rose >= {MIN_FORGET_RISE} with retain NLL within {retain_bound}"
+        return best["lr"], (
+            f"largest rate whose forget NLL rose >= {MIN_FORGET_RISE} with retain NLL within {retain_bound} and "
+            f"retain exact match kept to {RETAIN_EXACT:g} of its start"
+        )
     if within:
         best = max(within, key=lambda t: t["lr"])
         return best[
@@ -94,7 +108,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     retain_rows = list(range(min(MEASURE_ROWS, len(run.retain))))
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in trainable]
-    before = _nll(run, *rows), _nll(run, run.retain, retain_rows)
+    before = _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
     trials: list[dict[str, Any]] = []
     try:
         for lr in CANDIDATES:
@@ -105,9 +119,10 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
             trial = {
                 "lr": lr,
                 "forget_rise": forget_rise if math.isfinite(forget_rise) else math.inf,
-                "retain_rise": (after[1] - before[1]) if retain_rows else 0.0,
+                "retain_rise": (after[1][0] - before[1][0]) if retain_rows else 0.0,
+                "retain_exact_kept": (after[1][1] / before[1][1]) if retain_rows and before[1][1] > 0 else 1.0,
             }
-            trial["passed"] = trial["retain_rise"] <= retain_bound and trial["forget_rise"] >= MIN_FORGET_RISE
+            trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trials.append(trial)
             if log is not None:
@@ -121,9 +136,9 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     return ProbeResult(lr=lr, reason=reason, trials=trials)
 
 
-def _train_at(run, lr: float, steps: int, step_batches, rows, retain_rows: list[int]) -> tuple[float, float]:
-    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then the forget and retain NLLs (both
-    infinite where the loss went non-finite: the rate diverges)."""
+def _train_at(run, lr: float, steps: int, step_batches, rows, retain_rows: list[int]):
+    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then the forget NLL and the retain
+    ``(NLL, exact match)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges)."""
     from obliviate.train.step import accumulate
 
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
@@ -138,8 +153,8 @@ def _train_at(run, lr: float, steps: int, step_batches, rows, retain_rows: list[
             run.optimizer.zero_grad(set_to_none=True)
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
-        return math.inf, math.inf
-    return _nll(run, *rows), _nll(run, run.retain, retain_rows)
+        return math.inf, (math.inf, 0.0)
+    return _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
 
 
 @torch.no_grad()
@@ -149,14 +164,15 @@ def _put_back(trainable: list[torch.nn.Parameter], start: list[torch.Tensor]) ->
 
 
 @torch.no_grad()
-def _nll(run, examples, rows: list[int], batch_size: int = 16) -> float:
-    """Token-mean NLL of the scored tokens of ``examples[rows]`` in eval mode; nan without rows."""
+def _nll(run, examples, rows: list[int], batch_size: int = 16) -> tuple[float, float]:
+    """Token-mean NLL of the scored tokens of ``examples[rows]`` in eval mode, and the share of those rows whose every
+    scored token is the most likely next token (teacher-forced exact match); nan and 0 without rows."""
     if not rows:
-        return math.nan
+        return math.nan, 0.0
     model = run.model
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0.0
+    total, count, exact = 0.0, 0.0, 0
     try:
         for begin in range(0, len(rows), batch_size):
             batch = collate([examples[i] for i in rows[begin : begin + batch_size]], run.tokenizer.pad_token_id)
@@ -165,6 +181,8 @@ def _nll(run, examples, rows: list[int], batch_size: int = 16) -> float:
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             logp, mask = token_logprobs(logits, batch.labels)
             total, count = total - float(logp.float().sum()), count + float(mask.sum())
+            wrong = logits[:, :-1].argmax(-1).ne(batch.labels[:, 1:]) & mask.bool()
+            exact += int((~wrong.any(-1) & mask.bool().any(-1)).sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1.0)
+    return total / max(count, 1.0), exact / len(rows)
