@@ -195,6 +195,24 @@ def test_address_fakes_are_made_of_the_datas_own_streets_and_places() -> None:
     assert len({fake for _, fake in fakes}) > len(fakes) // 2  # varied draws, not a few repeated
 
 
+def test_address_fakes_come_from_the_values_own_split_where_it_has_enough() -> None:
+    """A holdout person's address is drawn against other holdout people's streets and places (as new to the model as
+    the value), a forget person's against other forget people's; a split with too few addresses draws from all."""
+
+    def people_of(split: str, count: int, letter: str) -> list[PersonPII]:
+        values = [f"{i + 1}0 {letter}{c} St, {letter}town{c}, MA, 0{i}111." for i, c in zip(range(count), "abcdef")]
+        return [PersonPII(f"{split}{i}", split, f"P{i} Q{i}", {"address": v}, ()) for i, v in enumerate(values)]
+
+    forget, holdout, retain = people_of("forget", 6, "F"), people_of("holdout", 6, "H"), people_of("retain", 2, "R")
+    sampler = CandidateSampler(forget + holdout + retain, seed=0)
+    for group, letter in ((forget, "F"), (holdout, "H")):
+        for person in group:
+            fakes = sampler.candidates(person, "address", 20)
+            assert fakes and all(f" {letter}" in fake.split(",")[0] and f"{letter}town" in fake for fake in fakes)
+    mixed = {fake.split(",")[1].strip()[0] for p in retain for fake in sampler.candidates(p, "address", 20)}
+    assert mixed >= {"F", "H"}  # two retain addresses are too few: the draw takes every split's
+
+
 # ---------------------------------------------------------------- partial leaks
 
 

@@ -87,8 +87,8 @@ def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[flo
 def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged.
 
-    Candidates are tried from the largest down, and the search ends at the first rate that passes both tests
-    (any smaller rate would be chosen only if that one failed).
+    Candidates are tried from the largest down, and the search ends at the first rate that leaves the retain rows
+    alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less.
 
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
@@ -127,8 +127,8 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
             trials.append(trial)
             if log is not None:
                 log({"step": 0, "lr_probe": trial})
-            if trial["passed"]:
-                break
+            if keeps_retain(trial, retain_bound):
+                break  # a smaller rate moves the forget set less still: this one is the choice either way
     finally:
         _put_back(trainable, start)
     lr, reason = choose(trials, retain_bound)
