@@ -195,3 +195,30 @@ def test_without_holdout_a_field_given_by_the_name_is_left_out_and_said(monkeypa
     assert rule.describe()["skipped_fields"] == 1
     reason = rule(None, None, 2)
     assert reason is not None and "(ssn)" in reason and "not checked, guessable from the name: email" in reason
+
+
+def test_the_retain_guard_doubles_the_retain_weights_below_its_share_and_halves_them_back(monkeypatch):
+    """Start 1.0, guard 0.95: 0.90 doubles (2), 0.80 doubles (4), 0.96 halves (2), 0.97 halves (1), never below 1;
+    capped at guard_max."""
+    retain = [(0.1, 1.0), (0.15, 0.90), (0.15, 0.80), (0.15, 0.96), (0.1, 0.97), (0.1, 0.99)]
+    rule = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 5}, retain, retain_guard=0.95)
+    rule.start(None, None)
+    scales = []
+    for step in (2, 4, 6, 8, 10):
+        assert rule(None, None, step) is None
+        scales.append(rule.retain_scale)
+    assert scales == [2.0, 4.0, 2.0, 1.0, 1.0]
+    assert [h["retain_scale"] for h in rule.history] == scales
+    capped = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 3}, [(0.1, 1.0)] + [(0.1, 0.5)] * 3,
+                      retain_guard=0.95, guard_max=4.0)  # fmt: skip
+    capped.start(None, None)
+    assert [capped(None, None, s) or capped.retain_scale for s in (2, 4, 6)] == [2.0, 4.0, 4.0]
+
+
+def test_scale_retain_multiplies_only_the_retain_weights():
+    from obliviate.losses import get_method
+
+    method = get_method("ga_gd")
+    params = method.params({"alpha": 2.0})
+    scaled = method.scale_retain(params, 4.0)
+    assert scaled.alpha == 8.0 and scaled.gamma == params.gamma

@@ -171,6 +171,15 @@ class UnlearnConfig(TrainConfig):
         ge=0,
         le=1,
     )
+    retain_guard: float = option(
+        0.0,
+        "share of its starting exact match the retain sample is defended at: below it, each stop-rule check doubles "
+        "the method's retain weights (up to --retain_guard_max times), above it halves them back (a dual step on "
+        "the retain constraint); 0: off",
+        ge=0,
+        le=1,
+    )
+    retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1

@@ -92,6 +92,10 @@ class ExposureStopRule:
         retain_bound: nats the retain NLL may rise above its start.
         retain_exact: share of its starting retain exact match (teacher-forced, :class:`RetainCheck`) the retain
             sample must keep; 0: not watched.
+        retain_guard: share of its starting retain exact match the run defends by raising the retain term: below
+            it a check doubles :attr:`retain_scale` (up to ``guard_max``), at or above it halves it back toward 1
+            (a multiplicative dual step on the retain constraint, after PDU, arXiv:2506.05314); 0: off.
+        guard_max: the largest :attr:`retain_scale`.
     """
 
     forget: Sequence[Record]
@@ -103,6 +107,9 @@ class ExposureStopRule:
     band: float = 2.0
     retain_bound: float = 0.1
     retain_exact: float = 0.0
+    retain_guard: float = 0.0
+    guard_max: float = 16.0
+    retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
@@ -154,6 +161,11 @@ class ExposureStopRule:
         retain = retain_check(model, tokenizer, self.retain)
         outside = []
         check: dict[str, float] = {"step": step, "retain_nll": retain.nll, "retain_exact": retain.exact}
+        if self.retain_guard:
+            below = retain.exact < self.retain_guard * self._retain_start.exact
+            scale = self.retain_scale * 2 if below else self.retain_scale / 2
+            self.retain_scale = min(max(scale, 1.0), self.guard_max)
+            check["retain_scale"] = self.retain_scale
         for name, band in self._reference.items():
             values = [p["exposure"] for p in pairs if p["field"] == name]
             if not values:
@@ -295,6 +307,8 @@ def stop_rule_for(config) -> ExposureStopRule:
         band=config.stop_band,
         retain_bound=config.stop_retain_bound,
         retain_exact=config.stop_retain_exact,
+        retain_guard=config.retain_guard,
+        guard_max=config.retain_guard_max,
         seed=config.seed,
     )
 

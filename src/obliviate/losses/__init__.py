@@ -75,6 +75,10 @@ class Method:
         checked = {name: self.weights[name].check(name, value) for name, value in given.items()}
         return LossParams(**{**{name: w.default for name, w in self.weights.items()}, **checked})
 
+    def scale_retain(self, params: LossParams, factor: float) -> LossParams:
+        """``params`` with every retain-term weight times ``factor`` (the retain guard's dual step)."""
+        return params.replace(**{name: getattr(params, name) * factor for name, w in self.weights.items() if w.retain})
+
     def forget_only(self, params: LossParams) -> LossParams:
         """``params`` with every retain-term weight at 0: the forget steps of ``--schedule interleaved``."""
         return params.replace(**{name: 0.0 for name, w in self.weights.items() if w.retain})

@@ -19,7 +19,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
 
     Under ``--schedule interleaved`` each forget step (forget term only) is followed by ``--retain_steps`` retain-only
     steps, and the schedule restarts at every chunk of ``--chunk_size`` forget rows."""
-    config, params = run.config, run.params
+    config = run.config
     micro, draws = epoch_batches(run, config, epoch)
     run.model.train()
     forget_groups = [
@@ -29,17 +29,18 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     interleaved = retain_steps_per_forget(config) > 0
     plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
-    forget_params = run.method.forget_only(params) if interleaved else params
     chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + config.retain_steps) if interleaved else 0
     progress = _Progress(run, epoch)
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
         clock = time.perf_counter()
+        params = run.params  # the retain guard may have rescaled the retain weights at the last check
         if phase == "retain":
             step_metrics, tokens, checksums = retain_step(run, params, epoch, retain_groups[index])
         else:
             forget_ids, retain_ids = forget_groups[index]
+            forget_params = run.method.forget_only(params) if interleaved else params
             step_metrics, tokens, checksums = accumulate(run, run.method, forget_params, epoch, forget_ids, retain_ids)
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         optimizer_step(run, config)
@@ -124,4 +125,7 @@ def _step_check(run: Run, epoch: int) -> str | None:
         run.timing["stop_check_seconds"] += time.perf_counter() - clock
     if len(run.step_check.history) > checks_before:
         run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
+    scale = getattr(run.step_check, "retain_scale", 1.0)
+    if run.base_params is not None and scale != run.retain_scale:
+        run.params, run.retain_scale = run.method.scale_retain(run.base_params, scale), scale
     return reason

@@ -126,6 +126,7 @@ def setup(
         joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
         method=method,
         params=params,
+        base_params=params,
         config=config,
         tokenizer=tokenizer,
         layer=layer if needs.hidden else None,

@@ -70,6 +70,8 @@ class Run:
     total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
     method: Method | None = None
     params: LossParams | None = None
+    base_params: LossParams | None = None  # the weights as resolved; ``params`` is them with the retain guard's scale
+    retain_scale: float = 1.0
     config: TrainConfig | None = None
     tokenizer: Any = None
     layer: int | None = None  # the decoder block whose output a hidden-states method reads (RMU), else None
