@@ -540,3 +540,48 @@ def test_pieces_weighted_by_their_shares_add_up_to_the_whole_batch(name: str):
     pieces[0].shares = {("forget", "none"): 1.0}
     with pytest.raises(ConfigError, match="does not declare"):
         method.loss(pieces[0], params)
+
+
+def test_contrast_hinges_each_pii_value_apart_not_the_row_pooled():
+    """One row holds an SSN (codes 2) already far past its fake and an address (codes 5) still memorised: pooled over
+    the row the hinge is 0, per value the address keeps its hinge; the figures equal a plain per-(row, field) sum."""
+    from obliviate.data.batching import field_code
+
+    torch.manual_seed(0)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, 4, 5, 6]])
+    ssn, address = field_code("ssn"), field_code("address")
+    spans = torch.tensor([[0, ssn, ssn, ssn, address, address, 0]])
+    labels[0, 6] = IGNORE_INDEX  # only the value tokens are scored
+    true = torch.full((1, 7, VOCAB), -4.0)
+    fake = torch.full((1, 7, VOCAB), -4.0)
+    for t in range(6):  # logits at t predict the label at t + 1
+        target = int(labels[0, t + 1]) if labels[0, t + 1] >= 0 else 0
+        if spans[0, t + 1] == address:
+            true[0, t, target] = 8.0  # memorised address: NLL near 0
+        else:
+            fake[0, t, target] = 8.0  # SSN: the fake is far likelier than the true value
+    params = get_method("contrast").params({"alpha": 0.0})
+    retain = Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3))
+    per_field = get_method("contrast").loss(
+        LossInputs(
+            forget=Forward(true, labels, torch.ones(1, 7), spans=spans),
+            paired=Forward(fake, labels, torch.ones(1, 7), spans=spans),
+            retain=retain,
+        ),
+        params,
+    )
+    pooled = get_method("contrast").loss(
+        LossInputs(forget=Forward(true, labels, torch.ones(1, 7)), paired=Forward(fake, labels, torch.ones(1, 7)),
+                   retain=retain),
+        params,
+    )  # fmt: skip
+
+    def field_nll(logits, code):
+        logp = torch.log_softmax(logits[0].double(), -1)
+        values = [-logp[t, labels[0, t + 1]].item() for t in range(6) if spans[0, t + 1] == code]
+        return sum(values) / len(values)
+
+    expected = [max(0.0, field_nll(fake, c) - field_nll(true, c)) for c in (ssn, address)]
+    assert pooled.metrics["gap_hinge"].item() == 0.0
+    assert expected[0] == 0.0 and expected[1] > 1
+    assert per_field.metrics["gap_hinge"].item() == pytest.approx(sum(expected) / 2, rel=1e-5)

@@ -22,6 +22,21 @@ def test_spans_cover_every_surface_form_of_every_value():
     spans = marked.meta["score_spans"]
     assert count == 1
     assert [record.output[a:b] for a, b in spans] == ["497-453-5139", "409-91-0019", "4974535139"]
+    assert marked.meta["score_fields"] == ["phone", "ssn", "phone"]
+
+
+def test_each_scored_token_carries_its_values_field(assets):
+    """The batch's ``spans`` give each value token its field's code (0 elsewhere): contrast hinges per value."""
+    from obliviate.data.batching import field_code
+
+    tokenizer = load_tokenizer(assets.model)
+    record = Record("p1sc1", "Reach her at", "497-453-5139, SSN 409-91-0019.", meta={"person_id": "p1"})
+    [marked], _ = mark_pii_spans([record], [AMY])
+    batch = collate([encode_record(tokenizer, marked, 128)], tokenizer.pad_token_id)
+    assert torch.equal(batch.spans > 0, batch.labels != -100)
+    for field, value in (("phone", "497-453-5139"), ("ssn", "409-91-0019")):
+        ids = batch.input_ids[0][batch.spans[0] == field_code(field)].tolist()
+        assert tokenizer.decode(ids).strip() == value
 
 
 def test_only_pii_tokens_are_scored(assets):

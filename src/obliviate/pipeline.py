@@ -33,6 +33,7 @@ from obliviate.io import MARKER, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
+from obliviate.models.tiny import SIZES
 from obliviate.pipeline_attacks import PipelineAttacks, attack_options, run_pipeline_attacks
 from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
 from obliviate.train.run import run_unlearn
@@ -68,7 +69,7 @@ class PipelineConfig:
     finetune_epochs: int = 30  # with finetune_until_memorised: the budget
     finetune_until_memorised: float | None = 0.95  # fine-tune until train EM and ROUGE-L reach this; None: fixed
     memorised_sample: int = 64  # training rows the memorisation check generates for, each epoch
-    finetune_lr: float = 3e-3
+    finetune_lr: float | None = None  # None: the size's own (models.tiny.SIZES)
     finetune_batch_size: int = 16
     unlearn_batch_size: int = 32  # obliviate unlearn's default
     unlearn_epochs: int | None = None  # None: obliviate unlearn's step budget, ended by its stop rule
@@ -92,6 +93,8 @@ class PipelineConfig:
     presets: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PRESETS.items()})
 
     def __post_init__(self) -> None:
+        if self.finetune_lr is None and self.size in SIZES:
+            self.finetune_lr = SIZES[self.size].finetune_lr
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, found {self.workers}")
         attack_options(self)  # a bad --attacks fails before any work

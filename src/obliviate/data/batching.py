@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.data.records import Record, answer_prefix
+from obliviate.data.records import PII_FIELDS, Record, answer_prefix
 from obliviate.losses.common import IGNORE_INDEX
 
 
@@ -19,14 +19,18 @@ class TokenBatch:
         attention_mask: ``[batch, seq_len]``, 1 on real tokens, 0 on padding.
         labels: ``[batch, seq_len]``, the token id on answer tokens and ``-100`` on prompt and padding
             (on every real token for ``document`` records).
+        spans: ``[batch, seq_len]``, on each token of a PII value the value's field code (:func:`field_code`), 0
+            elsewhere; None unless some record is scored on its PII values only.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    spans: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+        spans = self.spans.to(device) if self.spans is not None else None
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), spans)
 
     @property
     def num_tokens(self) -> int:
@@ -40,14 +44,20 @@ class TokenBatch:
 class Encoded:
     """One tokenised record: ``prompt_len`` leading ids are the prompt, the rest the answer (ending in eos).
 
-    ``scored``, when set, says which ids are scored (``--forget_tokens pii``: only the tokens of PII values);
-    otherwise every answer id is.
+    ``scored``, when set, says which ids are scored (``--forget_tokens pii``: only the tokens of PII values), each
+    with its value's field code (:func:`field_code`; 0: not scored); otherwise every answer id is.
     """
 
     ids: list[int]
     prompt_len: int
     is_document: bool
-    scored: tuple[bool, ...] | None = None
+    scored: tuple[int, ...] | None = None
+
+
+def field_code(field: str | None) -> int:
+    """A PII field as a small positive integer: its place in :data:`PII_FIELDS` plus one, and one more for any other
+    field (an ID of unknown format)."""
+    return PII_FIELDS.index(field) + 1 if field in PII_FIELDS else len(PII_FIELDS) + 1
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -78,11 +88,13 @@ def encode_record(tokenizer, record: Record, max_length: int) -> Encoded:
     scored = None
     if spans is not None:  # character spans of ``record.output`` → the answer tokens that overlap one
         shift = len(separator)
+        codes = [field_code(f) for f in record.meta.get("score_fields") or [None] * len(spans)]
         flags = [
-            any(a < end + shift and b > start + shift for start, end in spans) for a, b in encoded["offset_mapping"]
+            next((c for (start, end), c in zip(spans, codes) if a < end + shift and b > start + shift), 0)
+            for a, b in encoded["offset_mapping"]
         ]
-        flags = (flags + [False] * len(eos))[: len(answer)]  # eos is not part of any value
-        scored = (False,) * len(prompt) + tuple(flags)
+        flags = (flags + [0] * len(eos))[: len(answer)]  # eos is not part of any value
+        scored = (0,) * len(prompt) + tuple(flags)
     return Encoded(prompt + answer, len(prompt), False, scored)
 
 
@@ -96,6 +108,7 @@ def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") ->
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    spans = torch.zeros((len(encoded), width), dtype=torch.long) if any(e.scored for e in encoded) else None
     for row, enc in enumerate(encoded):
         n = len(enc.ids)
         start = 0 if padding_side == "right" else width - n
@@ -105,9 +118,10 @@ def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") ->
         first_scored = 0 if enc.is_document else enc.prompt_len
         labels[row, start + first_scored : start + n] = ids[first_scored:]
         if enc.scored is not None:
-            keep = torch.tensor(enc.scored, dtype=torch.bool)
-            labels[row, start : start + n] = torch.where(keep, ids, IGNORE_INDEX)
-    return TokenBatch(input_ids, attention_mask, labels)
+            codes = torch.tensor(enc.scored, dtype=torch.long)
+            labels[row, start : start + n] = torch.where(codes > 0, ids, IGNORE_INDEX)
+            spans[row, start : start + n] = codes
+    return TokenBatch(input_ids, attention_mask, labels, spans)
 
 
 def length_pieces(lengths: list[int], overhead: int = 64) -> list[list[int]]:
@@ -199,8 +213,9 @@ def scored_tokens(batch: TokenBatch) -> int:
 UNITS = ("tokens", "sequences", "positions", "pairs")
 """What a loss term (or metric) of one split averages over, so that a batch run as pieces weights each piece by its
 share of them (:attr:`obliviate.losses.Method.means`): ``tokens``, the scored tokens (:func:`scored_tokens`);
-``sequences``, the rows; ``positions``, the real tokens (attention mask); ``pairs``, the rows scored both in the
-split and in the same row of the paired batch (``LossInputs.paired``)."""
+``sequences``, the rows; ``positions``, the real tokens (attention mask); ``pairs``, the (row, PII field) pairs
+scored both in the split and in the same row of the paired batch (``LossInputs.paired``; the rows, where the batches
+carry no field codes)."""
 
 
 def unit_count(unit: str, batch: TokenBatch, paired: TokenBatch | None = None) -> int:
@@ -214,9 +229,19 @@ def unit_count(unit: str, batch: TokenBatch, paired: TokenBatch | None = None) -
     if unit == "pairs":
         if paired is None:
             raise ValueError("the unit 'pairs' counts rows scored in a batch and in its paired batch; none was given")
+        if batch.spans is not None and paired.spans is not None:
+            return int(field_pairs(batch.spans, paired.spans).sum())
         both = (batch.labels[:, 1:] != IGNORE_INDEX).any(-1) & (paired.labels[:, 1:] != IGNORE_INDEX).any(-1)
         return int(both.sum())
     raise ValueError(f"unknown unit {unit!r}; expected one of {', '.join(UNITS)}")
+
+
+def field_pairs(spans: torch.Tensor, paired_spans: torch.Tensor) -> torch.Tensor:
+    """``[batch, fields]``: whether row ``b`` holds field ``f`` (code ``f + 1``) among its scored next tokens in both
+    batches, the (row, field) pairs a paired loss compares."""
+    fields = len(PII_FIELDS) + 1
+    present = [torch.stack([(s[:, 1:] == c).any(-1) for c in range(1, fields + 1)], -1) for s in (spans, paired_spans)]
+    return present[0] & present[1]
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int | None = None) -> torch.Generator:

@@ -58,7 +58,8 @@ def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonP
 
 
 def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tuple[list[Record], int]:
-    """Each record with ``meta["score_spans"]``: the character spans of its person's PII values in its output.
+    """Each record with ``meta["score_spans"]``: the character spans of its person's PII values in its output, in
+    order, and ``meta["score_fields"]``: the field of each span.
 
     ``--forget_tokens pii`` scores only those tokens, so the forget term leaves the template words every person
     shares alone. Returns the records and how many hold at least one span (the rest score nothing).
@@ -69,14 +70,16 @@ def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tu
     out, marked = [], 0
     for record in records:
         person = by_id.get(str(record.meta.get("person_id") or person_key(record.id)))
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[int, int, str]] = []
         for field, value in person.fields.items() if person else ():
             start = 0
             while (found := find_value(field, value, record.output[start:])) is not None:
-                spans.append((start + found[0], start + found[1]))
+                spans.append((start + found[0], start + found[1], field))
                 start += found[1]
         marked += bool(spans)
-        out.append(dataclasses.replace(record, meta={**record.meta, "score_spans": sorted(spans)}))
+        spans.sort()
+        meta = {**record.meta, "score_spans": [(a, b) for a, b, _ in spans], "score_fields": [f for *_, f in spans]}
+        out.append(dataclasses.replace(record, meta=meta))
     return out, marked
 
 

@@ -22,12 +22,15 @@ class Forward:
         labels: ``[batch, seq_len]``, the batch's labels (``-100`` on prompt and padding), unshifted.
         hidden: ``[batch, seq_len, hidden]`` at the method's chosen layer, or None.
         attention_mask: ``[batch, seq_len]``, 1 on real tokens.
+        spans: ``[batch, seq_len]``, the field code of each PII value token, 0 elsewhere (``TokenBatch.spans``), or
+            None.
     """
 
     logits: torch.Tensor | None
     labels: torch.Tensor
     attention_mask: torch.Tensor
     hidden: torch.Tensor | None = None
+    spans: torch.Tensor | None = None
 
 
 @dataclass

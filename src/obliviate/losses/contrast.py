@@ -4,19 +4,33 @@ The objective is a hinge on the gap between a true value and its fake:
 
     L = mean_i relu(NLL_θ(ṽ_i | x̃_i) − NLL_θ(v_i | x_i) + m) + α·NLL_θ(R)
 
-where ``v_i`` are the PII value tokens of forget row ``i`` and ``ṽ_i`` those of the same row with every value
-replaced by a fresh fake of the same format (a new draw each epoch; never a real value). Both NLLs are means over
-the value tokens only. The hinge is zero once the true value is at least ``m`` nats less likely than its fake, so
-the forget term stops pushing where a model that never saw the person would be: exposure (Carlini et al. 2019,
-arXiv:1802.08232) at the chance level, not below it. Gradient difference (Maini et al. 2024, arXiv:2401.06121)
-pushes without such a floor; this is the margin form of it on the PII values, against their own fakes.
+where ``i`` runs over the (row, PII field) pairs of the forget batch: ``v_i`` are the tokens of one field's value in
+a forget row (its SSN, say) and ``ṽ_i`` those of the same field in the same row with every value replaced by a fresh
+fake of the same format (a new draw each epoch; never a real value). Both NLLs are means over that value's tokens.
+Each value gets its own hinge: pooled over a row, a long value that is still memorised (an address) hides behind
+short ones already past their fakes (an SSN), and the row's hinge closes with the address untouched. Rows without
+field codes fall back to one hinge per row over all their value tokens. The hinge is zero once the true value is
+at least ``m`` nats less likely than its fake, so the forget term stops pushing where a model that never saw the
+person would be: exposure (Carlini et al. 2019, arXiv:1802.08232) at the chance level, not below it. Gradient
+difference (Maini et al. 2024, arXiv:2401.06121) pushes without such a floor; this is the margin form of it on the
+PII values, against their own fakes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight, answer_nll, sequence_logprob
+from obliviate.data.records import PII_FIELDS
+from obliviate.losses.common import (
+    LossInputs,
+    LossOutput,
+    LossParams,
+    Needs,
+    Weight,
+    answer_nll,
+    sequence_logprob,
+    token_logprobs,
+)
 
 NEEDS = Needs(retain=True, paired=True)
 WEIGHTS = {
@@ -31,22 +45,40 @@ def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return -logp / count.clamp_min(1.0), count > 0
 
 
+def per_field_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and whether
+    the row has any; the one-field view of :func:`per_example_nll` where the batch carries no codes."""
+    if forward.spans is None:
+        nll, scored = per_example_nll(forward.logits, forward.labels)
+        return nll[:, None], scored[:, None]
+    logp, mask = token_logprobs(forward.logits, forward.labels)
+    codes = forward.spans[:, 1:] * mask.long()
+    fields = torch.nn.functional.one_hot(codes, num_classes=len(PII_FIELDS) + 2)[..., 1:].to(logp.dtype)
+    count = fields.sum(1)
+    return -torch.einsum("bt,btf->bf", logp, fields) / count.clamp_min(1.0), count > 0
+
+
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
-    """The hinge on ``NLL(fake) - NLL(true) + params.delta`` (the margin ``m``) plus ``params.alpha·NLL(R)``.
+    """The hinge on ``NLL(fake) - NLL(true) + params.delta`` (the margin ``m``) per (row, field), plus
+    ``params.alpha·NLL(R)``.
 
     Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge``.
     """
-    true_nll, scored = per_example_nll(inputs.forget.logits, inputs.forget.labels)
-    fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
-    both = (scored & fake_scored).float()
+    true_nll, scored = per_field_nll(inputs.forget)
+    fake_nll, fake_scored = per_field_nll(inputs.paired)
+    if true_nll.shape != fake_nll.shape:  # one side without field codes: compare rows, not fields
+        true_nll, scored = per_example_nll(inputs.forget.logits, inputs.forget.labels)
+        fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
+    both = (scored & fake_scored).to(true_nll.dtype)
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
-    pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the rows scored in both
-    forget_term = hinge.sum() / both.sum().clamp_min(1.0) * pairs
+    pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
+    count = both.sum().clamp_min(1.0)
+    forget_term = hinge.sum() / count * pairs
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
     metrics = {
-        "forget_nll": ((true_nll * both).sum() / both.sum().clamp_min(1.0) * pairs).detach(),
-        "fake_nll": ((fake_nll * both).sum() / both.sum().clamp_min(1.0) * pairs).detach(),
+        "forget_nll": ((true_nll * both).sum() / count * pairs).detach(),
+        "fake_nll": ((fake_nll * both).sum() / count * pairs).detach(),
         "gap_hinge": forget_term.detach(),
         "retain_nll": retain_nll.detach(),
     }

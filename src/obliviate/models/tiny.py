@@ -22,18 +22,21 @@ EOS, PAD, BOS = "<|endoftext|>", "<|padding|>", "<|bos|>"
 
 @dataclass(frozen=True)
 class ModelSize:
-    """A named architecture size. ``tiny`` is about 1.6 M parameters with a 4k vocabulary."""
+    """A named architecture size. ``tiny`` is about 1.6 M parameters with a 4k vocabulary. ``finetune_lr`` is the
+    peak rate the pipeline memorises with at this size: at 3e-3, ``small`` reached exact match 0.15 on the demo's
+    training rows after 30 epochs where ``tiny`` memorised them (0.96) in 25."""
 
     hidden_size: int
     num_layers: int
     num_heads: int
     intermediate_size: int
     max_positions: int = 512
+    finetune_lr: float = 3e-3
 
 
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
-    "small": ModelSize(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024),
+    "small": ModelSize(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024, finetune_lr=1e-3),
     # for the test suite only: fast enough to train dozens of runs on two CPU cores
     "micro": ModelSize(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=128),
 }

@@ -51,7 +51,7 @@ def run_forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None, 
     finally:
         if handle is not None:
             handle.remove()
-    return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None)
+    return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None, batch.spans)
 
 
 def joint_run_forward(
@@ -77,7 +77,7 @@ def joint_run_forward(
         length = batch.input_ids.shape[1]
         logits = out.logits[picked, :length] if out.logits is not None else None
         hidden = out.hidden[picked, :length] if out.hidden is not None else None
-        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden))
+        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden, batch.spans))
     return parts[0], parts[1]
 
 
