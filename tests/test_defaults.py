@@ -50,6 +50,17 @@ def test_choose_falls_back_to_the_largest_rate_within_the_bound_then_the_smalles
     assert lr_probe.choose(broken, retain_bound=0.1)[0] == 1e-3
 
 
+def test_choose_refuses_a_rate_that_keeps_the_retain_nll_but_loses_retain_exact_match():
+    """LUME Task2 (tiny, contrast): 1.78e-3 kept the retain NLL within 0.1 nats and 0.94 of the exact match."""
+    trials = [
+        {"lr": 1.78e-3, "forget_rise": 0.19, "retain_rise": 0.03, "retain_exact_kept": 0.9375},
+        {"lr": 1e-3, "forget_rise": 0.05, "retain_rise": 0.005, "retain_exact_kept": 1.0},
+    ]
+    lr, reason = lr_probe.choose(trials, retain_bound=0.1)
+    assert lr == 1e-3 and "largest within it" in reason
+    assert lr_probe.keeps_retain({"lr": 1, "forget_rise": 1, "retain_rise": 0, "retain_exact_kept": 0.95}, 0.1)
+
+
 def test_candidates_are_quarter_decades_from_1e_2_to_1e_6():
     assert lr_probe.CANDIDATES[0] == 1e-2 and lr_probe.CANDIDATES[-1] == 1e-6
     ratios = [a / b for a, b in zip(lr_probe.CANDIDATES, lr_probe.CANDIDATES[1:])]
