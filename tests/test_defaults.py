@@ -269,3 +269,32 @@ def test_method_auto_falls_back_to_ga_gd_without_known_pii(target, tmp_path, cap
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["method"] == "ga_gd" and config["stop_check_steps"] == 0
     assert "unlearned with ga_gd at lr" in capsys.readouterr().out  # the summary names what auto chose
+
+
+class _Guard:
+    """A stop rule that asks for 4x the retain weights from its check at step 2 on, and never stops."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+        self.retain_scale = 1.0
+
+    def start(self, model, tokenizer) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {}
+
+    def __call__(self, model, tokenizer, step: int):
+        if step == 2:
+            self.retain_scale = 4.0
+        return None
+
+
+def test_the_loop_trains_with_the_retain_weights_the_guard_asks_for(target, tmp_path):
+    """ga_gd's logged loss is -gamma·NLL(F) + alpha·NLL(R): alpha 4 for steps 1-2, 16 after the guard's check."""
+    out = tmp_path / "guarded"
+    run_unlearn(unlearn_config(target, out, method="ga_gd", epochs=1, stop_check_steps=0), step_check=_Guard())
+    steps = [m for m in metrics(out) if "loss" in m and "stop_check" not in m]
+    alphas = [(m["loss"] + m["forget_nll"]) / m["retain_nll"] for m in steps]
+    assert len(alphas) == 5
+    assert alphas[:2] == pytest.approx([4.0, 4.0], rel=1e-3) and alphas[2:] == pytest.approx([16.0] * 3, rel=1e-3)
