@@ -250,7 +250,7 @@ def retain_check(
 ) -> RetainCheck:
     """:class:`RetainCheck` of ``records``, in eval mode."""
     from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import IGNORE_INDEX
+    from obliviate.losses.common import answer_exact, token_logprobs
 
     was_training = model.training
     model.eval()
@@ -262,13 +262,10 @@ def retain_check(
                 [encode_record(tokenizer, r, max_length) for r in records[start : start + batch_size]],
                 tokenizer.pad_token_id,
             ).to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-            labels = batch.labels[:, 1:]
-            mask = labels.ne(IGNORE_INDEX)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            total, count = total - float((logp * mask).sum()), count + float(mask.sum())
-            wrong = (logits.argmax(-1).ne(labels) & mask).any(-1)
-            exact += int((~wrong & mask.any(-1)).sum())
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logp, mask = token_logprobs(logits, batch.labels)
+            total, count = total - float(logp.sum()), count + float(mask.sum())
+            exact += int(answer_exact(logits, batch.labels).sum())
     finally:
         model.train(was_training)
     return RetainCheck(total / max(count, 1.0), exact / max(len(records), 1))

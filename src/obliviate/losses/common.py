@@ -229,6 +229,15 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return logp.sum(-1), mask.sum(-1)
 
 
+def answer_exact(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[batch]``: whether every scored next token of a row is the most likely one (and the row scores any), i.e.
+    whether greedy decoding reproduces the row's answer word for word (teacher-forced exact match)."""
+    shifted = labels[:, 1:]
+    mask = shifted.ne(IGNORE_INDEX)
+    wrong = logits[:, :-1].argmax(-1).ne(shifted) & mask
+    return ~wrong.any(-1) & mask.any(-1)
+
+
 def token_mean_nll(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-probability over the scored tokens of the whole batch (token-weighted), a scalar.
 

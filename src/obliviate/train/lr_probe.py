@@ -32,7 +32,7 @@ from accelerate.utils import DistributedType
 
 from obliviate.data.batching import collate
 from obliviate.errors import ConfigError, TrainingError
-from obliviate.losses.common import token_logprobs
+from obliviate.losses.common import answer_exact, token_logprobs
 
 CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 4), 12) for k in range(8, 25))
 """Candidate peak rates, a quarter of a decade apart (x 1.78): 1e-2, 5.62e-3, 3.16e-3, ..., 1e-6."""
@@ -181,8 +181,7 @@ def _nll(run, examples, rows: list[int], batch_size: int = 16) -> tuple[float, f
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             logp, mask = token_logprobs(logits, batch.labels)
             total, count = total - float(logp.float().sum()), count + float(mask.sum())
-            wrong = logits[:, :-1].argmax(-1).ne(batch.labels[:, 1:]) & mask.bool()
-            exact += int((~wrong.any(-1) & mask.bool().any(-1)).sum())
+            exact += int(answer_exact(logits, batch.labels).sum())
     finally:
         model.train(was_training)
     return total / max(count, 1.0), exact / len(rows)
