@@ -62,7 +62,7 @@ def _save(fig: Figure, out: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
+            fig.savefig(handle, format="png", dpi=DPI)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -351,5 +351,6 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
     ax.set_title("Forget PII exposure at each stop-rule check")
     fig.tight_layout()
     if drawn or shaded:  # below the axes: inside, it covered the curves it names
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        fig.subplots_adjust(bottom=0.36)
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return fig
