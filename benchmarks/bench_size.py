@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,17 +23,12 @@ import demo_results  # noqa: E402
 MARK = "bench_size"
 
 
-def run_size(size: str, args: argparse.Namespace) -> tuple[dict, float]:
-    """The demo pipeline at ``size``; its ``results.json`` and wall seconds (cached target and oracle reused)."""
-    import dataclasses
+def size_config(size: str, args: argparse.Namespace):
+    """The demo pipeline's config at ``size``, in this benchmark's own output and cache directories."""
+    from obliviate.pipeline import PipelineConfig
 
-    from obliviate.cli.run import run_experiment
-    from obliviate.pipeline import PipelineConfig, StampedLog
-    from obliviate.pipeline_cache import prepare_data
-
-    out = Path(args.output_dir) / size
-    config = PipelineConfig(
-        output_dir=str(out),
+    return PipelineConfig(
+        output_dir=str(Path(args.output_dir) / size),
         cache_dir=str(Path(args.output_dir) / "cache"),
         methods=tuple(args.methods),
         people=args.people,
@@ -45,22 +39,40 @@ def run_size(size: str, args: argparse.Namespace) -> tuple[dict, float]:
         attacks="none",
         fresh=args.fresh,
     )
-    if out.exists():
-        import shutil
 
-        shutil.rmtree(out)  # the benchmark's own directory: each run writes it anew
+
+def run_size(size: str, args: argparse.Namespace) -> dict:
+    """The demo pipeline at ``size`` (cached target and oracle reused); its ``results.json``."""
+    import dataclasses
+    import shutil
+
+    from obliviate.cli.run import run_experiment
+    from obliviate.pipeline import StampedLog
+    from obliviate.pipeline_cache import prepare_data
+
+    config = size_config(size, args)
+    shutil.rmtree(config.output_dir, ignore_errors=True)  # the benchmark's own directory: each run writes it anew
     log = StampedLog()
-    started = time.perf_counter()
     dirs = prepare_data(config, log)
     config = dataclasses.replace(config, data_dirs={name: str(path) for name, path in dirs.items()})
-    outcome = run_experiment(config, title=f"bench_size {size}", log=log)
-    seconds = time.perf_counter() - started
-    results = json.loads((out / "results.json").read_text())
-    results["parameters"] = parameters(outcome.target_dir)
-    return results, seconds
+    run_experiment(config, title=f"bench_size {size}", log=log)
+    return read_size(size, args)
 
 
-def parameters(model_dir: str) -> str:
+def read_size(size: str, args: argparse.Namespace) -> dict:
+    """A size's ``results.json`` as its run wrote it, with the model's parameter count (from the shared untrained
+    model that target and oracle start from)."""
+    from obliviate.pipeline import StampedLog
+    from obliviate.pipeline_cache import cached_init, prepare_data
+
+    config = size_config(size, args)
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    dirs = prepare_data(config, StampedLog())
+    results["parameters"] = parameters(cached_init(config, [dirs["forget"], dirs["retain"]]))
+    return results
+
+
+def parameters(model_dir) -> str:
     """The parameter count of the model in ``model_dir``."""
     from obliviate.models.load import load_model
     from obliviate.models.tiny import count_parameters
@@ -69,35 +81,54 @@ def parameters(model_dir: str) -> str:
     return f"{count_parameters(model):,}"
 
 
-def section(measured: dict[str, tuple[dict, float]], command: str) -> str:
+def memorised(results: dict) -> str:
+    """When target and oracle reached the memorisation threshold, from the run's ``memorisation`` record."""
+    found = results.get("memorisation") or {}
+    parts = [
+        f"{name} at epoch {entry['epochs']} of {entry['budget']}"
+        if entry.get("memorised")
+        else f"{name} not memorised"
+        for name, entry in found.items()
+        if entry
+    ]
+    return ", ".join(parts) or "not recorded"
+
+
+def section(measured: dict[str, dict], command: str) -> str:
     """The markdown section: one table of every size's rows and the goals each method meets at each size."""
     from obliviate.report.columns import metric_columns
 
     columns = metric_columns("brief")
-    header = ["size", "model", *(c.header for c in columns), "steps", "ended by"]
+    header = ["size", "model", *(c.header for c in columns), "lr", "steps", "ended by", "tokens / oracle"]
     rows, verdicts = [], []
-    for size, (results, _) in measured.items():
+    for size, results in measured.items():
         runs = {r["method"]: r for r in results["runs"]}
         for row in results["summary"]:
             run = runs.get(row["model"], {})
             end = demo_results.ended_by(run.get("stopped")) if run else "–"
             cells = [demo_results.cell(c.cell(row.get(c.key))) for c in columns]
-            rows.append([size, row["model"], *cells, demo_results.cell(run.get("steps")), end])
+            cost = demo_results.cell(row.get("tokens_vs_oracle"))
+            lr, steps = demo_results.cell(run.get("lr")), demo_results.cell(run.get("steps"))
+            rows.append([size, row["model"], *cells, lr, steps, end, cost])
         held, total, lines = demo_results.goal_lines(results["summary"])
-        verdicts.append(f"**{size}** ({results['parameters']} parameters): {held} of {total} goals hold.")
-        verdicts.extend(lines)
-    times = ", ".join(f"{size} {seconds / 60:.1f} min" for size, (_, seconds) in measured.items())
-    first = next(iter(measured.values()))[0]["config"]
+        verdicts.append(
+            f"**{size}** ({results['parameters']} parameters, fine-tuned at lr {results['config']['finetune_lr']:g}; "
+            f"memorised: {memorised(results)}): "
+            f"{held} of {total} goals hold.\n\n" + "\n".join(lines)
+        )
+    times = ", ".join(f"{size} {results['wall_seconds'] / 60:.1f} min" for size, results in measured.items())
+    first = next(iter(measured.values()))["config"]
     return f"""## Model size and selectivity (demo data)
 
 The demo's {first["people"]} synthetic people at each model size: target and oracle fine-tuned until memorised
 (budget {first["finetune_epochs"]} epochs), then each method as `obliviate unlearn` runs it with no hyperparameter
 flags (learning rate from the range test, at most 120 steps, the stop rule). Last checkpoint of each run, up to
-{first["eval_max_examples"]} rows per split. Wall time per size (fine-tuning included unless cached): {times}.
+{first["eval_max_examples"]} rows per split. Wall time of each size's pipeline (fine-tuning included where it was
+not cached): {times}.
 
 {_common.markdown_table(header, rows)}
 
-{chr(10).join(verdicts)}
+{chr(10).join(v + chr(10) for v in verdicts).rstrip()}
 
 Reproduce: `{command}` (measured {_common.utc_date()}, {_common.cpu_cores()} CPU cores)."""
 
@@ -113,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="retrain targets and oracles (no cache)")
     parser.add_argument("--output_dir", default="runs/size")
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
+    parser.add_argument(
+        "--from_results", action="store_true", help="write up the runs already in OUTPUT_DIR/SIZE instead of running"
+    )
     args = parser.parse_args(argv)
     _common.quiet()
-    measured = {size: run_size(size, args) for size in args.sizes}
-    text = section(measured, _common.exact_command("bench_size.py", parser, args))
+    measured = {size: (read_size if args.from_results else run_size)(size, args) for size in args.sizes}
+    measured_with = argparse.Namespace(**{**vars(args), "from_results": False})  # the command that ran them
+    text = section(measured, _common.exact_command("bench_size.py", parser, measured_with))
     print(text)
     if args.write:
         _common.write_section(MARK, text)
