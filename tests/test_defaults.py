@@ -188,11 +188,6 @@ def test_every_preset_names_real_unlearn_options():
 
 
 @pytest.mark.slow  # about 2 minutes: a tiny model that memorised 40 people, then unlearning with no flags
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 is open: measured 2026-12-03 with the per-field stop rule, the no-flag run stops at step 24 "
-    "with a forget leak of 0.15 (holdout 0.00; 0.35 before)",
-)
 def test_no_flags_on_a_memorised_tiny_model_forgets_to_the_holdout_level_and_keeps_retain(tmp_path):
     """The issue's acceptance test: only the seed flags; forget leak within 1 pp of the holdout's, retain EM ≥ 90 %."""
     from obliviate.data.synth import synthesize, write_synth
