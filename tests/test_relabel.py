@@ -153,3 +153,16 @@ def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fak
         out.loss.backward()
         assert bool(true_logits.grad.abs().sum() > 0) is pushes
         assert (float(out.metrics["gap_hinge"]) > 0) is pushes
+
+
+def test_people_read_from_qa_rows_carry_the_split_their_rows_came_from(tmp_path):
+    """Without pii.json (LUME), ``{split: records}`` gives each person its split, so fakes draw from that split."""
+    from obliviate.data.records import Record
+
+    def rows(person: str, name: str, ssn: str) -> list[Record]:
+        return [Record(f"{person}qa1", f"What is {name}'s Social Security Number?", ssn, task="Task2", kind="qa")]
+
+    forget, retain = rows("f1", "Ann Lee", "900111111"), rows("r1", "Bo Park", "900222222")
+    split = {p.person_id: p.split for p in relabel.known_people(tmp_path, {"forget": forget, "retain": retain})}
+    assert split == {"f1": "forget", "r1": "retain"}
+    assert {p.split for p in relabel.known_people(tmp_path, [*forget, *retain])} == {""}

@@ -294,7 +294,7 @@ def stop_rule_for(config) -> ExposureStopRule:
     forget = load_split(config.forget_dir, split="forget")
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else []
     holdout = load_split(config.holdout_dir, split="holdout") if config.holdout_dir else []
-    people = known_people(config.forget_dir, [*forget, *retain, *holdout])
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain, "holdout": holdout})
     return ExposureStopRule(
         forget=sample_records(forget, EXPOSURE_SAMPLE, config.seed),
         people=people,

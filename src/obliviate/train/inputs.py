@@ -26,7 +26,7 @@ def has_pii(config: UnlearnConfig, forget, retain) -> bool:
     """Whether any forget record's person has known PII values (what the stop rule measures)."""
     from obliviate.train.relabel import known_people
 
-    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     forget_ids = {r.id for r in forget}
     return any(p.fields and forget_ids.intersection(p.records) for p in people)
 
@@ -38,7 +38,7 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
 
     if relabels:
         raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
-    marked, count = mark_pii_spans(forget, known_people(config.forget_dir, [*forget, *(retain or [])]))
+    marked, count = mark_pii_spans(forget, known_people(config.forget_dir, {"forget": forget, "retain": retain or []}))
     if not count:
         raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
     if process_state().is_main_process:
@@ -51,7 +51,7 @@ def fake_pairs(config: UnlearnConfig, forget, retain):
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
     from obliviate.train.relabel import known_people
 
-    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     marked, copies = pair_with_fakes(forget, people, draws=config.relabel_draws, seed=config.seed)
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
@@ -64,7 +64,7 @@ def relabelled_forget(model, tokenizer, config: UnlearnConfig, forget, retain):
     """The relabelled forget sets of a relabelling method, made by the starting model before any training."""
     from obliviate.train.relabel import known_people, relabelled_draws
 
-    people = known_people(config.forget_dir, [*forget, *(retain or [])])
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     draws, stats = relabelled_draws(model, tokenizer, forget, people, draws=config.relabel_draws, seed=config.seed)
     # a record that could not be relabelled (no known person) would be trained on its true answer: leave it out
     kept = [i for i, record in enumerate(forget) if any(d[i] != record for d in draws)]

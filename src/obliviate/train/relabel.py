@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from faker import Faker
 
@@ -181,14 +181,20 @@ def person_of(record: Record, people: dict[str, PersonPII]) -> PersonPII | None:
     return people.get(str(record.meta.get("person_id") or person_key(record.id)))
 
 
-def known_people(forget_dir, records: Sequence[Record]) -> list[PersonPII]:
+def known_people(forget_dir, records: Sequence[Record] | Mapping[str, Sequence[Record]]) -> list[PersonPII]:
     """Everyone whose PII the data names: ``pii.json`` beside the forget set (synthetic data), else the Task2 QA
-    answers of ``records`` (forget and retain rows together)."""
+    answers of ``records``. Given as ``{split: records}``, each person carries the split their rows came from, as
+    ``pii.json``'s people do: fakes then draw from the person's own split (:class:`~obliviate.data.fakes.
+    CandidateSampler`), the same way in training, in the stop rule and in evaluation."""
     from obliviate.data.pii import find_pii_json, pii_from_records
     from obliviate.data.synth import load_pii
 
     pii_file = find_pii_json(forget_dir)
-    return list(load_pii(pii_file)) if pii_file is not None else pii_from_records(records)
+    if pii_file is not None:
+        return list(load_pii(pii_file))
+    if isinstance(records, Mapping):
+        return [person for split, rows in records.items() for person in pii_from_records(rows, split=split)]
+    return pii_from_records(records)
 
 
 def fake_pairs(
