@@ -176,6 +176,28 @@ class _Index:
                     if field:
                         yield _Span(groups[first][0], groups[last][1], field)
 
+    def glued_number_spans(self, text: str) -> Iterator[_Span]:
+        """Like the number spans, but also where the digits run on into more digits ("717646989-09-09"): every run of
+        whole digit groups whose digits are a known value, and a known value of 7 or more digits inside a longer group
+        ("3472593824717646989"). Too loose to count a leak, right for redacting one."""
+        lengths = sorted({len(key) for key in self.digits if len(key) >= 7})
+        for group in _DIGIT_GROUP.finditer(text):
+            digits = group.group()
+            for length in (n for n in lengths if n < len(digits)):
+                for start in range(len(digits) - length + 1):
+                    if field := self.digits.get(digits[start : start + length]):
+                        yield _Span(group.start() + start, group.start() + start + length, field)
+        for chain in _DIGIT_CHAIN.finditer(text):
+            groups = [(chain.start() + g.start(), chain.start() + g.end()) for g in _DIGIT_GROUP.finditer(chain[0])]
+            for first in range(len(groups)):
+                digits = ""
+                for last in range(first, len(groups)):
+                    digits += text[groups[last][0] : groups[last][1]]
+                    if len(digits) > _MAX_DIGITS:
+                        break
+                    if field := self.digits.get(digits):
+                        yield _Span(groups[first][0], groups[last][1], field)
+
     def _numeric_date(self, parts: list[str]) -> str | None:
         """The date written year first ("1984-12-31") or in US order ("12/31/1984", "1/5/1984"), if known."""
         if not self.dates or len(parts) != 3:
