@@ -62,6 +62,32 @@ def test_leaks_are_high_on_memorised_people_and_near_zero_on_holdout(memorised):
     assert set(result.leak["forget"]["by_attack"]) >= {"question", "prefix", "paraphrase"}
 
 
+def test_the_vocabulary_distribution_is_computed_only_where_membership_inference_reads_it(memorised, monkeypatch):
+    """Min-K%++ reads forget and holdout's per-position mean and spread; without a holdout nothing does, and the
+    forward pass skips them. Every other figure is the same either way."""
+    from obliviate.evaluate import suite
+
+    data_dir, model_dir = memorised
+    model, tokenizer = load_model(model_dir)
+    asked: list[tuple[str, bool]] = []
+    real = suite.forward_pass
+
+    def recorded(*args, desc="", distribution=True, **kwargs):
+        asked.append((desc.split()[0], distribution))
+        return real(*args, desc=desc, distribution=distribution, **kwargs)
+
+    monkeypatch.setattr(suite, "forward_pass", recorded)
+    options = EvalOptions(batch_size=16, max_new_tokens=8, show_progress=False, leak_probes=False, exposure=False)
+    with_holdout = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
+    full = evaluate_model(model, tokenizer, with_holdout, options).summary()
+    assert asked == [("forget", True), ("retain", False), ("holdout", True)]
+    asked.clear()
+    without = evaluate_model(model, tokenizer, load_eval_data(data_dir / "forget", data_dir / "retain"), options)
+    assert asked == [("forget", False), ("retain", False)]
+    without = without.summary()
+    assert without and all(full[k] == v for k, v in without.items() if isinstance(v, float) and math.isfinite(v))
+
+
 def test_batched_and_one_at_a_time_evaluation_agree(memorised):
     data_dir, model_dir = memorised
     model, tokenizer = load_model(model_dir)

@@ -105,8 +105,12 @@ def evaluate_split(
     people: list[Any],
     options: EvalOptions,
     redactor: leak.Redactor | None,
+    distribution: bool = True,
 ) -> tuple[list[dict], list[Metric], list[TokenScores], Any]:
-    """Rows, aggregates, token scores and the leak report of one split, from one forward and one generation pass."""
+    """Rows, aggregates, token scores and the leak report of one split, from one forward and one generation pass.
+
+    ``distribution``: whether membership inference will read this split's per-position vocabulary mean and spread
+    (Min-K%++); without it the forward pass skips them."""
     token_scores = forward_pass(
         model,
         tokenizer,
@@ -115,7 +119,7 @@ def evaluate_split(
         max_length=options.max_length,
         desc=f"{split} forward",
         show_progress=options.show_progress,
-        distribution=split in ("forget", "holdout"),  # only membership inference reads mu / sigma
+        distribution=distribution and split in ("forget", "holdout"),  # only membership inference reads them
         official=options.official,
     )
     scored = [r for r in records if r.kind in ("completion", "qa")]
@@ -252,8 +256,9 @@ def _evaluate_split_into(
     """One split's rows, aggregates, leak report and exposure, added to ``passes``."""
     records = sample_records(data.splits[split], options.max_examples, options.seed)
     passes.records[split] = records
+    mia_reads = "holdout" in data.splits and data.mia_members is None  # forget against holdout (membership.mia_sets)
     rows, aggregates, passes.token_scores[split], report = evaluate_split(
-        model, tokenizer, split, records, data.people, options, redactor
+        model, tokenizer, split, records, data.people, options, redactor, distribution=mia_reads
     )
     passes.per_example += rows
     passes.metrics += aggregates
