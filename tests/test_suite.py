@@ -77,7 +77,9 @@ def test_the_vocabulary_distribution_is_computed_only_where_membership_inference
         return real(*args, desc=desc, distribution=distribution, **kwargs)
 
     monkeypatch.setattr(suite, "forward_pass", recorded)
-    options = EvalOptions(batch_size=16, max_new_tokens=8, show_progress=False, leak_probes=False, exposure=False)
+    options = EvalOptions(
+        batch_size=16, max_new_tokens=4, max_examples=6, show_progress=False, leak_probes=False, exposure=False
+    )
     with_holdout = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
     full = evaluate_model(model, tokenizer, with_holdout, options).summary()
     assert asked == [("forget", True), ("retain", False), ("holdout", True)]
