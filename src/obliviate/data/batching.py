@@ -108,7 +108,8 @@ def collate(encoded: list[Encoded], pad_id: int, padding_side: str = "right") ->
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    spans = torch.zeros((len(encoded), width), dtype=torch.long) if any(e.scored for e in encoded) else None
+    coded = any(e.scored is not None for e in encoded)
+    spans = torch.zeros((len(encoded), width), dtype=torch.long) if coded else None
     for row, enc in enumerate(encoded):
         n = len(enc.ids)
         start = 0 if padding_side == "right" else width - n

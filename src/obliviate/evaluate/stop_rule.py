@@ -271,11 +271,6 @@ def retain_check(
     return RetainCheck(total / max(count, 1.0), exact / max(len(records), 1))
 
 
-def retain_nll(model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32) -> float:
-    """Mean answer-token NLL of ``records`` (token-weighted), in eval mode."""
-    return retain_check(model, tokenizer, records, max_length, batch_size).nll
-
-
 RETAIN_SAMPLE = 64
 """Retain rows whose NLL the stop rule watches (a seeded sample that keeps people whole)."""
 
