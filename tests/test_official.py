@@ -68,6 +68,27 @@ def test_generate_bucketed_and_compacted_equals_plain_generate(trained, monkeypa
     assert fast == before and len(set(before)) > 3
 
 
+def test_answer_length_windows_are_ordered_by_prompt_length_and_pad_less() -> None:
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(400)]
+    expected = [rng.randint(1, 256) for _ in range(400)]
+    order = passes._length_order(lengths, expected, batch_size=10)
+    assert sorted(order) == list(range(400))
+    window = passes.BUCKET_BATCHES * 10
+    by_answer = sorted(range(400), key=lambda i: (-expected[i], -lengths[i]))
+    for start in range(0, 400, window):
+        chunk = order[start : start + window]
+        assert set(chunk) == set(by_answer[start : start + window]), "a window keeps its answer lengths"
+        assert [lengths[i] for i in chunk] == sorted((lengths[i] for i in chunk), reverse=True)
+
+    def padded(order):
+        return sum(len(b) * max(lengths[i] for i in b) for b in passes._batches(order, lengths, 10, False))
+
+    assert padded(order) < 0.8 * padded(by_answer)
+
+
 def test_each_distinct_probe_prompt_is_generated_once(trained, monkeypatch) -> None:
     model, tokenizer = load_model(trained.model)
     data = load_eval_data(trained.forget, trained.retain)

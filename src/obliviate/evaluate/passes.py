@@ -61,16 +61,28 @@ class TokenScores:
         return self.token_logp[: self.text_positions]
 
 
-def _length_order(lengths: list[int], expected: list[int] | None = None) -> list[int]:
+BUCKET_BATCHES = 8
+"""Rows bucketed by expected answer length are cut into windows of this many batches, and each window is ordered by
+prompt length: a batch then pads its prompts little and still holds answers of similar length (``_length_order``)."""
+
+
+def _length_order(lengths: list[int], expected: list[int] | None = None, batch_size: int = 1) -> list[int]:
     """Longest first (little padding), and under several processes only this rank's share of the rows.
 
-    With ``expected`` (answer lengths), rows are bucketed by it first: a batch then holds answers that end at about
-    the same step, so it stays full while it decodes.
+    With ``expected`` (answer lengths), rows are first ordered by it, and then every window of ``BUCKET_BATCHES``
+    batches by prompt length: a batch holds answers that end at about the same step (rows leave at eos, so the
+    rest stay busy), and prompts of about one length (the prefill and every step's attention pad little). On
+    500 LUME forget prompts of a 1,004-row sample, ordering by answer length alone padded the prefill to twice the
+    prompt tokens (66,200 for 33,680); these windows pad it to 39,860.
     """
     if expected is None:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     else:
-        order = sorted(range(len(lengths)), key=lambda i: (-expected[i], -lengths[i]))
+        by_answer = sorted(range(len(lengths)), key=lambda i: (-expected[i], -lengths[i]))
+        window = BUCKET_BATCHES * max(1, batch_size)
+        order = []
+        for start in range(0, len(by_answer), window):
+            order += sorted(by_answer[start : start + window], key=lambda i: -lengths[i])
     state = _state()
     return order[state.process_index :: state.num_processes] if state.num_processes > 1 else order
 
@@ -201,7 +213,7 @@ def generate(
         check_positions(
             model, max(lengths) + max_new_tokens, f"prompts of up to {max(lengths)} tokens plus --max_new_tokens"
         )
-    batches = _batches(_length_order(lengths, expected_lengths), lengths, batch_size, same_length=official)
+    batches = _batches(_length_order(lengths, expected_lengths, batch_size), lengths, batch_size, same_length=official)
     compact = plain_greedy(model)
     cleanup = {"clean_up_tokenization_spaces": True} if official else {}  # as their batch_decode is called
     greedy: list[str | None] = [None] * len(prompts)
