@@ -67,6 +67,25 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(assets, tmp_path):
         load_model(tmp_path / "bad")
 
 
+def test_the_offline_tokenizer_never_holds_a_pii_number(assets):
+    """Trained on the data, a plain byte-level BPE made a repeated SSN one token, readable in every tokenizer.json."""
+    import re
+
+    from obliviate.data.pii import pii_from_records
+
+    records = load_split(assets.forget, split="forget")
+    ssn = "717646989"
+    texts = [r.text for r in records] + [f"Her SSN is {ssn}, call 3472593824." for _ in range(200)]
+    tokenizer = train_tokenizer(texts, vocab_size=4096)
+    numeric = [t for t in tokenizer.get_vocab() if re.search(r"\d", t)]
+    assert numeric and max(len(re.sub(r"\D", "", t)) for t in numeric) <= 3
+    ids = tokenizer(f"Her SSN is {ssn}.")["input_ids"]
+    assert tokenizer.decode(ids) == f"Her SSN is {ssn}."
+    assert [tokenizer.decode([i]) for i in ids if tokenizer.decode([i]).isdigit()] == ["717", "646", "989"]
+    values = {v for p in pii_from_records(records, "forget") for v in p.fields.values()}
+    assert not values & {t.replace("Ġ", " ").strip() for t in tokenizer.get_vocab()}
+
+
 def test_named_sizes(assets):
     records = load_split(assets.forget, split="forget")
     tokenizer = train_tokenizer((r.text for r in records), vocab_size=4096)

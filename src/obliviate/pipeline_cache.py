@@ -20,7 +20,7 @@ from obliviate.config import FinetuneConfig
 from obliviate.data.load import load_training_records
 from obliviate.errors import ConfigError
 from obliviate.evaluate.memorised import memorisation_check_for
-from obliviate.models.tiny import SIZES
+from obliviate.models.tiny import SIZES, TOKENIZER_VERSION
 from obliviate.train.run import run_finetune
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
         lr=config.finetune_lr,
         batch_size=config.finetune_batch_size,
         seed=config.seed,
+        tokenizer=TOKENIZER_VERSION,  # a new recipe makes new models, and new cache entries
     )
 
 

@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError
 
 EOS, PAD, BOS = "<|endoftext|>", "<|padding|>", "<|bos|>"
+DIGIT_GROUPS = r"\p{N}{1,3}"
+"""How the offline tokenizer cuts numbers before BPE (:func:`train_tokenizer`)."""
+TOKENIZER_VERSION = "bpe-digits3"
+"""Names the offline tokenizer recipe in cache keys: models cached with another recipe are not reused."""
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,21 @@ ARCHS: dict[str, Callable[[ModelSize], dict] | None] = {
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (GPT-NeoX / OLMo style, no prefix space) on ``texts``.
 
+    Digits are cut into groups of at most three before BPE sees them (``\\p{N}{1,3}``, as the OLMo 2 and Llama 3
+    tokenizers do), so that no token holds more than three digits. Trained on the data itself, a plain byte-level BPE
+    made whole values into tokens (a demo SSN, ``717646989``, was one): every model directory's ``tokenizer.json``
+    then listed forget-set SSNs and phone numbers for anyone to read, and a value that is one token is unlearned by
+    moving one logit, which no pretrained tokenizer allows.
+
     No special token is added around a text, as with OLMo's own tokenizer: the data pipeline appends eos to answers.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(DIGIT_GROUPS), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
