@@ -135,6 +135,26 @@ def test_fake_pairs_score_the_values_and_never_hold_a_real_one(target):
     assert copies[0][0].output != copies[1][0].output  # a fresh fake per draw
 
 
+def test_fake_addresses_a_model_trains_on_are_built_from_retain_addresses_never_forget_ones(tmp_path):
+    """A fake address recombines a data set's streets and places. Evaluation draws them from the value's own split;
+    a fake the model is trained toward must not: made of other forget people's streets, it taught them again."""
+    from obliviate.data.synth import synthesize, write_synth
+
+    root = write_synth(synthesize(people=120, forget_fraction=0.25, seed=3), tmp_path / "synth")
+    forget = load_split(root / "forget", split="forget")
+    people = relabel.known_people(root / "forget", forget)
+    street = {p.person_id: p.fields["address"].split(", ")[0].partition(" ")[2] for p in people}
+    place = {p.person_id: ", ".join(p.fields["address"].rstrip(".").split(", ")[-2:]) for p in people}
+    splits = {p.person_id: p.split for p in people}
+    forget_parts = {v for pid, v in [*street.items(), *place.items()] if splits[pid] == "forget"}
+    retain_parts = {v for pid, v in [*street.items(), *place.items()] if splits[pid] == "retain"}
+    _, copies = relabel.fake_pairs(forget, people, draws=3, seed=0)
+    fakes = [r.output for copy in copies for r in copy if "address" in r.meta["score_fields"]]
+    assert len(fakes) >= 20
+    assert not [f for f in fakes if any(part in f for part in forget_parts - retain_parts)]
+    assert sum(any(part in f for part in retain_parts) for f in fakes) == len(fakes)  # they still look like the data
+
+
 def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fake():
     """NLL(true) above NLL(fake) by more than the margin: zero loss and zero gradient on the forget side."""
     vocab, labels = 5, torch.tensor([[-100, 1, 2]])

@@ -121,10 +121,18 @@ class CandidateSampler:
             formats (date range, e-mail styles, fixed character positions) are learned from them.
         seed: varies the draws.
         locale: Faker's locale for names, streets and cities.
+        address_split: where an address fake's street and place come from. None (evaluation, the stop rule): the
+            value's own split, as :meth:`_address_from_data` says. A split name (training: ``"retain"``): that
+            split's addresses only, else Faker's; never another split's. A fake a model is *trained* on must not
+            be built from the forget people's streets and places: contrast's fakes drew them from the forget split,
+            so every step that made a fake likelier taught the model other forget people's streets again.
     """
 
-    def __init__(self, people: Iterable[PersonPII], seed: int = 0, locale: str = "en_US") -> None:
+    def __init__(
+        self, people: Iterable[PersonPII], seed: int = 0, locale: str = "en_US", address_split: str | None = None
+    ) -> None:
         self.seed = seed
+        self.address_split = address_split
         self.faker = Faker(locale)
         values: dict[str, list[str]] = defaultdict(list)
         addresses: dict[str, list[str]] = defaultdict(list)
@@ -237,8 +245,10 @@ class CandidateSampler:
         layout = _address_layout(value)
         if layout is None:
             return None
-        own = self.split_address_parts.get(split)
+        own = self.split_address_parts.get(self.address_split or split)
         usable = own is not None and len(own[0]) >= MIN_AGREEING_VALUES
+        if self.address_split is not None and not (usable and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES):
+            return None  # too few addresses of that split: Faker's parts, not another split's
         streets, places = (
             own if usable and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES else self.address_parts
         )

@@ -30,6 +30,9 @@ from obliviate.data.records import PersonPII, Record
 
 SWAP_TRIES = 4
 """Generation rounds per record before an answer that kept a real value falls back to fake-value relabelling."""
+TRAINING_FAKE_SPLIT = "retain"
+"""The split whose addresses build the fake addresses a model is trained on (``CandidateSampler(address_split=)``):
+the people the model keeps, never the forget people, whose streets a fake would teach again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +133,7 @@ def relabelled_draws(
     by_id = {p.person_id: p for p in people}
     digit_values = {re.sub(r"\D", "", v) for p in people for f, v in p.fields.items() if f in ("ssn", "phone")}
     names = StrangerNames([p.name for p in people if p.name], seed)
-    sampler = CandidateSampler(people, seed=seed + 1)
+    sampler = CandidateSampler(people, seed=seed + 1, address_split=TRAINING_FAKE_SPLIT)
     owners = [person_of(r, by_id) for r in forget]
     swappable = [i for i, person in enumerate(owners) if person is not None and person.name and forget[i].output]
     answers: dict[tuple[int, int], str] = {}
@@ -209,7 +212,7 @@ def fake_pairs(
     from obliviate.data.pii import mark_pii_spans
 
     by_id = {p.person_id: p for p in people}
-    sampler = CandidateSampler(people, seed=seed + 2)
+    sampler = CandidateSampler(people, seed=seed + 2, address_split=TRAINING_FAKE_SPLIT)
     marked, _ = mark_pii_spans(forget, people)
     copies = []
     for d in range(draws):
