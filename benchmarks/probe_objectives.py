@@ -75,7 +75,7 @@ def main() -> None:
     lines.append(row("oracle", outcome.oracle_result.summary()))
     chosen = []
     for run in outcome.runs:
-        changed = {k: v for k, v in presets[run.method].items() if PRESETS.get(run.method, {}).get(k) != v}
+        changed = {k: v for k, v in presets.get(run.method, {}).items() if PRESETS.get(run.method, {}).get(k) != v}
         for epoch in run.epochs[1:]:
             lines.append(row(f"{run.method} {changed or ''} epoch {epoch.epoch}".replace("  ", " "), epoch.summary))
         chosen.append(f"{run.method}: epoch {run.best['epoch']} chosen ({run.best['reason']})")
