@@ -175,6 +175,29 @@ def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fak
         assert (float(out.metrics["gap_hinge"]) > 0) is pushes
 
 
+def test_fake_pull_scales_the_gradient_on_the_fake_side_and_leaves_the_loss_alone():
+    vocab, labels = 5, torch.tensor([[-100, 1, 2]])
+    mask = torch.ones(1, 3, dtype=torch.long)
+    confident = torch.full((1, 3, vocab), -5.0)
+    confident[0, 0, 1] = confident[0, 1, 2] = 5.0
+    grads, losses = {}, {}
+    for pull in (1.0, 0.25, 0.0):
+        true_logits = confident.clone().requires_grad_(True)
+        fake_logits = torch.zeros(1, 3, vocab, requires_grad=True)
+        inputs = LossInputs(
+            forget=Forward(true_logits, labels, mask),
+            paired=Forward(fake_logits, labels, mask),
+            retain=Forward(torch.zeros(1, 3, vocab), labels, mask),
+        )
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "fake_pull": pull}))
+        out.loss.backward()
+        grads[pull] = (fake_logits.grad.abs().sum().item(), true_logits.grad.abs().sum().item())
+        losses[pull] = out.loss.item()
+    assert losses[1.0] == losses[0.25] == losses[0.0] > 0
+    assert grads[0.0][0] == 0 and abs(grads[0.25][0] - 0.25 * grads[1.0][0]) < 1e-6 * grads[1.0][0]
+    assert grads[1.0][1] == grads[0.25][1] == grads[0.0][1] > 0  # the true side is pushed the same
+
+
 def test_people_read_from_qa_rows_carry_the_split_their_rows_came_from(tmp_path):
     """Without pii.json (LUME), ``{split: records}`` gives each person its split, so fakes draw from that split."""
     from obliviate.data.records import Record

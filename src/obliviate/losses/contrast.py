@@ -36,6 +36,9 @@ NEEDS = Needs(retain=True, paired=True)
 WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
+    "fake_pull": Weight(
+        1.0, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
+    ),
 }
 
 
@@ -60,7 +63,9 @@ def per_field_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """The hinge on ``NLL(fake) - NLL(true) + params.delta`` (the margin ``m``) per (row, field), plus
-    ``params.alpha·NLL(R)``.
+    ``params.alpha·NLL(R)``. ``params.fake_pull`` scales the gradient that reaches the fake's NLL, not its value:
+    at 1 the hinge closes as much by making the fake likelier as by making the true value less likely, and a fake's
+    tokens (unlikely, so with large gradients) move faster than a memorised value's (likely, so with small ones).
 
     Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge``.
     """
@@ -70,6 +75,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         true_nll, scored = per_example_nll(inputs.forget.logits, inputs.forget.labels)
         fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
     both = (scored & fake_scored).to(true_nll.dtype)
+    if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
+        fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
