@@ -37,7 +37,7 @@ WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
     "fake_pull": Weight(
-        1.0, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
+        0.25, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
     ),
 }
 
