@@ -246,12 +246,11 @@ class CandidateSampler:
         if layout is None:
             return None
         own = self.split_address_parts.get(self.address_split or split)
-        usable = own is not None and len(own[0]) >= MIN_AGREEING_VALUES
-        if self.address_split is not None and not (usable and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES):
+        fits = own is not None and len(own[0]) >= MIN_AGREEING_VALUES
+        fits = fits and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES
+        if self.address_split is not None and not fits:
             return None  # too few addresses of that split: Faker's parts, not another split's
-        streets, places = (
-            own if usable and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES else self.address_parts
-        )
+        streets, places = own if fits else self.address_parts
         if len(streets) < MIN_AGREEING_VALUES or len(places.get(layout[2], ())) < MIN_AGREEING_VALUES:
             return None
         _, unit, place_shape, end = layout

@@ -156,11 +156,14 @@ class _Index:
             found += self._token_spans(text)
         return found
 
-    def _number_spans(self, text: str) -> Iterator[_Span]:
-        """Unions of whole digit groups, not glued to more digits by a tight separator ("-", ".", "/")."""
+    def _number_spans(self, text: str, whole: bool = True) -> Iterator[_Span]:
+        """Unions of whole digit groups, not glued to more digits by a tight separator ("-", ".", "/"); with
+        ``whole=False``, glued ones too (known digit values only, no dates)."""
         for chain in _DIGIT_CHAIN.finditer(text):
             groups = [(chain.start() + g.start(), chain.start() + g.end()) for g in _DIGIT_GROUP.finditer(chain[0])]
-            tight = [False] + [set(text[groups[i - 1][1] : groups[i][0]]) <= set("-./") for i in range(1, len(groups))]
+            tight = [False] + [
+                whole and set(text[groups[i - 1][1] : groups[i][0]]) <= set("-./") for i in range(1, len(groups))
+            ]
             tight.append(False)
             for first in range(len(groups)):
                 if tight[first]:
@@ -172,7 +175,7 @@ class _Index:
                         break
                     if tight[last + 1]:
                         continue
-                    field = self.digits.get("".join(parts)) or self._numeric_date(parts)
+                    field = self.digits.get("".join(parts)) or (self._numeric_date(parts) if whole else None)
                     if field:
                         yield _Span(groups[first][0], groups[last][1], field)
 
@@ -187,16 +190,7 @@ class _Index:
                 for start in range(len(digits) - length + 1):
                     if field := self.digits.get(digits[start : start + length]):
                         yield _Span(group.start() + start, group.start() + start + length, field)
-        for chain in _DIGIT_CHAIN.finditer(text):
-            groups = [(chain.start() + g.start(), chain.start() + g.end()) for g in _DIGIT_GROUP.finditer(chain[0])]
-            for first in range(len(groups)):
-                digits = ""
-                for last in range(first, len(groups)):
-                    digits += text[groups[last][0] : groups[last][1]]
-                    if len(digits) > _MAX_DIGITS:
-                        break
-                    if field := self.digits.get(digits):
-                        yield _Span(groups[first][0], groups[last][1], field)
+        yield from self._number_spans(text, whole=False)
 
     def _numeric_date(self, parts: list[str]) -> str | None:
         """The date written year first ("1984-12-31") or in US order ("12/31/1984", "1/5/1984"), if known."""
