@@ -54,6 +54,26 @@ def test_dropping_finished_rows_gives_the_tokens_of_generate(trained) -> None:
     assert greedy_compacting(model, ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=eos) == reference
 
 
+def test_the_growing_cache_gives_the_tokens_of_the_library_cache_through_growth_and_dropped_rows(
+    trained, monkeypatch
+) -> None:
+    """The cache buffer doubles at 64 and 128 positions and loses rows at eos; the tokens stay the library's."""
+    from transformers import DynamicCache
+
+    from obliviate.evaluate import decode
+
+    model, tokenizer = load_model(trained.model)
+    cache = decode._new_cache(model)
+    assert all(type(layer).__name__ == "GrowingLayer" for layer in cache.layers)
+    ids, mask = passes._left_pad(_prompts(trained, tokenizer), tokenizer.pad_token_id, "cpu")
+    eos = tokenizer.eos_token_id
+    growing = greedy_compacting(model, ids, mask, max_new_tokens=150, eos_token_id=eos)
+    monkeypatch.setattr(decode, "_new_cache", lambda model: DynamicCache(config=model.config))
+    library = greedy_compacting(model, ids, mask, max_new_tokens=150, eos_token_id=eos)
+    assert growing == library
+    assert ids.shape[1] + max(map(len, library)) > 128 and min(map(len, library)) < 150  # grew twice, dropped rows
+
+
 def test_generate_bucketed_and_compacted_equals_plain_generate(trained, monkeypatch) -> None:
     model, tokenizer = load_model(trained.model)
     data = load_eval_data(trained.forget, trained.retain)
