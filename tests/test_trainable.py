@@ -150,3 +150,18 @@ def test_mlp_group_covers_families_without_an_mlp_module():
     adapted = apply_lora(model, r=2, alpha=4.0, dropout=0.0, layers="1", modules="mlp")
     lora = {n for n, p in adapted.named_parameters() if p.requires_grad}
     assert lora and all(".layers.1.fc" in n for n in lora), sorted(lora)
+
+
+def test_contrast_trains_the_mlps_by_default_and_an_explicit_choice_wins(tmp_path):
+    """``--trainable_modules auto`` takes the method's preset (contrast: mlp); every other method, or a value the
+    user gave, is left as it is."""
+    from obliviate.config import UnlearnConfig
+    from obliviate.train.resolve import with_preset
+
+    def config(method: str, **options) -> UnlearnConfig:
+        return UnlearnConfig.build(model_dir=str(tmp_path), forget_dir="-", retain_dir="-", method=method,
+                                   output_dir=str(tmp_path / method), **options)  # fmt: skip
+
+    assert with_preset(config("contrast")).trainable_modules == "mlp"
+    assert with_preset(config("ga_gd")).trainable_modules == "auto"
+    assert with_preset(config("contrast", trainable_modules="all")).trainable_modules == "all"

@@ -42,7 +42,9 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
     trainable_layers: str = option("auto", "all, 0,1,5, 0-3 or last:N (auto: all; rmu: the MLPs around its layer)")
     trainable_modules: str = option(
-        "all", "within the chosen layers: all, mlp or attn", choices=("all", "mlp", "attn")
+        "auto",
+        "within the chosen layers: all, mlp or attn (auto: the method's preset, mlp for contrast and rmu; else all)",
+        choices=("auto", "all", "mlp", "attn"),
     )
     lora_r: int = option(0, "LoRA rank; 0 trains the weights themselves", ge=0, le=65_536)
     lora_alpha: float = option(16.0, "LoRA scaling numerator", gt=0)

@@ -41,9 +41,10 @@ def auto_method(config: UnlearnConfig, forget, retain) -> str:
 
 
 def with_preset(config: UnlearnConfig) -> UnlearnConfig:
-    """The method's preset (:attr:`~obliviate.losses.Method.preset`) for every option the user left unset."""
+    """The method's preset (:attr:`~obliviate.losses.Method.preset`) for every option the user left unset (None, or
+    ``auto`` for the options that take it)."""
     method = get_method(config.method)
-    unset = {k: v for k, v in method.preset.items() if getattr(config, k) is None}
+    unset = {k: v for k, v in method.preset.items() if getattr(config, k) in (None, AUTO)}
     return dataclasses.replace(config, **unset) if unset else config
 
 

@@ -129,6 +129,8 @@ def _select(model, config, layer: int | None):
             layers, modules = f"{max(0, layer - 2)}-{layer}", "mlp"
         else:
             layers = "all"
+    if modules == "auto":  # no method preset chose (train.resolve.with_preset): the whole of each chosen layer
+        modules = "all"
     set_seed(config.seed)  # LoRA initialisation draws from the global RNG: the seed must fix it too
     if config.lora_r > 0:
         for param in model.parameters():
