@@ -169,7 +169,6 @@ def forward_pass(
     return _gather(results)  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def _row_scores(logits: torch.Tensor, input_ids: torch.Tensor, distribution: bool):
     """One row's next-token log p, and (``distribution``) the mean and spread of log p under p, per position.
 
@@ -187,6 +186,7 @@ def _row_scores(logits: torch.Tensor, input_ids: torch.Tensor, distribution: boo
     return logp_all.gather(-1, input_ids[1:, None]).squeeze(-1), mu, sigma
 
 
+@torch.no_grad()
 def generate(
     model,
     tokenizer,
