@@ -129,13 +129,15 @@ def write_data(splits: dict[str, list[Record]], root: Path) -> Path:
     return root
 
 
-def _run(command: list[str], args) -> None:
+def _run(command: list[str], args, label: str | None = None) -> str:
+    """``command`` in a fresh process with ``--threads`` threads (and no GPU on ``--device cpu``); its stdout."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{label or ' '.join(command[:4]) + ' ...'} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def obliviate_evaluate(model: Path, data: Path, out: Path, args, official: bool) -> dict:
@@ -190,14 +192,9 @@ print(json.dumps(out))
 
 
 def components(model: Path, data: Path, args) -> dict[str, float]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    if args.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
     command = [sys.executable, "-c", COMPONENTS, str(model), str(data), str(args.max_new_tokens), str(args.batch_size)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"the component timing failed:\n{done.stderr[-3000:]}")
-    return {name: round(seconds, 2) for name, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    stdout = _run(command, args, label="the component timing")
+    return {name: round(seconds, 2) for name, seconds in json.loads(stdout.strip().splitlines()[-1]).items()}
 
 
 def agreement(ours: dict, theirs: dict) -> dict:

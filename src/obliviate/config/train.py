@@ -43,7 +43,7 @@ class TrainConfig:
     trainable_layers: str = option("auto", "all, 0,1,5, 0-3 or last:N (auto: all; rmu: the MLPs around its layer)")
     trainable_modules: str = option(
         "auto",
-        "within the chosen layers: all, mlp or attn (auto: the method's preset, mlp for contrast and rmu; else all)",
+        "within the chosen layers: all, mlp or attn (auto: the method's preset, mlp for contrast; else all)",
         choices=("auto", "all", "mlp", "attn"),
     )
     lora_r: int = option(0, "LoRA rank; 0 trains the weights themselves", ge=0, le=65_536)

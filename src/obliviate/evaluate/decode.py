@@ -128,11 +128,6 @@ def _growing_layer():
                 self._filled = max(0, self._filled + tokens_to_remove)
                 self._views()
 
-        def reset(self) -> None:
-            super().reset()
-            self._key_buffer = self._value_buffer = None
-            self._filled = 0
-
         def batch_repeat_interleave(self, repeats: int) -> None:
             if self.is_initialized and self._filled:
                 self._key_buffer = self._key_buffer.repeat_interleave(repeats, dim=0)
