@@ -90,3 +90,46 @@ def test_grouped_wrapping_keeps_most_copies_of_an_example_in_different_steps():
         # only the one step that joins the epoch's end to the repeated copies can hold both (sorting the wrapped
         # order as a whole put 11 of the 12 copies next to their originals)
         assert sum(shared) <= 2 and sum(1 for n in shared if n) <= 1, (seed, shared)
+
+
+def test_matched_retain_draws_pair_each_forget_row_with_a_retain_row_of_its_key():
+    from types import SimpleNamespace
+
+    from obliviate.data.batching import matched_retain_draws, retain_match_key
+    from obliviate.data.records import Record
+    from obliviate.train.sampling import epoch_batches
+
+    def row(i: str, task: str, kind: str, field: str | None = None) -> Record:
+        return Record(i, "q", "a", task, kind, {"pii_field": field} if field else {})
+
+    retain = [row(f"r{i}", "Task2", "qa", ("ssn", "phone")[i % 2]) for i in range(20)]
+    retain += [row("c0", "Task2", "completion"), row("c1", "Task1", "completion")]
+    forget = [row("f0", "Task2", "qa", "ssn"), row("f1", "Task2", "qa", "phone"), row("f2", "Task1", "completion"),
+              row("f3", "Task2", "qa", "email")]  # fmt: skip
+    forget_keys, retain_keys = [retain_match_key(r) for r in forget], [retain_match_key(r) for r in retain]
+    assert forget_keys[0] == ("Task2", "qa", "ssn") and retain_keys[-2] == ("Task2", "completion", None)
+    micro = [[0, 1], [2, 3], [1, 0]]
+    draws = matched_retain_draws(forget_keys, retain_keys, micro, seed=0, epoch=1, rank=0)
+    assert [len(d) for d in draws] == [2, 2, 2]
+    for batch, drawn in zip(micro, draws):
+        for i, j in zip(batch, drawn):
+            if i != 3:  # the email question has no retain match
+                assert retain_keys[j] == forget_keys[i]
+    assert draws[1][0] == 21  # the one Task1 completion
+    # many draws: the SSN rows spread over every retain SSN row; the unmatched row over the whole set
+    many = matched_retain_draws(forget_keys, retain_keys, [[0, 3]] * 400, seed=0, epoch=1, rank=0)
+    assert {d[0] for d in many} == {j for j, k in enumerate(retain_keys) if k == forget_keys[0]}
+    assert len({d[1] for d in many}) > 15
+    assert many == matched_retain_draws(forget_keys, retain_keys, [[0, 3]] * 400, seed=0, epoch=1, rank=0)
+    assert many != matched_retain_draws(forget_keys, retain_keys, [[0, 3]] * 400, seed=0, epoch=2, rank=0)
+    # the training loop's sampler takes them under --retain_sampling matched
+    accelerator = SimpleNamespace(num_processes=1, process_index=0)
+    run = SimpleNamespace(accelerator=accelerator, forget_draws=[], paired_draws=[], forget=[None] * 4,
+                          retain=[None] * len(retain), forget_steps=1, forget_keys=forget_keys,
+                          retain_keys=retain_keys)  # fmt: skip
+    config = SimpleNamespace(group_by_length=False, batch_size=4, micro_batch_size=2, seed=0,
+                             retain_sampling="matched")  # fmt: skip
+    micro, paired = epoch_batches(run, config, 1)
+    assert all(retain_keys[j] == forget_keys[i] for b, d in zip(micro, paired) for i, j in zip(b, d) if i != 3)
+    config.retain_sampling = "uniform"
+    assert epoch_batches(run, config, 1)[1] != paired

@@ -293,6 +293,40 @@ def micro_batches_for_rank(order: list[int], world_size: int, rank: int, micro_b
     return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
 
 
+def matched_retain_draws(
+    forget_keys: list, retain_keys: list, micro: list[list[int]], seed: int, epoch: int, rank: int
+) -> list[list[int]]:
+    """Retain rows paired with each forget micro-batch, one per forget row, drawn among the retain rows of its key.
+
+    A key says what a row asks (:func:`retain_match_key`: task, kind and PII field), so a forget SSN question is
+    paired with some retain person's SSN question, and the retain term defends the very answers the forget term
+    pushes on (the retain rows that resemble the forget rows matter most: Hwang et al. 2025, arXiv:2502.11441). A
+    forget row whose key no retain row has draws from the whole retain set. Seeded by ``(seed, epoch, rank)``.
+    """
+    pools: dict = {}
+    for j, key in enumerate(retain_keys):
+        pools.setdefault(key, []).append(j)
+    generator = _epoch_generator(seed, epoch, rank)
+    out = []
+    for batch in micro:
+        draw = []
+        for i in batch:
+            pool = pools.get(forget_keys[i])
+            pick = int(torch.randint(len(pool) if pool else len(retain_keys), (1,), generator=generator))
+            draw.append(pool[pick] if pool else pick)
+        out.append(draw)
+    return out
+
+
+def retain_match_key(record: Record) -> tuple:
+    """What :func:`matched_retain_draws` pairs on: the record's task, its kind and the PII field it asks for or
+    continues into (a question's field, ``meta["pii_field"]``); None for rows with no single field, such as LUME's
+    sentence completions."""
+    from obliviate.data.pii import pii_field
+
+    return record.task, record.kind, pii_field(record) or record.meta.get("pii_field")
+
+
 def retain_draws(
     num_retain: int,
     sizes: list[int],

@@ -26,9 +26,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from obliviate.config import TrainConfig
-from obliviate.data.batching import (
-    encode_record,
-)
+from obliviate.data.batching import encode_record, retain_match_key
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError
 from obliviate.io import append_line, kill_point, write_text_atomic
@@ -131,6 +129,9 @@ def setup(
         tokenizer=tokenizer,
         layer=layer if needs.hidden else None,
     )
+    if getattr(config, "retain_sampling", "uniform") == "matched":
+        run.forget_keys = [retain_match_key(r) for r in forget]
+        run.retain_keys = [retain_match_key(r) for r in retain or []] if needs.retain else []
     if cache_reference:  # before a resume restores trained weights: the reference is the starting model
         run.forget_ref_logprob = reference_logprobs(run)
     if config.resume:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from obliviate.config import TrainConfig
-from obliviate.data.batching import forget_order, micro_batches_for_rank, retain_draws
+from obliviate.data.batching import forget_order, matched_retain_draws, micro_batches_for_rank, retain_draws
 
 if TYPE_CHECKING:
     from obliviate.train.state import Run
@@ -27,6 +27,10 @@ def epoch_batches(run: Run, config: TrainConfig, epoch: int) -> tuple[list[list[
     lengths = [len(e.ids) for e in run.forget] if grouped else None
     order = forget_order(len(run.forget), run.forget_steps, config.batch_size, config.seed, epoch, lengths)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
+    if run.retain and getattr(config, "retain_sampling", "uniform") == "matched":
+        return micro, matched_retain_draws(
+            run.forget_keys, run.retain_keys, micro, config.seed, epoch, acc.process_index
+        )
     draws = (
         retain_draws(
             len(run.retain),

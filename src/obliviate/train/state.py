@@ -61,6 +61,8 @@ class Run:
     state: dict[str, Any]
     forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
     paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
+    forget_keys: list = field(default_factory=list)  # per forget row: what --retain_sampling matched pairs on
+    retain_keys: list = field(default_factory=list)  # per retain row: the same
     paired: list = field(default_factory=list)  # this epoch's draw
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     epoch_check: Any = None  # asked at epoch ends (finetune --until_memorised: obliviate.evaluate.memorised)
