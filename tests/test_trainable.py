@@ -152,7 +152,7 @@ def test_mlp_group_covers_families_without_an_mlp_module():
     assert lora and all(".layers.1.fc" in n for n in lora), sorted(lora)
 
 
-def test_contrast_trains_the_mlps_by_default_and_an_explicit_choice_wins(tmp_path):
+def test_contrast_trains_the_mlps_on_matched_retain_rows_by_default_and_an_explicit_choice_wins(tmp_path):
     """``--trainable_modules auto`` takes the method's preset (contrast: mlp); every other method, or a value the
     user gave, is left as it is."""
     from obliviate.config import UnlearnConfig
@@ -165,3 +165,7 @@ def test_contrast_trains_the_mlps_by_default_and_an_explicit_choice_wins(tmp_pat
     assert with_preset(config("contrast")).trainable_modules == "mlp"
     assert with_preset(config("ga_gd")).trainable_modules == "auto"
     assert with_preset(config("contrast", trainable_modules="all")).trainable_modules == "all"
+    # the retain pairing likewise: contrast pairs each forget row with a retain row of its field, others draw uniformly
+    assert with_preset(config("contrast")).retain_sampling == "matched"
+    assert with_preset(config("ga_gd")).retain_sampling == "auto"
+    assert with_preset(config("contrast", retain_sampling="uniform")).retain_sampling == "uniform"

@@ -152,10 +152,11 @@ class UnlearnConfig(TrainConfig):
     chunk_size: int = option(32, "interleaved: forget examples per chunk (each chunk restarts the schedule)", ge=1)
     retain_steps: int = option(7, "interleaved: retain-only optimizer steps after each forget step", ge=0, le=1000)
     retain_sampling: str = option(
-        "uniform",
+        "auto",
         "which retain rows each forget row is paired with: uniform (a random draw) or matched (a retain row of the "
-        "same task, kind and PII field: an SSN question beside an SSN question)",
-        choices=("uniform", "matched"),
+        "same task, kind and PII field: an SSN question beside an SSN question); auto: the method's preset "
+        "(contrast: matched), else uniform",
+        choices=("auto", "uniform", "matched"),
     )
     lr_probe_steps: int = option(5, "steps per candidate rate in the learning-rate range test (unset --lr)", ge=1)
     stop_forget_nll: float | None = option(

@@ -162,7 +162,7 @@ LOSSES: dict[str, Method] = {
         "1802.08232",
         means={"forget": ("pairs",), "retain": ("tokens",)},
         weights=contrast.WEIGHTS,
-        preset={"trainable_modules": "mlp"},
+        preset={"trainable_modules": "mlp", "retain_sampling": "matched"},
     ),
 }
 
