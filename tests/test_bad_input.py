@@ -129,7 +129,16 @@ CASES: dict[str, Case] = {
     "lora dropout 1": (lambda w, t: unlearn(w, t, "--lora_dropout", "1"), 2, "--lora_dropout must be"),
     "scheduler unknown": (lambda w, t: unlearn(w, t, "--scheduler", "step"), 2, "expected one of constant, linear"),
     "mixed precision fp8": (lambda w, t: unlearn(w, t, "--mixed_precision", "fp8"), 2, "--mixed_precision 'fp8'"),
-    "trainable modules unknown": (lambda w, t: unlearn(w, t, "--trainable_modules", "ffn"), 2, "expected one of auto, all"),
+    "trainable modules unknown": (
+        lambda w, t: unlearn(w, t, "--trainable_modules", "ffn"),
+        2,
+        "expected one of auto, all",
+    ),
+    "retain sampling unknown": (
+        lambda w, t: unlearn(w, t, "--retain_sampling", "nearest"),
+        2,
+        "expected one of auto, uniform, matched",
+    ),
     "unknown flag": (lambda w, t: unlearn(w, t, "--learning_rate", "1"), 2, "unrecognized arguments"),
     "unknown method": (lambda w, t: unlearn(w, t, "--method", "gd"), 2, "unknown unlearning method 'gd'"),
     "batch not a multiple": (lambda w, t: unlearn(w, t, "--batch_size", "6"), 2, "must be a multiple"),
