@@ -82,13 +82,19 @@ def test_kill_anywhere_then_resume_is_bit_identical(kill_at, assets, reference, 
 
 def test_sigint_exits_130_with_one_line(assets, tmp_path):
     out = tmp_path / "out"
-    # a run far longer than the test: 2,000 epochs took 49 s, and on a loaded machine it ended before the signal
+    # a run far longer than the test, so that only the signal can end it
     argv = unlearn_argv(assets, out, "--epochs", "1000000", "--method", "ga", "--save_checkpoints", "false")
     argv = [a for a in argv if a != "false"]
     argv[argv.index("--save_checkpoints")] = "--no-save_checkpoints"
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: the command would then rightly
+    # ignore Ctrl-C. The child gets the default disposition back, as from an interactive terminal.
     process = subprocess.Popen(
-        [sys.executable, "-m", "obliviate.cli.main", *argv], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "obliviate.cli.main", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
