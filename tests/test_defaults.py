@@ -89,6 +89,7 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert any("stop_check" in line for line in lines)
     # method auto: contrast (the synthetic people's values are known), with its declared weights; checkpoints thinned
     assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
+    assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 
