@@ -153,8 +153,8 @@ def test_mlp_group_covers_families_without_an_mlp_module():
 
 
 def test_contrast_trains_the_mlps_on_matched_retain_rows_by_default_and_an_explicit_choice_wins(tmp_path):
-    """``--trainable_modules auto`` takes the method's preset (contrast: mlp); every other method, or a value the
-    user gave, is left as it is."""
+    """``--trainable_modules auto`` and ``--retain_sampling auto`` take the method's preset (contrast: mlp and
+    matched); every other method, or a value the user gave, is left as it is."""
     from obliviate.config import UnlearnConfig
     from obliviate.train.resolve import with_preset
 
