@@ -31,6 +31,7 @@ FAST = {
     "lr": 1e-2,
     "stop_check_steps": 0,
     "stop_forget_nll": 0,
+    "schedule": "joint",  # one step per forget batch (contrast's preset interleaves 15 retain steps after each)
 }
 
 

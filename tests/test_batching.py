@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
 from obliviate.data.batching import forget_order, length_pieces, retain_draws
 
@@ -133,3 +134,19 @@ def test_matched_retain_draws_pair_each_forget_row_with_a_retain_row_of_its_key(
     assert all(retain_keys[j] == forget_keys[i] for b, d in zip(micro, paired) for i, j in zip(b, d) if i != 3)
     config.retain_sampling = "uniform"
     assert epoch_batches(run, config, 1)[1] != paired
+
+
+def test_drop_fields_unscores_only_the_named_fields_values():
+    """``--field_stop``: the tokens of a field inside its band lose their field code; the other fields keep
+    theirs, and a batch without codes is left as it is."""
+    from obliviate.data.batching import TokenBatch, field_code
+    from obliviate.train.step import drop_fields
+
+    ssn, email = field_code("ssn"), field_code("email")
+    spans = torch.tensor([[0, ssn, ssn, 0, email, email], [email, 0, ssn, 0, 0, 0]])
+    batch = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans), spans.clone())
+    drop_fields(batch, frozenset({"ssn"}))
+    assert batch.spans.tolist() == [[0, 0, 0, 0, email, email], [email, 0, 0, 0, 0, 0]]
+    bare = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans))
+    drop_fields(bare, frozenset({"ssn"}))
+    assert bare.spans is None

@@ -76,20 +76,24 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     # the rate trained with is the range test's, bounded, and written to config.yaml
     assert trials and trials[0]["lr"] == lr_probe.CANDIDATES[0]
     assert lr_probe.CANDIDATES[-1] <= config["lr"] <= lr_probe.CANDIDATES[0]
-    steps = [line for line in lines if "loss" in line]
+    steps = [line for line in lines if "tokens_seen" in line]  # every optimizer step, forget or retain
     assert all(line["lr"] == pytest.approx(config["lr"]) for line in steps)
     passed = [t for t in trials if t["passed"]]
     if passed:  # the search ends at the first rate that passes, and takes it
         assert trials[-1] is passed[0] and config["lr"] == pytest.approx(passed[0]["lr"])
     # the budget is in steps, and the stop rule (PII values are known for synthetic people) checks along the way
-    assert config["max_steps"] == DEFAULT_STEPS and config["stop_check_steps"] == math.ceil(DEFAULT_STEPS / 20)
+    # (contrast's preset interleaves 15 retain steps after each forget step: the budget and the checks count cycles)
+    cycle = 1 + config["retain_steps"]
+    assert config["max_steps"] == DEFAULT_STEPS * cycle
+    assert config["stop_check_steps"] == cycle * math.ceil(DEFAULT_STEPS / 20)
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] <= DEFAULT_STEPS and steps[-1]["step"] == state["global_step"]
+    assert state["global_step"] <= DEFAULT_STEPS * cycle and steps[-1]["step"] == state["global_step"]
     assert any("stop_reference" in line for line in lines)
     assert any("stop_check" in line for line in lines)
     # method auto: contrast (the synthetic people's values are known), with its declared weights; checkpoints thinned
     assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
     assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
+    assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is True
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 
@@ -147,6 +151,8 @@ def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_p
                 "0",
                 "--stop_forget_nll",
                 "0",
+                "--schedule",
+                "joint",
                 "--resume",
             ]
         )

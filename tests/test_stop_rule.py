@@ -222,3 +222,17 @@ def test_scale_retain_multiplies_only_the_retain_weights():
     params = method.params({"alpha": 2.0})
     scaled = method.scale_retain(params, 4.0)
     assert scaled.alpha == 8.0 and scaled.gamma == params.gamma
+
+
+def test_a_check_names_the_fields_inside_their_band_and_a_field_that_drifts_back_leaves_the_set(monkeypatch):
+    """``--field_stop`` reads :attr:`ExposureStopRule.inside` after each check: the SSNs are inside their band, the
+    e-mails not; at the next check the SSNs are back above it (the retain steps brought them back) and leave the
+    set while the e-mails enter it."""
+    holdout = [("email", 1.0), ("email", 2.0), ("ssn", 1.0), ("ssn", 2.0)]
+    first = [("email", 5.0)] * 4 + [("ssn", 1.5)] * 4
+    second = [("email", 1.5)] * 4 + [("ssn", 5.0)] * 4
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [first, second]}, retain=[1.0] * 3)
+    rule.start(None, None)
+    assert rule.inside == frozenset()
+    assert rule(None, None, 2) is None and rule.inside == {"ssn"}
+    assert rule(None, None, 4) is None and rule.inside == {"email"}

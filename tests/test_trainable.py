@@ -169,3 +169,32 @@ def test_contrast_trains_the_mlps_on_matched_retain_rows_by_default_and_an_expli
     assert with_preset(config("contrast")).retain_sampling == "matched"
     assert with_preset(config("ga_gd")).retain_sampling == "auto"
     assert with_preset(config("contrast", retain_sampling="uniform")).retain_sampling == "uniform"
+
+
+def test_contrast_interleaves_fifteen_retain_steps_by_default_and_budgets_and_checks_whole_cycles(tmp_path):
+    """``--schedule auto`` and an unset ``--retain_steps`` take the method's preset (contrast: interleaved, 15); any
+    other method trains jointly, and an interleaved run without a preset takes AILS-NTUA's 7. The step budget counts
+    whole cycles (a forget step and its retain steps), and so does the stop-check interval: a check never falls
+    between a forget step and its repair."""
+    from obliviate.config import UnlearnConfig
+    from obliviate.train.resolve import DEFAULT_STEPS, resolve_budget, resolve_stop_check, with_preset
+    from obliviate.train.sampling import DEFAULT_RETAIN_STEPS, retain_steps_per_forget
+
+    def config(method: str, **options) -> UnlearnConfig:
+        return UnlearnConfig.build(model_dir=str(tmp_path), forget_dir="-", retain_dir="-", method=method,
+                                   output_dir=str(tmp_path / method), **options)  # fmt: skip
+
+    contrast = with_preset(config("contrast"))
+    assert (contrast.schedule, contrast.retain_steps, retain_steps_per_forget(contrast)) == ("interleaved", 15, 15)
+    joint = with_preset(config("ga_gd"))
+    assert joint.schedule == "auto" and retain_steps_per_forget(joint) == 0
+    plain = with_preset(config("ga_gd", schedule="interleaved"))
+    assert retain_steps_per_forget(plain) == DEFAULT_RETAIN_STEPS == 7
+    assert retain_steps_per_forget(with_preset(config("contrast", schedule="joint"))) == 0
+    assert retain_steps_per_forget(with_preset(config("contrast", retain_steps=3))) == 3
+    budget = resolve_budget(contrast, forget_rows=100)
+    assert budget.max_steps == DEFAULT_STEPS * 16
+    every = resolve_stop_check(budget, has_pii=True, planned_steps=budget.max_steps).stop_check_steps
+    assert every % 16 == 0 and budget.max_steps / 20 <= every < budget.max_steps / 20 + 16
+    odd = resolve_stop_check(resolve_budget(contrast.with_options(max_steps=100), 100), True, 100).stop_check_steps
+    assert odd == 16  # ceil(100 / 20) = 5 steps, rounded up to one whole cycle

@@ -143,14 +143,21 @@ class UnlearnConfig(TrainConfig):
         4, "relabel / contrast: stranger answers or fake-value copies per forget record, one per epoch", ge=1, le=64
     )
     schedule: str = option(
-        "joint",
+        "auto",
         "joint: every step optimises the method's whole loss; interleaved: one forget-only step (retain weight 0), "
         "then --retain_steps steps of plain NLL on retain rows, the learning-rate schedule restarted every "
-        "--chunk_size forget examples (AILS-NTUA, SemEval-2025 Task 4)",
-        choices=("joint", "interleaved"),
+        "--chunk_size forget examples (AILS-NTUA, SemEval-2025 Task 4); auto: the method's preset (contrast: "
+        "interleaved), else joint",
+        choices=("auto", "joint", "interleaved"),
     )
     chunk_size: int = option(32, "interleaved: forget examples per chunk (each chunk restarts the schedule)", ge=1)
-    retain_steps: int = option(7, "interleaved: retain-only optimizer steps after each forget step", ge=0, le=1000)
+    retain_steps: int | None = option(
+        None,
+        "interleaved: retain-only optimizer steps after each forget step; unset: the method's preset (contrast: "
+        "15), else 7 (AILS-NTUA's)",
+        ge=0,
+        le=1000,
+    )
     retain_sampling: str = option(
         "auto",
         "which retain rows each forget row is paired with: uniform (a random draw) or matched (a retain row of the "
@@ -189,6 +196,12 @@ class UnlearnConfig(TrainConfig):
         le=1,
     )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
+    field_stop: bool = option(
+        True,
+        "per-field stop: once a PII field's forget exposure is inside its never-seen band at a stop-rule check, a "
+        "method that scores values per field (contrast) leaves that field's values alone until a later check finds "
+        "it outside again; the run stops when every field is inside",
+    )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1

@@ -112,6 +112,7 @@ class ExposureStopRule:
     retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _retain_start: RetainCheck | None = None
@@ -178,6 +179,9 @@ class ExposureStopRule:
         check["forget_exposure"] = float(np.mean(overall))
         check["threshold"] = self._overall_threshold(overall)
         check["fields_outside"] = len(outside)
+        self.inside = frozenset(
+            name for name in self._reference if name not in outside and f"{name}/forget_exposure" in check
+        )
         self.history.append(check)
         start = self._retain_start
         if retain.nll - start.nll > self.retain_bound:

@@ -162,7 +162,12 @@ LOSSES: dict[str, Method] = {
         "1802.08232",
         means={"forget": ("pairs",), "retain": ("tokens",)},
         weights=contrast.WEIGHTS,
-        preset={"trainable_modules": "mlp", "retain_sampling": "matched"},
+        preset={
+            "trainable_modules": "mlp",
+            "retain_sampling": "matched",
+            "schedule": "interleaved",
+            "retain_steps": 15,
+        },
     ),
 }
 

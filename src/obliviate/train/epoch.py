@@ -125,6 +125,8 @@ def _step_check(run: Run, epoch: int) -> str | None:
         run.timing["stop_check_seconds"] += time.perf_counter() - clock
     if len(run.step_check.history) > checks_before:
         run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
+    if getattr(run.config, "field_stop", False):
+        run.fields_done = frozenset(getattr(run.step_check, "inside", frozenset()))
     scale = getattr(run.step_check, "retain_scale", 1.0)
     if run.base_params is not None and scale != run.retain_scale:
         run.params, run.retain_scale = run.method.scale_retain(run.base_params, scale), scale

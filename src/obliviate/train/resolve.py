@@ -17,6 +17,7 @@ from obliviate.losses import Method, get_method
 from obliviate.losses.common import LossParams
 from obliviate.models.trainable import decoder_layers
 from obliviate.train.inputs import has_pii
+from obliviate.train.sampling import retain_steps_per_forget
 from obliviate.train.schedule import planned_length
 
 AUTO = "auto"
@@ -59,7 +60,7 @@ def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
     epochs as that takes; under ``--schedule interleaved`` each forget step brings its retain steps along, and the
     budget counts them too); one given decides; both given, whichever ends first."""
     epochs, max_steps = config.epochs, config.max_steps
-    per_forget_step = 1 + (config.retain_steps if config.schedule == "interleaved" else 0)
+    per_forget_step = 1 + retain_steps_per_forget(config)
     if epochs is None and max_steps is None:
         max_steps = DEFAULT_STEPS * per_forget_step
     if epochs is None:
@@ -68,19 +69,21 @@ def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
 
 
 def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int) -> UnlearnConfig:
-    """``--stop_check_steps`` unset: about 20 checks over the planned steps where PII values are known, else off."""
+    """``--stop_check_steps`` unset: about 20 checks over the planned steps where PII values are known, else off.
+
+    Under ``--schedule interleaved`` the interval is a whole number of cycles (a forget step and its retain steps),
+    so that every check sees the model after its retain steps, never between a forget step and its repair."""
     if config.stop_check_steps is not None:
         return config
-    every = max(1, math.ceil(planned_steps / 20)) if has_pii else 0
+    cycle = 1 + retain_steps_per_forget(config)
+    every = cycle * max(1, math.ceil(planned_steps / 20 / cycle)) if has_pii else 0
     return dataclasses.replace(config, stop_check_steps=every)
 
 
 def resolve_steps(config: UnlearnConfig, forget, retain) -> UnlearnConfig:
     """The step budget for the forget set as it is trained on, then the stop-check interval over the planned steps."""
     config = resolve_budget(config, len(forget))
-    per_epoch = math.ceil(len(forget) / config.batch_size) * (
-        1 + (config.retain_steps if config.schedule == "interleaved" else 0)
-    )
+    per_epoch = math.ceil(len(forget) / config.batch_size) * (1 + retain_steps_per_forget(config))
     planned_steps = planned_length(config, per_epoch)[1]
     return resolve_stop_check(config, has_pii(config, forget, retain), planned_steps)
 

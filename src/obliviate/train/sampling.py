@@ -47,25 +47,35 @@ def epoch_batches(run: Run, config: TrainConfig, epoch: int) -> tuple[list[list[
     return micro, draws
 
 
+DEFAULT_RETAIN_STEPS = 7
+"""Retain-only steps per forget step under ``--schedule interleaved`` when neither ``--retain_steps`` nor the
+method's preset sets them: AILS-NTUA's seven (SemEval-2025 Task 4)."""
+
+
 def retain_steps_per_forget(config: TrainConfig) -> int:
-    """Retain-only steps after each forget step: ``--retain_steps`` under ``--schedule interleaved``, else 0."""
-    return config.retain_steps if getattr(config, "schedule", "joint") == "interleaved" else 0
+    """Retain-only steps after each forget step: ``--retain_steps`` (unset: :data:`DEFAULT_RETAIN_STEPS`) under
+    ``--schedule interleaved``, else 0."""
+    if getattr(config, "schedule", "joint") != "interleaved":
+        return 0
+    steps = getattr(config, "retain_steps", None)
+    return DEFAULT_RETAIN_STEPS if steps is None else steps
 
 
 def interleaved_plan(run: Run, config: TrainConfig, epoch: int) -> list[tuple[str, int]]:
     """The epoch's steps in order under ``--schedule interleaved``: ``("forget", i)`` for forget step ``i``, each
     followed by ``("retain", j)`` for ``--retain_steps`` retain steps ``j``, counted through the epoch."""
     plan: list[tuple[str, int]] = []
+    retain_steps = retain_steps_per_forget(config)
     for i in range(run.forget_steps):
         plan.append(("forget", i))
-        plan.extend(("retain", i * config.retain_steps + k) for k in range(config.retain_steps))
+        plan.extend(("retain", i * retain_steps + k) for k in range(retain_steps))
     return plan
 
 
 def retain_only_batches(run: Run, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
     """This process's retain micro-batches of each retain-only step of ``epoch`` (a seeded order of its own)."""
     acc = run.accelerator
-    steps = run.forget_steps * config.retain_steps
+    steps = run.forget_steps * retain_steps_per_forget(config)
     order = forget_order(len(run.retain), steps, config.batch_size, config.seed + 1, epoch)
     micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
     return [micro[i : i + run.accumulation] for i in range(0, len(micro), run.accumulation)]

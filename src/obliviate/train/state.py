@@ -81,6 +81,7 @@ class Run:
     stop_forget_nll: float | None = None  # the GA family's bound on the logged forget NLL
     timing: dict[str, float] = field(default_factory=dict)  # seconds per phase, written to trainer_state.json
     card: dict[str, Any] = field(default_factory=dict)  # what the model cards say (obliviate.model_card)
+    fields_done: frozenset[str] = frozenset()  # --field_stop: PII fields inside their band at the last check
 
 
 def bars_off(acc: Accelerator) -> bool:

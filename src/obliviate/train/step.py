@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from obliviate.config import TrainConfig
-from obliviate.data.batching import TokenBatch, collate, length_pieces, matched_pieces, unit_count
+from obliviate.data.batching import TokenBatch, collate, field_code, length_pieces, matched_pieces, unit_count
 from obliviate.errors import TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, sequence_logprob
@@ -215,6 +215,9 @@ def accumulate(
         forget_cpu = [collate([run.forget[i] for i in f], pad_id) for f, _ in cut]
         retain_cpu = [collate([run.retain[i] for i in r], pad_id) if r else None for _, r in cut]
         paired_cpu = [collate([run.paired[i] for i in f], pad_id) if run.paired else None for f, _ in cut]
+        if run.fields_done:
+            for batch in forget_cpu + paired_cpu:
+                drop_fields(batch, run.fields_done)
         tokens += sum(b.num_tokens for b in forget_cpu) + sum(b.num_tokens for b in retain_cpu if b is not None)
         shares = piece_shares(method, forget_cpu, retain_cpu, paired_cpu) if len(cut) > 1 else [{}]
         with acc.accumulate(run.model):
@@ -235,6 +238,16 @@ def accumulate(
                     acc.backward(out.loss)  # accelerate divides by accumulation
     metrics, tokens_all, checksums = step
     return metrics, tokens_all, checksums if draw_ids else None
+
+
+def drop_fields(batch: TokenBatch | None, fields: frozenset[str]) -> None:
+    """``--field_stop``: the tokens of ``fields``' values no longer carry their field code (``TokenBatch.spans``
+    0), so a loss that scores values per field (contrast) leaves them alone, and the units the pieces are weighted
+    by are counted without them."""
+    if batch is None or batch.spans is None:
+        return
+    codes = torch.tensor([field_code(name) for name in sorted(fields)], dtype=batch.spans.dtype)
+    batch.spans[torch.isin(batch.spans, codes)] = 0
 
 
 def _piece_loss(run: Run, method: Method, params: LossParams, layer, batches, rows: list[int], shares):
