@@ -63,3 +63,32 @@ def test_training_bars_follow_tqdm_disable(monkeypatch):
     assert not _bars_off(main_process) and _bars_off(other)
     monkeypatch.setenv("TQDM_DISABLE", "1")  # what every pipeline worker sets
     assert _bars_off(main_process)
+
+
+def test_jobs_named_first_start_first_and_results_keep_job_order(tmp_path):
+    """``first`` decides which jobs the pool starts first (the long interleaved runs); results stay in job order.
+    Each job appends its name to one file when it starts: with 2 workers, the first two names are the ones
+    started first."""
+    log = tmp_path / "started"
+    jobs_list = [(_append_and_sleep, (log, name)) for name in ("a", "b", "c", "d")]
+    with Jobs(2) as jobs:
+        assert jobs.run(jobs_list, first=[3, 2]) == ["a", "b", "c", "d"]
+    assert set(log.read_text().split()[:2]) == {"c", "d"}
+
+
+def test_the_pipeline_starts_interleaved_methods_first():
+    from obliviate.pipeline import interleaves
+
+    config = PipelineConfig(methods=("ga_gd", "contrast"))
+    assert interleaves("contrast", config) and not interleaves("ga_gd", config)
+    config.presets["ga_gd"] = {"schedule": "interleaved"}
+    assert interleaves("ga_gd", config)
+
+
+def _append_and_sleep(log, name: str) -> str:
+    import time
+
+    with open(log, "a") as handle:
+        handle.write(name + "\n")
+    time.sleep(0.5)
+    return name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,10 @@ class Jobs:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def run(self, jobs: list[tuple[Callable[..., Any], tuple]]) -> list[Any]:
+    def run(self, jobs: list[tuple[Callable[..., Any], tuple]], first: Sequence[int] = ()) -> list[Any]:
+        """The jobs' results, in job order. With several workers, the jobs listed in ``first`` (indices) are
+        started before the others: a long job started last would run alone at the end while the other workers
+        idle."""
         if self.workers <= 1 or len(jobs) <= 1:
             return [function(*args) for function, args in jobs]
         if self._pool is None:
@@ -66,5 +69,9 @@ class Jobs:
                 initializer=_init_worker,
                 initargs=(max(1, available_cpus() // self.workers),),
             )
-        futures = [self._pool.submit(function, *args) for function, args in jobs]
-        return [future.result() for future in futures]
+        order = [
+            *dict.fromkeys(i for i in first if 0 <= i < len(jobs)),
+            *(i for i in range(len(jobs)) if i not in first),
+        ]
+        futures = {i: self._pool.submit(jobs[i][0], *jobs[i][1]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]

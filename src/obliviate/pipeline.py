@@ -150,6 +150,15 @@ def _portable(log: Callable[[str], None]) -> Callable[[str], None]:
         return print
 
 
+def interleaves(method: str, config: PipelineConfig) -> bool:
+    """Whether ``method`` runs with ``--schedule interleaved`` (its preset or the pipeline's): retain steps after
+    every forget step, the longest runs, which the worker pool starts first."""
+    from obliviate.losses import get_method
+
+    schedule = config.presets.get(method, {}).get("schedule") or get_method(method).preset.get("schedule")
+    return schedule == "interleaved"
+
+
 def unlearn_method(
     method: str,
     target: Path,
@@ -243,7 +252,11 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
         if workers > 1 and len(config.methods) > 1:
             log(f"unlearning with {', '.join(config.methods)}: {workers} at a time, one process each")
         runs = jobs.run(
-            [(unlearn_method, (m, target, dirs, config, hook_args, worker_log, target_result)) for m in config.methods]
+            [
+                (unlearn_method, (m, target, dirs, config, hook_args, worker_log, target_result))
+                for m in config.methods
+            ],
+            first=[i for i, m in enumerate(config.methods) if interleaves(m, config)],
         )
         references = [(target, target_result), (oracle_dir, oracle_result)]
         attacks = run_pipeline_attacks(jobs, config, dirs, hook_args, references, runs, log)
