@@ -197,7 +197,7 @@ class UnlearnConfig(TrainConfig):
     )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
     field_stop: bool = option(
-        True,
+        False,
         "per-field stop: once a PII field's forget exposure is inside its never-seen band at a stop-rule check, a "
         "method that scores values per field (contrast) leaves that field's values alone until a later check finds "
         "it outside again; the run stops when every field is inside",
