@@ -137,7 +137,7 @@ class Contenders:
         for rows, drawn in zip(micro, draws):
             forget = collate([run.forget[i] for i in rows], pad_id)
             retain = collate([run.retain[i] for i in drawn], pad_id) if drawn else None
-            paired = collate([run.paired[i] for i in rows], pad_id) if run.paired else None
+            paired = collate([d[i] for d in run.paired for i in rows], pad_id) if run.paired else None
             batches.append((forget, retain, paired, rows))
             pieces.append(len(step.pieces(run, self.method, rows, drawn)))
         return batches, pieces
@@ -156,7 +156,7 @@ class Contenders:
         return self.run.state["tokens_seen"] - before
 
     def bare_round(self) -> int:
-        """One round of the bare loop; returns the tokens it processed (forget + retain, padding excluded)."""
+        """One round of the bare loop; returns the tokens it processed (forget, retain, paired; no padding)."""
         self.epochs["bare"] += 1
         model, method, needs = self.bare_model, self.method, self.method.needs
         block = decoder_layers(model)[RMU_LAYER] if needs.hidden else None
@@ -181,7 +181,7 @@ class Contenders:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
             self.bare_optimizer.step()
             self.bare_optimizer.zero_grad(set_to_none=True)
-            tokens += forget.num_tokens + (retain.num_tokens if retain is not None else 0)
+            tokens += sum(b.num_tokens for b in (forget, retain, paired) if b is not None)
         return tokens
 
     def weight_gaps(self) -> tuple[float, float]:
@@ -423,7 +423,8 @@ def describe(result: dict) -> str:
         "bar) against a bare padded PyTorch loop: the same rows (forget order, retain draws, paired fakes) collated "
         "whole before timing, the same forward passes (the reference where the method reads one, NPO's reference "
         "log-probabilities cached up front as obliviate does), the same loss function on the whole batch, backward, "
-        "`clip_grad_norm_` and AdamW on an identical copy of the model. Tokens are non-pad forget + retain tokens. "
+        "`clip_grad_norm_` and AdamW on an identical copy of the model. Tokens are non-pad forget, retain and paired "
+        "fake-value tokens. "
         "`relabel` runs on the forget records as they are (its relabelled draws have their shapes); `contrast` on "
         f"the forget records scored on their PII values, beside one draw of fake-value copies. Model: "
         f"`{result['size']}` OLMo, {result['parameters']:,} parameters, fp32 on CPU ({threads}, shared machine); "

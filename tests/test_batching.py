@@ -150,3 +150,26 @@ def test_drop_fields_unscores_only_the_named_fields_values():
     bare = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans))
     drop_fields(bare, frozenset({"ssn"}))
     assert bare.spans is None
+
+
+@pytest.mark.parametrize("per_step", [1, 3])
+def test_each_epoch_compares_with_its_own_set_of_fake_copies(per_step):
+    """--fakes_per_step k with --relabel_draws n sets: epoch e reads the k copies of set (e - 1) mod n, so
+    consecutive epochs see different fakes and epoch n + 1 comes back to the first set."""
+    from types import SimpleNamespace
+
+    from obliviate.train.sampling import epoch_batches
+
+    sets = 4
+    draws = [[f"copy {d}"] for d in range(sets * per_step)]
+    accelerator = SimpleNamespace(num_processes=1, process_index=0)
+    run = SimpleNamespace(accelerator=accelerator, forget_draws=[], paired_draws=draws, forget=[None] * 4, retain=[],
+                          forget_steps=1, paired=[])  # fmt: skip
+    config = SimpleNamespace(group_by_length=False, batch_size=4, micro_batch_size=2, seed=0, fakes_per_step=per_step)
+    seen = []
+    for epoch in range(1, sets + 2):
+        epoch_batches(run, config, epoch)
+        assert len(run.paired) == per_step
+        seen.append(tuple(d[0] for d in run.paired))
+    assert len(set(seen[:sets])) == sets and len({c for s in seen[:sets] for c in s}) == sets * per_step
+    assert seen[sets] == seen[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from obliviate.data.batching import TokenBatch
 from obliviate.errors import ConfigError
 from obliviate.losses import FINETUNE, LOSSES, get_method
 from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, Needs, mean_nll
@@ -585,3 +586,45 @@ def test_contrast_hinges_each_pii_value_apart_not_the_row_pooled():
     assert pooled.metrics["gap_hinge"].item() == 0.0
     assert expected[0] == 0.0 and expected[1] > 1
     assert per_field.metrics["gap_hinge"].item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("with_codes", [True, False])
+def test_contrast_with_several_fake_copies_hinges_on_their_mean_nll(with_codes):
+    """--fakes_per_step 3: the paired batch holds three copies of the two forget rows (copy after copy); each row's
+    hinge compares its true value with the mean NLL of its three fakes, not with any single one."""
+    from obliviate.data.batching import field_code, unit_count
+
+    torch.manual_seed(0)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]] * 2)
+    code = field_code("ssn")
+    spans = torch.tensor([[0, code, code, code, 0]] * 2) if with_codes else None
+    true = torch.randn(2, 5, VOCAB)
+    fakes = torch.randn(6, 5, VOCAB) * 3  # copies 0, 1, 2 of rows 0 and 1
+    params = get_method("contrast").params({"alpha": 0.0})
+    mask = torch.ones(2, 5)
+    out = get_method("contrast").loss(
+        LossInputs(
+            forget=Forward(true, labels, mask, spans=spans),
+            paired=Forward(
+                fakes, labels.repeat(3, 1), torch.ones(6, 5), spans=None if spans is None else spans.repeat(3, 1)
+            ),
+            retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+        ),
+        params,
+    )
+
+    def nll(logits, row):
+        logp = torch.log_softmax(logits[row].double(), -1)
+        return -sum(logp[t, labels[0, t + 1]].item() for t in range(3)) / 3
+
+    fake_means = [sum(nll(fakes, copy * 2 + row) for copy in range(3)) / 3 for row in range(2)]
+    hinges = [max(0.0, fake_means[row] - nll(true, row)) for row in range(2)]
+    assert out.metrics["fake_nll"].item() == pytest.approx(sum(fake_means) / 2, rel=1e-5)
+    assert out.metrics["gap_hinge"].item() == pytest.approx(sum(hinges) / 2, rel=1e-5)
+    single = [max(0.0, nll(fakes, row) - nll(true, row)) for row in range(2)]  # copy 0 alone: another figure
+    assert sum(single) != pytest.approx(sum(hinges), rel=1e-3)
+    if with_codes:
+        forget_batch = TokenBatch(torch.zeros(2, 5, dtype=torch.long), mask, labels, spans)
+        paired_batch = TokenBatch(torch.zeros(6, 5, dtype=torch.long), torch.ones(6, 5), labels.repeat(3, 1),
+                                  spans.repeat(3, 1))  # fmt: skip
+        assert unit_count("pairs", forget_batch, paired_batch) == 2

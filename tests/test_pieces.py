@@ -25,8 +25,13 @@ LR = 1e-3
 EXACT = ("step", "epoch", "lr", "tokens_seen", "retain_draw_checksums")
 
 
-@pytest.mark.parametrize("method", list(LOSSES))
-def test_one_step_as_pieces_equals_the_whole_micro_batches(method, target, tmp_path, monkeypatch):
+CASES = [(method, {}) for method in LOSSES] + [("contrast", {"fakes_per_step": 3})]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"), CASES, ids=[m + "".join(f"-{k}{v}" for k, v in e.items()) for m, e in CASES]
+)
+def test_one_step_as_pieces_equals_the_whole_micro_batches(method, extra, target, tmp_path, monkeypatch):
     real, cuts = step.pieces, {"pieces": [], "whole": []}
     mode = "pieces"
 
@@ -42,7 +47,7 @@ def test_one_step_as_pieces_equals_the_whole_micro_batches(method, target, tmp_p
 
     monkeypatch.setattr(step, "pieces", spy)
     # optimizer steps of 2 micro-batches of 8 rows: the micro forget set mixes short answers and biographies
-    options = {**method_overrides(method), "lr": LR, "batch_size": 16, "micro_batch_size": 8, "max_steps": 2}
+    options = {**method_overrides(method), **extra, "lr": LR, "batch_size": 16, "micro_batch_size": 8, "max_steps": 2}
     run_unlearn(unlearn_config(target, tmp_path / "pieces", method=method, **options))
     mode = "whole"
     run_unlearn(unlearn_config(target, tmp_path / "whole", method=method, length_pieces=False, **options))

@@ -142,6 +142,14 @@ class UnlearnConfig(TrainConfig):
     relabel_draws: int = option(
         4, "relabel / contrast: stranger answers or fake-value copies per forget record, one per epoch", ge=1, le=64
     )
+    fakes_per_step: int | None = option(
+        None,
+        "contrast: fake-value copies each forget value is compared with at every forget step (a fresh set per "
+        "epoch); the hinge targets their mean NLL, where a value of a person the model never saw would lie; unset: "
+        "the method's preset, else 1",
+        ge=1,
+        le=16,
+    )
     schedule: str = option(
         "auto",
         "joint: every step optimises the method's whole loss; interleaved: one forget-only step (retain weight 0), "

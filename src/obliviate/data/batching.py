@@ -232,17 +232,18 @@ def unit_count(unit: str, batch: TokenBatch, paired: TokenBatch | None = None) -
             raise ValueError("the unit 'pairs' counts rows scored in a batch and in its paired batch; none was given")
         if batch.spans is not None and paired.spans is not None:
             return int(field_pairs(batch.spans, paired.spans).sum())
-        both = (batch.labels[:, 1:] != IGNORE_INDEX).any(-1) & (paired.labels[:, 1:] != IGNORE_INDEX).any(-1)
-        return int(both.sum())
+        scored = (paired.labels[:, 1:] != IGNORE_INDEX).any(-1).view(-1, len(batch)).any(0)
+        return int(((batch.labels[:, 1:] != IGNORE_INDEX).any(-1) & scored).sum())
     raise ValueError(f"unknown unit {unit!r}; expected one of {', '.join(UNITS)}")
 
 
 def field_pairs(spans: torch.Tensor, paired_spans: torch.Tensor) -> torch.Tensor:
     """``[batch, fields]``: whether row ``b`` holds field ``f`` (code ``f + 1``) among its scored next tokens in both
-    batches, the (row, field) pairs a paired loss compares."""
+    batches, the (row, field) pairs a paired loss compares. ``paired_spans`` may hold several copies of the batch,
+    one after the other (``--fakes_per_step``): a pair counts where any copy holds the field."""
     fields = len(PII_FIELDS) + 1
     present = [torch.stack([(s[:, 1:] == c).any(-1) for c in range(1, fields + 1)], -1) for s in (spans, paired_spans)]
-    return present[0] & present[1]
+    return present[0] & present[1].view(-1, *present[0].shape).any(0)
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int | None = None) -> torch.Generator:

@@ -61,6 +61,15 @@ def per_field_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
     return -torch.einsum("bt,btf->bf", logp, fields) / count.clamp_min(1.0), count > 0
 
 
+def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[copies * rows, fields]`` NLLs of the paired batch (copy after copy) as ``[rows, fields]``: each pair's mean
+    over the copies that hold it, and whether any does."""
+    nll = fake_nll.view(-1, rows, fake_nll.shape[-1])
+    held = scored.view(-1, rows, scored.shape[-1])
+    weight = held.to(nll.dtype)
+    return (nll * weight).sum(0) / weight.sum(0).clamp_min(1.0), held.any(0)
+
+
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """The hinge on ``NLL(fake) - NLL(true) + params.delta`` (the margin ``m``) per (row, field), plus
     ``params.alpha·NLL(R)``. ``params.fake_pull`` scales the gradient that reaches the fake's NLL, not its value:
@@ -71,9 +80,12 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """
     true_nll, scored = per_field_nll(inputs.forget)
     fake_nll, fake_scored = per_field_nll(inputs.paired)
-    if true_nll.shape != fake_nll.shape:  # one side without field codes: compare rows, not fields
+    if true_nll.shape[1:] != fake_nll.shape[1:]:  # one side without field codes: compare rows, not fields
         true_nll, scored = per_example_nll(inputs.forget.logits, inputs.forget.labels)
         fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
+        true_nll, scored = true_nll[:, None], scored[:, None]
+        fake_nll, fake_scored = fake_nll[:, None], fake_scored[:, None]
+    fake_nll, fake_scored = mean_over_copies(fake_nll, fake_scored, len(true_nll))
     both = (scored & fake_scored).to(true_nll.dtype)
     if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
         fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()

@@ -47,12 +47,16 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
 
 
 def fake_pairs(config: UnlearnConfig, forget, retain):
-    """A paired method's forget set (scored on PII values) and its fake-value copies, one per epoch in turn."""
+    """A paired method's forget set (scored on PII values) and its fake-value copies: ``--relabel_draws`` sets of
+    ``--fakes_per_step``, one set per epoch in turn."""
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
     from obliviate.train.relabel import known_people
 
     people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
-    marked, copies = pair_with_fakes(forget, people, draws=config.relabel_draws, seed=config.seed)
+    from obliviate.train.sampling import fakes_per_step
+
+    draws = config.relabel_draws * fakes_per_step(config)
+    marked, copies = pair_with_fakes(forget, people, draws=draws, seed=config.seed)
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
             f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"

@@ -15,14 +15,17 @@ if TYPE_CHECKING:
 def epoch_batches(run: Run, config: TrainConfig, epoch: int) -> tuple[list[list[int]], list[list[int] | None]]:
     """This process's forget micro-batches of ``epoch`` and the retain rows paired with each.
 
-    Also points ``run.forget`` / ``run.paired`` at the epoch's relabelled or fake-value draw, where the method has
-    them. The same ``(seed, epoch)`` gives the same batches on every call: a resumed run continues the very order.
+    Also points ``run.forget`` at the epoch's relabelled draw and ``run.paired`` at its fake-value draws
+    (``--fakes_per_step`` of them), where the method has them. The same ``(seed, epoch)`` gives the same batches
+    on every call: a resumed run continues the very order.
     """
     acc = run.accelerator
     if run.forget_draws:  # a relabelling method: epoch e trains on draw e mod n, a fresh stranger each time
         run.forget = run.forget_draws[(epoch - 1) % len(run.forget_draws)]
-    if run.paired_draws:  # a paired method: epoch e compares with draw e mod n of fresh fakes
-        run.paired = run.paired_draws[(epoch - 1) % len(run.paired_draws)]
+    if run.paired_draws:  # a paired method: epoch e compares with its own fakes_per_step draws of fresh fakes
+        per_step = fakes_per_step(config)
+        first = ((epoch - 1) % max(1, len(run.paired_draws) // per_step)) * per_step
+        run.paired = [run.paired_draws[(first + k) % len(run.paired_draws)] for k in range(per_step)]
     grouped = config.group_by_length
     lengths = [len(e.ids) for e in run.forget] if grouped else None
     order = forget_order(len(run.forget), run.forget_steps, config.batch_size, config.seed, epoch, lengths)
@@ -59,6 +62,12 @@ def retain_steps_per_forget(config: TrainConfig) -> int:
         return 0
     steps = getattr(config, "retain_steps", None)
     return DEFAULT_RETAIN_STEPS if steps is None else steps
+
+
+def fakes_per_step(config: TrainConfig) -> int:
+    """Fake-value copies each forget value is compared with per step (``--fakes_per_step``; unset: 1)."""
+    value = getattr(config, "fakes_per_step", None)
+    return 1 if value is None else value
 
 
 def interleaved_plan(run: Run, config: TrainConfig, epoch: int) -> list[tuple[str, int]]:

@@ -60,10 +60,10 @@ class Run:
     is_peft: bool
     state: dict[str, Any]
     forget_draws: list[list] = field(default_factory=list)  # relabelled forget sets, one per epoch in turn
-    paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, one per epoch
+    paired_draws: list[list] = field(default_factory=list)  # fake-value copies of the forget set, in turn
     forget_keys: list = field(default_factory=list)  # per forget row: what --retain_sampling matched pairs on
     retain_keys: list = field(default_factory=list)  # per retain row: the same
-    paired: list = field(default_factory=list)  # this epoch's draw
+    paired: list[list] = field(default_factory=list)  # this epoch's fake-value draws (--fakes_per_step of them)
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     epoch_check: Any = None  # asked at epoch ends (finetune --until_memorised: obliviate.evaluate.memorised)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)

@@ -214,11 +214,12 @@ def accumulate(
         cut = pieces(run, method, forget_rows, retain_rows)
         forget_cpu = [collate([run.forget[i] for i in f], pad_id) for f, _ in cut]
         retain_cpu = [collate([run.retain[i] for i in r], pad_id) if r else None for _, r in cut]
-        paired_cpu = [collate([run.paired[i] for i in f], pad_id) if run.paired else None for f, _ in cut]
+        # the paired batch holds each fake-value draw's copy of the piece's rows, draw after draw
+        paired_cpu = [collate([d[i] for d in run.paired for i in f], pad_id) if run.paired else None for f, _ in cut]
         if run.fields_done:
             for batch in forget_cpu + paired_cpu:
                 drop_fields(batch, run.fields_done)
-        tokens += sum(b.num_tokens for b in forget_cpu) + sum(b.num_tokens for b in retain_cpu if b is not None)
+        tokens += sum(b.num_tokens for b in forget_cpu + retain_cpu + paired_cpu if b is not None)
         shares = piece_shares(method, forget_cpu, retain_cpu, paired_cpu) if len(cut) > 1 else [{}]
         with acc.accumulate(run.model):
             for index, (rows, _) in enumerate(cut):
@@ -268,13 +269,13 @@ def pieces(
 
     Forget rows alone are cut by :func:`~obliviate.data.batching.length_pieces`; with retain rows both splits are
     cut into the same number of pieces (:func:`~obliviate.data.batching.matched_pieces`), so that every piece runs
-    the whole objective. A paired batch follows its forget rows, so a row's length is the longer of the two.
+    the whole objective. The paired copies follow their forget rows, so a row's length is the longest of them.
     """
     if not _splittable(run.accelerator, method, retain_rows, run.config):
         return [(forget_rows, retain_rows)]
 
     def length(i: int) -> int:
-        return max(len(run.forget[i].ids), len(run.paired[i].ids)) if run.paired else len(run.forget[i].ids)
+        return max([len(run.forget[i].ids)] + [len(d[i].ids) for d in run.paired])
 
     forget_lengths = [length(i) for i in forget_rows]
     if not retain_rows:
