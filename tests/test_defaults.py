@@ -300,3 +300,66 @@ def test_the_loop_trains_with_the_retain_weights_the_guard_asks_for(target, tmp_
     alphas = [(m["loss"] + m["forget_nll"]) / m["retain_nll"] for m in steps]
     assert len(alphas) == 5
     assert alphas[:2] == pytest.approx([4.0, 4.0], rel=1e-3) and alphas[2:] == pytest.approx([16.0] * 3, rel=1e-3)
+
+
+def test_repair_tolerance_ends_a_cycle_once_a_retain_batch_is_back_at_its_start(target, tmp_path):
+    """--repair_tolerance: a cycle's retain steps stop at the first one whose batch's NLL is within the tolerance of
+    the starting model's on the same rows (that step included). A huge tolerance leaves one retain step per forget
+    step; none (0, the default) leaves all of them; a middle one stops exactly where the logged excess first falls
+    under it."""
+    runs = {}
+    for name, tolerance in (("loose", 100.0), ("off", 0.0), ("middle", None)):
+        if tolerance is None:  # the median of the loose run's excesses: some cycles end early, some do not
+            excess = sorted(s["retain_excess"] for s in runs["loose"] if s["phase"] == "retain")
+            tolerance = excess[len(excess) // 2]
+        out = tmp_path / name
+        config = unlearn_config(target, out, method="ga_gd", schedule="interleaved", retain_steps=4, epochs=2,
+                                lr=3e-3, repair_tolerance=tolerance)  # fmt: skip
+        run_unlearn(config)
+        runs[name] = [line for line in metrics(out) if "phase" in line]
+        runs[name + "_tolerance"] = tolerance
+    assert [s["phase"] for s in runs["loose"]] == ["forget", "retain"] * 10
+    assert [s["phase"] for s in runs["off"]] == (["forget"] + ["retain"] * 4) * 10
+    assert not any("retain_excess" in s for s in runs["off"])
+    cycles, cycle = [], []
+    for s in runs["middle"]:
+        if s["phase"] == "forget" and cycle:
+            cycles.append(cycle)
+            cycle = []
+        if s["phase"] == "retain":
+            cycle.append(s["retain_excess"])
+    cycles.append(cycle)
+    tolerance = runs["middle_tolerance"]
+    for excesses in cycles:  # each cycle ends at its first repaired step, or after all four
+        assert all(e > tolerance for e in excesses[:-1])
+        assert excesses[-1] <= tolerance or len(excesses) == 4
+    assert {len(c) for c in cycles} != {4} and {len(c) for c in cycles} != {1}, cycles
+
+
+class _Recorder:
+    """A stop rule that records where it was asked to check (``due``) and never stops the run."""
+
+    every = 10
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+        self.checked: list[int] = []
+
+    def start(self, model, tokenizer) -> None:
+        pass
+
+    def __call__(self, model, tokenizer, step: int, due: bool | None = None):
+        assert due is True  # under --repair_tolerance the loop decides when a check is due
+        self.checked.append(step)
+        return None
+
+
+def test_under_repair_tolerance_the_stop_rule_checks_at_the_end_of_every_kth_cycle(target, tmp_path):
+    """Interval 10 steps, cycles of 1 + 4 planned steps: a check after every 2nd cycle. Each cycle ends after one
+    retain step here (a huge tolerance), so the checks fall at steps 4, 8, 12, ... : cycle ends, never between a
+    forget step and its repair."""
+    recorder = _Recorder()
+    config = unlearn_config(target, tmp_path / "out", method="ga_gd", schedule="interleaved", retain_steps=4,
+                            epochs=2, lr=3e-3, repair_tolerance=100.0)  # fmt: skip
+    run_unlearn(config, step_check=recorder)
+    assert recorder.checked == [4, 8, 12, 16, 20]

@@ -166,6 +166,13 @@ class UnlearnConfig(TrainConfig):
         ge=0,
         le=1000,
     )
+    repair_tolerance: float | None = option(
+        None,
+        "interleaved: a forget step's retain steps end before --retain_steps once one of them finds its retain "
+        "batch's answer NLL within this many nats of the starting model's on the same rows (that step still "
+        "trains); unset: the method's preset, else 0 (off: always --retain_steps)",
+        ge=0,
+    )
     retain_sampling: str = option(
         "auto",
         "which retain rows each forget row is paired with: uniform (a random draw) or matched (a retain row of the "

@@ -154,9 +154,10 @@ class ExposureStopRule:
             out[f"{name}/reference_top_share"] = band.top_share
         return out
 
-    def __call__(self, model, tokenizer, step: int) -> str | None:
-        """The reason to stop at ``step``, or None to go on."""
-        if self._reference is None or step % self.every:
+    def __call__(self, model, tokenizer, step: int, due: bool | None = None) -> str | None:
+        """The reason to stop at ``step``, or None to go on. It checks every :attr:`every` steps, or where ``due``
+        says (the training loop's choice when its cycles differ in length)."""
+        if self._reference is None or not (step % self.every == 0 if due is None else due):
             return None
         pairs = self._exposures(model, tokenizer, self.forget, "forget")
         retain = retain_check(model, tokenizer, self.retain)

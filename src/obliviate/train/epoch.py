@@ -8,7 +8,13 @@ import time
 
 from tqdm.auto import tqdm
 
-from obliviate.train.sampling import epoch_batches, interleaved_plan, retain_only_batches, retain_steps_per_forget
+from obliviate.train.sampling import (
+    epoch_batches,
+    interleaved_plan,
+    repair_tolerance,
+    retain_only_batches,
+    retain_steps_per_forget,
+)
 from obliviate.train.schedule import make_schedule
 from obliviate.train.state import Run, bars_off
 from obliviate.train.step import accumulate, fmt_metrics, optimizer_step, retain_step
@@ -18,7 +24,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     """One pass over the forget set (or what is left of ``--max_steps``); returns a reason to stop early.
 
     Under ``--schedule interleaved`` each forget step (forget term only) is followed by ``--retain_steps`` retain-only
-    steps, and the schedule restarts at every chunk of ``--chunk_size`` forget rows."""
+    steps (fewer with ``--repair_tolerance``, once one finds its batch repaired), and the schedule restarts at every
+    chunk of ``--chunk_size`` forget rows."""
     config = run.config
     micro, draws = epoch_batches(run, config, epoch)
     run.model.train()
@@ -26,28 +33,35 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         ([micro[i] for i in range(s, min(s + run.accumulation, len(micro)))], draws[s : s + run.accumulation])
         for s in range(0, len(micro), run.accumulation)
     ]
-    interleaved = retain_steps_per_forget(config) > 0
+    retain_steps = retain_steps_per_forget(config)
+    interleaved, tolerance = retain_steps > 0, repair_tolerance(config)
     plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
-    chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + config.retain_steps) if interleaved else 0
-    progress = _Progress(run, epoch)
+    chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + retain_steps) if interleaved else 0
+    progress, repaired = _Progress(run, epoch), False
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
+        if phase == "retain" and repaired:  # --repair_tolerance: this cycle's repair is done
+            progress.skip()
+            continue
         clock = time.perf_counter()
         params = run.params  # the retain guard may have rescaled the retain weights at the last check
         if phase == "retain":
             step_metrics, tokens, checksums = retain_step(run, params, epoch, retain_groups[index])
+            repaired = bool(tolerance) and step_metrics["retain_excess"] <= tolerance
         else:
             forget_ids, retain_ids = forget_groups[index]
             forget_params = run.method.forget_only(params) if interleaved else params
             step_metrics, tokens, checksums = accumulate(run, run.method, forget_params, epoch, forget_ids, retain_ids)
+            repaired = False
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         optimizer_step(run, config)
         seconds = time.perf_counter() - clock
         _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, (tokens, seconds), checksums)
         progress.step(step_metrics)
-        reason = _stop_reason(run, epoch, step_metrics)
+        due = _check_due(run, epoch, plan, position, repaired) if tolerance else None
+        reason = _stop_reason(run, epoch, step_metrics, due)
         if reason is not None:
             progress.close()
             return reason
@@ -55,6 +69,20 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             break  # the step budget is spent: the run ends here, as planned (not a stop)
     progress.close()
     return None
+
+
+def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int, repaired: bool) -> bool:
+    """Under ``--repair_tolerance`` cycles differ in length, so the stop rule is asked at the end of every k-th
+    cycle instead of every N optimizer steps: k is the number of whole cycles in its interval (``every`` /
+    (1 + ``--retain_steps``), at least 1), counted in forget steps since the run began (the same on a resumed
+    run)."""
+    ends_cycle = repaired or position + 1 == len(plan) or plan[position + 1][0] == "forget"
+    if not ends_cycle or run.step_check is None:
+        return False
+    every = getattr(run.step_check, "every", 0)
+    cycles = max(1, every // (1 + retain_steps_per_forget(run.config)))
+    forget_step = (epoch - 1) * run.forget_steps + sum(phase == "forget" for phase, _ in plan[: position + 1])
+    return forget_step % cycles == 0
 
 
 class _Progress:
@@ -69,6 +97,10 @@ class _Progress:
             leave=False,
             dynamic_ncols=True,
         )
+
+    def skip(self) -> None:
+        """A planned step left out (its cycle's repair ended early)."""
+        self.bar.update(1)
 
     def step(self, step_metrics: dict[str, float]) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -106,21 +138,27 @@ def _record_step(run: Run, epoch: int, phase: str | None, lr: float, step_metric
     run.log(record)
 
 
-def _stop_reason(run: Run, epoch: int, step_metrics: dict[str, float]) -> str | None:
-    """Why the run stops after this step: the forget-NLL bound, or the stop rule; None to go on."""
+def _stop_reason(run: Run, epoch: int, step_metrics: dict[str, float], due: bool | None = None) -> str | None:
+    """Why the run stops after this step: the forget-NLL bound, or the stop rule; None to go on. ``due`` (None: the
+    rule's own every-N-steps) says whether the stop rule checks now."""
     forget_nll, bound = step_metrics.get("forget_nll"), run.stop_forget_nll
     if bound is not None and forget_nll is not None and forget_nll > bound:
         return f"forget NLL {forget_nll:.3f} passed --stop_forget_nll {bound} at epoch {epoch}"
-    return _step_check(run, epoch)
+    return _step_check(run, epoch, due)
 
 
-def _step_check(run: Run, epoch: int) -> str | None:
+def _step_check(run: Run, epoch: int, due: bool | None = None) -> str | None:
     """Ask the run's stop rule (every process asks; the model is the same everywhere) and log what it measured."""
-    if run.step_check is None:
+    if run.step_check is None or due is False:
         return None
     model = run.accelerator.unwrap_model(run.model)
     checks_before, clock = len(run.step_check.history), time.perf_counter()
-    reason = run.step_check(model, run.tokenizer, run.state["global_step"])
+    step = run.state["global_step"]
+    reason = (
+        run.step_check(model, run.tokenizer, step)
+        if due is None
+        else run.step_check(model, run.tokenizer, step, due=True)
+    )
     if run.timing:
         run.timing["stop_check_seconds"] += time.perf_counter() - clock
     if len(run.step_check.history) > checks_before:

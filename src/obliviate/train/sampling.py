@@ -64,6 +64,13 @@ def retain_steps_per_forget(config: TrainConfig) -> int:
     return DEFAULT_RETAIN_STEPS if steps is None else steps
 
 
+def repair_tolerance(config: TrainConfig) -> float:
+    """Nats above the starting model's retain NLL at which a cycle's repair ends early (``--repair_tolerance``);
+    0 (off) unless the schedule is interleaved and the option is set."""
+    value = getattr(config, "repair_tolerance", None)
+    return 0.0 if value is None or not retain_steps_per_forget(config) else float(value)
+
+
 def fakes_per_step(config: TrainConfig) -> int:
     """Fake-value copies each forget value is compared with per step (``--fakes_per_step``; unset: 1)."""
     value = getattr(config, "fakes_per_step", None)

@@ -134,22 +134,30 @@ def loss_inputs(
     return inputs
 
 
-@torch.no_grad()
 def reference_logprobs(run: Run) -> torch.Tensor:
     """``log π_ref(y|x)`` of every forget row under the model as it is now (the starting model), ``[rows]`` on the
-    device, in micro-batches of rows in order. Every process computes all rows (the same forwards on every rank,
-    as sharded weights need); eval mode and autocast, as the frozen copy it replaces would run."""
+    device."""
+    return row_logprobs(run, run.forget)[0]
+
+
+@torch.no_grad()
+def row_logprobs(run: Run, records: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed log-probability of each record's scored tokens and their count under the model as it is now,
+    ``[rows]`` each on the device, in micro-batches of rows in order. Every process computes all rows (the same
+    forwards on every rank, as sharded weights need); eval mode and autocast, as a frozen copy would run."""
     model, acc, size = run.model, run.accelerator, run.config.micro_batch_size
     was_training = model.training
     model.eval()
-    values = []
-    for start in range(0, len(run.forget), size):
-        batch = collate(run.forget[start : start + size], run.tokenizer.pad_token_id).to(acc.device)
+    values, counts = [], []
+    for start in range(0, len(records), size):
+        batch = collate(records[start : start + size], run.tokenizer.pad_token_id).to(acc.device)
         with acc.autocast():
             out = run_forward(model, batch)
-        values.append(sequence_logprob(out.logits, out.labels)[0].float())
+        logp, count = sequence_logprob(out.logits, out.labels)
+        values.append(logp.float())
+        counts.append(count.float())
     model.train(was_training)
-    return torch.cat(values)
+    return torch.cat(values), torch.cat(counts)
 
 
 def _checksum(indices: list[int]) -> int:
@@ -169,7 +177,11 @@ def optimizer_step(run: Run, config: TrainConfig) -> None:
 
 
 def retain_step(run: Run, params: LossParams, epoch: int, micro: list[list[int]]):
-    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``)."""
+    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``).
+
+    With the starting model's row NLLs at hand (``--repair_tolerance``), also ``retain_excess``: the step's retain
+    NLL (before its update) minus the starting model's on the same rows, averaged as the NLL is (per micro-batch,
+    token-weighted, then over micro-batches and processes), the same figure on every process."""
     from obliviate.losses import FINETUNE
 
     forget, paired = run.forget, run.paired
@@ -178,7 +190,13 @@ def retain_step(run: Run, params: LossParams, epoch: int, micro: list[list[int]]
         metrics, tokens, _ = accumulate(run, FINETUNE, params, epoch, micro, [None] * len(micro))
     finally:
         run.forget, run.paired = forget, paired
-    return {"retain_nll": metrics["nll"]}, tokens, None
+    out = {"retain_nll": metrics["nll"]}
+    if run.retain_start is not None:
+        logp, count = run.retain_start
+        local = sum(-logp[rows].sum() / count[rows].sum().clamp_min(1.0) for rows in micro) / run.accumulation
+        start = run.accelerator.gather(torch.as_tensor(local, dtype=torch.float64, device=logp.device).reshape(1))
+        out["retain_excess"] = metrics["nll"] - start.mean().item()
+    return out, tokens, None
 
 
 def accumulate(
