@@ -302,38 +302,55 @@ def test_the_loop_trains_with_the_retain_weights_the_guard_asks_for(target, tmp_
     assert alphas[:2] == pytest.approx([4.0, 4.0], rel=1e-3) and alphas[2:] == pytest.approx([16.0] * 3, rel=1e-3)
 
 
-def test_repair_tolerance_ends_a_cycle_once_a_retain_batch_is_back_at_its_start(target, tmp_path):
-    """--repair_tolerance: a cycle's retain steps stop at the first one whose batch's NLL is within the tolerance of
-    the starting model's on the same rows (that step included). A huge tolerance leaves one retain step per forget
-    step; none (0, the default) leaves all of them; a middle one stops exactly where the logged excess first falls
-    under it."""
+def test_repair_exact_leaves_out_a_cycles_retain_steps_once_a_retain_batch_is_restored(target, tmp_path):
+    """--repair_exact s: before each retain step its batch is checked; once it reproduces at least s of the rows the
+    starting model reproduced exactly, the rest of the cycle's retain steps are left out. Off (unset), every cycle
+    takes all four; at a share every batch meets, none; in between, each cycle takes retain steps until its first
+    check that passes, and the log says how many and at what share."""
     runs = {}
-    for name, tolerance in (("loose", 100.0), ("off", 0.0), ("middle", None)):
-        if tolerance is None:  # the median of the loose run's excesses: some cycles end early, some do not
-            excess = sorted(s["retain_excess"] for s in runs["loose"] if s["phase"] == "retain")
-            tolerance = excess[len(excess) // 2]
+    for name, share in (("off", None), ("any", 1e-9)):
         out = tmp_path / name
         config = unlearn_config(target, out, method="ga_gd", schedule="interleaved", retain_steps=4, epochs=2,
-                                lr=3e-3, repair_tolerance=tolerance)  # fmt: skip
+                                lr=3e-2, repair_exact=share)  # fmt: skip
         run_unlearn(config)
-        runs[name] = [line for line in metrics(out) if "phase" in line]
-        runs[name + "_tolerance"] = tolerance
-    assert [s["phase"] for s in runs["loose"]] == ["forget", "retain"] * 10
+        runs[name] = [line for line in metrics(out) if "phase" in line or "repaired" in line]
     assert [s["phase"] for s in runs["off"]] == (["forget"] + ["retain"] * 4) * 10
-    assert not any("retain_excess" in s for s in runs["off"])
-    cycles, cycle = [], []
-    for s in runs["middle"]:
-        if s["phase"] == "forget" and cycle:
-            cycles.append(cycle)
-            cycle = []
-        if s["phase"] == "retain":
-            cycle.append(s["retain_excess"])
-    cycles.append(cycle)
-    tolerance = runs["middle_tolerance"]
-    for excesses in cycles:  # each cycle ends at its first repaired step, or after all four
-        assert all(e > tolerance for e in excesses[:-1])
-        assert excesses[-1] <= tolerance or len(excesses) == 4
-    assert {len(c) for c in cycles} != {4} and {len(c) for c in cycles} != {1}, cycles
+    assert not any("repaired" in s for s in runs["off"])
+    phases = ["repaired" if "repaired" in s else s["phase"] for s in runs["any"]]
+    assert phases == ["forget", "repaired"] * 10  # every batch keeps a share > 1e-9 (or had no exact row)
+
+
+def test_a_cycle_takes_retain_steps_until_its_first_check_finds_the_batch_restored(target, tmp_path, monkeypatch):
+    """The loop's side of --repair_exact, with the check scripted: cycle c passes its check number c mod 6 (from 0),
+    so it takes c mod 6 retain steps; a cycle whose passing check would come after its fourth step takes all four
+    and logs no repair."""
+    import obliviate.train.epoch as epoch_module
+
+    script = {"cycle": -1, "checks": 0}
+    real_accumulate = epoch_module.accumulate
+
+    def counting_accumulate(*args, **kwargs):  # each forget step opens a cycle
+        script["cycle"], script["checks"] = script["cycle"] + 1, 0
+        return real_accumulate(*args, **kwargs)
+
+    def scripted(run, micro, share):
+        done = script["checks"] == script["cycle"] % 6
+        script["checks"] += 1
+        return done, 1.0 if done else 0.5, 10
+
+    monkeypatch.setattr(epoch_module, "accumulate", counting_accumulate)
+    monkeypatch.setattr(epoch_module, "repaired", scripted)
+    out = tmp_path / "scripted"
+    config = unlearn_config(target, out, method="ga_gd", schedule="interleaved", retain_steps=4, epochs=2, lr=3e-3,
+                            repair_exact=1.0)  # fmt: skip
+    run_unlearn(config)
+    lines = [line for line in metrics(out) if "phase" in line or "repaired" in line]
+    expected = []
+    for cycle in range(10):
+        steps = min(cycle % 6, 4)
+        expected += ["forget"] + ["retain"] * steps + (["repaired"] if cycle % 6 < 4 else [])
+    assert ["repaired" if "repaired" in s else s["phase"] for s in lines] == expected
+    assert [s["repaired"]["retain_steps"] for s in lines if "repaired" in s] == [c % 6 for c in range(10) if c % 6 < 4]
 
 
 class _Recorder:
@@ -349,17 +366,43 @@ class _Recorder:
         pass
 
     def __call__(self, model, tokenizer, step: int, due: bool | None = None):
-        assert due is True  # under --repair_tolerance the loop decides when a check is due
+        assert due is True  # under --repair_exact the loop decides when a check is due
         self.checked.append(step)
         return None
 
 
-def test_under_repair_tolerance_the_stop_rule_checks_at_the_end_of_every_kth_cycle(target, tmp_path):
-    """Interval 10 steps, cycles of 1 + 4 planned steps: a check after every 2nd cycle. Each cycle ends after one
-    retain step here (a huge tolerance), so the checks fall at steps 4, 8, 12, ... : cycle ends, never between a
-    forget step and its repair."""
+def test_under_repair_exact_the_stop_rule_checks_at_the_end_of_every_kth_cycle(target, tmp_path):
+    """Interval 10 steps, cycles of 1 + 4 planned steps: a check after every 2nd cycle. Every batch counts as
+    restored here (a share of 1e-9), so each cycle is its forget step alone, and the checks fall at steps 2, 4, 6,
+    ... : cycle ends, never between a forget step and its repair."""
     recorder = _Recorder()
     config = unlearn_config(target, tmp_path / "out", method="ga_gd", schedule="interleaved", retain_steps=4,
-                            epochs=2, lr=3e-3, repair_tolerance=100.0)  # fmt: skip
+                            epochs=2, lr=3e-3, repair_exact=1e-9)  # fmt: skip
     run_unlearn(config, step_check=recorder)
-    assert recorder.checked == [4, 8, 12, 16, 20]
+    assert recorder.checked == [2, 4, 6, 8, 10]
+
+
+def test_repaired_counts_the_start_exact_rows_a_batch_still_reproduces(monkeypatch):
+    """``repaired``: of the rows the starting model reproduced (rows 0, 1, 2, 5), the batch [[0, 1, 3], [2, 5]]
+    now reproduces 0, 2 and 5: 3 of 4. Row 3 (not exact at the start) counts for nothing, exact or not."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import obliviate.train.step as step
+
+    now = {0: True, 1: False, 2: True, 3: True, 4: False, 5: True}
+
+    class Batch(SimpleNamespace):
+        def to(self, device):
+            return self
+
+    monkeypatch.setattr(step, "collate", lambda records, pad: Batch(rows=records, num_tokens=7 * len(records)))
+    monkeypatch.setattr(step, "run_forward", lambda model, batch: SimpleNamespace(logits=batch.rows, labels=None))
+    monkeypatch.setattr(step, "answer_exact", lambda logits, labels: torch.tensor([now[r] for r in logits]))
+    accelerator = SimpleNamespace(device="cpu", autocast=contextlib.nullcontext, gather=lambda t: t)
+    start = torch.tensor([True, True, True, False, False, True])
+    run = SimpleNamespace(accelerator=accelerator, tokenizer=SimpleNamespace(pad_token_id=0), model=None,
+                          retain=list(range(6)), retain_start=start)  # fmt: skip
+    assert step.repaired(run, [[0, 1, 3], [2, 5]], 0.75) == (True, 0.75, 35)
+    assert step.repaired(run, [[0, 1, 3], [2, 5]], 0.8)[0] is False
+    assert step.repaired(run, [[3, 4]], 1.0) == (True, 1.0, 14)  # no row to restore: nothing to wait for

@@ -166,12 +166,14 @@ class UnlearnConfig(TrainConfig):
         ge=0,
         le=1000,
     )
-    repair_tolerance: float | None = option(
+    repair_exact: float | None = option(
         None,
-        "interleaved: a forget step's retain steps end before --retain_steps once one of them finds its retain "
-        "batch's answer NLL within this many nats of the starting model's on the same rows (that step still "
-        "trains); unset: the method's preset, else 0 (off: always --retain_steps)",
-        ge=0,
+        "interleaved: before each retain step, check its retain batch (one forward, no update); once the batch "
+        "reproduces at least this share of the rows the starting model reproduced word for word (teacher-forced), "
+        "the forget step's repair is done and its remaining retain steps are left out; unset: the method's preset, "
+        "else off (always --retain_steps)",
+        gt=0,
+        le=1,
     )
     retain_sampling: str = option(
         "auto",

@@ -11,21 +11,21 @@ from tqdm.auto import tqdm
 from obliviate.train.sampling import (
     epoch_batches,
     interleaved_plan,
-    repair_tolerance,
+    repair_exact,
     retain_only_batches,
     retain_steps_per_forget,
 )
 from obliviate.train.schedule import make_schedule
 from obliviate.train.state import Run, bars_off
-from obliviate.train.step import accumulate, fmt_metrics, optimizer_step, retain_step
+from obliviate.train.step import accumulate, fmt_metrics, optimizer_step, repaired, retain_step
 
 
 def train_epoch(run: Run, epoch: int) -> str | None:
     """One pass over the forget set (or what is left of ``--max_steps``); returns a reason to stop early.
 
     Under ``--schedule interleaved`` each forget step (forget term only) is followed by ``--retain_steps`` retain-only
-    steps (fewer with ``--repair_tolerance``, once one finds its batch repaired), and the schedule restarts at every
-    chunk of ``--chunk_size`` forget rows."""
+    steps (fewer with ``--repair_exact``, once a retain batch is found repaired before its step), and the schedule
+    restarts at every chunk of ``--chunk_size`` forget rows."""
     config = run.config
     micro, draws = epoch_batches(run, config, epoch)
     run.model.train()
@@ -34,34 +34,49 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         for s in range(0, len(micro), run.accumulation)
     ]
     retain_steps = retain_steps_per_forget(config)
-    interleaved, tolerance = retain_steps > 0, repair_tolerance(config)
+    interleaved, share = retain_steps > 0, repair_exact(config)
     plan = interleaved_plan(run, config, epoch) if interleaved else [("joint", i) for i in range(len(forget_groups))]
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
     chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + retain_steps) if interleaved else 0
-    progress, repaired = _Progress(run, epoch), False
+    progress, done, taken = _Progress(run, epoch), False, 0
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
-        if phase == "retain" and repaired:  # --repair_tolerance: this cycle's repair is done
+        if phase == "retain" and share and not done:  # --repair_exact: is this cycle's repair done already?
+            done, kept, tokens = repaired(run, retain_groups[index], share)
+            run.state["tokens_seen"] += tokens  # the check's forward is work too
+            if done:
+                run.log(
+                    {
+                        "step": run.state["global_step"],
+                        "epoch": epoch,
+                        "repaired": {"retain_steps": taken, "kept": kept},
+                    }
+                )
+        if phase == "retain" and done:  # the rest of this cycle's retain steps are left out
             progress.skip()
+            if position + 1 == len(plan) or plan[position + 1][0] == "forget":
+                reason = _stop_reason(run, epoch, {}, _check_due(run, epoch, plan, position))
+                if reason is not None:
+                    progress.close()
+                    return reason
             continue
         clock = time.perf_counter()
         params = run.params  # the retain guard may have rescaled the retain weights at the last check
         if phase == "retain":
             step_metrics, tokens, checksums = retain_step(run, params, epoch, retain_groups[index])
-            repaired = bool(tolerance) and step_metrics["retain_excess"] <= tolerance
+            taken += 1
         else:
             forget_ids, retain_ids = forget_groups[index]
             forget_params = run.method.forget_only(params) if interleaved else params
             step_metrics, tokens, checksums = accumulate(run, run.method, forget_params, epoch, forget_ids, retain_ids)
-            repaired = False
+            done, taken = False, 0
         lr = run.scheduler.get_last_lr()[0]  # the rate this step uses; after scheduler.step() it is the next one's
         optimizer_step(run, config)
         seconds = time.perf_counter() - clock
         _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, (tokens, seconds), checksums)
         progress.step(step_metrics)
-        due = _check_due(run, epoch, plan, position, repaired) if tolerance else None
-        reason = _stop_reason(run, epoch, step_metrics, due)
+        reason = _stop_reason(run, epoch, step_metrics, _check_due(run, epoch, plan, position) if share else None)
         if reason is not None:
             progress.close()
             return reason
@@ -71,13 +86,12 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     return None
 
 
-def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int, repaired: bool) -> bool:
-    """Under ``--repair_tolerance`` cycles differ in length, so the stop rule is asked at the end of every k-th
-    cycle instead of every N optimizer steps: k is the number of whole cycles in its interval (``every`` /
-    (1 + ``--retain_steps``), at least 1), counted in forget steps since the run began (the same on a resumed
-    run)."""
-    ends_cycle = repaired or position + 1 == len(plan) or plan[position + 1][0] == "forget"
-    if not ends_cycle or run.step_check is None:
+def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int) -> bool:
+    """Under ``--repair_exact`` cycles differ in length, so the stop rule is asked at the end of every k-th cycle
+    instead of every N optimizer steps: k is the number of whole cycles in its interval (``every`` / (1 +
+    ``--retain_steps``), at least 1), counted in forget steps since the run began (the same on a resumed run).
+    ``position`` is the plan's step just taken or left out."""
+    if run.step_check is None or (position + 1 < len(plan) and plan[position + 1][0] != "forget"):
         return False
     every = getattr(run.step_check, "every", 0)
     cycles = max(1, every // (1 + retain_steps_per_forget(run.config)))

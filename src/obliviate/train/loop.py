@@ -44,7 +44,7 @@ from obliviate.train.parallel import (
     prepare_reference,
     uniform_dtype_for_fsdp,
 )
-from obliviate.train.sampling import repair_tolerance, retain_steps_per_forget
+from obliviate.train.sampling import repair_exact, retain_steps_per_forget
 from obliviate.train.schedule import checkpoint_due, make_optimizer, planned_length
 from obliviate.train.state import EpochHook, Run, RunResult, bars_off
 from obliviate.train.step import (
@@ -135,8 +135,8 @@ def setup(
         run.retain_keys = [retain_match_key(r) for r in retain or []] if needs.retain else []
     if cache_reference:  # before a resume restores trained weights: the reference is the starting model
         run.forget_ref_logprob = reference_logprobs(run)
-    if repair_tolerance(config) and retain:  # likewise: what a repair restores is the starting model's retain NLL
-        run.retain_start = row_logprobs(run, run.retain)
+    if repair_exact(config) and retain:  # likewise: what a repair restores is the starting model's exact rows
+        run.retain_start = row_logprobs(run, run.retain)[2]
     if config.resume:
         restore(run, config, tokenizer)
     return run

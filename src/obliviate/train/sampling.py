@@ -64,10 +64,10 @@ def retain_steps_per_forget(config: TrainConfig) -> int:
     return DEFAULT_RETAIN_STEPS if steps is None else steps
 
 
-def repair_tolerance(config: TrainConfig) -> float:
-    """Nats above the starting model's retain NLL at which a cycle's repair ends early (``--repair_tolerance``);
-    0 (off) unless the schedule is interleaved and the option is set."""
-    value = getattr(config, "repair_tolerance", None)
+def repair_exact(config: TrainConfig) -> float:
+    """The share of its starting exact rows a retain batch must reproduce for a cycle's repair to end
+    (``--repair_exact``); 0 (off) unless the schedule is interleaved and the option is set."""
+    value = getattr(config, "repair_exact", None)
     return 0.0 if value is None or not retain_steps_per_forget(config) else float(value)
 
 

@@ -67,7 +67,7 @@ class Run:
     step_check: Any = None  # a stop rule asked after optimizer steps (obliviate.evaluate.stop_rule)
     epoch_check: Any = None  # asked at epoch ends (finetune --until_memorised: obliviate.evaluate.memorised)
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
-    retain_start: tuple[torch.Tensor, torch.Tensor] | None = None  # per retain row: start log-prob sum, token count
+    retain_start: torch.Tensor | None = None  # [retain rows]: whether the starting model reproduced each exactly
     forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
     epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
     total_steps: int = 0  # optimizer steps the run plans (the schedule's length)

@@ -15,7 +15,7 @@ from obliviate.config import TrainConfig
 from obliviate.data.batching import TokenBatch, collate, field_code, length_pieces, matched_pieces, unit_count
 from obliviate.errors import TrainingError
 from obliviate.losses import Method
-from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, sequence_logprob
+from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, answer_exact, sequence_logprob
 from obliviate.models.trainable import decoder_layers
 from obliviate.train.parallel import PLAIN
 
@@ -141,14 +141,15 @@ def reference_logprobs(run: Run) -> torch.Tensor:
 
 
 @torch.no_grad()
-def row_logprobs(run: Run, records: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed log-probability of each record's scored tokens and their count under the model as it is now,
-    ``[rows]`` each on the device, in micro-batches of rows in order. Every process computes all rows (the same
-    forwards on every rank, as sharded weights need); eval mode and autocast, as a frozen copy would run."""
+def row_logprobs(run: Run, records: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per record, under the model as it is now: the summed log-probability of its scored tokens, their count, and
+    whether every one is the most likely next token (teacher-forced exact match); ``[rows]`` each on the device,
+    in micro-batches of rows in order. Every process computes all rows (the same forwards on every rank, as
+    sharded weights need); eval mode and autocast, as a frozen copy would run."""
     model, acc, size = run.model, run.accelerator, run.config.micro_batch_size
     was_training = model.training
     model.eval()
-    values, counts = [], []
+    values, counts, exact = [], [], []
     for start in range(0, len(records), size):
         batch = collate(records[start : start + size], run.tokenizer.pad_token_id).to(acc.device)
         with acc.autocast():
@@ -156,8 +157,31 @@ def row_logprobs(run: Run, records: list) -> tuple[torch.Tensor, torch.Tensor]:
         logp, count = sequence_logprob(out.logits, out.labels)
         values.append(logp.float())
         counts.append(count.float())
+        exact.append(answer_exact(out.logits, out.labels))
     model.train(was_training)
-    return torch.cat(values), torch.cat(counts)
+    return torch.cat(values), torch.cat(counts), torch.cat(exact)
+
+
+@torch.no_grad()
+def repaired(run: Run, micro: list[list[int]], share: float) -> tuple[bool, float, int]:
+    """Whether the retain rows of one retain step (this process's micro-batches) already reproduce at least
+    ``share`` of the rows among them that the starting model reproduced exactly (``run.retain_start``), counted over
+    every process, so that all decide alike; also that share (1 where none was exact at the start) and the tokens
+    the check read on all processes. One forward per micro-batch, in the mode training runs in, no update."""
+    acc, pad_id = run.accelerator, run.tokenizer.pad_token_id
+    kept, wanted, tokens = 0, 0, 0
+    for rows in micro:
+        batch = collate([run.retain[i] for i in rows], pad_id)
+        tokens += batch.num_tokens
+        batch = batch.to(acc.device)
+        with acc.autocast():
+            out = run_forward(run.model, batch)
+        start = run.retain_start[torch.as_tensor(rows, device=run.retain_start.device)]
+        now = answer_exact(out.logits, out.labels).to(start.device)
+        kept, wanted = kept + int((start & now).sum()), wanted + int(start.sum())
+    totals = acc.gather(torch.tensor([[kept, wanted, tokens]], dtype=torch.float64, device=acc.device)).sum(0).tolist()
+    fraction = totals[0] / totals[1] if totals[1] else 1.0
+    return fraction >= share, fraction, int(totals[2])
 
 
 def _checksum(indices: list[int]) -> int:
@@ -177,11 +201,7 @@ def optimizer_step(run: Run, config: TrainConfig) -> None:
 
 
 def retain_step(run: Run, params: LossParams, epoch: int, micro: list[list[int]]):
-    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``).
-
-    With the starting model's row NLLs at hand (``--repair_tolerance``), also ``retain_excess``: the step's retain
-    NLL (before its update) minus the starting model's on the same rows, averaged as the NLL is (per micro-batch,
-    token-weighted, then over micro-batches and processes), the same figure on every process."""
+    """One retain-only step of the interleaved schedule: plain NLL on retain rows (logged as ``retain_nll``)."""
     from obliviate.losses import FINETUNE
 
     forget, paired = run.forget, run.paired
@@ -190,13 +210,7 @@ def retain_step(run: Run, params: LossParams, epoch: int, micro: list[list[int]]
         metrics, tokens, _ = accumulate(run, FINETUNE, params, epoch, micro, [None] * len(micro))
     finally:
         run.forget, run.paired = forget, paired
-    out = {"retain_nll": metrics["nll"]}
-    if run.retain_start is not None:
-        logp, count = run.retain_start
-        local = sum(-logp[rows].sum() / count[rows].sum().clamp_min(1.0) for rows in micro) / run.accumulation
-        start = run.accelerator.gather(torch.as_tensor(local, dtype=torch.float64, device=logp.device).reshape(1))
-        out["retain_excess"] = metrics["nll"] - start.mean().item()
-    return out, tokens, None
+    return {"retain_nll": metrics["nll"]}, tokens, None
 
 
 def accumulate(
