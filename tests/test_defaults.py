@@ -117,6 +117,38 @@ def test_the_probe_leaves_the_weights_where_they_started(target, tmp_path):
     assert not inner.state and all(group["lr"] == pytest.approx(result.lr) for group in inner.param_groups)
 
 
+def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target, tmp_path, monkeypatch):
+    """--schedule interleaved --retain_steps 2, probe steps 3: every candidate rate takes 3 forget steps (the forget
+    term only) and 2 retain steps after each, as the run will, before its rows are measured."""
+    import obliviate.train.step as step
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+    from obliviate.train.loop import setup
+
+    calls = []
+    real_accumulate, real_retain = step.accumulate, step.retain_step
+
+    def spy_accumulate(run, method, params, *args, **kwargs):
+        calls.append((method.name, params.alpha))
+        return real_accumulate(run, method, params, *args, **kwargs)
+
+    def spy_retain(*args, **kwargs):
+        calls.append(("retain step", None))
+        return real_retain(*args, **kwargs)
+
+    monkeypatch.setattr(step, "accumulate", spy_accumulate)
+    monkeypatch.setattr(step, "retain_step", spy_retain)
+    model, tokenizer = load_model(target.model, dtype=torch.float32)
+    config = unlearn_config(target, tmp_path / "o", lr=None, epochs=1, schedule="interleaved", retain_steps=2)
+    forget, retain = load_split(target.forget, split="forget"), load_split(target.retain, split="retain")
+    method = get_method("ga_gd")
+    run = setup(model, tokenizer, method, method.params({"alpha": 4.0}), forget, retain, config)
+    result = lr_probe.probe_lr(run, steps=3)
+    # the forget step with the retain weight at 0, then two retain steps (each plain NLL through accumulate)
+    cycle = [("ga_gd", 0.0)] + [("retain step", None), ("finetune", 4.0)] * 2
+    assert calls == cycle * 3 * len(result.trials)
+
+
 def test_max_steps_cuts_the_run_and_epochs_alone_decide_without_it(target, tmp_path):
     cut = run_unlearn(unlearn_config(target, tmp_path / "cut", epochs=None, max_steps=7, stop_check_steps=0))
     assert cut.global_step == 7 and cut.epochs_completed == math.ceil(7 / 5)

@@ -2,8 +2,9 @@
 
 A rate that works for a 1.6 M-parameter model does nothing to a 7B one, and one that works for a 5-step epoch
 overshoots on a 94-step one. So the run measures instead of guessing: from the starting weights it takes
-``steps`` optimizer steps of the method's own objective on the first forget batches, at each candidate rate from
-the largest down, and measures two things on fixed rows (eval mode, no gradient):
+``steps`` optimizer steps of the method's own objective on the first forget batches (under ``--schedule
+interleaved``, ``steps`` whole cycles: each forget step with its retain steps), at each candidate rate from the
+largest down, and measures two things on fixed rows (eval mode, no gradient):
 
 - the forget NLL (of the tokens the forget term scores) must rise by at least :data:`MIN_FORGET_RISE` nats:
   the rate moves the forget set;
@@ -93,7 +94,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
     """
-    from obliviate.train.sampling import epoch_batches
+    from obliviate.train.sampling import epoch_batches, retain_only_batches, retain_steps_per_forget
     from obliviate.train.schedule import reset_schedule
 
     if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
@@ -103,6 +104,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
         (micro[i : i + run.accumulation], draws[i : i + run.accumulation])
         for i in range(0, len(micro), run.accumulation)
     ]
+    retain_batches = retain_only_batches(run, run.config, 1) if retain_steps_per_forget(run.config) else []
     # the true forget records (a relabelling method trains on stand-ins, measured on these)
     rows = (run.forget, [i for batch in micro for i in batch][:MEASURE_ROWS])
     retain_rows = list(range(min(MEASURE_ROWS, len(run.retain))))
@@ -113,7 +115,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
-            after = _train_at(run, lr, steps, step_batches, rows, retain_rows)
+            after = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
             _put_back(trainable, start)
             forget_rise = after[0] - before[0]
             trial = {
@@ -136,25 +138,43 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     return ProbeResult(lr=lr, reason=reason, trials=trials)
 
 
-def _train_at(run, lr: float, steps: int, step_batches, rows, retain_rows: list[int]):
+def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int]):
     """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then the forget NLL and the retain
-    ``(NLL, exact match)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges)."""
-    from obliviate.train.step import accumulate
+    ``(NLL, exact match)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges).
 
+    Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
+    only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
+    retain rows are measured after their repair, not between a forget step and it."""
+    from obliviate.train.sampling import repair_exact, retain_steps_per_forget
+    from obliviate.train.step import accumulate, repaired, retain_step
+
+    step_batches, retain_batches = batches
+    retain_steps, share = retain_steps_per_forget(run.config), repair_exact(run.config)
+    params = run.method.forget_only(run.params) if retain_steps else run.params
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
         group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
     try:
         for step in range(steps):
             forget_ids, retain_ids = step_batches[step % len(step_batches)]
-            accumulate(run, run.method, run.params, 0, forget_ids, retain_ids)
-            if run.config.max_grad_norm > 0:
-                run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            accumulate(run, run.method, params, 0, forget_ids, retain_ids)
+            _optimizer_step(run)
+            for k in range(retain_steps):
+                group = retain_batches[(step * retain_steps + k) % len(retain_batches)]
+                if share and repaired(run, group, share)[0]:
+                    break
+                retain_step(run, run.params, 0, group)
+                _optimizer_step(run)
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
         return math.inf, (math.inf, 0.0)
     return _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
+
+
+def _optimizer_step(run) -> None:
+    if run.config.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
