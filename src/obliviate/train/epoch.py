@@ -56,7 +56,7 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         if phase == "retain" and done:  # the rest of this cycle's retain steps are left out
             progress.skip()
             if position + 1 == len(plan) or plan[position + 1][0] == "forget":
-                reason = _stop_reason(run, epoch, {}, _check_due(run, epoch, plan, position))
+                reason = _stop_reason(run, epoch, {}, _check_due(run, epoch, plan, position, index))
                 if reason is not None:
                     progress.close()
                     return reason
@@ -76,7 +76,8 @@ def train_epoch(run: Run, epoch: int) -> str | None:
         seconds = time.perf_counter() - clock
         _record_step(run, epoch, phase if interleaved else None, lr, step_metrics, (tokens, seconds), checksums)
         progress.step(step_metrics)
-        reason = _stop_reason(run, epoch, step_metrics, _check_due(run, epoch, plan, position) if share else None)
+        due = _check_due(run, epoch, plan, position, index) if share else None
+        reason = _stop_reason(run, epoch, step_metrics, due)
         if reason is not None:
             progress.close()
             return reason
@@ -86,17 +87,17 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     return None
 
 
-def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int) -> bool:
+def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int, index: int) -> bool:
     """Under ``--repair_exact`` cycles differ in length, so the stop rule is asked at the end of every k-th cycle
     instead of every N optimizer steps: k is the number of whole cycles in its interval (``every`` / (1 +
     ``--retain_steps``), at least 1), counted in forget steps since the run began (the same on a resumed run).
-    ``position`` is the plan's step just taken or left out."""
+    ``position`` is the plan's step just taken or left out, ``index`` its forget or retain step number."""
     if run.step_check is None or (position + 1 < len(plan) and plan[position + 1][0] != "forget"):
         return False
-    every = getattr(run.step_check, "every", 0)
-    cycles = max(1, every // (1 + retain_steps_per_forget(run.config)))
-    forget_step = (epoch - 1) * run.forget_steps + sum(phase == "forget" for phase, _ in plan[: position + 1])
-    return forget_step % cycles == 0
+    retain_steps = retain_steps_per_forget(run.config)
+    cycles = max(1, getattr(run.step_check, "every", 0) // (1 + retain_steps))
+    in_epoch = index if plan[position][0] == "forget" else index // retain_steps  # the cycle's forget step, from 0
+    return ((epoch - 1) * run.forget_steps + in_epoch + 1) % cycles == 0
 
 
 class _Progress:

@@ -146,7 +146,7 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
     retain rows are measured after their repair, not between a forget step and it."""
     from obliviate.train.sampling import repair_exact, retain_steps_per_forget
-    from obliviate.train.step import accumulate, repaired, retain_step
+    from obliviate.train.step import accumulate, optimizer_step, repaired, retain_step
 
     step_batches, retain_batches = batches
     retain_steps, share = retain_steps_per_forget(run.config), repair_exact(run.config)
@@ -157,24 +157,17 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
         for step in range(steps):
             forget_ids, retain_ids = step_batches[step % len(step_batches)]
             accumulate(run, run.method, params, 0, forget_ids, retain_ids)
-            _optimizer_step(run)
+            optimizer_step(run, run.config, schedule=False)
             for k in range(retain_steps):
                 group = retain_batches[(step * retain_steps + k) % len(retain_batches)]
                 if share and repaired(run, group, share)[0]:
                     break
                 retain_step(run, run.params, 0, group)
-                _optimizer_step(run)
+                optimizer_step(run, run.config, schedule=False)
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
         return math.inf, (math.inf, 0.0)
     return _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
-
-
-def _optimizer_step(run) -> None:
-    if run.config.max_grad_norm > 0:
-        run.accelerator.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -191,12 +191,14 @@ def _checksum(indices: list[int]) -> int:
     return value
 
 
-def optimizer_step(run: Run, config: TrainConfig) -> None:
-    """Clip, step the optimizer and the schedule, clear the gradients."""
+def optimizer_step(run: Run, config: TrainConfig, schedule: bool = True) -> None:
+    """Clip, step the optimizer and (unless ``schedule`` is False: the range test's fixed rate) the schedule, clear
+    the gradients."""
     if config.max_grad_norm > 0:
         run.accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm)
     run.optimizer.step()
-    run.scheduler.step()
+    if schedule:
+        run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
 
