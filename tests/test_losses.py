@@ -628,3 +628,37 @@ def test_contrast_with_several_fake_copies_hinges_on_their_mean_nll(with_codes):
         paired_batch = TokenBatch(torch.zeros(6, 5, dtype=torch.long), torch.ones(6, 5), labels.repeat(3, 1),
                                   spans.repeat(3, 1))  # fmt: skip
         assert unit_count("pairs", forget_batch, paired_batch) == 2
+
+
+def test_contrast_length_weight_gives_each_pair_its_tokens_share_of_the_push():
+    """--set contrast.length_weight=1: a row whose value has 4 tokens weighs 4/(mean 2.5) in the hinge's mean, one
+    with 1 token 1/2.5; at 0 both weigh 1. The loss is the weighted mean of the same per-pair hinges."""
+    from obliviate.data.batching import field_code
+
+    torch.manual_seed(0)
+    code = field_code("address")
+    labels = torch.full((2, 6), IGNORE_INDEX)
+    labels[0, 1:5], labels[1, 1] = torch.tensor([1, 2, 3, 4]), 1
+    spans = torch.tensor([[0, code, code, code, code, 0], [0, code, 0, 0, 0, 0]])
+    true = torch.randn(2, 6, VOCAB)
+    fake = torch.randn(2, 6, VOCAB) * 4
+    mask = torch.ones(2, 6)
+
+    def run(w):
+        return get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(true, labels, mask, spans=spans),
+                paired=Forward(fake, labels, mask, spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({"alpha": 0.0, "length_weight": w}),
+        ).metrics["gap_hinge"].item()
+
+    def nll(logits, row, n):
+        logp = torch.log_softmax(logits[row].double(), -1)
+        return -sum(logp[t, labels[row, t + 1]].item() for t in range(n)) / n
+
+    hinges = [max(0.0, nll(fake, row, n) - nll(true, row, n)) for row, n in ((0, 4), (1, 1))]
+    assert min(hinges) > 0  # both pairs push, so the weights show
+    assert run(0.0) == pytest.approx(sum(hinges) / 2, rel=1e-5)
+    assert run(1.0) == pytest.approx((hinges[0] * 4 / 2.5 + hinges[1] * 1 / 2.5) / 2, rel=1e-5)

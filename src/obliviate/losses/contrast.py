@@ -39,26 +39,30 @@ WEIGHTS = {
     "fake_pull": Weight(
         0.25, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
     ),
+    "length_weight": Weight(
+        0.0, "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
+        ge=0, le=1,
+    ),
 }
 
 
 def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch]`` mean NLL over each row's scored tokens, and ``[batch]`` whether the row has any."""
+    """``[batch]`` mean NLL over each row's scored tokens, and ``[batch]`` its number of scored tokens."""
     logp, count = sequence_logprob(logits, labels)
-    return -logp / count.clamp_min(1.0), count > 0
+    return -logp / count.clamp_min(1.0), count
 
 
 def per_field_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and whether
-    the row has any; the one-field view of :func:`per_example_nll` where the batch carries no codes."""
+    """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and the
+    number of those tokens; the one-field view of :func:`per_example_nll` where the batch carries no codes."""
     if forward.spans is None:
-        nll, scored = per_example_nll(forward.logits, forward.labels)
-        return nll[:, None], scored[:, None]
+        nll, count = per_example_nll(forward.logits, forward.labels)
+        return nll[:, None], count[:, None]
     logp, mask = token_logprobs(forward.logits, forward.labels)
     codes = forward.spans[:, 1:] * mask.long()
     fields = torch.nn.functional.one_hot(codes, num_classes=len(PII_FIELDS) + 2)[..., 1:].to(logp.dtype)
     count = fields.sum(1)
-    return -torch.einsum("bt,btf->bf", logp, fields) / count.clamp_min(1.0), count > 0
+    return -torch.einsum("bt,btf->bf", logp, fields) / count.clamp_min(1.0), count
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,20 +82,24 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
 
     Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge``.
     """
-    true_nll, scored = per_field_nll(inputs.forget)
-    fake_nll, fake_scored = per_field_nll(inputs.paired)
+    true_nll, tokens = per_field_nll(inputs.forget)
+    fake_nll, fake_tokens = per_field_nll(inputs.paired)
     if true_nll.shape[1:] != fake_nll.shape[1:]:  # one side without field codes: compare rows, not fields
-        true_nll, scored = per_example_nll(inputs.forget.logits, inputs.forget.labels)
-        fake_nll, fake_scored = per_example_nll(inputs.paired.logits, inputs.paired.labels)
-        true_nll, scored = true_nll[:, None], scored[:, None]
-        fake_nll, fake_scored = fake_nll[:, None], fake_scored[:, None]
-    fake_nll, fake_scored = mean_over_copies(fake_nll, fake_scored, len(true_nll))
+        true_nll, tokens = per_example_nll(inputs.forget.logits, inputs.forget.labels)
+        fake_nll, fake_tokens = per_example_nll(inputs.paired.logits, inputs.paired.labels)
+        true_nll, tokens = true_nll[:, None], tokens[:, None]
+        fake_nll, fake_tokens = fake_nll[:, None], fake_tokens[:, None]
+    scored = tokens > 0
+    fake_nll, fake_scored = mean_over_copies(fake_nll, fake_tokens > 0, len(true_nll))
     both = (scored & fake_scored).to(true_nll.dtype)
     if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
         fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
+    if params.length_weight:  # long values (addresses) get their tokens' share of the push, not one pair's
+        length = tokens.to(hinge.dtype) * both
+        hinge = hinge * (length / (length.sum() / count).clamp_min(1.0)) ** params.length_weight
     forget_term = hinge.sum() / count * pairs
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
