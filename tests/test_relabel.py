@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import pytest
@@ -209,3 +210,34 @@ def test_people_read_from_qa_rows_carry_the_split_their_rows_came_from(tmp_path)
     split = {p.person_id: p.split for p in relabel.known_people(tmp_path, {"forget": forget, "retain": retain})}
     assert split == {"f1": "forget", "r1": "retain"}
     assert {p.split for p in relabel.known_people(tmp_path, [*forget, *retain])} == {""}
+
+
+def test_contrast_pull_brings_a_value_pushed_past_its_fake_back_and_only_that_far():
+    """--pull p: a true value less likely than its fake costs p·(NLL(true) − NLL(fake)), whose gradient makes the
+    true value likelier; the fake gets no gradient from it, and a value more likely than its fake is left to the
+    hinge as before (the pull adds nothing)."""
+    vocab, labels = 5, torch.tensor([[-100, 1, 2]])
+    mask = torch.ones(1, 3, dtype=torch.long)
+    confident = torch.full((1, 3, vocab), -5.0)
+    confident[0, 0, 1] = confident[0, 1, 2] = 5.0  # predicts the labels: low NLL
+    uniform = torch.zeros(1, 3, vocab)
+
+    def run(true_logits, fake_logits, pull):
+        true_logits = true_logits.clone().requires_grad_(True)
+        fake_logits = fake_logits.clone().requires_grad_(True)
+        inputs = LossInputs(
+            forget=Forward(true_logits, labels, mask),
+            paired=Forward(fake_logits, labels, mask),
+            retain=Forward(uniform, labels, mask),
+        )
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "pull": pull}))
+        out.loss.backward()
+        return out.loss.item(), true_logits.grad, fake_logits.grad
+
+    gap = math.log(vocab) - float(-torch.log_softmax(confident[0, :2], -1)[[0, 1], [1, 2]].mean())
+    loss, true_grad, fake_grad = run(uniform, confident, 0.5)  # the true value is the unlikely one
+    assert loss == pytest.approx(0.5 * gap, rel=1e-5)
+    assert float(true_grad[0, 0, 1]) < 0  # descending raises the true token's logit: the value gets likelier
+    assert float(fake_grad.abs().sum()) == 0.0
+    assert run(uniform, confident, 0.0)[0] == 0.0  # without it, nothing pulls
+    assert run(confident, uniform, 0.5)[0] == pytest.approx(run(confident, uniform, 0.0)[0])

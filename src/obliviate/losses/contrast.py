@@ -39,6 +39,9 @@ WEIGHTS = {
     "fake_pull": Weight(
         0.25, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
     ),
+    "pull": Weight(
+        0.0, "weight of the pull back on a true value less likely than its fake (0: none; the hinge's mirror)", ge=0
+    ),
     "length_weight": Weight(
         0.0, "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
         ge=0, le=1,
@@ -95,6 +98,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
         fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
+    if params.pull:  # overshoot fails too: a value pushed below its fake is pulled back up to it, no further
+        hinge = hinge + params.pull * torch.relu(true_nll - fake_nll.detach() - params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
     if params.length_weight:  # long values (addresses) get their tokens' share of the push, not one pair's
