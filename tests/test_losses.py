@@ -645,14 +645,19 @@ def test_contrast_length_weight_gives_each_pair_its_tokens_share_of_the_push():
     mask = torch.ones(2, 6)
 
     def run(w):
-        return get_method("contrast").loss(
-            LossInputs(
-                forget=Forward(true, labels, mask, spans=spans),
-                paired=Forward(fake, labels, mask, spans=spans),
-                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
-            ),
-            get_method("contrast").params({"alpha": 0.0, "length_weight": w}),
-        ).metrics["gap_hinge"].item()
+        return (
+            get_method("contrast")
+            .loss(
+                LossInputs(
+                    forget=Forward(true, labels, mask, spans=spans),
+                    paired=Forward(fake, labels, mask, spans=spans),
+                    retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+                ),
+                get_method("contrast").params({"alpha": 0.0, "length_weight": w}),
+            )
+            .metrics["gap_hinge"]
+            .item()
+        )
 
     def nll(logits, row, n):
         logp = torch.log_softmax(logits[row].double(), -1)

@@ -43,8 +43,10 @@ WEIGHTS = {
         0.0, "weight of the pull back on a true value less likely than its fake (0: none; the hinge's mirror)", ge=0
     ),
     "length_weight": Weight(
-        0.0, "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
-        ge=0, le=1,
+        0.0,
+        "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
+        ge=0,
+        le=1,
     ),
 }
 
