@@ -85,7 +85,12 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     at 1 the hinge closes as much by making the fake likelier as by making the true value less likely, and a fake's
     tokens (unlikely, so with large gradients) move faster than a memorised value's (likely, so with small ones).
 
-    Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge``.
+    ``params.pull`` (0 by default) adds the hinge's mirror, ``pull·relu(NLL(true) − NLL(fake) − delta)`` with the
+    fake detached: a value pushed past its fake is made likelier again, up to the fake. ``params.length_weight``
+    (0 by default) weighs each pair by its true value's tokens over the batch's mean, to that power. Both are
+    measured in ``docs/METHODS.md``.
+
+    Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge`` (the forget term, the pull included).
     """
     true_nll, tokens = per_field_nll(inputs.forget)
     fake_nll, fake_tokens = per_field_nll(inputs.paired)
