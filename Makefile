@@ -22,8 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # One torch thread per process: the suite's multi-process tests (workers, torchrun) oversubscribe two cores at the
-# default of one thread per core (measured on 2 cores: 836 s with the default and nothing else running, 606 s
-# with one thread while a benchmark shared the machine).
+# default of one thread per core (measured on 2 cores, nothing else running: 836 s with the default, 668 s with one).
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
