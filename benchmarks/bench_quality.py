@@ -50,21 +50,10 @@ def split_lume(tasks: list[str], out: Path, holdout_fraction: float, seed: int) 
     return dirs
 
 
-def ended_by(stopped: str | None) -> str:
-    """What ended an unlearning run, in two or three words, from its stop reason."""
-    stopped = stopped or ""
-    if "never-seen band" in stopped:
-        return "exposure in band"
-    if "retain NLL" in stopped:
-        return "retain bound"
-    if "stop_forget_nll" in stopped:
-        return "forget NLL bound"
-    return "step budget"
-
-
 def table(results: dict, args) -> str:
     """One row per model: the one-screen metric columns (labels, arrows and formats from the METRICS table), then how
     each run went."""
+    import demo_results
     from obliviate.report.columns import Column, metric_columns
     from obliviate.report.render import columns_table
 
@@ -75,7 +64,7 @@ def table(results: dict, args) -> str:
         how = {"lr": "–", "steps": "–", "ended": "–"}
         if run:
             how = {"lr": f"{run['lr']:.3g}" if run.get("lr") else "–", "steps": run.get("steps")}
-            how["ended"] = ended_by(run.get("stopped"))
+            how["ended"] = demo_results.ended(run)
         rows.append({**row, **how})
     columns = [
         Column("model", "model"),
@@ -162,7 +151,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     runs = {r["method"]: r for r in results.get("runs", [])}
     for row in rows[2:]:
         run = runs.get(row["model"], {})
-        row["lr"], row["steps"], row["end"] = run.get("lr"), run.get("steps"), ended_by(run.get("stopped"))
+        row["lr"], row["steps"], row["end"] = run.get("lr"), run.get("steps"), demo_results.ended(run)
     run_columns = demo_results.RUN_COLUMNS
     columns = [Column("model", "model"), *metric_columns("brief"), *(Column(k, label) for k, label in run_columns)]
     table = _common.markdown_table(

@@ -35,15 +35,12 @@ def cell(value) -> str:
     return str(value)
 
 
-def ended_by(stopped: str | None) -> str:
-    """What ended an unlearning run, in two or three words, from its stop reason."""
-    stopped = stopped or ""
-    ends = (
-        ("never-seen band", "exposure in band"),
-        ("retain NLL", "retain bound"),
-        ("stop_forget_nll", "forget NLL bound"),
-    )
-    return next((end for marker, end in ends if marker in stopped), "step budget")
+def ended(run: dict) -> str:
+    """What ended one run of ``results.json``: its ``ended``, or (a file written before that field) its stop reason,
+    else its step budget."""
+    from obliviate.evaluate.results import ended_by
+
+    return run.get("ended") or ended_by(run.get("stopped"), run.get("steps", 0), run.get("steps", 0))
 
 
 def section(results: dict, command: str, wall: float | None, cached: dict | None) -> str:
@@ -53,7 +50,7 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     for row in rows[2:]:
         run = runs.get(row["model"], {})
         row["lr"], row["steps"] = run.get("lr"), run.get("steps")
-        row["end"] = ended_by(run.get("stopped"))
+        row["end"] = ended(run)
     from obliviate.report.columns import Column, metric_columns
 
     columns = [Column("model", "model"), *metric_columns("brief"), *(Column(k, label) for k, label in RUN_COLUMNS)]

@@ -246,12 +246,23 @@ def test_quality_table_says_what_ended_each_run_with_its_rate_and_steps():
                 "stopped": "forget exposure 1.58 bits is inside the never-seen band (≤ 1.41 + 2.0·0.14) at step 78",
             },
             {"method": "ga_gd", "lr": 0.00178, "steps": 120, "stopped": None},
+            {"method": "relabel", "lr": 0.001, "steps": 96, "stopped": None, "ended": "epochs"},
         ],
     }
+    results["summary"].append({**results["summary"][-1], "model": "relabel"})
     text = bench_quality.table(results, None)
     assert "| contrast |" in text and "| 0.000562 | 78 | exposure in band |" in text
     assert "| 0.00178 | 120 | step budget |" in text
-    assert bench_quality.ended_by("retain NLL 0.797 rose more than 0.5 above its start") == "retain bound"
+    assert "| 0.001 | 96 | epochs |" in text
+
+
+def test_a_run_ended_by_its_epochs_is_not_labelled_as_its_step_budget():
+    from obliviate.evaluate.results import ended_by
+
+    assert ended_by("retain NLL 0.797 rose more than 0.5 above its start", 40, 120) == "retain bound"
+    assert ended_by(None, 120, 120) == "step budget"
+    assert ended_by(None, 1678, 1920) == "epochs"  # --repair_exact's epochs ran out before the budget
+    assert ended_by(None, 300, None) == "epochs"  # --epochs alone
 
 
 def test_demo_results_work_out_each_checks_threshold_as_the_rule_does():

@@ -667,3 +667,42 @@ def test_contrast_length_weight_gives_each_pair_its_tokens_share_of_the_push():
     assert min(hinges) > 0  # both pairs push, so the weights show
     assert run(0.0) == pytest.approx(sum(hinges) / 2, rel=1e-5)
     assert run(1.0) == pytest.approx((hinges[0] * 4 / 2.5 + hinges[1] * 1 / 2.5) / 2, rel=1e-5)
+
+
+def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge():
+    """--set contrast.token_cap=k: each true token's NLL counts at most k × its fake's mean NLL. A 4-token value
+    whose first token is made very unlikely and whose other three are still predicted closes its hinge on the mean
+    alone; with the cap the hinge stays open, and its gradient reaches only the three tokens below the cap."""
+    from obliviate.data.batching import field_code
+
+    code = field_code("address")
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    spans = torch.tensor([[0, code, code, code, code, 0]])
+    mask = torch.ones(1, 6)
+    true = torch.zeros(1, 6, VOCAB)
+    true[0, 0, 1] = -40.0  # the value's first token: about 40 nats
+    for t, label in ((1, 2), (2, 3), (3, 4)):
+        true[0, t, label] = 8.0  # the rest: still memorised, about 0 nats
+    fake = torch.zeros(1, 6, VOCAB)  # the fake: uniform, log(VOCAB) nats per token
+
+    def run(cap):
+        logits = true.clone().requires_grad_(True)
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(logits, labels, mask, spans=spans),
+                paired=Forward(fake, labels, mask, spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({"alpha": 0.0, "fake_pull": 0.0, "token_cap": cap}),
+        )
+        out.loss.backward()
+        return out.metrics["gap_hinge"].item(), logits.grad
+
+    mean_fake = math.log(VOCAB)
+    assert run(0.0)[0] == 0.0  # 40 nats on one token of four: the mean is past the fake's
+    hinge, grad = run(2.0)
+    rest = -torch.log_softmax(true[0, 1], -1)[2].item()  # each of the three still-memorised tokens
+    assert hinge == pytest.approx(mean_fake - (2 * mean_fake + 3 * rest) / 4, rel=1e-5)  # the first counts 2·log V
+    assert float(grad[0, 0].abs().sum()) == 0.0  # the capped token is pushed no further
+    assert all(float(grad[0, t, label]) > 0 for t, label in ((1, 2), (2, 3), (3, 4)))  # the rest are pushed

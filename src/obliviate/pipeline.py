@@ -216,6 +216,7 @@ def unlearn_method(
         lr=result.lr,
         steps=result.global_step,
         stopped=result.stopped,
+        step_budget=result.step_budget,
         stop_checks=read_stop_checks(out / "metrics.jsonl"),
     )
 

@@ -148,6 +148,11 @@ class MethodRun:
     steps: int
     stopped: str | None
     stop_checks: list[dict[str, float]]
+    step_budget: int | None = None  # --max_steps of the run (None: its epochs alone set its length)
+
+    @property
+    def ended(self) -> str:
+        return ended_by(self.stopped, self.steps, self.step_budget)
 
     @property
     def best_epoch(self) -> EpochEval:
@@ -155,8 +160,24 @@ class MethodRun:
 
     def to_json(self) -> dict[str, Any]:
         """The run's entry in the report's ``results.json``."""
-        fields = ("method", "best", "preset", "lr", "steps", "stopped", "stop_checks", "tokens", "wall_seconds")
+        fields = ("method", "best", "preset", "lr", "steps", "step_budget", "stopped", "ended", "stop_checks")
+        fields += ("tokens", "wall_seconds")
         return {**{name: getattr(self, name) for name in fields}, "epochs": [e.to_json() for e in self.epochs]}
+
+
+_ENDS = (
+    ("never-seen band", "exposure in band"),
+    ("retain NLL", "retain bound"),
+    ("stop_forget_nll", "forget NLL bound"),
+)
+
+
+def ended_by(stopped: str | None, steps: int, step_budget: int | None) -> str:
+    """What ended an unlearning run, in two or three words: its stop rule's reason; else its step budget where it
+    spent it; else its epochs (they ran out first, or no budget was set)."""
+    if stopped:
+        return next((end for marker, end in _ENDS if marker in stopped), "stopped")
+    return "step budget" if step_budget is not None and steps >= step_budget else "epochs"
 
 
 @dataclass

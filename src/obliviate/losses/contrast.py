@@ -18,6 +18,8 @@ PII values, against their own fakes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from obliviate.data.records import PII_FIELDS
@@ -28,7 +30,6 @@ from obliviate.losses.common import (
     Needs,
     Weight,
     answer_nll,
-    sequence_logprob,
     token_logprobs,
 )
 
@@ -42,6 +43,12 @@ WEIGHTS = {
     "pull": Weight(
         0.0, "weight of the pull back on a true value less likely than its fake (0: none; the hinge's mirror)", ge=0
     ),
+    "token_cap": Weight(
+        0.0,
+        "clip each true-value token's NLL at this multiple of its fake's mean NLL, before the hinge's mean (0: none)",
+        ge=0,
+        le=100,
+    ),
     "length_weight": Weight(
         0.0,
         "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
@@ -51,23 +58,28 @@ WEIGHTS = {
 }
 
 
-def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch]`` mean NLL over each row's scored tokens, and ``[batch]`` its number of scored tokens."""
-    logp, count = sequence_logprob(logits, labels)
-    return -logp / count.clamp_min(1.0), count
-
-
-def per_field_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and the
-    number of those tokens; the one-field view of :func:`per_example_nll` where the batch carries no codes."""
-    if forward.spans is None:
-        nll, count = per_example_nll(forward.logits, forward.labels)
-        return nll[:, None], count[:, None]
+def _token_fields(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch, seq - 1]`` NLL of each next token and ``[batch, seq - 1, fields]`` which PII field (``Forward.spans``
+    codes) it belongs to; where the batch carries no codes, one field: the scored tokens."""
     logp, mask = token_logprobs(forward.logits, forward.labels)
+    if forward.spans is None:
+        return -logp, mask[..., None]
     codes = forward.spans[:, 1:] * mask.long()
     fields = torch.nn.functional.one_hot(codes, num_classes=len(PII_FIELDS) + 2)[..., 1:].to(logp.dtype)
+    return -logp, fields
+
+
+def per_field_nll(forward, cap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and the
+    number of those tokens; one field, each row's scored tokens, where the batch carries no codes.
+
+    ``cap`` (``[batch, fields]``) clips each token's NLL at its pair's cap before the mean: a token past it counts
+    as the cap and gets no gradient, so that the mean can only rise further through the tokens below it."""
+    nll, fields = _token_fields(forward)
+    if cap is not None:
+        nll = torch.minimum(nll, torch.einsum("btf,bf->bt", fields, cap))
     count = fields.sum(1)
-    return -torch.einsum("bt,btf->bf", logp, fields) / count.clamp_min(1.0), count
+    return torch.einsum("bt,btf->bf", nll, fields) / count.clamp_min(1.0), count
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,38 +99,41 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
 
     ``params.pull`` (0 by default) adds the hinge's mirror, ``pull·relu(NLL(true) − NLL(fake) − delta)`` with the
     fake detached: a value pushed past its fake is made likelier again, up to the fake. ``params.length_weight``
-    (0 by default) weighs each pair by its true value's tokens over the batch's mean, to that power. Both are
-    measured in ``docs/METHODS.md``.
+    (0 by default) weighs each pair's push (not its pull) by its true value's tokens over the batch's mean, to that
+    power. Both are measured in ``docs/METHODS.md``.
 
-    Logs ``forget_nll`` (true values), ``fake_nll`` and ``gap_hinge`` (the forget term, the pull included).
+    Logs ``forget_nll`` (true values), ``fake_nll``, ``gap_hinge`` (the push) and, with a pull, ``gap_pull``.
     """
-    true_nll, tokens = per_field_nll(inputs.forget)
-    fake_nll, fake_tokens = per_field_nll(inputs.paired)
-    if true_nll.shape[1:] != fake_nll.shape[1:]:  # one side without field codes: compare rows, not fields
-        true_nll, tokens = per_example_nll(inputs.forget.logits, inputs.forget.labels)
-        fake_nll, fake_tokens = per_example_nll(inputs.paired.logits, inputs.paired.labels)
-        true_nll, tokens = true_nll[:, None], tokens[:, None]
-        fake_nll, fake_tokens = fake_nll[:, None], fake_tokens[:, None]
+    forget, paired = inputs.forget, inputs.paired
+    if (forget.spans is None) != (paired.spans is None):  # one side without field codes: compare rows, not fields
+        forget, paired = replace(forget, spans=None), replace(paired, spans=None)
+    fake_nll, fake_tokens = per_field_nll(paired)
+    rows = len(forget.logits)
+    fake_nll, fake_scored = mean_over_copies(fake_nll, fake_tokens > 0, rows)
+    cap = params.token_cap * fake_nll.detach() if params.token_cap else None
+    true_nll, tokens = per_field_nll(forget, cap)
     scored = tokens > 0
-    fake_nll, fake_scored = mean_over_copies(fake_nll, fake_tokens > 0, len(true_nll))
     both = (scored & fake_scored).to(true_nll.dtype)
     if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
         fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
-    if params.pull:  # overshoot fails too: a value pushed below its fake is pulled back up to it, no further
-        hinge = hinge + params.pull * torch.relu(true_nll - fake_nll.detach() - params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
     if params.length_weight:  # long values (addresses) get their tokens' share of the push, not one pair's
         length = tokens.to(hinge.dtype) * both
         hinge = hinge * (length / (length.sum() / count).clamp_min(1.0)) ** params.length_weight
-    forget_term = hinge.sum() / count * pairs
+    push = hinge.sum() / count * pairs
+    pull = torch.zeros_like(push)
+    if params.pull:  # overshoot fails too: a value pushed below its fake is pulled back up to it, no further
+        pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - params.delta) * both).sum() / count * pairs
+    forget_term = push + pull
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
     metrics = {
         "forget_nll": ((true_nll * both).sum() / count * pairs).detach(),
         "fake_nll": ((fake_nll * both).sum() / count * pairs).detach(),
-        "gap_hinge": forget_term.detach(),
+        "gap_hinge": push.detach(),
+        **({"gap_pull": pull.detach()} if params.pull else {}),
         "retain_nll": retain_nll.detach(),
     }
     return LossOutput(total, metrics)

@@ -206,7 +206,7 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
     )
     runs_line = "; ".join(
         f"{r.method}: lr {r.lr:.3g}, {r.steps} steps, "
-        + (f"stopped ({r.stopped})" if r.stopped else "step budget spent")
+        + (f"stopped ({r.stopped})" if r.stopped else f"ended by its {r.ended}")
         for r in outcome.runs
         if r.lr is not None
     )

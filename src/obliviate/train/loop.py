@@ -200,6 +200,7 @@ def train(
     result.epochs_completed = run.state["epoch"]
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started
+    result.step_budget = run.config.max_steps or None
     result.timing = {**run.timing, "total_seconds": result.wall_seconds}
     return result
 

@@ -36,6 +36,7 @@ class RunResult:
     lr: float | None = None  # the peak rate trained with (the range test's choice where --lr was unset)
     method: str | None = None  # the objective trained with (what --method auto chose)
     timing: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Run.timing)
+    step_budget: int | None = None  # --max_steps (None: the epochs alone set the length)
 
 
 @dataclass
