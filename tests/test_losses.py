@@ -706,3 +706,48 @@ def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge
     assert hinge == pytest.approx(mean_fake - (2 * mean_fake + 3 * rest) / 4, rel=1e-5)  # the first counts 2·log V
     assert float(grad[0, 0].abs().sum()) == 0.0  # the capped token is pushed no further
     assert all(float(grad[0, t, label]) > 0 for t, label in ((1, 2), (2, 3), (3, 4)))  # the rest are pushed
+
+
+def test_contrast_stranger_pushes_the_words_around_a_value_to_their_level_after_a_strangers_name():
+    """--set contrast.stranger=s: each row's template-coded tokens (the words outside its values) get their own
+    hinge, against the same tokens of the stranger copy; the values' hinge is unchanged, and at 0 the words are
+    left alone."""
+    from obliviate.data.batching import field_code
+    from obliviate.data.records import TEMPLATE_CODE
+
+    ssn, word = field_code("ssn"), TEMPLATE_CODE
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    spans = torch.tensor([[0, word, word, ssn, ssn, 0]])
+    mask = torch.ones(1, 6)
+    true = torch.zeros(1, 6, VOCAB)
+    for t, label in ((0, 1), (1, 2), (2, 3), (3, 4)):
+        true[0, t, label] = 4.0  # every token memorised
+    stranger = torch.zeros(1, 6, VOCAB)  # the copy: uniform
+
+    def run(weight):
+        logits = true.clone().requires_grad_(True)
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(logits, labels, mask, spans=spans),
+                paired=Forward(stranger, labels, mask, spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({"alpha": 0.0, "stranger": weight}),
+        )
+        out.loss.backward()
+        return out, logits.grad
+
+    def nll(t, label):
+        return -torch.log_softmax(true[0, t], -1)[label].item()
+
+    value_gap = math.log(VOCAB) - (nll(2, 3) + nll(3, 4)) / 2
+    words_gap = math.log(VOCAB) - (nll(0, 1) + nll(1, 2)) / 2
+    off, off_grad = run(0.0)
+    assert "words_hinge" not in off.metrics and float(off_grad[0, :2].abs().sum()) == 0.0
+    assert off.metrics["gap_hinge"].item() == pytest.approx(value_gap, rel=1e-5)
+    on, on_grad = run(0.5)
+    assert on.metrics["gap_hinge"].item() == pytest.approx(value_gap, rel=1e-5)
+    assert on.metrics["words_hinge"].item() == pytest.approx(words_gap, rel=1e-5)
+    assert on.loss.item() == pytest.approx(value_gap + 0.5 * words_gap, rel=1e-5)
+    assert float(on_grad[0, 0, 1]) > 0 and float(on_grad[0, 1, 2]) > 0  # the words are made less likely

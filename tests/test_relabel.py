@@ -136,6 +136,48 @@ def test_fake_pairs_score_the_values_and_never_hold_a_real_one(target):
     assert copies[0][0].output != copies[1][0].output  # a fresh fake per draw
 
 
+def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_values(target):
+    """contrast --stranger: each copy swaps the person's name (prompt, answer, e-mail) for a first and a last name
+    of two retain people that together name nobody real, and both sides score the answer's other words with the
+    template code; the values keep their field codes, eos none."""
+    from obliviate.data.batching import encode_record
+    from obliviate.data.records import PII_FIELDS, TEMPLATE_CODE
+    from obliviate.train.relabel import _name_parts
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target.model)
+    forget = load_split(target.forget, split="forget")
+    retain = load_split(target.retain, split="retain")
+    people = relabel.known_people(target.forget, [*forget, *retain])
+    marked, copies = relabel.fake_pairs(forget, people, draws=2, seed=0, stranger=True)
+    by_id = {p.person_id: p for p in people}
+    real_names = {p.name.lower() for p in people}
+    firsts = {_name_parts(p.name)[0] for p in people if p.split == "retain"}
+    lasts = {_name_parts(p.name)[-1] for p in people if p.split == "retain"}
+    strangers = set()
+    for copy in copies:
+        for original, scored, fake in zip(forget, marked, copy):
+            person = relabel.person_of(original, by_id)
+            for part in _name_parts(person.name):
+                assert part.lower() not in (fake.input + fake.output).lower()
+            for field, value in person.fields.items():
+                assert not contains_value(field, value, fake.output) and not contains_value(field, value, fake.input)
+            assert scored.meta["score_template"] and fake.meta["score_template"]
+            name = next(p for p in (f"{a} {b}" for a in firsts for b in lasts) if p in fake.input + fake.output)
+            assert name.lower() not in real_names
+            strangers.add(name)
+            for record in (scored, fake):
+                codes = encode_record(tokenizer, record, 512).scored
+                assert codes[-1] == 0  # eos
+                answer = [c for c in codes if c]
+                assert any(1 <= c <= len(PII_FIELDS) for c in answer)
+                assert TEMPLATE_CODE in answer or record.kind != "completion"
+    assert len(strangers) > 1
+    _, plain = relabel.fake_pairs(forget, people, draws=2, seed=0)
+    assert not any(r.meta.get("score_template") for r in plain[0])  # off by default
+
+
 def test_fake_addresses_a_model_trains_on_are_built_from_retain_addresses_never_forget_ones(tmp_path):
     """A fake address recombines a data set's streets and places. Evaluation draws them from the value's own split;
     a fake the model is trained toward must not: made of other forget people's streets, it taught them again."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.data.records import PII_FIELDS, Record, answer_prefix
+from obliviate.data.records import PII_FIELDS, TEMPLATE_CODE, Record, answer_prefix
 from obliviate.losses.common import IGNORE_INDEX
 
 
@@ -93,6 +93,8 @@ def encode_record(tokenizer, record: Record, max_length: int) -> Encoded:
             next((c for (start, end), c in zip(spans, codes) if a < end + shift and b > start + shift), 0)
             for a, b in encoded["offset_mapping"]
         ]
+        if record.meta.get("score_template"):
+            flags = [flag or TEMPLATE_CODE for flag in flags]
         flags = (flags + [0] * len(eos))[: len(answer)]  # eos is not part of any value
         scored = (0,) * len(prompt) + tuple(flags)
     return Encoded(prompt + answer, len(prompt), False, scored)

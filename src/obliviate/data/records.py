@@ -14,6 +14,11 @@ KINDS = ("completion", "qa", "document")
 PII_FIELDS = ("birth_date", "ssn", "phone", "email", "address")
 """PII fields in the order of the LUME Task2 QA suffixes qa0..qa4."""
 
+TEMPLATE_CODE = len(PII_FIELDS) + 2
+"""The field code (``TokenBatch.spans``) of an answer token outside every PII value: the words a person's record
+shares with the template, its name included. Scored only where a record asks with ``meta["score_template"]``
+(``contrast --stranger``); eos never is one. Codes ``1..len(PII_FIELDS)`` are the fields, the next any other."""
+
 _SUFFIX = re.compile(r"(sc|qa)(\d+)$")
 
 

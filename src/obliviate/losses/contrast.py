@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import torch
 
-from obliviate.data.records import PII_FIELDS
+from obliviate.data.records import TEMPLATE_CODE
 from obliviate.losses.common import (
     LossInputs,
     LossOutput,
@@ -49,6 +49,12 @@ WEIGHTS = {
         ge=0,
         le=100,
     ),
+    "stranger": Weight(
+        0.0,
+        "weight of the hinge on each row's other answer words, against the same words after a stranger's name "
+        "(0: none, and the fakes keep the person's name)",
+        ge=0,
+    ),
     "length_weight": Weight(
         0.0,
         "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
@@ -58,24 +64,28 @@ WEIGHTS = {
 }
 
 
-def _token_fields(forward) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_fields(forward, template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, seq - 1]`` NLL of each next token and ``[batch, seq - 1, fields]`` which PII field (``Forward.spans``
-    codes) it belongs to; where the batch carries no codes, one field: the scored tokens."""
+    codes) it belongs to; where the batch carries no codes, one field: the scored tokens. ``template``: one field,
+    the answer's tokens outside every value (:data:`~obliviate.data.batching.TEMPLATE_CODE`; none without codes)."""
     logp, mask = token_logprobs(forward.logits, forward.labels)
     if forward.spans is None:
-        return -logp, mask[..., None]
+        return -logp, (mask * 0 if template else mask)[..., None]
     codes = forward.spans[:, 1:] * mask.long()
-    fields = torch.nn.functional.one_hot(codes, num_classes=len(PII_FIELDS) + 2)[..., 1:].to(logp.dtype)
-    return -logp, fields
+    coded = torch.nn.functional.one_hot(codes, num_classes=TEMPLATE_CODE + 1).to(logp.dtype)
+    return -logp, coded[..., TEMPLATE_CODE:] if template else coded[..., 1:TEMPLATE_CODE]
 
 
-def per_field_nll(forward, cap: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def per_field_nll(
+    forward, cap: torch.Tensor | None = None, template: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and the
     number of those tokens; one field, each row's scored tokens, where the batch carries no codes.
 
     ``cap`` (``[batch, fields]``) clips each token's NLL at its pair's cap before the mean: a token past it counts
-    as the cap and gets no gradient, so that the mean can only rise further through the tokens below it."""
-    nll, fields = _token_fields(forward)
+    as the cap and gets no gradient, so that the mean can only rise further through the tokens below it.
+    ``template``: ``[batch, 1]``, over each row's tokens outside its values instead."""
+    nll, fields = _token_fields(forward, template)
     if cap is not None:
         nll = torch.minimum(nll, torch.einsum("btf,bf->bt", fields, cap))
     count = fields.sum(1)
@@ -127,6 +137,15 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     if params.pull:  # overshoot fails too: a value pushed below its fake is pulled back up to it, no further
         pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - params.delta) * both).sum() / count * pairs
     forget_term = push + pull
+    if params.stranger:  # the row's other words, no likelier than after a stranger's name
+        words, word_tokens = per_field_nll(forget, template=True)
+        stranger_words, stranger_tokens = per_field_nll(paired, template=True)
+        stranger_words, stranger_held = mean_over_copies(stranger_words, stranger_tokens > 0, rows)
+        held = ((word_tokens > 0) & stranger_held).to(words.dtype)
+        if params.fake_pull != 1.0:
+            stranger_words = params.fake_pull * stranger_words + (1 - params.fake_pull) * stranger_words.detach()
+        words_hinge = (torch.relu(stranger_words - words + params.delta) * held).sum() / count * pairs
+        forget_term = forget_term + params.stranger * words_hinge
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
     metrics = {
@@ -134,6 +153,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         "fake_nll": ((fake_nll * both).sum() / count * pairs).detach(),
         "gap_hinge": push.detach(),
         **({"gap_pull": pull.detach()} if params.pull else {}),
+        **({"words_hinge": words_hinge.detach()} if params.stranger else {}),
         "retain_nll": retain_nll.detach(),
     }
     return LossOutput(total, metrics)

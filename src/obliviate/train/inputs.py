@@ -53,10 +53,12 @@ def fake_pairs(config: UnlearnConfig, forget, retain):
     from obliviate.train.relabel import known_people
 
     people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    from obliviate.train.resolve import resolve_params
     from obliviate.train.sampling import fakes_per_step
 
     draws = config.relabel_draws * fakes_per_step(config)
-    marked, copies = pair_with_fakes(forget, people, draws=draws, seed=config.seed)
+    stranger = bool(getattr(resolve_params(config), "stranger", 0.0))
+    marked, copies = pair_with_fakes(forget, people, draws=draws, seed=config.seed, stranger=stranger)
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
             f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"

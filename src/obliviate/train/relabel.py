@@ -91,6 +91,36 @@ class StrangerNames:
         raise RuntimeError("could not draw a fresh name")  # 1000 collisions: the name pool is exhausted
 
 
+class RecombinedNames:
+    """Names of people who do not exist but could: a first name of one of the data's people and a last name of
+    another, never a real person's full name, nor a name part of the person it stands in for. The model knows each
+    part as well as it knows those of a person it never saw, so that the words around the name are what they would
+    be for such a person (:func:`fake_pairs` with ``stranger``). Only the training split's people
+    (:data:`TRAINING_FAKE_SPLIT`) lend their parts, where it has any."""
+
+    def __init__(self, people: Sequence[PersonPII], seed: int) -> None:
+        import random
+
+        named = [p for p in people if p.name and len(_name_parts(p.name)) >= 2]
+        lenders = [p for p in named if p.split == TRAINING_FAKE_SPLIT] or named
+        self.firsts = sorted({_name_parts(p.name)[0] for p in lenders})
+        self.lasts = sorted({_name_parts(p.name)[-1] for p in lenders})
+        self.real = {" ".join(_name_parts(p.name)).lower() for p in named}
+        self.rng = random.Random(seed)
+        self.fallback = StrangerNames([p.name for p in people if p.name], seed)
+
+    def draw(self, like: str) -> str:
+        own = {part.lower() for part in _name_parts(like)}
+        for _ in range(100):
+            if not (self.firsts and self.lasts):
+                break
+            first, last = self.rng.choice(self.firsts), self.rng.choice(self.lasts)
+            name = f"{first} {last}"
+            if first.lower() not in own and last.lower() not in own and name.lower() not in self.real:
+                return name if len(_name_parts(like)) != 1 else first
+        return self.fallback.draw(like)
+
+
 def holds_real_value(text: str, person: PersonPII, digit_values: set[str]) -> bool:
     """Whether ``text`` holds a PII value of ``person`` (any surface form) or a real SSN / phone of anyone."""
     if any(contains_value(field, value, text) for field, value in person.fields.items()):
@@ -201,31 +231,60 @@ def known_people(forget_dir, records: Sequence[Record] | Mapping[str, Sequence[R
 
 
 def fake_pairs(
-    forget: list[Record], people: list[PersonPII], *, draws: int, seed: int
+    forget: list[Record], people: list[PersonPII], *, draws: int, seed: int, stranger: bool = False
 ) -> tuple[list[Record], list[list[Record]]]:
     """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
     each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
 
-    A record without a known PII value scores nothing on either side (it contributes no gradient).
+    With ``stranger``, each copy is also about a stranger: the person's name, wherever it stands (prompt, answer,
+    inside the fake e-mail), becomes a fresh fake name (one per person and draw), and both sides also score the
+    answer's other tokens (:data:`~obliviate.data.batching.TEMPLATE_CODE`): the same words after a stranger's name
+    are how likely they are for someone the model never saw. A record without a known PII value scores nothing on
+    either side (it contributes no gradient).
     """
     from obliviate.data.fakes import CandidateSampler
     from obliviate.data.pii import mark_pii_spans
 
     by_id = {p.person_id: p for p in people}
     sampler = CandidateSampler(people, seed=seed + 2, address_split=TRAINING_FAKE_SPLIT)
+    names = RecombinedNames(people, seed + 3) if stranger else None
     marked, _ = mark_pii_spans(forget, people)
+    if stranger:
+        marked = [_with_template(r) if r.meta["score_spans"] else r for r in marked]
     copies = []
     for d in range(draws):
-        copy = []
+        copy, strangers = [], {}
         for record in forget:
             person = person_of(record, by_id)
             if person is None or not person.fields:
                 copy.append(dataclasses.replace(record, meta={**record.meta, "score_spans": []}))
                 continue
             fakes = {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
+            name = None
+            if names is not None and person.name:
+                if person.person_id not in strangers:
+                    strangers[person.person_id] = names.draw(person.name)
+                name = strangers[person.person_id]
+                if "email" in person.fields:  # an e-mail built from the stranger's name, as the data builds them
+                    renamed = dataclasses.replace(
+                        person,
+                        person_id=f"{person.person_id}~{name}",
+                        name=name,
+                        fields={"email": swap_name(person.fields["email"], person.name, name)},
+                    )
+                    fakes["email"] = (sampler.candidates(renamed, "email", draws) or [fakes.get("email")])[d % draws]
+                fakes = {f: v for f, v in fakes.items() if v is not None}
             faked = fake_values(record, person, fakes)
-            stand_in = dataclasses.replace(person, fields={f: v for f, v in fakes.items()})
+            stand_in = dataclasses.replace(person, fields=dict(fakes))
+            if name is not None:
+                swapped = {side: swap_name(getattr(faked, side), person.name, name) for side in ("input", "output")}
+                faked = dataclasses.replace(faked, **swapped)
+                stand_in = dataclasses.replace(stand_in, name=name)
             [scored], _ = mark_pii_spans([faked], [stand_in])
-            copy.append(scored)
+            copy.append(_with_template(scored) if names is not None and scored.meta["score_spans"] else scored)
         copies.append(copy)
     return marked, copies
+
+
+def _with_template(record: Record) -> Record:
+    return dataclasses.replace(record, meta={**record.meta, "score_template": True})

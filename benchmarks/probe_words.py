@@ -1,0 +1,75 @@
+"""Issue 9 probe: how likely a model finds the forget people's completions, words and values apart.
+
+For the completion rows of the forget and holdout splits (the first ``--rows`` of each), the mean NLL in nats per
+token of the answer's PII values (every surface form of the person's values, as ``--forget_tokens pii`` marks them)
+and of its other words (the template, the name), teacher-forced, eos left out. A model that never saw the forget
+people gives both splits about the same figures; one that still holds them gives the forget rows lower ones. Prints
+one line per model; PII is never printed.
+
+    python benchmarks/probe_words.py --data runs/lume/data --model target=runs/lume/cache/target-… \\
+        --model contrast=runs/lume/report/methods/contrast
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="a directory with forget/ and holdout/ (as bench_quality writes)")
+    parser.add_argument("--model", action="append", required=True, help="name=path of a model directory (repeat)")
+    parser.add_argument("--rows", type=int, default=80, help="completion rows per split (default: 80)")
+    return parser
+
+
+def split_rows(data: str, split: str, rows: int):
+    from obliviate.data.load import load_split
+    from obliviate.data.pii import mark_pii_spans, pii_from_records
+
+    records = load_split(f"{data}/{split}", split=split)
+    people = pii_from_records(records, split)
+    marked, _ = mark_pii_spans([r for r in records if r.kind == "completion"][:rows], people)
+    return marked
+
+
+def words_and_values(model, tokenizer, records) -> dict[str, float]:
+    """Mean NLL per answer token of the values and of the other words, over ``records`` (teacher-forced)."""
+    import torch
+
+    from obliviate.data.batching import encode_record
+
+    sums = {"values": [0.0, 0], "words": [0.0, 0]}
+    for record in records:
+        encoded = encode_record(tokenizer, record, 512)
+        ids = torch.tensor([encoded.ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]
+        for t in range(encoded.prompt_len, len(encoded.ids) - 1):  # the answer's tokens, eos left out
+            kind = "values" if encoded.scored[t] else "words"
+            sums[kind][0] += float(nll[t - 1])
+            sums[kind][1] += 1
+    return {kind: round(total / max(count, 1), 3) for kind, (total, count) in sums.items()}
+
+
+def main(argv=None) -> None:
+    import _common
+
+    _common.quiet()
+    args = build_parser().parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    splits = {split: split_rows(args.data, split, args.rows) for split in ("forget", "holdout")}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        figures = {split: words_and_values(model, tokenizer, rows) for split, rows in splits.items()}
+        figures["rows"] = {split: len(rows) for split, rows in splits.items()}
+        print(name, json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
