@@ -18,7 +18,7 @@ import json
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="a directory with forget/ and holdout/ (as bench_quality writes)")
+    parser.add_argument("--data", required=True, help="a directory with forget/ and holdout/")
     parser.add_argument("--model", action="append", required=True, help="name=path of a model directory (repeat)")
     parser.add_argument("--rows", type=int, default=80, help="completion rows per split (default: 80)")
     return parser

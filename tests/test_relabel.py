@@ -140,11 +140,11 @@ def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_va
     """contrast --stranger: each copy swaps the person's name (prompt, answer, e-mail) for a first and a last name
     of two retain people that together name nobody real, and both sides score the answer's other words with the
     template code; the values keep their field codes, eos none."""
+    from transformers import AutoTokenizer
+
     from obliviate.data.batching import encode_record
     from obliviate.data.records import PII_FIELDS, TEMPLATE_CODE
     from obliviate.train.relabel import _name_parts
-
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(target.model)
     forget = load_split(target.forget, split="forget")
