@@ -414,6 +414,8 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
             "gap_hinge": hinge,
             "retain_nll": nll(retain),
         }
+        if params.stranger:
+            figures["words_hinge"] = 0.0  # without field codes no token is a template word
         return {**figures, "loss": hinge + params.alpha * figures["retain_nll"]}
     if name == "relabel":  # the forget batch already holds the relabelled answers
         figures = {"relabel_nll": nll(forget), "retain_nll": nll(retain)}

@@ -50,7 +50,7 @@ WEIGHTS = {
         le=100,
     ),
     "stranger": Weight(
-        0.0,
+        1.0,
         "weight of the hinge on each row's other answer words, against the same words after a stranger's name "
         "(0: none, and the fakes keep the person's name)",
         ge=0,
