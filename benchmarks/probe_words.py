@@ -6,6 +6,10 @@ and of its other words (the template, the name), teacher-forced, eos left out. A
 people gives both splits about the same figures; one that still holds them gives the forget rows lower ones. Prints
 one line per model; PII is never printed.
 
+With ``--mia N`` it also prints, for the first N rows of each split (the benchmarks evaluate the first 60), the ROC
+AUC of the loss attack (mean token log-probability, higher: member) on forget against holdout, per row kind (QA,
+completion) and per part (whole text, prompt, answer), as ``docs/METRICS.md`` scores the whole text.
+
     python benchmarks/probe_words.py --data runs/lume/data --model target=runs/lume/cache/target-… \\
         --model contrast=runs/lume/report/methods/contrast
 """
@@ -21,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="a directory with forget/ and holdout/")
     parser.add_argument("--model", action="append", required=True, help="name=path of a model directory (repeat)")
     parser.add_argument("--rows", type=int, default=80, help="completion rows per split (default: 80)")
+    parser.add_argument("--mia", type=int, default=0, help="also the loss attack's AUC per row kind on N rows")
     return parser
 
 
@@ -54,6 +59,36 @@ def words_and_values(model, tokenizer, records) -> dict[str, float]:
     return {kind: round(total / max(count, 1), 3) for kind, (total, count) in sums.items()}
 
 
+def mia_by_kind(model, tokenizer, splits: dict) -> dict[str, float]:
+    """ROC AUC of the loss attack, forget (members) against holdout, per row kind and text part."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from obliviate.data.batching import encode_record
+
+    scores: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for split, records in splits.items():
+        for record in records:
+            encoded = encode_record(tokenizer, record, 512)
+            ids = torch.tensor([encoded.ids[:-1]])  # the appended eos is not scored
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            token = logp.gather(-1, ids[0, 1:, None])[:, 0]
+            cut = max(encoded.prompt_len - 1, 1)
+            parts = (token.mean(), token[:cut].mean(), token[cut:].mean() if len(token) > cut else token[-1:].mean())
+            scores.setdefault((split, record.kind), []).append(tuple(float(p) for p in parts))
+    out = {}
+    for kind in ("qa", "completion"):
+        members, others = scores.get(("forget", kind), []), scores.get(("holdout", kind), [])
+        if not (members and others):
+            continue
+        labels = [1] * len(members) + [0] * len(others)
+        for i, part in enumerate(("text", "prompt", "answer")):
+            out[f"{kind}/{part}"] = round(roc_auc_score(labels, [row[i] for row in members + others]), 3)
+        out[f"{kind}/rows"] = f"{len(members)}+{len(others)}"
+    return out
+
+
 def main(argv=None) -> None:
     import _common
 
@@ -61,13 +96,18 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from obliviate.data.load import load_split
+
     splits = {split: split_rows(args.data, split, args.rows) for split in ("forget", "holdout")}
+    first = {split: load_split(f"{args.data}/{split}", split=split)[: args.mia] for split in splits}
     for spec in args.model:
         name, _, path = spec.partition("=")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         figures = {split: words_and_values(model, tokenizer, rows) for split, rows in splits.items()}
         figures["rows"] = {split: len(rows) for split, rows in splits.items()}
+        if args.mia:
+            figures["mia_auc"] = mia_by_kind(model, tokenizer, first)
         print(name, json.dumps(figures), flush=True)
 
 

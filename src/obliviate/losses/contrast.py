@@ -14,6 +14,12 @@ at least ``m`` nats less likely than its fake, so the forget term stops pushing 
 person would be: exposure (Carlini et al. 2019, arXiv:1802.08232) at the chance level, not below it. Gradient
 difference (Maini et al. 2024, arXiv:2401.06121) pushes without such a floor; this is the margin form of it on the
 PII values, against their own fakes.
+
+The values are not all a record holds about its person: the words around them (the record's own phrasing, the
+name) stay memorised when only the values are pushed. With ``stranger`` (1 by default) the fake copy is also about
+a stranger, a recombined name nobody has (:class:`~obliviate.train.relabel.RecombinedNames`), and each row gets one
+more hinge, on the mean NLL of its answer's other words (:data:`~obliviate.data.records.TEMPLATE_CODE`) against the
+same words after the stranger's name: no likelier than for someone the model never saw, and no further.
 """
 
 from __future__ import annotations
