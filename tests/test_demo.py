@@ -96,11 +96,15 @@ def test_demo_writes_report_plots_and_results(tmp_path):
     perplexities = [target["forget/perplexity"], last["ga_gd"]["forget/perplexity"], last["npo"]["forget/perplexity"]]
     assert len({round(p, 6) for p in perplexities}) == 3, perplexities
 
-    # A re-run reuses the cached target and oracle: their directories are not rewritten.
+    # A re-run reuses the cached target and oracle: their directories are not rewritten (one method, no attacks:
+    # the cache is what is tested).
     target_dir = next(cache.glob("target-*"))
     stamp = (target_dir / "model.safetensors").stat().st_mtime_ns
-    assert main(args) == 0
+    rerun = _demo_args(tmp_path / "again", cache, people=10, finetune_epochs=3)
+    rerun = [*rerun[: rerun.index("--methods")], "--methods", "ga_gd", "--attacks", "none"]
+    assert main(rerun) == 0
     assert (target_dir / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["cached"]["target"] is True
 
 
 @pytest.mark.slow
