@@ -108,9 +108,12 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
         "preset",
         "lr",
         "steps",
+        "step_budget",
         "stopped",
+        "ended",
         "stop_checks",
         "tokens",
         "wall_seconds",
         "epochs",
     ]
+    assert saved["step_budget"] is None and saved["ended"] == "epochs"  # no budget set: its epochs ended it
