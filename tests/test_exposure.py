@@ -117,6 +117,12 @@ def test_pour_and_render_like_follow_the_prompt_surface() -> None:
     assert render_like("birth_date", "1975-06-12", "1987-03-04", "March 4, 1987") == "June 12, 1975"
     assert render_like("email", "a@b.com", "x@y.com", "x@y.com") == "a@b.com"
     assert render_like("ssn", "987654321", "123456789", "something else") is None
+    # a LUME QA answer ends its address with a full stop that a biography leaves to the sentence
+    value, fake = "12 Oak Street, Salem, OR, 97301.", "34 Elm Road, Eugene, OR, 97401."
+    assert render_like("address", fake, value, value.rstrip(".")) == fake.rstrip(".")
+    assert render_like("address", fake.rstrip("."), value.rstrip("."), value) == fake
+    # the same digits in another surface are never poured into the true street and place
+    assert render_like("address", fake, value, "12 OAK STREET, SALEM, OR, 97301") is None
 
 
 def _all_fakes(people: list[PersonPII], k: int = 100) -> dict[str, list[tuple[PersonPII, str]]]:

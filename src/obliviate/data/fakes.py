@@ -93,6 +93,10 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
         return fake
     if normalize_value(field, surface) != normalize_value(field, value):
         return None
+    if surface.rstrip(".") == value.rstrip("."):  # the same text, its closing full stop the sentence's or not
+        return fake.rstrip(".") + ("." if surface.endswith(".") else "")
+    if field == "address":  # pouring digits would keep the true street and place around them
+        return fake if surface.lower() == value.lower() else None
     fake_date, value_date, surface_date = parse_date(fake), parse_date(value), parse_date(surface)
     if fake_date and value_date and surface_date:
         return render_date(fake_date[0], surface_date[1])
