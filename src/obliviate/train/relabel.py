@@ -236,11 +236,11 @@ def fake_pairs(
     """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
     each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
 
-    With ``stranger``, each copy is also about a stranger: the person's name, wherever it stands (prompt, answer,
-    inside the fake e-mail), becomes a fresh fake name (one per person and draw), and both sides also score the
-    answer's other tokens (:data:`~obliviate.data.batching.TEMPLATE_CODE`): the same words after a stranger's name
-    are how likely they are for someone the model never saw. A record without a known PII value scores nothing on
-    either side (it contributes no gradient).
+    With ``stranger``, each copy is also about a stranger: the person's name, wherever it stands (prompt, answer),
+    becomes a name nobody has (:class:`RecombinedNames`, one per person and draw), the fake e-mail is built from
+    that name, and both sides also score the answer's other tokens (:data:`~obliviate.data.records.TEMPLATE_CODE`):
+    the same words after a stranger's name are how likely they are for someone the model never saw. A record
+    without a known PII value scores nothing on either side (it contributes no gradient).
     """
     from obliviate.data.fakes import CandidateSampler
     from obliviate.data.pii import mark_pii_spans
@@ -272,8 +272,9 @@ def fake_pairs(
                         name=name,
                         fields={"email": swap_name(person.fields["email"], person.name, name)},
                     )
-                    fakes["email"] = (sampler.candidates(renamed, "email", draws) or [fakes.get("email")])[d % draws]
-                fakes = {f: v for f, v in fakes.items() if v is not None}
+                    drawn = sampler.candidates(renamed, "email", draws)
+                    if drawn:
+                        fakes["email"] = drawn[d % len(drawn)]
             faked = fake_values(record, person, fakes)
             stand_in = dataclasses.replace(person, fields=dict(fakes))
             if name is not None:
