@@ -73,7 +73,7 @@ WEIGHTS = {
 def _token_fields(forward, template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, seq - 1]`` NLL of each next token and ``[batch, seq - 1, fields]`` which PII field (``Forward.spans``
     codes) it belongs to; where the batch carries no codes, one field: the scored tokens. ``template``: one field,
-    the answer's tokens outside every value (:data:`~obliviate.data.batching.TEMPLATE_CODE`; none without codes)."""
+    the answer's tokens outside every value (:data:`~obliviate.data.records.TEMPLATE_CODE`; none without codes)."""
     logp, mask = token_logprobs(forward.logits, forward.labels)
     if forward.spans is None:
         return -logp, (mask * 0 if template else mask)[..., None]
