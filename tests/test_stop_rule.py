@@ -236,3 +236,51 @@ def test_a_check_names_the_fields_inside_their_band_and_a_field_that_drifts_back
     assert rule.inside == frozenset()
     assert rule(None, None, 2) is None and rule.inside == {"ssn"}
     assert rule(None, None, 4) is None and rule.inside == {"email"}
+
+
+def test_the_words_guard_stops_once_the_forget_words_are_as_unlikely_as_the_holdouts(monkeypatch):
+    """Exposure stays above the band (6.0 against 1.5 ± 0.5); the forget words' NLL climbs 0.2, 0.9, 1.6 against
+    the holdout's 1.5: the guard stops at the third check and names the field still outside, and not before."""
+    rule = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 3}, retain=[1.0] * 4, words=True)
+    words = iter([0.2, 1.5, 0.9, 1.5, 1.6, 1.5])
+    monkeypatch.setattr(rule_module, "words_nll", lambda model, tokenizer, rows: next(words))
+    monkeypatch.setattr(ExposureStopRule, "_word_rows", lambda self: {"forget": ["f"], "holdout": ["h"]})
+    rule.start(None, None)
+    assert rule.describe()["words_checked"] == 1.0
+    assert rule(None, None, 2) is None and rule(None, None, 4) is None
+    reason = rule(None, None, 6)
+    assert reason is not None and "words" in reason and "1.600 ≥ 1.500" in reason and "ssn" in reason
+    assert [h["forget_words_nll"] for h in rule.history] == [0.2, 0.9, 1.6]
+    off = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[6.0]] * 3}, retain=[1.0] * 4)
+    off.start(None, None)
+    assert off.describe()["words_checked"] == 0.0 and off(None, None, 2) is None  # not asked for: not measured
+
+
+def test_words_nll_reads_only_the_words_outside_pii_values():
+    """A micro model that memorised one sentence frame around random codes: the frame's words get a low NLL, the
+    codes a high one, and marking the codes as PII leaves only the words in ``words_nll``."""
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.data.records import PersonPII, Record
+    from obliviate.data.pii import mark_pii_spans
+    from obliviate.evaluate.stop_rule import words_nll
+    from obliviate.models.tiny import build_model, train_tokenizer
+
+    people = [PersonPII(person_id=f"p{i}", split="forget", name=f"P{i}", fields={"ssn": f"{i * 7919 % 900 + 100}-{i * 31 % 90 + 10}-"
+                        f"{i * 4447 % 9000 + 1000}"}, records=(f"p{i}_c",)) for i in range(12)]  # fmt: skip
+    rows = [Record(id=f"p{i}_c", input=f"Person {i}.", output=f"The number on file is {p.fields['ssn']} and that is all",
+                   kind="completion", meta={"person_id": p.person_id}) for i, p in enumerate(people)]  # fmt: skip
+    tokenizer = train_tokenizer([r.input + " " + r.output for r in rows], vocab_size=300)
+    model = build_model("micro", len(tokenizer), tokenizer, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = collate([encode_record(tokenizer, r, 64) for r in rows], tokenizer.pad_token_id)
+    for _ in range(60):  # the frame is shared by every row and learnt first; the codes are not (yet)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    marked, count = mark_pii_spans(rows, people)
+    assert count == len(rows)
+    words, everything = words_nll(model, tokenizer, marked), words_nll(model, tokenizer, rows)
+    assert words < 0.75 * everything, (words, everything)  # unmarked, the codes' tokens count as words

@@ -212,6 +212,11 @@ class UnlearnConfig(TrainConfig):
         ge=0,
         le=1,
     )
+    stop_words: bool = option(
+        False,
+        "with a holdout set: the stop rule also ends the run once the forget completions' words outside PII values "
+        "are as unlikely as the holdout people's (going on would make them less likely than a stranger's)",
+    )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
     field_stop: bool = option(
         False,

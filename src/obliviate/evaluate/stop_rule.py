@@ -17,7 +17,12 @@ of a fixed retain sample. It stops when
   SSN ranks at chance. Pooled, the guessable fields lift the reference, and a run stopped with a third of the forget
   values still ranked first (measured on LUME Task2: leak rate 0.36); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
-  arXiv:2506.05314): unlearning must not buy forgetting with other people's facts.
+  arXiv:2506.05314): unlearning must not buy forgetting with other people's facts; or
+- (``words``, with a holdout) the forget answers' other words (the record's phrasing and the person's name:
+  every answer token outside a PII value) have become as unlikely as the holdout people's, under the model being
+  trained. Past that point the words overshoot: an attacker sees a forget record made less likely than a
+  stranger's, and ROUGE-L falls below the oracle's. The values' exposure can still be above its band then; the
+  reason says which fields are.
 
 Checking in steps, not epochs, keeps one rule for a 5-step and a 94-step epoch. Overshooting is failing too (an
 attacker also sees answers made far less likely than a stranger's): stopping at the first check inside the band,
@@ -96,6 +101,8 @@ class ExposureStopRule:
             it a check doubles :attr:`retain_scale` (up to ``guard_max``), at or above it halves it back toward 1
             (a multiplicative dual step on the retain constraint, after PDU, arXiv:2506.05314); 0: off.
         guard_max: the largest :attr:`retain_scale`.
+        words: also stop once the forget completions' words are as unlikely as the holdout's (needs a holdout with
+            completion rows; otherwise left out, and :meth:`describe` says so).
     """
 
     forget: Sequence[Record]
@@ -109,6 +116,7 @@ class ExposureStopRule:
     retain_exact: float = 0.0
     retain_guard: float = 0.0
     guard_max: float = 16.0
+    words: bool = False
     retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -116,6 +124,7 @@ class ExposureStopRule:
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _retain_start: RetainCheck | None = None
+    _words: dict[str, list[Record]] | None = None  # completion rows, PII spans marked, of the forget and holdout samples
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
@@ -135,6 +144,7 @@ class ExposureStopRule:
             else:
                 self._reference[name] = chance
         self._retain_start = retain_check(model, tokenizer, self.retain)
+        self._words = self._word_rows() if self.words and self.holdout else None
 
     def describe(self) -> dict[str, float]:
         """What :meth:`start` measured: the never-seen band (overall mean and standard error, and per field), and
@@ -148,6 +158,7 @@ class ExposureStopRule:
             "band": self.band,
             "retain_nll": self._retain_start.nll if self._retain_start else math.nan,
             "retain_exact": self._retain_start.exact if self._retain_start else math.nan,
+            "words_checked": float(self._words is not None),
         }
         for name, band in bands.items():
             out[f"{name}/reference_exposure"] = band.mean
@@ -176,6 +187,10 @@ class ExposureStopRule:
             check[f"{name}/forget_exposure"], check[f"{name}/forget_top_share"] = mean, top
             if not band.admits(values, self.k, self.band):
                 outside.append(name)
+        words = None
+        if self._words is not None:
+            words = {split: words_nll(model, tokenizer, rows) for split, rows in self._words.items()}
+            check["forget_words_nll"], check["holdout_words_nll"] = words["forget"], words["holdout"]
         overall = [p["exposure"] for p in pairs] or [math.nan]
         check["forget_exposure"] = float(np.mean(overall))
         check["threshold"] = self._overall_threshold(overall)
@@ -202,7 +217,24 @@ class ExposureStopRule:
                 f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise) at step {step}"
                 f"{unchecked}"
             )
+        if words is not None and words["forget"] >= words["holdout"]:
+            return (
+                f"the forget answers' words (outside PII values) are as unlikely as the holdout people's (NLL "
+                f"{words['forget']:.3f} ≥ {words['holdout']:.3f} nats per token) at step {step}; fields still above "
+                f"their never-seen band: {', '.join(outside) or 'none'}"
+            )
         return None
+
+    def _word_rows(self) -> dict[str, list[Record]] | None:
+        """The completion rows of the forget and holdout samples with their PII spans marked, or None where either
+        split has none (the words guard is then left out)."""
+        from obliviate.data.pii import mark_pii_spans
+
+        rows = {
+            split: mark_pii_spans([r for r in records if r.kind == "completion"], self.people)[0]
+            for split, records in (("forget", self.forget), ("holdout", self.holdout))
+        }
+        return rows if all(rows.values()) else None
 
     def _mostly_guessable(self, name: str) -> bool:
         """Without a holdout the reference is chance, which a value given by the name (an e-mail built from it)
@@ -276,6 +308,33 @@ def retain_check(
     return RetainCheck(total / max(count, 1.0), exact / max(len(records), 1))
 
 
+@torch.no_grad()
+def words_nll(model, tokenizer, records: Sequence[Record], max_length: int = 512, batch_size: int = 32) -> float:
+    """Mean NLL per token (nats) of the answer tokens outside PII values, eos left out, of ``records`` whose PII
+    spans are marked (:func:`~obliviate.data.pii.mark_pii_spans`), teacher-forced in eval mode."""
+    from obliviate.data.batching import collate, encode_record
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(records), batch_size):
+            encoded = [encode_record(tokenizer, r, max_length) for r in records[start : start + batch_size]]
+            batch = collate(encoded, tokenizer.pad_token_id).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+            nll = -torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+            mask = torch.zeros_like(nll, dtype=torch.bool)
+            for row, e in enumerate(encoded):
+                scored = e.scored or (0,) * len(e.ids)
+                words = [t - 1 for t in range(e.prompt_len, len(e.ids) - 1) if not scored[t]]  # eos left out
+                mask[row, words] = True
+            total, count = total + float(nll[mask].sum()), count + int(mask.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
 RETAIN_SAMPLE = 64
 """Retain rows whose NLL the stop rule watches (a seeded sample that keeps people whole)."""
 
@@ -306,6 +365,7 @@ def stop_rule_for(config) -> ExposureStopRule:
         retain_exact=config.stop_retain_exact,
         retain_guard=config.retain_guard,
         guard_max=config.retain_guard_max,
+        words=config.stop_words,
         seed=config.seed,
     )
 
