@@ -14,6 +14,7 @@ minimum length, ...) or whose cache cannot drop rows go through ``model.generate
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 
@@ -180,3 +181,166 @@ def greedy_compacting(
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=-1)
         logits = forward(next_tokens[:, None], attention_mask)
     return generated
+
+
+def continuous_supported(model) -> bool:
+    """Whether :func:`greedy_continuous` can run: plain greedy search, and a cache whose every layer is a
+    :func:`_growing_layer` (full attention; sliding-window and other layers cannot be merged)."""
+    if not plain_greedy(model) or _growing_layer() is None:
+        return False
+    cache = _new_cache(model)
+    layers = getattr(cache, "layers", None)
+    return isinstance(layers, list) and bool(layers) and all(type(layer) is _growing_layer() for layer in layers)
+
+
+HEADROOM = 64
+"""Positions a rebuilt cache buffer keeps free beyond its filled part before it must grow."""
+
+
+def _rebuild(layers, parts: list[tuple[object, torch.Tensor | None, int]], width: int) -> None:
+    """Rebuild every layer of ``layers`` from row groups ``parts``: per group, its cache, the rows it keeps (None:
+    all) and the first position it keeps; each group right-aligned at ``width`` positions, the shorter ones
+    left-padded with zeros (masked by the caller's attention mask). One copy of the filled positions, no more."""
+    for index, layer in enumerate(layers):
+        merged = []
+        for name in ("keys", "values"):
+            pieces = []
+            for cache, rows, start in parts:
+                tensor = getattr(cache.layers[index], name)[..., start:, :]
+                pieces.append(tensor if rows is None else tensor[rows])
+            count = sum(piece.shape[0] for piece in pieces)
+            first = pieces[0]
+            buffer = first.new_empty((count, first.shape[1], width + HEADROOM, first.shape[-1]))
+            row = 0
+            for piece in pieces:
+                pad = width - piece.shape[-2]
+                buffer[row : row + piece.shape[0], :, :pad].zero_()
+                buffer[row : row + piece.shape[0], :, pad:width] = piece
+                row += piece.shape[0]
+            merged.append(buffer)
+        layer._key_buffer, layer._value_buffer = merged
+        layer._filled = width
+        layer._views()
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=-1)
+
+
+@dataclasses.dataclass
+class _Stream:
+    """Rows decoded together: their cache, attention mask, prompt indices (None once finished) and pending logits."""
+
+    cache: object
+    mask: torch.Tensor
+    rows: list[int | None]
+    logits: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def keep(self, alive: list[int]) -> None:
+        """Only the rows at ``alive`` stay, and leading positions that are padding in all of them are cut."""
+        index = torch.tensor(alive, device=self.mask.device)
+        mask = self.mask[index]
+        start = int(mask.any(0).nonzero()[0]) if mask.any() else 0
+        _rebuild(self.cache.layers, [(self.cache, index, start)], self.width - start)
+        self.mask, self.logits = mask[:, start:], self.logits[index]
+        self.rows = [self.rows[i] for i in alive]
+
+    def absorb(self, other: _Stream) -> None:
+        """Append ``other``'s rows, both right-aligned at the wider of the two."""
+        width = max(self.width, other.width)
+        parts = [(self.cache, None, 0), (other.cache, None, 0)]
+        _rebuild(self.cache.layers, parts, width)
+        self.mask = torch.cat([_left_pad_mask(self.mask, width), _left_pad_mask(other.mask, width)], dim=0)
+        self.rows, self.logits = self.rows + other.rows, torch.cat([self.logits, other.logits], dim=0)
+
+
+@torch.no_grad()
+def greedy_continuous(
+    model,
+    prompts: list[list[int]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    progress=None,
+    slack: float = 1.25,
+) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (taken in the order given), the batch refilled as rows finish.
+
+    :func:`greedy_compacting` runs one batch until its longest row ends: the last steps carry one or two rows, and
+    each step costs the model's fixed per-call work whatever the rows. Here, once a quarter of the batch has
+    finished, the finished rows leave it, and the next prompts are prefilled and merged in (right-aligned, the
+    shorter side left-padded), as long as the batch is at most ``slack`` times as wide as the next prompt (so merged
+    rows do not attend over much padding); when it is wider and down to a quarter of ``batch_size``, its rows are
+    set aside and decoded at the end, all such tails merged into one batch. Each row attends to its own prompt and
+    tokens only (merged padding is masked, positions come from the attention mask), so its tokens are the ones
+    greedy search gives it alone, up to floating-point rounding of the batch shape (``docs/METRICS.md``,
+    "Generation"). A finished row may be carried a few steps before it leaves; its extra tokens are discarded.
+
+    Returns:
+        per prompt, the generated ids (its eos included when it emitted one; at most ``max_new_tokens``).
+    """
+    device = next(model.parameters()).device
+    forward = functools.partial(
+        _forward,
+        keep_logits="logits_to_keep" in inspect.signature(model.forward).parameters,
+        cache_argument=_cache_argument(model),
+    )
+    queue = list(range(len(prompts)))[::-1]  # popped from the end
+    generated: list[list[int]] = [[] for _ in prompts]
+    eos = -1 if eos_token_id is None else eos_token_id
+    quarter = max(1, batch_size // 4)
+    tails: list[_Stream] = []
+
+    def prefill(count: int) -> _Stream:
+        taken = [queue.pop() for _ in range(min(count, len(queue)))]
+        ids = _pad_left([prompts[i] for i in taken], pad_token_id, device)
+        mask = _pad_left([[1] * len(prompts[i]) for i in taken], 0, device)
+        cache = _new_cache(model)
+        return _Stream(cache, mask, list(taken), forward(model, cache, ids, mask))
+
+    stream: _Stream | None = None
+    while True:
+        if stream is None:
+            if queue:
+                stream = prefill(batch_size)
+            elif tails:
+                stream = tails.pop()
+                while tails:
+                    stream.absorb(tails.pop())
+            else:
+                break
+        next_tokens = torch.argmax(stream.logits, dim=-1)
+        for index, (row, token) in enumerate(zip(stream.rows, next_tokens.tolist())):
+            if row is not None:
+                generated[row].append(token)
+                if token == eos or len(generated[row]) >= max_new_tokens:
+                    stream.rows[index] = None  # finished: carried until the next compaction, its tokens dropped
+                    if progress is not None:
+                        progress.update(1)
+        alive = [i for i, row in enumerate(stream.rows) if row is not None]
+        if not alive:
+            stream = None
+            continue
+        stream.mask = torch.cat([stream.mask, stream.mask.new_ones((stream.mask.shape[0], 1))], dim=-1)
+        stream.logits = forward(model, stream.cache, next_tokens[:, None], stream.mask)
+        if len(stream.rows) - len(alive) < quarter:
+            continue
+        stream.keep(alive)
+        if queue and len(alive) <= batch_size - quarter:
+            if stream.width <= slack * len(prompts[queue[-1]]) + quarter:
+                stream.absorb(prefill(batch_size - len(alive)))
+            elif len(alive) <= quarter:
+                tails.append(stream)
+                stream = None
+    return generated
+
+
+def _pad_left(sequences: list[list[int]], value: int, device) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences], dtype=torch.long, device=device)

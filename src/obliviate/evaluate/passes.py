@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from obliviate.data.batching import collate, encode_prompt, encode_record
 from obliviate.data.records import Record
 from obliviate.evaluate import official as official_recipe
-from obliviate.evaluate.decode import greedy_compacting, plain_greedy
+from obliviate.evaluate.decode import continuous_supported, greedy_compacting, greedy_continuous, plain_greedy
 from obliviate.losses.common import IGNORE_INDEX
 from obliviate.models.load import check_positions
 
@@ -223,13 +223,23 @@ def generate(
         check_positions(
             model, max(lengths) + max_new_tokens, f"prompts of up to {max(lengths)} tokens plus --max_new_tokens"
         )
-    batches = _batches(_length_order(lengths, expected_lengths, batch_size), lengths, batch_size, same_length=official)
+    order = _length_order(lengths, expected_lengths, batch_size)
+    batches = _batches(order, lengths, batch_size, same_length=official)
     compact = plain_greedy(model)
     cleanup = {"clean_up_tokenization_spaces": True} if official else {}  # as their batch_decode is called
     greedy: list[str | None] = [None] * len(prompts)
     samples: list[list[str] | None] = [None] * len(prompts)
+    continuous = compact and not official and continuous_supported(model)
+    if continuous:  # one stream of rows, the batch refilled as rows finish
+        with tqdm(total=len(order), desc=desc, disable=not show_progress, leave=False) as bar:
+            outputs = greedy_continuous(model, [encoded[i] for i in order], batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id, progress=bar)  # fmt: skip
+        for index, continuation in zip(order, outputs):
+            greedy[index] = tokenizer.decode(continuation, skip_special_tokens=True)
     generator_seed = seed
-    for rows in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+    for rows in tqdm(batches if num_samples > 0 or not continuous else [], desc=desc, disable=not show_progress,
+                     leave=False):  # fmt: skip
         input_ids, attention_mask = _left_pad([encoded[i] for i in rows], tokenizer.pad_token_id, device)
         common = dict(
             input_ids=input_ids,
@@ -238,8 +248,9 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        for index, continuation in zip(rows, _greedy_batch(model, common, compact)):
-            greedy[index] = tokenizer.decode(continuation, skip_special_tokens=True, **cleanup)
+        if not continuous:
+            for index, continuation in zip(rows, _greedy_batch(model, common, compact)):
+                greedy[index] = tokenizer.decode(continuation, skip_special_tokens=True, **cleanup)
         if num_samples > 0:
             torch.manual_seed(generator_seed)
             generator_seed += 1

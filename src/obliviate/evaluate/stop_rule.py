@@ -124,7 +124,7 @@ class ExposureStopRule:
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _retain_start: RetainCheck | None = None
-    _words: dict[str, list[Record]] | None = None  # completion rows, PII spans marked, of the forget and holdout samples
+    _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
