@@ -1,6 +1,7 @@
 """Reading one data file: its bytes as UTF-8 text, its rows (JSON lines, a JSON array, CSV or parquet), and each
-place named in an error ("line 7", "row 3", "item 2"). JSON lines are first checked one by one with
-:func:`json.loads` only to report the number of a malformed line; the rows are then read with pandas / pyarrow."""
+place named in an error ("line 7", "row 3", "item 2"). JSON lines are read one by one with :func:`json.loads`,
+which also names a malformed line; CSV and JSON arrays with pandas, parquet with pyarrow (each imported only when
+such a file is read: they cost a second of start-up)."""
 
 from __future__ import annotations
 
@@ -9,42 +10,42 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow.parquet as pq
-
 from obliviate.errors import DataError
 
 
 def read_rows(file: Path) -> tuple[list[dict[str, Any]], Any]:
     """Rows of a tabular file and a function mapping a row index to a human place ("line 7", "row 3")."""
     if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
         try:
             rows = pq.read_table(file).to_pylist()
         except Exception as error:  # pyarrow raises several unrelated types for corrupt files
             raise DataError(f"{file}: expected a parquet file, found unreadable data ({first_line(error)})") from None
         return rows, lambda i: f"row {i + 1}"
     text = read_text(file)
+    array = file.suffix == ".json" and text.lstrip().startswith("[")
+    if file.suffix != ".csv" and not array:  # JSON lines: each line is parsed once, to check it, and kept
+        rows, numbers = validate_json_lines(text, file, parsed=True)
+        return rows, lambda i: f"line {numbers[i]}"
+    import pandas as pd
+
     try:
         if file.suffix == ".csv":
             frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
             return frame.to_dict("records"), lambda i: f"row {i + 1}"
-        if file.suffix == ".json" and text.lstrip().startswith("["):
-            validate_json_array(text, file)
-            frame = pd.read_json(io.StringIO(text), orient="records", dtype=False, convert_axes=False)
-            return frame.to_dict("records"), lambda i: f"item {i + 1}"
-        lines, numbers = validate_json_lines(text, file)
-        if not lines:
-            return [], str
-        frame = pd.read_json(io.StringIO("\n".join(lines)), lines=True, dtype=False, convert_axes=False)
-        return frame.to_dict("records"), lambda i: f"line {numbers[i]}"
+        validate_json_array(text, file)
+        frame = pd.read_json(io.StringIO(text), orient="records", dtype=False, convert_axes=False)
+        return frame.to_dict("records"), lambda i: f"item {i + 1}"
     except (ValueError, TypeError, RecursionError) as error:  # pandas parser / ujson errors
         raise DataError(
             f"{file}: expected {file.suffix} data, found unreadable content ({first_line(error)})"
         ) from None
 
 
-def validate_json_lines(text: str, file: Path) -> tuple[list[str], list[int]]:
-    """Check every non-blank line is one JSON object; return those lines and their 1-based line numbers."""
+def validate_json_lines(text: str, file: Path, parsed: bool = False) -> tuple[list, list[int]]:
+    """Check every non-blank line is one JSON object; return those lines (``parsed``: the objects) and their
+    1-based line numbers."""
     lines, numbers = [], []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -60,7 +61,7 @@ def validate_json_lines(text: str, file: Path) -> tuple[list[str], list[int]]:
             raise DataError(
                 f"{file} line {number}: expected one JSON object per line, found a JSON {type(value).__name__}"
             )
-        lines.append(line)
+        lines.append(value if parsed else line)
         numbers.append(number)
     return lines, numbers
 

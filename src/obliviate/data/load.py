@@ -13,13 +13,12 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from obliviate.data.files import read_rows, read_text
 from obliviate.data.records import KINDS, Record, kind_from_id
@@ -250,7 +249,9 @@ def _to_record(row: dict[str, Any], schema: tuple, file: Path, where: str, index
 
 
 def _is_null(value: Any) -> bool:
-    return value is None or value is pd.NA or value == "" or (isinstance(value, float) and math.isnan(value))
+    pandas = sys.modules.get("pandas")  # only a file pandas read (CSV, JSON array) can hold its NA
+    missing = pandas is not None and value is pandas.NA
+    return value is None or missing or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value: Any) -> Any:

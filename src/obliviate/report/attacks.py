@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from obliviate.report.plots import FIGSIZE, _color, _no_data, _save
 from obliviate.report.render import markdown_table
 
 COLUMNS = (
@@ -58,6 +58,8 @@ def attack_section(attacks: Sequence[dict[str, Any]]) -> str:
 
 def plot_attack_leaks(attacks: Sequence[dict[str, Any]], out: Path, split: str = "forget") -> Path:
     """Write :func:`draw_attack_leaks` to the PNG ``out``; returns ``out``."""
+    from obliviate.report.plots import _save
+
     return _save(draw_attack_leaks(attacks, split), out)
 
 
@@ -67,6 +69,10 @@ def draw_attack_leaks(attacks: Sequence[dict[str, Any]], split: str = "forget") 
     Returns:
         The figure, one axes; the bars' heights are the values, before then after for each attack, in order.
     """
+    from matplotlib.figure import Figure  # imported only to draw: the tables above need no matplotlib
+
+    from obliviate.report.plots import FIGSIZE, _color, _no_data
+
     key = f"{split}/leak_rate"
     ran = [a for a in attacks if a["ran"] and a["after"].get(key) is not None]
     fig = Figure(figsize=FIGSIZE)

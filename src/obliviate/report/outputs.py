@@ -9,9 +9,7 @@ from typing import Any
 
 from obliviate.evaluate.results import AttackResult, EpochEval, EvalResult
 from obliviate.io import write_text_atomic
-from obliviate.report.attacks import plot_attack_leaks
 from obliviate.report.columns import metric_keys
-from obliviate.report.plots import plot_loss_per_epoch, plot_metric_per_epoch
 from obliviate.report.render import render_epochs_report, render_eval_report, write_report
 
 ROUGE_KEYS = metric_keys("rougeL_recall")
@@ -37,6 +35,8 @@ def write_evaluation(
     data = {**(extra or {}), **result.to_json()}
     plots = {}
     if attacks:
+        from obliviate.report.attacks import plot_attack_leaks  # matplotlib: imported only to draw
+
         data["attacks"] = [a.to_json() for a in attacks]
         plots[ATTACK_PLOT_TITLE] = plot_attack_leaks(data["attacks"], out_dir / ATTACK_PLOT).relative_to(out_dir)
     write_json(out_dir / "results.json", data)
@@ -51,6 +51,8 @@ def epoch_plots(
     references: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """Loss, ROUGE-L recall and leak rate per epoch, as PNGs in ``out_dir``."""
+    from obliviate.report.plots import plot_loss_per_epoch, plot_metric_per_epoch  # matplotlib: only to draw
+
     plots: dict[str, Path] = {}
     files = {k: v for k, v in metrics_files.items() if v.is_file()}
     if files:
@@ -91,6 +93,8 @@ def write_checkpoint_evaluation(
     curves = {"run": [(e.epoch, e.summary) for e in epochs]}
     plots = epoch_plots(out_dir, curves, {"run": run_dir / "metrics.jsonl"})
     if found:
+        from obliviate.report.attacks import plot_attack_leaks
+
         plots[ATTACK_PLOT_TITLE] = plot_attack_leaks(found, out_dir / ATTACK_PLOT)
     plots = {name: path.relative_to(out_dir) for name, path in plots.items()}
     write_report(render_epochs_report(slim, best, title, plots, attacks=found), out_dir / "report.md")
