@@ -150,7 +150,16 @@ def test_each_distinct_probe_prompt_is_generated_once(trained, monkeypatch) -> N
         seen.extend(prompts)
         return ["" for _ in prompts], [[] for _ in prompts]
 
+    def scored_and_generated(*args, **kwargs):  # rows' inputs generated within the forward pass
+        scores, greedy = fused(*args, **kwargs)
+        seen.extend(greedy)
+        return scores, greedy
+
+    import obliviate.evaluate.suite as suite
+
+    fused = suite.forward_and_generate
     monkeypatch.setattr(generation, "generate", spy)
+    monkeypatch.setattr(suite, "forward_and_generate", scored_and_generated)
     result = evaluate_model(model, tokenizer, data, EvalOptions(max_new_tokens=4, exposure=False, show_progress=False))
     probes = [p for split in ("forget", "retain") for p in generation.leak.build_probes(
         data.splits[split], [q for q in data.people if q.split == split], split)]  # fmt: skip
@@ -227,3 +236,39 @@ def test_cli_official_loads_bf16(trained, tmp_path, monkeypatch, capsys) -> None
     assert results["mode"] == "official"
     assert cli_main([*base, "--official", "--max_new_tokens", "8", "--output_dir", str(tmp_path / "bad")]) == 2
     assert "--official generates 256 new tokens" in capsys.readouterr().err
+
+
+def test_scoring_and_generating_in_one_pass_gives_the_separate_passes_results(trained) -> None:
+    """``forward_and_generate`` against ``forward_pass`` then ``generate``: the same token scores (to fp32 rounding)
+    and the same continuations, with a repeated input (scored twice, generated once) and rows cut by ``max_length``
+    (their scored prompt is not the generation prompt: scored apart, generated apart)."""
+    import dataclasses
+
+    import numpy as np
+
+    from obliviate.data.batching import encode_record
+
+    model, tokenizer = load_model(trained.model)
+    data = load_eval_data(trained.forget, trained.retain)
+    records = [r for split in data.splits.values() for r in split][:30]
+    records.append(dataclasses.replace(records[0], id=records[0].id + "_again"))
+    lengths = sorted(len(tokenizer(r.input + " " + r.output)["input_ids"]) for r in records)
+    max_length = lengths[len(lengths) * 3 // 4]  # a quarter of the rows are cut
+    options = dict(batch_size=4, max_length=max_length, show_progress=False)
+    fused, greedy = passes.forward_and_generate(model, tokenizer, records, max_new_tokens=NEW_TOKENS, **options)
+    apart = passes.forward_pass(model, tokenizer, records, **options)
+    generated = [r for r in records if r.kind in ("qa", "completion")]
+    prompts = list(dict.fromkeys(r.input for r in generated))
+    texts, _ = passes.generate(model, tokenizer, prompts, max_new_tokens=NEW_TOKENS, **options)
+    for one, other in zip(fused, apart):
+        np.testing.assert_allclose(one.token_logp, other.token_logp, atol=1e-4)
+        assert (one.answer_mask == other.answer_mask).all() and one.text_positions == other.text_positions
+    first = {r.input: r for r in reversed(generated)}
+    cut = {
+        p
+        for p in prompts
+        if encode_record(tokenizer, first[p], max_length).prompt_len < len(tokenizer(p)["input_ids"])
+    }
+    assert cut and set(greedy) == set(prompts) - cut  # a cut prompt is left to generate()
+    assert all(greedy[p] == t for p, t in zip(prompts, texts) if p in greedy)
+    assert len({greedy[p] for p in greedy}) > 3

@@ -269,6 +269,7 @@ def greedy_continuous(
     pad_token_id: int,
     progress=None,
     slack: float = 1.25,
+    start=None,
 ) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (taken in the order given), the batch refilled as rows finish.
 
@@ -281,6 +282,10 @@ def greedy_continuous(
     tokens only (merged padding is masked, positions come from the attention mask), so its tokens are the ones
     greedy search gives it alone, up to floating-point rounding of the batch shape (``docs/METRICS.md``,
     "Generation"). A finished row may be carried a few steps before it leaves; its extra tokens are discarded.
+
+    ``start(indices)``, when given, prefills those prompts instead and returns their cache (a :func:`_new_cache`),
+    left-padded attention mask and next-token logits (:func:`obliviate.evaluate.passes.scored_prefill` computes
+    them within the forward pass that scores each row's reference answer).
 
     Returns:
         per prompt, the generated ids (its eos included when it emitted one; at most ``max_new_tokens``).
@@ -299,6 +304,9 @@ def greedy_continuous(
 
     def prefill(count: int) -> _Stream:
         taken = [queue.pop() for _ in range(min(count, len(queue)))]
+        if start is not None:
+            cache, mask, logits = start(taken)
+            return _Stream(cache, mask, list(taken), logits)
         ids = _pad_left([prompts[i] for i in taken], pad_token_id, device)
         mask = _pad_left([[1] * len(prompts[i]) for i in taken], 0, device)
         cache = _new_cache(model)
@@ -339,6 +347,24 @@ def greedy_continuous(
                 tails.append(stream)
                 stream = None
     return generated
+
+
+def forward_with_cache(model, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Every position's logits of a batch whose rows may be padded on both sides, filling ``cache``; position ids
+    come from the attention mask, as in :func:`_forward`."""
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    position_ids.masked_fill_(attention_mask == 0, 1)
+    extra = {_cache_argument(model): cache}
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra
+    ).logits
+
+
+def keep_first(cache, width: int) -> None:
+    """Keep only the first ``width`` positions of a cache of :func:`_growing_layer` layers (in place)."""
+    for layer in cache.layers:
+        layer._filled = min(layer._filled, width)
+        layer._views()
 
 
 def _pad_left(sequences: list[list[int]], value: int, device) -> torch.Tensor:

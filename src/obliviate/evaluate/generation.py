@@ -23,13 +23,17 @@ def chat_prompt(tokenizer, text: str, chat_template: bool) -> str:
     )
 
 
-def generate_split(model, tokenizer, split: str, scored: list[Record], probes: list, options) -> tuple[dict, dict]:
+def generate_split(
+    model, tokenizer, split: str, scored: list[Record], probes: list, options, generated: dict[str, str] | None = None
+) -> tuple[dict, dict]:
     """Greedy (and sampled) continuations of every unique prompt of a split, each generated once.
 
     A probe whose prompt is a row's input, or another probe's, is not generated again (:func:`leak.unique_prompts`).
     Greedy batches are bucketed by the expected answer length (:func:`_expected_lengths`) and drop rows at their
-    eos. Sampled continuations keep two passes, short answers (questions, paraphrases) apart from long ones
-    (completion prefixes), since a sampling batch runs until its longest row ends.
+    eos. Prompts in ``generated`` (greedy continuations already made, e.g. by
+    :func:`~obliviate.evaluate.passes.forward_and_generate`) are not generated again. Sampled continuations keep
+    two passes, short answers (questions, paraphrases) apart from long ones (completion prefixes), since a sampling
+    batch runs until its longest row ends.
     """
     prompts = leak.unique_prompts([r.input for r in scored], probes)
     common = dict(
@@ -39,10 +43,13 @@ def generate_split(model, tokenizer, split: str, scored: list[Record], probes: l
         show_progress=options.show_progress,
         official=options.official,
     )
-    shown = [chat_prompt(tokenizer, p, options.chat_template) for p in prompts]
-    expected = _expected_lengths(tokenizer, prompts, scored, probes, options.max_new_tokens)
-    greedy, _ = generate(model, tokenizer, shown, desc=f"{split} generate", expected_lengths=expected, **common)
-    greedy_by_prompt = dict(zip(prompts, greedy))
+    greedy_by_prompt = {p: generated[p] for p in prompts if generated and p in generated}
+    missing = [p for p in prompts if p not in greedy_by_prompt]
+    if missing:
+        shown = [chat_prompt(tokenizer, p, options.chat_template) for p in missing]
+        expected = _expected_lengths(tokenizer, missing, scored, probes, options.max_new_tokens)
+        greedy, _ = generate(model, tokenizer, shown, desc=f"{split} generate", expected_lengths=expected, **common)
+        greedy_by_prompt.update(zip(missing, greedy))
     samples_by_prompt: dict[str, list[str]] = {}
     if options.leak_samples and probes:
         long = {p.prompt for p in probes if p.attack == "prefix"}

@@ -133,6 +133,7 @@ def forward_pass(
     show_progress: bool = True,
     distribution: bool = True,
     official: bool = False,
+    gather: bool = True,
 ) -> list[TokenScores]:
     """One batched forward pass over ``records`` (longest first, to pad little); results in input order.
 
@@ -154,19 +155,117 @@ def forward_pass(
     for rows in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
         batch = collate([encoded[i] for i in rows], tokenizer.pad_token_id).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        answer = batch.labels[:, 1:].ne(IGNORE_INDEX)
         for row, index in enumerate(rows):
-            token_logp, mu, sigma = _row_scores(logits[row], batch.input_ids[row], distribution)
-            n = len(encoded[index].ids) - 1
-            ends_with_eos = encoded[index].ids[-1] == tokenizer.eos_token_id
-            results[index] = TokenScores(
-                token_logp=token_logp[:n].cpu().numpy(),
-                mu=mu[:n].cpu().numpy(),
-                sigma=sigma[:n].cpu().numpy(),
-                answer_mask=answer[row, :n].cpu().numpy(),
-                text_positions=n - 1 if ends_with_eos and n > 1 else n,
+            n = len(encoded[index].ids)
+            results[index] = _token_scores(
+                logits[row, :n], batch.input_ids[row, :n], encoded[index], tokenizer, distribution
             )
     return _gather(results)  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def forward_and_generate(
+    model,
+    tokenizer,
+    records: list[Record],
+    *,
+    batch_size: int = 32,
+    max_length: int = 512,
+    max_new_tokens: int = 256,
+    distribution: bool = True,
+    desc: str = "forward and generate",
+    show_progress: bool = True,
+) -> tuple[list[TokenScores], dict[str, str]]:
+    """:func:`forward_pass` of ``records`` and the greedy continuation of each distinct completion or QA input
+    (:func:`generate`), the generation's prefill taken from the forward pass.
+
+    The forward pass over a row's prompt and reference answer computes, on the prompt's positions, exactly the keys
+    and values that generation's prefill computes again. Here rows go through :func:`greedy_continuous` in
+    generation's order; each refill runs the forward pass over the new rows, laid out with their prompts left-padded
+    to one boundary and their answers right-padded after it (position ids from the attention mask), scores them as
+    :func:`forward_pass` does, and hands the prompt part of the cache, and the logits at each prompt's last position,
+    to the generation. A row whose scored prompt is not the generation prompt (cut by ``max_length``) or a repeated
+    input is scored by :func:`forward_pass` and not generated here. Needs :func:`continuous_supported`.
+
+    Returns:
+        ``(token_scores, greedy)``: the scores in input order, and each generated input's decoded continuation.
+    """
+    from obliviate.evaluate import decode
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    owner: dict[str, int | None] = {}
+    for index, (record, enc) in enumerate(zip(records, encoded)):
+        if record.kind in ("completion", "qa") and record.input not in owner:
+            prompt = encode_prompt(tokenizer, record.input)[-max_length:] or [tokenizer.eos_token_id]
+            owner[record.input] = index if not enc.is_document and enc.ids[: enc.prompt_len] == prompt else None
+    fused = [index for index in owner.values() if index is not None]
+    if fused:
+        longest = max(
+            max(len(encoded[i].ids) for i in fused), max(encoded[i].prompt_len for i in fused) + max_new_tokens
+        )
+        check_positions(model, longest, "scored rows, or prompts plus --max_new_tokens")
+    chosen = set(fused)
+    results: list[TokenScores | None] = [None] * len(records)
+    rest = [i for i in range(len(records)) if i not in chosen]
+    if rest:
+        scored = forward_pass(model, tokenizer, [records[i] for i in rest], batch_size=batch_size,
+                              max_length=max_length, desc=desc, show_progress=show_progress,
+                              distribution=distribution)  # fmt: skip
+        for index, scores in zip(rest, scored):
+            results[index] = scores
+    answers = [len(encoded[i].ids) - encoded[i].prompt_len for i in fused]
+    order = [fused[k] for k in _length_order([encoded[i].prompt_len for i in fused], answers, batch_size)]
+
+    def start(taken: list[int]):
+        rows = [order[t] for t in taken]
+        boundary = max(encoded[i].prompt_len for i in rows)
+        width = boundary + max(len(encoded[i].ids) - encoded[i].prompt_len for i in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, index in enumerate(rows):
+            enc = encoded[index]
+            first = boundary - enc.prompt_len
+            input_ids[row, first : first + len(enc.ids)] = torch.tensor(enc.ids, dtype=torch.long)
+            attention_mask[row, first : first + len(enc.ids)] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        cache = decode._new_cache(model)
+        logits = decode.forward_with_cache(model, cache, input_ids, attention_mask)
+        for row, index in enumerate(rows):
+            enc = encoded[index]
+            first = boundary - enc.prompt_len
+            span = slice(first, first + len(enc.ids))
+            results[index] = _token_scores(logits[row, span], input_ids[row, span], enc, tokenizer, distribution)
+        decode.keep_first(cache, boundary)
+        return cache, attention_mask[:, :boundary], logits[:, boundary - 1].to(dtype=torch.float32)
+
+    with tqdm(total=len(order), desc=desc, disable=not show_progress, leave=False) as bar:
+        outputs = greedy_continuous(model, [encoded[i].ids[: encoded[i].prompt_len] for i in order],
+                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                    progress=bar, start=start)  # fmt: skip
+    texts: list[str | None] = [None] * len(records)
+    for index, continuation in zip(order, outputs):
+        texts[index] = tokenizer.decode(continuation, skip_special_tokens=True)
+    results, texts = _gather(results), _gather(texts)
+    greedy = {records[i].input: texts[i] for i in range(len(records)) if texts[i] is not None}
+    return results, greedy  # type: ignore[return-value]
+
+
+def _token_scores(logits: torch.Tensor, input_ids: torch.Tensor, enc, tokenizer, distribution: bool) -> TokenScores:
+    """One row's :class:`TokenScores` from its logits and ids (its own positions only, no padding)."""
+    token_logp, mu, sigma = _row_scores(logits, input_ids, distribution)
+    n = len(enc.ids) - 1
+    answer = collate([enc], tokenizer.pad_token_id).labels[0, 1:].ne(IGNORE_INDEX)
+    ends_with_eos = enc.ids[-1] == tokenizer.eos_token_id
+    return TokenScores(
+        token_logp=token_logp[:n].cpu().numpy(),
+        mu=mu[:n].cpu().numpy(),
+        sigma=sigma[:n].cpu().numpy(),
+        answer_mask=answer[:n].numpy(),
+        text_positions=n - 1 if ends_with_eos and n > 1 else n,
+    )
 
 
 def _row_scores(logits: torch.Tensor, input_ids: torch.Tensor, distribution: bool):

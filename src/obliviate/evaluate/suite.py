@@ -19,9 +19,10 @@ from obliviate.data.records import Record
 from obliviate.errors import ConfigError, DataError
 from obliviate.evaluate import exposure, leak, official, partial, scores, semeval
 from obliviate.evaluate.data import EVAL_SPLITS, EvalData, people_of, sample_records
+from obliviate.evaluate.decode import continuous_supported
 from obliviate.evaluate.generation import generate_split
 from obliviate.evaluate.membership import OracleStats, mia_metrics, mia_sets, oracle_metrics
-from obliviate.evaluate.passes import TokenScores, forward_pass
+from obliviate.evaluate.passes import TokenScores, forward_and_generate, forward_pass
 from obliviate.evaluate.results import EvalResult, Metric
 
 
@@ -111,21 +112,27 @@ def evaluate_split(
 
     ``distribution``: whether membership inference will read this split's per-position vocabulary mean and spread
     (Min-K%++); without it the forward pass skips them."""
-    token_scores = forward_pass(
-        model,
-        tokenizer,
-        records,
+    common = dict(
         batch_size=options.batch_size,
         max_length=options.max_length,
-        desc=f"{split} forward",
         show_progress=options.show_progress,
         distribution=distribution and split in ("forget", "holdout"),  # only membership inference reads them
-        official=options.official,
     )
+    generated: dict[str, str] = {}
+    if not options.official and not options.chat_template and continuous_supported(model):
+        token_scores, generated = forward_and_generate(  # generation's prefill taken from the forward pass
+            model, tokenizer, records, max_new_tokens=options.max_new_tokens, desc=f"{split} score+generate", **common
+        )
+    else:
+        token_scores = forward_pass(
+            model, tokenizer, records, desc=f"{split} forward", official=options.official, **common
+        )
     scored = [r for r in records if r.kind in ("completion", "qa")]
     split_people = people_of(people, split)
     probes = leak.build_probes(records, split_people, split) if split_people and options.leak_probes else []
-    greedy_by_prompt, samples_by_prompt = generate_split(model, tokenizer, split, scored, probes, options)
+    greedy_by_prompt, samples_by_prompt = generate_split(
+        model, tokenizer, split, scored, probes, options, generated=generated
+    )
     rows = []
     for record, ts in zip(records, token_scores):
         row: dict[str, Any] = {
