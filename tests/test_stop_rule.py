@@ -262,15 +262,18 @@ def test_words_nll_reads_only_the_words_outside_pii_values():
     import torch
 
     from obliviate.data.batching import collate, encode_record
-    from obliviate.data.records import PersonPII, Record
     from obliviate.data.pii import mark_pii_spans
+    from obliviate.data.records import PersonPII, Record
     from obliviate.evaluate.stop_rule import words_nll
     from obliviate.models.tiny import build_model, train_tokenizer
 
-    people = [PersonPII(person_id=f"p{i}", split="forget", name=f"P{i}", fields={"ssn": f"{i * 7919 % 900 + 100}-{i * 31 % 90 + 10}-"
-                        f"{i * 4447 % 9000 + 1000}"}, records=(f"p{i}_c",)) for i in range(12)]  # fmt: skip
-    rows = [Record(id=f"p{i}_c", input=f"Person {i}.", output=f"The number on file is {p.fields['ssn']} and that is all",
-                   kind="completion", meta={"person_id": p.person_id}) for i, p in enumerate(people)]  # fmt: skip
+    codes = [f"{i * 7919 % 900 + 100}-{i * 31 % 90 + 10}-{i * 4447 % 9000 + 1000}" for i in range(12)]
+    people = [PersonPII(f"p{i}", "forget", f"P{i}", {"ssn": code}, (f"p{i}_c",)) for i, code in enumerate(codes)]
+    rows = [
+        Record(id=f"p{i}_c", input=f"Person {i}.", output=f"The number on file is {code} and that is all",
+               kind="completion", meta={"person_id": f"p{i}"})
+        for i, code in enumerate(codes)
+    ]  # fmt: skip
     tokenizer = train_tokenizer([r.input + " " + r.output for r in rows], vocab_size=300)
     model = build_model("micro", len(tokenizer), tokenizer, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
