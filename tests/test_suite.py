@@ -70,13 +70,16 @@ def test_the_vocabulary_distribution_is_computed_only_where_membership_inference
     data_dir, model_dir = memorised
     model, tokenizer = load_model(model_dir)
     asked: list[tuple[str, bool]] = []
-    real = suite.forward_pass
 
-    def recorded(*args, desc="", distribution=True, **kwargs):
-        asked.append((desc.split()[0], distribution))
-        return real(*args, desc=desc, distribution=distribution, **kwargs)
+    def recorder(real):
+        def recorded(*args, desc="", distribution=True, **kwargs):
+            asked.append((desc.split()[0], distribution))
+            return real(*args, desc=desc, distribution=distribution, **kwargs)
 
-    monkeypatch.setattr(suite, "forward_pass", recorded)
+        return recorded
+
+    monkeypatch.setattr(suite, "forward_pass", recorder(suite.forward_pass))  # --official, or no continuous decoding
+    monkeypatch.setattr(suite, "forward_and_generate", recorder(suite.forward_and_generate))  # the default
     options = EvalOptions(
         batch_size=16, max_new_tokens=4, max_examples=6, show_progress=False, leak_probes=False, exposure=False
     )
