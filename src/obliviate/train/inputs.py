@@ -51,11 +51,10 @@ def fake_pairs(config: UnlearnConfig, forget, retain):
     ``--fakes_per_step``, one set per epoch in turn."""
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
     from obliviate.train.relabel import known_people
-
-    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     from obliviate.train.resolve import resolve_params
     from obliviate.train.sampling import fakes_per_step
 
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     draws = config.relabel_draws * fakes_per_step(config)
     stranger = bool(getattr(resolve_params(config), "stranger", 0.0))
     marked, copies = pair_with_fakes(forget, people, draws=draws, seed=config.seed, stranger=stranger)

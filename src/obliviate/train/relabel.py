@@ -20,6 +20,7 @@ that no single made-up value becomes a new memorised fact. Records of people wit
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from collections.abc import Mapping, Sequence
 
@@ -99,8 +100,6 @@ class RecombinedNames:
     (:data:`TRAINING_FAKE_SPLIT`) lend their parts, where it has any."""
 
     def __init__(self, people: Sequence[PersonPII], seed: int) -> None:
-        import random
-
         named = [p for p in people if p.name and len(_name_parts(p.name)) >= 2]
         lenders = [p for p in named if p.split == TRAINING_FAKE_SPLIT] or named
         self.firsts = sorted({_name_parts(p.name)[0] for p in lenders})
