@@ -671,6 +671,25 @@ def test_contrast_length_weight_gives_each_pair_its_tokens_share_of_the_push():
     assert run(1.0) == pytest.approx((hinges[0] * 4 / 2.5 + hinges[1] * 1 / 2.5) / 2, rel=1e-5)
 
 
+def _contrast_on_one_row(true, paired, spans, params):
+    """Contrast's loss on one six-position row (answer tokens 1–4 at positions 0–3) with logits ``true`` against a
+    paired copy's ``paired``, no retain weight; the output and the gradient on ``true``."""
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    mask = torch.ones(1, 6)
+    logits = true.clone().requires_grad_(True)
+    out = get_method("contrast").loss(
+        LossInputs(
+            forget=Forward(logits, labels, mask, spans=spans),
+            paired=Forward(paired, labels, mask, spans=spans),
+            retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+        ),
+        get_method("contrast").params({"alpha": 0.0, **params}),
+    )
+    out.loss.backward()
+    return out, logits.grad
+
+
 def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge():
     """--set contrast.token_cap=k: each true token's NLL counts at most k × its fake's mean NLL. A 4-token value
     whose first token is made very unlikely and whose other three are still predicted closes its hinge on the mean
@@ -678,10 +697,7 @@ def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge
     from obliviate.data.batching import field_code
 
     code = field_code("address")
-    labels = torch.full((1, 6), IGNORE_INDEX)
-    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
     spans = torch.tensor([[0, code, code, code, code, 0]])
-    mask = torch.ones(1, 6)
     true = torch.zeros(1, 6, VOCAB)
     true[0, 0, 1] = -40.0  # the value's first token: about 40 nats
     for t, label in ((1, 2), (2, 3), (3, 4)):
@@ -689,17 +705,8 @@ def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge
     fake = torch.zeros(1, 6, VOCAB)  # the fake: uniform, log(VOCAB) nats per token
 
     def run(cap):
-        logits = true.clone().requires_grad_(True)
-        out = get_method("contrast").loss(
-            LossInputs(
-                forget=Forward(logits, labels, mask, spans=spans),
-                paired=Forward(fake, labels, mask, spans=spans),
-                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
-            ),
-            get_method("contrast").params({"alpha": 0.0, "fake_pull": 0.0, "token_cap": cap}),
-        )
-        out.loss.backward()
-        return out.metrics["gap_hinge"].item(), logits.grad
+        out, grad = _contrast_on_one_row(true, fake, spans, {"fake_pull": 0.0, "token_cap": cap})
+        return out.metrics["gap_hinge"].item(), grad
 
     mean_fake = math.log(VOCAB)
     assert run(0.0)[0] == 0.0  # 40 nats on one token of four: the mean is past the fake's
@@ -718,27 +725,14 @@ def test_contrast_stranger_pushes_the_words_around_a_value_to_their_level_after_
     from obliviate.data.records import TEMPLATE_CODE
 
     ssn, word = field_code("ssn"), TEMPLATE_CODE
-    labels = torch.full((1, 6), IGNORE_INDEX)
-    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
     spans = torch.tensor([[0, word, word, ssn, ssn, 0]])
-    mask = torch.ones(1, 6)
     true = torch.zeros(1, 6, VOCAB)
     for t, label in ((0, 1), (1, 2), (2, 3), (3, 4)):
         true[0, t, label] = 4.0  # every token memorised
     stranger = torch.zeros(1, 6, VOCAB)  # the copy: uniform
 
     def run(weight):
-        logits = true.clone().requires_grad_(True)
-        out = get_method("contrast").loss(
-            LossInputs(
-                forget=Forward(logits, labels, mask, spans=spans),
-                paired=Forward(stranger, labels, mask, spans=spans),
-                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
-            ),
-            get_method("contrast").params({"alpha": 0.0, "stranger": weight}),
-        )
-        out.loss.backward()
-        return out, logits.grad
+        return _contrast_on_one_row(true, stranger, spans, {"stranger": weight})
 
     def nll(t, label):
         return -torch.log_softmax(true[0, t], -1)[label].item()
