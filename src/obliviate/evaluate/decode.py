@@ -276,8 +276,9 @@ def greedy_continuous(
     :func:`greedy_compacting` runs one batch until its longest row ends: the last steps carry one or two rows, and
     each step costs the model's fixed per-call work whatever the rows. Here, once a quarter of the batch has
     finished, the finished rows leave it, and the next prompts are prefilled and merged in (right-aligned, the
-    shorter side left-padded), as long as the batch is at most ``slack`` times as wide as the next prompt (so merged
-    rows do not attend over much padding); when it is wider and down to a quarter of ``batch_size``, its rows are
+    shorter side left-padded), as long as the batch is at most ``slack`` times as wide as the next prompt, plus a
+    quarter of ``batch_size`` positions so that very short prompts are not turned away over a few tokens (merged
+    rows then attend over little padding); when it is wider and down to a quarter of ``batch_size``, its rows are
     set aside and decoded at the end, all such tails merged into one batch. Each row attends to its own prompt and
     tokens only (merged padding is masked, positions come from the attention mask), so its tokens are the ones
     greedy search gives it alone, up to floating-point rounding of the batch shape (``docs/METRICS.md``,
