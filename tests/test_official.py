@@ -55,7 +55,7 @@ def test_dropping_finished_rows_gives_the_tokens_of_generate(trained) -> None:
 
 
 @pytest.mark.parametrize("slack", [100.0, 0.0])
-def test_refilling_the_batch_gives_each_row_the_tokens_of_generate(trained, slack) -> None:
+def test_refilling_the_batch_gives_each_row_the_tokens_of_generate(trained, slack, monkeypatch) -> None:
     """20 prompts through a batch of 4: rows finish at different steps, the batch is compacted and refilled with the
     next prompts (slack 100: always merged) or its long rows set aside and decoded together at the end (slack 0:
     never merged); every row gets the tokens ``generate`` gives it."""
@@ -71,13 +71,12 @@ def test_refilling_the_batch_gives_each_row_the_tokens_of_generate(trained, slac
     reference = [row[: row.index(eos) + 1] if eos in row else row for row in out.tolist()]
     absorbed, caches = [], []
     merge, new_cache = decode._Stream.absorb, decode._new_cache
-    decode._Stream.absorb = lambda self, other: absorbed.append(len(other.rows)) or merge(self, other)
-    decode._new_cache = lambda model: caches.append(1) or new_cache(model)
-    try:
-        got = decode.greedy_continuous(model, prompts, batch_size=4, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
-                                       pad_token_id=tokenizer.pad_token_id, slack=slack)  # fmt: skip
-    finally:
-        decode._Stream.absorb, decode._new_cache = merge, new_cache
+    monkeypatch.setattr(
+        decode._Stream, "absorb", lambda self, other: absorbed.append(len(other.rows)) or merge(self, other)
+    )
+    monkeypatch.setattr(decode, "_new_cache", lambda model: caches.append(1) or new_cache(model))
+    got = decode.greedy_continuous(model, prompts, batch_size=4, max_new_tokens=NEW_TOKENS, eos_token_id=eos,
+                                   pad_token_id=tokenizer.pad_token_id, slack=slack)  # fmt: skip
     assert got == reference
     assert len({len(r) for r in reference}) >= 3
     if slack:  # refilled: more prefills than the 5 fresh batches of 4, each merged into the running batch

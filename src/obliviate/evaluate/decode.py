@@ -138,11 +138,17 @@ def _growing_layer():
     return GrowingLayer
 
 
-def _forward(model, cache, input_ids, attention_mask, keep_logits: bool, cache_argument: str):
-    """One forward step; ``logits_to_keep=1`` where the model takes it, as ``generate`` asks for it."""
+def _position_ids(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids of the last ``length`` positions, counted over real tokens only (padding, on either side, gets
+    1), as the library's generation computes them for a left-padded batch."""
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
-    position_ids = position_ids[:, -input_ids.shape[1] :]
+    return position_ids[:, -length:]
+
+
+def _forward(model, cache, input_ids, attention_mask, keep_logits: bool, cache_argument: str):
+    """One forward step; ``logits_to_keep=1`` where the model takes it, as ``generate`` asks for it."""
+    position_ids = _position_ids(attention_mask, input_ids.shape[1])
     extra = {"logits_to_keep": 1} if keep_logits else {}
     extra[cache_argument] = cache
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra)
@@ -285,7 +291,7 @@ def greedy_continuous(
     "Generation"). A finished row may be carried a few steps before it leaves; its extra tokens are discarded.
 
     ``start(indices)``, when given, prefills those prompts instead and returns their cache (a :func:`_new_cache`),
-    left-padded attention mask and next-token logits (:func:`obliviate.evaluate.passes.scored_prefill` computes
+    left-padded attention mask and next-token logits (:func:`obliviate.evaluate.passes.forward_and_generate` computes
     them within the forward pass that scores each row's reference answer).
 
     Returns:
@@ -353,8 +359,7 @@ def greedy_continuous(
 def forward_with_cache(model, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Every position's logits of a batch whose rows may be padded on both sides, filling ``cache``; position ids
     come from the attention mask, as in :func:`_forward`."""
-    position_ids = attention_mask.long().cumsum(-1) - 1
-    position_ids.masked_fill_(attention_mask == 0, 1)
+    position_ids = _position_ids(attention_mask, input_ids.shape[1])
     extra = {_cache_argument(model): cache}
     return model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **extra

@@ -133,7 +133,6 @@ def forward_pass(
     show_progress: bool = True,
     distribution: bool = True,
     official: bool = False,
-    gather: bool = True,
 ) -> list[TokenScores]:
     """One batched forward pass over ``records`` (longest first, to pad little); results in input order.
 
@@ -303,9 +302,10 @@ def generate(
 ) -> tuple[list[str], list[list[str]]]:
     """Greedy continuations of raw prompts and, with ``num_samples`` > 0, that many samples at temperature 1.
 
-    ``expected_lengths`` (tokens each answer is expected to take, e.g. its reference answer's) buckets the batches;
-    it changes only the speed. ``official=True`` encodes each prompt as ``tokenizer(prompt)`` untouched, as the
-    organisers' loop does.
+    ``expected_lengths`` (tokens each answer is expected to take, e.g. its reference answer's) orders the prompts;
+    it changes only the speed. Greedy rows go through :func:`greedy_continuous` (rows leave the batch at eos and
+    the next prompts join it) where the model allows it, else one batch at a time. ``official=True`` encodes each
+    prompt as ``tokenizer(prompt)`` untouched, as the organisers' loop does.
 
     Returns:
         ``(greedy, samples)``: ``greedy[i]`` is the decoded continuation of ``prompts[i]`` (special tokens removed);
