@@ -67,10 +67,10 @@ def test_training_bars_follow_tqdm_disable(monkeypatch):
 
 def test_jobs_named_first_start_first_and_results_keep_job_order(tmp_path):
     """``first`` decides which jobs the pool starts first (the long interleaved runs); results stay in job order.
-    Each job appends its name to one file when it starts: with 2 workers, the first two names are the ones
-    started first."""
+    Each job appends its name to one file when it starts, then waits until two names are there: with 2 workers,
+    no third job can start before both of the first two have written theirs, however slowly a worker starts."""
     log = tmp_path / "started"
-    jobs_list = [(_append_and_sleep, (log, name)) for name in ("a", "b", "c", "d")]
+    jobs_list = [(_append_and_wait_for_two, (log, name)) for name in ("a", "b", "c", "d")]
     with Jobs(2) as jobs:
         assert jobs.run(jobs_list, first=[3, 2]) == ["a", "b", "c", "d"]
     assert set(log.read_text().split()[:2]) == {"c", "d"}
@@ -85,10 +85,12 @@ def test_the_pipeline_starts_interleaved_methods_first():
     assert interleaves("ga_gd", config)
 
 
-def _append_and_sleep(log, name: str) -> str:
+def _append_and_wait_for_two(log, name: str) -> str:
     import time
 
     with open(log, "a") as handle:
         handle.write(name + "\n")
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60  # a bound, so that a wrong dispatch order fails instead of hanging
+    while len(log.read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     return name
