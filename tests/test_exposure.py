@@ -117,6 +117,10 @@ def test_pour_and_render_like_follow_the_prompt_surface() -> None:
     assert render_like("birth_date", "1975-06-12", "1987-03-04", "March 4, 1987") == "June 12, 1975"
     assert render_like("email", "a@b.com", "x@y.com", "x@y.com") == "a@b.com"
     assert render_like("ssn", "987654321", "123456789", "something else") is None
+    # a markdown link escapes the underscore: the fake is escaped the same way
+    assert (
+        render_like("email", "ann_lee@me.com", "tiffi_magenta@me.com", r"tiffi\_magenta@me.com") == r"ann\_lee@me.com"
+    )
     # a LUME QA answer ends its address with a full stop that a biography leaves to the sentence
     value, fake = "12 Oak Street, Salem, OR, 97301.", "34 Elm Road, Eugene, OR, 97401."
     assert render_like("address", fake, value, value.rstrip(".")) == fake.rstrip(".")

@@ -283,3 +283,57 @@ def test_contrast_pull_brings_a_value_pushed_past_its_fake_back_and_only_that_fa
     assert float(fake_grad.abs().sum()) == 0.0
     assert run(uniform, confident, 0.0)[0] == 0.0  # without it, nothing pulls
     assert run(confident, uniform, 0.5)[0] == pytest.approx(run(confident, uniform, 0.0)[0])
+
+
+def test_a_stranger_copys_email_spells_a_first_name_nobody_has_in_the_datas_own_style():
+    """The stranger's recombined first name is a retain person's, whose e-mail the model learnt to spell from the
+    name: a fake built from it is likelier than a never-seen person's e-mail. The copy's e-mail keeps the person's
+    style and the stranger's last name, with a first name no one in the data has, one per person and draw."""
+    from obliviate.data.pii_match import normalize_value
+    from obliviate.train.relabel import _name_parts
+
+    firsts = ["Tiffi", "Marsha", "Gleda", "Evelyn", "Misha", "Myrta", "Yoko", "Queenie"]
+    lasts = ["Magenta", "Amethyst", "Harlequin", "Sapphire", "Ivory", "Coffee", "Yellow", "Teal"]
+    people = [
+        PersonPII(
+            person_id=f"p{i}",
+            split="forget" if i < 2 else "retain",
+            name=f"{first} {last}",
+            fields={"email": f"{first.lower()}_{last.lower()}@me.com"},
+            records=(f"p{i}qa3", f"p{i}sc1"),
+        )
+        for i, (first, last) in enumerate(zip(firsts, lasts))
+    ]
+    forget = [
+        record
+        for p in people[:2]
+        for record in (
+            Record(
+                id=f"{p.person_id}qa3",
+                input=f"What is {p.name}'s email address?",
+                output=p.fields["email"],
+                task="Task2",
+                kind="qa",
+                meta={"person_id": p.person_id},
+            ),
+            Record(
+                id=f"{p.person_id}sc1",
+                input=f"{p.name} can be reached",
+                output=f" via email at [{p.fields['email'].replace('_', chr(92) + '_')}](mailto:{p.fields['email']}).",
+                meta={"person_id": p.person_id},
+            ),
+        )
+    ]
+    data_parts = {part.lower() for p in people for part in _name_parts(p.name)}
+    real = {normalize_value("email", p.fields["email"]) for p in people}
+    _, copies = relabel.fake_pairs(forget, people, draws=3, seed=0, stranger=True)
+    for copy in copies:
+        question, completion = copy[0], copy[1]
+        stranger_last = _name_parts(question.input.removeprefix("What is ").split("'")[0])[-1].lower()
+        local, _, domain = question.output.partition("@")
+        first, _, last = local.partition("_")
+        assert domain == "me.com" and last == stranger_last  # the data's style, the stranger's last name
+        assert first not in data_parts and first.isalpha()  # a first name nobody in the data has
+        assert normalize_value("email", question.output) not in real
+        assert f"{first}\\_{last}@me.com" in completion.output  # the same fake, with the completion's escape
+    assert len({copy[0].output for copy in copies}) == 3  # a fresh one per draw
