@@ -247,13 +247,12 @@ def fake_pairs(
     by_id = {p.person_id: p for p in people}
     sampler = CandidateSampler(people, seed=seed + 2, address_split=TRAINING_FAKE_SPLIT)
     names = RecombinedNames(people, seed + 3) if stranger else None
-    fresh = StrangerNames([p.name for p in people if p.name], seed + 4)
     marked, _ = mark_pii_spans(forget, people)
     if stranger:
         marked = [_with_template(r) if r.meta["score_spans"] else r for r in marked]
     copies = []
     for d in range(draws):
-        copy, strangers, emails = [], {}, {}
+        copy, strangers = [], {}
         for record in forget:
             person = person_of(record, by_id)
             if person is None or not person.fields:
@@ -265,11 +264,16 @@ def fake_pairs(
                 if person.person_id not in strangers:
                     strangers[person.person_id] = names.draw(person.name)
                 name = strangers[person.person_id]
-                if "email" in person.fields:
-                    if person.person_id not in emails:  # one per person and draw, as the stranger's name
-                        emails[person.person_id] = _stranger_email(person, name, fresh, sampler, d, draws)
-                    if emails[person.person_id]:
-                        fakes["email"] = emails[person.person_id]
+                if "email" in person.fields:  # an e-mail built from the stranger's name, as the data builds them
+                    renamed = dataclasses.replace(
+                        person,
+                        person_id=f"{person.person_id}~{name}",
+                        name=name,
+                        fields={"email": swap_name(person.fields["email"], person.name, name)},
+                    )
+                    drawn = sampler.candidates(renamed, "email", draws)
+                    if drawn:
+                        fakes["email"] = drawn[d % len(drawn)]
             faked = fake_values(record, person, fakes)
             stand_in = dataclasses.replace(person, fields=dict(fakes))
             if name is not None:
@@ -280,36 +284,6 @@ def fake_pairs(
             copy.append(_with_template(scored) if names is not None and scored.meta["score_spans"] else scored)
         copies.append(copy)
     return marked, copies
-
-
-def _stranger_email(person: PersonPII, name: str, fresh: StrangerNames, sampler, draw: int, draws: int) -> str | None:
-    """The fake e-mail of a stranger copy: the person's e-mail written, in its own style, for the stranger's last
-    name and a first name nobody in the data has (``tiffi_magenta@me.com`` → ``hollis_azure@me.com``).
-
-    The stranger's recombined first name belongs to a retain person whose e-mail the model learnt, so the model
-    copies it from the prompt into the e-mail as it does for the people it knows: such a fake is likelier than a
-    never-seen person's e-mail, and the hinge against it closed with a forget person's first name still nearly
-    certain in their e-mail (LUME Task2, ``docs/METHODS.md``). A first name the model never saw, in an e-mail, is as
-    unlikely as a never-seen person's. Where the style does not spell the name as separate words
-    (``sarahchang@yahoo.com``), the sampler's draw for the stranger's name, as before."""
-    from obliviate.data.pii_match import normalize_value
-
-    value = person.fields["email"]
-    parts = _name_parts(name)
-    email_name = f"{_name_parts(fresh.draw(name))[0]} {parts[-1]}" if len(parts) >= 2 else fresh.draw(name)
-    fake = swap_name(value, person.name, email_name)
-    if normalize_value("email", fake) != normalize_value("email", value) and normalize_value(
-        "email", fake
-    ) not in sampler.real.get("email", set()):
-        return fake
-    renamed = dataclasses.replace(
-        person,
-        person_id=f"{person.person_id}~{name}",
-        name=name,
-        fields={"email": swap_name(value, person.name, name)},
-    )
-    drawn = sampler.candidates(renamed, "email", draws)
-    return drawn[draw % len(drawn)] if drawn else None
 
 
 def _with_template(record: Record) -> Record:
