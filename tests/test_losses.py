@@ -747,3 +747,36 @@ def test_contrast_stranger_pushes_the_words_around_a_value_to_their_level_after_
     assert on.metrics["words_hinge"].item() == pytest.approx(words_gap, rel=1e-5)
     assert on.loss.item() == pytest.approx(value_gap + 0.5 * words_gap, rel=1e-5)
     assert float(on_grad[0, 0, 1]) > 0 and float(on_grad[0, 1, 2]) > 0  # the words are made less likely
+
+
+def _one_value_forward(token_nll: list[float], vocab: int = 16, first_label: int = 1) -> Forward:
+    """One row whose answer is one PII value (field code 5) with the given NLL at each token."""
+    n = len(token_nll)
+    labels = torch.tensor([[IGNORE_INDEX, *range(first_label, first_label + n), IGNORE_INDEX]])
+    logits = torch.zeros(1, n + 2, vocab)
+    for t, nll in enumerate(token_nll):  # p = exp(-nll) on the label, the rest spread evenly
+        p = math.exp(-nll)
+        logits[0, t, first_label + t] = math.log(p * (vocab - 1) / (1 - p))
+    spans = torch.tensor([[0, *([5] * n), 0]])
+    return Forward(logits=logits.requires_grad_(True), labels=labels, attention_mask=torch.ones(1, n + 2), spans=spans)
+
+
+def test_contrast_profile_pushes_each_rank_below_its_fakes_quantile_with_a_gradient_that_does_not_vanish():
+    """A memorised value is near-certain at every token; its fresh fake only at the predictable ones. The profile
+    term asks each of the value's sorted tokens for the fake's NLL at the same quantile: here the two least certain
+    of four, by unlikelihood, whose logit gradient is p (about 1), where the NLL's is 1 - p (about 0.003)."""
+    from obliviate.losses.contrast import profile_gap
+
+    true = _one_value_forward([0.001, 0.004, 0.002, 0.003])
+    fake = _one_value_forward([0.01, 8.0, 0.02, 6.0], first_label=6)
+    gap, both = profile_gap(true, fake, rows=1)
+    assert both[0, 4] and gap[0, 4] > 0 and int(both.sum()) == 1
+    gap.sum().backward()
+    label_grad = true.logits.grad[0, :4].gather(-1, torch.arange(1, 5)[:, None]).squeeze(-1)
+    # ranks 3 and 4 (tokens 1 and 3) get a full push; ranks 1 and 2 are a hundredth of a nat short: a hundredth
+    assert torch.all(label_grad[[1, 3]] > 0.2) and torch.all(label_grad[[0, 2]] < 0.01)
+    nll = -torch.log_softmax(true.logits[0, :4].detach(), -1).gather(-1, torch.arange(1, 5)[:, None])
+    assert float(1 - torch.exp(-nll).max()) < 0.01  # the NLL's own gradient there is under 0.01
+
+    matched = _one_value_forward([0.02, 9.0, 0.03, 7.0])  # each rank at least its fake's: nothing to push
+    assert float(profile_gap(matched, fake, rows=1)[0][0, 4].detach()) == 0.0
