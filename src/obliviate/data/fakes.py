@@ -95,9 +95,9 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
         return None
     if surface.rstrip(".") == value.rstrip("."):  # the same text, its closing full stop the sentence's or not
         return fake.rstrip(".") + ("." if surface.endswith(".") else "")
-    if "\\" in surface and surface.replace("\\", "") == value:  # markdown escapes (``first\\_last@me.com``)
+    if "\\" in surface and surface.replace("\\", "") == value:  # markdown escapes (first\_last@me.com)
         escaped = "".join(sorted(set(re.findall(r"\\(.)", surface))))
-        return re.sub(f"([{re.escape(escaped)}])", r"\\\1", fake)
+        return re.sub(f"([{re.escape(escaped)}])", r"\\\1", fake) if escaped else fake
     if field == "address":  # pouring digits would keep the true street and place around them
         return fake if surface.lower() == value.lower() else None
     fake_date, value_date, surface_date = parse_date(fake), parse_date(value), parse_date(surface)

@@ -106,7 +106,8 @@ def per_field_nll(
 
 def profile_gap(forget, paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[rows, fields]``: for each (row, field) pair, the mean over its true value's tokens of the unlikelihood
-    ``−log(1 − p)`` of each token whose NLL is below the NLL its rank asks for, and whether the pair has both sides.
+    ``−log(1 − p)`` of each token whose NLL is below the NLL its rank asks for, weighted by the shortfall (at most
+    one nat); and whether the pair has both sides.
 
     The value's token NLLs, sorted, are matched to the fake's sorted token NLLs (all copies pooled, detached) at the
     same quantiles: a memorised address is near-certain at every token, a fresh one only where anyone can predict
