@@ -780,3 +780,28 @@ def test_contrast_profile_pushes_each_rank_below_its_fakes_quantile_with_a_gradi
 
     matched = _one_value_forward([0.02, 9.0, 0.03, 7.0])  # each rank at least its fake's: nothing to push
     assert float(profile_gap(matched, fake, rows=1)[0][0, 4].detach()) == 0.0
+
+
+def test_contrast_profile_reopens_a_value_whose_mean_one_blown_up_token_closed():
+    """--set contrast.profile=u: the value of the token_cap test (one token at 40 nats, three still memorised,
+    against a uniform fake) has its hinge closed by the mean; the profile term pushes the three memorised tokens,
+    each by its unlikelihood, and leaves the blown-up one alone. At 0 nothing is pushed."""
+    from obliviate.data.batching import field_code
+
+    code = field_code("address")
+    spans = torch.tensor([[0, code, code, code, code, 0]])
+    true = torch.zeros(1, 6, VOCAB)
+    true[0, 0, 1] = -40.0
+    for t, label in ((1, 2), (2, 3), (3, 4)):
+        true[0, t, label] = 8.0
+    fake = torch.zeros(1, 6, VOCAB)
+
+    off, off_grad = _contrast_on_one_row(true, fake, spans, {"profile": 0.0})
+    assert "profile" not in off.metrics and float(off_grad.abs().sum()) == 0.0
+    on, grad = _contrast_on_one_row(true, fake, spans, {"profile": 2.0})
+    p = torch.softmax(true[0, 1], -1)[2].item()  # each memorised token's probability
+    assert on.metrics["gap_hinge"].item() == 0.0
+    assert on.metrics["profile"].item() == pytest.approx(3 * -math.log(1 - p) / 4, rel=1e-4)
+    assert on.loss.item() == pytest.approx(2.0 * on.metrics["profile"].item(), rel=1e-5)
+    assert float(grad[0, 0].abs().sum()) == 0.0  # the blown-up token is past its quantile
+    assert all(float(grad[0, t, label]) > 0.4 for t, label in ((1, 2), (2, 3), (3, 4)))  # 2 × p / 4 each
