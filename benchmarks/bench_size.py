@@ -105,7 +105,7 @@ def section(measured: dict[str, dict], command: str) -> str:
         runs = {r["method"]: r for r in results["runs"]}
         for row in results["summary"]:
             run = runs.get(row["model"], {})
-            end = demo_results.ended_by(run.get("stopped")) if run else "–"
+            end = demo_results.ended(run) if run else "–"
             cells = [demo_results.cell(c.cell(row.get(c.key))) for c in columns]
             cost = demo_results.cell(row.get("tokens_vs_oracle"))
             lr, steps = demo_results.cell(run.get("lr")), demo_results.cell(run.get("steps"))
@@ -122,7 +122,8 @@ def section(measured: dict[str, dict], command: str) -> str:
 
 The demo's {first["people"]} synthetic people at each model size: target and oracle fine-tuned until memorised
 (budget {first["finetune_epochs"]} epochs), then each method as `obliviate unlearn` runs it with no hyperparameter
-flags (learning rate from the range test, at most 120 steps, the stop rule). Last checkpoint of each run, up to
+flags: learning rate from the range test, a budget of 120 forget steps (contrast's preset follows each with 15
+retain-only steps: 1,920 optimizer steps), and the stop rule. Last checkpoint of each run, up to
 {first["eval_max_examples"]} rows per split. Wall time of each size's pipeline (fine-tuning included where it was
 not cached): {times}.
 

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_quality  # noqa: E402
+import bench_size  # noqa: E402
 import bench_step  # noqa: E402
 import sweep_defaults  # noqa: E402
 
@@ -285,3 +286,37 @@ def test_eval_speed_goal_is_shown_only_on_enough_rows():
     assert bench_eval.speed_verdict({"rows": 202, "speedup_median": 6.0}).endswith("not shown, 202 rows measured")
     assert bench_eval.speed_verdict({"rows": 1000, "speedup_median": 6.0}).endswith(": met")
     assert bench_eval.speed_verdict({"rows": 1200, "speedup_median": 4.9}).endswith(": not met")
+
+
+def test_size_write_up_says_what_ended_each_run_and_which_goals_each_size_meets():
+    """bench_size's section on hand-made results of two sizes: each run's rate, steps and end, and each size's goals
+    (it crashed on a helper the demo write-up had renamed, after the runs had taken 50 minutes)."""
+
+    def size(params: str, contrast_auc: float) -> dict:
+        return {
+            "summary": [
+                {"model": "target", "retain/rougeL_recall": 0.9, "retain/exact_match": 0.9},
+                {"model": "oracle (retrain)", "forget/leak_rate": 0.0, "forget/mia_auc_loss": 0.7},
+                {"model": "contrast", "forget/leak_rate": 0.0, "forget/mia_auc_loss": contrast_auc},
+            ],
+            "runs": [
+                {
+                    "method": "contrast",
+                    "lr": 0.001,
+                    "steps": 384,
+                    "stopped": "forget exposure of every PII field is inside its never-seen band at step 384",
+                }
+            ],
+            "parameters": params,
+            "config": {"finetune_lr": 0.003, "people": 200, "finetune_epochs": 30, "eval_max_examples": 60},
+            "memorisation": {"target": {"memorised": True, "epochs": 20, "budget": 30}},
+            "wall_seconds": 600.0,
+        }
+
+    text = bench_size.section({"tiny": size("1,000", 0.60), "small": size("7,000", 0.72)}, "bench_size.py")
+    assert text.count("| 0.001 | 384 | exposure in band |") == 2
+    assert "**tiny** (1,000 parameters" in text and "target at epoch 20 of 30" in text
+    assert "MIA AUC within 0.05 of oracle (0.600 against 0.700)" in text  # tiny misses it
+    small = text.split("**small**")[1]
+    assert "MIA AUC" not in small.split("Reproduce")[0]  # small meets it
+    assert "tiny 10.0 min, small 10.0 min" in text
