@@ -152,6 +152,20 @@ def test_drop_fields_unscores_only_the_named_fields_values():
     assert bare.spans is None
 
 
+def test_drop_fields_leaves_a_rows_words_alone_once_all_its_values_are_inside():
+    """The words around the values (template code) lose their code in a row with no value left to push, and keep it
+    where a value is still outside its band; a row that never had a value keeps its words' code."""
+    from obliviate.data.batching import TokenBatch, field_code
+    from obliviate.data.records import TEMPLATE_CODE as W
+    from obliviate.train.step import drop_fields
+
+    ssn, address = field_code("ssn"), field_code("address")
+    spans = torch.tensor([[W, ssn, ssn, W, 0], [W, ssn, W, address, address], [W, W, W, 0, 0]])
+    batch = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans), spans.clone())
+    drop_fields(batch, frozenset({"ssn"}))
+    assert batch.spans.tolist() == [[0, 0, 0, 0, 0], [W, 0, W, address, address], [W, W, W, 0, 0]]
+
+
 @pytest.mark.parametrize("per_step", [1, 3])
 def test_each_epoch_compares_with_its_own_set_of_fake_copies(per_step):
     """--fakes_per_step k with --relabel_draws n sets: epoch e reads the k copies of set (e - 1) mod n, so

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from obliviate.config import TrainConfig
 from obliviate.data.batching import TokenBatch, collate, field_code, length_pieces, matched_pieces, unit_count
+from obliviate.data.records import TEMPLATE_CODE
 from obliviate.errors import TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, answer_exact, sequence_logprob
@@ -278,11 +279,16 @@ def accumulate(
 def drop_fields(batch: TokenBatch | None, fields: frozenset[str]) -> None:
     """``--field_stop``: the tokens of ``fields``' values no longer carry their field code (``TokenBatch.spans``
     0), so a loss that scores values per field (contrast) leaves them alone, and the units the pieces are weighted
-    by are counted without them."""
+    by are counted without them. A row left with no value at all loses its words' code too
+    (:data:`~obliviate.data.records.TEMPLATE_CODE`): the words around values that are all inside their band are
+    left alone with them."""
     if batch is None or batch.spans is None:
         return
     codes = torch.tensor([field_code(name) for name in sorted(fields)], dtype=batch.spans.dtype)
+    had_values = ((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
     batch.spans[torch.isin(batch.spans, codes)] = 0
+    done = had_values & ~((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
+    batch.spans[done[:, None] & (batch.spans == TEMPLATE_CODE)] = 0
 
 
 def _piece_loss(run: Run, method: Method, params: LossParams, layer, batches, rows: list[int], shares):
