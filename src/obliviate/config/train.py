@@ -222,7 +222,8 @@ class UnlearnConfig(TrainConfig):
         False,
         "per-field stop: once a PII field's forget exposure is inside its never-seen band at a stop-rule check, a "
         "method that scores values per field (contrast) leaves that field's values alone until a later check finds "
-        "it outside again; the run stops when every field is inside",
+        "it outside again, and the words of a row whose values are all inside with them; the run stops when every "
+        "field is inside",
     )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
