@@ -76,16 +76,27 @@ WEIGHTS = {
 }
 
 
+def _token_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` of ``forward`` as ``(nll, mask)``, computed once per forward and kept on it: the value
+    hinges, the words' hinge and the profile term all read them, and each log-softmax over the vocabulary would
+    otherwise keep its own ``[batch, seq, vocab]`` output for the backward pass."""
+    memo = vars(forward)
+    if "_token_nll" not in memo:
+        logp, mask = token_logprobs(forward.logits, forward.labels)
+        memo["_token_nll"] = (-logp, mask)
+    return memo["_token_nll"]
+
+
 def _token_fields(forward, template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, seq - 1]`` NLL of each next token and ``[batch, seq - 1, fields]`` which PII field (``Forward.spans``
     codes) it belongs to; where the batch carries no codes, one field: the scored tokens. ``template``: one field,
     the answer's tokens outside every value (:data:`~obliviate.data.records.TEMPLATE_CODE`; none without codes)."""
-    logp, mask = token_logprobs(forward.logits, forward.labels)
+    nll, mask = _token_nll(forward)
     if forward.spans is None:
-        return -logp, (mask * 0 if template else mask)[..., None]
+        return nll, (mask * 0 if template else mask)[..., None]
     codes = forward.spans[:, 1:] * mask.long()
-    coded = torch.nn.functional.one_hot(codes, num_classes=TEMPLATE_CODE + 1).to(logp.dtype)
-    return -logp, coded[..., TEMPLATE_CODE:] if template else coded[..., 1:TEMPLATE_CODE]
+    coded = torch.nn.functional.one_hot(codes, num_classes=TEMPLATE_CODE + 1).to(nll.dtype)
+    return nll, coded[..., TEMPLATE_CODE:] if template else coded[..., 1:TEMPLATE_CODE]
 
 
 def per_field_nll(

@@ -285,9 +285,13 @@ def drop_fields(batch: TokenBatch | None, fields: frozenset[str]) -> None:
     if batch is None or batch.spans is None:
         return
     codes = torch.tensor([field_code(name) for name in sorted(fields)], dtype=batch.spans.dtype)
-    had_values = ((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
+
+    def holds_values() -> torch.Tensor:  # per row: any token still coded as a PII value
+        return ((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
+
+    had_values = holds_values()
     batch.spans[torch.isin(batch.spans, codes)] = 0
-    done = had_values & ~((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
+    done = had_values & ~holds_values()
     batch.spans[done[:, None] & (batch.spans == TEMPLATE_CODE)] = 0
 
 
