@@ -63,12 +63,12 @@ def read_size(size: str, args: argparse.Namespace) -> dict:
     """A size's ``results.json`` as its run wrote it, with the model's parameter count (from the shared untrained
     model that target and oracle start from)."""
     from obliviate.pipeline import StampedLog
-    from obliviate.pipeline_cache import cached_init, prepare_data
+    from obliviate.pipeline_cache import cached_init, prepare_data, tokenizer_dirs
 
     config = size_config(size, args)
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
     dirs = prepare_data(config, StampedLog())
-    results["parameters"] = parameters(cached_init(config, [dirs["forget"], dirs["retain"]]))
+    results["parameters"] = parameters(cached_init(config, tokenizer_dirs(dirs)))
     return results
 
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from obliviate.evaluate.suite import evaluate_model
     from obliviate.models.load import load_model
     from obliviate.pipeline import PipelineConfig, unlearn_method
-    from obliviate.pipeline_cache import cached_finetune, prepare_data
+    from obliviate.pipeline_cache import cached_finetune, prepare_data, tokenizer_dirs
     from obliviate.report.demo import goals
 
     config = PipelineConfig(
@@ -94,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         unlearn_epochs=args.epochs,
     )
     dirs = prepare_data(config, print)
-    target = cached_finetune(
-        "target", [dirs["forget"], dirs["retain"]], config, [dirs["forget"], dirs["retain"]], print
-    )
-    oracle_dir = cached_finetune("oracle", [dirs["retain"]], config, [dirs["forget"], dirs["retain"]], print)
+    target = cached_finetune("target", [dirs["forget"], dirs["retain"]], config, tokenizer_dirs(dirs), print)
+    oracle_dir = cached_finetune("oracle", [dirs["retain"]], config, tokenizer_dirs(dirs), print)
     from obliviate.evaluate.suite import EvalOptions
 
     options = EvalOptions(
