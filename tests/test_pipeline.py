@@ -94,3 +94,30 @@ def _append_and_wait_for_two(log, name: str) -> str:
     while len(log.read_text().split()) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     return name
+
+
+def test_a_fresh_models_tokenizer_cuts_holdout_rows_as_finely_as_forget_rows(tmp_path):
+    """Trained on forget + retain alone, the tokenizer's merges tell forget rows from holdout ones before any model
+    is trained (an oracle then scores the forget people as members); trained on every split, it cannot."""
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from obliviate.data.synth import synthesize, write_synth
+    from obliviate.pipeline_cache import cached_init, tokenizer_dirs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from probe_tokenizer import separation
+
+    data = synthesize(120, forget_fraction=0.2, holdout_fraction=0.2, seed=0)
+    root = write_synth(data, tmp_path / "data")
+    dirs = {split: root / split for split in ("forget", "retain", "holdout")}
+    assert tokenizer_dirs(dirs) == [dirs["forget"], dirs["retain"], dirs["holdout"]]
+    assert tokenizer_dirs({"forget": dirs["forget"], "retain": dirs["retain"]}) == [dirs["forget"], dirs["retain"]]
+    texts = {split: [r.text for r in getattr(data, split)] for split in ("forget", "holdout")}
+    config = PipelineConfig(cache_dir=str(tmp_path / "cache"))
+    fair = separation(AutoTokenizer.from_pretrained(cached_init(config, tokenizer_dirs(dirs))), **texts)
+    unfair = separation(AutoTokenizer.from_pretrained(cached_init(config, [dirs["forget"], dirs["retain"]])), **texts)
+    assert unfair["auc"] > 0.7 and unfair["forget"] > 1.1 * unfair["holdout"]  # what the old vocabulary did
+    assert 0.3 < fair["auc"] < 0.7 and abs(fair["forget"] - fair["holdout"]) < 0.05 * fair["holdout"]
