@@ -93,7 +93,7 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     # method auto: contrast (the synthetic people's values are known), with its declared weights; checkpoints thinned
     assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
     assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
-    assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is False
+    assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is True
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 

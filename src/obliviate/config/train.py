@@ -218,12 +218,12 @@ class UnlearnConfig(TrainConfig):
         "are as unlikely as the holdout people's (going on would make them less likely than a stranger's)",
     )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
-    field_stop: bool = option(
-        False,
+    field_stop: bool | None = option(
+        None,
         "per-field stop: once a PII field's forget exposure is inside its never-seen band at a stop-rule check, a "
         "method that scores values per field (contrast) leaves that field's values alone until a later check finds "
         "it outside again, and the words of a row whose values are all inside with them; the run stops when every "
-        "field is inside",
+        "field is inside. Unset: the method's preset (contrast: on; off for the others)",
     )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(

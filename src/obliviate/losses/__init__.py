@@ -167,6 +167,7 @@ LOSSES: dict[str, Method] = {
             "retain_sampling": "matched",
             "schedule": "interleaved",
             "retain_steps": 15,
+            "field_stop": True,
         },
     ),
 }
