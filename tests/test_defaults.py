@@ -94,6 +94,7 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
     assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
     assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is True
+    assert config["loss_params"]["profile"] == 1.0  # each token its share (docs/METHODS.md, --profile)
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 

@@ -56,7 +56,7 @@ WEIGHTS = {
         le=100,
     ),
     "profile": Weight(
-        0.0,
+        1.0,
         "weight of the per-token term that matches each true value's sorted token NLLs to its fake's, pushing the "
         "tokens below their quantile by unlikelihood (0: none)",
         ge=0,
