@@ -121,3 +121,16 @@ def test_a_fresh_models_tokenizer_cuts_holdout_rows_as_finely_as_forget_rows(tmp
     unfair = separation(AutoTokenizer.from_pretrained(cached_init(config, [dirs["forget"], dirs["retain"]])), **texts)
     assert unfair["auc"] > 0.7 and unfair["forget"] > 1.1 * unfair["holdout"]  # what the old vocabulary did
     assert 0.3 < fair["auc"] < 0.7 and abs(fair["forget"] - fair["holdout"]) < 0.05 * fair["holdout"]
+
+
+def test_a_benchmarks_setting_wins_over_the_pipelines_own(tmp_path):
+    """``--set contrast.seed=1`` varies the unlearning seed alone: the method's entry in ``presets`` overrides the
+    pipeline's settings (it raised a duplicate-keyword error before), and a method without one keeps them."""
+    from obliviate.pipeline import unlearn_config
+
+    dirs = {split: tmp_path / split for split in ("forget", "retain", "holdout")}
+    config = PipelineConfig(output_dir=str(tmp_path / "out"), seed=3, presets={"contrast": {"seed": 1}})
+    assert unlearn_config("contrast", tmp_path / "target", dirs, config).seed == 1
+    plain = unlearn_config("ga_gd", tmp_path / "target", dirs, config)
+    assert plain.seed == 3 and plain.output_dir == str(tmp_path / "out" / "methods" / "ga_gd")
+    assert plain.holdout_dir == str(dirs["holdout"])

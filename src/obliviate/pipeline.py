@@ -159,25 +159,16 @@ def interleaves(method: str, config: PipelineConfig) -> bool:
     return schedule == "interleaved"
 
 
-def unlearn_method(
-    method: str,
-    target: Path,
-    dirs: dict[str, Path],
-    config: PipelineConfig,
-    hook_args,
-    log,
-    start: EvalResult | None = None,
-) -> MethodRun:
-    """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0),
-    evaluated here when not given."""
+def unlearn_config(method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig) -> UnlearnConfig:
+    """What ``obliviate unlearn`` runs for ``method`` in the pipeline: the pipeline's settings, then the method's
+    entry in ``config.presets`` (a benchmark's ``--set``), which wins over them."""
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
     if config.unlearn_max_steps is not None:
         preset["max_steps"] = config.unlearn_max_steps
-    out = Path(config.output_dir) / "methods" / method
-    unlearn = UnlearnConfig.build(
-        output_dir=str(out),
+    settings = dict(
+        output_dir=str(Path(config.output_dir) / "methods" / method),
         model_dir=str(target),
         forget_dir=str(dirs["forget"]),
         retain_dir=str(dirs["retain"]),
@@ -190,8 +181,23 @@ def unlearn_method(
         report_to=config.report_to,
         seed=config.seed,
         overwrite=True,
-        **preset,
     )
+    return UnlearnConfig.build(**{**settings, **preset})  # a probe's setting wins, e.g. contrast.seed=1
+
+
+def unlearn_method(
+    method: str,
+    target: Path,
+    dirs: dict[str, Path],
+    config: PipelineConfig,
+    hook_args,
+    log,
+    start: EvalResult | None = None,
+) -> MethodRun:
+    """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0),
+    evaluated here when not given."""
+    unlearn = unlearn_config(method, target, dirs, config)
+    out = Path(unlearn.output_dir)
     data, options, oracle = hook_args
     started = time.perf_counter()
     start = start if start is not None else evaluate_epoch(0, str(target), data, options, oracle)
