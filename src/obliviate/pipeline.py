@@ -159,14 +159,21 @@ def interleaves(method: str, config: PipelineConfig) -> bool:
     return schedule == "interleaved"
 
 
-def unlearn_config(method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig) -> UnlearnConfig:
-    """What ``obliviate unlearn`` runs for ``method`` in the pipeline: the pipeline's settings, then the method's
-    entry in ``config.presets`` (a benchmark's ``--set``), which wins over them."""
+def pipeline_preset(method: str, config: PipelineConfig) -> dict[str, Any]:
+    """The options the pipeline sets for ``method`` beyond its common settings: its entry in ``config.presets`` and
+    the pipeline's epoch or step budget."""
     preset = dict(config.presets.get(method, {}))
     if config.unlearn_epochs is not None:
         preset["epochs"] = config.unlearn_epochs
     if config.unlearn_max_steps is not None:
         preset["max_steps"] = config.unlearn_max_steps
+    return preset
+
+
+def unlearn_config(method: str, target: Path, dirs: dict[str, Path], config: PipelineConfig) -> UnlearnConfig:
+    """What ``obliviate unlearn`` runs for ``method`` in the pipeline: the pipeline's settings, then the method's
+    entry in ``config.presets`` (a benchmark's ``--set``), which wins over them."""
+    preset = pipeline_preset(method, config)
     settings = dict(
         output_dir=str(Path(config.output_dir) / "methods" / method),
         model_dir=str(target),
@@ -196,6 +203,7 @@ def unlearn_method(
 ) -> MethodRun:
     """Unlearn with ``method``'s preset, evaluating every epoch; ``start`` is the target's result (epoch 0),
     evaluated here when not given."""
+    preset = pipeline_preset(method, config)
     unlearn = unlearn_config(method, target, dirs, config)
     out = Path(unlearn.output_dir)
     data, options, oracle = hook_args
