@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop fine-tuning once training EM and ROUGE-L reach this (default: 0.95); 0: all --finetune_epochs",
     )
     parser.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: step budget)")
-    parser.add_argument("--eval_max_examples", type=int, default=60, help="rows per split per epoch (default: 60)")
+    parser.add_argument("--eval_max_examples", type=int, default=240, help="rows per split per epoch (default: 240)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
     parser.add_argument("--output_dir", default="runs/lume", help="(default: runs/lume)")
     parser.add_argument("--seed", type=int, default=0)

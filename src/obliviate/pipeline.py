@@ -75,7 +75,7 @@ class PipelineConfig:
     unlearn_epochs: int | None = None  # None: obliviate unlearn's step budget, ended by its stop rule
     unlearn_max_steps: int | None = None
     unlearn_checkpoints: int = 8  # checkpoints (each evaluated) per method run, at most
-    eval_max_examples: int | None = 60
+    eval_max_examples: int | None = 120
     eval_batch_size: int = 128
     max_new_tokens: int = 40
     leak_samples: int = 0

@@ -154,7 +154,7 @@ class DemoConfig:
         None, "unlearning step budget for every method (default: obliviate unlearn's, 120; --fast: 40)", ge=1
     )
     eval_max_examples: int | None = option(
-        None, "rows evaluated per split at every epoch (default: 60; --fast: 50)", ge=1
+        None, "rows evaluated per split at every epoch (default: 120; --fast: 50)", ge=1
     )
     workers: int = option(
         0,
@@ -210,7 +210,7 @@ class RunConfig:
     memorised_sample: int = option(64, "training rows the memorisation check generates for", ge=1)
     unlearn_epochs: int | None = option(None, "unlearning epochs per method (default: the step budget)", ge=1)
     unlearn_max_steps: int | None = option(None, "unlearning step budget per method (default: unlearn's)", ge=1)
-    eval_max_examples: int = option(60, "rows evaluated per split at every epoch (a seeded sample)", ge=1)
+    eval_max_examples: int = option(120, "rows evaluated per split at every epoch (a seeded sample)", ge=1)
     max_new_tokens: int = option(40, "generation length of every evaluation", ge=1, le=65_536)
     eval_batch_size: int = option(32, "rows per evaluation batch", ge=1, le=65_536)
     select: str = option(

@@ -184,7 +184,8 @@ class ExposureReport:
         chance: :func:`chance_exposure` of ``k``, what a never-seen value scores on average.
         mean / nll_gap: over all (person, field) pairs.
         by_field: per field ``n``, ``mean``, ``p10``, ``median``, ``p90``, ``nll_gap``, ``top_rate`` (rank 1).
-        pairs: per pair ``person_id``, ``field``, ``exposure``, ``rank``, ``k``, ``nll_gap``, ``prompts``.
+        pairs: per pair ``person_id``, ``field``, ``exposure``, ``rank``, ``k``, ``nll`` (the true value's mean
+            token NLL over its prompts), ``nll_gap``, ``prompts``.
     """
 
     split: str
@@ -209,7 +210,8 @@ def score_targets(split: str, targets: Sequence[ExposureTarget], nll: Sequence[n
         bits, rank = exposure_bits(total[0], total[1:])
         pairs.append(
             {"person_id": target.person_id, "field": target.field, "exposure": bits, "rank": rank,
-             "k": len(total) - 1, "nll_gap": nll_gap(total[0], total[1:]), "prompts": len(target.prompts)}
+             "k": len(total) - 1, "nll": float(total[0]), "nll_gap": nll_gap(total[0], total[1:]),
+             "prompts": len(target.prompts)}
         )  # fmt: skip
     by_field = {}
     for name in sorted({pair["field"] for pair in pairs}):

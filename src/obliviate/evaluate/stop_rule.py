@@ -15,7 +15,13 @@ of a fixed retain sample. It stops when
   Per field, because fields differ in how much a stranger's value is guessable: LUME's e-mails are
   ``first_last@me.com``, so a never-seen person's e-mail ranks first among its fakes every time, while a never-seen
   SSN ranks at chance. Pooled, the guessable fields lift the reference, and a run stopped with a third of the forget
-  values still ranked first (measured on LUME Task2: leak rate 0.36); or
+  values still ranked first (measured on LUME Task2: leak rate 0.36). A field whose never-seen values mostly rank
+  first (at least :data:`SATURATED` of them; LUME's e-mails, all of them) does not decide the stop: a rank already at
+  the top cannot show a memorised value. Each check logs its forget values' mean NLL beside the never-seen ones',
+  and it counts as inside (for ``--field_stop``) only once that NLL is at least the holdout's minus ``band``
+  standard errors of the difference. It is not part of the stop because contrast does not bring it there: on
+  LUME Task2 the e-mails' NLL rose from 0.09 to about 2 (never-seen: 2.94) and stayed there, and with the NLL in the
+  stop the run used its whole budget, its other fields drifting in and out of their bands (``docs/METHODS.md``); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts; or
 - (``words``, with a holdout) the forget answers' other words (the record's phrasing and the person's name:
@@ -43,6 +49,11 @@ import torch
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.records import PersonPII, Record
 from obliviate.evaluate.exposure import chance_exposure, measure_exposure
+
+
+SATURATED = 0.5
+"""The share of never-seen values ranked first from which a field's rank cannot show forgetting: it is read by its
+true values' NLL and left out of the stop (see the module docstring)."""
 
 
 def _top_share(values: Sequence[float], k: int) -> float:
@@ -76,10 +87,17 @@ class Band:
         sample tests): their mean exposure, and their share ranked first (two proportions)."""
         mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
         forget_se = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
-        if mean > self.mean + band * math.sqrt(self.se**2 + forget_se**2):
+        if mean > self.mean + band * math.sqrt(self.se**2 + forget_se**2) + 1e-9:  # a tie is inside, round-off too
             return False
         variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
         return top <= self.top_share + band * math.sqrt(variance)
+
+    def admits_nll(self, values: Sequence[float], band: float) -> bool:
+        """Forget true-value NLLs no lower than never-seen ones (this band's ``mean`` and ``se`` are of NLLs) at
+        ``band`` standard errors of the difference of the means (one-sided)."""
+        n = len(values)
+        forget_se = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+        return float(np.mean(values)) >= self.mean - band * math.sqrt(self.se**2 + forget_se**2)
 
 
 @dataclass
@@ -123,6 +141,7 @@ class ExposureStopRule:
     inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
+    _saturated: dict[str, Band] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
 
@@ -134,11 +153,13 @@ class ExposureStopRule:
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
         planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
         chance = Band.chance(self.k, max(1, len(planned)))
-        self._reference, self.skipped = {}, []
+        self._reference, self.skipped, self._saturated = {}, [], {}
         for name in sorted({p["field"] for p in planned}):
             values = [p["exposure"] for p in pairs if p["field"] == name]
             if len(values) >= 2:
                 self._reference[name] = Band.of(values, self.k)
+                if self._reference[name].top_share >= SATURATED:  # the rank cannot tell: read the values' NLL
+                    self._saturated[name] = Band.of([p["nll"] for p in pairs if p["field"] == name], self.k)
             elif self._mostly_guessable(name):  # no never-seen people to show how guessable it is: leave it out
                 self.skipped.append(name)
             else:
@@ -159,10 +180,13 @@ class ExposureStopRule:
             "retain_nll": self._retain_start.nll if self._retain_start else math.nan,
             "retain_exact": self._retain_start.exact if self._retain_start else math.nan,
             "words_checked": float(self._words is not None),
+            "saturated_fields": len(self._saturated),
         }
         for name, band in bands.items():
             out[f"{name}/reference_exposure"] = band.mean
             out[f"{name}/reference_top_share"] = band.top_share
+        for name, band in self._saturated.items():
+            out[f"{name}/reference_nll"] = band.mean
         return out
 
     def __call__(self, model, tokenizer, step: int, due: bool | None = None) -> str | None:
@@ -172,7 +196,7 @@ class ExposureStopRule:
             return None
         pairs = self._exposures(model, tokenizer, self.forget, "forget")
         retain = retain_check(model, tokenizer, self.retain)
-        outside = []
+        outside, saturated_inside = [], set()
         check: dict[str, float] = {"step": step, "retain_nll": retain.nll, "retain_exact": retain.exact}
         if self.retain_guard:
             below = retain.exact < self.retain_guard * self._retain_start.exact
@@ -185,7 +209,12 @@ class ExposureStopRule:
                 continue
             mean, top = float(np.mean(values)), _top_share(values, self.k)
             check[f"{name}/forget_exposure"], check[f"{name}/forget_top_share"] = mean, top
-            if not band.admits(values, self.k, self.band):
+            if name in self._saturated:  # not part of the stop; inside for --field_stop once its NLL is a stranger's
+                nll = [p["nll"] for p in pairs if p["field"] == name]
+                check[f"{name}/forget_nll"] = float(np.mean(nll))
+                if self._saturated[name].admits_nll(nll, self.band):
+                    saturated_inside.add(name)
+            elif not band.admits(values, self.k, self.band):
                 outside.append(name)
         words = None
         if self._words is not None:
@@ -195,9 +224,10 @@ class ExposureStopRule:
         check["forget_exposure"] = float(np.mean(overall))
         check["threshold"] = self._overall_threshold(overall)
         check["fields_outside"] = len(outside)
+        checked = [name for name in self._reference if name not in self._saturated]
         self.inside = frozenset(
-            name for name in self._reference if name not in outside and f"{name}/forget_exposure" in check
-        )
+            name for name in checked if name not in outside and f"{name}/forget_exposure" in check
+        ) | frozenset(saturated_inside)
         self.history.append(check)
         start = self._retain_start
         if retain.nll - start.nll > self.retain_bound:
@@ -210,12 +240,18 @@ class ExposureStopRule:
                 f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
                 f"({start.exact:.3f}) at step {step}"
             )
-        if not outside and self._reference:
+        if not outside and checked:
             unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
+            saturated = "".join(
+                f"; not checked, ranked first for never-seen people too: {name} (its values' NLL "
+                f"{check[f'{name}/forget_nll']:.2f}, never-seen {band.mean:.2f})"
+                for name, band in self._saturated.items()
+                if f"{name}/forget_nll" in check
+            )
             return (
-                f"forget exposure of every PII field ({', '.join(self._reference)}) is inside its never-seen band "
+                f"forget exposure of every PII field ({', '.join(checked)}) is inside its never-seen band "
                 f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise) at step {step}"
-                f"{unchecked}"
+                f"{saturated}{unchecked}"
             )
         if words is not None and words["forget"] >= words["holdout"]:
             return (
