@@ -181,7 +181,9 @@ def test_each_field_is_held_to_its_own_band(monkeypatch):
     assert rule(None, None, 2) is None and rule.history[-1]["fields_outside"] == 1
     reason = rule(None, None, 4)
     assert reason is not None and "(ssn)" in reason
-    assert "not checked, ranked first for never-seen people too: email (its values' NLL 3.75, never-seen 3.75)" in reason
+    assert (
+        "not checked, ranked first for never-seen people too: email (its values' NLL 3.75, never-seen 3.75)" in reason
+    )
 
 
 def test_a_field_whose_strangers_rank_first_is_inside_only_once_its_nll_is_a_strangers(monkeypatch):

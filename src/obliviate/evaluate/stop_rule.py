@@ -50,7 +50,6 @@ from obliviate.data.fakes import CandidateSampler
 from obliviate.data.records import PersonPII, Record
 from obliviate.evaluate.exposure import chance_exposure, measure_exposure
 
-
 SATURATED = 0.5
 """The share of never-seen values ranked first from which a field's rank cannot show forgetting: it is read by its
 true values' NLL and left out of the stop (see the module docstring)."""
