@@ -64,7 +64,7 @@ def test_exact_command_lists_every_option_it_ran_with_but_not_write():
     args = parser.parse_args(["--tasks", "all", "--unlearn_epochs", "3", "--write"])
     assert _common.exact_command("bench_quality.py", parser, args) == (
         ".venv/bin/python benchmarks/bench_quality.py --tasks all --methods ga ga_kl ga_gd npo simnpo rmu contrast "
-        "--size tiny --finetune_epochs 40 --until_memorised 0.95 --unlearn_epochs 3 --eval_max_examples 60 "
+        "--size tiny --finetune_epochs 40 --until_memorised 0.95 --unlearn_epochs 3 --eval_max_examples 240 "
         "--max_new_tokens 64 "
         "--output_dir runs/lume --seed 0 --workers 0 --attacks relearn,quantize"
     )
