@@ -1,0 +1,83 @@
+"""Issue 9 probe: how likely is a name-built e-mail under each model, for whom?
+
+LUME's e-mails are ``first_last@me.com``, given by the name in the prompt. The stop rule cannot read them by rank (a
+never-seen person's ranks first among its fakes too), and contrast's hinge pushes a true e-mail only until it is no
+likelier than the e-mail of its stranger copy: a recombined name whose parts come from the retain people
+(:class:`~obliviate.train.relabel.RecombinedNames`). This prints, under each model given, the mean token NLL of the
+e-mail after the LUME QA prompt (``What is NAME's email address?``) for up to ``--people`` forget and holdout people,
+and for a recombined stranger drawn for each of them. Means only; no name or value is printed.
+
+    python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def email_of(name: str) -> str:
+    """LUME's e-mail format: the name's words, lower case, joined by ``_``, at ``me.com``."""
+    return "_".join(name.lower().split()) + "@me.com"
+
+
+def mean_nll(model, tokenizer, names_and_emails) -> float:
+    """Mean over people of the e-mail's mean token NLL after the LUME QA prompt."""
+    import numpy as np
+
+    from obliviate.evaluate.exposure import continuation_nll
+
+    return float(
+        np.mean(
+            [
+                continuation_nll(model, tokenizer, f"What is {name}'s email address?", [email])[0]
+                for name, email in names_and_emails
+            ]
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+    from obliviate.train.relabel import RecombinedNames, known_people
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="model directories (target, oracle, an unlearned run, ...)")
+    parser.add_argument("--data", required=True, help="a directory with forget/, retain/ and holdout/ (LUME Task2)")
+    parser.add_argument("--people", type=int, default=40, help="people per split (default: 40)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    splits = {s: load_split(f"{args.data}/{s}", split=s) for s in ("forget", "retain", "holdout")}
+    people = known_people(f"{args.data}/forget", splits)
+    chosen = {
+        split: [p for p in people if p.split == split and p.name and p.fields.get("email") == email_of(p.name)]
+        for split in ("forget", "holdout")
+    }
+    names = RecombinedNames(people, seed=args.seed)
+    strangers = {split: [names.draw(p.name) for p in group[: args.people]] for split, group in chosen.items()}
+    print("| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) |")
+    print("|---|---|---|---|")
+    for path in args.models:
+        model, tokenizer = load_model(path)
+
+        true = {
+            s: mean_nll(model, tokenizer, [(p.name, p.fields["email"]) for p in group[: args.people]])
+            for s, group in chosen.items()
+        }
+        fake = {s: mean_nll(model, tokenizer, [(n, email_of(n)) for n in drawn]) for s, drawn in strangers.items()}
+        print(
+            f"| {path} | {true['forget']:.3f} | {true['holdout']:.3f} | {fake['forget']:.3f} / {fake['holdout']:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
