@@ -55,6 +55,11 @@ SATURATED = 0.5
 true values' NLL and left out of the stop (see the module docstring)."""
 
 
+def _standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of ``values`` (0 for fewer than two)."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else 0.0
+
+
 def _top_share(values: Sequence[float], k: int) -> float:
     """The share of values ranked first among their K fakes (exposure log2(K + 1), the most a value can have)."""
     top = math.log2(k + 1) - 1e-9
@@ -73,8 +78,7 @@ class Band:
 
     @classmethod
     def of(cls, values: Sequence[float], k: int) -> Band:
-        se = float(np.std(values, ddof=1) / math.sqrt(len(values)))
-        return cls(float(np.mean(values)), se, _top_share(values, k), len(values))
+        return cls(float(np.mean(values)), _standard_error(values), _top_share(values, k), len(values))
 
     @classmethod
     def chance(cls, k: int, count: int) -> Band:
@@ -85,18 +89,28 @@ class Band:
         """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided two-
         sample tests): their mean exposure, and their share ranked first (two proportions)."""
         mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
-        forget_se = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+        forget_se = _standard_error(values)
         if mean > self.mean + band * math.sqrt(self.se**2 + forget_se**2) + 1e-9:  # a tie is inside, round-off too
             return False
         variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
         return top <= self.top_share + band * math.sqrt(variance)
 
-    def admits_nll(self, values: Sequence[float], band: float) -> bool:
-        """Forget true-value NLLs no lower than never-seen ones (this band's ``mean`` and ``se`` are of NLLs) at
-        ``band`` standard errors of the difference of the means (one-sided)."""
-        n = len(values)
-        forget_se = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
-        return float(np.mean(values)) >= self.mean - band * math.sqrt(self.se**2 + forget_se**2)
+
+@dataclass(frozen=True)
+class NllBand:
+    """A field's never-seen true values' mean NLL and its standard error (fields whose rank cannot tell)."""
+
+    mean: float
+    se: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> NllBand:
+        return cls(float(np.mean(values)), _standard_error(values))
+
+    def admits(self, values: Sequence[float], band: float) -> bool:
+        """Forget true-value NLLs no lower than never-seen ones at ``band`` standard errors of the difference of the
+        means (one-sided)."""
+        return float(np.mean(values)) >= self.mean - band * math.sqrt(self.se**2 + _standard_error(values) ** 2)
 
 
 @dataclass
@@ -140,7 +154,7 @@ class ExposureStopRule:
     inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
-    _saturated: dict[str, Band] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
+    _saturated: dict[str, NllBand] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
 
@@ -158,7 +172,7 @@ class ExposureStopRule:
             if len(values) >= 2:
                 self._reference[name] = Band.of(values, self.k)
                 if self._reference[name].top_share >= SATURATED:  # the rank cannot tell: read the values' NLL
-                    self._saturated[name] = Band.of([p["nll"] for p in pairs if p["field"] == name], self.k)
+                    self._saturated[name] = NllBand.of([p["nll"] for p in pairs if p["field"] == name])
             elif self._mostly_guessable(name):  # no never-seen people to show how guessable it is: leave it out
                 self.skipped.append(name)
             else:
@@ -211,7 +225,7 @@ class ExposureStopRule:
             if name in self._saturated:  # not part of the stop; inside for --field_stop once its NLL is a stranger's
                 nll = [p["nll"] for p in pairs if p["field"] == name]
                 check[f"{name}/forget_nll"] = float(np.mean(nll))
-                if self._saturated[name].admits_nll(nll, self.band):
+                if self._saturated[name].admits(nll, self.band):
                     saturated_inside.add(name)
             elif not band.admits(values, self.k, self.band):
                 outside.append(name)
@@ -283,7 +297,7 @@ class ExposureStopRule:
         """The band of all fields pooled, for the plot of exposure per check (the decision is per field)."""
         bands = list((self._reference or {}).values())
         mean = float(np.mean([b.mean for b in bands]))
-        forget_se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else 0.0
+        forget_se = _standard_error(values)
         reference_se = float(np.sqrt(np.mean([b.se**2 for b in bands])))
         return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
 
