@@ -2,10 +2,10 @@
 
 LUME's e-mails are ``first_last@me.com``, given by the name in the prompt. The stop rule cannot read them by rank (a
 never-seen person's ranks first among its fakes too), and contrast's hinge pushes a true e-mail only until it is no
-likelier than the e-mail of its stranger copy: a recombined name whose parts come from the retain people
-(:class:`~obliviate.train.relabel.RecombinedNames`). This prints, under each model given, the mean token NLL of the
+likelier than the e-mail of its stranger copy (:class:`~obliviate.train.relabel.RecombinedNames`). This prints, under each model given, the mean token NLL of the
 e-mail after the LUME QA prompt (``What is NAME's email address?``) for up to ``--people`` forget and holdout people,
-and for a recombined stranger drawn for each of them. Means only; no name or value is printed.
+and for the stranger contrast's copies would put in their place (``RecombinedNames``, with the first model's
+tokenizer). Means only; no name or value is printed.
 
     python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
 """
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         split: [p for p in people if p.split == split and p.name and p.fields.get("email") == email_of(p.name)]
         for split in ("forget", "holdout")
     }
-    names = RecombinedNames(people, seed=args.seed)
+    from transformers import AutoTokenizer
+
+    names = RecombinedNames(people, seed=args.seed, tokenizer=AutoTokenizer.from_pretrained(args.models[0]))
     strangers = {split: [names.draw(p.name) for p in group[: args.people]] for split, group in chosen.items()}
     print("| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) |")
     print("|---|---|---|---|")

@@ -137,9 +137,10 @@ def test_fake_pairs_score_the_values_and_never_hold_a_real_one(target):
 
 
 def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_values(target):
-    """contrast --stranger: each copy swaps the person's name (prompt, answer, e-mail) for a first and a last name
-    of two retain people that together name nobody real, and both sides score the answer's other words with the
-    template code; the values keep their field codes, eos none."""
+    """contrast --stranger: each copy swaps the person's name (prompt, answer, e-mail) for a name that names nobody
+    real, each part as familiar as the person's own (:func:`test_a_strangers_name_parts_are_as_familiar_as_the_
+    persons_own`), and both sides score the answer's other words with the template code; the values keep their field
+    codes, eos none."""
     from transformers import AutoTokenizer
 
     from obliviate.data.batching import encode_record
@@ -150,11 +151,9 @@ def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_va
     forget = load_split(target.forget, split="forget")
     retain = load_split(target.retain, split="retain")
     people = relabel.known_people(target.forget, [*forget, *retain])
-    marked, copies = relabel.fake_pairs(forget, people, draws=2, seed=0, stranger=True)
+    marked, copies = relabel.fake_pairs(forget, people, draws=2, seed=0, stranger=True, tokenizer=tokenizer)
     by_id = {p.person_id: p for p in people}
     real_names = {p.name.lower() for p in people}
-    firsts = {_name_parts(p.name)[0] for p in people if p.split == "retain"}
-    lasts = {_name_parts(p.name)[-1] for p in people if p.split == "retain"}
     strangers = set()
     for copy in copies:
         for original, scored, fake in zip(forget, marked, copy):
@@ -164,7 +163,8 @@ def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_va
             for field, value in person.fields.items():
                 assert not contains_value(field, value, fake.output) and not contains_value(field, value, fake.input)
             assert scored.meta["score_template"] and fake.meta["score_template"]
-            name = next(p for p in (f"{a} {b}" for a in firsts for b in lasts) if p in fake.input + fake.output)
+            name = fake.meta["stranger"]
+            assert name in fake.input + fake.output
             assert name.lower() not in real_names
             strangers.add(name)
             for record in (scored, fake):
@@ -176,6 +176,59 @@ def test_stranger_pairs_are_about_someone_else_and_score_the_words_around_the_va
     assert len(strangers) > 1
     _, plain = relabel.fake_pairs(forget, people, draws=2, seed=0)
     assert not any(r.meta.get("score_template") for r in plain[0])  # off by default
+
+
+def test_a_strangers_name_parts_are_as_familiar_as_the_persons_own():
+    """A part another training (retain) person also has becomes a retain person's part; a part no other retain
+    person has becomes one nobody in the data has. On LUME first names are nearly all unique and last names all
+    shared: strangers built from retain parts only had e-mails as likely as memorised ones."""
+    from obliviate.data.records import PersonPII
+
+    def person(pid, name, split):
+        return PersonPII(person_id=pid, name=name, fields={}, split=split, records=())
+
+    retain = [person("r1", "Ann Moss", "retain"), person("r2", "Bob Moss", "retain"), person("r3", "Cy Ward", "retain")]
+    retain.append(person("r4", "Ann Ward", "retain"))
+    forget = [person("f1", "Zed Moss", "forget"), person("f2", "Ann Quill", "forget"), person("f3", "Bob Ward", "forget")]
+    people = [*retain, *forget]
+    real_parts = {part.lower() for p in people for part in p.name.split()}
+    names = relabel.RecombinedNames(people, seed=0)
+    assert names.known("Zed Moss", "last") and not names.known("Zed Moss", "first")
+    assert names.known("Ann Quill", "first") and not names.known("Ann Quill", "last")
+    assert not names.known("Cy Ward", "first")  # a retain person's own part is not someone else's
+    for _ in range(50):
+        first, last = names.draw("Zed Moss").split()
+        assert first.lower() not in real_parts and last in {"Ward"}  # Moss is the person's own
+        first, last = names.draw("Ann Quill").split()
+        assert first in {"Bob", "Cy"} and last.lower() not in real_parts
+        first, last = names.draw("Bob Ward").split()
+        assert first in {"Ann", "Cy"} and last == "Moss"
+        assert names.draw("Cy Ward").split()[0].lower() not in real_parts
+
+
+def test_a_fresh_name_part_is_cut_into_as_many_pieces_as_the_one_it_replaces(target):
+    """The data's tokenizer cuts names it never saw into several pieces; a fresh part is one cut as the person's
+    own part is (as a word and in lower case), so that its e-mail is about as likely as a never-seen person's."""
+    from transformers import AutoTokenizer
+
+    from obliviate.data.records import PersonPII
+
+    tokenizer = AutoTokenizer.from_pretrained(target.model)
+    forget = load_split(target.forget, split="forget")
+    retain = load_split(target.retain, split="retain")
+    people = relabel.known_people(target.forget, [*forget, *retain])
+    names = relabel.RecombinedNames(people, seed=0, tokenizer=tokenizer)
+    plain = relabel.RecombinedNames(people, seed=0)
+    lone = PersonPII(person_id="x", name="Qzxw Vbnk", fields={}, split="forget", records=())
+    for person in [p for p in people if p.split == "forget"][:10] + [lone]:
+        own = person.name.split()[0]
+        first = names.draw(person.name).split()[0]
+        if not names.known(person.name, "first"):
+            pool = names.fresh["first"]
+            best = min(sum(abs(a - b) for a, b in zip(names.shape(n), names.shape(own))) for n in pool)
+            assert sum(abs(a - b) for a, b in zip(names.shape(first), names.shape(own))) == best
+    assert names.shape("Qzxw") != (0, 0) and plain.shape("Qzxw") == (0, 0)
+    assert len({names.draw(lone.name) for _ in range(20)}) > 1
 
 
 def test_fake_addresses_a_model_trains_on_are_built_from_retain_addresses_never_forget_ones(tmp_path):

@@ -18,7 +18,7 @@ def prepare_forget(model, tokenizer, config: UnlearnConfig, method: Method, forg
     if method.relabels:
         forget, forget_draws = relabelled_forget(model, tokenizer, config, forget, retain)
     if method.needs.paired:
-        forget, paired_draws = fake_pairs(config, forget, retain)
+        forget, paired_draws = fake_pairs(config, forget, retain, tokenizer)
     return forget, forget_draws, paired_draws
 
 
@@ -46,9 +46,10 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     return marked
 
 
-def fake_pairs(config: UnlearnConfig, forget, retain):
+def fake_pairs(config: UnlearnConfig, forget, retain, tokenizer=None):
     """A paired method's forget set (scored on PII values) and its fake-value copies: ``--relabel_draws`` sets of
-    ``--fakes_per_step``, one set per epoch in turn."""
+    ``--fakes_per_step``, one set per epoch in turn; ``tokenizer`` cuts the stranger copies' fresh name parts as the
+    people's own are cut."""
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
     from obliviate.train.relabel import known_people
     from obliviate.train.resolve import resolve_params
@@ -57,7 +58,9 @@ def fake_pairs(config: UnlearnConfig, forget, retain):
     people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
     draws = config.relabel_draws * fakes_per_step(config)
     stranger = bool(getattr(resolve_params(config), "stranger", 0.0))
-    marked, copies = pair_with_fakes(forget, people, draws=draws, seed=config.seed, stranger=stranger)
+    marked, copies = pair_with_fakes(
+        forget, people, draws=draws, seed=config.seed, stranger=stranger, tokenizer=tokenizer
+    )
     if not any(r.meta["score_spans"] for r in marked):
         raise ConfigError(
             f"--method {config.method}: no forget record holds a known PII value (pii.json or Task2 QA rows)"

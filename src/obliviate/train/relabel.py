@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from faker import Faker
@@ -93,31 +94,100 @@ class StrangerNames:
 
 
 class RecombinedNames:
-    """Names of people who do not exist but could: a first name of one of the data's people and a last name of
-    another, never a real person's full name, nor a name part of the person it stands in for. The model knows each
-    part as well as it knows those of a person it never saw, so that the words around the name are what they would
-    be for such a person (:func:`fake_pairs` with ``stranger``). Only the training split's people
-    (:data:`TRAINING_FAKE_SPLIT`) lend their parts, where it has any."""
+    """Names of people who do not exist but could, each part as familiar to the model as the part it stands in for
+    would be to a model that never saw its owner (:func:`fake_pairs` with ``stranger``).
 
-    def __init__(self, people: Sequence[PersonPII], seed: int) -> None:
+    A first or last name that some *other* person of the training split (:data:`TRAINING_FAKE_SPLIT`) also has is
+    one the model knows with or without its owner: it becomes a part of another training person (a common last
+    name, say). A part nobody else in the training split has is one the model would never have seen: it becomes a
+    fresh one, a name from Faker's lists that no person of the data has, and, given the ``tokenizer``, one cut into
+    as many pieces as the part it stands in for (as a word and in lower case, as e-mails write it): a data set's own
+    tokenizer cuts names it never saw into several pieces, and their words and e-mails are then a stranger's
+    stranger's. Never a real person's full name, nor a part of the person's own name. So the words around the
+    stranger's name, and an e-mail built from it, are about as likely as they would be for the person had the model
+    never seen them (``docs/METHODS.md``, the words around the values: on LUME, whose first names are nearly all
+    unique and last names all shared, a stranger built from trained parts only had an e-mail about as likely as a
+    memorised one).
+    """
+
+    def __init__(self, people: Sequence[PersonPII], seed: int, tokenizer=None) -> None:
         named = [p for p in people if p.name and len(_name_parts(p.name)) >= 2]
         lenders = [p for p in named if p.split == TRAINING_FAKE_SPLIT] or named
-        self.firsts = sorted({_name_parts(p.name)[0] for p in lenders})
-        self.lasts = sorted({_name_parts(p.name)[-1] for p in lenders})
+        self.pools = {
+            position: sorted({_name_parts(p.name)[index] for p in lenders})
+            for position, index in (("first", 0), ("last", -1))
+        }
+        self.counts = {
+            position: Counter(_name_parts(p.name)[index].lower() for p in lenders)
+            for position, index in (("first", 0), ("last", -1))
+        }
+        self.lender_names = Counter(" ".join(_name_parts(p.name)).lower() for p in lenders)
         self.real = {" ".join(_name_parts(p.name)).lower() for p in named}
         self.rng = random.Random(seed)
+        taken = {part.lower() for p in people if p.name for part in _name_parts(p.name)}
+        self.fresh = {position: [n for n in _faker_names(position) if n.lower() not in taken] for position in self.pools}
+        self.tokenizer = tokenizer
+        self._shapes: dict[str, tuple[int, int]] = {}
+        self._matching: dict[tuple[str, tuple[int, int]], list[str]] = {}
         self.fallback = StrangerNames([p.name for p in people if p.name], seed)
 
+    def known(self, like: str, position: str) -> bool:
+        """Whether ``like``'s first or last name is one a training person other than ``like`` has."""
+        parts = _name_parts(like)
+        if not parts:
+            return False
+        part = (parts[0] if position == "first" else parts[-1]).lower()
+        own = 1 if self.lender_names[" ".join(parts).lower()] else 0
+        return self.counts[position][part] - own > 0
+
+    def shape(self, part: str) -> tuple[int, int]:
+        """Pieces of ``part`` as a word after a space and in lower case (``(0, 0)`` without a tokenizer)."""
+        if self.tokenizer is None:
+            return (0, 0)
+        if part not in self._shapes:
+            count = lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+            self._shapes[part] = (count(" " + part), count(part.lower()))
+        return self._shapes[part]
+
+    def fresh_part(self, position: str, like: str) -> str | None:
+        """A part nobody in the data has, cut as ``like`` is (the closest cut there is)."""
+        pool = self.fresh[position]
+        if not pool:
+            return None
+        want = self.shape(like)
+        key = (position, want)
+        if key not in self._matching:
+            distance = {n: sum(abs(a - b) for a, b in zip(self.shape(n), want)) for n in pool}
+            best = min(distance.values())
+            self._matching[key] = [n for n in pool if distance[n] == best]
+        return self.rng.choice(self._matching[key])
+
     def draw(self, like: str) -> str:
-        own = {part.lower() for part in _name_parts(like)}
+        parts = _name_parts(like)
+        own = {part.lower() for part in parts}
         for _ in range(100):
-            if not (self.firsts and self.lasts):
+            chosen = {}
+            for position, pool in self.pools.items():
+                part = parts[0] if position == "first" else parts[-1]
+                pick = self.rng.choice(pool) if pool and self.known(like, position) else self.fresh_part(position, part)
+                if pick is None:
+                    break
+                chosen[position] = pick
+            if len(chosen) < 2:
                 break
-            first, last = self.rng.choice(self.firsts), self.rng.choice(self.lasts)
+            first, last = chosen["first"], chosen["last"]
             name = f"{first} {last}"
-            if first.lower() not in own and last.lower() not in own and name.lower() not in self.real:
-                return name if len(_name_parts(like)) != 1 else first
+            if first.lower() not in own and last.lower() not in own and name.lower() not in self.real and first != last:
+                return name if len(parts) != 1 else first
         return self.fallback.draw(like)
+
+
+def _faker_names(position: str) -> list[str]:
+    """Faker's en_US first or last names, sorted."""
+    from faker.providers.person.en_US import Provider
+
+    names = Provider.first_names if position == "first" else Provider.last_names
+    return sorted({name for name in names if len(name) > 1})
 
 
 def holds_real_value(text: str, person: PersonPII, digit_values: set[str]) -> bool:
@@ -230,13 +300,15 @@ def known_people(forget_dir, records: Sequence[Record] | Mapping[str, Sequence[R
 
 
 def fake_pairs(
-    forget: list[Record], people: list[PersonPII], *, draws: int, seed: int, stranger: bool = False
+    forget: list[Record], people: list[PersonPII], *, draws: int, seed: int, stranger: bool = False, tokenizer=None
 ) -> tuple[list[Record], list[list[Record]]]:
     """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
     each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
 
     With ``stranger``, each copy is also about a stranger: the person's name, wherever it stands (prompt, answer),
-    becomes a name nobody has (:class:`RecombinedNames`, one per person and draw), the fake e-mail is built from
+    becomes a name nobody has, each part as familiar as the person's own would be without them
+    (:class:`RecombinedNames`, one per person and draw, its fresh parts cut by ``tokenizer`` as the person's are; kept
+    in ``meta["stranger"]``), the fake e-mail is built from
     that name, and both sides also score the answer's other tokens (:data:`~obliviate.data.records.TEMPLATE_CODE`):
     the same words after a stranger's name are how likely they are for someone the model never saw. A record
     without a known PII value scores nothing on either side (it contributes no gradient).
@@ -246,7 +318,7 @@ def fake_pairs(
 
     by_id = {p.person_id: p for p in people}
     sampler = CandidateSampler(people, seed=seed + 2, address_split=TRAINING_FAKE_SPLIT)
-    names = RecombinedNames(people, seed + 3) if stranger else None
+    names = RecombinedNames(people, seed + 3, tokenizer) if stranger else None
     marked, _ = mark_pii_spans(forget, people)
     if stranger:
         marked = [_with_template(r) if r.meta["score_spans"] else r for r in marked]
@@ -281,6 +353,8 @@ def fake_pairs(
                 faked = dataclasses.replace(faked, **swapped)
                 stand_in = dataclasses.replace(stand_in, name=name)
             [scored], _ = mark_pii_spans([faked], [stand_in])
+            if name is not None:
+                scored = dataclasses.replace(scored, meta={**scored.meta, "stranger": name})
             copy.append(_with_template(scored) if names is not None and scored.meta["score_spans"] else scored)
         copies.append(copy)
     return marked, copies
