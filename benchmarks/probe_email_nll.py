@@ -2,10 +2,10 @@
 
 LUME's e-mails are ``first_last@me.com``, given by the name in the prompt. The stop rule cannot read them by rank (a
 never-seen person's ranks first among its fakes too), and contrast's hinge pushes a true e-mail only until it is no
-likelier than the e-mail of its stranger copy (:class:`~obliviate.train.relabel.RecombinedNames`). This prints, under each model given, the mean token NLL of the
-e-mail after the LUME QA prompt (``What is NAME's email address?``) for up to ``--people`` forget and holdout people,
-and for the stranger contrast's copies would put in their place (``RecombinedNames``, with the first model's
-tokenizer). Means only; no name or value is printed.
+likelier than the e-mail of its stranger copy (:class:`~obliviate.train.relabel.RecombinedNames`). This prints,
+under each model given, the mean token NLL of the e-mail after the LUME QA prompt (``What is NAME's email
+address?``) for up to ``--people`` forget and holdout people, and for the stranger contrast's copies would put in
+their place (``RecombinedNames``, with the first model's tokenizer). Means only; no name or value is printed.
 
     python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
 """

@@ -187,9 +187,17 @@ def test_a_strangers_name_parts_are_as_familiar_as_the_persons_own():
     def person(pid, name, split):
         return PersonPII(person_id=pid, name=name, fields={}, split=split, records=())
 
-    retain = [person("r1", "Ann Moss", "retain"), person("r2", "Bob Moss", "retain"), person("r3", "Cy Ward", "retain")]
+    retain = [
+        person("r1", "Ann Moss", "retain"),
+        person("r2", "Bob Moss", "retain"),
+        person("r3", "Cy Ward", "retain"),
+    ]
     retain.append(person("r4", "Ann Ward", "retain"))
-    forget = [person("f1", "Zed Moss", "forget"), person("f2", "Ann Quill", "forget"), person("f3", "Bob Ward", "forget")]
+    forget = [
+        person("f1", "Zed Moss", "forget"),
+        person("f2", "Ann Quill", "forget"),
+        person("f3", "Bob Ward", "forget"),
+    ]
     people = [*retain, *forget]
     real_parts = {part.lower() for p in people for part in p.name.split()}
     names = relabel.RecombinedNames(people, seed=0)

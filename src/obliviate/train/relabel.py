@@ -125,7 +125,9 @@ class RecombinedNames:
         self.real = {" ".join(_name_parts(p.name)).lower() for p in named}
         self.rng = random.Random(seed)
         taken = {part.lower() for p in people if p.name for part in _name_parts(p.name)}
-        self.fresh = {position: [n for n in _faker_names(position) if n.lower() not in taken] for position in self.pools}
+        self.fresh = {
+            position: [n for n in _faker_names(position) if n.lower() not in taken] for position in self.pools
+        }
         self.tokenizer = tokenizer
         self._shapes: dict[str, tuple[int, int]] = {}
         self._matching: dict[tuple[str, tuple[int, int]], list[str]] = {}
@@ -169,7 +171,9 @@ class RecombinedNames:
             chosen = {}
             for position, pool in self.pools.items():
                 part = parts[0] if position == "first" else parts[-1]
-                pick = self.rng.choice(pool) if pool and self.known(like, position) else self.fresh_part(position, part)
+                pick = (
+                    self.rng.choice(pool) if pool and self.known(like, position) else self.fresh_part(position, part)
+                )
                 if pick is None:
                     break
                 chosen[position] = pick
@@ -177,7 +181,12 @@ class RecombinedNames:
                 break
             first, last = chosen["first"], chosen["last"]
             name = f"{first} {last}"
-            if first.lower() not in own and last.lower() not in own and name.lower() not in self.real and first != last:
+            if (
+                first.lower() not in own
+                and last.lower() not in own
+                and name.lower() not in self.real
+                and first != last
+            ):
                 return name if len(parts) != 1 else first
         return self.fallback.draw(like)
 
