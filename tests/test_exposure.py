@@ -178,6 +178,11 @@ def test_candidates_keep_positions_every_value_shares_and_exist_when_the_name_gi
     again = CandidateSampler(people, seed=0).candidates(people[0], "ssn", 100)
     assert again == CandidateSampler(people, seed=0).candidates(people[0], "ssn", 100)  # same draws every time
     assert again != CandidateSampler(people, seed=1).candidates(people[0], "ssn", 100)
+    # A stranger (contrast's copies) gets its own name's e-mail in the data's format, the only one there is;
+    # without ``own`` that draw is its own value, refused, and every draw left the format (gmail, dots, digits).
+    stranger = PersonPII("u0~Zed Quill", "forget", "Zed Quill", {"email": "zed_quill@me.com"}, ())
+    assert set(sampler.candidates(stranger, "email", 8, own=True)) == {"zed_quill@me.com"}
+    assert "zed_quill@me.com" not in sampler.candidates(stranger, "email", 8)
 
 
 def test_address_fakes_are_made_of_the_datas_own_streets_and_places() -> None:

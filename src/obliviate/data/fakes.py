@@ -155,25 +155,27 @@ class CandidateSampler:
         self.fixed = {field: _fixed_positions(found) for field, found in values.items()}
         self.address_parts = _address_parts(values.get("address", ()))
         self.split_address_parts = {split: _address_parts(found) for split, found in addresses.items()}
-        self._drawn: dict[tuple[str, str, int], list[str]] = {}  # draws are deterministic: reuse them across epochs
+        self._drawn: dict[tuple[str, str, int, bool], list[str]] = {}  # deterministic: reused across epochs
         self._widened: set[tuple[str, str]] = set()  # (person, field) whose draws left the data's own format
 
-    def candidates(self, person: PersonPII, field: str, k: int) -> list[str]:
+    def candidates(self, person: PersonPII, field: str, k: int, own: bool = False) -> list[str]:
         """``k`` fakes of ``person.fields[field]`` (drawn with replacement), none equal to a real value.
 
         Draws look like the data first; when that space is exhausted (an e-mail fully given by the name) they
-        widen to Faker's defaults, then to the format-preserving draw.
+        widen to Faker's defaults, then to the format-preserving draw. With ``own``, ``person`` is made up (a
+        stranger, its value built from its own name as the data builds them), and that value may be drawn too: on
+        LUME, whose e-mails are all ``first_last@me.com``, it is the only draw in the data's format.
         """
-        key = (person.person_id, field, k)
+        key = (person.person_id, field, k, own)
         if key not in self._drawn:
-            self._drawn[key] = self._candidates(person, field, k)
+            self._drawn[key] = self._candidates(person, field, k, own)
         return list(self._drawn[key])
 
-    def _candidates(self, person: PersonPII, field: str, k: int) -> list[str]:
+    def _candidates(self, person: PersonPII, field: str, k: int, own: bool = False) -> list[str]:
         value = person.fields[field]
         rng = random.Random(_seed(self.seed, person.person_id, field))
         self.faker.seed_instance(_seed(self.seed, person.person_id, field, "faker"))
-        taken = self.real.get(field, set()) | {normalize_value(field, value)}
+        taken = self.real.get(field, set()) | (set() if own else {normalize_value(field, value)})
         out: list[str] = []
         for attempt in range(60 * k):
             mode = "data" if attempt < 20 * k else "wide" if attempt < 40 * k else "format"

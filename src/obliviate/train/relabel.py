@@ -352,7 +352,7 @@ def fake_pairs(
                         name=name,
                         fields={"email": swap_name(person.fields["email"], person.name, name)},
                     )
-                    drawn = sampler.candidates(renamed, "email", draws)
+                    drawn = sampler.candidates(renamed, "email", draws, own=True)
                     if drawn:
                         fakes["email"] = drawn[d % len(drawn)]
             faked = fake_values(record, person, fakes)
