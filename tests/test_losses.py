@@ -690,6 +690,40 @@ def _contrast_on_one_row(true, paired, spans, params):
     return out, logits.grad
 
 
+def test_contrast_never_pulls_a_fake_built_from_the_name_unless_asked():
+    """A stranger's e-mail made likelier teaches the model to spell e-mails from the name in the prompt, the forget
+    people's included: the fake of a name-built field (``NAME_BUILT_FIELDS``) gets no share of the hinge's gradient
+    (``name_pull`` 0), where any other field's fake gets ``fake_pull``'s."""
+    from obliviate.data.batching import field_code
+
+    ssn, email = field_code("ssn"), field_code("email")
+    spans = torch.tensor([[0, ssn, ssn, email, email, 0]])
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    true = torch.zeros(1, 6, VOCAB)
+    for t, label in enumerate((1, 2, 3, 4)):
+        true[0, t, label] = 8.0  # memorised: both hinges open against uniform fakes
+
+    def fake_grad(**params):
+        fake = torch.zeros(1, 6, VOCAB, requires_grad=True)
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(true, labels, torch.ones(1, 6), spans=spans),
+                paired=Forward(fake, labels, torch.ones(1, 6), spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, **params}),
+        )
+        out.loss.backward()
+        return [float(fake.grad[0, t].abs().sum()) for t in range(4)]
+
+    default = fake_grad()
+    assert default[0] > 0 and default[1] > 0  # the SSN's fake is pulled
+    assert default[2] == 0.0 and default[3] == 0.0  # the e-mail's is not
+    asked = fake_grad(name_pull=0.25)
+    assert asked[2] == pytest.approx(default[0]) and asked[0] == pytest.approx(default[0])  # same pull as the SSN's
+
+
 def test_contrast_token_cap_keeps_one_blown_up_token_from_closing_a_values_hinge():
     """--set contrast.token_cap=k: each true token's NLL counts at most k × its fake's mean NLL. A 4-token value
     whose first token is made very unlikely and whose other three are still predicted closes its hinge on the mean

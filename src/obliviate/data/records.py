@@ -14,6 +14,10 @@ KINDS = ("completion", "qa", "document")
 PII_FIELDS = ("birth_date", "ssn", "phone", "email", "address")
 """PII fields in the order of the LUME Task2 QA suffixes qa0..qa4."""
 
+NAME_BUILT_FIELDS = ("email",)
+"""Fields whose values the data builds from the person's name (an e-mail's local part): contrast's stranger copies
+build theirs from the stranger's name (``train/relabel.py`` ``fake_pairs``)."""
+
 TEMPLATE_CODE = len(PII_FIELDS) + 2
 """The field code (``TokenBatch.spans``) of an answer token outside every PII value: the words a person's record
 shares with the template, its name included. Scored only where a record asks with ``meta["score_template"]``

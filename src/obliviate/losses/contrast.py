@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import torch
 
-from obliviate.data.records import TEMPLATE_CODE
+from obliviate.data.records import NAME_BUILT_FIELDS, PII_FIELDS, TEMPLATE_CODE
 from obliviate.losses.common import (
     LossInputs,
     LossOutput,
@@ -66,6 +66,13 @@ WEIGHTS = {
         "weight of the hinge on each row's other answer words, against the same words after a stranger's name "
         "(0: none, and the fakes keep the person's name)",
         ge=0,
+    ),
+    "name_pull": Weight(
+        0.0,
+        "share of the hinge's gradient that reaches the fake of a value built from the name (e-mails; 0: a fixed "
+        "reference)",
+        ge=0,
+        le=1,
     ),
     "length_weight": Weight(
         0.0,
@@ -166,11 +173,22 @@ def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) ->
     return (nll * weight).sum(0) / weight.sum(0).clamp_min(1.0), held.any(0)
 
 
+def _name_built(fake_nll: torch.Tensor) -> torch.Tensor:
+    """``[fields]``: the columns of :data:`~obliviate.data.records.NAME_BUILT_FIELDS` in ``per_field_nll``'s
+    output (field code ``i + 1`` is column ``i``)."""
+    columns = torch.zeros(fake_nll.shape[-1], dtype=torch.bool, device=fake_nll.device)
+    for field in NAME_BUILT_FIELDS:
+        columns[PII_FIELDS.index(field)] = True
+    return columns
+
+
 def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     """The hinge on ``NLL(fake) - NLL(true) + params.delta`` (the margin ``m``) per (row, field), plus
     ``params.alpha·NLL(R)``. ``params.fake_pull`` scales the gradient that reaches the fake's NLL, not its value:
     at 1 the hinge closes as much by making the fake likelier as by making the true value less likely, and a fake's
     tokens (unlikely, so with large gradients) move faster than a memorised value's (likely, so with small ones).
+    ``params.name_pull`` (0 by default) takes its place for the values the data builds from the name (e-mails): their
+    fakes are a fixed reference.
 
     ``params.pull`` (0 by default) adds the hinge's mirror, ``pull·relu(NLL(true) − NLL(fake) − delta)`` with the
     fake detached: a value pushed past its fake is made likelier again, up to the fake. ``params.length_weight``
@@ -189,8 +207,14 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     true_nll, tokens = per_field_nll(forget, cap)
     scored = tokens > 0
     both = (scored & fake_scored).to(true_nll.dtype)
+    raw = fake_nll
     if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
-        fake_nll = params.fake_pull * fake_nll + (1 - params.fake_pull) * fake_nll.detach()
+        fake_nll = params.fake_pull * raw + (1 - params.fake_pull) * raw.detach()
+    if forget.spans is not None and params.name_pull != params.fake_pull:
+        # a stranger's e-mail made likelier teaches the model to spell e-mails from the name in the prompt, and a
+        # forget person's name is in theirs: that pull would teach again the values the hinge pushes
+        pulled = params.name_pull * raw + (1 - params.name_pull) * raw.detach()
+        fake_nll = torch.where(_name_built(raw), pulled, fake_nll)
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
