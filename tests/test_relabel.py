@@ -237,6 +237,7 @@ def test_a_fresh_name_part_is_cut_into_as_many_pieces_as_the_one_it_replaces(tar
             assert sum(abs(a - b) for a, b in zip(names.shape(first), names.shape(own))) == best
     assert names.shape("Qzxw") != (0, 0) and plain.shape("Qzxw") == (0, 0)
     assert len({names.draw(lone.name) for _ in range(20)}) > 1
+    assert names.draw("J").strip()  # a name without a part to match still gets a stranger (it raised before)
 
 
 def test_fake_addresses_a_model_trains_on_are_built_from_retain_addresses_never_forget_ones(tmp_path):

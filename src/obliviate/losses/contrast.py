@@ -17,9 +17,12 @@ PII values, against their own fakes.
 
 The values are not all a record holds about its person: the words around them (the record's own phrasing, the
 name) stay memorised when only the values are pushed. With ``stranger`` (1 by default) the fake copy is also about
-a stranger, a recombined name nobody has (:class:`~obliviate.train.relabel.RecombinedNames`), and each row gets one
-more hinge, on the mean NLL of its answer's other words (:data:`~obliviate.data.records.TEMPLATE_CODE`) against the
-same words after the stranger's name: no likelier than for someone the model never saw, and no further.
+a stranger, a name nobody has whose parts are as familiar as the person's own would be without them
+(:class:`~obliviate.train.relabel.RecombinedNames`), and each row gets one more hinge, on the mean NLL of its
+answer's other words (:data:`~obliviate.data.records.TEMPLATE_CODE`) against the same words after the stranger's
+name: no likelier than for someone the model never saw, and no further. The stranger's e-mail is built from the
+stranger's name, and its fake is never pulled (``name_pull``): a fake made likelier there teaches the model to spell
+e-mails from the name in the prompt.
 """
 
 from __future__ import annotations

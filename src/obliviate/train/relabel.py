@@ -166,6 +166,8 @@ class RecombinedNames:
 
     def draw(self, like: str) -> str:
         parts = _name_parts(like)
+        if not parts:  # no part of two letters or more: nothing to match
+            return self.fallback.draw(like)
         own = {part.lower() for part in parts}
         for _ in range(100):
             chosen = {}
