@@ -5,7 +5,9 @@ never-seen person's ranks first among its fakes too), and contrast's hinge pushe
 likelier than the e-mail of its stranger copy (:class:`~obliviate.train.relabel.RecombinedNames`). This prints,
 under each model given, the mean token NLL of the e-mail after the LUME QA prompt (``What is NAME's email
 address?``) for up to ``--people`` forget and holdout people, and for the stranger contrast's copies would put in
-their place (``RecombinedNames``, with the first model's tokenizer). Means only; no name or value is printed.
+their place (``RecombinedNames``, with the first model's tokenizer); and of the e-mail as their biography writes it
+after the leak measure's prefix probe (the biography cut just before it), where most of contrast's leaked e-mails
+are found. Means only; no name or value is printed.
 
     python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
 """
@@ -41,7 +43,40 @@ def mean_nll(model, tokenizer, names_and_emails) -> float:
     )
 
 
+def _prefix_cuts(records, people, split: str) -> list[tuple[str, str]]:
+    """``(prefix, rest)`` per person: the leak measure's ``prefix`` probe for the e-mail (the first biography holding
+    it, cut just before its first occurrence in any surface form; ``evaluate/leak.py`` ``build_probes``) and the text
+    from there to the end of that occurrence, as the biography writes it (``first\\_last@me.com`` in LUME's links)."""
+    from obliviate.data.pii_match import find_value
+
+    by_id = {r.id: r for r in records}
+    cuts = []
+    for person in people:
+        if person.split != split or "email" not in person.fields:
+            continue
+        for record in (by_id[i] for i in person.records if i in by_id and by_id[i].kind == "completion"):
+            span = find_value("email", person.fields["email"], record.text)
+            if span and (prefix := record.text[: span[0]].rstrip()):
+                cuts.append((prefix, record.text[len(prefix) : span[1]]))
+                break
+    return cuts
+
+
+def _surface_nll(model, tokenizer, prefix: str, rest: str) -> float:
+    """Mean NLL of the tokens of ``prefix + rest`` past ``prefix``'s own tokens (the boundary as the tokenizer cuts
+    the prefix alone)."""
+    import torch
+
+    start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    ids = tokenizer(prefix + rest, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+    return float(nll[start - 1 :].mean())
+
+
 def main(argv: list[str] | None = None) -> int:
+    import numpy as np
     import torch
 
     from obliviate.data.load import load_split
@@ -65,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
     names = RecombinedNames(people, seed=args.seed, tokenizer=AutoTokenizer.from_pretrained(args.models[0]))
     strangers = {split: [names.draw(p.name) for p in group[: args.people]] for split, group in chosen.items()}
-    print("| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) |")
-    print("|---|---|---|---|")
+    ids = {p.person_id for group in chosen.values() for p in group[: args.people]}
+    prefixes = {s: _prefix_cuts(splits[s], [p for p in people if p.person_id in ids], s) for s in chosen}
+    print(
+        "| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) "
+        "| after the prefix probe: forget / holdout |"
+    )
+    print("|---|---|---|---|---|")
     for path in args.models:
         model, tokenizer = load_model(path)
 
@@ -75,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             for s, group in chosen.items()
         }
         fake = {s: mean_nll(model, tokenizer, [(n, email_of(n)) for n in drawn]) for s, drawn in strangers.items()}
+        prefix = {
+            s: float(np.mean([_surface_nll(model, tokenizer, *cut) for cut in cuts])) for s, cuts in prefixes.items()
+        }
         print(
-            f"| {path} | {true['forget']:.3f} | {true['holdout']:.3f} | {fake['forget']:.3f} / {fake['holdout']:.3f} |"
+            f"| {path} | {true['forget']:.3f} | {true['holdout']:.3f} | {fake['forget']:.3f} / {fake['holdout']:.3f} "
+            f"| {prefix['forget']:.3f} / {prefix['holdout']:.3f} |"
         )
     return 0
 
