@@ -176,6 +176,11 @@ def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) ->
     return (nll * weight).sum(0) / weight.sum(0).clamp_min(1.0), held.any(0)
 
 
+def _with_gradient_share(value: torch.Tensor, share: float) -> torch.Tensor:
+    """``value`` unchanged, with ``share`` of its gradient (``value`` itself at 1)."""
+    return value if share == 1.0 else share * value + (1 - share) * value.detach()
+
+
 def _name_built(fake_nll: torch.Tensor) -> torch.Tensor:
     """``[fields]``: the columns of :data:`~obliviate.data.records.NAME_BUILT_FIELDS` in ``per_field_nll``'s
     output (field code ``i + 1`` is column ``i``)."""
@@ -210,14 +215,12 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     true_nll, tokens = per_field_nll(forget, cap)
     scored = tokens > 0
     both = (scored & fake_scored).to(true_nll.dtype)
-    raw = fake_nll
-    if params.fake_pull != 1.0:  # same value, less of the gradient on the fake side
-        fake_nll = params.fake_pull * raw + (1 - params.fake_pull) * raw.detach()
+    pulled = _with_gradient_share(fake_nll, params.fake_pull)  # same value, less of the gradient on the fake side
     if forget.spans is not None and params.name_pull != params.fake_pull:
         # a stranger's e-mail made likelier teaches the model to spell e-mails from the name in the prompt, and a
         # forget person's name is in theirs: that pull would teach again the values the hinge pushes
-        pulled = params.name_pull * raw + (1 - params.name_pull) * raw.detach()
-        fake_nll = torch.where(_name_built(raw), pulled, fake_nll)
+        pulled = torch.where(_name_built(fake_nll), _with_gradient_share(fake_nll, params.name_pull), pulled)
+    fake_nll = pulled
     hinge = torch.relu(fake_nll - true_nll + params.delta) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
@@ -238,8 +241,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         stranger_words, stranger_tokens = per_field_nll(paired, template=True)
         stranger_words, stranger_held = mean_over_copies(stranger_words, stranger_tokens > 0, rows)
         held = ((word_tokens > 0) & stranger_held).to(words.dtype)
-        if params.fake_pull != 1.0:
-            stranger_words = params.fake_pull * stranger_words + (1 - params.fake_pull) * stranger_words.detach()
+        stranger_words = _with_gradient_share(stranger_words, params.fake_pull)
         words_hinge = (torch.relu(stranger_words - words + params.delta) * held).sum() / count * pairs
         forget_term = forget_term + params.stranger * words_hinge
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")

@@ -105,28 +105,21 @@ class RecombinedNames:
     tokenizer cuts names it never saw into several pieces, and their words and e-mails are then a stranger's
     stranger's. Never a real person's full name, nor a part of the person's own name. So the words around the
     stranger's name, and an e-mail built from it, are about as likely as they would be for the person had the model
-    never seen them (``docs/METHODS.md``, the words around the values: on LUME, whose first names are nearly all
-    unique and last names all shared, a stranger built from trained parts only had an e-mail about as likely as a
-    memorised one).
+    never seen them (``docs/METHODS.md``, *The e-mails*: on LUME first names are nearly all unique and last names all
+    shared).
     """
 
     def __init__(self, people: Sequence[PersonPII], seed: int, tokenizer=None) -> None:
         named = [p for p in people if p.name and len(_name_parts(p.name)) >= 2]
         lenders = [p for p in named if p.split == TRAINING_FAKE_SPLIT] or named
-        self.pools = {
-            position: sorted({_name_parts(p.name)[index] for p in lenders})
-            for position, index in (("first", 0), ("last", -1))
-        }
-        self.counts = {
-            position: Counter(_name_parts(p.name)[index].lower() for p in lenders)
-            for position, index in (("first", 0), ("last", -1))
-        }
-        self.lender_names = Counter(" ".join(_name_parts(p.name)).lower() for p in lenders)
+        self.pools = {position: sorted({_part(p.name, position) for p in lenders}) for position in _POSITIONS}
+        self.counts = {position: Counter(_part(p.name, position).lower() for p in lenders) for position in _POSITIONS}
+        self.lender_names = {" ".join(_name_parts(p.name)).lower() for p in lenders}
         self.real = {" ".join(_name_parts(p.name)).lower() for p in named}
         self.rng = random.Random(seed)
         taken = {part.lower() for p in people if p.name for part in _name_parts(p.name)}
         self.fresh = {
-            position: [n for n in _faker_names(position) if n.lower() not in taken] for position in self.pools
+            position: [n for n in _faker_names(position) if n.lower() not in taken] for position in _POSITIONS
         }
         self.tokenizer = tokenizer
         self._shapes: dict[str, tuple[int, int]] = {}
@@ -138,9 +131,8 @@ class RecombinedNames:
         parts = _name_parts(like)
         if not parts:
             return False
-        part = (parts[0] if position == "first" else parts[-1]).lower()
-        own = 1 if self.lender_names[" ".join(parts).lower()] else 0
-        return self.counts[position][part] - own > 0
+        own = 1 if " ".join(parts).lower() in self.lender_names else 0
+        return self.counts[position][_part(like, position).lower()] - own > 0
 
     def shape(self, part: str) -> tuple[int, int]:
         """Pieces of ``part`` as a word after a space and in lower case (``(0, 0)`` without a tokenizer)."""
@@ -172,10 +164,8 @@ class RecombinedNames:
         for _ in range(100):
             chosen = {}
             for position, pool in self.pools.items():
-                part = parts[0] if position == "first" else parts[-1]
-                pick = (
-                    self.rng.choice(pool) if pool and self.known(like, position) else self.fresh_part(position, part)
-                )
+                known = pool and self.known(like, position)
+                pick = self.rng.choice(pool) if known else self.fresh_part(position, _part(like, position))
                 if pick is None:
                     break
                 chosen[position] = pick
@@ -191,6 +181,15 @@ class RecombinedNames:
             ):
                 return name if len(parts) != 1 else first
         return self.fallback.draw(like)
+
+
+_POSITIONS = ("first", "last")
+
+
+def _part(name: str, position: str) -> str:
+    """``name``'s first or last part (``position``); ``name`` has at least one."""
+    parts = _name_parts(name)
+    return parts[0] if position == "first" else parts[-1]
 
 
 def _faker_names(position: str) -> list[str]:
