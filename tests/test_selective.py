@@ -50,6 +50,39 @@ def test_only_pii_tokens_are_scored(assets):
     assert selective.input_ids.tolist() == whole.input_ids.tolist()  # the same text goes in
 
 
+def test_values_in_the_prompt_move_into_the_answer_and_the_text_stays():
+    """A biography whose prompt holds the phone (as LUME's holds the birth date, phone and e-mail) is re-cut at the
+    whitespace before it: every value is then scored, and the text the model reads is the same."""
+    from obliviate.data.pii import values_in_answers
+
+    bio = Record("p1sc1", "Amy Sellers can be reached at 497-453-5139. Her", "SSN is 409-91-0019.")
+    qa = Record("p1qa1", "What is Amy Sellers's phone 4974535139?", "409910019", kind="qa")
+    plain = Record("p1sc2", "Amy Sellers likes", "tea and 497-453-5139.")
+    stranger = Record("p9sc1", "Call 497-453-5139 now.", "Bye.")
+    doc = Record("d1", "Amy Sellers:\n497-453-5139 is her phone.", "", kind="document", meta={"person_id": "p1"})
+    recut, same_qa, same_plain, same_stranger, recut_doc = values_in_answers([bio, qa, plain, stranger, doc], [AMY])
+    assert (recut.input, recut.output) == ("Amy Sellers can be reached at", "497-453-5139. Her SSN is 409-91-0019.")
+    assert recut.text == bio.text and recut.id == bio.id
+    assert (same_qa, same_plain, same_stranger) == (qa, plain, stranger)  # a question, no value, nobody known
+    assert (recut_doc.kind, recut_doc.input, recut_doc.text) == ("completion", "Amy Sellers:", doc.text)
+    [marked], _ = mark_pii_spans([recut], [AMY])
+    assert marked.meta["score_fields"] == ["phone", "ssn"]
+    [before], _ = mark_pii_spans([bio], [AMY])
+    assert before.meta["score_fields"] == ["ssn"]
+
+
+def test_contrast_pairs_score_the_biographys_prompt_values_on_both_sides():
+    """A paired method's forget row and each fake copy are cut alike, so the phone in the prompt is hinged against
+    the copy's fake phone in the same place."""
+    from obliviate.train.relabel import fake_pairs
+
+    bio = Record("p1sc1", "Amy Sellers can be reached at 497-453-5139. Her", "SSN is 409-91-0019.")
+    marked, [copy] = fake_pairs([bio], [AMY], draws=1, seed=0)
+    assert marked[0].meta["score_fields"] == copy[0].meta["score_fields"] == ["phone", "ssn"]
+    assert copy[0].input == marked[0].input == "Amy Sellers can be reached at"
+    assert "497-453-5139" not in copy[0].output
+
+
 @torch.no_grad()
 def split_nll(model_dir, assets) -> tuple[float, float]:
     """Mean NLL of the forget answers' PII tokens and of their other answer tokens."""

@@ -57,6 +57,38 @@ def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonP
     ]
 
 
+def values_in_answers(records: Iterable[Record], people: Iterable[PersonPII]) -> list[Record]:
+    """Each record re-cut so that every PII value of its person it holds lies in its answer, where a forget term
+    scored on PII values can reach it: the prompt ends at the whitespace before the first value in it.
+
+    A LUME biography row's prompt holds the birth date, the phone and the e-mail (its answer only the SSN and the
+    address); an attacker continues the biography there (the leak measure's ``prefix`` probe), and a value the forget
+    term never scores in that context stays as memorised there as it was (``docs/METHODS.md``, *The e-mails*). A
+    document is cut the same way into a prompt and a continuation. The text is unchanged (``Record.text``); records
+    whose prompt holds no value, QA rows (whose prompt is a question) and records of unknown people are returned as
+    they are.
+    """
+    from obliviate.data.pii_match import find_value
+
+    by_id = {p.person_id: p for p in people}
+    out = []
+    for record in records:
+        person = by_id.get(str(record.meta.get("person_id") or person_key(record.id)))
+        if record.kind == "qa" or person is None:
+            out.append(record)
+            continue
+        text = record.text
+        prompt_end = len(record.input) if record.kind != "document" else len(text)
+        starts = [span[0] for f, v in person.fields.items() if (span := find_value(f, v, text[:prompt_end]))]
+        cut = max((i for i in range(min(starts), 0, -1) if text[i - 1].isspace()), default=0) - 1 if starts else -1
+        if cut <= 0 or not text[:cut].strip():
+            out.append(record)
+            continue
+        rest = text[cut + 1 :] if text[cut] == " " and not text[cut + 1 : cut + 2].isspace() else text[cut:]
+        out.append(dataclasses.replace(record, input=text[:cut], output=rest, kind="completion"))
+    return out
+
+
 def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tuple[list[Record], int]:
     """Each record with ``meta["score_spans"]``: the character spans of its person's PII values in its output, in
     order, and ``meta["score_fields"]``: the field of each span.

@@ -32,13 +32,15 @@ def has_pii(config: UnlearnConfig, forget, retain) -> bool:
 
 
 def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
-    """``--forget_tokens pii``: the forget term scores only the tokens of each person's PII values."""
-    from obliviate.data.pii import mark_pii_spans
+    """``--forget_tokens pii``: the forget term scores only the tokens of each person's PII values, wherever the
+    record holds them (a value in the prompt moves into the answer, :func:`~obliviate.data.pii.values_in_answers`)."""
+    from obliviate.data.pii import mark_pii_spans, values_in_answers
     from obliviate.train.relabel import known_people
 
     if relabels:
         raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
-    marked, count = mark_pii_spans(forget, known_people(config.forget_dir, {"forget": forget, "retain": retain or []}))
+    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    marked, count = mark_pii_spans(values_in_answers(forget, people), people)
     if not count:
         raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
     if process_state().is_main_process:

@@ -312,7 +312,8 @@ def known_people(forget_dir, records: Sequence[Record] | Mapping[str, Sequence[R
 def fake_pairs(
     forget: list[Record], people: list[PersonPII], *, draws: int, seed: int, stranger: bool = False, tokenizer=None
 ) -> tuple[list[Record], list[list[Record]]]:
-    """The forget records scored on their PII values only, and ``draws`` copies of them with fresh fake values,
+    """The forget records scored on their PII values only (each re-cut so that its values lie in its answer,
+    :func:`~obliviate.data.pii.values_in_answers`), and ``draws`` copies of them with fresh fake values,
     each scored on its fakes: row ``i`` of a copy is row ``i`` of the forget set with other values.
 
     With ``stranger``, each copy is also about a stranger: the person's name, wherever it stands (prompt, answer),
@@ -324,9 +325,10 @@ def fake_pairs(
     without a known PII value scores nothing on either side (it contributes no gradient).
     """
     from obliviate.data.fakes import CandidateSampler
-    from obliviate.data.pii import mark_pii_spans
+    from obliviate.data.pii import mark_pii_spans, values_in_answers
 
     by_id = {p.person_id: p for p in people}
+    forget = values_in_answers(forget, people)
     sampler = CandidateSampler(people, seed=seed + 2, address_split=TRAINING_FAKE_SPLIT)
     names = RecombinedNames(people, seed + 3, tokenizer) if stranger else None
     marked, _ = mark_pii_spans(forget, people)
