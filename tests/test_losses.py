@@ -816,6 +816,24 @@ def test_contrast_profile_pushes_each_rank_below_its_fakes_quantile_with_a_gradi
     assert float(profile_gap(matched, fake, rows=1)[0][0, 4].detach()) == 0.0
 
 
+def test_contrast_profile_focus_gives_the_tokens_still_short_the_whole_push():
+    """An e-mail built from the name: six tokens a stranger's copy predicts as well (level), one it cannot (the
+    first name). Averaged over all seven, that token's push is a seventh of what ``focus`` gives it; the level
+    tokens get none either way."""
+    from obliviate.losses.contrast import profile_gap
+
+    fake = _one_value_forward([12.0, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01], first_label=8)
+    pushes = {}
+    for focus in (False, True):
+        true = _one_value_forward([0.5, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
+        gap, _ = profile_gap(true, fake, rows=1, focus=focus)
+        gap.sum().backward()
+        pushes[focus] = true.logits.grad[0, :7].gather(-1, torch.arange(1, 8)[:, None]).squeeze(-1)
+    assert float(pushes[True][0]) == pytest.approx(7 * float(pushes[False][0]), rel=1e-5)
+    assert float(pushes[True][0]) > 0.1
+    assert torch.all(pushes[True][1:] == 0) and torch.all(pushes[False][1:] == 0)
+
+
 def test_contrast_profile_reopens_a_value_whose_mean_one_blown_up_token_closed():
     """--set contrast.profile=u: the value of the token_cap test (one token at 40 nats, three still memorised,
     against a uniform fake) has its hinge closed by the mean; the profile term pushes the three memorised tokens,

@@ -64,6 +64,13 @@ WEIGHTS = {
         "tokens below their quantile by unlikelihood (0: none)",
         ge=0,
     ),
+    "profile_focus": Weight(
+        0.0,
+        "1: the per-token term's mean runs over the tokens still short of their quantile, not all of the value's "
+        "(0: all)",
+        ge=0,
+        le=1,
+    ),
     "stranger": Weight(
         1.0,
         "weight of the hinge on each row's other answer words, against the same words after a stranger's name "
@@ -125,7 +132,7 @@ def per_field_nll(
     return torch.einsum("bt,btf->bf", nll, fields) / count.clamp_min(1.0), count
 
 
-def profile_gap(forget, paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[rows, fields]``: for each (row, field) pair, the mean over its true value's tokens of the unlikelihood
     ``−log(1 − p)`` of each token whose NLL is below the NLL its rank asks for, weighted by the shortfall (at most
     one nat); and whether the pair has both sides.
@@ -138,6 +145,10 @@ def profile_gap(forget, paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     the chosen tokens: its gradient on a near-certain token's logit is ``p``, where the NLL's is ``1 − p``, near 0.
     Each token's push is weighted by how far it is below its quantile, up to one nat: a comma 0.01 nats more
     certain than the fake's gets a hundredth of a push, and none once it is level.
+
+    ``focus``: the mean over the tokens still short of their quantile instead of all the value's tokens, so that a
+    token's push does not shrink with the tokens of its value already level (an e-mail built from the name holds
+    one token a stranger cannot write, its first name, and six anyone can copy).
     """
     nll, fields = _token_fields(forget)
     nll = nll.detach()  # it only ranks the tokens
@@ -164,7 +175,8 @@ def profile_gap(forget, paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     short = torch.where(valid, wanted - true_sorted, 0.0).clamp(0.0, 1.0)  # a full push from a nat short
     pushed = unlikely[:, None, :].expand(batch, n_fields, length).gather(-1, order) * short
     both = (tokens > 0) & (fake_tokens > 0)
-    return pushed.sum(-1) / tokens.clamp_min(1), both
+    over = (short > 0).sum(-1) if focus else tokens
+    return pushed.sum(-1) / over.clamp_min(1), both
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +245,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - params.delta) * both).sum() / count * pairs
     forget_term = push + pull
     if params.profile and forget.spans is not None:  # each token its share, not the mean alone
-        profile, profiled = profile_gap(forget, paired, rows)
+        profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus))
         profile_term = (profile * profiled).sum() / count * pairs
         forget_term = forget_term + params.profile * profile_term
     if params.stranger:  # the row's other words, no likelier than after a stranger's name
