@@ -7,7 +7,8 @@ under each model given, the mean token NLL of the e-mail after the LUME QA promp
 address?``) for up to ``--people`` forget and holdout people, and for the stranger contrast's copies would put in
 their place (``RecombinedNames``, with the first model's tokenizer); and of the e-mail as their biography writes it
 after the leak measure's prefix probe (the biography cut just before it), where most of contrast's leaked e-mails
-are found. Means only; no name or value is printed.
+are found, with how many of those e-mails have every token the model's first choice there (teacher-forced: the
+e-mails a greedy continuation of the prefix would write). Means and counts only; no name or value is printed.
 
     python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
 """
@@ -62,17 +63,19 @@ def _prefix_cuts(records, people, split: str) -> list[tuple[str, str]]:
     return cuts
 
 
-def _surface_nll(model, tokenizer, prefix: str, rest: str) -> float:
+def _surface_nll(model, tokenizer, prefix: str, rest: str) -> tuple[float, bool]:
     """Mean NLL of the tokens of ``prefix + rest`` past ``prefix``'s own tokens (the boundary as the tokenizer cuts
-    the prefix alone)."""
+    the prefix alone), and whether every one of them is the model's most likely next token (teacher-forced: what a
+    greedy continuation of the prefix writes, up to the tokenizer's boundary)."""
     import torch
 
     start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     ids = tokenizer(prefix + rest, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
-    return float(nll[start - 1 :].mean())
+    target = torch.tensor(ids[1:])
+    nll = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    return float(nll[start - 1 :].mean()), bool((logits.argmax(-1) == target)[start - 1 :].all())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     prefixes = {s: _prefix_cuts(splits[s], [p for p in people if p.person_id in ids], s) for s in chosen}
     print(
         "| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) "
-        "| after the prefix probe: forget / holdout |"
+        "| after the prefix probe: forget / holdout | there, every token the first choice: forget / holdout |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for path in args.models:
         model, tokenizer = load_model(path)
 
@@ -115,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             for s, group in chosen.items()
         }
         fake = {s: mean_nll(model, tokenizer, [(n, email_of(n)) for n in drawn]) for s, drawn in strangers.items()}
-        prefix = {
-            s: float(np.mean([_surface_nll(model, tokenizer, *cut) for cut in cuts])) for s, cuts in prefixes.items()
-        }
+        scored = {s: [_surface_nll(model, tokenizer, *cut) for cut in cuts] for s, cuts in prefixes.items()}
+        prefix = {s: float(np.mean([nll for nll, _ in rows])) for s, rows in scored.items()}
+        first = {s: f"{sum(top for _, top in rows)} of {len(rows)}" for s, rows in scored.items()}
         print(
             f"| {path} | {true['forget']:.3f} | {true['holdout']:.3f} | {fake['forget']:.3f} / {fake['holdout']:.3f} "
-            f"| {prefix['forget']:.3f} / {prefix['holdout']:.3f} |"
+            f"| {prefix['forget']:.3f} / {prefix['holdout']:.3f} | {first['forget']} / {first['holdout']} |"
         )
     return 0
 

@@ -136,7 +136,8 @@ class UnlearnConfig(TrainConfig):
     rmu_layer: int | None = option(None, "RMU hidden layer (default: a quarter of the depth)", ge=0)
     forget_tokens: str = option(
         "answer",
-        "what the forget term scores: answer (every answer token) or pii (only the tokens of the person's PII values)",
+        "what the forget term scores: answer (every answer token) or pii (only the tokens of the person's PII values, "
+        "those in the prompt too)",
         choices=("answer", "pii"),
     )
     relabel_draws: int = option(

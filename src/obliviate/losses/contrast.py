@@ -7,6 +7,8 @@ The objective is a hinge on the gap between a true value and its fake:
 where ``i`` runs over the (row, PII field) pairs of the forget batch: ``v_i`` are the tokens of one field's value in
 a forget row (its SSN, say) and ``ṽ_i`` those of the same field in the same row with every value replaced by a fresh
 fake of the same format (a new draw each epoch; never a real value). Both NLLs are means over that value's tokens.
+A value in a record's prompt (LUME's biographies hold the birth date, phone and e-mail there) is scored too: the
+record is re-cut before its first value (:func:`~obliviate.data.pii.values_in_answers`), on both sides of the pair.
 Each value gets its own hinge: pooled over a row, a long value that is still memorised (an address) hides behind
 short ones already past their fakes (an SSN), and the row's hinge closes with the address untouched. Rows without
 field codes fall back to one hinge per row over all their value tokens. The hinge is zero once the true value is
