@@ -80,7 +80,8 @@ def values_in_answers(records: Iterable[Record], people: Iterable[PersonPII]) ->
         text = record.text
         prompt_end = len(record.input) if record.kind != "document" else len(text)
         starts = [span[0] for f, v in person.fields.items() if (span := find_value(f, v, text[:prompt_end]))]
-        cut = max((i for i in range(min(starts), 0, -1) if text[i - 1].isspace()), default=0) - 1 if starts else -1
+        # the prompt ends at the last whitespace before the first value
+        cut = max((i for i in range(min(starts)) if text[i].isspace()), default=-1) if starts else -1
         if cut <= 0 or not text[:cut].strip():
             out.append(record)
             continue
