@@ -166,6 +166,23 @@ def test_drop_fields_leaves_a_rows_words_alone_once_all_its_values_are_inside():
     assert batch.spans.tolist() == [[0, 0, 0, 0, 0], [W, 0, W, address, address], [W, W, W, 0, 0]]
 
 
+def test_a_waived_field_does_not_hold_a_rows_words():
+    """--field_stop_words checked: a row whose values are inside but for a waived field's (LUME's e-mails, which
+    do not decide the stop) loses its words' code, while the waived value itself is still pushed."""
+    from obliviate.data.batching import TokenBatch, field_code
+    from obliviate.data.records import TEMPLATE_CODE as W
+    from obliviate.train.step import drop_fields
+
+    ssn, email = field_code("ssn"), field_code("email")
+    spans = torch.tensor([[W, ssn, W, email, email], [W, email, email, W, 0]])
+    waived = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans), spans.clone())
+    drop_fields(waived, frozenset({"ssn"}), frozenset({"email"}))
+    assert waived.spans.tolist() == [[0, 0, 0, email, email], [W, email, email, W, 0]]
+    held = TokenBatch(torch.zeros_like(spans), torch.ones_like(spans), torch.zeros_like(spans), spans.clone())
+    drop_fields(held, frozenset({"ssn"}))
+    assert held.spans.tolist() == [[W, 0, W, email, email], [W, email, email, W, 0]]
+
+
 @pytest.mark.parametrize("per_step", [1, 3])
 def test_each_epoch_compares_with_its_own_set_of_fake_copies(per_step):
     """--fakes_per_step k with --relabel_draws n sets: epoch e reads the k copies of set (e - 1) mod n, so

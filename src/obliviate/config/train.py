@@ -226,6 +226,13 @@ class UnlearnConfig(TrainConfig):
         "it outside again, and the words of a row whose values are all inside with them; the run stops when every "
         "field is inside. Unset: the method's preset (contrast: on; off for the others)",
     )
+    field_stop_words: str = option(
+        "all",
+        "--field_stop: the words of a row are left alone once all its values are inside (all), or once all its values "
+        "of the fields that decide the stop are (checked: a field whose never-seen values rank first among their "
+        "fakes, LUME's e-mails, does not hold them back)",
+        choices=("all", "checked"),
+    )
     eval_every_epoch: bool = option(False, "evaluate each checkpoint inside the run (needs the evaluation suite)")
     eval_max_examples: int | None = option(
         None, "with --eval_every_epoch: evaluate a seeded sample of this size", ge=1

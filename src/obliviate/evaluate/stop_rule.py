@@ -180,6 +180,11 @@ class ExposureStopRule:
         self._retain_start = retain_check(model, tokenizer, self.retain)
         self._words = self._word_rows() if self.words and self.holdout else None
 
+    @property
+    def saturated_fields(self) -> frozenset[str]:
+        """The fields whose never-seen values mostly rank first among their fakes: they do not decide the stop."""
+        return frozenset(self._saturated)
+
     def describe(self) -> dict[str, float]:
         """What :meth:`start` measured: the never-seen band (overall mean and standard error, and per field), and
         the retain NLL."""

@@ -180,6 +180,8 @@ def _step_check(run: Run, epoch: int, due: bool | None = None) -> str | None:
         run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
     if getattr(run.config, "field_stop", False):
         run.fields_done = frozenset(getattr(run.step_check, "inside", frozenset()))
+        if getattr(run.config, "field_stop_words", "all") == "checked":
+            run.fields_waived = frozenset(getattr(run.step_check, "saturated_fields", frozenset()))
     scale = getattr(run.step_check, "retain_scale", 1.0)
     if run.base_params is not None and scale != run.retain_scale:
         run.params, run.retain_scale = run.method.scale_retain(run.base_params, scale), scale

@@ -84,6 +84,7 @@ class Run:
     timing: dict[str, float] = field(default_factory=dict)  # seconds per phase, written to trainer_state.json
     card: dict[str, Any] = field(default_factory=dict)  # what the model cards say (obliviate.model_card)
     fields_done: frozenset[str] = frozenset()  # --field_stop: PII fields inside their band at the last check
+    fields_waived: frozenset[str] = frozenset()  # --field_stop_words checked: fields that do not hold a row's words
 
 
 def bars_off(acc: Accelerator) -> bool:

@@ -253,7 +253,7 @@ def accumulate(
         paired_cpu = [collate([d[i] for d in run.paired for i in f], pad_id) if run.paired else None for f, _ in cut]
         if run.fields_done:
             for batch in forget_cpu + paired_cpu:
-                drop_fields(batch, run.fields_done)
+                drop_fields(batch, run.fields_done, run.fields_waived)
         tokens += sum(b.num_tokens for b in forget_cpu + retain_cpu + paired_cpu if b is not None)
         shares = piece_shares(method, forget_cpu, retain_cpu, paired_cpu) if len(cut) > 1 else [{}]
         with acc.accumulate(run.model):
@@ -276,18 +276,21 @@ def accumulate(
     return metrics, tokens_all, checksums if draw_ids else None
 
 
-def drop_fields(batch: TokenBatch | None, fields: frozenset[str]) -> None:
+def drop_fields(batch: TokenBatch | None, fields: frozenset[str], waived: frozenset[str] = frozenset()) -> None:
     """``--field_stop``: the tokens of ``fields``' values no longer carry their field code (``TokenBatch.spans``
     0), so a loss that scores values per field (contrast) leaves them alone, and the units the pieces are weighted
     by are counted without them. A row left with no value at all loses its words' code too
     (:data:`~obliviate.data.records.TEMPLATE_CODE`): the words around values that are all inside their band are
-    left alone with them."""
+    left alone with them. A value of a ``waived`` field (``--field_stop_words checked``) does not keep its row's
+    words coded."""
     if batch is None or batch.spans is None:
         return
     codes = torch.tensor([field_code(name) for name in sorted(fields)], dtype=batch.spans.dtype)
+    waived_codes = torch.tensor([field_code(name) for name in sorted(waived)], dtype=batch.spans.dtype)
 
-    def holds_values() -> torch.Tensor:  # per row: any token still coded as a PII value
-        return ((batch.spans > 0) & (batch.spans < TEMPLATE_CODE)).any(1)
+    def holds_values() -> torch.Tensor:  # per row: any token still coded as a value of a field that is not waived
+        coded = (batch.spans > 0) & (batch.spans < TEMPLATE_CODE) & ~torch.isin(batch.spans, waived_codes)
+        return coded.any(1)
 
     had_values = holds_values()
     batch.spans[torch.isin(batch.spans, codes)] = 0
