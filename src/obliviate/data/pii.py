@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from obliviate.data.records import PII_FIELDS, PersonPII, Record, person_key, qa_index
+from obliviate.data.records import PII_FIELDS, PersonPII, Record, owner_id, qa_index
 
 
 def pii_field(record: Record) -> str | None:
@@ -43,7 +43,7 @@ def pii_from_records(records: Iterable[Record], split: str = "") -> list[PersonP
     questions: dict[str, list[str]] = defaultdict(list)
     names: dict[str, str] = {}
     for record in records:
-        key = str(record.meta.get("person_id") or person_key(record.id))
+        key = owner_id(record)
         ids[key].append(record.id)
         if record.meta.get("name"):
             names[key] = str(record.meta["name"])
@@ -73,7 +73,7 @@ def values_in_answers(records: Iterable[Record], people: Iterable[PersonPII]) ->
     by_id = {p.person_id: p for p in people}
     out = []
     for record in records:
-        person = by_id.get(str(record.meta.get("person_id") or person_key(record.id)))
+        person = by_id.get(owner_id(record))
         if record.kind == "qa" or person is None:
             out.append(record)
             continue
@@ -102,7 +102,7 @@ def mark_pii_spans(records: Iterable[Record], people: Iterable[PersonPII]) -> tu
     by_id = {p.person_id: p for p in people}
     out, marked = [], 0
     for record in records:
-        person = by_id.get(str(record.meta.get("person_id") or person_key(record.id)))
+        person = by_id.get(owner_id(record))
         spans: list[tuple[int, int, str]] = []
         for field, value in person.fields.items() if person else ():
             start = 0

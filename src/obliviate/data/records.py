@@ -87,6 +87,11 @@ def person_key(record_id: str) -> str:
     return _SUFFIX.sub("", record_id)
 
 
+def owner_id(record: Record) -> str:
+    """The person (or document) ``record`` is about: ``meta["person_id"]``, else its id without the suffix."""
+    return str(record.meta.get("person_id") or person_key(record.id))
+
+
 @dataclass(frozen=True)
 class PersonPII:
     """One person whose PII is tracked (synthetic ``pii.json``, or read back from LUME-style QA rows).

@@ -59,11 +59,11 @@ def sample_records(records: list[Record], max_examples: int | None, seed: int) -
     """A fixed, seeded sample that keeps whole people together (a person's biography and QA rows)."""
     if max_examples is None or len(records) <= max_examples:
         return records
-    from obliviate.data.records import person_key
+    from obliviate.data.records import owner_id
 
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
-        groups[str(record.meta.get("person_id") or person_key(record.id))].append(record)
+        groups[owner_id(record)].append(record)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     chosen: list[Record] = []

@@ -29,7 +29,7 @@ import torch
 from obliviate.config import RELEARN_SOURCES
 from obliviate.data.batching import collate, encode_record
 from obliviate.data.pii_match import find_value
-from obliviate.data.records import PersonPII, Record, person_key
+from obliviate.data.records import PersonPII, Record, owner_id
 from obliviate.evaluate.data import EvalData, people_of
 from obliviate.evaluate.leak import Redactor
 from obliviate.losses.common import mean_nll
@@ -55,7 +55,7 @@ class RelearnSource:
 def _groups(records: Sequence[Record]) -> dict[str, list[Record]]:
     groups: dict[str, list[Record]] = defaultdict(list)
     for record in records:
-        groups[str(record.meta.get("person_id") or person_key(record.id))].append(record)
+        groups[owner_id(record)].append(record)
     return groups
 
 

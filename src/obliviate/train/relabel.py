@@ -288,9 +288,9 @@ def _first_line_like(generated: str, original: str) -> str:
 
 
 def person_of(record: Record, people: dict[str, PersonPII]) -> PersonPII | None:
-    from obliviate.data.records import person_key
+    from obliviate.data.records import owner_id
 
-    return people.get(str(record.meta.get("person_id") or person_key(record.id)))
+    return people.get(owner_id(record))
 
 
 def known_people(forget_dir, records: Sequence[Record] | Mapping[str, Sequence[Record]]) -> list[PersonPII]:
