@@ -27,7 +27,12 @@ import _common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LUME = REPO.parent / "shared" / "data" / "lume"
-MARK_START, MARK_END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+
+
+def marks(tasks: str) -> tuple[str, str]:
+    """BENCHMARKS.md's markers around one task set's section: Task2 (the README's table) keeps the plain ones."""
+    key = "bench_quality" if tasks == "Task2" else f"bench_quality:{tasks}"
+    return f"<!-- {key}:start -->", f"<!-- {key}:end -->"
 
 
 def split_lume(tasks: list[str], out: Path, holdout_fraction: float, seed: int) -> dict[str, Path]:
@@ -77,12 +82,13 @@ def table(results: dict, args) -> str:
     return columns_table(columns, rows)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, tasks: str = "Task2") -> None:
     path = REPO / "BENCHMARKS.md"
     current = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_START}\n{text.rstrip()}\n{MARK_END}"
-    if MARK_START in current:
-        current = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), lambda _: block, current, flags=re.S)
+    start, end = marks(tasks)
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in current:
+        current = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
     else:
         current = current.rstrip() + "\n\n" + block + "\n"
     path.write_text(current)
@@ -163,7 +169,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
         f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
         f"Measured {_common.utc_date()} with `{command}` ({seconds / 60:.0f} min on {_common.cpu_cores()} CPU cores; "
         f"target and oracle {_finetuned(args)}, {args.eval_max_examples} rows per split), "
-        "written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-task2)."
+        f"written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-{args.tasks.lower()})."
     )
     intro = textwrap.fill(intro, width=118, break_on_hyphens=False, break_long_words=False)
     return (
@@ -251,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     text = write_up(results, args, command, time.perf_counter() - started, _common.cpu_cores())
     print(text)
     if args.write:
-        write_section(text)
+        write_section(text, args.tasks)
         _common.write_readme_line(
-            "lume-results", readme_section(results, args, command, time.perf_counter() - started)
+            "lume-results" if args.tasks == "Task2" else f"lume-{args.tasks}-results",
+            readme_section(results, args, command, time.perf_counter() - started),
         )
     return 0
 

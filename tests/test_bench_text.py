@@ -218,6 +218,18 @@ def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
     assert "(tiny OLMo, fine-tuned 12 epochs," in text and "after 12 fine-tuning epochs" in text
 
 
+def test_quality_sections_of_two_task_sets_live_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_quality, "REPO", tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    bench_quality.write_section("## Quality on LUME (Task2)\nold", "Task2")
+    bench_quality.write_section("## Quality on LUME (all)\nfirst", "all")
+    bench_quality.write_section("## Quality on LUME (all)\nsecond", "all")
+    bench_quality.write_section("## Quality on LUME (Task2)\nnew", "Task2")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "new" in text and "second" in text and "old" not in text and "first" not in text
+    assert text.count("<!-- bench_quality:start -->") == 1 and text.count("<!-- bench_quality:all:start -->") == 1
+
+
 def test_sweep_write_up_states_epochs_rule_and_goals_it_used():
     args = sweep_defaults.build_parser().parse_args(["--methods", "npo"])
     rows = [{"model": "target"}, {"model": "oracle"}, {"model": "npo lr=0.0001", "epoch": 2, "goals": 1}]
