@@ -857,3 +857,39 @@ def test_contrast_profile_reopens_a_value_whose_mean_one_blown_up_token_closed()
     assert on.loss.item() == pytest.approx(2.0 * on.metrics["profile"].item(), rel=1e-5)
     assert float(grad[0, 0].abs().sum()) == 0.0  # the blown-up token is past its quantile
     assert all(float(grad[0, t, label]) > 0.4 for t, label in ((1, 2), (2, 3), (3, 4)))  # 2 × p / 4 each
+
+
+def test_contrast_whole_pushes_only_the_weakest_token_of_a_value_written_whole_and_not_its_fakes():
+    """--set contrast.whole=w: a value whose every token is the first choice (teacher-forced), while its fake's is
+    not, gets a hinge on its least margin (the true token's logit over the best other's) plus one nat, and the
+    gradient reaches that token alone. A value already not written whole, or one whose fake is written whole too
+    (anyone could write it), gets nothing."""
+    from obliviate.data.batching import field_code
+    from obliviate.losses.contrast import WHOLE_MARGIN
+
+    code = field_code("email")
+    spans = torch.tensor([[0, code, code, code, code, 0]])
+
+    def logits(margins):
+        out = torch.zeros(1, 6, VOCAB)
+        for t, (label, margin) in enumerate(zip((1, 2, 3, 4), margins)):
+            out[0, t, label] = margin  # every other token at 0: the margin is the label's logit
+        return out
+
+    written = logits([5.0, 0.5, 3.0, 4.0])
+    not_written = logits([5.0, -2.0, 3.0, 4.0])
+
+    def whole_part(true, fake):  # the loss and gradient the term adds to the rest of contrast's
+        off, off_grad = _contrast_on_one_row(true, fake, spans, {"whole": 0.0})
+        on, grad = _contrast_on_one_row(true, fake, spans, {"whole": 2.0})
+        assert "whole" not in off.metrics
+        return on.metrics["whole"].item(), on.loss.item() - off.loss.item(), grad - off_grad
+
+    term, added, grad = whole_part(written, not_written)
+    assert term == pytest.approx(0.5 + WHOLE_MARGIN) and added == pytest.approx(2.0 * term, rel=1e-5)
+    assert float(grad[0, 1, 2]) == pytest.approx(2.0)  # the weakest token's logit, pushed down
+    assert float(grad[0, 1].sum()) == pytest.approx(0.0, abs=1e-6)  # and the best other token's pulled up as much
+    assert float(grad[0, [0, 2, 3]].abs().sum()) == 0.0  # the strong tokens are left alone
+    for true, fake in ((written, written.clone()), (logits([5.0, -1.5, 3.0, 4.0]), not_written)):
+        term, added, grad = whole_part(true, fake)  # the fake written whole too; the value not written whole
+        assert term == 0.0 and added == pytest.approx(0.0, abs=1e-6) and float(grad.abs().sum()) == 0.0

@@ -86,6 +86,12 @@ WEIGHTS = {
         ge=0,
         le=1,
     ),
+    "whole": Weight(
+        0.0,
+        "weight of the hinge on each true value's weakest token while teacher-forced greedy decoding writes the whole "
+        "value and not its fake (0: none)",
+        ge=0,
+    ),
     "length_weight": Weight(
         0.0,
         "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
@@ -181,6 +187,32 @@ def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.T
     return pushed.sum(-1) / over.clamp_min(1), both
 
 
+WHOLE_MARGIN = 1.0
+"""Nats by which the ``whole`` term wants a value's weakest token behind the model's first choice: the prompts the
+leak probes use (a question, the record cut before the value, a paraphrase) are not the training row's."""
+
+
+def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch, fields]``: the least margin, over each (row, field) value's tokens, of the true token's logit over
+    the best other token's (teacher-forced), and ``[batch, fields]`` whether the value has tokens.
+
+    The margin is positive exactly when greedy decoding from the row's prompt writes the whole value: every one of its
+    tokens is the model's first choice. A model that never saw the person writes a value whole only where anyone
+    could (a value built from what the prompt holds); its least margin is negative elsewhere.
+    """
+    _, fields = _token_fields(forward)
+    margin = torch.full(fields.shape[:2], torch.finfo(torch.float32).max, device=fields.device)
+    values = fields.any(-1)
+    if values.any():
+        z = forward.logits[:, :-1][values].float()
+        target = forward.labels[:, 1:][values]
+        true = z.gather(-1, target[:, None]).squeeze(-1)
+        other = z.scatter(-1, target[:, None], float("-inf")).max(-1).values
+        margin = margin.index_put((values,), true - other)
+    least = torch.where(fields.bool(), margin[..., None], torch.finfo(torch.float32).max).amin(1)
+    return least, fields.sum(1) > 0
+
+
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[copies * rows, fields]`` NLLs of the paired batch (copy after copy) as ``[rows, fields]``: each pair's mean
     over the copies that hold it, and whether any does."""
@@ -250,6 +282,13 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus))
         profile_term = (profile * profiled).sum() / count * pairs
         forget_term = forget_term + params.profile * profile_term
+    if params.whole and forget.spans is not None:  # written whole, where the fake is not: push its weakest token
+        least, has = first_choice_margin(forget)
+        fake_least, fake_has = first_choice_margin(paired)
+        fake_whole = ((fake_least.detach() > 0) & fake_has).view(-1, rows, least.shape[-1]).any(0)
+        gate = has & fake_has.view(-1, rows, least.shape[-1]).any(0) & ~fake_whole
+        whole_term = torch.where(gate, torch.relu(least + WHOLE_MARGIN), 0.0).sum() / count * pairs
+        forget_term = forget_term + params.whole * whole_term
     if params.stranger:  # the row's other words, no likelier than after a stranger's name
         words, word_tokens = per_field_nll(forget, template=True)
         stranger_words, stranger_tokens = per_field_nll(paired, template=True)
@@ -267,6 +306,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         **({"gap_pull": pull.detach()} if params.pull else {}),
         **({"profile": profile_term.detach()} if params.profile and forget.spans is not None else {}),
         **({"words_hinge": words_hinge.detach()} if params.stranger else {}),
+        **({"whole": whole_term.detach()} if params.whole and forget.spans is not None else {}),
         "retain_nll": retain_nll.detach(),
     }
     return LossOutput(total, metrics)
