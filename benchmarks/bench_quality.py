@@ -146,6 +146,10 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
     )
 
 
+def _data(tasks: str) -> str:
+    return "all three tasks of the real LUME data" if tasks == "all" else f"the real LUME {tasks} data"
+
+
 def readme_section(results: dict, args: argparse.Namespace, command: str, seconds: float) -> str:
     """README.md's LUME section: the one-screen table and each method's goals, from ``results.json``."""
     import textwrap
@@ -165,8 +169,8 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     )
     held, total, lines = demo_results.goal_lines(rows, demo_results.attack_goals(results))
     intro = (
-        f"The same pipeline on the real LUME {args.tasks} data (`../shared/data/lume`; 10 % of the retain people held "
-        f"out), every method as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
+        f"The same pipeline on {_data(args.tasks)} (`../shared/data/lume`; 10 % of the retain people held "
+        f"out), each method below as `obliviate unlearn` runs it with no hyperparameter flags, nothing tuned on LUME. "
         f"Measured {_common.utc_date()} with `{command}` ({seconds / 60:.0f} min on {_common.cpu_cores()} CPU cores; "
         f"target and oracle {_finetuned(args)}, {args.eval_max_examples} rows per split), "
         f"written by the script. Details: [BENCHMARKS.md](BENCHMARKS.md#quality-on-lume-{args.tasks.lower()})."
