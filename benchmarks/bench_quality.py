@@ -27,6 +27,7 @@ import _common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LUME = REPO.parent / "shared" / "data" / "lume"
+TASKS = ("Task1", "Task2", "Task3")
 
 
 def marks(tasks: str) -> tuple[str, str]:
@@ -234,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     for text in args.set:
         method, option, value = parse_setting(text)
         presets.setdefault(method, {})[option] = value
-    tasks = ["Task1", "Task2", "Task3"] if args.tasks == "all" else args.tasks.split(",")
+    tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
+    if unknown := sorted(set(tasks) - set(TASKS)):
+        parser.error(f"--tasks: unknown {', '.join(unknown)} (LUME has {', '.join(TASKS)}; or all)")
     out = Path(args.output_dir)
     dirs = split_lume(tasks, out / "data", 0.1, args.seed)
     config = PipelineConfig(

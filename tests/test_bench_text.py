@@ -230,6 +230,13 @@ def test_quality_sections_of_two_task_sets_live_side_by_side(tmp_path, monkeypat
     assert text.count("<!-- bench_quality:start -->") == 1 and text.count("<!-- bench_quality:all:start -->") == 1
 
 
+def test_quality_refuses_an_unknown_task_before_writing_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_quality.main(["--tasks", "Task2,Task5", "--output_dir", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and not (tmp_path / "out").exists()
+    assert "--tasks: unknown Task5 (LUME has Task1, Task2, Task3; or all)" in capsys.readouterr().err
+
+
 def test_sweep_write_up_states_epochs_rule_and_goals_it_used():
     args = sweep_defaults.build_parser().parse_args(["--methods", "npo"])
     rows = [{"model": "target"}, {"model": "oracle"}, {"model": "npo lr=0.0001", "epoch": 2, "goals": 1}]
