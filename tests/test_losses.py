@@ -893,3 +893,26 @@ def test_contrast_whole_pushes_only_the_weakest_token_of_a_value_written_whole_a
     for true, fake in ((written, written.clone()), (logits([5.0, -1.5, 3.0, 4.0]), not_written)):
         term, added, grad = whole_part(true, fake)  # the fake written whole too; the value not written whole
         assert term == 0.0 and added == pytest.approx(0.0, abs=1e-6) and float(grad.abs().sum()) == 0.0
+
+
+def test_contrast_whole_reads_each_occurrence_of_a_value_apart():
+    """A biography writes its e-mail twice (a link's text and its target). The first occurrence written whole is a
+    leak however unlikely a token of the second is: the term pushes the weakest token of the occurrence written
+    whole, not the row's weakest token of the field (which is in the other occurrence, already not written)."""
+    from obliviate.data.batching import field_code
+    from obliviate.losses.contrast import WHOLE_MARGIN, first_choice_margin
+
+    code = field_code("email")
+    labels = torch.full((1, 7), IGNORE_INDEX)
+    labels[0, 1:6] = torch.tensor([1, 2, 3, 4, 5])
+    spans = torch.tensor([[0, code, code, 0, code, code, 0]])  # two occurrences, a word between
+    logits = torch.zeros(1, 7, VOCAB)
+    for t, (label, margin) in enumerate(zip((1, 2, 3, 4, 5), (4.0, 2.0, 1.0, -3.0, 6.0))):
+        logits[0, t, label] = margin
+    logits.requires_grad_(True)
+    best, has = first_choice_margin(Forward(logits, labels, torch.ones(1, 7), spans=spans))
+    column = code - 1
+    assert bool(has[0, column]) and float(best[0, column].detach()) == pytest.approx(2.0)  # the first occurrence's least
+    torch.relu(best[0, column] + WHOLE_MARGIN).backward()
+    assert float(logits.grad[0, 1, 2]) == pytest.approx(1.0)  # its weakest token
+    assert float(logits.grad[0, [0, 2, 3, 4]].abs().sum()) == 0.0  # not the other occurrence's, nor the word

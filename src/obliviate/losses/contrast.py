@@ -193,24 +193,35 @@ leak probes use (a question, the record cut before the value, a paraphrase) are 
 
 
 def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch, fields]``: the least margin, over each (row, field) value's tokens, of the true token's logit over
-    the best other token's (teacher-forced), and ``[batch, fields]`` whether the value has tokens.
+    """``[batch, fields]``: how nearly greedy decoding writes each (row, field) value whole, and ``[batch, fields]``
+    whether the row holds the value.
 
-    The margin is positive exactly when greedy decoding from the row's prompt writes the whole value: every one of its
-    tokens is the model's first choice. A model that never saw the person writes a value whole only where anyone
-    could (a value built from what the prompt holds); its least margin is negative elsewhere.
+    An occurrence's margin is the least, over its tokens, of the true token's logit over the best other token's
+    (teacher-forced): positive exactly when greedy decoding from the text before it writes all of it, every token the
+    model's first choice. A value's figure is the largest over its occurrences in the row (a biography writes its
+    e-mail twice, as a link's text and its target): it is written whole somewhere while any of them is. A model that
+    never saw the person writes a value whole only where anyone could (a value built from what the prompt holds).
     """
     _, fields = _token_fields(forward)
-    margin = torch.full(fields.shape[:2], torch.finfo(torch.float32).max, device=fields.device)
+    batch, length, n_fields = fields.shape
+    top = torch.finfo(torch.float32).max
+    margin = torch.full((batch, length), top, device=fields.device)
     values = fields.any(-1)
-    if values.any():
-        z = forward.logits[:, :-1][values].float()
-        target = forward.labels[:, 1:][values]
-        true = z.gather(-1, target[:, None]).squeeze(-1)
-        other = z.scatter(-1, target[:, None], float("-inf")).max(-1).values
-        margin = margin.index_put((values,), true - other)
-    least = torch.where(fields.bool(), margin[..., None], torch.finfo(torch.float32).max).amin(1)
-    return least, fields.sum(1) > 0
+    if not values.any():
+        return torch.full((batch, n_fields), -top, device=fields.device), values.new_zeros(batch, n_fields)
+    z = forward.logits[:, :-1][values].float()
+    target = forward.labels[:, 1:][values]
+    true = z.gather(-1, target[:, None]).squeeze(-1)
+    margin = margin.index_put((values,), true - z.scatter(-1, target[:, None], float("-inf")).max(-1).values)
+    code = (fields.argmax(-1) + 1) * values  # [batch, length]: the field of each value token, 0 elsewhere
+    starts = values & (code != torch.nn.functional.pad(code, (1, 0))[:, :-1])
+    occurrence = torch.where(values, starts.long().cumsum(-1) - 1, 0)  # each row's occurrences, from 0
+    count = int(starts.sum(-1).max())
+    member = torch.nn.functional.one_hot(occurrence, count).bool() & values[..., None]  # [batch, length, count]
+    least = torch.where(member, margin[..., None], top).amin(1)  # [batch, count]
+    field_of = torch.einsum("blc,blf->bcf", member.float(), fields).bool()  # [batch, count, fields]
+    best = torch.where(field_of, least[..., None], -top).amax(1)  # [batch, fields]
+    return best, fields.sum(1) > 0
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
