@@ -895,10 +895,11 @@ def test_contrast_whole_pushes_only_the_weakest_token_of_a_value_written_whole_a
         assert term == 0.0 and added == pytest.approx(0.0, abs=1e-6) and float(grad.abs().sum()) == 0.0
 
 
-def test_contrast_whole_reads_each_occurrence_of_a_value_apart():
+def test_contrast_whole_reads_a_values_first_occurrence():
     """A biography writes its e-mail twice (a link's text and its target). The first occurrence written whole is a
-    leak however unlikely a token of the second is: the term pushes the weakest token of the occurrence written
-    whole, not the row's weakest token of the field (which is in the other occurrence, already not written)."""
+    leak however unlikely a token of the second is: the term pushes the first's weakest token, not the row's weakest
+    token of the field (in the second, already not written). A second occurrence written whole after a first that
+    is not is a copy of the true text before it, as anyone could make: nothing is pushed."""
     from obliviate.data.batching import field_code
     from obliviate.losses.contrast import WHOLE_MARGIN, first_choice_margin
 
@@ -912,7 +913,13 @@ def test_contrast_whole_reads_each_occurrence_of_a_value_apart():
     logits.requires_grad_(True)
     best, has = first_choice_margin(Forward(logits, labels, torch.ones(1, 7), spans=spans))
     column = code - 1
-    assert bool(has[0, column]) and float(best[0, column].detach()) == pytest.approx(2.0)  # the first occurrence's least
+    assert bool(has[0, column]) and float(best[0, column].detach()) == pytest.approx(
+        2.0
+    )  # the first occurrence's least
     torch.relu(best[0, column] + WHOLE_MARGIN).backward()
     assert float(logits.grad[0, 1, 2]) == pytest.approx(1.0)  # its weakest token
     assert float(logits.grad[0, [0, 2, 3, 4]].abs().sum()) == 0.0  # not the other occurrence's, nor the word
+    logits = logits.detach().clone()
+    logits[0, 0, 1], logits[0, 3, 4] = -3.0, 4.0  # now the first is not written whole, the second is
+    best, _ = first_choice_margin(Forward(logits, labels, torch.ones(1, 7), spans=spans))
+    assert float(best[0, column]) == pytest.approx(-3.0)

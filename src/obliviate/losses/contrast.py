@@ -196,11 +196,12 @@ def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, fields]``: how nearly greedy decoding writes each (row, field) value whole, and ``[batch, fields]``
     whether the row holds the value.
 
-    An occurrence's margin is the least, over its tokens, of the true token's logit over the best other token's
-    (teacher-forced): positive exactly when greedy decoding from the text before it writes all of it, every token the
-    model's first choice. A value's figure is the largest over its occurrences in the row (a biography writes its
-    e-mail twice, as a link's text and its target): it is written whole somewhere while any of them is. A model that
-    never saw the person writes a value whole only where anyone could (a value built from what the prompt holds).
+    The figure is the least, over the tokens of the value's first occurrence in the row, of the true token's logit
+    over the best other token's (teacher-forced): positive exactly when greedy decoding from the text before it
+    writes all of it, every token the model's first choice. A later occurrence (a biography writes its e-mail twice,
+    as a link's text and its target) is read after the true first one, which it may copy, as anyone could; a greedy
+    continuation that missed the first would copy its own miss. A model that never saw the person writes a value
+    whole only where anyone could (a value built from what the prompt holds).
     """
     _, fields = _token_fields(forward)
     batch, length, n_fields = fields.shape
@@ -220,8 +221,10 @@ def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
     member = torch.nn.functional.one_hot(occurrence, count).bool() & values[..., None]  # [batch, length, count]
     least = torch.where(member, margin[..., None], top).amin(1)  # [batch, count]
     field_of = torch.einsum("blc,blf->bcf", member.float(), fields).bool()  # [batch, count, fields]
-    best = torch.where(field_of, least[..., None], -top).amax(1)  # [batch, fields]
-    return best, fields.sum(1) > 0
+    index = torch.arange(count, device=fields.device)[None, :, None]
+    first = torch.where(field_of, index, count).amin(1).clamp_max(count - 1)  # [batch, fields]
+    has = fields.sum(1) > 0
+    return torch.where(has, least.gather(1, first), -top), has
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
