@@ -88,8 +88,8 @@ WEIGHTS = {
     ),
     "whole": Weight(
         0.0,
-        "weight of the hinge on each true value's weakest token while teacher-forced greedy decoding writes the whole "
-        "value and not its fake (0: none)",
+        "weight of the hinge on the weakest token of each true value's first occurrence in a row while teacher-forced "
+        "greedy decoding writes it whole and not its fake (0: none)",
         ge=0,
     ),
     "length_weight": Weight(
@@ -261,9 +261,12 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     ``params.pull`` (0 by default) adds the hinge's mirror, ``pull·relu(NLL(true) − NLL(fake) − delta)`` with the
     fake detached: a value pushed past its fake is made likelier again, up to the fake. ``params.length_weight``
     (0 by default) weighs each pair's push (not its pull) by its true value's tokens over the batch's mean, to that
-    power. Both are measured in ``docs/METHODS.md``.
+    power. ``params.whole`` (0 by default) adds ``whole·relu(g + 1)`` per (row, field), ``g`` the least first-choice
+    margin of the value's first occurrence (:func:`first_choice_margin`), where greedy decoding writes that value
+    whole and not its fake. All three are measured in ``docs/METHODS.md``.
 
-    Logs ``forget_nll`` (true values), ``fake_nll``, ``gap_hinge`` (the push) and, with a pull, ``gap_pull``.
+    Logs ``forget_nll`` (true values), ``fake_nll``, ``gap_hinge`` (the push) and, with a pull, ``gap_pull``; with
+    ``whole``, ``whole``.
     """
     forget, paired = inputs.forget, inputs.paired
     if (forget.spans is None) != (paired.spans is None):  # one side without field codes: compare rows, not fields
@@ -298,8 +301,9 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         forget_term = forget_term + params.profile * profile_term
     if params.whole and forget.spans is not None:  # written whole, where the fake is not: push its weakest token
         least, has = first_choice_margin(forget)
-        fake_least, fake_has = first_choice_margin(paired)
-        fake_whole = ((fake_least.detach() > 0) & fake_has).view(-1, rows, least.shape[-1]).any(0)
+        with torch.no_grad():  # the fake only opens or closes the gate
+            fake_least, fake_has = first_choice_margin(paired)
+        fake_whole = ((fake_least > 0) & fake_has).view(-1, rows, least.shape[-1]).any(0)
         gate = has & fake_has.view(-1, rows, least.shape[-1]).any(0) & ~fake_whole
         whole_term = torch.where(gate, torch.relu(least + WHOLE_MARGIN), 0.0).sum() / count * pairs
         forget_term = forget_term + params.whole * whole_term
