@@ -204,27 +204,20 @@ def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
     whole only where anyone could (a value built from what the prompt holds).
     """
     _, fields = _token_fields(forward)
-    batch, length, n_fields = fields.shape
     top = torch.finfo(torch.float32).max
-    margin = torch.full((batch, length), top, device=fields.device)
-    values = fields.any(-1)
-    if not values.any():
-        return torch.full((batch, n_fields), -top, device=fields.device), values.new_zeros(batch, n_fields)
-    z = forward.logits[:, :-1][values].float()
-    target = forward.labels[:, 1:][values]
-    true = z.gather(-1, target[:, None]).squeeze(-1)
-    margin = margin.index_put((values,), true - z.scatter(-1, target[:, None], float("-inf")).max(-1).values)
-    code = (fields.argmax(-1) + 1) * values  # [batch, length]: the field of each value token, 0 elsewhere
+    logits, labels = forward.logits[:, :-1], forward.labels[:, 1:].clamp_min(0)
+    best = logits.topk(2, dim=-1)  # no boolean indexing, no read on the host: the loop syncs once per step
+    other = torch.where(best.indices[..., 0] == labels, best.values[..., 1], best.values[..., 0])
+    margin = (logits.gather(-1, labels[..., None]).squeeze(-1) - other).float()  # [batch, length]
+    coded = fields.bool()
+    values = coded.any(-1)
+    code = (fields.argmax(-1) + 1) * values  # the field of each value token, 0 elsewhere
     starts = values & (code != torch.nn.functional.pad(code, (1, 0))[:, :-1])
-    occurrence = torch.where(values, starts.long().cumsum(-1) - 1, 0)  # each row's occurrences, from 0
-    count = int(starts.sum(-1).max())
-    member = torch.nn.functional.one_hot(occurrence, count).bool() & values[..., None]  # [batch, length, count]
-    least = torch.where(member, margin[..., None], top).amin(1)  # [batch, count]
-    field_of = torch.einsum("blc,blf->bcf", member.float(), fields).bool()  # [batch, count, fields]
-    index = torch.arange(count, device=fields.device)[None, :, None]
-    first = torch.where(field_of, index, count).amin(1).clamp_max(count - 1)  # [batch, fields]
-    has = fields.sum(1) > 0
-    return torch.where(has, least.gather(1, first), -top), has
+    occurrence = starts.long().cumsum(-1)[..., None]  # [batch, length, 1]: each row's occurrences, from 1
+    first = torch.where(coded, occurrence, fields.shape[1] + 1).amin(1, keepdim=True)  # [batch, 1, fields]
+    least = torch.where(coded & (occurrence == first), margin[..., None], top).amin(1)
+    has = coded.any(1)
+    return torch.where(has, least, -top), has
 
 
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
