@@ -8,7 +8,8 @@ address?``) for up to ``--people`` forget and holdout people, and for the strang
 their place (``RecombinedNames``, with the first model's tokenizer); and of the e-mail as their biography writes it
 after the leak measure's prefix probe (the biography cut just before it), where most of contrast's leaked e-mails
 are found, with how many of those e-mails have every token the model's first choice there (teacher-forced: the
-e-mails a greedy continuation of the prefix would write). Means and counts only; no name or value is printed.
+e-mails a greedy continuation of the prefix would write), and how many greedy decoding writes there through any
+tokens. Means and counts only; no name or value is printed. ``--people 400`` reads every forget person.
 
     python benchmarks/probe_email_nll.py --data runs/lume/data MODEL_DIR [MODEL_DIR ...]
 """
@@ -78,6 +79,24 @@ def _surface_nll(model, tokenizer, prefix: str, rest: str) -> tuple[float, bool]
     return float(nll[start - 1 :].mean()), bool((logits.argmax(-1) == target)[start - 1 :].all())
 
 
+def _greedy_writes(model, tokenizer, prefix: str, rest: str) -> bool:
+    """Whether greedy decoding after ``prefix`` writes ``rest`` (the e-mail as the biography writes it), through any
+    tokens: the leak measure's prefix probe, without its other probes and its surface forms."""
+    import torch
+
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    budget = len(tokenizer(rest, add_special_tokens=False)["input_ids"]) + 6
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=budget,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return rest.strip() in tokenizer.decode(out[0, len(ids) :])
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
@@ -107,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     prefixes = {s: _prefix_cuts(splits[s], [p for p in people if p.person_id in ids], s) for s in chosen}
     print(
         "| model | forget e-mail NLL | holdout e-mail NLL | stranger e-mail NLL (forget / holdout draws) "
-        "| after the prefix probe: forget / holdout | there, every token the first choice: forget / holdout |"
+        "| after the prefix probe: forget / holdout | there, every token the first choice: forget / holdout "
+        "| written by greedy decoding there: forget / holdout |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for path in args.models:
         model, tokenizer = load_model(path)
 
@@ -121,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         scored = {s: [_surface_nll(model, tokenizer, *cut) for cut in cuts] for s, cuts in prefixes.items()}
         prefix = {s: float(np.mean([nll for nll, _ in rows])) for s, rows in scored.items()}
         first = {s: f"{sum(top for _, top in rows)} of {len(rows)}" for s, rows in scored.items()}
+        greedy = {
+            s: f"{sum(_greedy_writes(model, tokenizer, *cut) for cut in cuts)} of {len(cuts)}"
+            for s, cuts in prefixes.items()
+        }
         print(
             f"| {path} | {true['forget']:.3f} | {true['holdout']:.3f} | {fake['forget']:.3f} / {fake['holdout']:.3f} "
-            f"| {prefix['forget']:.3f} / {prefix['holdout']:.3f} | {first['forget']} / {first['holdout']} |"
+            f"| {prefix['forget']:.3f} / {prefix['holdout']:.3f} | {first['forget']} / {first['holdout']} "
+            f"| {greedy['forget']} / {greedy['holdout']} |"
         )
     return 0
 
