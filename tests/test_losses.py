@@ -684,7 +684,7 @@ def _contrast_on_one_row(true, paired, spans, params):
             paired=Forward(paired, labels, mask, spans=spans),
             retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
         ),
-        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, **params}),  # each term alone
+        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, **params}),  # each term alone
     )
     out.loss.backward()
     return out, logits.grad

@@ -87,7 +87,7 @@ WEIGHTS = {
         le=1,
     ),
     "whole": Weight(
-        0.0,
+        2.0,
         "weight of the hinge on the weakest token of each true value's first occurrence in a row while teacher-forced "
         "greedy decoding writes it whole and not its fake (0: none)",
         ge=0,
@@ -254,7 +254,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     ``params.pull`` (0 by default) adds the hinge's mirror, ``pull·relu(NLL(true) − NLL(fake) − delta)`` with the
     fake detached: a value pushed past its fake is made likelier again, up to the fake. ``params.length_weight``
     (0 by default) weighs each pair's push (not its pull) by its true value's tokens over the batch's mean, to that
-    power. ``params.whole`` (0 by default) adds ``whole·relu(g + 1)`` per (row, field), ``g`` the least first-choice
+    power. ``params.whole`` (2 by default) adds ``whole·relu(g + 1)`` per (row, field), ``g`` the least first-choice
     margin of the value's first occurrence (:func:`first_choice_margin`), where greedy decoding writes that value
     whole and not its fake. All three are measured in ``docs/METHODS.md``.
 
