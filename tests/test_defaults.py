@@ -95,6 +95,8 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
     assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is True
     assert config["loss_params"]["profile"] == 1.0  # each token its share (docs/METHODS.md, --profile)
+    assert config["loss_params"]["whole"] == 2.0  # a value still written whole is pushed (docs/METHODS.md, --whole)
+    assert any("whole" in line for line in steps if line.get("phase") == "forget")  # and the term ran: it logs
     assert len([p for p in listing(out / "checkpoints") if "/" not in p]) <= config["max_checkpoints"]
 
 
