@@ -92,7 +92,7 @@ def _greedy_writes(model, tokenizer, prefix: str, rest: str) -> bool:
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             max_new_tokens=budget,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
         )
     return rest.strip() in tokenizer.decode(out[0, len(ids) :])
 

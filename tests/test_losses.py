@@ -913,9 +913,8 @@ def test_contrast_whole_reads_a_values_first_occurrence():
     logits.requires_grad_(True)
     best, has = first_choice_margin(Forward(logits, labels, torch.ones(1, 7), spans=spans))
     column = code - 1
-    assert bool(has[0, column]) and float(best[0, column].detach()) == pytest.approx(
-        2.0
-    )  # the first occurrence's least
+    least = float(best[0, column].detach())
+    assert bool(has[0, column]) and least == pytest.approx(2.0)  # the first occurrence's least
     torch.relu(best[0, column] + WHOLE_MARGIN).backward()
     assert float(logits.grad[0, 1, 2]) == pytest.approx(1.0)  # its weakest token
     assert float(logits.grad[0, [0, 2, 3, 4]].abs().sum()) == 0.0  # not the other occurrence's, nor the word

@@ -294,9 +294,9 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         forget_term = forget_term + params.profile * profile_term
     if params.whole and forget.spans is not None:  # written whole, where the fake is not: push its weakest token
         least, _ = first_choice_margin(forget)
-        with torch.no_grad():  # the fake only opens or closes the gate
-            fake_least, fake_has = first_choice_margin(paired)
-        fake_whole = ((fake_least > 0) & fake_has).view(-1, rows, least.shape[-1]).any(0)
+        with torch.no_grad():  # the fake only opens or closes the gate (its margin is -max where it holds no value)
+            fake_least, _ = first_choice_margin(paired)
+        fake_whole = (fake_least > 0).view(-1, rows, least.shape[-1]).any(0)
         gate = both.bool() & ~fake_whole  # both sides hold the value, and no copy's fake is written whole
         whole_term = torch.where(gate, torch.relu(least + WHOLE_MARGIN), 0.0).sum() / count * pairs
         forget_term = forget_term + params.whole * whole_term
