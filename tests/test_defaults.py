@@ -128,12 +128,14 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     from obliviate.models.load import load_model
     from obliviate.train.loop import setup
 
-    calls = []
+    calls, tokens = [], []
     real_accumulate, real_retain = step.accumulate, step.retain_step
 
     def spy_accumulate(run, method, params, *args, **kwargs):
         calls.append((method.name, params.alpha))
-        return real_accumulate(run, method, params, *args, **kwargs)
+        out = real_accumulate(run, method, params, *args, **kwargs)
+        tokens.append(out[1])  # a retain step's tokens are its inner accumulate's
+        return out
 
     def spy_retain(*args, **kwargs):
         calls.append(("retain step", None))
@@ -150,6 +152,12 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     # the forget step with the retain weight at 0, then two retain steps (each plain NLL through accumulate)
     cycle = [("ga_gd", 0.0)] + [("retain step", None), ("finetune", 4.0)] * 2
     assert calls == cycle * 3 * len(result.trials)
+    # every token those steps trained on is the probe's cost, counted once per step and trial
+    per_trial = len(tokens) // len(result.trials)
+    assert [t["tokens"] for t in result.trials] == [
+        sum(tokens[i : i + per_trial]) for i in range(0, len(tokens), per_trial)
+    ]
+    assert result.tokens == sum(tokens) > 0
 
 
 def test_max_steps_cuts_the_run_and_epochs_alone_decide_without_it(target, tmp_path):
@@ -197,6 +205,11 @@ def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_p
     assert config["lr"] == pytest.approx(first.lr) and config["epochs"] == 3
     assert not any("lr_probe" in line and line.get("step", 0) > 0 for line in metrics(out))
     assert all(line["lr"] == pytest.approx(first.lr) for line in metrics(out) if "loss" in line)
+    # the range test's tokens are counted once, by the run that took it, and a resumed run keeps them
+    trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
+    assert first.lr_probe_tokens == sum(t["tokens"] for t in trials) > 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["lr_probe_tokens"] == first.lr_probe_tokens and state["tokens_seen"] > first.tokens_seen
 
 
 def test_adaptive_rmu_scales_c_to_the_layer_activations(target, tmp_path):

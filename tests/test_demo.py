@@ -61,6 +61,15 @@ def _check_demo_output(out: Path, cache: Path) -> dict:
             assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, (row["model"], key)
         assert row["tokens_vs_oracle"] > 0
     assert {g["goal"].split(":")[0] for g in results["goals"]} == {"ga_gd", "npo"}
+    # the cost counts every token each run trained on: its steps and its range test's trials (the rate is unset)
+    oracle_tokens = json.loads(next(cache.glob("oracle-*/trainer_state.json")).read_text())["tokens_seen"]
+    for run, row in zip(results["runs"], results["summary"][2:]):
+        state = json.loads((out / "methods" / run["method"] / "trainer_state.json").read_text())
+        lines = [json.loads(line) for line in (out / "methods" / run["method"] / "metrics.jsonl").open()]
+        trials = [line["lr_probe"]["tokens"] for line in lines if "lr_probe" in line]
+        assert run["lr_probe_tokens"] == state["lr_probe_tokens"] == sum(trials) > 0
+        assert run["tokens"] == state["tokens_seen"] + run["lr_probe_tokens"]
+        assert row["tokens_vs_oracle"] == pytest.approx(run["tokens"] / oracle_tokens)
     report = (out / "report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
     assert {"rougeL_per_epoch.png", "tradeoff.png", "loss_per_epoch.png", "attack_leak_rate.png"} <= set(images)

@@ -141,7 +141,7 @@ class MethodRun:
     run_dir: Path
     epochs: list[EpochEval]
     best: dict[str, Any]  # select_best's choice: epoch, path, rule, reason
-    tokens: int
+    tokens: int  # every token trained on: the run's steps and its range test's trials
     wall_seconds: float  # training and the per-epoch evaluations
     preset: dict[str, Any]
     lr: float | None
@@ -149,6 +149,7 @@ class MethodRun:
     stopped: str | None
     stop_checks: list[dict[str, float]]
     step_budget: int | None = None  # --max_steps of the run (None: its epochs alone set its length)
+    lr_probe_tokens: int = 0  # the range test's share of ``tokens`` (0: the rate was given)
 
     @property
     def ended(self) -> str:
@@ -161,7 +162,7 @@ class MethodRun:
     def to_json(self) -> dict[str, Any]:
         """The run's entry in the report's ``results.json``."""
         fields = ("method", "best", "preset", "lr", "steps", "step_budget", "stopped", "ended", "stop_checks")
-        fields += ("tokens", "wall_seconds")
+        fields += ("tokens", "lr_probe_tokens", "wall_seconds")
         return {**{name: getattr(self, name) for name in fields}, "epochs": [e.to_json() for e in self.epochs]}
 
 

@@ -205,7 +205,9 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
         "`holdout_gap`, retain EM) stays ≥ 90 % of the target's"
     )
     runs_line = "; ".join(
-        f"{r.method}: lr {r.lr:.3g}, {r.steps} steps, "
+        f"{r.method}: lr {r.lr:.3g}"
+        + (f" (its range test {r.lr_probe_tokens / r.tokens:.0%} of the run's tokens)" if r.lr_probe_tokens else "")
+        + f", {r.steps} steps, "
         + (f"stopped ({r.stopped})" if r.stopped else f"ended by its {r.ended}")
         for r in outcome.runs
         if r.lr is not None
@@ -218,8 +220,8 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
             [
                 "forget quality: KS-test p-value of per-example forget answer NLL against the oracle (no paraphrased "
                 "or perturbed answers exist in this data)",
-                "tokens / oracle: tokens processed by the unlearning run (forget + paired retain batches) over the "
-                "tokens of retraining the oracle",
+                "tokens / oracle: tokens trained on by the unlearning run (forget + paired retain batches, its "
+                "range test's trial steps included) over the tokens of retraining the oracle",
             ]
             if has_oracle
             else []

@@ -119,7 +119,7 @@ def setup(
         accumulation=accumulation,
         control=control,
         is_peft=is_peft,
-        state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "stopped": None},
+        state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "lr_probe_tokens": 0, "stopped": None},
         epochs=epochs,
         total_steps=total_steps,
         joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
@@ -199,6 +199,7 @@ def train(
         AcceleratorState._reset_state()
     result.epochs_completed = run.state["epoch"]
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
+    result.lr_probe_tokens = run.state.get("lr_probe_tokens", 0)  # a checkpoint of an older run may lack it
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started
     result.step_budget = run.config.max_steps or None
     result.timing = {**run.timing, "total_seconds": result.wall_seconds}
@@ -262,6 +263,7 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
         probe_started = time.perf_counter()
         probe = probe_lr(run, steps=getattr(config, "lr_probe_steps", 5), log=run.log)
         run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started
+        run.state["lr_probe_tokens"] = probe.tokens  # the trials' steps are part of the run's cost
         acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried)")
         lr = probe.lr
         if resolved_config is not None:

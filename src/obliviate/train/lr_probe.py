@@ -54,11 +54,14 @@ MEASURE_ROWS = 32
 
 @dataclass
 class ProbeResult:
-    """The chosen rate, why, and every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed}``."""
+    """The chosen rate, why, every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed, tokens}``, and
+    the tokens the trials' optimizer steps processed on all processes (their forward and backward passes, counted as
+    the run counts its own steps': they are part of what the run costs)."""
 
     lr: float
     reason: str
     trials: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
 
 
 def keeps_retain(trial: dict[str, float], retain_bound: float) -> bool:
@@ -115,7 +118,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
-            after = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
+            after, tokens = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
             _put_back(trainable, start)
             forget_rise = after[0] - before[0]
             trial = {
@@ -126,6 +129,7 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
             }
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
+            trial["tokens"] = tokens
             trials.append(trial)
             if log is not None:
                 log({"step": 0, "lr_probe": trial})
@@ -135,12 +139,13 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
         _put_back(trainable, start)
     lr, reason = choose(trials, retain_bound)
     reset_schedule(run, run.config, lr)
-    return ProbeResult(lr=lr, reason=reason, trials=trials)
+    return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=sum(t["tokens"] for t in trials))
 
 
 def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int]):
-    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then the forget NLL and the retain
-    ``(NLL, exact match)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges).
+    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then ``((forget NLL, (retain NLL, retain
+    exact match)), tokens)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges;
+    ``tokens``: what the steps taken processed on all processes, and the ``--repair_exact`` checks' forwards).
 
     Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
@@ -153,21 +158,25 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
     params = run.method.forget_only(run.params) if retain_steps else run.params
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
         group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
+    tokens = 0
     try:
         for step in range(steps):
             forget_ids, retain_ids = step_batches[step % len(step_batches)]
-            accumulate(run, run.method, params, 0, forget_ids, retain_ids)
+            tokens += accumulate(run, run.method, params, 0, forget_ids, retain_ids)[1]
             optimizer_step(run, run.config, schedule=False)
             for k in range(retain_steps):
                 group = retain_batches[(step * retain_steps + k) % len(retain_batches)]
-                if share and repaired(run, group, share)[0]:
-                    break
-                retain_step(run, run.params, 0, group)
+                if share:
+                    done, _, checked = repaired(run, group, share)
+                    tokens += checked  # the check's forward is work too, as in the run
+                    if done:
+                        break
+                tokens += retain_step(run, run.params, 0, group)[1]
                 optimizer_step(run, run.config, schedule=False)
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
-        return math.inf, (math.inf, 0.0)
-    return _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
+        return (math.inf, (math.inf, 0.0)), tokens
+    return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), tokens
 
 
 @torch.no_grad()

@@ -37,6 +37,12 @@ class RunResult:
     method: str | None = None  # the objective trained with (what --method auto chose)
     timing: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Run.timing)
     step_budget: int | None = None  # --max_steps (None: the epochs alone set the length)
+    lr_probe_tokens: int = 0  # what the range test's trial steps processed (not in tokens_seen; 0: --lr was given)
+
+    @property
+    def cost_tokens(self) -> int:
+        """Every token the run trained on: its own steps and its range test's trials."""
+        return self.tokens_seen + self.lr_probe_tokens
 
 
 @dataclass
