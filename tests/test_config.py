@@ -201,6 +201,10 @@ BAD_INPUTS = {
         lambda r, a: ["--schedule", "interleaved", "--micro_batch_size", "2", "--retain_batch_size", "3"],
         "--retain_batch_size 3 must be a multiple of 2 micro-batch(es) per step x 1 process(es)",
     ),
+    "retain batch above the batch": (
+        lambda r, a: ["--schedule", "interleaved", "--retain_batch_size", "8"],
+        "--retain_batch_size 8 must be at most --batch_size 4",
+    ),
 }
 
 

@@ -169,9 +169,9 @@ class UnlearnConfig(TrainConfig):
     )
     retain_batch_size: int | None = option(
         None,
-        "interleaved: retain rows per retain-only step (a multiple of processes x the accumulation --batch_size "
-        "takes: each retain step runs as many micro-batches as a forget step); unset: the method's preset, else "
-        "--batch_size",
+        "interleaved: retain rows per retain-only step, at most --batch_size and a multiple of processes x the "
+        "accumulation --batch_size takes (each retain step runs as many micro-batches as a forget step); unset: "
+        "the method's preset, else --batch_size",
         ge=1,
     )
     repair_exact: float | None = option(

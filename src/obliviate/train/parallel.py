@@ -62,9 +62,12 @@ def accumulation_steps(config: TrainConfig) -> int:
 def retain_micro_batch_size(config: TrainConfig, accumulation: int) -> int:
     """Rows per micro-batch of a retain-only step (``--retain_batch_size``, unset: ``--batch_size``), cut into the
     same number of micro-batches per process as a forget step, so that accelerate syncs and steps at the same
-    boundary; the size must divide into them."""
+    boundary; the size must divide into them, and be at most ``--batch_size`` (a micro-batch no larger than
+    ``--micro_batch_size``: the memory a forget step's micro-batch fits in)."""
     size = getattr(config, "retain_batch_size", None) or config.batch_size
     parts = accumulation * process_state().num_processes
+    if size > config.batch_size:
+        raise ConfigError(f"--retain_batch_size {size} must be at most --batch_size {config.batch_size}")
     if size % parts:
         raise ConfigError(
             f"--retain_batch_size {size} must be a multiple of {accumulation} micro-batch(es) per step x "
