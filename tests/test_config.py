@@ -197,6 +197,10 @@ BAD_INPUTS = {
         lambda r, a: ["--batch_size", "6", "--output_dir", str(r / "full"), "--overwrite"],
         "must be a multiple of --micro_batch_size 4",
     ),
+    "retain batch not a multiple": (
+        lambda r, a: ["--schedule", "interleaved", "--micro_batch_size", "2", "--retain_batch_size", "3"],
+        "--retain_batch_size 3 must be a multiple of 2 micro-batch(es) per step x 1 process(es)",
+    ),
 }
 
 

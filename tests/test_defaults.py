@@ -282,6 +282,30 @@ def test_interleaved_takes_one_forget_step_then_retain_steps_and_restarts_the_sc
     assert lrs[1] < lrs[0] and lrs[7] < lrs[1]
 
 
+def test_retain_batch_size_sets_each_retain_steps_rows_in_as_many_micro_batches_as_a_forget_step(
+    target, tmp_path, monkeypatch
+):
+    """--batch_size 4 --micro_batch_size 2: a forget step is 2 micro-batches of 2 rows; --retain_batch_size 2 makes
+    each retain step 2 micro-batches of 1 row (accelerate syncs at the same boundary), and unset, the batch size."""
+    import obliviate.train.epoch as epoch_module
+
+    seen = []
+    real = epoch_module.retain_step
+
+    def spy(run, params, epoch, micro):
+        seen.append([len(m) for m in micro])
+        return real(run, params, epoch, micro)
+
+    monkeypatch.setattr(epoch_module, "retain_step", spy)
+    common = {"schedule": "interleaved", "retain_steps": 2, "epochs": 1, "batch_size": 4, "micro_batch_size": 2}
+    small = run_unlearn(unlearn_config(target, tmp_path / "small", retain_batch_size=2, **common))
+    assert seen == [[1, 1]] * 10  # 18 forget rows at batch 4: 5 forget steps, 2 retain steps each
+    seen.clear()
+    full = run_unlearn(unlearn_config(target, tmp_path / "full", **common))
+    assert seen == [[2, 2]] * 10
+    assert small.global_step == full.global_step and small.tokens_seen < full.tokens_seen
+
+
 def test_interleaved_forget_steps_carry_no_retain_term(target, tmp_path):
     """With the retain weight at 0 in forget steps, ga_gd's forget step is plain ascent: loss = -forget NLL."""
     out = tmp_path / "inter-ga"

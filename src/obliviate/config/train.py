@@ -167,6 +167,13 @@ class UnlearnConfig(TrainConfig):
         ge=0,
         le=1000,
     )
+    retain_batch_size: int | None = option(
+        None,
+        "interleaved: retain rows per retain-only step (a multiple of processes x the accumulation --batch_size "
+        "takes: each retain step runs as many micro-batches as a forget step); unset: the method's preset, else "
+        "--batch_size",
+        ge=1,
+    )
     repair_exact: float | None = option(
         None,
         "interleaved: before each retain step, check its retain batch (one forward, no update); once the batch "

@@ -59,6 +59,20 @@ def accumulation_steps(config: TrainConfig) -> int:
     return config.batch_size // (config.micro_batch_size * world)
 
 
+def retain_micro_batch_size(config: TrainConfig, accumulation: int) -> int:
+    """Rows per micro-batch of a retain-only step (``--retain_batch_size``, unset: ``--batch_size``), cut into the
+    same number of micro-batches per process as a forget step, so that accelerate syncs and steps at the same
+    boundary; the size must divide into them."""
+    size = getattr(config, "retain_batch_size", None) or config.batch_size
+    parts = accumulation * process_state().num_processes
+    if size % parts:
+        raise ConfigError(
+            f"--retain_batch_size {size} must be a multiple of {accumulation} micro-batch(es) per step x "
+            f"{process_state().num_processes} process(es)"
+        )
+    return size // parts
+
+
 def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
     """The accelerator, and the micro-batches per optimizer step that make ``--batch_size`` on this launch."""
     accumulation = accumulation_steps(config)

@@ -26,7 +26,7 @@ from obliviate.models.trainable import apply_lora, select_trainable
 from obliviate.train import checkpoint as ckpt
 from obliviate.train.inputs import prepare_forget
 from obliviate.train.loop import train
-from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision
+from obliviate.train.parallel import accumulation_steps, resolve_mixed_precision, retain_micro_batch_size
 from obliviate.train.resolve import (
     AUTO,
     auto_method,
@@ -35,6 +35,7 @@ from obliviate.train.resolve import (
     resolve_steps,
     with_preset,
 )
+from obliviate.train.sampling import retain_steps_per_forget
 from obliviate.train.state import EpochHook, RunResult
 from obliviate.train.trackers import check_tracker
 
@@ -236,6 +237,8 @@ def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, li
     if config.method == AUTO:
         config = dataclasses.replace(config, method=auto_method(config, forget, retain))
     config = with_preset(config)
+    if retain_steps_per_forget(config):  # the preset may set it: a --retain_batch_size that does not divide fails
+        retain_micro_batch_size(config, accumulation_steps(config))
     method = get_method(config.method)
     if method.needs.retain and retain is None:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")

@@ -89,9 +89,14 @@ def interleaved_plan(run: Run, config: TrainConfig, epoch: int) -> list[tuple[st
 
 
 def retain_only_batches(run: Run, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
-    """This process's retain micro-batches of each retain-only step of ``epoch`` (a seeded order of its own)."""
+    """This process's retain micro-batches of each retain-only step of ``epoch`` (a seeded order of its own):
+    ``--retain_batch_size`` rows a step (unset: ``--batch_size``), in as many micro-batches as a forget step."""
+    from obliviate.train.parallel import retain_micro_batch_size
+
     acc = run.accelerator
     steps = run.forget_steps * retain_steps_per_forget(config)
-    order = forget_order(len(run.retain), steps, config.batch_size, config.seed + 1, epoch)
-    micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, config.micro_batch_size)
+    micro_size = retain_micro_batch_size(config, run.accumulation)
+    step_size = micro_size * run.accumulation * acc.num_processes
+    order = forget_order(len(run.retain), steps, step_size, config.seed + 1, epoch)
+    micro = micro_batches_for_rank(order, acc.num_processes, acc.process_index, micro_size)
     return [micro[i : i + run.accumulation] for i in range(0, len(micro), run.accumulation)]
