@@ -89,7 +89,9 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
     hooked = [EpochEval(n, f"e{n}", {"retain/rougeL_recall": 0.9, "forget/rougeL_recall": 0.1 * n}) for n in (1, 2)]
 
     def fake_unlearn(config, epoch_hook=None, stop_rule=None):
-        return RunResult(Path(config.output_dir), 2, 10, 1000, epoch_results=list(hooked), lr=1e-4)
+        return RunResult(
+            Path(config.output_dir), 2, 10, 1000, epoch_results=list(hooked), lr=1e-4, lr_probe_tokens=300
+        )
 
     monkeypatch.setattr(pipeline, "run_unlearn", fake_unlearn)
     monkeypatch.setattr(pipeline, "make_epoch_hook", lambda *a, **k: None)
@@ -113,7 +115,9 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
         "ended",
         "stop_checks",
         "tokens",
+        "lr_probe_tokens",
         "wall_seconds",
         "epochs",
     ]
+    assert (saved["tokens"], saved["lr_probe_tokens"]) == (1300, 300)  # the cost: its steps and its range test
     assert saved["step_budget"] is None and saved["ended"] == "epochs"  # no budget set: its epochs ended it

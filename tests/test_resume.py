@@ -95,7 +95,13 @@ def test_checkpoint_holds_everything_resume_needs(assets, tmp_path):
     ):
         assert (path / name).is_file(), name
     state = json.loads((path / "trainer_state.json").read_text())
-    assert state == {"epoch": 1, "global_step": 5, "stopped": None, "tokens_seen": state["tokens_seen"]}
+    assert state == {
+        "epoch": 1,
+        "global_step": 5,
+        "stopped": None,
+        "tokens_seen": state["tokens_seen"],
+        "lr_probe_tokens": 0,  # --lr given: no range test
+    }
     assert torch.load(path / "optimizer.pt", weights_only=True)["state"]
     assert not list((out / "checkpoints").glob(".*"))
 
