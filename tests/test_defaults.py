@@ -160,6 +160,27 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     assert result.tokens == sum(tokens) > 0
 
 
+def test_lr_probe_rows_sets_the_rows_each_trial_is_measured_on(target, tmp_path, monkeypatch):
+    from obliviate.data.load import load_split
+
+    measured = []
+    real = lr_probe._nll
+
+    def spy(run, examples, rows, *args, **kwargs):
+        measured.append(("forget" if examples is run.forget else "retain", len(rows)))
+        return real(run, examples, rows, *args, **kwargs)
+
+    monkeypatch.setattr(lr_probe, "_nll", spy)
+    run_unlearn(unlearn_config(target, tmp_path / "few", lr=None, lr_probe_steps=1, lr_probe_rows=3))
+    assert measured and set(measured) == {("forget", 3), ("retain", 3)}
+    measured.clear()
+    run_unlearn(unlearn_config(target, tmp_path / "default", lr=None, lr_probe_steps=1))
+    # 32 by default: more than the micro assets' epoch holds (5 steps of 4 forget rows), and the first 32 retain rows
+    retain = load_split(target.retain, split="retain")
+    assert {n for split, n in measured if split == "forget"} == {20} and lr_probe.MEASURE_ROWS == 32
+    assert {n for split, n in measured if split == "retain"} == {min(32, len(retain))}
+
+
 def test_max_steps_cuts_the_run_and_epochs_alone_decide_without_it(target, tmp_path):
     cut = run_unlearn(unlearn_config(target, tmp_path / "cut", epochs=None, max_steps=7, stop_check_steps=0))
     assert cut.global_step == 7 and cut.epochs_completed == math.ceil(7 / 5)

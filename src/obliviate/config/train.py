@@ -191,6 +191,12 @@ class UnlearnConfig(TrainConfig):
         choices=("auto", "uniform", "matched"),
     )
     lr_probe_steps: int = option(5, "steps per candidate rate in the learning-rate range test (unset --lr)", ge=1)
+    lr_probe_rows: int = option(
+        32,
+        "forget rows and retain rows the range test measures each candidate rate on (the first trained on; the "
+        "first of the retain set)",
+        ge=1,
+    )
     stop_forget_nll: float | None = option(
         None, "stop when the forget NLL rises above this bound (0: no bound; method preset: 8 for the GA family)", ge=0
     )

@@ -258,10 +258,15 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
     acc, config = run.accelerator, run.config
     lr = config.lr
     if lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it
-        from obliviate.train.lr_probe import probe_lr
+        from obliviate.train.lr_probe import MEASURE_ROWS, probe_lr
 
         probe_started = time.perf_counter()
-        probe = probe_lr(run, steps=getattr(config, "lr_probe_steps", 5), log=run.log)
+        probe = probe_lr(
+            run,
+            steps=getattr(config, "lr_probe_steps", 5),
+            log=run.log,
+            measure_rows=getattr(config, "lr_probe_rows", MEASURE_ROWS),
+        )
         run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started
         run.state["lr_probe_tokens"] = probe.tokens  # the trials' steps are part of the run's cost
         acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried)")

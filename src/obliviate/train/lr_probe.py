@@ -49,7 +49,8 @@ RETAIN_EXACT = 0.95
 """Share of the retain rows' starting exact match a rate must keep over the probe."""
 
 MEASURE_ROWS = 32
-"""Forget and retain rows (the first ones of the first batches) the NLLs are measured on."""
+"""Forget and retain rows (the first ones of the first batches) the NLLs are measured on, by default
+(``--lr_probe_rows``)."""
 
 
 @dataclass
@@ -88,7 +89,9 @@ def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[flo
     return min(t["lr"] for t in trials), "every rate broke the retain bound: the smallest candidate"
 
 
-def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> ProbeResult:
+def probe_lr(
+    run, steps: int, retain_bound: float = RETAIN_BOUND, log=None, measure_rows: int = MEASURE_ROWS
+) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged.
 
     Candidates are tried from the largest down, and the search ends at the first rate that leaves the retain rows
@@ -109,8 +112,8 @@ def probe_lr(run, steps: int, retain_bound: float = RETAIN_BOUND, log=None) -> P
     ]
     retain_batches = retain_only_batches(run, run.config, 1) if retain_steps_per_forget(run.config) else []
     # the true forget records (a relabelling method trains on stand-ins, measured on these)
-    rows = (run.forget, [i for batch in micro for i in batch][:MEASURE_ROWS])
-    retain_rows = list(range(min(MEASURE_ROWS, len(run.retain))))
+    rows = (run.forget, [i for batch in micro for i in batch][:measure_rows])
+    retain_rows = list(range(min(measure_rows, len(run.retain))))
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in trainable]
     before = _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
