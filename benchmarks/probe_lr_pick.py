@@ -1,0 +1,65 @@
+"""Issue 9 probe: how firm is the range test's pick of the learning rate?
+
+Runs the range test alone (``obliviate.unlearn`` with ``--lr`` unset and ``--max_steps 1``: the probe, then one
+optimizer step) on a target and its data (``forget/``, ``retain/``, ``holdout/``) for each unlearning seed and each
+number of measured rows (``--lr_probe_rows``), as the benchmark pipelines run contrast (its preset, batch and
+micro-batch 32), and prints one JSON line per run: the rate picked and every trial's ``(lr, retain_exact_kept,
+passed)``. Figures only; no record is printed. ``docs/METHODS.md`` (the range test, *How firm the pick is*) holds
+what it measured.
+
+    python benchmarks/probe_lr_pick.py --model runs/cache/target-... --data runs/cache/data-... \\
+        --seeds 0 1 2 --rows 32 128 --output_dir runs/lr_pick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the target model directory")
+    parser.add_argument("--data", required=True, help="a directory holding forget/, retain/ and holdout/")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="unlearning seeds (default: 0 1 2)")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[32, 128], help="--lr_probe_rows values (default: 32 128)"
+    )
+    parser.add_argument("--micro_batch_size", type=int, default=32, help="as the pipelines run contrast (default: 32)")
+    parser.add_argument("--output_dir", required=True, help="one run directory per seed and row count goes here")
+    args = parser.parse_args(argv)
+
+    import obliviate
+
+    data = Path(args.data)
+    for seed in args.seeds:
+        for rows in args.rows:
+            out = Path(args.output_dir) / f"rows{rows}-seed{seed}"
+            run = obliviate.unlearn(
+                args.model,
+                forget=str(data / "forget"),
+                retain=str(data / "retain"),
+                holdout_dir=str(data / "holdout"),
+                output_dir=str(out),
+                max_steps=1,
+                stop_check_steps=0,
+                seed=seed,
+                overwrite=True,
+                lr_probe_rows=rows,
+                micro_batch_size=args.micro_batch_size,
+            )
+            lines = (json.loads(line) for line in (out / "metrics.jsonl").open())
+            trials = [line["lr_probe"] for line in lines if "lr_probe" in line]
+            picked = {"seed": seed, "rows": rows, "lr": run.result.lr}
+            picked["trials"] = [(t["lr"], t["retain_exact_kept"], t["passed"]) for t in trials]
+            print(json.dumps(picked), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
