@@ -160,6 +160,77 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     assert result.tokens == sum(tokens) > 0
 
 
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"method": "ga_gd", "epochs": 2},
+        {"method": "contrast", "schedule": "interleaved", "retain_steps": 2, "max_steps": 24, "epochs": None},
+    ],
+    ids=["joint", "interleaved"],
+)
+def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target, tmp_path, extra):
+    """The chosen trial's steps are the run's first: a run whose rate the range test measured ends with the weights
+    and the step log of a run given that rate, and counts those steps once, as its own."""
+    measured = run_unlearn(unlearn_config(target, tmp_path / "measured", lr=None, lr_probe_steps=3, **extra))
+    trials = [line["lr_probe"] for line in metrics(tmp_path / "measured") if "lr_probe" in line]
+    assert trials[-1].get("continued") is True and not any(t.get("continued") for t in trials[:-1])
+    given = run_unlearn(unlearn_config(target, tmp_path / "given", lr=measured.lr, **extra))
+    assert measured.global_step == given.global_step and measured.tokens_seen == given.tokens_seen
+    a, b = _weights(tmp_path / "measured"), _weights(tmp_path / "given")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    steps = [line for line in metrics(tmp_path / "measured") if "tokens_seen" in line]
+    assert steps == [line for line in metrics(tmp_path / "given") if "tokens_seen" in line]
+    # the kept trial's tokens are the run's (tokens_seen); the range test's cost is the trials it put back
+    assert measured.lr_probe_tokens == sum(t["tokens"] for t in trials[:-1])
+    cycle = 1 + extra.get("retain_steps", 0)
+    assert trials[-1]["tokens"] == steps[3 * cycle - 1]["tokens_seen"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"lr_probe_steps": 6, "epochs": 2}, {"scheduler": "linear"}],
+    ids=["longer-than-an-epoch", "a-rate-that-moves"],
+)
+def test_a_trial_that_cannot_be_the_runs_start_is_put_back(target, tmp_path, extra):
+    """A trial longer than the first epoch (5 steps), or a rate the run's schedule moves, is not the run's start:
+    every trial is put back and counted in the range test's cost, and the run takes its own steps from its starting
+    weights (at the same rate: the same first step as a run given it)."""
+    out = tmp_path / "put_back"
+    result = run_unlearn(unlearn_config(target, out, lr=None, method="ga_gd", **{"lr_probe_steps": 4, **extra}))
+    trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
+    assert trials and not any(t.get("continued") for t in trials)
+    assert result.lr_probe_tokens == sum(t["tokens"] for t in trials) > 0
+    given = tmp_path / "given"
+    run_unlearn(unlearn_config(target, given, lr=result.lr, method="ga_gd", **{"lr_probe_steps": 4, **extra}))
+    first = [line for line in metrics(out) if "tokens_seen" in line][0]
+    assert first == [line for line in metrics(given) if "tokens_seen" in line][0]
+
+
+def test_a_trial_is_the_runs_start_only_where_no_check_falls_among_its_steps(target, tmp_path):
+    """Five cycles of 1 + 15 steps are 80 optimizer steps: a stop rule checking every 96 lets the run go on from the
+    trial, one checking every 80 or fewer (its first check would fall on a trial step) does not."""
+    from types import SimpleNamespace
+
+    from obliviate.train.loop import _trial_is_the_start
+
+    config = unlearn_config(target, tmp_path / "o", lr=None, schedule="interleaved", retain_steps=15)
+    run = SimpleNamespace(config=config, forget_steps=42, total_steps=1920, epoch_check=None, step_check=None)
+    assert _trial_is_the_start(run, 5)
+    for every, goes_on in ((96, True), (81, True), (80, False), (16, False)):
+        run.step_check = SimpleNamespace(every=every)
+        assert _trial_is_the_start(run, 5) is goes_on, every
+    run.step_check = None
+    assert not _trial_is_the_start(run, 43)  # longer than the first epoch: its last steps would be epoch 2's
+    run.total_steps = 64
+    assert not _trial_is_the_start(run, 5)  # past the step budget
+
+
 def test_lr_probe_rows_sets_the_rows_each_trial_is_measured_on(target, tmp_path, monkeypatch):
     from obliviate.data.load import load_split
 
@@ -228,7 +299,7 @@ def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_p
     assert all(line["lr"] == pytest.approx(first.lr) for line in metrics(out) if "loss" in line)
     # the range test's tokens are counted once, by the run that took it, and a resumed run keeps them
     trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
-    assert first.lr_probe_tokens == sum(t["tokens"] for t in trials) > 0
+    assert first.lr_probe_tokens == sum(t["tokens"] for t in trials if not t.get("continued")) > 0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["lr_probe_tokens"] == first.lr_probe_tokens and state["tokens_seen"] > first.tokens_seen
 

@@ -66,8 +66,11 @@ def _check_demo_output(out: Path, cache: Path) -> dict:
     for run, row in zip(results["runs"], results["summary"][2:]):
         state = json.loads((out / "methods" / run["method"] / "trainer_state.json").read_text())
         lines = [json.loads(line) for line in (out / "methods" / run["method"] / "metrics.jsonl").open()]
-        trials = [line["lr_probe"]["tokens"] for line in lines if "lr_probe" in line]
-        assert run["lr_probe_tokens"] == state["lr_probe_tokens"] == sum(trials) > 0
+        # a kept trial's steps are the run's own (tokens_seen); the others' are the range test's cost
+        trials = [line["lr_probe"] for line in lines if "lr_probe" in line]
+        put_back = [t["tokens"] for t in trials if not t.get("continued")]
+        assert run["lr_probe_tokens"] == state["lr_probe_tokens"] == sum(put_back)
+        assert trials and not any(t.get("continued") for t in trials[:-1])  # only the chosen (last) one goes on
         assert run["tokens"] == state["tokens_seen"] + run["lr_probe_tokens"]
         assert row["tokens_vs_oracle"] == pytest.approx(run["tokens"] / oracle_tokens)
     report = (out / "report.md").read_text()

@@ -206,7 +206,11 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
     )
     runs_line = "; ".join(
         f"{r.method}: lr {r.lr:.3g}"
-        + (f" (its range test {r.lr_probe_tokens / r.tokens:.0%} of the run's tokens)" if r.lr_probe_tokens else "")
+        + (
+            f" (its range test's put-back trials {r.lr_probe_tokens / r.tokens:.0%} of the run's tokens)"
+            if r.lr_probe_tokens
+            else ""
+        )
         + f", {r.steps} steps, "
         + (f"stopped ({r.stopped})" if r.stopped else f"ended by its {r.ended}")
         for r in outcome.runs
@@ -221,7 +225,8 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
                 "forget quality: KS-test p-value of per-example forget answer NLL against the oracle (no paraphrased "
                 "or perturbed answers exist in this data)",
                 "tokens / oracle: tokens trained on by the unlearning run (forget + paired retain batches, its "
-                "range test's trial steps included) over the tokens of retraining the oracle",
+                "range test's trial steps included: the chosen trial's are the run's first steps, the others' are "
+                "put back) over the tokens of retraining the oracle",
             ]
             if has_oracle
             else []

@@ -39,9 +39,14 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
     chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + retain_steps) if interleaved else 0
     progress, done, taken = _Progress(run, epoch), False, 0
+    continued, run.continued = run.continued, []
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
+        if position < len(continued):  # the range test's kept trial took this step already: count and log it
+            _count_continued(run, epoch, phase if interleaved else None, continued[position])
+            progress.step(continued[position].metrics)
+            continue
         if phase == "retain" and share and not done:  # --repair_exact: is this cycle's repair done already?
             done, kept, tokens = repaired(run, retain_groups[index], share)
             run.state["tokens_seen"] += tokens  # the check's forward is work too
@@ -85,6 +90,17 @@ def train_epoch(run: Run, epoch: int) -> str | None:
             break  # the step budget is spent: the run ends here, as planned (not a stop)
     progress.close()
     return None
+
+
+def _count_continued(run: Run, epoch: int, phase: str | None, taken) -> None:
+    """A step the range test's kept trial took (:class:`~obliviate.train.lr_probe.TrialStep`) counted and logged as
+    the run's own, at the rate it was taken at; the schedule moves on as after any step. The loop keeps a trial only
+    where no check falls among its steps (``loop._trial_is_the_start``), so none is asked here."""
+    if taken.phase != phase:
+        raise RuntimeError(f"the range test's kept step is a {taken.phase} step where the plan has a {phase} step")
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    _record_step(run, epoch, phase, lr, taken.metrics, (taken.tokens, taken.seconds), taken.checksums)
 
 
 def _check_due(run: Run, epoch: int, plan: list[tuple[str, int]], position: int, index: int) -> bool:

@@ -257,19 +257,26 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
     rate trained with, the stop rule's reference. Returns that rate."""
     acc, config = run.accelerator, run.config
     lr = config.lr
+    if step_check is not None:  # its reference is the starting model's: before a kept trial changes the weights
+        step_check.start(acc.unwrap_model(run.model), run.tokenizer)
+        run.step_check = step_check
     if lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it
         from obliviate.train.lr_probe import MEASURE_ROWS, probe_lr
 
         probe_started = time.perf_counter()
+        steps = getattr(config, "lr_probe_steps", 5)
         probe = probe_lr(
             run,
-            steps=getattr(config, "lr_probe_steps", 5),
+            steps=steps,
             log=run.log,
             measure_rows=getattr(config, "lr_probe_rows", MEASURE_ROWS),
+            keep=_trial_is_the_start(run, steps),
         )
         run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started
-        run.state["lr_probe_tokens"] = probe.tokens  # the trials' steps are part of the run's cost
-        acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried)")
+        run.state["lr_probe_tokens"] = probe.tokens  # the discarded trials' steps are part of the run's cost
+        run.continued = probe.continued  # the kept trial's steps: the run's first, logged by its first epoch
+        kept = f"; the run goes on from its {len(probe.continued)} steps" if probe.continued else ""
+        acc.print(f"learning rate {probe.lr:.3g}: {probe.reason} ({len(probe.trials)} rates tried{kept})")
         lr = probe.lr
         if resolved_config is not None:
             resolved_config = _with_lr(resolved_config, probe.lr)
@@ -279,12 +286,30 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
         run.card["config"] = yaml.safe_load(resolved_config)
     run.card["lr"] = lr
     trackers.start(acc, config, run.method.name, run.card.get("config"))
-    if step_check is not None:
-        step_check.start(acc.unwrap_model(run.model), run.tokenizer)
-        run.step_check = step_check
-        if run.state["global_step"] == 0 and hasattr(step_check, "describe"):
-            run.log({"step": 0, "stop_reference": step_check.describe()})
+    if step_check is not None and run.state["global_step"] == 0 and hasattr(step_check, "describe"):
+        run.log({"step": 0, "stop_reference": step_check.describe()})
     return lr
+
+
+def _trial_is_the_start(run: Run, steps: int) -> bool:
+    """Whether the range test's chosen trial can be the run's first ``steps`` forget steps (each with its retain
+    steps): the trial takes the first epoch's first batches in the run's order at the peak rate, so its steps are the
+    run's own where the rate is constant from step 1 (a constant schedule without warm-up: a per-chunk restart changes
+    nothing then), the trial ends inside the first epoch and the step budget, every cycle takes all its retain steps
+    (no ``--repair_exact``, whose checks the run counts in cycles), and no check falls among those steps (the stop
+    rule's first is after them; no epoch-end check)."""
+    config = run.config
+    taken = steps * (1 + retain_steps_per_forget(config))
+    every = getattr(run.step_check, "every", None) if run.step_check is not None else None
+    return (
+        config.scheduler == "constant"
+        and not config.warmup_ratio
+        and not repair_exact(config)
+        and steps <= run.forget_steps
+        and taken <= run.total_steps
+        and run.epoch_check is None
+        and (run.step_check is None or (isinstance(every, int) and every > taken))
+    )
 
 
 def _run_epochs(run: Run, output_dir: Path, result: RunResult, epoch_hook: EpochHook | None) -> None:

@@ -16,14 +16,17 @@ largest down, and measures two things on fixed rows (eval mode, no gradient):
 
 The largest rate that does both is taken. If none moves the forget set within the bound, the largest rate
 within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
-optimizer go back to where they started, so the run itself starts from the model it was given. Every trial is
-logged (``metrics.jsonl``, a line ``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes
-the rule.
+optimizer go back to where they started, so the run itself starts from the model it was given; except that with
+``keep`` the chosen trial (always the last one tried) is kept: its steps are the run's first steps, the very ones
+the run would take next at that rate (the loop decides when that holds: a constant rate, no stop check among them),
+and the run goes on from them instead of taking them again. Every trial is logged (``metrics.jsonl``, a line
+``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes the rule.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,15 +57,31 @@ MEASURE_ROWS = 32
 
 
 @dataclass
+class TrialStep:
+    """One optimizer step of a trial, as the run would log it: its phase (``forget``/``retain`` under the
+    interleaved schedule, else None), its metrics, the tokens it processed on all processes, its seconds and the
+    retain-draw checksums (None where it drew none)."""
+
+    phase: str | None
+    metrics: dict[str, float]
+    tokens: int
+    seconds: float
+    checksums: list[int] | None = None
+
+
+@dataclass
 class ProbeResult:
-    """The chosen rate, why, every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed, tokens}``, and
-    the tokens the trials' optimizer steps processed on all processes (their forward and backward passes, counted as
-    the run counts its own steps': they are part of what the run costs)."""
+    """The chosen rate, why, every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed, tokens}`` (and
+    ``continued: true`` on a kept one), and the tokens the discarded trials' optimizer steps processed on all
+    processes (their forward and backward passes, counted as the run counts its own steps': they are part of what the
+    run costs). ``continued``: the kept trial's steps, which the run goes on from and counts as its own; empty where
+    every trial was put back."""
 
     lr: float
     reason: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
+    continued: list[TrialStep] = field(default_factory=list)
 
 
 def keeps_retain(trial: dict[str, float], retain_bound: float) -> bool:
@@ -90,12 +109,20 @@ def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[flo
 
 
 def probe_lr(
-    run, steps: int, retain_bound: float = RETAIN_BOUND, log=None, measure_rows: int = MEASURE_ROWS
+    run,
+    steps: int,
+    retain_bound: float = RETAIN_BOUND,
+    log=None,
+    measure_rows: int = MEASURE_ROWS,
+    keep: bool = False,
 ) -> ProbeResult:
-    """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged.
+    """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged,
+    unless ``keep``: then the chosen trial's weights, optimizer moments and steps stay (:attr:`ProbeResult.continued`)
+    where it ran to its end without a non-finite loss or a forget NLL past the run's ``--stop_forget_nll``.
 
     Candidates are tried from the largest down, and the search ends at the first rate that leaves the retain rows
-    alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less.
+    alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less. The chosen
+    rate is thus always the last one tried (where none leaves them alone, the last is the smallest candidate).
 
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
@@ -118,11 +145,12 @@ def probe_lr(
     start = [p.detach().clone() for p in trainable]
     before = _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
     trials: list[dict[str, Any]] = []
+    continued: list[TrialStep] = []
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
-            after, tokens = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
-            _put_back(trainable, start)
+            after, taken = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
+            tokens = sum(s.tokens for s in taken)
             forget_rise = after[0] - before[0]
             trial = {
                 "lr": lr,
@@ -133,22 +161,40 @@ def probe_lr(
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trial["tokens"] = tokens
+            last = keeps_retain(trial, retain_bound) or lr == CANDIDATES[-1]  # the choice (see the docstring)
+            if keep and last and _can_go_on(run, taken, after):
+                trial["continued"], continued = True, taken
+            else:
+                _put_back(trainable, start)
             trials.append(trial)
             if log is not None:
                 log({"step": 0, "lr_probe": trial})
-            if keeps_retain(trial, retain_bound):
+            if last:
                 break  # a smaller rate moves the forget set less still: this one is the choice either way
-    finally:
+    except BaseException:
         _put_back(trainable, start)
+        raise
     lr, reason = choose(trials, retain_bound)
-    reset_schedule(run, run.config, lr)
-    return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=sum(t["tokens"] for t in trials))
+    if not continued:  # the run starts from its own weights, with fresh moments and schedule at the chosen rate
+        reset_schedule(run, run.config, lr)
+    spent = sum(t["tokens"] for t in trials if not t.get("continued"))
+    return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=spent, continued=continued)
+
+
+def _can_go_on(run, taken: list[TrialStep], after) -> bool:
+    """Whether the run may go on from a trial's end: every step of it finite, and none whose forget NLL passed the
+    run's ``--stop_forget_nll`` (the run would have stopped there)."""
+    bound = getattr(run, "stop_forget_nll", None)
+    return math.isfinite(after[0]) and not any(
+        bound is not None and s.metrics.get("forget_nll", -math.inf) > bound for s in taken
+    )
 
 
 def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int]):
-    """``steps`` optimizer steps of the run's objective at peak rate ``lr``; then ``((forget NLL, (retain NLL, retain
-    exact match)), tokens)`` (infinite NLLs and no exact match where the loss went non-finite: the rate diverges;
-    ``tokens``: what the steps taken processed on all processes, and the ``--repair_exact`` checks' forwards).
+    """``steps`` optimizer steps of the run's objective at peak rate ``lr``, in train mode as the run takes them;
+    then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact match where
+    the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it processed on all
+    processes, a ``--repair_exact`` check's forward counted with the step after it).
 
     Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
@@ -161,25 +207,32 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
     params = run.method.forget_only(run.params) if retain_steps else run.params
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
         group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
-    tokens = 0
+    taken: list[TrialStep] = []
+    phase = "forget" if retain_steps else None
+    run.model.train()
     try:
         for step in range(steps):
             forget_ids, retain_ids = step_batches[step % len(step_batches)]
-            tokens += accumulate(run, run.method, params, 0, forget_ids, retain_ids)[1]
+            clock = time.perf_counter()
+            metrics, tokens, checksums = accumulate(run, run.method, params, 0, forget_ids, retain_ids)
             optimizer_step(run, run.config, schedule=False)
+            taken.append(TrialStep(phase, metrics, tokens, time.perf_counter() - clock, checksums))
             for k in range(retain_steps):
                 group = retain_batches[(step * retain_steps + k) % len(retain_batches)]
+                checked = 0
                 if share:
                     done, _, checked = repaired(run, group, share)
-                    tokens += checked  # the check's forward is work too, as in the run
                     if done:
+                        taken[-1].tokens += checked  # the check's forward is work too, as in the run
                         break
-                tokens += retain_step(run, run.params, 0, group)[1]
+                clock = time.perf_counter()
+                metrics, tokens, checksums = retain_step(run, run.params, 0, group)
                 optimizer_step(run, run.config, schedule=False)
+                taken.append(TrialStep("retain", metrics, tokens + checked, time.perf_counter() - clock, checksums))
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
-        return (math.inf, (math.inf, 0.0)), tokens
-    return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), tokens
+        return (math.inf, (math.inf, 0.0)), taken
+    return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), taken
 
 
 @torch.no_grad()

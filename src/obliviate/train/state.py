@@ -91,6 +91,7 @@ class Run:
     card: dict[str, Any] = field(default_factory=dict)  # what the model cards say (obliviate.model_card)
     fields_done: frozenset[str] = frozenset()  # --field_stop: PII fields inside their band at the last check
     fields_waived: frozenset[str] = frozenset()  # --field_stop_words checked: fields that do not hold a row's words
+    continued: list = field(default_factory=list)  # the range test's kept trial steps: the first epoch logs them
 
 
 def bars_off(acc: Accelerator) -> bool:
