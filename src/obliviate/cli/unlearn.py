@@ -75,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
             f"unlearned with {result.method} at lr {result.lr:.3g}: {result.epochs_completed} epochs, "
             f"{result.global_step} steps, "
             f"{result.tokens_seen} tokens"
-            + (f" (and {result.lr_probe_tokens} in the range test's put-back trials)" if result.lr_probe_tokens else "")
+            + (
+                f" (and {result.lr_probe_tokens} in the range test's put-back trials)"
+                if result.lr_probe_tokens
+                else ""
+            )
             + f" in {result.wall_seconds:.0f}s (training loop "
             f"{result.timing.get('loop_seconds', 0.0):.1f}s) → {result.output_dir}{note}"
         )
