@@ -4,8 +4,9 @@ Runs the range test alone (``obliviate.unlearn`` with ``--lr`` unset and ``--max
 optimizer step) on a target and its data (``forget/``, ``retain/``, ``holdout/``) for each unlearning seed and each
 number of measured rows (``--lr_probe_rows``), as the benchmark pipelines run contrast (its preset, batch and
 micro-batch 32), and prints one JSON line per run: the rate picked and every trial's ``(lr, retain_exact_kept,
-passed)``. Figures only; no record is printed. ``docs/METHODS.md`` (the range test, *How firm the pick is*) holds
-what it measured.
+passed)``; with ``--trace``, also each trial's rows measured after every one of its cycles (``cycles``: ``[forget_rise,
+retain_rise, retain_exact_kept]`` per cycle; the training is the same). Figures only; no record is printed.
+``docs/METHODS.md`` (the range test, *How firm the pick is*) holds what it measured.
 
     python benchmarks/probe_lr_pick.py --model runs/cache/target-... --data runs/cache/data-... \\
         --seeds 0 1 2 --rows 32 128 --output_dir runs/lr_pick
@@ -32,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--micro_batch_size", type=int, default=32, help="as the pipelines run contrast (default: 32)")
     parser.add_argument("--output_dir", required=True, help="one run directory per seed and row count goes here")
+    parser.add_argument("--trace", action="store_true", help="measure every trial's rows after each of its cycles")
     args = parser.parse_args(argv)
 
+    import functools
+
     import obliviate
+    from obliviate.train import lr_probe
+
+    if args.trace:  # the loop imports probe_lr from its module when it runs the test
+        lr_probe.probe_lr = functools.partial(lr_probe.probe_lr, trace_cycles=True)
 
     data = Path(args.data)
     for seed in args.seeds:
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             trials = [line["lr_probe"] for line in lines if "lr_probe" in line]
             picked = {"seed": seed, "rows": rows, "lr": run.result.lr}
             picked["trials"] = [(t["lr"], t["retain_exact_kept"], t["passed"]) for t in trials]
+            if args.trace:
+                picked["cycles"] = {t["lr"]: t["cycles"] for t in trials}
             print(json.dumps(picked), flush=True)
     return 0
 

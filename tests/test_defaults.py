@@ -171,13 +171,16 @@ def _weights(out):
     [
         {"method": "ga_gd", "epochs": 2},
         {"method": "contrast", "schedule": "interleaved", "retain_steps": 2, "max_steps": 24, "epochs": None},
+        # 7 steps: the first epoch's 5 and two of the second's (its one checkpoint is the last epoch's)
+        {"method": "ga_gd", "epochs": 3, "lr_probe_steps": 7, "max_checkpoints": 1},
     ],
-    ids=["joint", "interleaved"],
+    ids=["joint", "interleaved", "into-the-second-epoch"],
 )
 def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target, tmp_path, extra):
     """The chosen trial's steps are the run's first: a run whose rate the range test measured ends with the weights
     and the step log of a run given that rate, and counts those steps once, as its own."""
-    measured = run_unlearn(unlearn_config(target, tmp_path / "measured", lr=None, lr_probe_steps=3, **extra))
+    extra = {"lr_probe_steps": 3, **extra}
+    measured = run_unlearn(unlearn_config(target, tmp_path / "measured", lr=None, **extra))
     trials = [line["lr_probe"] for line in metrics(tmp_path / "measured") if "lr_probe" in line]
     assert trials[-1].get("continued") is True and not any(t.get("continued") for t in trials[:-1])
     given = run_unlearn(unlearn_config(target, tmp_path / "given", lr=measured.lr, **extra))
@@ -189,16 +192,17 @@ def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target
     # the kept trial's tokens are the run's (tokens_seen); the range test's cost is the trials it put back
     assert measured.lr_probe_tokens == sum(t["tokens"] for t in trials[:-1])
     cycle = 1 + extra.get("retain_steps", 0)
-    assert trials[-1]["tokens"] == steps[3 * cycle - 1]["tokens_seen"]
+    assert trials[-1]["tokens"] == steps[extra["lr_probe_steps"] * cycle - 1]["tokens_seen"]
 
 
 @pytest.mark.parametrize(
     "extra",
     [{"lr_probe_steps": 6, "epochs": 2}, {"scheduler": "linear"}],
-    ids=["longer-than-an-epoch", "a-rate-that-moves"],
+    ids=["a-checkpoint-among-its-steps", "a-rate-that-moves"],
 )
 def test_a_trial_that_cannot_be_the_runs_start_is_put_back(target, tmp_path, extra):
-    """A trial longer than the first epoch (5 steps), or a rate the run's schedule moves, is not the run's start:
+    """A trial longer than the first epoch (5 steps) whose end writes a checkpoint, or a rate the run's schedule
+    moves, is not the run's start:
     every trial is put back and counted in the range test's cost, and the run takes its own steps from its starting
     weights (at the same rate: the same first step as a run given it)."""
     out = tmp_path / "put_back"
@@ -219,14 +223,22 @@ def test_a_trial_is_the_runs_start_only_where_no_check_falls_among_its_steps(tar
 
     from obliviate.train.loop import _trial_is_the_start
 
-    config = unlearn_config(target, tmp_path / "o", lr=None, schedule="interleaved", retain_steps=15)
-    run = SimpleNamespace(config=config, forget_steps=42, total_steps=1920, epoch_check=None, step_check=None)
+    config = unlearn_config(
+        target, tmp_path / "o", lr=None, schedule="interleaved", retain_steps=15, max_checkpoints=20
+    )
+    run = SimpleNamespace(
+        config=config, forget_steps=42, total_steps=1920, epochs=2, epoch_check=None, step_check=None
+    )
     assert _trial_is_the_start(run, 5)
     for every, goes_on in ((96, True), (81, True), (80, False), (16, False)):
         run.step_check = SimpleNamespace(every=every)
         assert _trial_is_the_start(run, 5) is goes_on, every
     run.step_check = None
-    assert not _trial_is_the_start(run, 43)  # longer than the first epoch: its last steps would be epoch 2's
+    assert not _trial_is_the_start(run, 43)  # into the second epoch, and the first's end writes a checkpoint
+    run.config = unlearn_config(
+        target, tmp_path / "o", lr=None, schedule="interleaved", retain_steps=15, max_checkpoints=1
+    )
+    assert _trial_is_the_start(run, 43)  # one checkpoint of two epochs: the last's, after the trial
     run.total_steps = 64
     assert not _trial_is_the_start(run, 5)  # past the step budget
 

@@ -39,13 +39,15 @@ def train_epoch(run: Run, epoch: int) -> str | None:
     retain_groups = retain_only_batches(run, config, epoch) if interleaved else []
     chunk_steps = math.ceil(config.chunk_size / config.batch_size) * (1 + retain_steps) if interleaved else 0
     progress, done, taken = _Progress(run, epoch), False, 0
-    continued, run.continued = run.continued, []
+    continued, run.continued = run.continued[: len(plan)], run.continued[len(plan) :]  # a trial may span epochs
     for position, (phase, index) in enumerate(plan):
         if chunk_steps and position % chunk_steps == 0:  # a new chunk of the forget set: the schedule restarts
             run.scheduler = make_schedule(getattr(run.optimizer, "optimizer", run.optimizer), config, chunk_steps)
         if position < len(continued):  # the range test's kept trial took this step already: count and log it
             _count_continued(run, epoch, phase if interleaved else None, continued[position])
             progress.step(continued[position].metrics)
+            if config.max_steps and run.state["global_step"] >= config.max_steps:
+                break  # the trial took the whole budget
             continue
         if phase == "retain" and share and not done:  # --repair_exact: is this cycle's repair done already?
             done, kept, tokens = repaired(run, retain_groups[index], share)

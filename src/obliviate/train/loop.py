@@ -293,21 +293,23 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
 
 def _trial_is_the_start(run: Run, steps: int) -> bool:
     """Whether the range test's chosen trial can be the run's first ``steps`` forget steps (each with its retain
-    steps): the trial takes the first epoch's first batches in the run's order at the peak rate, so its steps are the
-    run's own where the rate is constant from step 1 (a constant schedule without warm-up: a per-chunk restart changes
-    nothing then), the trial ends inside the first epoch and the step budget, every cycle takes all its retain steps
-    (no ``--repair_exact``, whose checks the run counts in cycles), and no check falls among those steps (the stop
-    rule's first is after them; no epoch-end check)."""
+    steps): the trial takes the run's first batches in the run's order at the peak rate, so its steps are the run's
+    own where the rate is constant from step 1 (a constant schedule without warm-up: a per-chunk restart changes
+    nothing then), the trial ends inside the step budget, every cycle takes all its retain steps (no
+    ``--repair_exact``, whose checks the run counts in cycles), and nothing the run does between steps falls among
+    them: the stop rule's first check is after them, and no epoch that ends before the trial does writes a checkpoint
+    (or asks an epoch-end check): those would see the trial's last weights, not their own."""
     config = run.config
     taken = steps * (1 + retain_steps_per_forget(config))
     every = getattr(run.step_check, "every", None) if run.step_check is not None else None
+    inside = range(1, math.ceil(steps / run.forget_steps))  # epochs that end before the trial's last step
     return (
         config.scheduler == "constant"
         and not config.warmup_ratio
         and not repair_exact(config)
-        and steps <= run.forget_steps
         and taken <= run.total_steps
-        and run.epoch_check is None
+        and (run.epoch_check is None or not inside)
+        and not any(checkpoint_due(config, epoch, run.epochs) for epoch in inside)
         and (run.step_check is None or (isinstance(every, int) and every > taken))
     )
 

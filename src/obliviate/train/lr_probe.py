@@ -2,9 +2,9 @@
 
 A rate that works for a 1.6 M-parameter model does nothing to a 7B one, and one that works for a 5-step epoch
 overshoots on a 94-step one. So the run measures instead of guessing: from the starting weights it takes
-``steps`` optimizer steps of the method's own objective on the first forget batches (under ``--schedule
-interleaved``, ``steps`` whole cycles: each forget step with its retain steps), at each candidate rate from the
-largest down, and measures two things on fixed rows (eval mode, no gradient):
+``steps`` optimizer steps of the method's own objective, the run's first ones (its first forget batches, in its
+order, into its second epoch where the first is shorter; under ``--schedule interleaved``, ``steps`` whole cycles:
+each forget step with its retain steps), at each candidate rate from the largest down, and measures two things on fixed rows (eval mode, no gradient):
 
 - the forget NLL (of the tokens the forget term scores) must rise by at least :data:`MIN_FORGET_RISE` nats:
   the rate moves the forget set;
@@ -18,8 +18,8 @@ The largest rate that does both is taken. If none moves the forget set within th
 within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
 optimizer go back to where they started, so the run itself starts from the model it was given; except that with
 ``keep`` the chosen trial (always the last one tried) is kept: its steps are the run's first steps, the very ones
-the run would take next at that rate (the loop decides when that holds: a constant rate, no stop check among them),
-and the run goes on from them instead of taking them again. Every trial is logged (``metrics.jsonl``, a line
+the run would take at that rate (the loop decides when that holds: a constant rate, no check or checkpoint among
+them), and the run goes on from them instead of taking them again. Every trial is logged (``metrics.jsonl``, a line
 ``{"lr_probe": ...}``) and the choice is printed. ``docs/METHODS.md`` describes the rule.
 """
 
@@ -115,6 +115,7 @@ def probe_lr(
     log=None,
     measure_rows: int = MEASURE_ROWS,
     keep: bool = False,
+    trace_cycles: bool = False,
 ) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged,
     unless ``keep``: then the chosen trial's weights, optimizer moments and steps stay (:attr:`ProbeResult.continued`)
@@ -124,20 +125,22 @@ def probe_lr(
     alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less. The chosen
     rate is thus always the last one tried (where none leaves them alone, the last is the smallest candidate).
 
+    ``trace_cycles`` (a diagnostic; ``benchmarks/probe_lr_pick.py``): every trial also measures its rows after each
+    of its steps (cycles), and logs ``cycles``: ``[forget_rise, retain_rise, retain_exact_kept]`` per step. The
+    measurement is forwards in eval mode; the training is the same.
+
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
     """
-    from obliviate.train.sampling import epoch_batches, retain_only_batches, retain_steps_per_forget
+    from obliviate.train.sampling import epoch_batches
     from obliviate.train.schedule import reset_schedule
 
     if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
-    micro, draws = epoch_batches(run, run.config, 1)
-    step_batches = [
-        (micro[i : i + run.accumulation], draws[i : i + run.accumulation])
-        for i in range(0, len(micro), run.accumulation)
-    ]
-    retain_batches = retain_only_batches(run, run.config, 1) if retain_steps_per_forget(run.config) else []
+    micro = epoch_batches(run, run.config, 1)[0]  # the first epoch's forget rows, in order
+    first = run.forget, run.paired
+    order = run_order(run, steps)
+    run.forget, run.paired = first
     # the true forget records (a relabelling method trains on stand-ins, measured on these)
     rows = (run.forget, [i for batch in micro for i in batch][:measure_rows])
     retain_rows = list(range(min(measure_rows, len(run.retain))))
@@ -149,7 +152,8 @@ def probe_lr(
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
-            after, taken = _train_at(run, lr, steps, (step_batches, retain_batches), rows, retain_rows)
+            trace: list | None = [] if trace_cycles else None
+            after, taken = _train_at(run, lr, order, rows, retain_rows, trace)
             tokens = sum(s.tokens for s in taken)
             forget_rise = after[0] - before[0]
             trial = {
@@ -161,6 +165,8 @@ def probe_lr(
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trial["tokens"] = tokens
+            if trace is not None:
+                trial["cycles"] = [[round(value, 6) for value in _rises(before, point)] for point in trace]
             last = keeps_retain(trial, retain_bound) or lr == CANDIDATES[-1]  # the choice (see the docstring)
             if keep and last and _can_go_on(run, taken, after):
                 trial["continued"], continued = True, taken
@@ -174,11 +180,19 @@ def probe_lr(
     except BaseException:
         _put_back(trainable, start)
         raise
+    finally:  # the run's first epoch points them where it needs them again
+        run.forget, run.paired = first
     lr, reason = choose(trials, retain_bound)
     if not continued:  # the run starts from its own weights, with fresh moments and schedule at the chosen rate
         reset_schedule(run, run.config, lr)
     spent = sum(t["tokens"] for t in trials if not t.get("continued"))
     return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=spent, continued=continued)
+
+
+def _rises(before, after) -> tuple[float, float, float]:
+    """``(forget_rise, retain_rise, retain_exact_kept)`` from two measurements ``(forget NLL, (retain NLL, exact))``."""
+    kept = after[1][1] / before[1][1] if before[1][1] > 0 else 1.0
+    return after[0] - before[0], after[1][0] - before[1][0], kept
 
 
 def _can_go_on(run, taken: list[TrialStep], after) -> bool:
@@ -190,9 +204,46 @@ def _can_go_on(run, taken: list[TrialStep], after) -> bool:
     )
 
 
-def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int]):
-    """``steps`` optimizer steps of the run's objective at peak rate ``lr``, in train mode as the run takes them;
-    then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact match where
+@dataclass
+class OrderStep:
+    """One forget step of the run's order: the rows its epoch trains on (``examples``, and ``paired``, its fake-value
+    draws), its forget micro-batches and their retain rows, and the retain-only steps that follow it under
+    ``--schedule interleaved`` (each a list of micro-batches)."""
+
+    examples: list
+    paired: list
+    forget_ids: list[list[int]]
+    retain_ids: list[list[int] | None]
+    retain_groups: list[list[list[int]]]
+
+
+def run_order(run, steps: int) -> list[OrderStep]:
+    """The run's first ``steps`` forget steps in the order the run takes them (epoch after epoch, each epoch's own
+    batches, draws and retain steps: :mod:`~obliviate.train.sampling`), so that a trial is the run's first steps."""
+    from obliviate.train.sampling import epoch_batches, retain_only_batches, retain_steps_per_forget
+
+    retain_steps = retain_steps_per_forget(run.config)
+    order: list[OrderStep] = []
+    for epoch in range(1, math.ceil(steps / run.forget_steps) + 1):
+        micro, draws = epoch_batches(run, run.config, epoch)  # points run.forget and run.paired at the epoch's
+        retain_groups = retain_only_batches(run, run.config, epoch) if retain_steps else []
+        for i in range(0, len(micro), run.accumulation):
+            k = i // run.accumulation
+            order.append(
+                OrderStep(
+                    run.forget,
+                    run.paired,
+                    micro[i : i + run.accumulation],
+                    draws[i : i + run.accumulation],
+                    retain_groups[k * retain_steps : (k + 1) * retain_steps],
+                )
+            )
+    return order[:steps]
+
+
+def _train_at(run, lr: float, order: list[OrderStep], rows, retain_rows: list[int], trace: list | None = None):
+    """The optimizer steps of ``order`` with the run's objective at peak rate ``lr``, in train mode as the run takes
+    them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact match where
     the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it processed on all
     processes, a ``--repair_exact`` check's forward counted with the step after it).
 
@@ -202,7 +253,6 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
     from obliviate.train.sampling import repair_exact, retain_steps_per_forget
     from obliviate.train.step import accumulate, optimizer_step, repaired, retain_step
 
-    step_batches, retain_batches = batches
     retain_steps, share = retain_steps_per_forget(run.config), repair_exact(run.config)
     params = run.method.forget_only(run.params) if retain_steps else run.params
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
@@ -211,14 +261,13 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
     phase = "forget" if retain_steps else None
     run.model.train()
     try:
-        for step in range(steps):
-            forget_ids, retain_ids = step_batches[step % len(step_batches)]
+        for step in order:
+            run.forget, run.paired = step.examples, step.paired
             clock = time.perf_counter()
-            metrics, tokens, checksums = accumulate(run, run.method, params, 0, forget_ids, retain_ids)
+            metrics, tokens, checksums = accumulate(run, run.method, params, 0, step.forget_ids, step.retain_ids)
             optimizer_step(run, run.config, schedule=False)
             taken.append(TrialStep(phase, metrics, tokens, time.perf_counter() - clock, checksums))
-            for k in range(retain_steps):
-                group = retain_batches[(step * retain_steps + k) % len(retain_batches)]
+            for group in step.retain_groups:
                 checked = 0
                 if share:
                     done, _, checked = repaired(run, group, share)
@@ -229,6 +278,8 @@ def _train_at(run, lr: float, steps: int, batches, rows, retain_rows: list[int])
                 metrics, tokens, checksums = retain_step(run, run.params, 0, group)
                 optimizer_step(run, run.config, schedule=False)
                 taken.append(TrialStep("retain", metrics, tokens + checked, time.perf_counter() - clock, checksums))
+            if trace is not None:  # the diagnostic: the rows as they stand after this cycle
+                trace.append((_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)))
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
         return (math.inf, (math.inf, 0.0)), taken
