@@ -4,7 +4,8 @@ A rate that works for a 1.6 M-parameter model does nothing to a 7B one, and one 
 overshoots on a 94-step one. So the run measures instead of guessing: from the starting weights it takes
 ``steps`` optimizer steps of the method's own objective, the run's first ones (its first forget batches, in its
 order, into its second epoch where the first is shorter; under ``--schedule interleaved``, ``steps`` whole cycles:
-each forget step with its retain steps), at each candidate rate from the largest down, and measures two things on fixed rows (eval mode, no gradient):
+each forget step with its retain steps), at each candidate rate from the largest down, and measures two things on
+fixed rows (eval mode, no gradient):
 
 - the forget NLL (of the tokens the forget term scores) must rise by at least :data:`MIN_FORGET_RISE` nats:
   the rate moves the forget set;
@@ -190,7 +191,8 @@ def probe_lr(
 
 
 def _rises(before, after) -> tuple[float, float, float]:
-    """``(forget_rise, retain_rise, retain_exact_kept)`` from two measurements ``(forget NLL, (retain NLL, exact))``."""
+    """``(forget_rise, retain_rise, retain_exact_kept)`` between two measurements ``(forget NLL, (retain NLL,
+    exact))``."""
     kept = after[1][1] / before[1][1] if before[1][1] > 0 else 1.0
     return after[0] - before[0], after[1][0] - before[1][0], kept
 
@@ -243,9 +245,9 @@ def run_order(run, steps: int) -> list[OrderStep]:
 
 def _train_at(run, lr: float, order: list[OrderStep], rows, retain_rows: list[int], trace: list | None = None):
     """The optimizer steps of ``order`` with the run's objective at peak rate ``lr``, in train mode as the run takes
-    them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact match where
-    the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it processed on all
-    processes, a ``--repair_exact`` check's forward counted with the step after it).
+    them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact
+    match where the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it processed
+    on all processes, a ``--repair_exact`` check's forward counted with the step after it).
 
     Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
