@@ -149,13 +149,16 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     method = get_method("ga_gd")
     run = setup(model, tokenizer, method, method.params({"alpha": 4.0}), forget, retain, config)
     result = lr_probe.probe_lr(run, steps=3)
-    # the forget step with the retain weight at 0, then two retain steps (each plain NLL through accumulate)
+    # the forget step with the retain weight at 0, then two retain steps (each plain NLL through accumulate); a
+    # trial whose retain rows are outside the bound after its first cycle takes no other
     cycle = [("ga_gd", 0.0)] + [("retain step", None), ("finetune", 4.0)] * 2
-    assert calls == cycle * 3 * len(result.trials)
+    cycles = [1 if t.get("screened_after") == 1 else 3 for t in result.trials]
+    assert calls == cycle * sum(cycles)
+    assert 1 in cycles and all(not t["passed"] for t in result.trials if t.get("screened_after"))
     # every token those steps trained on is the probe's cost, counted once per step and trial
-    per_trial = len(tokens) // len(result.trials)
+    ends = [3 * sum(cycles[: i + 1]) for i in range(len(cycles))]  # accumulate calls: 3 per cycle
     assert [t["tokens"] for t in result.trials] == [
-        sum(tokens[i : i + per_trial]) for i in range(0, len(tokens), per_trial)
+        sum(tokens[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)
     ]
     assert result.tokens == sum(tokens) > 0
 

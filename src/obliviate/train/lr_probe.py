@@ -15,6 +15,9 @@ fixed rows (eval mode, no gradient):
   Task2 (tiny), contrast's chosen rate kept the retain NLL within 0.1 nats while its exact match fell from 1.0 to
   0.77 within 6 steps and to 0.42 by step 12.
 
+A trial is measured after its first step (cycle) too, and ends there, failed, where the retain rows are already
+outside the bound (:data:`SCREEN_AFTER`): a rate that breaks them at once is not trained on for the rest.
+
 The largest rate that does both is taken. If none moves the forget set within the bound, the largest rate
 within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
 optimizer go back to where they started, so the run itself starts from the model it was given; except that with
@@ -51,6 +54,12 @@ bounds that)."""
 
 RETAIN_EXACT = 0.95
 """Share of the retain rows' starting exact match a rate must keep over the probe."""
+
+SCREEN_AFTER = 1
+"""A trial is also measured after this many of its steps (cycles), and ends there, failed, where the retain rows
+are already outside the bound: the rest of its steps are not taken. In the traces measured (``docs/METHODS.md``, the
+range test) every trial outside the bound after its first cycle was outside it after its last too, and every rate
+chosen was inside after its first."""
 
 MEASURE_ROWS = 32
 """Forget and retain rows (the first ones of the first batches) the NLLs are measured on, by default
@@ -154,7 +163,8 @@ def probe_lr(
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
             trace: list | None = [] if trace_cycles else None
-            after, taken = _train_at(run, lr, order, rows, retain_rows, trace)
+            screen = (before, retain_bound) if retain_rows else None
+            after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen)
             tokens = sum(s.tokens for s in taken)
             forget_rise = after[0] - before[0]
             trial = {
@@ -166,6 +176,8 @@ def probe_lr(
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trial["tokens"] = tokens
+            if screened:
+                trial["screened_after"] = SCREEN_AFTER  # outside the bound already: its other steps not taken
             if trace is not None:
                 trial["cycles"] = [[round(value, 6) for value in _rises(before, point)] for point in trace]
             last = keeps_retain(trial, retain_bound) or lr == CANDIDATES[-1]  # the choice (see the docstring)
@@ -243,11 +255,17 @@ def run_order(run, steps: int) -> list[OrderStep]:
     return order[:steps]
 
 
-def _train_at(run, lr: float, order: list[OrderStep], rows, retain_rows: list[int], trace: list | None = None):
+def _train_at(
+    run, lr: float, order: list[OrderStep], rows, retain_rows: list[int], trace: list | None = None, screen=None
+):
     """The optimizer steps of ``order`` with the run's objective at peak rate ``lr``, in train mode as the run takes
-    them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken)`` (infinite NLLs and no exact
-    match where the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it processed
-    on all processes, a ``--repair_exact`` check's forward counted with the step after it).
+    them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken, screened)`` (infinite NLLs and no
+    exact match where the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it
+    processed on all processes, a ``--repair_exact`` check's forward counted with the step after it).
+
+    ``screen``: ``(the starting measurement, the retain bound)``: after :data:`SCREEN_AFTER` steps (cycles) of a
+    longer trial the rows are measured, and a trial whose retain rows are outside the bound ends there
+    (``screened`` True, the measurement the one returned).
 
     Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
@@ -263,7 +281,7 @@ def _train_at(run, lr: float, order: list[OrderStep], rows, retain_rows: list[in
     phase = "forget" if retain_steps else None
     run.model.train()
     try:
-        for step in order:
+        for cycle, step in enumerate(order, 1):
             run.forget, run.paired = step.examples, step.paired
             clock = time.perf_counter()
             metrics, tokens, checksums = accumulate(run, run.method, params, 0, step.forget_ids, step.retain_ids)
@@ -280,12 +298,18 @@ def _train_at(run, lr: float, order: list[OrderStep], rows, retain_rows: list[in
                 metrics, tokens, checksums = retain_step(run, run.params, 0, group)
                 optimizer_step(run, run.config, schedule=False)
                 taken.append(TrialStep("retain", metrics, tokens + checked, time.perf_counter() - clock, checksums))
-            if trace is not None:  # the diagnostic: the rows as they stand after this cycle
-                trace.append((_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)))
+            screening = screen is not None and cycle == SCREEN_AFTER < len(order)
+            if trace is not None or screening:  # the rows as they stand after this cycle
+                point = (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows))
+                if trace is not None:
+                    trace.append(point)
+                rise = _rises(screen[0], point) if screening else None
+                if rise and not keeps_retain({"retain_rise": rise[1], "retain_exact_kept": rise[2]}, screen[1]):
+                    return point, taken, True
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
-        return (math.inf, (math.inf, 0.0)), taken
-    return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), taken
+        return (math.inf, (math.inf, 0.0)), taken, False
+    return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), taken, False
 
 
 @torch.no_grad()
