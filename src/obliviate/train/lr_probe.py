@@ -82,10 +82,10 @@ class TrialStep:
 @dataclass
 class ProbeResult:
     """The chosen rate, why, every trial ``{lr, forget_rise, retain_rise, retain_exact_kept, passed, tokens}`` (and
-    ``continued: true`` on a kept one), and the tokens the discarded trials' optimizer steps processed on all
-    processes (their forward and backward passes, counted as the run counts its own steps': they are part of what the
-    run costs). ``continued``: the kept trial's steps, which the run goes on from and counts as its own; empty where
-    every trial was put back."""
+    ``continued: true`` on a kept one, ``screened_after`` on one the screen ended), and the tokens the discarded
+    trials' optimizer steps processed on all processes (their forward and backward passes, counted as the run counts
+    its own steps': they are part of what the run costs). ``continued``: the kept trial's steps, which the run goes
+    on from and counts as its own; empty where every trial was put back."""
 
     lr: float
     reason: str
