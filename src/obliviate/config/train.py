@@ -190,7 +190,13 @@ class UnlearnConfig(TrainConfig):
         "(contrast: matched), else uniform",
         choices=("auto", "uniform", "matched"),
     )
-    lr_probe_steps: int = option(5, "steps per candidate rate in the learning-rate range test (unset --lr)", ge=1)
+    lr_probe_steps: int = option(
+        5,
+        "steps per candidate rate in the learning-rate range test (unset --lr): the run's own first steps, the "
+        "chosen rate's kept as the run's start where they are exactly its; a rate already outside the retain bound "
+        "after one step stops there",
+        ge=1,
+    )
     lr_probe_rows: int = option(
         32,
         "forget rows and retain rows the range test measures each candidate rate on (the first trained on; the "
