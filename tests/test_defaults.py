@@ -176,8 +176,17 @@ def _weights(out):
         {"method": "contrast", "schedule": "interleaved", "retain_steps": 2, "max_steps": 24, "epochs": None},
         # 7 steps: the first epoch's 5 and two of the second's (its one checkpoint is the last epoch's)
         {"method": "ga_gd", "epochs": 3, "lr_probe_steps": 7, "max_checkpoints": 1},
+        {
+            "method": "contrast",
+            "schedule": "interleaved",
+            "retain_steps": 2,
+            "max_steps": 36,
+            "epochs": None,
+            "lr_probe_steps": 7,
+            "max_checkpoints": 1,
+        },
     ],
-    ids=["joint", "interleaved", "into-the-second-epoch"],
+    ids=["joint", "interleaved", "into-the-second-epoch", "interleaved-into-the-second-epoch"],
 )
 def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target, tmp_path, extra):
     """The chosen trial's steps are the run's first: a run whose rate the range test measured ends with the weights
