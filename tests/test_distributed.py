@@ -132,6 +132,42 @@ def test_length_pieces_under_two_processes_give_the_same_update(target, tmp_path
     assert logged and all(a["loss"] == pytest.approx(b["loss"], rel=1e-5) for a, b in logged)
 
 
+def test_under_two_processes_the_run_goes_on_from_the_range_tests_chosen_trial(assets, tmp_path):
+    """--lr unset under torchrun: the chosen trial's steps are the run's first on both processes, and the run ends
+    with the weights and step log of a two-process run given that rate."""
+    import yaml
+
+    def argv(out, *extra):
+        args = unlearn_argv(
+            assets,
+            out,
+            "--method",
+            "ga_gd",
+            "--micro_batch_size",
+            str(MICRO),
+            "--batch_size",
+            str(BATCH),
+            "--epochs",
+            "2",
+            "--lr_probe_steps",
+            "2",
+            *extra,
+        )
+        at = args.index("--lr")
+        return args[:at] + args[at + 2 :]  # the fast preset's rate left out: the range test measures it
+
+    torchrun(argv(tmp_path / "measured"), tmp_path)
+    trials = [line["lr_probe"] for line in metrics(tmp_path / "measured") if "lr_probe" in line]
+    assert trials[-1].get("continued") is True
+    lr = yaml.safe_load((tmp_path / "measured" / "config.yaml").read_text())["lr"]
+    torchrun(argv(tmp_path / "given", "--lr", repr(lr)), tmp_path)
+    measured, given = weights(tmp_path / "measured"), weights(tmp_path / "given")
+    for key in measured:
+        torch.testing.assert_close(measured[key], given[key], atol=1e-6, rtol=0)
+    steps = [line for line in metrics(tmp_path / "measured") if "tokens_seen" in line]
+    assert steps == [line for line in metrics(tmp_path / "given") if "tokens_seen" in line]
+
+
 @pytest.mark.slow  # about 80 s on two shared cores
 def test_eval_every_epoch_finishes_under_two_processes(assets, tmp_path):
     """Every process evaluates its share of the rows and joins the gathers; only the main one writes.
