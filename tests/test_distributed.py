@@ -75,21 +75,15 @@ def launch(launcher: list[str], argv: list[str], cwd: Path) -> subprocess.Comple
     return done
 
 
+def ga_gd_argv(assets, out: Path, *extra: str) -> list[str]:
+    """A fast two-process ``ga_gd`` run: micro-batch and batch as above."""
+    sizes = ("--micro_batch_size", str(MICRO), "--batch_size", str(BATCH))
+    return unlearn_argv(assets, out, "--method", "ga_gd", *sizes, *extra)
+
+
 def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tmp_path):
     out = tmp_path / "out"
-    argv = unlearn_argv(
-        assets,
-        out,
-        "--method",
-        "ga_gd",
-        "--micro_batch_size",
-        str(MICRO),
-        "--batch_size",
-        str(BATCH),
-        "--seed",
-        str(SEED),
-    )
-    done = torchrun(argv, tmp_path)
+    done = torchrun(ga_gd_argv(assets, out, "--seed", str(SEED)), tmp_path)
     assert done.stdout.count("unlearned with ga_gd") == 1  # one summary per launch
 
     lines = metrics(out)
@@ -138,21 +132,7 @@ def test_under_two_processes_the_run_goes_on_from_the_range_tests_chosen_trial(a
     import yaml
 
     def argv(out, *extra):
-        args = unlearn_argv(
-            assets,
-            out,
-            "--method",
-            "ga_gd",
-            "--micro_batch_size",
-            str(MICRO),
-            "--batch_size",
-            str(BATCH),
-            "--epochs",
-            "2",
-            "--lr_probe_steps",
-            "2",
-            *extra,
-        )
+        args = ga_gd_argv(assets, out, "--epochs", "2", "--lr_probe_steps", "2", *extra)
         at = args.index("--lr")
         return args[:at] + args[at + 2 :]  # the fast preset's rate left out: the range test measures it
 
