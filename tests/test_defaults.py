@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import listing, metrics, unlearn_config
+from helpers import listing, metrics, unlearn_config, weights
 from obliviate.cli.main import main
 from obliviate.losses import LOSSES, get_method
 from obliviate.train import lr_probe
@@ -163,12 +163,6 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
     assert result.tokens == sum(tokens) > 0
 
 
-def _weights(out):
-    from safetensors.torch import load_file
-
-    return load_file(str(out / "model.safetensors"))
-
-
 @pytest.mark.parametrize(
     "extra",
     [
@@ -197,7 +191,7 @@ def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target
     assert trials[-1].get("continued") is True and not any(t.get("continued") for t in trials[:-1])
     given = run_unlearn(unlearn_config(target, tmp_path / "given", lr=measured.lr, **extra))
     assert measured.global_step == given.global_step and measured.tokens_seen == given.tokens_seen
-    a, b = _weights(tmp_path / "measured"), _weights(tmp_path / "given")
+    a, b = weights(tmp_path / "measured"), weights(tmp_path / "given")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     steps = [line for line in metrics(tmp_path / "measured") if "tokens_seen" in line]
     assert steps == [line for line in metrics(tmp_path / "given") if "tokens_seen" in line]

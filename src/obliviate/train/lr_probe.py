@@ -142,15 +142,15 @@ def probe_lr(
     Raises:
         ConfigError: under DeepSpeed or FSDP, whose sharded weights this test cannot put back: pass ``--lr``.
     """
-    from obliviate.train.sampling import epoch_batches
     from obliviate.train.schedule import reset_schedule
 
     if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
-    micro = epoch_batches(run, run.config, 1)[0]  # the first epoch's forget rows, in order
-    first = run.forget, run.paired
-    order = run_order(run, steps)
+    epochs = run_order(run, steps)  # whole epochs: the first is the one the rows are measured from
+    order = epochs[:steps]
+    first = epochs[0].examples, epochs[0].paired
     run.forget, run.paired = first
+    micro = [m for step in epochs[: run.forget_steps] for m in step.forget_ids]  # the first epoch's, in order
     # the true forget records (a relabelling method trains on stand-ins, measured on these)
     rows = (run.forget, [i for batch in micro for i in batch][:measure_rows])
     retain_rows = list(range(min(measure_rows, len(run.retain))))
@@ -166,20 +166,14 @@ def probe_lr(
             screen = (before, retain_bound) if retain_rows else None
             after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen)
             tokens = sum(s.tokens for s in taken)
-            forget_rise = after[0] - before[0]
-            trial = {
-                "lr": lr,
-                "forget_rise": forget_rise if math.isfinite(forget_rise) else math.inf,
-                "retain_rise": (after[1][0] - before[1][0]) if retain_rows else 0.0,
-                "retain_exact_kept": (after[1][1] / before[1][1]) if retain_rows and before[1][1] > 0 else 1.0,
-            }
+            trial = {"lr": lr, **_rises(before, after)}
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trial["tokens"] = tokens
             if screened:
                 trial["screened_after"] = SCREEN_AFTER  # outside the bound already: its other steps not taken
             if trace is not None:
-                trial["cycles"] = [[round(value, 6) for value in _rises(before, point)] for point in trace]
+                trial["cycles"] = [[round(value, 6) for value in _rises(before, point).values()] for point in trace]
             last = keeps_retain(trial, retain_bound) or lr == CANDIDATES[-1]  # the choice (see the docstring)
             if keep and last and _can_go_on(run, taken, after):
                 trial["continued"], continued = True, taken
@@ -202,11 +196,17 @@ def probe_lr(
     return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=spent, continued=continued)
 
 
-def _rises(before, after) -> tuple[float, float, float]:
-    """``(forget_rise, retain_rise, retain_exact_kept)`` between two measurements ``(forget NLL, (retain NLL,
-    exact))``."""
+def _rises(before, after) -> dict[str, float]:
+    """``{forget_rise, retain_rise, retain_exact_kept}`` between two measurements ``(forget NLL, (retain NLL,
+    exact))``: a non-finite forget rise (the rate diverged) reads infinite; without retain rows (NaN NLLs) nothing
+    rose and everything was kept."""
+    forget_rise, retain_rise = after[0] - before[0], after[1][0] - before[1][0]
     kept = after[1][1] / before[1][1] if before[1][1] > 0 else 1.0
-    return after[0] - before[0], after[1][0] - before[1][0], kept
+    return {
+        "forget_rise": forget_rise if math.isfinite(forget_rise) else math.inf,
+        "retain_rise": 0.0 if math.isnan(before[1][0]) else retain_rise,
+        "retain_exact_kept": kept,
+    }
 
 
 def _can_go_on(run, taken: list[TrialStep], after) -> bool:
@@ -232,8 +232,9 @@ class OrderStep:
 
 
 def run_order(run, steps: int) -> list[OrderStep]:
-    """The run's first ``steps`` forget steps in the order the run takes them (epoch after epoch, each epoch's own
-    batches, draws and retain steps: :mod:`~obliviate.train.sampling`), so that a trial is the run's first steps."""
+    """The run's forget steps in the order the run takes them (epoch after epoch, each epoch's own batches, draws and
+    retain steps: :mod:`~obliviate.train.sampling`), as many whole epochs as its first ``steps`` take, so that a
+    trial is the run's first steps. Points ``run.forget`` and ``run.paired`` at the last epoch's."""
     from obliviate.train.sampling import epoch_batches, retain_only_batches, retain_steps_per_forget
 
     retain_steps = retain_steps_per_forget(run.config)
@@ -252,7 +253,7 @@ def run_order(run, steps: int) -> list[OrderStep]:
                     retain_groups[k * retain_steps : (k + 1) * retain_steps],
                 )
             )
-    return order[:steps]
+    return order
 
 
 def _train_at(
@@ -303,8 +304,7 @@ def _train_at(
                 point = (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows))
                 if trace is not None:
                     trace.append(point)
-                rise = _rises(screen[0], point) if screening else None
-                if rise and not keeps_retain({"retain_rise": rise[1], "retain_exact_kept": rise[2]}, screen[1]):
+                if screening and not keeps_retain(_rises(screen[0], point), screen[1]):
                     return point, taken, True
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
