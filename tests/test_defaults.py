@@ -179,8 +179,10 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
             "lr_probe_steps": 7,
             "max_checkpoints": 1,
         },
+        # LoRA dropout draws masks: every trial starts from the run's random state, so the kept one draws the run's
+        {"method": "ga_gd", "epochs": 2, "lora_r": 4, "lora_alpha": 128, "lora_dropout": 0.5},
     ],
-    ids=["joint", "interleaved", "into-the-second-epoch", "interleaved-into-the-second-epoch"],
+    ids=["joint", "interleaved", "into-the-second-epoch", "interleaved-into-the-second-epoch", "dropout"],
 )
 def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target, tmp_path, extra):
     """The chosen trial's steps are the run's first: a run whose rate the range test measured ends with the weights
@@ -189,9 +191,11 @@ def test_the_run_goes_on_from_the_chosen_trial_as_a_run_at_its_rate_would(target
     measured = run_unlearn(unlearn_config(target, tmp_path / "measured", lr=None, **extra))
     trials = [line["lr_probe"] for line in metrics(tmp_path / "measured") if "lr_probe" in line]
     assert trials[-1].get("continued") is True and not any(t.get("continued") for t in trials[:-1])
+    assert len(trials) > 1  # trials put back before the kept one: nothing they drew may reach it
     given = run_unlearn(unlearn_config(target, tmp_path / "given", lr=measured.lr, **extra))
     assert measured.global_step == given.global_step and measured.tokens_seen == given.tokens_seen
-    a, b = weights(tmp_path / "measured"), weights(tmp_path / "given")
+    name = "adapter_model.safetensors" if extra.get("lora_r") else "model.safetensors"
+    a, b = weights(tmp_path / "measured", name), weights(tmp_path / "given", name)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     steps = [line for line in metrics(tmp_path / "measured") if "tokens_seen" in line]
     assert steps == [line for line in metrics(tmp_path / "given") if "tokens_seen" in line]

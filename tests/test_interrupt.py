@@ -8,6 +8,7 @@ bit-identical to an uninterrupted run: weights and ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import resource
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from helpers import Assets, metrics, unlearn_argv, weights
 from obliviate.train import checkpoint as ckpt
@@ -78,6 +80,34 @@ def test_kill_mid_epoch_then_resume_is_bit_identical(assets, reference, tmp_path
 @pytest.mark.parametrize("kill_at", ["step-1", "checkpoint-1", "checkpoint-2", "step-15", "final"])
 def test_kill_anywhere_then_resume_is_bit_identical(kill_at, assets, reference, tmp_path):
     kill_then_resume(assets, reference, tmp_path, kill_at)
+
+
+def test_a_resume_before_the_first_checkpoint_takes_the_kept_trial_again(assets, tmp_path):
+    """Killed after the range test's kept trial (3 steps) and before the first checkpoint (epoch 1 ends at step 5):
+    the resume has the rate but not those steps, so it takes them again from the starting weights. The log keeps
+    the trials, none of them continued now, all their tokens are the range test's cost, and the run ends as one
+    given that rate does."""
+    out = tmp_path / "probed"
+    argv = run_argv(assets, out, "--lr_probe_steps", "3")
+    del argv[argv.index("--lr") : argv.index("--lr") + 2]  # the range test measures the rate
+    killed = cli(argv, kill_at="step-4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
+    assert trials[-1].get("continued") is True and ckpt.list_checkpoints(out) == []
+    resumed = cli([*argv, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    lines = metrics(out)
+    after = [line["lr_probe"] for line in lines if "lr_probe" in line]
+    assert after == [{k: v for k, v in t.items() if k != "continued"} for t in trials]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["lr_probe_tokens"] == sum(t["tokens"] for t in trials) > 0
+    lr = yaml.safe_load((out / "config.yaml").read_text())["lr"]
+    given = tmp_path / "given"
+    argv[argv.index(str(out))] = str(given)
+    assert cli([*argv, "--lr", repr(lr)]).returncode == 0
+    a, b = weights(given, "adapter_model.safetensors"), weights(out, "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [line for line in lines if "lr_probe" not in line] == metrics(given)
 
 
 def test_sigint_exits_130_with_one_line(assets, tmp_path):

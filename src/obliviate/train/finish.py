@@ -45,6 +45,25 @@ def truncate_log(path: Path, last_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def restart_log(path: Path, keep_trials: bool) -> int:
+    """On a resume with no checkpoint (the run starts again from its first step), drop every line but the range
+    test's, and those too unless ``keep_trials`` (the rate it chose is the one the run restarts with). A kept trial is
+    kept no longer (its steps are taken again): ``continued`` goes, and every trial's tokens are spent. Returns them."""
+    if not path.exists():
+        return 0
+    trials = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a write cut off by the kill
+        if keep_trials and isinstance(record, dict) and isinstance(record.get("lr_probe"), dict):
+            record["lr_probe"].pop("continued", None)
+            trials.append(record)
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in trials))
+    return sum(int(record["lr_probe"].get("tokens", 0)) for record in trials)
+
+
 def logged_step(line: str) -> float:
     """The step of one ``metrics.jsonl`` line; a damaged line (a write cut off by a kill) counts as after any."""
     try:

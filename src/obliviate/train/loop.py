@@ -37,7 +37,7 @@ from obliviate.models.load import check_positions
 from obliviate.train import checkpoint as ckpt
 from obliviate.train import trackers
 from obliviate.train.epoch import train_epoch
-from obliviate.train.finish import restore, save_final, truncate_log
+from obliviate.train.finish import restart_log, restore, save_final, truncate_log
 from obliviate.train.parallel import (
     enable_checkpointing,
     make_accelerator,
@@ -187,7 +187,9 @@ def train(
     )
     try:
         result.lr = _start(run, output_dir, resolved_config, step_check)
-        run.timing["setup_seconds"] = time.perf_counter() - started - run.timing["lr_probe_seconds"]
+        run.timing["setup_seconds"] = (
+            time.perf_counter() - started - run.timing["lr_probe_seconds"] - run.timing["loop_seconds"]
+        )
         _run_epochs(run, output_dir, result, epoch_hook)
         run.card.update(_final_card(run, result))
         save_final(run, tokenizer, output_dir, config, started)
@@ -216,8 +218,8 @@ TIMING = (
     "save_seconds",
 )
 """The phases a run's seconds are split into. ``setup``: loading done by the caller excluded, from the accelerator
-to the first step (tokenising, the reference, the stop rule's reference measurement); ``lr_probe``: the range test;
-``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's (and epoch-end) checks,
+to the first step (tokenising, the reference, the stop rule's reference measurement); ``lr_probe``: the range test
+(its put-back trials: a kept trial's steps are the run's own, ``loop``); ``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's (and epoch-end) checks,
 which ``stop_check`` counts separately as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the
 epoch hook's evaluations; ``save``: the final model. A resumed run counts only its own process's seconds."""
 
@@ -230,7 +232,10 @@ def _metrics_log(run: Run, output_dir: Path) -> Callable[[dict[str, Any]], None]
     metrics_path = output_dir / "metrics.jsonl"
     if run.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        truncate_log(metrics_path, run.state["global_step"])
+        if run.state["global_step"]:
+            truncate_log(metrics_path, run.state["global_step"])
+        else:  # a fresh run (nothing there) or a resume before any checkpoint: everything starts again
+            run.state["lr_probe_tokens"] = restart_log(metrics_path, keep_trials=run.config.lr is not None)
     probes = iter(range(1_000_000))  # the range test's trials all sit before step 1: the tracker numbers them
 
     def log(record: dict[str, Any]) -> None:
@@ -272,7 +277,9 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
             measure_rows=getattr(config, "lr_probe_rows", MEASURE_ROWS),
             keep=_trial_is_the_start(run, steps),
         )
-        run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started
+        kept_seconds = sum(step.seconds for step in probe.continued)  # the run's own steps: the loop's time
+        run.timing["lr_probe_seconds"] = time.perf_counter() - probe_started - kept_seconds
+        run.timing["loop_seconds"] += kept_seconds
         run.state["lr_probe_tokens"] = probe.tokens  # the discarded trials' steps are part of the run's cost
         run.continued = probe.continued  # the kept trial's steps: the run's first, logged by its first epoch
         kept = f"; the run goes on from its {len(probe.continued)} steps" if probe.continued else ""

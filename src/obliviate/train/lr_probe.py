@@ -41,6 +41,7 @@ from accelerate.utils import DistributedType
 from obliviate.data.batching import collate
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses.common import answer_exact, token_logprobs
+from obliviate.train.checkpoint import rng_state, set_rng_state
 
 CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 4), 12) for k in range(8, 25))
 """Candidate peak rates, a quarter of a decade apart (x 1.78): 1e-2, 5.62e-3, 3.16e-3, ..., 1e-6."""
@@ -128,8 +129,14 @@ def probe_lr(
     trace_cycles: bool = False,
 ) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged,
-    unless ``keep``: then the chosen trial's weights, optimizer moments and steps stay (:attr:`ProbeResult.continued`)
-    where it ran to its end without a non-finite loss or a forget NLL past the run's ``--stop_forget_nll``.
+    unless ``keep``: then the chosen trial's weights, optimizer moments and the steps it took stay
+    (:attr:`ProbeResult.continued`) where none of them had a non-finite loss or a forget NLL past the run's
+    ``--stop_forget_nll`` (a screened trial is kept only as the smallest candidate: its one cycle).
+
+    Every trial starts from the random state the run started with (dropout masks, where the model has dropout), and
+    so does the run where every trial is put back: the kept trial's steps, and the run's, draw what a run given the
+    rate would. The grad scaler (``--mixed_precision fp16``) goes back to its start in the same way. Every NLL is
+    summed over all processes, so every process makes the same decisions.
 
     Candidates are tried from the largest down, and the search ends at the first rate that leaves the retain rows
     alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less. The chosen
@@ -146,22 +153,27 @@ def probe_lr(
 
     if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
+    records = run.forget  # the true forget records: a relabelling method trains on stand-ins, measured on these
     epochs = run_order(run, steps)  # whole epochs: the first is the one the rows are measured from
     order = epochs[:steps]
     first = epochs[0].examples, epochs[0].paired
     run.forget, run.paired = first
     micro = [m for step in epochs[: run.forget_steps] for m in step.forget_ids]  # the first epoch's, in order
-    # the true forget records (a relabelling method trains on stand-ins, measured on these)
-    rows = (run.forget, [i for batch in micro for i in batch][:measure_rows])
+    rows = (records, [i for batch in micro for i in batch][:measure_rows])
     retain_rows = list(range(min(measure_rows, len(run.retain))))
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in trainable]
     before = _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
+    random_start, scaler = rng_state(), _scaler(run)
+    scaler_start = scaler.state_dict() if scaler is not None else None
     trials: list[dict[str, Any]] = []
     continued: list[TrialStep] = []
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
+            set_rng_state(*random_start)
+            if scaler is not None:
+                scaler.load_state_dict(scaler_start)
             trace: list | None = [] if trace_cycles else None
             screen = (before, retain_bound) if retain_rows else None
             after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen)
@@ -192,6 +204,9 @@ def probe_lr(
     lr, reason = choose(trials, retain_bound)
     if not continued:  # the run starts from its own weights, with fresh moments and schedule at the chosen rate
         reset_schedule(run, run.config, lr)
+        set_rng_state(*random_start)
+        if scaler is not None:
+            scaler.load_state_dict(scaler_start)
     spent = sum(t["tokens"] for t in trials if not t.get("continued"))
     return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=spent, continued=continued)
 
@@ -318,11 +333,19 @@ def _put_back(trainable: list[torch.nn.Parameter], start: list[torch.Tensor]) ->
         param.copy_(saved)
 
 
+def _scaler(run):
+    """The accelerator's grad scaler where it has one in use (``--mixed_precision fp16``), else None."""
+    scaler = getattr(run.accelerator, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
 @torch.no_grad()
 def _nll(run, examples, rows: list[int], batch_size: int = 16) -> tuple[float, float]:
     """Token-mean NLL of the scored tokens of ``examples[rows]`` in eval mode, and the share of those rows whose every
-    scored token is the most likely next token (teacher-forced exact match); nan and 0 without rows."""
-    if not rows:
+    scored token is the most likely next token (teacher-forced exact match), both over every process's rows (the
+    same numbers on every process); nan and 0 without rows."""
+    acc = run.accelerator
+    if not rows and acc.num_processes == 1:
         return math.nan, 0.0
     model = run.model
     was_training = model.training
@@ -339,4 +362,10 @@ def _nll(run, examples, rows: list[int], batch_size: int = 16) -> tuple[float, f
             exact += int(answer_exact(logits, batch.labels).sum())
     finally:
         model.train(was_training)
-    return total / max(count, 1.0), exact / len(rows)
+    sums = [total, count, float(exact), float(len(rows))]
+    if acc.num_processes > 1:  # a process's forget rows are its own micro-batches': one measurement of them all
+        sums = acc.reduce(torch.tensor(sums, dtype=torch.float64, device=acc.device), reduction="sum").tolist()
+    total, count, exact, measured = sums
+    if not measured:
+        return math.nan, 0.0
+    return total / max(count, 1.0), exact / measured
