@@ -47,8 +47,9 @@ def truncate_log(path: Path, last_step: int) -> None:
 
 def restart_log(path: Path, keep_trials: bool) -> int:
     """On a resume with no checkpoint (the run starts again from its first step), drop every line but the range
-    test's, and those too unless ``keep_trials`` (the rate it chose is the one the run restarts with). A kept trial is
-    kept no longer (its steps are taken again): ``continued`` goes, and every trial's tokens are spent. Returns them."""
+    test's, and those too unless ``keep_trials`` (the rate it chose is the one the run restarts with). A kept trial
+    is kept no longer (its steps are taken again): ``continued`` goes, and every trial's tokens are spent. Returns
+    them."""
     if not path.exists():
         return 0
     trials = []

@@ -219,8 +219,9 @@ TIMING = (
 )
 """The phases a run's seconds are split into. ``setup``: loading done by the caller excluded, from the accelerator
 to the first step (tokenising, the reference, the stop rule's reference measurement); ``lr_probe``: the range test
-(its put-back trials: a kept trial's steps are the run's own, ``loop``); ``loop``: the optimizer steps (their forwards, backwards and log lines) and the stop rule's (and epoch-end) checks,
-which ``stop_check`` counts separately as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the
+(its put-back trials: a kept trial's steps are the run's own, ``loop``); ``loop``: the optimizer steps (their
+forwards, backwards and log lines) and the stop rule's (and epoch-end) checks, which ``stop_check`` counts separately
+as well; ``checkpoint``: writing ``checkpoints/epoch-N``; ``epoch_eval``: the
 epoch hook's evaluations; ``save``: the final model. A resumed run counts only its own process's seconds."""
 
 
