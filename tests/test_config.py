@@ -205,6 +205,19 @@ BAD_INPUTS = {
         lambda r, a: ["--schedule", "interleaved", "--retain_batch_size", "8"],
         "--retain_batch_size 8 must be at most --batch_size 4",
     ),
+    "a stop check inside a cycle": (
+        lambda r, a: ["--schedule", "interleaved", "--retain_steps", "2", "--stop_check_steps", "4"],
+        "--stop_check_steps 4 must be a multiple of a cycle's 3 optimizer steps",
+    ),
+    "interleaved without retain steps": (
+        lambda r, a: ["--schedule", "interleaved", "--retain_steps", "0", "--output_dir", str(r / "full")],
+        "--schedule interleaved with --retain_steps 0 takes no retain step: use --schedule joint",
+    ),
+    # before it was refused, the range test divided by the zero retain rows of a method that reads none
+    "interleaved with a method that reads no retain set": (
+        lambda r, a: ["--method", "ga", "--schedule", "interleaved", "--output_dir", str(r / "full"), "--overwrite"],
+        "--schedule interleaved takes retain steps, and method ga reads no retain set",
+    ),
 }
 
 
@@ -224,6 +237,26 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, assets, tmp_path, 
     assert message in err[0]
     assert hash_dir(assets.model) == before_model and hash_dir(tmp_path) == before_tmp
     assert listing(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("launcher", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_the_range_test_under_sharded_weights_is_refused_before_the_output_is_touched(
+    launcher, assets, tmp_path, capsys, monkeypatch
+):
+    """The range test puts weights back, which sharded ones cannot be: refused before the old output goes."""
+    monkeypatch.setenv(launcher, "true")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".obliviate").write_text('{"command": "unlearn"}')
+    (out / "metrics.jsonl").write_text("an earlier run's\n")
+    argv = unlearn_argv(assets, out, "--overwrite")
+    del argv[argv.index("--lr") : argv.index("--lr") + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "obliviate: error: the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr"
+    ]
+    assert (out / "metrics.jsonl").read_text() == "an earlier run's\n"
 
 
 def test_ga_needs_no_retain_set_and_a_relative_output_dir_works(assets, tmp_path, monkeypatch):

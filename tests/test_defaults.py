@@ -226,6 +226,17 @@ def test_a_trial_that_cannot_be_the_runs_start_is_put_back(target, tmp_path, ext
     assert first == [line for line in metrics(given) if "tokens_seen" in line][0]
 
 
+def test_a_trial_is_no_longer_than_the_runs_budget(target, tmp_path):
+    """--max_steps 2 under the default 5 trial steps: each trial takes the run's 2 steps, and the kept one is the
+    whole run."""
+    out = tmp_path / "short"
+    result = run_unlearn(unlearn_config(target, out, lr=None, method="ga_gd", max_steps=2, epochs=None))
+    trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
+    steps = [line for line in metrics(out) if "tokens_seen" in line]
+    assert result.global_step == len(steps) == 2 and trials[-1].get("continued") is True
+    assert trials[-1]["tokens"] == result.tokens_seen == steps[-1]["tokens_seen"]
+
+
 def test_a_trial_is_the_runs_start_only_where_no_check_falls_among_its_steps(target, tmp_path):
     """Five cycles of 1 + 15 steps are 80 optimizer steps: a stop rule checking every 96 lets the run go on from the
     trial, one checking every 80 or fewer (its first check would fall on a trial step) does not."""

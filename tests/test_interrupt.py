@@ -110,6 +110,25 @@ def test_a_resume_before_the_first_checkpoint_takes_the_kept_trial_again(assets,
     assert [line for line in lines if "lr_probe" not in line] == metrics(given)
 
 
+def test_a_resume_under_the_stop_rule_is_bit_identical(target, tmp_path):
+    """contrast with its stop rule and --field_stop on: a resume measures the rule's never-seen bands and retain start
+    on the starting weights (not the checkpoint's) and gives the rule back the fields it had found inside, so the
+    resumed run checks, skips and stops as the uninterrupted one."""
+    flags = ("--method", "contrast", "--retain_steps", "2", "--stop_check_steps", "3", "--lr", "3e-3", "--epochs", "3")
+    holdout = ("--holdout_dir", str(target.data / "holdout"))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli(unlearn_argv(target, whole, *flags, *holdout)).returncode == 0
+    checks = [line["stop_check"] for line in metrics(whole) if "stop_check" in line]
+    assert len(checks) >= 4 and all(0 < c["fields_outside"] < 4 for c in checks)  # some fields inside, not all
+    killed = cli(unlearn_argv(target, parts, *flags, *holdout), kill_at="step-7")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [epoch for epoch, _ in ckpt.list_checkpoints(parts)] == [1]
+    assert cli([*unlearn_argv(target, parts, *flags, *holdout), "--resume"]).returncode == 0
+    assert metrics(parts) == metrics(whole)
+    a, b = weights(whole), weights(parts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigint_exits_130_with_one_line(assets, tmp_path):
     out = tmp_path / "out"
     # a run far longer than the test, so that only the signal can end it

@@ -117,6 +117,17 @@ def test_without_holdout_the_reference_is_chance(monkeypatch):
     assert rule(None, None, 2) is not None  # 0.7 above chance is inside 2 standard errors (0.72)
 
 
+def test_each_fields_chance_band_is_as_wide_as_its_own_values_make_it(monkeypatch):
+    """Without holdout, a field's chance band is that of as many never-seen values as the field has forget values
+    (16 each here), not as all fields have together (32: a band sqrt(2) too narrow)."""
+    at = chance_exposure(50)
+    rule = scripted(monkeypatch, {"forget": [[("phone", at)] * 16 + [("ssn", at)] * 16]}, retain=[1.0])
+    rule.holdout = []
+    rule.start(None, None)
+    assert set(rule._reference) == {"phone", "ssn"}
+    assert all(band.se == pytest.approx(1.4427 / 4, rel=1e-3) for band in rule._reference.values())
+
+
 def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(target, tmp_path):
     out = tmp_path / "out"
     argv = unlearn_argv(target, out, "--method", "ga_gd", "--epochs", "3", "--stop_check_steps", "2")

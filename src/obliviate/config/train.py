@@ -194,8 +194,9 @@ class UnlearnConfig(TrainConfig):
         5,
         "steps per candidate rate in the learning-rate range test (unset --lr): the run's own first steps, the "
         "chosen rate's kept as the run's start where they are exactly its; a rate already outside the retain bound "
-        "after one step stops there",
+        "after one step stops there; at most the run's budget",
         ge=1,
+        le=10_000,
     )
     lr_probe_rows: int = option(
         32,

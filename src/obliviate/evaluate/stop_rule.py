@@ -165,10 +165,11 @@ class ExposureStopRule:
         """The reference band of every PII field and the retain NLL, measured on the starting model."""
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
         planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
-        chance = Band.chance(self.k, max(1, len(planned)))
         self._reference, self.skipped, self._saturated = {}, [], {}
         for name in sorted({p["field"] for p in planned}):
             values = [p["exposure"] for p in pairs if p["field"] == name]
+            # never-seen values as many as the field's forget values: the band a test of that field needs
+            chance = Band.chance(self.k, sum(p["field"] == name for p in planned))
             if len(values) >= 2:
                 self._reference[name] = Band.of(values, self.k)
                 if self._reference[name].top_share >= SATURATED:  # the rank cannot tell: read the values' NLL

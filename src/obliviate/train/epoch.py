@@ -196,6 +196,18 @@ def _step_check(run: Run, epoch: int, due: bool | None = None) -> str | None:
         run.timing["stop_check_seconds"] += time.perf_counter() - clock
     if len(run.step_check.history) > checks_before:
         run.log({"step": run.state["global_step"], "epoch": epoch, "stop_check": run.step_check.history[-1]})
+        # what the rule decided, for a resume (checkpoints save run.state)
+        run.state["stop_rule"] = {
+            "inside": sorted(getattr(run.step_check, "inside", ())),
+            "retain_scale": getattr(run.step_check, "retain_scale", 1.0),
+        }
+    _follow_stop_rule(run)
+    return reason
+
+
+def _follow_stop_rule(run: Run) -> None:
+    """What the stop rule's last check decided for the steps after it: ``--field_stop``'s fields left alone, and
+    ``--retain_guard``'s factor on the retain weights."""
     if getattr(run.config, "field_stop", False):
         run.fields_done = frozenset(getattr(run.step_check, "inside", frozenset()))
         if getattr(run.config, "field_stop_words", "all") == "checked":
@@ -203,4 +215,14 @@ def _step_check(run: Run, epoch: int, due: bool | None = None) -> str | None:
     scale = getattr(run.step_check, "retain_scale", 1.0)
     if run.base_params is not None and scale != run.retain_scale:
         run.params, run.retain_scale = run.method.scale_retain(run.base_params, scale), scale
-    return reason
+
+
+def resume_stop_rule(run: Run) -> None:
+    """On a resume, give the stop rule back what its last check before the checkpoint decided (a checkpoint of an
+    older run may lack it: the rule then starts undecided, as before)."""
+    decided = run.state.get("stop_rule")
+    if run.step_check is None or not isinstance(decided, dict):
+        return
+    run.step_check.inside = frozenset(decided.get("inside", ()))
+    run.step_check.retain_scale = float(decided.get("retain_scale", 1.0))
+    _follow_stop_rule(run)

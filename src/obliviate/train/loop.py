@@ -36,7 +36,7 @@ from obliviate.model_card import CARD, write_model_card
 from obliviate.models.load import check_positions
 from obliviate.train import checkpoint as ckpt
 from obliviate.train import trackers
-from obliviate.train.epoch import train_epoch
+from obliviate.train.epoch import resume_stop_rule, train_epoch
 from obliviate.train.finish import restart_log, restore, save_final, truncate_log
 from obliviate.train.parallel import (
     enable_checkpointing,
@@ -79,10 +79,13 @@ def setup(
     retain: list[Record] | None,
     config: TrainConfig,
     layer: int | None = None,
+    step_check=None,
 ) -> Run:
     """Prepare model, reference, optimizer, schedule and tokenised data; restore a checkpoint on ``--resume``.
 
-    ``layer``: the decoder block a hidden-states method (RMU) reads; ignored for every other method."""
+    ``layer``: the decoder block a hidden-states method (RMU) reads; ignored for every other method.
+    ``step_check``: the run's stop rule, whose reference is measured here on the starting weights (before a resume
+    restores trained ones), and, on a resume, given back what it had decided at the checkpoint."""
     accelerator, accumulation = make_accelerator(config)
     set_seed(config.seed)
     needs = method.needs
@@ -137,8 +140,12 @@ def setup(
         run.forget_ref_logprob = reference_logprobs(run)
     if repair_exact(config) and retain:  # likewise: what a repair restores is the starting model's exact rows
         run.retain_start = row_logprobs(run, run.retain)[2]
+    if step_check is not None:  # likewise: the stop rule's never-seen bands and retain start
+        step_check.start(accelerator.unwrap_model(run.model), tokenizer)
+        run.step_check = step_check
     if config.resume:
         restore(run, config, tokenizer)
+        resume_stop_rule(run)
     return run
 
 
@@ -174,7 +181,7 @@ def train(
     """
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
-    run = setup(model, tokenizer, method, params, forget, retain, config, layer=rmu_layer)
+    run = setup(model, tokenizer, method, params, forget, retain, config, layer=rmu_layer, step_check=step_check)
     run.forget_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in forget_draws or []]
     run.paired_draws = [[encode_record(tokenizer, r, config.max_length) for r in draw] for draw in paired_draws or []]
     run.stop_forget_nll = stop_forget_nll
@@ -263,14 +270,14 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
     rate trained with, the stop rule's reference. Returns that rate."""
     acc, config = run.accelerator, run.config
     lr = config.lr
-    if step_check is not None:  # its reference is the starting model's: before a kept trial changes the weights
-        step_check.start(acc.unwrap_model(run.model), run.tokenizer)
-        run.step_check = step_check
     if lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it
         from obliviate.train.lr_probe import MEASURE_ROWS, probe_lr
 
         probe_started = time.perf_counter()
-        steps = getattr(config, "lr_probe_steps", 5)
+        # a trial is no longer than the run's budget (in forget steps, each with its retain steps)
+        steps = min(
+            getattr(config, "lr_probe_steps", 5), math.ceil(run.total_steps / (1 + retain_steps_per_forget(config)))
+        )
         probe = probe_lr(
             run,
             steps=steps,

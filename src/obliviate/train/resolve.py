@@ -72,10 +72,17 @@ def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int)
     """``--stop_check_steps`` unset: about 20 checks over the planned steps where PII values are known, else off.
 
     Under ``--schedule interleaved`` the interval is a whole number of cycles (a forget step and its retain steps),
-    so that every check sees the model after its retain steps, never between a forget step and its repair."""
-    if config.stop_check_steps is not None:
-        return config
+    so that every check sees the model after its retain steps, never between a forget step and its repair; a given
+    interval that is not is a ConfigError."""
     cycle = 1 + retain_steps_per_forget(config)
+    if config.stop_check_steps is not None:
+        if config.stop_check_steps % cycle:
+            raise ConfigError(
+                f"--stop_check_steps {config.stop_check_steps} must be a multiple of a cycle's {cycle} optimizer "
+                "steps (a forget step and its --retain_steps) under --schedule interleaved: a check inside a cycle "
+                "would see a forget step's damage before its repair"
+            )
+        return config
     every = cycle * max(1, math.ceil(planned_steps / 20 / cycle)) if has_pii else 0
     return dataclasses.replace(config, stop_check_steps=every)
 

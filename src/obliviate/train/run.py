@@ -121,6 +121,11 @@ def _deepspeed_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def _fsdp_launch() -> bool:
+    """``accelerate launch`` with an FSDP config, as :func:`_deepspeed_launch`."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def _select(model, config, layer: int | None):
     """The trainable part. ``--trainable_layers auto``: every layer, or, for a method that reads hidden states at
     ``layer`` (``Needs.hidden``: RMU), the MLPs of that layer and the two below it, as RMU's recipe trains."""
@@ -239,9 +244,18 @@ def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, li
     config = with_preset(config)
     if retain_steps_per_forget(config):  # the preset may set it: a --retain_batch_size that does not divide fails
         retain_micro_batch_size(config, accumulation_steps(config))
+    elif config.schedule == "interleaved":
+        raise ConfigError("--schedule interleaved with --retain_steps 0 takes no retain step: use --schedule joint")
     method = get_method(config.method)
+    if retain_steps_per_forget(config) and not method.needs.retain:
+        raise ConfigError(
+            f"--schedule interleaved takes retain steps, and method {method.name} reads no retain set: use ga_gd "
+            "(its forget steps are GA's) or --schedule joint"
+        )
     if method.needs.retain and retain is None:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
+    if config.lr is None and not config.resume and (_deepspeed_launch() or _fsdp_launch()):
+        raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
     if retain is not None:
         check_overlap(forget, retain, allow_overlap=config.allow_overlap)
     return config, method, forget, retain
