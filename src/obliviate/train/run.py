@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -182,7 +183,7 @@ def run_unlearn(
     ``step_check`` is a stop rule asked every few optimizer steps (see :mod:`obliviate.evaluate.stop_rule`);
     ``stop_rule`` instead builds one from the resolved config, when its ``stop_check_steps`` is not 0.
     """
-    config, method, forget, retain = _read_inputs(config)
+    config, method, forget, retain, ignored = _read_inputs(config)
     out, inputs = _check_output(config, extra_inputs)
     if config.resume and config.lr is None:
         config = dataclasses.replace(config, lr=_saved_lr(out))
@@ -199,6 +200,8 @@ def run_unlearn(
     if step_check is None and stop_rule is not None and config.stop_check_steps:
         step_check = stop_rule(config)
     model = _select(model, config, rmu_layer)
+    if ignored and process_state().is_main_process:  # every input is valid: the run goes ahead
+        print(ignored, file=sys.stderr)
     _clear_output_dir(out, inputs, config, "unlearn")  # every input is valid: only now may an old output go
     return train(
         model,
@@ -230,7 +233,7 @@ def _unlearn_card(config: UnlearnConfig) -> dict:
     }
 
 
-def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, list | None]:
+def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, list | None, str | None]:
     """The forget and retain sets, and the method (``--method auto`` chosen, its preset applied), checked before
     anything is written: an unknown method fails before any data is read."""
     if config.method != AUTO:  # an unknown name, or a weight it does not read, fails before any data is read
@@ -241,7 +244,7 @@ def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, li
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else None
     if config.method == AUTO:
         config = dataclasses.replace(config, method=auto_method(config, forget, retain))
-    config = with_preset(config)
+    given, config = config, with_preset(config)
     if retain_steps_per_forget(config):  # the preset may set it: a --retain_batch_size that does not divide fails
         retain_micro_batch_size(config, accumulation_steps(config))
     elif config.schedule == "interleaved":
@@ -258,7 +261,20 @@ def _read_inputs(config: UnlearnConfig) -> tuple[UnlearnConfig, Method, list, li
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
     if retain is not None:
         check_overlap(forget, retain, allow_overlap=config.allow_overlap)
-    return config, method, forget, retain
+    return config, method, forget, retain, _ignored(given, config)
+
+
+def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
+    """A note naming the options the user set that this run does not read (``given``: before the method's preset;
+    ``config``: after it), so that a misplaced flag is not silently without effect; None where there are none."""
+    method = get_method(config.method)
+    ignored = []
+    if not retain_steps_per_forget(config):
+        names = ("retain_steps", "retain_batch_size", "repair_exact")
+        ignored += [f"--{name} (the schedule is joint)" for name in names if getattr(given, name) is not None]
+    if given.fakes_per_step is not None and not method.needs.paired:
+        ignored.append(f"--fakes_per_step ({method.name} compares with no fake-value copies)")
+    return f"obliviate: note: ignored: {'; '.join(ignored)}" if ignored else None
 
 
 def _check_output(config: UnlearnConfig, extra_inputs: list[str | Path] | None) -> tuple[Path, list]:
