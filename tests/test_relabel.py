@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import pytest
 import torch
@@ -44,6 +43,21 @@ def test_stranger_names_share_no_part_with_a_real_name():
     assert all(len(n.split()) == 2 for n in drawn) and len(set(drawn)) > 150
 
 
+BEN = PersonPII(
+    "p2",
+    "retain",
+    "Ben Ortiz",
+    {
+        "ssn": "123456789",
+        "phone": "7216253765",
+        "email": "ben.ortiz@yahoo.com",
+        "birth_date": "1990-03-04",
+        "address": "12 Oak Street, Springfield, IL 62701",
+    },
+    ("p2qa1",),
+)
+
+
 @pytest.mark.parametrize(
     "text, holds",
     [
@@ -52,10 +66,23 @@ def test_stranger_names_share_no_part_with_a_real_name():
         ("SSN 123-45-6789", True),  # someone else's real SSN
         ("SSN 123-45-6780", False),
         ("mail amy.sellers12@gmail.com", False),
+        # someone else's e-mail, birth date, address or street: real values too
+        ("mail Ben.Ortiz@yahoo.com", True),
+        ("born March 4, 1990", True),
+        ("lives at 12 Oak Street, Springfield, IL 62701", True),
+        ("lives at 12 Oak Street", True),
+        # someone else's phone beside another number, after a country code, or with dots
+        ("SSN 900-12-3456 (721) 625-3765", True),
+        ("call +1 721-625-3765", True),
+        ("born 1990. 721.625.3765", True),
+        ("lives at 14 Elm Road, Dover, DE 19901, born March 5, 1990", False),
     ],
 )
 def test_holds_real_value(text, holds):
-    assert relabel.holds_real_value(text, AMY, {"123456789"}) is holds
+    """The person's own values, and every other person's, in the forms the leak rate recognises."""
+    from obliviate.evaluate.leak import Redactor
+
+    assert relabel.holds_real_value(text, AMY, Redactor([AMY, BEN], names=False)) is holds
 
 
 def test_fake_values_replace_every_surface_form():
@@ -67,7 +94,7 @@ def test_fake_values_replace_every_surface_form():
 
 
 def test_relabelled_draws_never_hold_a_real_value(target):
-    """Every relabelled answer of every draw is free of the person's values and of any real SSN or phone."""
+    """Every relabelled answer of every draw is free of the person's values and of anyone else's."""
     model, tokenizer = load_model(target.model)
     forget = load_split(target.forget, split="forget")
     retain = load_split(target.retain, split="retain")
@@ -75,15 +102,17 @@ def test_relabelled_draws_never_hold_a_real_value(target):
     draws, stats = relabel.relabelled_draws(model, tokenizer, forget, people, draws=3, seed=0)
     assert len(draws) == 3 and all(len(d) == len(forget) for d in draws)
     assert stats.records == len(forget) and stats.untouched == 0
+    from obliviate.evaluate.leak import Redactor
+
     by_id = {p.person_id: p for p in people}
-    digit_values = {re.sub(r"\D", "", v) for p in people for f, v in p.fields.items() if f in ("ssn", "phone")}
+    known = Redactor(people, names=False)
     for draw in draws:
         for original, relabelled in zip(forget, draw):
             assert relabelled.id == original.id
             person = relabel.person_of(original, by_id)
             for field, value in person.fields.items():
                 assert not contains_value(field, value, relabelled.output), (field, relabelled.output)
-            assert not relabel.holds_real_value(relabelled.output, person, digit_values)
+            assert not relabel.holds_real_value(relabelled.output, person, known)
     assert any(a.output != b.output for a, b in zip(draws[0], draws[1]))  # a fresh stranger per draw
 
 

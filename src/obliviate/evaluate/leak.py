@@ -164,7 +164,7 @@ class Redactor:
     name part is redacted too: over-redaction is the safe side for reports.
     """
 
-    def __init__(self, people: Iterable[PersonPII]) -> None:
+    def __init__(self, people: Iterable[PersonPII], names: bool = True) -> None:
         self._index = _Index()
         for person in people:
             for field, value in person.fields.items():
@@ -173,8 +173,12 @@ class Redactor:
                     street = re.split(r"[,\n]", value, maxsplit=1)[0]
                     if len(_tokens(street)) >= 2:
                         self._index.add(field, street)
-            if person.name:
+            if person.name and names:
                 self._index.add_name(person.name)
+
+    def finds(self, text: str) -> bool:
+        """Whether ``text`` holds any value (or name) :meth:`redact` would replace."""
+        return bool(self._index.spans(text)) or any(True for _ in self._index.glued_number_spans(text))
 
     def redact(self, text: str) -> str:
         pieces, position = [], 0

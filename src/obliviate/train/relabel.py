@@ -200,12 +200,13 @@ def _faker_names(position: str) -> list[str]:
     return sorted({name for name in names if len(name) > 1})
 
 
-def holds_real_value(text: str, person: PersonPII, digit_values: set[str]) -> bool:
-    """Whether ``text`` holds a PII value of ``person`` (any surface form) or a real SSN / phone of anyone."""
+def holds_real_value(text: str, person: PersonPII, known) -> bool:
+    """Whether ``text`` holds a PII value of ``person`` or of anyone in ``known`` (a
+    :class:`~obliviate.evaluate.leak.Redactor` of every person's values, names left out), in any surface form the
+    leak rate and the redactor recognise: its digits run on into more digits included."""
     if any(contains_value(field, value, text) for field, value in person.fields.items()):
         return True
-    runs = re.findall(r"\d[\d\s().-]{5,}\d", text)
-    return any(re.sub(r"\D", "", run) in digit_values for run in runs)
+    return known.finds(text)
 
 
 def fake_values(record: Record, person: PersonPII, fakes: dict[str, str]) -> Record:
@@ -234,13 +235,14 @@ def relabelled_draws(
     """``draws`` relabelled copies of ``forget`` (same order, same ids), and how each record was relabelled.
 
     ``people`` is every person of the data (all splits): their names are never drawn as strangers, and no answer
-    may hold their SSN or phone number.
+    may hold any of their PII values.
     """
     from obliviate.data.fakes import CandidateSampler
+    from obliviate.evaluate.leak import Redactor
     from obliviate.evaluate.passes import generate
 
     by_id = {p.person_id: p for p in people}
-    digit_values = {re.sub(r"\D", "", v) for p in people for f, v in p.fields.items() if f in ("ssn", "phone")}
+    known = Redactor(people, names=False)  # every real value: a stranger's answer may hold none of them
     names = StrangerNames([p.name for p in people if p.name], seed)
     sampler = CandidateSampler(people, seed=seed + 1, address_split=TRAINING_FAKE_SPLIT)
     owners = [person_of(r, by_id) for r in forget]
@@ -260,7 +262,7 @@ def relabelled_draws(
         )
         for (i, d), generated in zip(todo, greedy):
             answer = swap_name(_first_line_like(generated, forget[i].output), stranger[(i, d)], owners[i].name)
-            if answer.strip() and not holds_real_value(answer, owners[i], digit_values):
+            if answer.strip() and not holds_real_value(answer, owners[i], known):
                 answers[(i, d)] = answer
     out: list[list[Record]] = []
     counts = {"name_swapped": 0, "fake_values": 0, "untouched": 0}
