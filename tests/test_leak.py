@@ -7,7 +7,7 @@ import pytest
 from obliviate.data.pii import pii_from_records
 from obliviate.data.pii_match import contains_value, find_value, normalize_value
 from obliviate.data.records import PersonPII, Record
-from obliviate.evaluate.leak import Probe, Redactor, build_probes, score_leaks
+from obliviate.evaluate.leak import Probe, Redactor, build_probes, redact_formats, score_leaks
 
 UID = "df8d2304-fb26"
 BIO_INPUT = (
@@ -195,6 +195,12 @@ def test_redactor_removes_every_value_and_name() -> None:
     assert Redactor(people).redact(text) == expected
     untouched = "Nothing personal here: 42 cats, 12/30/1984, olive oil."
     assert Redactor(people).redact(untouched) == untouched
+
+
+def test_redact_formats_hides_what_no_known_value_matches() -> None:
+    """A value reproduced in part is no known value, but shaped like one: per_example.jsonl hides it too."""
+    text = "SSN 358-62-4120, call (721) 625-3766 or mail tiffi.m@me.com; born Dec 30, 1984. 42 cats."
+    assert redact_formats(text) == "SSN [SSN], call [PHONE] or mail [EMAIL]; born [BIRTH_DATE]. 42 cats."
 
 
 def test_redactor_street_line_of_reworded_address() -> None:

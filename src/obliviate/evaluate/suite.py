@@ -151,7 +151,8 @@ def evaluate_split(
                 row["score"] = row["rougeL_recall"]
             else:
                 row["exact_match"] = row["score"] = scores.exact_match(generation, record.output)
-            row["generation"] = redactor.redact(generation) if redactor else generation
+            # known values (any surface form), then anything shaped like one: a partial reproduction too
+            row["generation"] = leak.redact_formats(redactor.redact(generation)) if redactor else generation
         rows.append(row)
     report = None
     if probes:
