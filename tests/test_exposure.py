@@ -127,6 +127,8 @@ def test_pour_and_render_like_follow_the_prompt_surface() -> None:
     assert render_like("address", fake.rstrip("."), value.rstrip("."), value) == fake
     # the same digits in another surface are never poured into the true street and place
     assert render_like("address", fake, value, "12 OAK STREET, SALEM, OR, 97301") is None
+    # nor a fake date's digits into a written form the dates are not read in: the true month would stay
+    assert render_like("birth_date", "1970-06-09", "1987-03-04", "4th of March, 1987") == "June 9, 1970"
 
 
 def _all_fakes(people: list[PersonPII], k: int = 100) -> dict[str, list[tuple[PersonPII, str]]]:

@@ -103,6 +103,8 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
     fake_date, value_date, surface_date = parse_date(fake), parse_date(value), parse_date(surface)
     if fake_date and value_date and surface_date:
         return render_date(fake_date[0], surface_date[1])
+    if field == "birth_date" and fake_date and value_date:  # a form not read ("4th of March, 1987"): pouring the
+        return render_date(fake_date[0], "%B %d, %Y")  # fake's digits into it would keep the true month
     digits, surface_digits = re.sub(r"\D", "", fake), re.sub(r"\D", "", surface)
     if digits and len(digits) == len(surface_digits) == len(re.sub(r"\D", "", value)):
         return pour(surface, digits)
