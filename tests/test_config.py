@@ -262,12 +262,14 @@ def test_the_range_test_under_sharded_weights_is_refused_before_the_output_is_to
 def test_options_the_run_does_not_read_are_named_in_one_note(assets, tmp_path, capsys):
     """A joint run given interleaved-only options, and a method without fake-value copies given their number: the
     run goes ahead and says, in one line, which flags had no effect."""
-    argv = unlearn_argv(assets, tmp_path / "out", "--method", "ga_gd", "--retain_steps", "3", "--fakes_per_step", "2")
+    argv = unlearn_argv(
+        assets, tmp_path / "out", "--method", "ga_gd", "--retain_steps", "3", "--fakes_per_step", "2", "--field_stop"
+    )
     assert main(argv) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
     assert notes == [
         "obliviate: note: ignored: --retain_steps (the schedule is joint); --fakes_per_step (ga_gd compares with no "
-        "fake-value copies)"
+        "fake-value copies); --field_stop (the stop rule is off: --stop_check_steps 0)"
     ]
 
 

@@ -274,6 +274,8 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
         ignored += [f"--{name} (the schedule is joint)" for name in names if getattr(given, name) is not None]
     if given.fakes_per_step is not None and not method.needs.paired:
         ignored.append(f"--fakes_per_step ({method.name} compares with no fake-value copies)")
+    if given.field_stop and config.stop_check_steps == 0:
+        ignored.append("--field_stop (the stop rule is off: --stop_check_steps 0)")
     return f"obliviate: note: ignored: {'; '.join(ignored)}" if ignored else None
 
 
