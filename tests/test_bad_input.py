@@ -502,6 +502,37 @@ CASES: dict[str, Case] = {
         2,
         "not replacing it",
     ),
+    # a folder of notes that happens to hold a report.md is no earlier report: it is not replaced
+    "demo output with a report.md only": (
+        lambda w, t: ["demo", "--output_dir", str(notes_with_a_report(t)), "--cache_dir", str(t / "cache")],
+        2,
+        "not replacing it",
+    ),
+    "demo cache inside its output": (
+        lambda w, t: ["demo", "--output_dir", str(t / "demo"), "--cache_dir", str(t / "demo" / "cache")],
+        2,
+        "overlap: replacing the report would delete the cache",
+    ),
+    "demo output is the cache": (
+        lambda w, t: ["demo", "--output_dir", str(t / "cache"), "--cache_dir", str(t / "cache")],
+        2,
+        "overlap: replacing the report would delete the cache",
+    ),
+    "run output holds its data": (
+        lambda w, t: [
+            "run",
+            "--model",
+            str(w.assets.model),
+            "--forget_dir",
+            str(earlier_report_holding_data(w, t / "out") / "forget"),
+            "--retain_dir",
+            str(t / "out" / "data" / "retain"),
+            "--output_dir",
+            str(t / "out"),
+        ],
+        2,
+        "contains the input",
+    ),
     # --- inspect
     "inspect missing": (lambda w, t: ["inspect", str(t / "nothing.jsonl")], 2, "found nothing at this path"),
     "inspect tokenizer not a dir": (
@@ -511,6 +542,21 @@ CASES: dict[str, Case] = {
     ),
     "no subcommand": (lambda w, t: [], 2, "required: COMMAND"),
 }
+
+
+def notes_with_a_report(tmp: Path) -> Path:
+    notes = tmp / "notes"
+    notes.mkdir()
+    write(notes, "report.md", "my own notes")
+    return notes
+
+
+def earlier_report_holding_data(w: World, out: Path) -> Path:
+    """An earlier report (its marker says obliviate wrote it) into which the user has put the data the next run
+    reads: replacing the report would delete it."""
+    data = copy(w.assets.data, out / "data")
+    (out / ".obliviate").write_text('{"command": "demo"}')
+    return data
 
 
 def without(argv: list[str], flag: str) -> list[str]:

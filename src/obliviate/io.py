@@ -83,6 +83,23 @@ def _resolved(paths: Iterable[str | Path | None]) -> list[tuple[str, Path]]:
     return found
 
 
+def check_apart(output_dir: str | Path, inputs: Iterable[str | Path | None]) -> Path:
+    """The resolved output directory, once it neither equals, contains nor lies inside any of ``inputs``.
+
+    Raises:
+        ConfigError: it does; the message names the flag's value and the input.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    for source, src in _resolved(inputs):
+        if out == src or src in out.parents:
+            raise ConfigError(
+                f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written"
+            )
+        if out in src.parents:
+            raise ConfigError(f"--output_dir {output_dir} contains the input {source}: inputs are never written")
+    return out
+
+
 def check_output_dir(
     output_dir: str | Path, inputs: Iterable[str | Path | None], *, overwrite: bool, resume: bool = False
 ) -> Path:
@@ -95,14 +112,7 @@ def check_output_dir(
     Raises:
         ConfigError: one of the rules is broken; the message names the flag's value and the input.
     """
-    out = Path(output_dir).expanduser().resolve()
-    for source, src in _resolved(inputs):
-        if out == src or src in out.parents:
-            raise ConfigError(
-                f"--output_dir {output_dir} is the input {source} or inside it: inputs are never written"
-            )
-        if out in src.parents:
-            raise ConfigError(f"--output_dir {output_dir} contains the input {source}: inputs are never written")
+    out = check_apart(output_dir, inputs)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
     for parent in out.parents:

@@ -10,7 +10,7 @@ import json
 import pickle
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from obliviate.evaluate.results import EpochEval, EvalResult, MethodRun
 from obliviate.evaluate.selection import select_best
 from obliviate.evaluate.stop_rule import read_stop_checks, stop_rule_for
 from obliviate.evaluate.suite import EvalOptions
-from obliviate.io import MARKER, mark_output_dir
+from obliviate.io import MARKER, check_apart, mark_output_dir
 from obliviate.jobs import Jobs, available_cpus
 from obliviate.losses import get_method
 from obliviate.models.load import load_model
@@ -254,7 +254,8 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
-    check_output_dir(out)
+    check_output_dir(out, pipeline_inputs(config))
+    check_cache_apart(out, config.cache_dir)
     dirs = prepare_data(config, log)  # fails before the old report is removed
     check_inputs(config, dirs)
     shutil.rmtree(out, ignore_errors=True)
@@ -295,12 +296,29 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     )
 
 
-def check_output_dir(out: str | Path) -> None:
-    """The demo replaces only its own earlier report: a non-empty ``out`` must hold one."""
+def pipeline_inputs(config: PipelineConfig) -> list[str | None]:
+    """Every path a pipeline reads (the cache: reads and writes): its output may not touch any of them."""
+    return [*(config.data_dirs or {}).values(), config.target_dir, config.oracle_dir, config.cache_dir]
+
+
+def check_cache_apart(out: str | Path, cache_dir: str | Path) -> None:
+    """The cache, which may not exist yet, neither holds nor lies inside the report that a run replaces."""
+    report, cache = Path(out).expanduser().resolve(), Path(cache_dir).expanduser().resolve()
+    if report == cache or cache in report.parents or report in cache.parents:
+        raise ConfigError(
+            f"--output_dir {out} and --cache_dir {cache_dir} overlap: replacing the report would delete the cache"
+        )
+
+
+def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> None:
+    """The demo replaces only its own earlier report: a non-empty ``out`` must hold one (its :data:`MARKER`, or the
+    layout an older one left: ``report.md``, ``results.json`` and ``methods/``); and ``out`` may not equal, contain
+    or lie inside any of ``inputs`` (the data, the target and oracle, the cache), which replacing it would delete."""
+    check_apart(out, inputs)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        ours = (out / MARKER).is_file() or (out / "methods").is_dir() or (out / "report.md").is_file()
-        if not ours:
+        older = all((out / name).exists() for name in ("report.md", "results.json", "methods"))
+        if not ((out / MARKER).is_file() or older):
             raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
 
 
