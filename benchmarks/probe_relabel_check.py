@@ -43,9 +43,7 @@ def main() -> None:
             checked=1, refused_before=before, refused_today=refused, refused_only_today=refused and not before
         )
         if refused and not before:
-            fields.update(
-                {span.field for span in known._index.spans(text) + list(known._index.glued_number_spans(text))}
-            )
+            fields.update(known.fields_in(text))
         return refused
 
     relabel.holds_real_value = both

@@ -254,8 +254,7 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
     """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
     started, started_at = time.perf_counter(), time.time()
     out = Path(config.output_dir)
-    check_output_dir(out, pipeline_inputs(config))
-    check_cache_apart(out, config.cache_dir)
+    check_output_dir(out, pipeline_inputs(config), config.cache_dir)
     dirs = prepare_data(config, log)  # fails before the old report is removed
     check_inputs(config, dirs)
     shutil.rmtree(out, ignore_errors=True)
@@ -297,24 +296,24 @@ def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
 
 
 def pipeline_inputs(config: PipelineConfig) -> list[str | None]:
-    """Every path a pipeline reads (the cache: reads and writes): its output may not touch any of them."""
-    return [*(config.data_dirs or {}).values(), config.target_dir, config.oracle_dir, config.cache_dir]
+    """Every path a pipeline reads: its output may not touch any of them."""
+    return [*(config.data_dirs or {}).values(), config.target_dir, config.oracle_dir]
 
 
-def check_cache_apart(out: str | Path, cache_dir: str | Path) -> None:
-    """The cache, which may not exist yet, neither holds nor lies inside the report that a run replaces."""
-    report, cache = Path(out).expanduser().resolve(), Path(cache_dir).expanduser().resolve()
-    if report == cache or cache in report.parents or report in cache.parents:
-        raise ConfigError(
-            f"--output_dir {out} and --cache_dir {cache_dir} overlap: replacing the report would delete the cache"
-        )
-
-
-def check_output_dir(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> None:
+def check_output_dir(
+    out: str | Path, inputs: Iterable[str | Path | None] = (), cache_dir: str | Path | None = None
+) -> None:
     """The demo replaces only its own earlier report: a non-empty ``out`` must hold one (its :data:`MARKER`, or the
     layout an older one left: ``report.md``, ``results.json`` and ``methods/``); and ``out`` may not equal, contain
-    or lie inside any of ``inputs`` (the data, the target and oracle, the cache), which replacing it would delete."""
+    or lie inside any of ``inputs`` (the data, the target and oracle) nor overlap ``cache_dir``, which may not exist
+    yet: replacing the report would delete them."""
     check_apart(out, inputs)
+    if cache_dir is not None:
+        report, cache = Path(out).expanduser().resolve(), Path(cache_dir).expanduser().resolve()
+        if report == cache or cache in report.parents or report in cache.parents:
+            raise ConfigError(
+                f"--output_dir {out} and --cache_dir {cache_dir} overlap: replacing the report would delete the cache"
+            )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         older = all((out / name).exists() for name in ("report.md", "results.json", "methods"))

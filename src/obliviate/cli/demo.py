@@ -51,14 +51,13 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from obliviate.cli.run import run_experiment
-    from obliviate.pipeline import StampedLog, check_cache_apart, check_output_dir, pipeline_inputs
+    from obliviate.pipeline import StampedLog, check_output_dir, pipeline_inputs
     from obliviate.pipeline_cache import prepare_data
 
     config = demo_config(args)
     log = StampedLog()
     # before the data is made: a refused directory costs nothing
-    check_output_dir(config.output_dir, pipeline_inputs(config))
-    check_cache_apart(config.output_dir, config.cache_dir)
+    check_output_dir(config.output_dir, pipeline_inputs(config), config.cache_dir)
     dirs = prepare_data(config, log)
     config = dataclasses.replace(config, data_dirs={name: str(path) for name, path in dirs.items()})
     run_experiment(config, title="obliviate demo", log=log)

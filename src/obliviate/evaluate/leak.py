@@ -176,15 +176,17 @@ class Redactor:
             if person.name and names:
                 self._index.add_name(person.name)
 
-    def finds(self, text: str) -> bool:
-        """Whether ``text`` holds any value (or name) :meth:`redact` would replace."""
-        return bool(self._index.spans(text)) or any(True for _ in self._index.glued_number_spans(text))
+    def fields_in(self, text: str) -> set[str]:
+        """The fields (``name`` among them) of every value :meth:`redact` would replace in ``text``."""
+        return {span.field for span in self._spans(text)}
+
+    def _spans(self, text: str) -> list:
+        return self._index.spans(text) + list(self._index.glued_number_spans(text))
 
     def redact(self, text: str) -> str:
         pieces, position = [], 0
         # Earliest first, then longest: an e-mail wins over the name inside it, an address over a name part.
-        spans = self._index.spans(text) + list(self._index.glued_number_spans(text))
-        for span in sorted(spans, key=lambda s: (s.start, -s.end)):
+        for span in sorted(self._spans(text), key=lambda s: (s.start, -s.end)):
             if span.start < position:
                 continue
             pieces += [text[position : span.start], LABELS.get(span.field, f"[{span.field.upper()}]")]

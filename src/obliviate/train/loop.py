@@ -267,7 +267,7 @@ def _final_card(run: Run, result: RunResult) -> dict[str, Any]:
 
 def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) -> float | None:
     """Before the first step: the range test where ``--lr`` is unset (a fresh run only), ``config.yaml`` with the
-    rate trained with, the stop rule's reference. Returns that rate."""
+    rate trained with, the stop rule's reference line (measured in :func:`setup`). Returns that rate."""
     acc, config = run.accelerator, run.config
     lr = config.lr
     if lr is None and run.state["global_step"] == 0:  # unlearning with --lr unset: measure it

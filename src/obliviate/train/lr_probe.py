@@ -164,16 +164,13 @@ def probe_lr(
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in trainable]
     before = _nll(run, *rows)[0], _nll(run, run.retain, retain_rows)
-    random_start, scaler = rng_state(), _scaler(run)
-    scaler_start = scaler.state_dict() if scaler is not None else None
+    rewind = _rewinder(run)
     trials: list[dict[str, Any]] = []
     continued: list[TrialStep] = []
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
-            set_rng_state(*random_start)
-            if scaler is not None:
-                scaler.load_state_dict(scaler_start)
+            rewind()
             trace: list | None = [] if trace_cycles else None
             screen = (before, retain_bound) if retain_rows else None
             after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen)
@@ -204,9 +201,7 @@ def probe_lr(
     lr, reason = choose(trials, retain_bound)
     if not continued:  # the run starts from its own weights, with fresh moments and schedule at the chosen rate
         reset_schedule(run, run.config, lr)
-        set_rng_state(*random_start)
-        if scaler is not None:
-            scaler.load_state_dict(scaler_start)
+        rewind()
     spent = sum(t["tokens"] for t in trials if not t.get("continued"))
     return ProbeResult(lr=lr, reason=reason, trials=trials, tokens=spent, continued=continued)
 
@@ -333,10 +328,19 @@ def _put_back(trainable: list[torch.nn.Parameter], start: list[torch.Tensor]) ->
         param.copy_(saved)
 
 
-def _scaler(run):
-    """The accelerator's grad scaler where it has one in use (``--mixed_precision fp16``), else None."""
+def _rewinder(run):
+    """A function that puts the random state, and the grad scaler where one is in use (``--mixed_precision
+    fp16``), back to where they are now."""
+    random_start = rng_state()
     scaler = getattr(run.accelerator, "scaler", None)
-    return scaler if scaler is not None and scaler.is_enabled() else None
+    scaler_start = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
+
+    def rewind() -> None:
+        set_rng_state(*random_start)
+        if scaler_start is not None:
+            scaler.load_state_dict(scaler_start)
+
+    return rewind
 
 
 @torch.no_grad()

@@ -206,7 +206,7 @@ def holds_real_value(text: str, person: PersonPII, known) -> bool:
     leak rate and the redactor recognise: its digits run on into more digits included."""
     if any(contains_value(field, value, text) for field, value in person.fields.items()):
         return True
-    return known.finds(text)
+    return bool(known.fields_in(text))
 
 
 def fake_values(record: Record, person: PersonPII, fakes: dict[str, str]) -> Record:
