@@ -260,16 +260,28 @@ def test_the_range_test_under_sharded_weights_is_refused_before_the_output_is_to
 
 
 def test_options_the_run_does_not_read_are_named_in_one_note(assets, tmp_path, capsys):
-    """A joint run given interleaved-only options, and a method without fake-value copies given their number: the
-    run goes ahead and says, in one line, which flags had no effect."""
+    """A joint run given interleaved-only options, a method without fake-value copies given their number or the
+    per-field stop, stop-rule options with the rule off, range-test options beside ``--lr``: the run goes ahead and
+    says, in one line, which flags had no effect."""
     argv = unlearn_argv(
-        assets, tmp_path / "out", "--method", "ga_gd", "--retain_steps", "3", "--fakes_per_step", "2", "--field_stop"
+        assets,
+        tmp_path / "out",
+        *("--method", "ga_gd", "--retain_steps", "3", "--fakes_per_step", "2", "--field_stop"),
+        *("--stop_band", "3", "--stop_retain_bound", "0.5", "--lr_probe_steps", "7"),
     )
     assert main(argv) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
+    off = "(the stop rule is off: --stop_check_steps 0)"
     assert notes == [
         "obliviate: note: ignored: --retain_steps (the schedule is joint); --fakes_per_step (ga_gd compares with no "
-        "fake-value copies); --field_stop (the stop rule is off: --stop_check_steps 0)"
+        f"fake-value copies); --stop_band {off}; --field_stop {off}; --lr_probe_steps (--lr is given, so no range "
+        "test runs)"
+    ]  # --stop_retain_bound 0.5 is its default: a flag given its default value cannot be told apart
+    argv = unlearn_argv(assets, tmp_path / "out2", "--method", "ga_gd", "--field_stop", "--stop_check_steps", "5")
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
+    assert notes == [
+        "obliviate: note: ignored: --field_stop (ga_gd scores no value per field; the stop rule still ends the run)"
     ]
 
 

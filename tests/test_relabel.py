@@ -374,3 +374,37 @@ def test_contrast_pull_brings_a_value_pushed_past_its_fake_back_and_only_that_fa
     assert float(fake_grad.abs().sum()) == 0.0
     assert run(uniform, confident, 0.0)[0] == 0.0  # without it, nothing pulls
     assert run(confident, uniform, 0.5)[0] == pytest.approx(run(confident, uniform, 0.0)[0])
+
+
+def test_training_fakes_are_never_a_holdout_persons_value(lume_dir, tmp_path):
+    """The fakes a method trains on avoid the holdout's values too (``train/inputs.py: known_people``): drawn from the
+    forget and retain people alone, 6 of LUME Task2's 6,000 copies (4 draws) held a holdout person's birth date, and
+    training on them would move the never-seen band the stop rule and the report compare with."""
+    import random
+    import types
+
+    from obliviate.data.load import write_jsonl
+    from obliviate.data.records import person_key
+    from obliviate.evaluate.leak import Redactor
+    from obliviate.train.inputs import known_people
+
+    forget = [r for r in load_split(lume_dir, split="forget") if r.task == "Task2"]
+    retain = [r for r in load_split(lume_dir, split="retain") if r.task == "Task2"]
+    keys = sorted({person_key(r.id) for r in retain})
+    random.Random(0).shuffle(keys)
+    held = set(keys[: round(0.1 * len(keys))])  # as benchmarks/bench_quality.py splits it
+    holdout = [r for r in retain if person_key(r.id) in held]
+    retain = [r for r in retain if person_key(r.id) not in held]
+    write_jsonl(forget, tmp_path / "forget" / "forget.jsonl")
+    write_jsonl(holdout, tmp_path / "holdout" / "holdout.jsonl")
+    config = types.SimpleNamespace(forget_dir=str(tmp_path / "forget"), holdout_dir=str(tmp_path / "holdout"))
+    people = known_people(config, forget, retain)
+    held_people = [p for p in people if p.split == "holdout"]
+    assert len(held_people) == len(held) and all(p.fields for p in held_people)
+    marked, copies = relabel.fake_pairs(forget, people, draws=4, seed=0, stranger=True)
+    values = Redactor(held_people, names=False)
+    for copy in copies:
+        for original, fake in zip(marked, copy):
+            assert values.fields_in(fake.input + "\n" + fake.output) <= values.fields_in(
+                original.input + "\n" + original.output
+            )

@@ -22,11 +22,23 @@ def prepare_forget(model, tokenizer, config: UnlearnConfig, method: Method, forg
     return forget, forget_draws, paired_draws
 
 
+def known_people(config: UnlearnConfig, forget, retain) -> list:
+    """Everyone whose PII values the data names, as the stop rule and evaluation see them: the forget and retain
+    people and, given ``--holdout_dir``, the holdout's too. A fake a method trains on is never a holdout person's value
+    (on LUME Task2, 6 of 6,000 fake copies drawn without the holdout held a holdout person's birth date), so training
+    never moves the never-seen band the stop rule and the report compare with."""
+    from obliviate.data.load import load_split
+    from obliviate.train.relabel import known_people as people_of
+
+    splits = {"forget": forget, "retain": retain or []}
+    if config.holdout_dir:
+        splits["holdout"] = load_split(config.holdout_dir, split="holdout")
+    return people_of(config.forget_dir, splits)
+
+
 def has_pii(config: UnlearnConfig, forget, retain) -> bool:
     """Whether any forget record's person has known PII values (what the stop rule measures)."""
-    from obliviate.train.relabel import known_people
-
-    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    people = known_people(config, forget, retain)
     forget_ids = {r.id for r in forget}
     return any(p.fields and forget_ids.intersection(p.records) for p in people)
 
@@ -35,11 +47,10 @@ def pii_tokens_only(config: UnlearnConfig, forget, retain, relabels: bool):
     """``--forget_tokens pii``: the forget term scores only the tokens of each person's PII values, wherever the
     record holds them (a value in the prompt moves into the answer, :func:`~obliviate.data.pii.values_in_answers`)."""
     from obliviate.data.pii import mark_pii_spans, values_in_answers
-    from obliviate.train.relabel import known_people
 
     if relabels:
         raise ConfigError(f"--forget_tokens pii does not apply to --method {config.method}, which replaces the values")
-    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    people = known_people(config, forget, retain)
     marked, count = mark_pii_spans(values_in_answers(forget, people), people)
     if not count:
         raise ConfigError("--forget_tokens pii: no forget record holds a known PII value (pii.json or Task2 QA rows)")
@@ -53,11 +64,10 @@ def fake_pairs(config: UnlearnConfig, forget, retain, tokenizer=None):
     ``--fakes_per_step``, one set per epoch in turn; ``tokenizer`` cuts the stranger copies' fresh name parts as the
     people's own are cut."""
     from obliviate.train.relabel import fake_pairs as pair_with_fakes
-    from obliviate.train.relabel import known_people
     from obliviate.train.resolve import resolve_params
     from obliviate.train.sampling import fakes_per_step
 
-    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    people = known_people(config, forget, retain)
     draws = config.relabel_draws * fakes_per_step(config)
     stranger = bool(getattr(resolve_params(config), "stranger", 0.0))
     marked, copies = pair_with_fakes(
@@ -72,9 +82,9 @@ def fake_pairs(config: UnlearnConfig, forget, retain, tokenizer=None):
 
 def relabelled_forget(model, tokenizer, config: UnlearnConfig, forget, retain):
     """The relabelled forget sets of a relabelling method, made by the starting model before any training."""
-    from obliviate.train.relabel import known_people, relabelled_draws
+    from obliviate.train.relabel import relabelled_draws
 
-    people = known_people(config.forget_dir, {"forget": forget, "retain": retain or []})
+    people = known_people(config, forget, retain)
     draws, stats = relabelled_draws(model, tokenizer, forget, people, draws=config.relabel_draws, seed=config.seed)
     # a record that could not be relabelled (no known person) would be trained on its true answer: leave it out
     kept = [i for i, record in enumerate(forget) if any(d[i] != record for d in draws)]

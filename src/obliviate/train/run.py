@@ -274,9 +274,34 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
         ignored += [f"--{name} (the schedule is joint)" for name in names if getattr(given, name) is not None]
     if given.fakes_per_step is not None and not method.needs.paired:
         ignored.append(f"--fakes_per_step ({method.name} compares with no fake-value copies)")
-    if given.field_stop and config.stop_check_steps == 0:
-        ignored.append("--field_stop (the stop rule is off: --stop_check_steps 0)")
+    if config.stop_check_steps == 0:
+        off = "the stop rule is off: --stop_check_steps 0"
+        ignored += [f"--{name} ({off})" for name in _STOP_RULE_OPTIONS if _set(given, name)]
+    elif given.field_stop and not method.needs.paired:
+        ignored.append(f"--field_stop ({method.name} scores no value per field; the stop rule still ends the run)")
+    if config.lr is not None and not config.resume:
+        given_lr = "--lr is given, so no range test runs"
+        ignored += [f"--{name} ({given_lr})" for name in ("lr_probe_steps", "lr_probe_rows") if _set(given, name)]
     return f"obliviate: note: ignored: {'; '.join(ignored)}" if ignored else None
+
+
+_STOP_RULE_OPTIONS = (
+    "stop_band",
+    "stop_retain_bound",
+    "stop_retain_exact",
+    "retain_guard",
+    "retain_guard_max",
+    "stop_words",
+    "field_stop",
+    "field_stop_words",
+)
+"""The options only the stop rule reads."""
+
+
+def _set(config: UnlearnConfig, name: str) -> bool:
+    """Whether option ``name`` differs from its default (a flag given with its default value cannot be told apart)."""
+    value = getattr(config, name)
+    return value is not None and value != UnlearnConfig.__dataclass_fields__[name].default
 
 
 def _check_output(config: UnlearnConfig, extra_inputs: list[str | Path] | None) -> tuple[Path, list]:
