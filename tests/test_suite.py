@@ -249,3 +249,31 @@ def test_tokenizer_that_does_not_fit_the_model_is_refused(memorised, tmp_path, c
         == 2
     )
     assert "does not belong to this model" in capsys.readouterr().err
+
+
+def test_per_example_generations_hide_partial_values_where_people_are_known(memorised, monkeypatch):
+    """``per_example.jsonl``'s generations: known values redacted, then anything shaped like a value
+    (``leak.redact_formats``), e.g. an SSN reproduced in part, which no known value matches. Without people's values
+    (no ``pii.json``, no Task2 QA rows) the generation is written as generated."""
+    import dataclasses
+
+    from obliviate.evaluate import suite
+
+    data_dir, model_dir = memorised
+    model, tokenizer = load_model(model_dir)
+    people = load_pii(data_dir / "pii.json")
+    ssn = next(p.fields["ssn"] for p in people if p.split == "forget")
+    partial = f"{ssn[:3]}-{ssn[3:5]}-{(int(ssn[5:]) + 1) % 10_000:04d}"  # 5 of 9 digits in place
+    said = f"{people[0].name}'s number is {partial}, call me."
+
+    def fixed(model, tokenizer, split, scored, probes, options, generated=None):
+        return {**{r.input: said for r in scored}, **{p.prompt: said for p in probes}}, {}
+
+    monkeypatch.setattr(suite, "generate_split", fixed)
+    options = dataclasses.replace(OPTIONS, exposure=False)
+    data = load_eval_data(data_dir / "forget", data_dir / "retain")
+    rows = [r for r in evaluate_model(model, tokenizer, data, options).per_example if "generation" in r]
+    assert rows and {r["generation"] for r in rows} == {"[NAME]'s number is [SSN], call me."}
+    unknown = dataclasses.replace(data, people=[])
+    rows = [r for r in evaluate_model(model, tokenizer, unknown, options).per_example if "generation" in r]
+    assert rows and {r["generation"] for r in rows} == {said}
