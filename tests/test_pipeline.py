@@ -134,3 +134,53 @@ def test_a_benchmarks_setting_wins_over_the_pipelines_own(tmp_path):
     plain = unlearn_config("ga_gd", tmp_path / "target", dirs, config)
     assert plain.seed == 3 and plain.output_dir == str(tmp_path / "out" / "methods" / "ga_gd")
     assert plain.holdout_dir == str(dirs["holdout"])
+
+
+def _report(folder, text: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".obliviate").write_text('{"command": "demo"}')
+    (folder / "report.md").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_an_earlier_report_is_kept_until_the_new_one_is_whole(tmp_path, failure):
+    """``run`` / ``demo`` replace their earlier report only when the new one is written: a run that fails or is
+    interrupted leaves it as it was, with nothing of its own left behind."""
+    from obliviate.pipeline import replacing_report
+
+    out = _report(tmp_path / "out", "old")
+    config = PipelineConfig(output_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(failure), replacing_report(config):
+        assert not (out / "report.md").exists()  # the new report is made in an empty folder
+        (out / "report.md").write_text("half")
+        (out / "methods").mkdir()
+        raise failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == [".obliviate", "report.md"]
+    assert (out / "report.md").read_text() == "old"
+    with replacing_report(config):
+        (out / "report.md").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "report.md").read_text() == "new"
+
+
+def test_after_a_run_killed_outright_the_aside_report_is_the_one_kept(tmp_path):
+    """A run killed outright (no ``except``) leaves the last whole report aside and a partial one in the output:
+    the next run removes the partial one and puts the whole one back if it fails too; a foreign folder where the
+    report would be kept aside is refused, nothing touched."""
+    from obliviate.errors import ConfigError
+    from obliviate.pipeline import replacing_report
+
+    out = _report(tmp_path / "out", "partial")
+    _report(tmp_path / ".out.previous", "whole")
+    config = PipelineConfig(output_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError), replacing_report(config):
+        assert not (out / "report.md").exists()
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "report.md").read_text() == "whole"
+    (tmp_path / ".out.previous").mkdir()
+    (tmp_path / ".out.previous" / "mine.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="is in the way"), replacing_report(config):
+        pass
+    assert (out / "report.md").read_text() == "whole"
+    assert (tmp_path / ".out.previous" / "mine.txt").read_text() == "a user's file"

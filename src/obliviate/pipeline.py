@@ -6,11 +6,12 @@ reuses them; ``fresh=True`` ignores the cache (:mod:`obliviate.pipeline_cache`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,15 +251,48 @@ def eval_options(config: PipelineConfig) -> EvalOptions:
     )
 
 
-def run_pipeline(config: PipelineConfig, log=print) -> PipelineOutcome:
-    """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`)."""
-    started, started_at = time.perf_counter(), time.time()
+def run_pipeline(config: PipelineConfig, log=print, replace: bool = True) -> PipelineOutcome:
+    """The whole experiment; returns everything the report needs (see :mod:`obliviate.report.demo`).
+
+    ``replace``: the output's earlier report is kept aside until the run ends and given back if it fails
+    (:func:`replacing_report`); False where the caller does that around more work (writing the report)."""
+    with replacing_report(config) if replace else contextlib.nullcontext():
+        return _run_pipeline(config, log)
+
+
+@contextlib.contextmanager
+def replacing_report(config: PipelineConfig) -> Iterator[None]:
+    """The output directory for a new report, the earlier one kept until the new one is whole.
+
+    The output is checked first (:func:`check_output_dir`). An earlier report is moved aside (``.NAME.previous``
+    beside it) and the new one is made in its place; when the block fails or is interrupted, what it wrote is
+    removed and the earlier report put back, and when it ends the earlier one is deleted. After a run killed
+    outright, the aside folder holds the last whole report and the output a partial one: the next run removes the
+    partial one and keeps the aside one until it ends in turn."""
     out = Path(config.output_dir)
     check_output_dir(out, pipeline_inputs(config), config.cache_dir)
-    dirs = prepare_data(config, log)  # fails before the old report is removed
-    check_inputs(config, dirs)
-    shutil.rmtree(out, ignore_errors=True)
+    previous = out.parent / f".{out.name}.previous"
+    if previous.exists() and not _is_report(previous):
+        raise ConfigError(f"{previous} is in the way: the earlier report would be kept there while the run goes on")
+    if out.exists() and previous.exists():  # out: the partial report of a run killed outright
+        shutil.rmtree(out)
+    elif out.exists():
+        out.rename(previous)
     mark_output_dir(out, "demo")
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if previous.exists():
+            previous.rename(out)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _run_pipeline(config: PipelineConfig, log) -> PipelineOutcome:
+    started, started_at = time.perf_counter(), time.time()
+    dirs = prepare_data(config, log)
+    check_inputs(config, dirs)
     worker_log = _portable(log)
     workers = resolve_workers(config, max(2, len(config.methods)))
     with Jobs(workers) as jobs:
@@ -316,9 +350,14 @@ def check_output_dir(
             )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        older = all((out / name).exists() for name in ("report.md", "results.json", "methods"))
-        if not ((out / MARKER).is_file() or older):
+        if not _is_report(out):
             raise ConfigError(f"--output_dir {out} is not empty and holds no earlier demo report: not replacing it")
+
+
+def _is_report(folder: Path) -> bool:
+    """Whether ``folder`` holds a report obliviate wrote: its :data:`MARKER`, or an older report's whole layout."""
+    older = all((folder / name).exists() for name in ("report.md", "results.json", "methods"))
+    return (folder / MARKER).is_file() or older
 
 
 def _evaluate_references(

@@ -73,13 +73,15 @@ def pipeline_config(run: RunConfig) -> PipelineConfig:
 
 def run_experiment(config: PipelineConfig, title: str = "obliviate run", log=None) -> PipelineOutcome:
     """The pipeline, then ``report.md``, ``results.json`` and the plots in ``config.output_dir``: what ``run``,
-    ``demo``, ``obliviate.run(...)`` and the LUME benchmark all do."""
-    from obliviate.pipeline import StampedLog, run_pipeline
+    ``demo``, ``obliviate.run(...)`` and the LUME benchmark all do. An earlier report there is replaced only once the
+    new one is written; a run that fails or is interrupted leaves it as it was."""
+    from obliviate.pipeline import StampedLog, replacing_report, run_pipeline
     from obliviate.report.demo import write_demo_report
 
     log = log or StampedLog()
-    outcome = run_pipeline(config, log=log)
-    report = write_demo_report(outcome, Path(config.output_dir), title=title)
+    with replacing_report(config):  # the earlier report stays until the new one is written
+        outcome = run_pipeline(config, log=log, replace=False)
+        report = write_demo_report(outcome, Path(config.output_dir), title=title)
     log(f"report → {report}")
     return outcome
 
