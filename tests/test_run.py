@@ -178,3 +178,27 @@ def test_bad_input_is_one_line_and_writes_nothing(assets, tmp_path, capsys, chan
     err = capsys.readouterr().err
     assert err.startswith("obliviate: error:") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_cache_key_reads_a_data_file_and_where_each_file_lies(tmp_path):
+    """A data file is hashed by its rows (it hashed as an empty folder: every file had one key), a folder by each
+    file's relative path and bytes; a flat folder keeps the key it had (name + bytes), so cached models stay found."""
+    import hashlib
+
+    from obliviate.pipeline_cache import _dir_hash
+
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text('{"id": "1", "input": "a", "output": "b"}\n')
+    two.write_text('{"id": "1", "input": "a", "output": "c"}\n')
+    assert _dir_hash(one) != _dir_hash(two)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "forget.jsonl").write_bytes(one.read_bytes())
+    old = hashlib.sha256(b"forget.jsonl" + one.read_bytes()).hexdigest()[:12]
+    assert _dir_hash(flat) == old
+    nested = tmp_path / "nested"
+    (nested / "retain").mkdir(parents=True)
+    (nested / "retain" / "rows.jsonl").write_bytes(one.read_bytes())
+    before = _dir_hash(nested)
+    (nested / "retain").rename(nested / "forget")
+    assert _dir_hash(nested) != before

@@ -32,10 +32,17 @@ def _hash(payload: Any) -> str:
 
 
 def _dir_hash(path: Path) -> str:
+    """The data at ``path``, a folder or one data file: each file by its path relative to the folder (a file: its
+    name) and its bytes. A file moved into another folder (``retain/`` renamed ``forget/``) is other data, and so is
+    a data file with other rows (before, a file hashed as an empty folder: every file had one key). For the files
+    directly in a folder, the relative path is the name the key was made of before, so the cache entries of flat
+    data folders keep their keys."""
+    path = Path(path)
+    root, files = (path.parent, [path]) if path.is_file() else (path, sorted(path.rglob("*")))
     digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
+    for file in files:
         if file.is_file():
-            digest.update(file.name.encode() + file.read_bytes())
+            digest.update(file.relative_to(root).as_posix().encode() + file.read_bytes())
     return digest.hexdigest()[:12]
 
 
