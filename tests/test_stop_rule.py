@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from helpers import metrics, unlearn_argv
@@ -108,13 +109,21 @@ def test_retain_exact_is_what_greedy_decoding_reproduces(tmp_path):
     assert check.exact == pytest.approx(reproduced)
 
 
-def test_without_holdout_the_reference_is_chance(monkeypatch):
-    rule = scripted(monkeypatch, {"forget": [[0.0] * 16, [chance_exposure(50) + 0.7] * 16]}, retain=[1.0, 1.0])
+CHANCE_SD = float(np.std(np.log2(np.arange(1, 52))))  # a uniform rank among 51: 1.272 bits per value
+
+
+@pytest.mark.parametrize(("above", "stops"), [(0.6, True), (0.7, False)])
+def test_without_holdout_the_reference_is_chance(monkeypatch, above, stops):
+    """Chance is exact: the forget mean is tested against the uniform rank's own spread (16 values: 2 standard
+    errors are 0.636 bits), not against log2(e) with the forget sample's error added (0.72 and more)."""
+    at = chance_exposure(50)
+    rule = scripted(monkeypatch, {"forget": [[at + above] * 16]}, retain=[1.0, 1.0])
     rule.holdout = []
     rule.start(None, None)
     band = rule._reference["ssn"]
-    assert band.mean == pytest.approx(chance_exposure(50)) and band.se == pytest.approx(1.4427 / 4, rel=1e-3)
-    assert rule(None, None, 2) is not None  # 0.7 above chance is inside 2 standard errors (0.72)
+    assert CHANCE_SD == pytest.approx(1.272, abs=1e-3)
+    assert band.mean == pytest.approx(at) and band.se == pytest.approx(CHANCE_SD / 4)
+    assert (rule(None, None, 2) is not None) == stops
 
 
 def test_each_fields_chance_band_is_as_wide_as_its_own_values_make_it(monkeypatch):
@@ -125,7 +134,7 @@ def test_each_fields_chance_band_is_as_wide_as_its_own_values_make_it(monkeypatc
     rule.holdout = []
     rule.start(None, None)
     assert set(rule._reference) == {"phone", "ssn"}
-    assert all(band.se == pytest.approx(1.4427 / 4, rel=1e-3) for band in rule._reference.values())
+    assert all(band.se == pytest.approx(CHANCE_SD / 4) for band in rule._reference.values())
 
 
 def test_unlearn_with_the_stop_rule_logs_its_checks_and_says_why_it_stopped(target, tmp_path):

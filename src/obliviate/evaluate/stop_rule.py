@@ -75,6 +75,7 @@ class Band:
     se: float
     top_share: float
     count: int
+    sd: float | None = None  # chance: each value's exact standard deviation under a uniform rank (the band exact)
 
     @classmethod
     def of(cls, values: Sequence[float], k: int) -> Band:
@@ -82,18 +83,28 @@ class Band:
 
     @classmethod
     def chance(cls, k: int, count: int) -> Band:
-        """A uniform rank among K + 1, whose standard deviation is about log2(e) bits per value."""
-        return cls(chance_exposure(k), math.log2(math.e) / math.sqrt(count), 1.0 / (k + 1), count)
+        """A uniform rank among K + 1: its mean and share ranked first are exact, with no sampling error of their
+        own; ``se`` is the standard error ``count`` such values' mean would have (what a plot draws)."""
+        logs = np.log2(np.arange(1, k + 2))
+        sd = float(np.std(logs))  # exposure = log2(K + 1) - log2(rank): the spread of log2(rank), 1.27 bits at K = 50
+        return cls(chance_exposure(k), sd / math.sqrt(max(count, 1)), 1.0 / (k + 1), count, sd)
 
     def admits(self, values: Sequence[float], k: int, band: float) -> bool:
-        """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided two-
-        sample tests): their mean exposure, and their share ranked first (two proportions)."""
+        """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided tests):
+        their mean exposure, and their share ranked first. Against holdout people, two-sample tests (two means, two
+        proportions); against chance, whose mean and share are exact, one-sample tests with the uniform rank's own
+        spread (before the tenth session the chance band took log2(e) for that spread and added the forget sample's
+        error to it as if chance were a second sample: about 1.5 times too wide)."""
         mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
-        forget_se = _standard_error(values)
-        if mean > self.mean + band * math.sqrt(self.se**2 + forget_se**2) + 1e-9:  # a tie is inside, round-off too
+        if self.sd is not None:
+            mean_se = self.sd / math.sqrt(n)
+            top_variance = self.top_share * (1 - self.top_share) / n
+        else:
+            mean_se = math.sqrt(self.se**2 + _standard_error(values) ** 2)
+            top_variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
+        if mean > self.mean + band * mean_se + 1e-9:  # a tie is inside, round-off too
             return False
-        variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
-        return top <= self.top_share + band * math.sqrt(variance)
+        return top <= self.top_share + band * math.sqrt(top_variance) + 1e-12
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ def evaluate_split(
         report = leak.score_leaks(
             probes, greedy, [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None
         )
-        report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy))
+        report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy, report.leaked_pairs))
     return rows, _aggregates(split, rows, token_scores, report), token_scores, report
 
 
