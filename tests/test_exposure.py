@@ -129,6 +129,12 @@ def test_pour_and_render_like_follow_the_prompt_surface() -> None:
     assert render_like("address", fake, value, "12 OAK STREET, SALEM, OR, 97301") is None
     # nor a fake date's digits into a written form the dates are not read in: the true month would stay
     assert render_like("birth_date", "1970-06-09", "1987-03-04", "4th of March, 1987") == "June 9, 1970"
+    # digits are poured only into values of digits alone: a letter, a case or a month of the true surface would stay
+    fake_email = "bob.ward12@yahoo.com"  # the fake as drawn, not "Amy.Sellers12@gmail.com"
+    assert render_like("email", fake_email, "amy.sellers93@gmail.com", "Amy.Sellers93@gmail.com") == fake_email
+    assert render_like("birth_date", "7 Jun 1970", "4 Mar 1987", "March 4, 1987") is None
+    assert render_like("passport", "KP 81 02 46 D", "AB 12 34 56 C", "AB12-3456-C") is None
+    assert render_like("member_id", "81-0246", "12-3456", "12 3456") == "81 0246"
 
 
 def _all_fakes(people: list[PersonPII], k: int = 100) -> dict[str, list[tuple[PersonPII, str]]]:

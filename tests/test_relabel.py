@@ -12,6 +12,7 @@ from helpers import metrics, unlearn_config
 from obliviate.data.load import load_split
 from obliviate.data.pii_match import contains_value
 from obliviate.data.records import PersonPII, Record
+from obliviate.evaluate.leak import Redactor
 from obliviate.losses import LOSSES
 from obliviate.losses.common import Forward, LossInputs
 from obliviate.models.load import load_model
@@ -408,3 +409,65 @@ def test_training_fakes_are_never_a_holdout_persons_value(lume_dir, tmp_path):
             assert values.fields_in(fake.input + "\n" + fake.output) <= values.fields_in(
                 original.input + "\n" + original.output
             )
+
+
+@pytest.mark.parametrize(
+    ("value", "written", "fake", "expected"),
+    [
+        (  # the unit worded otherwise, the city after "in"
+            "12 Oak Street, #9, Springfield, IL, 62701.",
+            "She lives at 12 Oak Street, Apt. #9, in Springfield, IL, 62701. A nurse.",
+            "400 Elm Road, #3, Dayton, OH, 45402.",
+            "She lives at 400 Elm Road, Apt. #3, in Dayton, OH, 45402. A nurse.",
+        ),
+        (  # no unit written; a lone "a" after the address is no unit
+            "77 Pine Lane, A, Austin, TX, 73301.",
+            "Home: 77 Pine Lane, Austin, TX, 73301, a quiet street.",
+            "5 Bay Court, B, Reno, NV, 89501.",
+            "Home: 5 Bay Court, Reno, NV, 89501, a quiet street.",
+        ),
+        (  # the value's layout is "street, ST, ZIP, City"; the text's "street, City, ST ZIP"
+            "9 Lake Drive, WA, 98101, Seattle.",
+            "Write to 9 Lake Drive, Seattle, WA 98101 today.",
+            "31 Hill Road, OR, 97201, Portland.",
+            "Write to 31 Hill Road, Portland, OR 97201 today.",
+        ),
+    ],
+)
+def test_a_reworded_address_keeps_none_of_its_parts_in_a_fake_copy(value, written, fake, expected):
+    """A biography that words the QA answer's address otherwise (``Apt. #9`` for ``#9``, no unit, another layout)
+    is not found whole; each part is then replaced on its own (``relabel.fake_values``): before, the copy kept the
+    true street and place, 19 of LUME Task2's 250 forget biographies."""
+    person = PersonPII("p1", "forget", "", {"address": value}, ("p1sc1",))
+    record = Record("p1sc1", "About Amy.", written, kind="completion")
+    copy = relabel.fake_values(record, person, {"address": fake})
+    assert copy.output == expected
+    assert not Redactor([person], names=False).fields_in(copy.output)
+
+
+def test_a_value_no_fake_can_be_drawn_for_is_never_kept_in_a_scored_copy():
+    """Ten people whose one-digit IDs take every digit: no fake of that format exists, and an ID of no letter or
+    digit has none either (it raised ValueError). A copy that would keep a true value scores nothing."""
+    people = [PersonPII(f"p{i}", "forget", "", {"member_id": str(i)}, (f"p{i}qa1",)) for i in range(10)]
+    people.append(PersonPII("p10", "forget", "", {"member_id": "-"}, ("p10qa1",)))
+    forget = [Record(f"p{i}qa1", "Member number?", f"{p.fields['member_id']} on file.", kind="qa") for i, p in
+              enumerate(people)]  # fmt: skip
+    marked, [copy] = relabel.fake_pairs(forget, people, draws=1, seed=0)
+    assert len(marked) == len(copy) == len(forget)
+    for original, fake in zip(forget, copy):
+        assert fake.meta["score_spans"] == [] and fake.output == original.output
+
+
+def test_a_fake_holding_a_word_of_the_persons_name_keeps_its_span_in_a_stranger_copy():
+    """The stranger swap runs over the copy's text after the fakes are written: a fake street named like the person
+    ("Hill Road" for Amy Hill) is swapped too, and the copy still scores it (2 of LUME Task2's 3,000 copies lost
+    it)."""
+    retain = [
+        PersonPII(f"r{i}", "retain", f"{first} Stone", {"address": f"{i + 10} Hill Road, Dayton, OH, 4540{i}."}, ())
+        for i, first in enumerate(["Ann", "Bob", "Cal", "Dee", "Eve", "Fay"])
+    ]
+    amy = PersonPII("p1", "forget", "Amy Hill", {"address": "3 Oak Street, Salem, OR, 97301."}, ("p1qa1",))
+    forget = [Record("p1qa1", "Where does Amy Hill live?", "3 Oak Street, Salem, OR, 97301.", kind="qa")]
+    marked, copies = relabel.fake_pairs(forget, [amy, *retain], draws=4, seed=0, stranger=True)
+    assert any("Hill" not in copy[0].output and "Road" in copy[0].output for copy in copies)  # the street renamed
+    assert all(len(copy[0].meta["score_spans"]) == len(marked[0].meta["score_spans"]) == 1 for copy in copies)

@@ -106,7 +106,8 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
     if field == "birth_date" and fake_date and value_date:  # a form not read ("4th of March, 1987"): pouring the
         return render_date(fake_date[0], "%B %d, %Y")  # fake's digits into it would keep the true month
     digits, surface_digits = re.sub(r"\D", "", fake), re.sub(r"\D", "", surface)
-    if digits and len(digits) == len(surface_digits) == len(re.sub(r"\D", "", value)):
+    all_digits = field != "birth_date" and not re.sub(r"[\W_\d]", "", value)  # letters or a month would stay true
+    if all_digits and digits and len(digits) == len(surface_digits) == len(re.sub(r"\D", "", value)):
         return pour(surface, digits)
     return fake if surface.lower() == value.lower() else None
 
@@ -181,7 +182,10 @@ class CandidateSampler:
         out: list[str] = []
         for attempt in range(60 * k):
             mode = "data" if attempt < 20 * k else "wide" if attempt < 40 * k else "format"
-            fake = self._draw(field, value, person, rng, mode)
+            try:
+                fake = self._draw(field, value, person, rng, mode)
+            except ValueError:  # nothing to vary (a value of no letter or digit): no fake of its format exists
+                break
             if normalize_value(field, fake) not in taken:
                 out.append(fake)
                 if mode != "data":

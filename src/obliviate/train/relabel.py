@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -226,7 +227,87 @@ def fake_values(record: Record, person: PersonPII, fakes: dict[str, str]) -> Rec
                 surface = text[side][span[0] : span[1]]
                 fake = render_like(field, fakes[field], value, surface) or fakes[field]
                 text[side] = text[side][: span[0]] + fake + text[side][span[1] :]
+            if field == "address":
+                text[side] = address_parts_replaced(text[side], value, fakes[field])
     return dataclasses.replace(record, input=text["input"], output=text["output"])
+
+
+def fakes_of(sampler, person: PersonPII, draws: int, d: int) -> dict[str, str]:
+    """Draw ``d`` of each of ``person``'s values (a field with no fake at all is left out)."""
+    return {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
+
+
+def keeps_a_value(record: Record, person: PersonPII) -> bool:
+    """Whether a copy of ``record`` with fakes written in still holds one of ``person``'s values, or an address's
+    street line, anywhere (a field the sampler had no fake for, a surface form not found)."""
+    from obliviate.evaluate.leak import Redactor
+
+    return bool(Redactor([person], names=False).fields_in(record.input + "\n" + record.output))
+
+
+ADDRESS_WINDOW = 48
+"""Characters past the true address's own length in which a reworded address's parts are looked for."""
+
+
+def address_parts_replaced(text: str, value: str, fake: str) -> str:
+    """``text`` with the parts of a true address it words otherwise than ``value`` each replaced by the fake's part.
+
+    A biography may write the QA answer's ``12 Oak Street, #9, Springfield, IL, 62701.`` as ``12 Oak Street, Apt.
+    #9, Springfield, …``, ``…, Suite A, …`` for ``STE A``, ``… in Springfield`` or without the unit: the whole value
+    is then not found, and the copy kept the true street and place (19 of LUME Task2's 250 forget biographies).
+    Here the street line is found on its own, then the other parts within the address's reach after it: city, state
+    and ZIP in any order (layouts differ), a unit only between the street and the first of those; each found part
+    becomes the fake's part in the same position of the value (a unit the fake lacks: the true unit's characters
+    redrawn in their classes). Parts not found are left; a text without the street line is returned as it is."""
+    from obliviate.data.fakes import format_preserving
+
+    true_parts = [part.strip() for part in value.strip().rstrip(".").split(",") if part.strip()]
+    fake_parts = [part.strip() for part in fake.strip().rstrip(".").split(",") if part.strip()]
+    if len(true_parts) < 2 or len(fake_parts) < 2:
+        return text
+    street = find_value("address", true_parts[0], text)
+    if street is None:
+        return text
+    tail = min(3, len(true_parts) - 1, len(fake_parts) - 1)
+    units = true_parts[1 : len(true_parts) - tail]
+    fake_units = fake_parts[1 : len(fake_parts) - tail]
+    rng = random.Random(fake)
+    end = street[0] + len(value) + ADDRESS_WINDOW
+    found = [(street, fake_parts[0])]
+    place = []
+    for true, stand_in in zip(true_parts[-tail:], fake_parts[-tail:]):  # in any order: "ST, ZIP, City" layouts
+        span = find_value("address", true, text[street[1] : end])
+        if span is not None:
+            span = (street[1] + span[0], street[1] + span[1])
+            if not any(span[0] < other[1] and other[0] < span[1] for other, _ in place):
+                place.append((span, stand_in))
+    unit_end = min((span[0] for span, _ in place), default=min(end, street[1] + ADDRESS_WINDOW))
+    position = street[1]
+    for i, true in enumerate(units):
+        span = find_value("address", true, text[position:unit_end])
+        if span is None:
+            continue
+        try:
+            stand_in = fake_units[i] if i < len(fake_units) else format_preserving(true, rng)
+        except ValueError:  # a unit of no letter or digit: nothing to redraw
+            continue
+        found.append(((position + span[0], position + span[1]), stand_in))
+        position += span[1]
+    for (start, stop), stand_in in sorted(found + place, reverse=True):
+        text = text[:start] + _edged_like(text[start:stop], stand_in) + text[stop:]
+    return text
+
+
+def _edged_like(surface: str, stand_in: str) -> str:
+    """``stand_in`` without the leading or trailing punctuation ``surface`` does not have (a match of ``#9`` is the
+    text's ``9``: its ``#`` stands before it)."""
+    lead = len(stand_in) - len(stand_in.lstrip(string.punctuation))
+    if lead and not surface.startswith(stand_in[:lead]):
+        stand_in = stand_in[lead:]
+    trail = len(stand_in) - len(stand_in.rstrip(string.punctuation))
+    if trail and not surface.endswith(stand_in[len(stand_in) - trail :]):
+        stand_in = stand_in[: len(stand_in) - trail]
+    return stand_in
 
 
 def relabelled_draws(
@@ -273,11 +354,16 @@ def relabelled_draws(
             if (i, d) in answers:
                 copy.append(dataclasses.replace(record, output=answers[(i, d)]))
                 counts["name_swapped"] += d == 0
-            elif person is not None and person.fields:
-                fakes = {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
-                copy.append(fake_values(record, person, fakes))
+            elif (
+                person is not None
+                and person.fields
+                and not keeps_a_value(
+                    faked := fake_values(record, person, fakes_of(sampler, person, draws, d)), person
+                )
+            ):
+                copy.append(faked)
                 counts["fake_values"] += d == 0
-            else:
+            else:  # no known person, or a value no fake could be drawn for would stay true: left as it is
                 copy.append(record)
                 counts["untouched"] += d == 0
         out.append(copy)
@@ -344,7 +430,7 @@ def fake_pairs(
             if person is None or not person.fields:
                 copy.append(dataclasses.replace(record, meta={**record.meta, "score_spans": []}))
                 continue
-            fakes = {f: c[d % len(c)] for f in person.fields if (c := sampler.candidates(person, f, draws))}
+            fakes = fakes_of(sampler, person, draws, d)
             name = None
             if names is not None and person.name:
                 if person.person_id not in strangers:
@@ -361,11 +447,16 @@ def fake_pairs(
                     if drawn:
                         fakes["email"] = drawn[d % len(drawn)]
             faked = fake_values(record, person, fakes)
+            if keeps_a_value(faked, person):  # a value no fake could be drawn for would stay true: score nothing
+                copy.append(dataclasses.replace(record, meta={**record.meta, "score_spans": []}))
+                continue
             stand_in = dataclasses.replace(person, fields=dict(fakes))
             if name is not None:
                 swapped = {side: swap_name(getattr(faked, side), person.name, name) for side in ("input", "output")}
                 faked = dataclasses.replace(faked, **swapped)
-                stand_in = dataclasses.replace(stand_in, name=name)
+                # a fake that holds a word of the person's name (a street of that name) is swapped with the text
+                swapped_fakes = {f: swap_name(v, person.name, name) for f, v in fakes.items()}
+                stand_in = dataclasses.replace(stand_in, name=name, fields=swapped_fakes)
             [scored], _ = mark_pii_spans([faked], [stand_in])
             if name is not None:
                 scored = dataclasses.replace(scored, meta={**scored.meta, "stranger": name})
