@@ -342,3 +342,21 @@ def test_a_tie_at_the_top_is_inside_whatever_the_round_off():
     reference = Band(mean=top, se=0.0, top_share=1.0, count=25)
     assert reference.admits([top + 4e-15] * 40, 50, 2.0)
     assert not reference.admits([top + 1e-6] * 40, 50, 2.0)
+
+
+def test_the_plotted_exposure_and_threshold_pool_only_the_fields_that_decide(monkeypatch):
+    """The plot's forget mean and threshold pool the fields that decide the stop, weighed alike: a saturated field
+    (never-seen e-mails ranked first) is in neither. Before, the forget mean took it and the threshold was the plain
+    mean of every field's reference, so an SSN far outside could plot below the line."""
+    top = math.log2(51)
+    holdout = [("ssn", 1.0), ("ssn", 1.72), ("email", top, 0.5), ("email", top, 0.7)]
+    forget = [("ssn", 3.0)] * 16 + [("email", top, 0.6)] * 16
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [forget]}, retain=[1.0, 1.0])
+    rule.start(None, None)
+    assert rule.saturated_fields == {"email"}
+    described = rule.describe()
+    assert described["reference_exposure"] == pytest.approx(1.36) and described["reference_se"] == pytest.approx(0.36)
+    assert rule(None, None, 2) is None  # the SSNs are outside
+    check = rule.history[-1]
+    assert check["forget_exposure"] == pytest.approx(3.0)
+    assert check["threshold"] == pytest.approx(1.36 + 2 * 0.36)

@@ -166,6 +166,7 @@ class ExposureStopRule:
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _saturated: dict[str, NllBand] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
+    _planned: dict[str, int] = field(default_factory=dict)  # per PII field: the forget values each check ranks
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
 
@@ -177,6 +178,7 @@ class ExposureStopRule:
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
         planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
         self._reference, self.skipped, self._saturated = {}, [], {}
+        self._planned = {name: sum(p["field"] == name for p in planned) for name in {p["field"] for p in planned}}
         for name in sorted({p["field"] for p in planned}):
             values = [p["exposure"] for p in pairs if p["field"] == name]
             # never-seen values as many as the field's forget values: the band a test of that field needs
@@ -201,11 +203,11 @@ class ExposureStopRule:
         """What :meth:`start` measured: the never-seen band (overall mean and standard error, and per field), and
         the retain NLL."""
         bands = self._reference or {}
-        means = [band.mean for band in bands.values()]
+        pooled_mean, pooled_se = self._pooled_reference(self._planned)
         out = {
             "skipped_fields": len(self.skipped),
-            "reference_exposure": float(np.mean(means)) if means else math.nan,
-            "reference_se": float(np.sqrt(np.mean([b.se**2 for b in bands.values()]))) if bands else math.nan,
+            "reference_exposure": pooled_mean,
+            "reference_se": pooled_se,
             "band": self.band,
             "retain_nll": self._retain_start.nll if self._retain_start else math.nan,
             "retain_exact": self._retain_start.exact if self._retain_start else math.nan,
@@ -250,11 +252,11 @@ class ExposureStopRule:
         if self._words is not None:
             words = {split: words_nll(model, tokenizer, rows) for split, rows in self._words.items()}
             check["forget_words_nll"], check["holdout_words_nll"] = words["forget"], words["holdout"]
-        overall = [p["exposure"] for p in pairs] or [math.nan]
-        check["forget_exposure"] = float(np.mean(overall))
-        check["threshold"] = self._overall_threshold(overall)
-        check["fields_outside"] = len(outside)
         checked = [name for name in self._reference if name not in self._saturated]
+        pooled = [p["exposure"] for p in pairs if p["field"] in checked]
+        check["forget_exposure"] = float(np.mean(pooled)) if pooled else math.nan
+        check["threshold"] = self._overall_threshold(pairs, checked)
+        check["fields_outside"] = len(outside)
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
         ) | frozenset(saturated_inside)
@@ -310,13 +312,30 @@ class ExposureStopRule:
         guessable = [self.sampler.guessable(person, name, self.k) for person in with_field]
         return bool(guessable) and sum(guessable) > len(guessable) / 2
 
-    def _overall_threshold(self, values: Sequence[float]) -> float:
-        """The band of all fields pooled, for the plot of exposure per check (the decision is per field)."""
-        bands = list((self._reference or {}).values())
-        mean = float(np.mean([b.mean for b in bands]))
-        forget_se = _standard_error(values)
-        reference_se = float(np.sqrt(np.mean([b.se**2 for b in bands])))
-        return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
+    def _pooled_reference(self, counts: dict[str, int]) -> tuple[float, float]:
+        """The never-seen mean and its standard error pooled over the fields that decide the stop (not saturated),
+        each weighed by its number of forget values ``counts``, as the pooled forget mean weighs them; NaN where no
+        field decides."""
+        weights = {name: counts.get(name, 0) for name in (self._reference or {}) if name not in self._saturated}
+        total = sum(weights.values())
+        if not total:
+            return math.nan, math.nan
+        bands = self._reference
+        mean = sum(w * bands[name].mean for name, w in weights.items()) / total
+        se = math.sqrt(sum((w / total) ** 2 * bands[name].se ** 2 for name, w in weights.items()))
+        return mean, se
+
+    def _overall_threshold(self, pairs: Sequence[dict], checked: Sequence[str]) -> float:
+        """The band of the fields that decide the stop, pooled, for the plot of exposure per check (the decision is
+        per field): their forget values against the never-seen mean weighed by the same counts. Before the tenth
+        session the plot's forget mean took every field (saturated ones too) and its threshold the plain mean of the
+        field means, unlike quantities, with a reference error sqrt(F) too large."""
+        values = [p["exposure"] for p in pairs if p["field"] in checked]
+        counts = {name: sum(p["field"] == name for p in pairs) for name in checked}
+        mean, reference_se = self._pooled_reference(counts)
+        if not values or not math.isfinite(mean):
+            return math.nan
+        return mean + self.band * math.sqrt(reference_se**2 + _standard_error(values) ** 2)
 
     def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[dict]:
         if dry:
