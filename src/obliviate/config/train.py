@@ -109,7 +109,11 @@ class UnlearnConfig(TrainConfig):
     model_dir: str = option("", "the fine-tuned model: local directory or hub id (never written to)", required=True)
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str | None = option(None, "the retain set; needed by every method but ga")
-    holdout_dir: str | None = option(None, "held-out people for --eval_every_epoch (leak floor, MIA non-members)")
+    holdout_dir: str | None = option(
+        None,
+        "people never trained on: the stop rule's never-seen band, values no fake is drawn as, and with "
+        "--eval_every_epoch the leak floor and MIA non-members",
+    )
     method: str = option(
         "auto",
         "auto, or a method of the registry (obliviate.losses.LOSSES); the CLI lists them with their summaries",
