@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -160,8 +161,10 @@ def test_an_earlier_report_is_kept_until_the_new_one_is_whole(tmp_path, failure)
     assert sorted(p.name for p in out.iterdir()) == [".obliviate", "report.md"]
     assert (out / "report.md").read_text() == "old"
     with replacing_report(config):
+        assert (out / ".partial").exists()
         (out / "report.md").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "report.md").read_text() == "new"
+    assert not (out / ".partial").exists()
 
 
 def test_after_a_run_killed_outright_the_aside_report_is_the_one_kept(tmp_path):
@@ -172,15 +175,53 @@ def test_after_a_run_killed_outright_the_aside_report_is_the_one_kept(tmp_path):
     from obliviate.pipeline import replacing_report
 
     out = _report(tmp_path / "out", "partial")
+    (out / ".partial").touch()  # what a run killed while writing its report leaves
     _report(tmp_path / ".out.previous", "whole")
     config = PipelineConfig(output_dir=str(out), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(RuntimeError), replacing_report(config):
         assert not (out / "report.md").exists()
         raise RuntimeError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "report.md").read_text() == "whole"
+    # killed after its report was whole, while the earlier one was being deleted: the newer one is kept
+    _report(tmp_path / ".out.previous", "older")
+    with pytest.raises(RuntimeError), replacing_report(config):
+        raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "report.md").read_text() == "whole"
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    linked = dataclasses.replace(config, output_dir=str(link))
+    with pytest.raises(ConfigError, match="symbolic link"), replacing_report(linked):
+        pass
+    assert (out / "report.md").read_text() == "whole"
     (tmp_path / ".out.previous").mkdir()
     (tmp_path / ".out.previous" / "mine.txt").write_text("a user's file")
     with pytest.raises(ConfigError, match="is in the way"), replacing_report(config):
         pass
     assert (out / "report.md").read_text() == "whole"
     assert (tmp_path / ".out.previous" / "mine.txt").read_text() == "a user's file"
+
+
+def test_an_output_that_cannot_be_renamed_has_its_contents_moved(tmp_path, monkeypatch):
+    """A mount point or the working directory cannot be renamed: the earlier report's files are moved aside instead,
+    and back when the run fails. ``--output_dir .`` inside the report works too."""
+    from pathlib import Path
+
+    from obliviate.pipeline import replacing_report
+
+    out = _report(tmp_path / "out", "old")
+    rename = Path.rename
+
+    def no_folder_rename(self, target):
+        if self == out:
+            raise OSError(16, "Device or resource busy")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", no_folder_rename)
+    monkeypatch.chdir(out)
+    config = PipelineConfig(output_dir=".", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError), replacing_report(config):
+        assert (tmp_path / ".out.previous" / "report.md").read_text() == "old"
+        (out / "report.md").write_text("half")
+        raise RuntimeError
+    assert (out / "report.md").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

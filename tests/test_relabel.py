@@ -471,3 +471,28 @@ def test_a_fake_holding_a_word_of_the_persons_name_keeps_its_span_in_a_stranger_
     marked, copies = relabel.fake_pairs(forget, [amy, *retain], draws=4, seed=0, stranger=True)
     assert any("Hill" not in copy[0].output and "Road" in copy[0].output for copy in copies)  # the street renamed
     assert all(len(copy[0].meta["score_spans"]) == len(marked[0].meta["score_spans"]) == 1 for copy in copies)
+
+
+@pytest.mark.parametrize(
+    ("value", "written", "expected"),
+    [
+        (
+            "12 Oak Street, #9, Gary, IN, 46401.",
+            "She lives at 12 Oak Street in Gary, IN 46401.",
+            "She lives at 77 Elm Road in Dallas, TX 75001.",
+        ),
+        (
+            "12 Oak Street, 9, Salem, OR, 97301.",
+            "Near 12 Oak Street, 9 blocks or so from the lake.",
+            "Near 77 Elm Road, 9 blocks or so from the lake.",
+        ),
+    ],
+)
+def test_address_parts_are_matched_as_written_not_as_common_words(value, written, expected):
+    """A state ``IN`` is not the word "in", and a unit ``9`` not the "9" of "9 blocks": only the parts the text
+    writes as the value does, where the value would have them, are replaced."""
+    person = PersonPII("p1", "forget", "", {"address": value}, ("p1sc1",))
+    fake = "77 Elm Road, #3, Dallas, TX, 75001."
+    copy = relabel.fake_values(Record("p1sc1", "About Amy.", written, kind="completion"), person, {"address": fake})
+    assert copy.output == expected
+    assert not Redactor([person], names=False).fields_in(copy.output)

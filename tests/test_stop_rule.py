@@ -360,3 +360,17 @@ def test_the_plotted_exposure_and_threshold_pool_only_the_fields_that_decide(mon
     check = rule.history[-1]
     assert check["forget_exposure"] == pytest.approx(3.0)
     assert check["threshold"] == pytest.approx(1.36 + 2 * 0.36)
+
+
+def test_against_chance_the_plotted_threshold_agrees_with_the_decision(monkeypatch):
+    """Without holdout the plotted threshold is the one-sample band the decision uses: forget values whose mean is
+    0.68 above chance (16 of them, spread 1.3) are outside, and plot above the line."""
+    at = chance_exposure(50)
+    values = [at + 0.68 + (1.3 if i % 2 else -1.3) for i in range(16)]
+    rule = scripted(monkeypatch, {"forget": [values]}, retain=[1.0, 1.0])
+    rule.holdout = []
+    rule.start(None, None)
+    assert rule(None, None, 2) is None
+    check = rule.history[-1]
+    assert check["threshold"] == pytest.approx(at + 2 * CHANCE_SD / 4)
+    assert check["forget_exposure"] > check["threshold"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import shutil
 import time
@@ -260,33 +261,68 @@ def run_pipeline(config: PipelineConfig, log=print, replace: bool = True) -> Pip
         return _run_pipeline(config, log)
 
 
+PARTIAL = ".partial"
+"""In an output whose report is being written: removed once the report is whole."""
+
+
 @contextlib.contextmanager
 def replacing_report(config: PipelineConfig) -> Iterator[None]:
     """The output directory for a new report, the earlier one kept until the new one is whole.
 
-    The output is checked first (:func:`check_output_dir`). An earlier report is moved aside (``.NAME.previous``
-    beside it) and the new one is made in its place; when the block fails or is interrupted, what it wrote is
-    removed and the earlier report put back, and when it ends the earlier one is deleted. After a run killed
-    outright, the aside folder holds the last whole report and the output a partial one: the next run removes the
-    partial one and keeps the aside one until it ends in turn."""
+    The output is checked first (:func:`check_output_dir`; a symbolic link is refused, since moving it would move
+    the link and not the report). An earlier report is moved aside (``.NAME.previous`` beside it; where the output
+    cannot be renamed, a mount point or the working directory, its contents are moved) and the new one is made in its
+    place, flagged :data:`PARTIAL` until it is whole. When the block fails or is interrupted, what it wrote is removed
+    and the earlier report put back; when it ends, the flag goes and the earlier report is renamed out of the way and
+    deleted. After a run killed outright, the next run finds the aside report and keeps whichever of the two is whole:
+    the output unless it is still flagged. Two runs writing one output at the same time are not supported."""
     out = Path(config.output_dir)
     check_output_dir(out, pipeline_inputs(config), config.cache_dir)
+    if out.is_symlink():
+        raise ConfigError(f"--output_dir {out} is a symbolic link: give the folder it points to")
+    out = out.resolve()
     previous = out.parent / f".{out.name}.previous"
     if previous.exists() and not _is_report(previous):
         raise ConfigError(f"{previous} is in the way: the earlier report would be kept there while the run goes on")
-    if out.exists() and previous.exists():  # out: the partial report of a run killed outright
-        shutil.rmtree(out)
-    elif out.exists():
-        out.rename(previous)
-    mark_output_dir(out, "demo")
+    if previous.exists() and out.exists():  # a run killed outright: keep whichever report is whole
+        if (out / PARTIAL).exists() or not _is_report(out):
+            shutil.rmtree(out)
+        else:
+            _discard(previous)
+    if out.exists() and any(out.iterdir()):
+        _move(out, previous)
     try:
+        mark_output_dir(out, "demo")
+        (out / PARTIAL).touch()
         yield
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         if previous.exists():
-            previous.rename(out)
+            _move(previous, out)
         raise
-    shutil.rmtree(previous, ignore_errors=True)
+    (out / PARTIAL).unlink()
+    if previous.exists():
+        _discard(previous)
+
+
+def _move(source: Path, target: Path) -> None:
+    """``source`` renamed ``target`` (absent or an empty folder), else its contents moved into ``target``."""
+    try:
+        source.rename(target)
+    except OSError:
+        target.mkdir(exist_ok=True)
+        for child in source.iterdir():
+            child.rename(target / child.name)
+        with contextlib.suppress(OSError):
+            source.rmdir()
+
+
+def _discard(folder: Path) -> None:
+    """Delete ``folder`` after renaming it to a name of its own, so that a kill during the deletion leaves no
+    half-deleted report where a later run would look for one."""
+    gone = folder.with_name(f"{folder.name}.discarded-{os.getpid()}-{time.time_ns()}")
+    folder.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _run_pipeline(config: PipelineConfig, log) -> PipelineOutcome:

@@ -95,6 +95,8 @@ class Band:
         proportions); against chance, whose mean and share are exact, one-sample tests with the uniform rank's own
         spread (before the tenth session the chance band took log2(e) for that spread and added the forget sample's
         error to it as if chance were a second sample: about 1.5 times too wide)."""
+        if not len(values):  # nothing measured: nothing outside
+            return True
         mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
         if self.sd is not None:
             mean_se = self.sd / math.sqrt(n)
@@ -322,8 +324,12 @@ class ExposureStopRule:
             return math.nan, math.nan
         bands = self._reference
         mean = sum(w * bands[name].mean for name, w in weights.items()) / total
-        se = math.sqrt(sum((w / total) ** 2 * bands[name].se ** 2 for name, w in weights.items()))
-        return mean, se
+
+        def se(band: Band, count: int) -> float:  # chance: the exact spread of ``count`` values' mean
+            return band.sd / math.sqrt(count) if band.sd is not None and count else band.se
+
+        spread = math.sqrt(sum((w / total) ** 2 * se(bands[name], w) ** 2 for name, w in weights.items()))
+        return mean, spread
 
     def _overall_threshold(self, pairs: Sequence[dict], checked: Sequence[str]) -> float:
         """The band of the fields that decide the stop, pooled, for the plot of exposure per check (the decision is
@@ -335,7 +341,9 @@ class ExposureStopRule:
         mean, reference_se = self._pooled_reference(counts)
         if not values or not math.isfinite(mean):
             return math.nan
-        return mean + self.band * math.sqrt(reference_se**2 + _standard_error(values) ** 2)
+        exact = all(self._reference[name].sd is not None for name in checked)  # chance: one-sample, as admits tests
+        forget_se = 0.0 if exact else _standard_error(values)
+        return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
 
     def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[dict]:
         if dry:

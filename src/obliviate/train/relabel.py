@@ -276,26 +276,45 @@ def address_parts_replaced(text: str, value: str, fake: str) -> str:
     found = [(street, fake_parts[0])]
     place = []
     for true, stand_in in zip(true_parts[-tail:], fake_parts[-tail:]):  # in any order: "ST, ZIP, City" layouts
-        span = find_value("address", true, text[street[1] : end])
-        if span is not None:
-            span = (street[1] + span[0], street[1] + span[1])
-            if not any(span[0] < other[1] and other[0] < span[1] for other, _ in place):
-                place.append((span, stand_in))
+        span = _part_span(true, text, street[1], end)
+        if span is not None and not any(span[0] < other[1] and other[0] < span[1] for other, _ in place):
+            place.append((span, stand_in))
     unit_end = min((span[0] for span, _ in place), default=min(end, street[1] + ADDRESS_WINDOW))
     position = street[1]
     for i, true in enumerate(units):
-        span = find_value("address", true, text[position:unit_end])
-        if span is None:
+        span = _part_span(true, text, position, unit_end)
+        if span is None or not _UNIT_BEFORE.fullmatch(text[position : span[0]]):
             continue
+        if not (_UNIT_AFTER.match(text, span[1]) or not text[span[1] : unit_end].strip()):
+            continue  # "9 blocks from the lake" is no unit
         try:
             stand_in = fake_units[i] if i < len(fake_units) else format_preserving(true, rng)
         except ValueError:  # a unit of no letter or digit: nothing to redraw
             continue
-        found.append(((position + span[0], position + span[1]), stand_in))
-        position += span[1]
+        found.append((span, stand_in))
+        position = span[1]
     for (start, stop), stand_in in sorted(found + place, reverse=True):
         text = text[:start] + _edged_like(text[start:stop], stand_in) + text[stop:]
     return text
+
+
+_UNIT_BEFORE = re.compile(r"[\s,]*(?:(?:apt|apartment|suite|ste|unit|room|rm|floor|fl|no)\.?[\s,]*)?", re.IGNORECASE)
+"""What may stand between the street line (or the unit before) and a unit: separators and one unit word."""
+_UNIT_AFTER = re.compile(r"\s*(?:[,.;)]|$)")
+"""What follows a unit: a separator or the end of the text (else the place, checked apart)."""
+
+
+def _part_span(part: str, text: str, start: int, end: int) -> tuple[int, int] | None:
+    """Where ``part`` of an address stands in ``text[start:end]``: its own characters, case and all, as whole words
+    (any run of spaces for a space). A state written ``IN`` or ``OR`` is not the word "in" or "or", nor a unit ``9``
+    the "9" of "9 blocks away"."""
+    pattern = r"\s+".join(re.escape(word) for word in part.split())
+    if part[:1].isalnum():
+        pattern = r"(?<![\w])" + pattern
+    if part[-1:].isalnum():
+        pattern += r"(?![\w])"
+    found = re.compile(pattern).search(text, start, end)
+    return found.span() if found else None
 
 
 def _edged_like(surface: str, stand_in: str) -> str:
@@ -345,23 +364,27 @@ def relabelled_draws(
             answer = swap_name(_first_line_like(generated, forget[i].output), stranger[(i, d)], owners[i].name)
             if answer.strip() and not holds_real_value(answer, owners[i], known):
                 answers[(i, d)] = answer
+    faked: dict[tuple[int, int], Record] = {}
+    for i, record in enumerate(forget):  # a record whose values some draw cannot all replace is left out of every one
+        person = owners[i]
+        if person is None or not person.fields or all((i, d) in answers for d in range(draws)):
+            continue
+        copies = {d: fake_values(record, person, fakes_of(sampler, person, draws, d)) for d in range(draws)}
+        if not any(keeps_a_value(copy, person) for copy in copies.values()):
+            faked.update({(i, d): copy for d, copy in copies.items()})
+        else:  # its stranger answers go too: a draw left as it is would train on the true record
+            for d in range(draws):
+                answers.pop((i, d), None)
     out: list[list[Record]] = []
     counts = {"name_swapped": 0, "fake_values": 0, "untouched": 0}
     for d in range(draws):
         copy = []
         for i, record in enumerate(forget):
-            person = owners[i]
             if (i, d) in answers:
                 copy.append(dataclasses.replace(record, output=answers[(i, d)]))
                 counts["name_swapped"] += d == 0
-            elif (
-                person is not None
-                and person.fields
-                and not keeps_a_value(
-                    faked := fake_values(record, person, fakes_of(sampler, person, draws, d)), person
-                )
-            ):
-                copy.append(faked)
+            elif (i, d) in faked:
+                copy.append(faked[(i, d)])
                 counts["fake_values"] += d == 0
             else:  # no known person, or a value no fake could be drawn for would stay true: left as it is
                 copy.append(record)
