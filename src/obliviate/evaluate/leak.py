@@ -184,15 +184,21 @@ class Redactor:
         return self._index.spans(text) + list(self._index.glued_number_spans(text))
 
     def redact(self, text: str) -> str:
-        pieces, position = [], 0
-        # Earliest first, then longest: an e-mail wins over the name inside it, an address over a name part.
-        for span in sorted(self._spans(text), key=lambda s: (s.start, -s.end)):
-            if span.start < position:
-                continue
-            pieces += [text[position : span.start], LABELS.get(span.field, f"[{span.field.upper()}]")]
-            position = span.end
-        pieces.append(text[position:])
-        return "".join(pieces)
+        return _labelled(text, self._spans(text))
+
+
+def _labelled(text: str, spans) -> str:
+    """``text`` with each of ``spans`` (``start``, ``end``, ``field``) replaced by its field's label. Earliest first,
+    then longest, and a span inside one already replaced is skipped: an e-mail wins over the name inside it, an
+    address over a name part."""
+    pieces, position = [], 0
+    for span in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if span.start < position:
+            continue
+        pieces += [text[position : span.start], LABELS.get(span.field, f"[{span.field.upper()}]")]
+        position = span.end
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def redact_formats(text: str) -> str:
@@ -202,12 +208,7 @@ def redact_formats(text: str) -> str:
     rate counts and a reader would see."""
     from obliviate.evaluate.detectors import detect
 
-    pieces, position = [], 0
-    for found in detect(text):
-        pieces += [text[position : found.start], LABELS.get(found.field, f"[{found.field.upper()}]")]
-        position = found.end
-    pieces.append(text[position:])
-    return "".join(pieces)
+    return _labelled(text, detect(text))
 
 
 def redact(text: str, people: Iterable[PersonPII]) -> str:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ class ExposureStopRule:
         for name in sorted({p["field"] for p in planned}):
             values = [p["exposure"] for p in pairs if p["field"] == name]
             # never-seen values as many as the field's forget values: the band a test of that field needs
-            chance = Band.chance(self.k, sum(p["field"] == name for p in planned))
+            chance = Band.chance(self.k, self._planned[name])
             if len(values) >= 2:
                 self._reference[name] = Band.of(values, self.k)
                 if self._reference[name].top_share >= SATURATED:  # the rank cannot tell: read the values' NLL
@@ -256,8 +257,9 @@ class ExposureStopRule:
             check["forget_words_nll"], check["holdout_words_nll"] = words["forget"], words["holdout"]
         checked = [name for name in self._reference if name not in self._saturated]
         pooled = [p["exposure"] for p in pairs if p["field"] in checked]
+        check_counts = Counter(p["field"] for p in pairs)
         check["forget_exposure"] = float(np.mean(pooled)) if pooled else math.nan
-        check["threshold"] = self._overall_threshold(pairs, checked)
+        check["threshold"] = self._overall_threshold(pooled, {name: check_counts[name] for name in checked})
         check["fields_outside"] = len(outside)
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
@@ -331,17 +333,15 @@ class ExposureStopRule:
         spread = math.sqrt(sum((w / total) ** 2 * se(bands[name], w) ** 2 for name, w in weights.items()))
         return mean, spread
 
-    def _overall_threshold(self, pairs: Sequence[dict], checked: Sequence[str]) -> float:
+    def _overall_threshold(self, values: Sequence[float], counts: dict[str, int]) -> float:
         """The band of the fields that decide the stop, pooled, for the plot of exposure per check (the decision is
-        per field): their forget values against the never-seen mean weighed by the same counts. Before the tenth
-        session the plot's forget mean took every field (saturated ones too) and its threshold the plain mean of the
-        field means, unlike quantities, with a reference error sqrt(F) too large."""
-        values = [p["exposure"] for p in pairs if p["field"] in checked]
-        counts = {name: sum(p["field"] == name for p in pairs) for name in checked}
+        per field): their forget ``values`` against the never-seen mean weighed by the fields' ``counts`` of them.
+        Before the tenth session the plot's forget mean took every field (saturated ones too) and its threshold the
+        plain mean of the field means, unlike quantities, with a reference error sqrt(F) too large."""
         mean, reference_se = self._pooled_reference(counts)
         if not values or not math.isfinite(mean):
             return math.nan
-        exact = all(self._reference[name].sd is not None for name in checked)  # chance: one-sample, as admits tests
+        exact = all(self._reference[name].sd is not None for name in counts)  # chance: one-sample, as admits tests
         forget_se = 0.0 if exact else _standard_error(values)
         return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
 

@@ -22,23 +22,23 @@ def prepare_forget(model, tokenizer, config: UnlearnConfig, method: Method, forg
     return forget, forget_draws, paired_draws
 
 
-def known_people(config: UnlearnConfig, forget, retain) -> list:
+def known_people(config: UnlearnConfig, forget, retain, holdout: bool = True) -> list:
     """Everyone whose PII values the data names, as the stop rule and evaluation see them: the forget and retain
-    people and, given ``--holdout_dir``, the holdout's too. A fake a method trains on is never a holdout person's value
-    (on LUME Task2, 6 of 6,000 fake copies drawn without the holdout held a holdout person's birth date), so training
-    never moves the never-seen band the stop rule and the report compare with."""
+    people and, given ``--holdout_dir`` (and ``holdout``), the holdout's too. A fake a method trains on is never a
+    holdout person's value (on LUME Task2, 6 of 6,000 fake copies drawn without the holdout held a holdout person's
+    birth date), so training never moves the never-seen band the stop rule and the report compare with."""
     from obliviate.data.load import load_split
     from obliviate.train.relabel import known_people as people_of
 
     splits = {"forget": forget, "retain": retain or []}
-    if config.holdout_dir:
+    if holdout and config.holdout_dir:
         splits["holdout"] = load_split(config.holdout_dir, split="holdout")
     return people_of(config.forget_dir, splits)
 
 
 def has_pii(config: UnlearnConfig, forget, retain) -> bool:
     """Whether any forget record's person has known PII values (what the stop rule measures)."""
-    people = known_people(config, forget, retain)
+    people = known_people(config, forget, retain, holdout=False)  # the holdout's people hold no forget record
     forget_ids = {r.id for r in forget}
     return any(p.fields and forget_ids.intersection(p.records) for p in people)
 

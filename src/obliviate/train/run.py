@@ -271,8 +271,8 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
     ignored = []
     if not retain_steps_per_forget(config):
         names = ("retain_steps", "retain_batch_size", "repair_exact")
-        ignored += [f"--{name} (the schedule is joint)" for name in names if getattr(given, name) is not None]
-    if given.fakes_per_step is not None and not method.needs.paired:
+        ignored += [f"--{name} (the schedule is joint)" for name in names if _set(given, name)]
+    if _set(given, "fakes_per_step") and not method.needs.paired:
         ignored.append(f"--fakes_per_step ({method.name} compares with no fake-value copies)")
     if config.stop_check_steps == 0:
         off = "the stop rule is off: --stop_check_steps 0"
