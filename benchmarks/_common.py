@@ -92,6 +92,26 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def budget_words() -> str:
+    """The step budgets ``obliviate unlearn`` runs with no flags, as the registry declares them, in words for a
+    table's preamble, e.g. "a budget of 120 forget steps (contrast: 240, each followed by its preset's 15
+    retain-only steps: 3,840 optimizer steps)"."""
+    from obliviate.losses import DEFAULT_STEPS, LOSSES
+
+    own = [m for m in LOSSES.values() if m.steps != DEFAULT_STEPS]
+    words = [
+        f"{m.name}: {m.steps}"
+        + (
+            f", each followed by its preset's {m.preset['retain_steps']} retain-only steps: "
+            f"{m.steps * (1 + m.preset['retain_steps']):,} optimizer steps"
+            if m.preset.get("retain_steps")
+            else ""
+        )
+        for m in own
+    ]
+    return f"a budget of {DEFAULT_STEPS} forget steps" + (f" ({'; '.join(words)})" if words else "")
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """The report's table renderer (``obliviate.report.render.markdown_table``), cells shown as given."""
     from obliviate.report.render import markdown_table as render

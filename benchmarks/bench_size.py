@@ -122,10 +122,9 @@ def section(measured: dict[str, dict], command: str) -> str:
 
 The demo's {first["people"]} synthetic people at each model size: target and oracle fine-tuned until memorised
 (budget {first["finetune_epochs"]} epochs), then each method as `obliviate unlearn` runs it with no hyperparameter
-flags: learning rate from the range test, a budget of 120 forget steps (contrast's preset follows each with 15
-retain-only steps: 1,920 optimizer steps), and the stop rule. Last checkpoint of each run, up to
-{first["eval_max_examples"]} rows per split. Wall time of each size's pipeline (fine-tuning included where it was
-not cached): {times}.
+flags: learning rate from the range test, {_common.budget_words()}, and the stop rule. Last checkpoint of each
+run, up to {first["eval_max_examples"]} rows per split. Wall time of each size's pipeline (fine-tuning included
+where it was not cached): {times}.
 
 {_common.markdown_table(header, rows)}
 

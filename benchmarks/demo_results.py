@@ -81,8 +81,8 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
 {config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
 oracle fine-tuned until memorised, within {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn`
 runs it with no hyperparameter flags: its preset, batch {config["unlearn_batch_size"]}, the learning rate from the
-range test, a budget of 120 forget steps (contrast's preset follows each with 15 retain-only steps: 1,920 optimizer
-steps), and the stop rule against the holdout people. Each row is the run's last checkpoint,
+range test, {_common.budget_words()}, and the stop rule against the holdout people. Each row is the run's
+last checkpoint,
 evaluated on up to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
 `benchmarks/demo_results.py`. {timing}"""
     intro = textwrap.fill(" ".join(intro.split()), width=118, break_on_hyphens=False, break_long_words=False)

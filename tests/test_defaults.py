@@ -14,7 +14,7 @@ from helpers import listing, metrics, unlearn_config, weights
 from obliviate.cli.main import main
 from obliviate.losses import LOSSES, get_method
 from obliviate.train import lr_probe
-from obliviate.train.resolve import DEFAULT_STEPS, adaptive_rmu_c
+from obliviate.train.resolve import adaptive_rmu_c
 from obliviate.train.run import run_unlearn
 
 
@@ -83,11 +83,11 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
         assert trials[-1] is passed[0] and config["lr"] == pytest.approx(passed[0]["lr"])
     # the budget is in steps, and the stop rule (PII values are known for synthetic people) checks along the way
     # (contrast's preset interleaves 15 retain steps after each forget step: the budget and the checks count cycles)
-    cycle = 1 + config["retain_steps"]
-    assert config["max_steps"] == DEFAULT_STEPS * cycle
-    assert config["stop_check_steps"] == cycle * math.ceil(DEFAULT_STEPS / 20)
+    cycle, budget = 1 + config["retain_steps"], get_method("contrast").steps
+    assert config["max_steps"] == budget * cycle
+    assert config["stop_check_steps"] == cycle * math.ceil(budget / get_method("contrast").checks)
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] <= DEFAULT_STEPS * cycle and steps[-1]["step"] == state["global_step"]
+    assert state["global_step"] <= budget * cycle and steps[-1]["step"] == state["global_step"]
     assert any("stop_reference" in line for line in lines)
     assert any("stop_check" in line for line in lines)
     # method auto: contrast (the synthetic people's values are known), with its declared weights; checkpoints thinned

@@ -177,7 +177,8 @@ def test_contrast_interleaves_fifteen_retain_steps_by_default_and_budgets_and_ch
     whole cycles (a forget step and its retain steps), and so does the stop-check interval: a check never falls
     between a forget step and its repair."""
     from obliviate.config import UnlearnConfig
-    from obliviate.train.resolve import DEFAULT_STEPS, resolve_budget, resolve_stop_check, with_preset
+    from obliviate.losses import DEFAULT_CHECKS, DEFAULT_STEPS
+    from obliviate.train.resolve import resolve_budget, resolve_stop_check, with_preset
     from obliviate.train.sampling import DEFAULT_RETAIN_STEPS, retain_steps_per_forget
 
     def config(method: str, **options) -> UnlearnConfig:
@@ -192,9 +193,35 @@ def test_contrast_interleaves_fifteen_retain_steps_by_default_and_budgets_and_ch
     assert retain_steps_per_forget(plain) == DEFAULT_RETAIN_STEPS == 7
     assert retain_steps_per_forget(with_preset(config("contrast", schedule="joint"))) == 0
     assert retain_steps_per_forget(with_preset(config("contrast", retain_steps=3))) == 3
+    # contrast's budget is twice the default, and so is its number of checks: a check every 6 cycles, as at the
+    # default budget (docs/METHODS.md, "Length")
     budget = resolve_budget(contrast, forget_rows=100)
-    assert budget.max_steps == DEFAULT_STEPS * 16
+    assert budget.max_steps == 2 * DEFAULT_STEPS * 16 == 3840
     every = resolve_stop_check(budget, has_pii=True, planned_steps=budget.max_steps).stop_check_steps
-    assert every % 16 == 0 and budget.max_steps / 20 <= every < budget.max_steps / 20 + 16
+    assert every == 6 * 16 and every * 2 * DEFAULT_CHECKS == budget.max_steps
+    # another method keeps the default budget and the default 20 checks
+    gd = resolve_budget(joint, forget_rows=100)
+    assert gd.max_steps == DEFAULT_STEPS
+    assert resolve_stop_check(gd, has_pii=True, planned_steps=gd.max_steps).stop_check_steps == DEFAULT_STEPS // 20
     odd = resolve_stop_check(resolve_budget(contrast.with_options(max_steps=100), 100), True, 100).stop_check_steps
-    assert odd == 16  # ceil(100 / 20) = 5 steps, rounded up to one whole cycle
+    assert odd == 16  # ceil(100 / 40) = 3 steps, rounded up to one whole cycle
+    ruled = resolve_stop_check(resolve_budget(contrast.with_options(retain_steps=7), 100), True, 240 * 8)
+    assert ruled.max_steps == 240 * 8 and ruled.stop_check_steps == 6 * 8  # another --retain_steps: whole cycles
+
+
+def test_the_help_of_epochs_and_stop_check_steps_states_the_registrys_budgets_and_checks():
+    """``--help`` gives the budgets as numbers; they must be the registry's (each method's ``steps`` and
+    ``checks``), so a preset change that forgets the help fails here."""
+    import dataclasses
+
+    from obliviate.config import UnlearnConfig
+    from obliviate.losses import DEFAULT_CHECKS, DEFAULT_STEPS, LOSSES
+
+    fields = {f.name: f for f in dataclasses.fields(UnlearnConfig)}
+    epochs, checks = (fields[n].metadata["help"] for n in ("epochs", "stop_check_steps"))
+    assert f"({DEFAULT_STEPS}; " in epochs and f"about {DEFAULT_CHECKS} checks" in checks
+    for method in LOSSES.values():
+        if method.steps != DEFAULT_STEPS:
+            assert f"{method.name} {method.steps}" in epochs
+        if method.checks != DEFAULT_CHECKS:
+            assert f"{method.name}: {method.checks}" in checks

@@ -122,7 +122,10 @@ class UnlearnConfig(TrainConfig):
         None, "peak learning rate of AdamW; unset: the method's preset, else a short range test picks it", gt=0, le=1
     )
     epochs: int | None = option(
-        None, "passes over the forget set; unset with --max_steps unset: a budget of DEFAULT_STEPS steps", ge=1
+        None,
+        "passes over the forget set; unset with --max_steps unset: the method's budget of forget steps (120; contrast "
+        "240), each with its --retain_steps under --schedule interleaved",
+        ge=1,
     )
     max_steps: int | None = option(
         None, "optimizer steps in all; with --epochs too, whichever ends first; unset: see --epochs", ge=1
@@ -214,8 +217,8 @@ class UnlearnConfig(TrainConfig):
     stop_check_steps: int | None = option(
         None,
         "every N optimizer steps, stop once forget PII exposure is inside the never-seen band (holdout people, else "
-        "chance) or retain NLL rose past --stop_retain_bound; unset: about 20 checks per run where PII values are "
-        "known; 0: off",
+        "chance) or retain NLL rose past --stop_retain_bound; unset: about 20 checks per run (contrast: 40), "
+        "each at a whole cycle, where PII values are known; 0: off",
         ge=0,
     )
     stop_band: float = option(2.0, "standard errors above the never-seen exposure that still count as forgotten", ge=0)

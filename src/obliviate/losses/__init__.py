@@ -14,6 +14,13 @@ from obliviate.errors import ConfigError
 from obliviate.losses import contrast, finetune, ga, ga_gd, ga_kl, npo, relabel, rmu, simnpo
 from obliviate.losses.common import LossInputs, LossOutput, LossParams, Needs, Weight
 
+DEFAULT_STEPS = 120
+"""A method's step budget, in forget steps, unless it declares its own (:attr:`Method.steps`)."""
+
+DEFAULT_CHECKS = 20
+"""How many stop checks a run makes over its planned steps, unless the method declares otherwise
+(:attr:`Method.checks`)."""
+
 
 @dataclass(frozen=True)
 class Method:
@@ -41,6 +48,12 @@ class Method:
             with when the user leaves them unset. Nothing in a preset belongs to one data set or one model size:
             the learning rate is measured per run (:mod:`obliviate.train.lr_probe`), the length is a step budget
             ended by the stop rule.
+        steps: the step budget in forget steps when neither ``--epochs`` nor ``--max_steps`` is given: a maximum,
+            which the stop rule (on by default where PII values are known) usually ends sooner. Under
+            ``--schedule interleaved`` each forget step brings its retain steps along
+            (:func:`obliviate.train.resolve.resolve_budget`).
+        checks: how many stop checks an unset ``--stop_check_steps`` spreads over the planned steps, each at a whole
+            cycle (:func:`obliviate.train.resolve.resolve_stop_check`).
     """
 
     name: str
@@ -53,6 +66,8 @@ class Method:
     relabels: bool = False
     preset: Mapping[str, object] = field(default_factory=dict)
     means: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    steps: int = DEFAULT_STEPS
+    checks: int = DEFAULT_CHECKS
 
     @property
     def piece_units(self) -> Mapping[str, tuple[str, ...]]:
@@ -169,6 +184,8 @@ LOSSES: dict[str, Method] = {
             "retain_steps": 15,
             "field_stop": True,
         },
+        steps=2 * DEFAULT_STEPS,  # docs/METHODS.md, "Length": the stop rule, not the budget, ends LUME Task2's run
+        checks=2 * DEFAULT_CHECKS,  # the same interval as 120 steps with 20 checks: every 6 cycles
     ),
 }
 

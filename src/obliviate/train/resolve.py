@@ -23,10 +23,6 @@ from obliviate.train.schedule import planned_length
 AUTO = "auto"
 """``--method auto`` (the default): :func:`auto_method` chooses."""
 
-DEFAULT_STEPS = 120
-"""The step budget of an unlearning run given neither ``--epochs`` nor ``--max_steps``: a maximum, which the stop
-rule (on by default where PII values are known) usually ends sooner."""
-
 
 def auto_method(config: UnlearnConfig, forget, retain) -> str:
     """``contrast`` where the forget people's PII values are known (``pii.json`` or Task2 QA rows) and a retain set
@@ -56,20 +52,22 @@ def resolve_params(config: UnlearnConfig) -> LossParams:
 
 
 def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
-    """``--epochs`` and ``--max_steps`` as numbers: neither given means :data:`DEFAULT_STEPS` forget steps (as many
-    epochs as that takes; under ``--schedule interleaved`` each forget step brings its retain steps along, and the
-    budget counts them too); one given decides; both given, whichever ends first."""
+    """``--epochs`` and ``--max_steps`` as numbers: neither given means the method's budget of forget steps
+    (:attr:`~obliviate.losses.Method.steps`; as many epochs as that takes; under ``--schedule interleaved`` each
+    forget step brings its retain steps along, and the budget counts them too); one given decides; both given,
+    whichever ends first."""
     epochs, max_steps = config.epochs, config.max_steps
     per_forget_step = 1 + retain_steps_per_forget(config)
     if epochs is None and max_steps is None:
-        max_steps = DEFAULT_STEPS * per_forget_step
+        max_steps = get_method(config.method).steps * per_forget_step
     if epochs is None:
         epochs = math.ceil(max_steps / (max(1, math.ceil(forget_rows / config.batch_size)) * per_forget_step))
     return dataclasses.replace(config, epochs=epochs, max_steps=max_steps)
 
 
 def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int) -> UnlearnConfig:
-    """``--stop_check_steps`` unset: about 20 checks over the planned steps where PII values are known, else off.
+    """``--stop_check_steps`` unset: about the method's number of checks (:attr:`~obliviate.losses.Method.checks`,
+    20 unless it declares otherwise) over the planned steps where PII values are known, else off.
 
     Under ``--schedule interleaved`` the interval is a whole number of cycles (a forget step and its retain steps),
     so that every check sees the model after its retain steps, never between a forget step and its repair; a given
@@ -83,7 +81,8 @@ def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int)
                 "would see a forget step's damage before its repair"
             )
         return config
-    every = cycle * max(1, math.ceil(planned_steps / 20 / cycle)) if has_pii else 0
+    checks = get_method(config.method).checks
+    every = cycle * max(1, math.ceil(planned_steps / checks / cycle)) if has_pii else 0
     return dataclasses.replace(config, stop_check_steps=every)
 
 

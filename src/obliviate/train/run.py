@@ -175,7 +175,7 @@ def run_unlearn(
     """Unlearn ``config.forget_dir`` from ``config.model_dir``; see :class:`~obliviate.config.UnlearnConfig`.
 
     Options left unset are resolved here (:mod:`obliviate.train.resolve`), and the resolved values go to
-    ``config.yaml``: the method's preset, the step budget (:data:`~obliviate.train.resolve.DEFAULT_STEPS`), the
+    ``config.yaml``: the method's preset, the step budget (:attr:`~obliviate.losses.Method.steps`), the
     stop-check interval, the RMU coefficient (adaptive) and, inside the loop, the learning rate
     (:mod:`obliviate.train.lr_probe`).
 
