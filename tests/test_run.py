@@ -151,6 +151,23 @@ def test_the_finetune_cache_key_holds_the_memorisation_stop(tmp_path):
     assert entry() != entry(memorised_sample=8)
 
 
+def test_the_model_cache_keys_hold_the_versions_of_the_packages_that_make_the_model(tmp_path, monkeypatch):
+    """A cache made under another torch, transformers or tokenizers release is not reused: those decide the
+    tokenizer's and the weights' bytes, and a table read from a stale entry is not what a fresh install makes."""
+    from obliviate import pipeline_cache
+    from obliviate.pipeline import PipelineConfig
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "x.jsonl").write_text("{}\n")
+    config = PipelineConfig(cache_dir=str(tmp_path))
+    before = pipeline_cache.finetune_entry("target", [data], config, [data])
+    assert pipeline_cache.package_versions()["torch"].startswith("2.13.0")
+    real = pipeline_cache.package_versions()
+    monkeypatch.setattr(pipeline_cache, "package_versions", lambda: {**real, "transformers": "0.0.1"})
+    assert pipeline_cache.finetune_entry("target", [data], config, [data]) != before
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -67,6 +67,20 @@ def prepare_data(config: PipelineConfig, log) -> dict[str, Path]:
     return {"forget": out / "forget", "retain": out / "retain", "holdout": out / "holdout"}
 
 
+MODEL_PACKAGES = ("torch", "transformers", "tokenizers")
+"""The packages whose release decides the bytes of a tokenizer, an initial model and a fine-tuned one: their versions
+are part of every model entry's key. Without them an entry made under other releases is reused, and a table read
+from it is not what a fresh install makes. (On 2026-12-06 a fresh install, with newer releases, fine-tuned the demo's
+target to memorisation at epoch 26, where the cached entry of the same key had run all 30 epochs.)"""
+
+
+def package_versions() -> dict[str, str]:
+    """The installed version of each of :data:`MODEL_PACKAGES`."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in MODEL_PACKAGES}
+
+
 def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
     return dict(
         size=config.size,
@@ -75,6 +89,7 @@ def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
         batch_size=config.finetune_batch_size,
         seed=config.seed,
         tokenizer=TOKENIZER_VERSION,  # a new recipe makes new models, and new cache entries
+        packages=package_versions(),
     )
 
 
