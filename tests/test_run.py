@@ -162,8 +162,8 @@ def test_the_model_cache_keys_hold_the_versions_of_the_packages_that_make_the_mo
     (data / "x.jsonl").write_text("{}\n")
     config = PipelineConfig(cache_dir=str(tmp_path))
     before = pipeline_cache.finetune_entry("target", [data], config, [data])
-    assert pipeline_cache.package_versions()["torch"].startswith("2.13.0")
     real = pipeline_cache.package_versions()
+    assert set(real) == {"torch", "transformers", "tokenizers"} and all(real.values())
     monkeypatch.setattr(pipeline_cache, "package_versions", lambda: {**real, "transformers": "0.0.1"})
     assert pipeline_cache.finetune_entry("target", [data], config, [data]) != before
 
