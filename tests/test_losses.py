@@ -48,6 +48,7 @@ def full_inputs(method_needs: Needs, forget_logits: torch.Tensor | None = None) 
         retain_ref=make(3) if "retain" in method_needs.reference_on else None,
         control=make_control_vector(HIDDEN, 6.5, seed=0) if hidden else None,
         paired=make(4) if method_needs.paired else None,
+        paired_ref=make(5) if "paired" in method_needs.reference_on else None,
     )
 
 
@@ -217,7 +218,7 @@ EXPECTED_NEEDS = {
     "simnpo": Needs(retain=True),
     "rmu": Needs(retain=True, reference_on=("retain",), hidden=True),
     "relabel": Needs(retain=True),
-    "contrast": Needs(retain=True, paired=True),
+    "contrast": Needs(retain=True, paired=True, reference_on=("paired",)),
 }
 
 
@@ -304,7 +305,7 @@ def test_missing_retain_or_reference_raises_config_error(name: str):
         method.loss(inputs, method.params())
     if method.needs.reference:
         inputs = full_inputs(method.needs)
-        inputs.forget_ref = inputs.retain_ref = None
+        inputs.forget_ref = inputs.retain_ref = inputs.paired_ref = None
         with pytest.raises(ConfigError, match=name):
             method.loss(inputs, method.params())
 
@@ -344,6 +345,7 @@ def sync_inputs(device: str = "cpu") -> LossInputs:
         retain_ref=make(3, SYNC_RETAIN_LABELS),
         control=make_control_vector(HIDDEN, 6.5, seed=0).to(device),
         paired=make(4, SYNC_LABELS),
+        paired_ref=make(5, SYNC_LABELS),
     )
 
 
@@ -405,7 +407,7 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
         }
         return {**figures, "loss": figures["rmu_forget"] + params.alpha * figures["rmu_retain"]}
     if name == "contrast":  # per row: the hinge on mean NLL(fake values) - mean NLL(true values) + delta
-        true, fake = answer_logprobs(forget), answer_logprobs(inputs.paired)
+        true, fake = answer_logprobs(forget), answer_logprobs(inputs.paired_ref if params.fixed else inputs.paired)
         rows = [(-lp / n, -fp / m) for (lp, n), (fp, m) in zip(true, fake) if n and m]
         hinge = sum(max(0.0, f - t + params.delta) for t, f in rows) / len(rows)
         figures = {
@@ -416,7 +418,20 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
         }
         if params.stranger:
             figures["words_hinge"] = 0.0  # without field codes no token is a template word
-        return {**figures, "loss": hinge + params.alpha * figures["retain_nll"]}
+        early = 0.0  # per row: sum of -log(1 - p(its last answer token)) over its answer positions before it
+        logits, labels = forget.logits.double()[:, :-1], forget.labels[:, 1:]
+        for row in range(len(labels)):
+            scored = [t for t in range(labels.shape[1]) if labels[row, t] != IGNORE_INDEX]
+            if not scored:
+                continue
+            last = int(labels[row, scored[-1]])
+            inner = [t for t in scored if labels[row, t] != last]
+            if inner:
+                p = [float(torch.softmax(logits[row, t], -1)[last]) for t in inner]
+                early += sum(-math.log1p(-q) for q in p)
+        figures["early_end"] = early / len(rows)
+        loss = hinge + params.early_end * figures["early_end"]
+        return {**figures, "loss": loss + params.alpha * figures["retain_nll"]}
     if name == "relabel":  # the forget batch already holds the relabelled answers
         figures = {"relabel_nll": nll(forget), "retain_nll": nll(retain)}
         return {**figures, "loss": figures["relabel_nll"] + params.alpha * figures["retain_nll"]}
@@ -519,6 +534,7 @@ def test_pieces_weighted_by_their_shares_add_up_to_the_whole_batch(name: str):
             retain_ref=rows(whole.retain_ref, r),
             control=whole.control,
             paired=rows(whole.paired, f),
+            paired_ref=rows(whole.paired_ref, f),
         )
         for f, r in cut
     ]
@@ -563,7 +579,7 @@ def test_contrast_hinges_each_pii_value_apart_not_the_row_pooled():
             true[0, t, target] = 8.0  # memorised address: NLL near 0
         else:
             fake[0, t, target] = 8.0  # SSN: the fake is far likelier than the true value
-    params = get_method("contrast").params({"alpha": 0.0})
+    params = get_method("contrast").params({"alpha": 0.0, "fixed": 0.0})
     retain = Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3))
     per_field = get_method("contrast").loss(
         LossInputs(
@@ -602,7 +618,7 @@ def test_contrast_with_several_fake_copies_hinges_on_their_mean_nll(with_codes):
     spans = torch.tensor([[0, code, code, code, 0]] * 2) if with_codes else None
     true = torch.randn(2, 5, VOCAB)
     fakes = torch.randn(6, 5, VOCAB) * 3  # copies 0, 1, 2 of rows 0 and 1
-    params = get_method("contrast").params({"alpha": 0.0})
+    params = get_method("contrast").params({"alpha": 0.0, "fixed": 0.0})
     mask = torch.ones(2, 5)
     out = get_method("contrast").loss(
         LossInputs(
@@ -655,7 +671,7 @@ def test_contrast_length_weight_gives_each_pair_its_tokens_share_of_the_push():
                     paired=Forward(fake, labels, mask, spans=spans),
                     retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
                 ),
-                get_method("contrast").params({"alpha": 0.0, "length_weight": w}),
+                get_method("contrast").params({"alpha": 0.0, "length_weight": w, "fixed": 0.0}),
             )
             .metrics["gap_hinge"]
             .item()
@@ -684,7 +700,7 @@ def _contrast_on_one_row(true, paired, spans, params):
             paired=Forward(paired, labels, mask, spans=spans),
             retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
         ),
-        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, **params}),  # each term alone
+        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "fixed": 0.0, **params}),  # each term alone
     )
     out.loss.backward()
     return out, logits.grad
@@ -712,7 +728,7 @@ def test_contrast_never_pulls_a_fake_built_from_the_name_unless_asked():
                 paired=Forward(fake, labels, torch.ones(1, 6), spans=spans),
                 retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
             ),
-            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, **params}),
+            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, "fixed": 0.0, **params}),
         )
         out.loss.backward()
         return [float(fake.grad[0, t].abs().sum()) for t in range(4)]
@@ -922,3 +938,140 @@ def test_contrast_whole_reads_a_values_first_occurrence():
     logits[0, 0, 1], logits[0, 3, 4] = -3.0, 4.0  # now the first is not written whole, the second is
     best, _ = first_choice_margin(Forward(logits, labels, torch.ones(1, 7), spans=spans))
     assert float(best[0, column]) == pytest.approx(-3.0)
+
+
+def test_early_end_pushes_the_end_token_only_where_the_answer_goes_on():
+    """The unlikelihood of a row's last answer token (its eos) at every answer position before the last: near 0
+    where the end is unlikely, large where greedy decoding would stop inside the answer, and no gradient at the last
+    position (the end is right there). A row cut at the length limit ends with an ordinary token: that one is
+    pushed instead, exactly as its definition says."""
+    from obliviate.losses.contrast import early_end
+
+    end = VOCAB - 1
+    labels = torch.full((3, 6), IGNORE_INDEX)
+    labels[:, 2:6] = torch.tensor([[1, 2, 3, end], [1, 2, 3, end], [1, 2, 3, 4]])  # row 2: cut, ends with 4
+    logits = torch.zeros(3, 6, VOCAB)
+    logits[:, :, end] = -20.0  # the end unlikely everywhere ...
+    logits[1, 2, end] = 20.0  # ... but where row 1's second answer token is due
+    logits.requires_grad_(True)
+    value, has = early_end(Forward(logits, labels, torch.ones(3, 6)))
+    assert has.tolist() == [True, True, True]
+    assert float(value[0]) < 1e-6  # the end unlikely: nothing to push
+    assert float(value[1]) > 3.0  # one of its three inner positions has the end near-certain
+    p4 = torch.softmax(logits[2, 1:4].detach().double(), -1)[:, 4]  # row 2's inner positions, its own last token
+    assert float(value[2]) == pytest.approx(float(-torch.log1p(-p4).sum()), rel=1e-5)
+    value[1].backward()
+    grad = logits.grad
+    assert float(grad[1, 2, end]) > 0  # descending the loss lowers the end token's logit there
+    assert float(grad[1, 4, :].abs().sum()) == 0.0  # the last position predicts the end: not pushed
+    assert float(grad[[0, 2]].abs().sum()) == 0.0  # the other rows: not touched by row 1's figure
+
+
+def test_early_end_reads_the_eos_from_the_tokens_when_pii_scoring_leaves_it_unscored():
+    """Under ``--forget_tokens pii`` the labels score the coded tokens only, and eos is not coded: the end token is
+    the row's last real token, read from ``input_ids``; the coded positions (values and template words) are the
+    ones pushed, and padding is not."""
+    from obliviate.data.batching import field_code
+    from obliviate.data.records import TEMPLATE_CODE
+    from obliviate.losses.contrast import early_end
+
+    eos, ssn = VOCAB - 1, field_code("ssn")
+    input_ids = torch.tensor([[2, 3, 1, 4, eos, 0]])  # prompt 2; answer 3 1 4; eos; one pad
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    spans = torch.tensor([[0, TEMPLATE_CODE, ssn, ssn, 0, 0]])
+    labels = torch.where(spans > 0, input_ids, IGNORE_INDEX)  # eos unscored
+    logits = torch.zeros(1, 6, VOCAB)
+    logits[0, :, eos] = -20.0
+    logits[0, 2, eos] = 20.0  # the end near-certain where the SSN's second token is due
+    logits.requires_grad_(True)
+    forward = Forward(logits, labels, mask, spans=spans, input_ids=input_ids)
+    value, has = early_end(forward)
+    assert bool(has[0]) and float(value[0]) > 3.0  # the end at one of the three coded positions
+    value.sum().backward()
+    assert float(logits.grad[0, 2, eos]) > 0
+    assert float(logits.grad[0, [3, 4, 5]].abs().sum()) == 0.0  # the position before eos, and the pad: not pushed
+    without_ids, _ = early_end(Forward(logits.detach(), labels, mask, spans=spans))  # the labels' last token instead
+    assert float(without_ids[0]) != pytest.approx(float(value[0]))
+
+
+def test_contrast_anchor_descends_on_the_stranger_copies_fake_values_and_not_their_words():
+    """--set contrast.anchor=a: a times the mean NLL of the stranger copies' fake-value tokens. Its gradient lowers
+    those tokens' NLL (descends), reaches no template word of the copy, and nothing of the true row; at 0 it is
+    absent."""
+    from obliviate.data.batching import field_code
+    from obliviate.data.records import TEMPLATE_CODE
+
+    ssn = field_code("ssn")
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    spans = torch.tensor([[0, TEMPLATE_CODE, ssn, ssn, TEMPLATE_CODE, 0]])
+    mask = torch.ones(1, 6)
+
+    def run(anchor):
+        true = torch.zeros(1, 6, VOCAB, requires_grad=True)
+        paired = torch.zeros(1, 6, VOCAB, requires_grad=True)
+        params = {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": 0.0}
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(true, labels, mask, spans=spans),
+                paired=Forward(paired, labels, mask, spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({**params, "anchor": anchor}),
+        )
+        out.loss.backward()
+        return out, true.grad, paired.grad
+
+    out, true_grad, paired_grad = run(2.0)
+    assert float(out.metrics["anchor"]) == pytest.approx(math.log(VOCAB), rel=1e-5)  # uniform logits: log V nats
+    # positions 1 and 2 predict the SSN's tokens (labels 2, 3): their logits rise under descent (negative gradient)
+    assert float(paired_grad[0, 1, 2]) < 0 and float(paired_grad[0, 2, 3]) < 0
+    assert float(paired_grad[0, [0, 3]].abs().sum()) == 0.0  # the words: left to the words' hinge
+    assert float(true_grad.abs().sum()) == 0.0  # the hinge is closed (uniform both sides, no margin): nothing else
+    out, _, paired_grad = run(0.0)
+    assert "anchor" not in out.metrics and float(paired_grad.abs().sum()) == 0.0
+
+
+def test_contrast_fixed_holds_each_value_against_its_fake_under_the_starting_model():
+    """contrast.fixed = 1 (the default): the hinge reads the fake's NLL under the frozen reference
+    (``LossInputs.paired_ref``), not under the model being trained. A fake the training has made unlikely (a push
+    that spread to every value of the format) no longer drags the true value after it: the hinge closes where the
+    true value reaches the starting model's fake, and the trained copy gets no gradient from it."""
+    from obliviate.data.batching import field_code
+
+    code = field_code("ssn")
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    spans = torch.tensor([[0, code, code, code, code, 0]])
+    mask = torch.ones(1, 6)
+
+    def logits_with(nats: float) -> torch.Tensor:  # every labelled token at about ``nats`` nats
+        out = torch.zeros(1, 6, VOCAB)
+        for t, label in enumerate((1, 2, 3, 4)):
+            out[0, t] = -nats  # other tokens
+            out[0, t, label] = 0.0
+        return out  # p(label) = 1 / (1 + (V - 1)e^{-nats})
+
+    def run(fixed: float):
+        true = logits_with(3.0).requires_grad_(True)  # the true value: NLL ≈ 0.26
+        trained = torch.zeros(1, 6, VOCAB, requires_grad=True)  # the fake now: uniform, log V ≈ 1.95 nats
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(true, labels, mask, spans=spans),
+                paired=Forward(trained, labels, mask, spans=spans),
+                paired_ref=Forward(logits_with(6.0), labels, mask, spans=spans),  # the fake at the start: ≈ 0.01
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params(
+                {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": fixed}
+            ),
+        )
+        out.loss.backward()
+        return out, true.grad, trained.grad
+
+    out, true_grad, trained_grad = run(1.0)
+    assert float(out.metrics["gap_hinge"]) == 0.0  # the true value is already less likely than the starting fake
+    assert float(true_grad.abs().sum()) == 0.0 and trained_grad is None
+    out, true_grad, trained_grad = run(0.0)
+    assert float(out.metrics["gap_hinge"]) > 1.0  # against the trained fake, the hinge is open and pushes
+    assert float(true_grad.abs().sum()) > 0 and float(trained_grad.abs().sum()) > 0

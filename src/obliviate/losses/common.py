@@ -24,6 +24,8 @@ class Forward:
         attention_mask: ``[batch, seq_len]``, 1 on real tokens.
         spans: ``[batch, seq_len]``, the field code of each PII value token, 0 elsewhere (``TokenBatch.spans``), or
             None.
+        input_ids: ``[batch, seq_len]``, the batch's tokens (the end token of each row, which ``labels`` may leave
+            unscored), or None.
     """
 
     logits: torch.Tensor | None
@@ -31,6 +33,7 @@ class Forward:
     attention_mask: torch.Tensor
     hidden: torch.Tensor | None = None
     spans: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -52,6 +55,7 @@ class LossInputs:
     retain_ref: Forward | None = None
     control: torch.Tensor | None = None  # RMU: the fixed vector c·u, shape [hidden]
     paired: Forward | None = None  # row i: forget row i with its PII values replaced by fresh fakes
+    paired_ref: Forward | None = None  # the paired copies under the frozen reference (the starting model)
     forget_ref_logprob: torch.Tensor | None = None  # [batch]: log π_ref(y|x) per forget row, computed before training
     shares: dict[tuple[str, str], float] = field(default_factory=dict)  # (split, unit) -> this piece's share
 
@@ -93,7 +97,8 @@ class Needs:
 
     Attributes:
         retain: a retain batch paired with each forget batch.
-        reference_on: the splits on which the frozen reference is run: ``()``, ``("forget",)``, ``("retain",)``.
+        reference_on: the splits on which the frozen reference is run: ``()``, ``("forget",)``, ``("retain",)``,
+            ``("paired",)`` (the paired copies).
         hidden: hidden states at one layer instead of logits (RMU).
         paired: each forget row paired with a copy whose PII values are fresh fakes (``LossInputs.paired``), both
             scored on the PII value tokens only.

@@ -34,7 +34,9 @@ from dataclasses import replace
 import torch
 
 from obliviate.data.records import NAME_BUILT_FIELDS, PII_FIELDS, TEMPLATE_CODE
+from obliviate.errors import ConfigError
 from obliviate.losses.common import (
+    IGNORE_INDEX,
     LossInputs,
     LossOutput,
     LossParams,
@@ -44,7 +46,7 @@ from obliviate.losses.common import (
     token_logprobs,
 )
 
-NEEDS = Needs(retain=True, paired=True)
+NEEDS = Needs(retain=True, paired=True, reference_on=("paired",))
 WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
@@ -90,6 +92,24 @@ WEIGHTS = {
         2.0,
         "weight of the hinge on the weakest token of each true value's first occurrence in a row while teacher-forced "
         "greedy decoding writes it whole and not its fake (0: none)",
+        ge=0,
+    ),
+    "early_end": Weight(
+        1.0,
+        "weight of the unlikelihood of the answer's end token at every forget answer position the answer goes on "
+        "from (0: none)",
+        ge=0,
+    ),
+    "fixed": Weight(
+        1.0,
+        "1: each true value is compared with its fake under the starting model (the frozen reference), not under "
+        "the model being trained (0)",
+        ge=0,
+        le=1,
+    ),
+    "anchor": Weight(
+        0.0,
+        "weight of the NLL of the stranger copies' fake values (0: none)",
         ge=0,
     ),
     "length_weight": Weight(
@@ -220,6 +240,61 @@ def first_choice_margin(forward) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(has, least, -top), has
 
 
+def early_end(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch]``: each row's sum, over its answer positions before its last token, of the unlikelihood
+    ``−log(1 − p(end))`` of that last token (its eos); and ``[batch]`` whether the row has such positions. A sum,
+    not a mean: one position where the answer would end is one too many, however long the row.
+
+    A model that never saw a person writes some other value where the person's was, and goes on with the record; it
+    does not end the answer there. Pushing a memorised value's tokens down moves their probability to every other
+    token, the end token among them, and the end token, which closes every answer, is a likely one: greedy decoding
+    then stops inside the value (an e-mail cut after the first name, a completion with no words at all), for the
+    forget people and, by generalisation, for people the model never saw. That is forgetting by silence, and
+    ROUGE-L counts it below a stranger's (``docs/METHODS.md``, *Ending early*).
+
+    The end token is each row's last real token (``input_ids`` at its attention mask's last position): eos, or, for
+    a row cut at the length limit, an ordinary word, which is then kept from coming too early as well (a push with
+    nothing to do while the row is memorised). The eos is read from the tokens, not the labels, because PII-token
+    scoring leaves it unscored. The answer's positions are its scored tokens, and with field codes every coded one
+    (values and, with ``score_template``, the words between them). Near 0 where the end is unlikely, as in any model
+    that memorised the answers, so it acts only once the push has made it likely."""
+    logits = forward.logits[:, :-1]
+    answer = (forward.spans[:, 1:] > 0) if forward.spans is not None else forward.labels[:, 1:].ne(IGNORE_INDEX)
+    ids = forward.input_ids if forward.input_ids is not None else forward.labels.clamp_min(0)
+    position = torch.arange(ids.shape[1], device=ids.device)
+    last = torch.where(forward.attention_mask.bool(), position, 0).amax(-1, keepdim=True)  # [batch, 1]
+    end = ids.gather(-1, last)  # [batch, 1]: each row's last real token
+    following = ids[:, 1:]  # the token each position predicts
+    inner = answer & following.ne(end) & (position[1:] < last)
+    z = logits.float()
+    # −log(1 − p) from the other tokens' logits: exact, with its gradient, where p rounds to 1
+    rest = z.scatter(-1, end[:, None].expand(*z.shape[:2], 1), float("-inf")).logsumexp(-1)
+    unlikely = z.logsumexp(-1) - rest
+    return (unlikely * inner).sum(-1), inner.any(-1)
+
+
+def stranger_values(paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[rows]``: each forget row's mean, over its stranger copies, of the copy's mean NLL over the tokens of its
+    fake values (every scored token where the batch carries no field codes); and ``[rows]`` whether any copy holds
+    one.
+
+    The copies are records of people nobody has: a forget record's words around fresh fakes of its values, after a
+    stranger's name. Pushing the true values down also moves what the model writes for people it never saw: on LUME
+    Task2 the never-seen people's completions lost a tenth of their ROUGE-L under contrast, their phone numbers
+    written as runs of digits and letters of no format that derail the rest of the record, and the forget people's
+    completions followed them below the oracle's (``docs/METHODS.md``, *Strangers' values*). Descending on the fake
+    values keeps a value of the right shape writable for anyone; a fresh draw each epoch means no fake is learnt as
+    a fact. The words around them are left to the words' hinge: descending on them too (the first version) kept the
+    forget person's own phrasing likely, and on the demo the values' exposure stalled above its band."""
+    nll, fields = _token_fields(paired)
+    tokens = fields.sum(-1)  # [copies * rows, length]: 1 on a value token
+    count = tokens.sum(-1)
+    per_copy = (nll * tokens).sum(-1) / count.clamp_min(1.0)
+    held = (count > 0).to(nll.dtype).view(-1, rows)
+    total = (per_copy.view(-1, rows) * held).sum(0) / held.sum(0).clamp_min(1.0)
+    return total, held.sum(0) > 0
+
+
 def mean_over_copies(fake_nll: torch.Tensor, scored: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[copies * rows, fields]`` NLLs of the paired batch (copy after copy) as ``[rows, fields]``: each pair's mean
     over the copies that hold it, and whether any does."""
@@ -261,9 +336,15 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     Logs ``forget_nll`` (true values), ``fake_nll``, ``gap_hinge`` (the push) and, with a pull, ``gap_pull``; with
     ``whole``, ``whole``.
     """
-    forget, paired = inputs.forget, inputs.paired
-    if (forget.spans is None) != (paired.spans is None):  # one side without field codes: compare rows, not fields
-        forget, paired = replace(forget, spans=None), replace(paired, spans=None)
+    forget, trained = inputs.forget, inputs.paired
+    if (forget.spans is None) != (trained.spans is None):  # one side without field codes: compare rows, not fields
+        forget, trained = replace(forget, spans=None), replace(trained, spans=None)
+    # the fakes the true values are held against: under the starting model (fixed), or the model being trained
+    paired = trained
+    if params.fixed:
+        if inputs.paired_ref is None:
+            raise ConfigError("contrast with fixed = 1 needs the paired copies under the frozen reference")
+        paired = replace(inputs.paired_ref, spans=trained.spans)
     fake_nll, fake_tokens = per_field_nll(paired)
     rows = len(forget.logits)
     fake_nll, fake_scored = mean_over_copies(fake_nll, fake_tokens > 0, rows)
@@ -300,6 +381,14 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         gate = both.bool() & ~fake_whole  # both sides hold the value, and no copy's fake is written whole
         whole_term = torch.where(gate, torch.relu(least + WHOLE_MARGIN), 0.0).sum() / count * pairs
         forget_term = forget_term + params.whole * whole_term
+    if params.early_end:  # forgetting by ending the answer early is not forgetting (docs/METHODS.md)
+        early, ends = early_end(forget)
+        early_term = (early * ends).sum() / count * pairs
+        forget_term = forget_term + params.early_end * early_term
+    if params.anchor:  # a stranger's values, of the right shape: what unlearning must leave writable
+        anchor_nll, anchor_rows = stranger_values(trained, rows)
+        anchor_term = (anchor_nll * anchor_rows).sum() / count * pairs
+        forget_term = forget_term + params.anchor * anchor_term
     if params.stranger:  # the row's other words, no likelier than after a stranger's name
         words, word_tokens = per_field_nll(forget, template=True)
         stranger_words, stranger_tokens = per_field_nll(paired, template=True)
@@ -318,6 +407,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         **({"profile": profile_term.detach()} if params.profile and forget.spans is not None else {}),
         **({"words_hinge": words_hinge.detach()} if params.stranger else {}),
         **({"whole": whole_term.detach()} if params.whole and forget.spans is not None else {}),
+        **({"early_end": early_term.detach()} if params.early_end else {}),
+        **({"anchor": anchor_term.detach()} if params.anchor else {}),
         "retain_nll": retain_nll.detach(),
     }
     return LossOutput(total, metrics)

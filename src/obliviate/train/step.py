@@ -52,7 +52,8 @@ def run_forward(model, batch: TokenBatch, layer: torch.nn.Module | None = None, 
     finally:
         if handle is not None:
             handle.remove()
-    return Forward(logits, batch.labels, batch.attention_mask, captured[-1] if captured else None, batch.spans)
+    hidden = captured[-1] if captured else None
+    return Forward(logits, batch.labels, batch.attention_mask, hidden, batch.spans, batch.input_ids)
 
 
 def joint_run_forward(
@@ -78,7 +79,7 @@ def joint_run_forward(
         length = batch.input_ids.shape[1]
         logits = out.logits[picked, :length] if out.logits is not None else None
         hidden = out.hidden[picked, :length] if out.hidden is not None else None
-        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden, batch.spans))
+        parts.append(Forward(logits, batch.labels, batch.attention_mask, hidden, batch.spans, batch.input_ids))
     return parts[0], parts[1]
 
 
@@ -132,6 +133,8 @@ def loss_inputs(
                 inputs.forget_ref = run_forward(reference, forget, reference_block, stop)
             if "retain" in needs.reference_on and retain is not None:
                 inputs.retain_ref = run_forward(reference, retain, reference_block, stop)
+            if "paired" in needs.reference_on and paired is not None:
+                inputs.paired_ref = run_forward(reference, paired, reference_block, stop)
     return inputs
 
 
