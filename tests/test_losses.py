@@ -421,16 +421,18 @@ def expected_figures(name: str, inputs: LossInputs, params: LossParams) -> dict[
         early = 0.0  # per row: sum of -log(1 - p(its last answer token)) over its answer positions before it
         logits, labels = forget.logits.double()[:, :-1], forget.labels[:, 1:]
         for row in range(len(labels)):
-            scored = [t for t in range(labels.shape[1]) if labels[row, t] != IGNORE_INDEX]
-            if not scored:
+            answered = [t for t in range(labels.shape[1]) if labels[row, t] != IGNORE_INDEX]
+            if not answered:
                 continue
-            last = int(labels[row, scored[-1]])
-            inner = [t for t in scored if labels[row, t] != last]
+            last = int(labels[row, answered[-1]])
+            inner = [t for t in answered if labels[row, t] != last]
             if inner:
                 p = [float(torch.softmax(logits[row, t], -1)[last]) for t in inner]
                 early += sum(-math.log1p(-q) for q in p)
         figures["early_end"] = early / len(rows)
-        loss = hinge + params.early_end * figures["early_end"]
+        trained = [(-lp / n) for lp, n in answer_logprobs(inputs.paired) if n]  # each copy's mean NLL, no field codes
+        figures["anchor"] = sum(trained) / len(rows)
+        loss = hinge + params.early_end * figures["early_end"] + params.anchor * figures["anchor"]
         return {**figures, "loss": loss + params.alpha * figures["retain_nll"]}
     if name == "relabel":  # the forget batch already holds the relabelled answers
         figures = {"relabel_nll": nll(forget), "retain_nll": nll(retain)}
@@ -700,7 +702,7 @@ def _contrast_on_one_row(true, paired, spans, params):
             paired=Forward(paired, labels, mask, spans=spans),
             retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
         ),
-        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "fixed": 0.0, **params}),  # each term alone
+        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "fixed": 0.0, "anchor": 0.0, **params}),
     )
     out.loss.backward()
     return out, logits.grad
@@ -728,7 +730,7 @@ def test_contrast_never_pulls_a_fake_built_from_the_name_unless_asked():
                 paired=Forward(fake, labels, torch.ones(1, 6), spans=spans),
                 retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
             ),
-            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, "fixed": 0.0, **params}),
+            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, "fixed": 0.0, "anchor": 0.0, **params}),
         )
         out.loss.backward()
         return [float(fake.grad[0, t].abs().sum()) for t in range(4)]
@@ -1063,7 +1065,8 @@ def test_contrast_fixed_holds_each_value_against_its_fake_under_the_starting_mod
                 retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
             ),
             get_method("contrast").params(
-                {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": fixed}
+                {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "anchor": 0.0}
+                | {"fixed": fixed}
             ),
         )
         out.loss.backward()
@@ -1075,3 +1078,12 @@ def test_contrast_fixed_holds_each_value_against_its_fake_under_the_starting_mod
     out, true_grad, trained_grad = run(0.0)
     assert float(out.metrics["gap_hinge"]) > 1.0  # against the trained fake, the hinge is open and pushes
     assert float(true_grad.abs().sum()) > 0 and float(trained_grad.abs().sum()) > 0
+
+
+def test_contrast_builds_a_reference_only_while_fixed_reads_it():
+    """The frozen copy (twice the weights under full fine-tuning) is built for contrast's default, which reads the
+    starting model's fakes, and not at ``fixed = 0``, which reads none."""
+    method = get_method("contrast")
+    assert method.needs_for(method.params()).reference_on == ("paired",)
+    assert not method.needs_for(method.params({"fixed": 0.0})).reference
+    assert get_method("ga_kl").needs_for(get_method("ga_kl").params()) == get_method("ga_kl").needs

@@ -29,7 +29,7 @@ class Method:
     Attributes:
         name: the name used on the command line and in configs.
         loss: the objective, ``(LossInputs, LossParams) -> LossOutput``.
-        needs: what the loop must compute for it.
+        needs: what the loop must compute for it (at most: see ``needs_given``).
         summary: one line for ``--help`` and reports.
         paper: arXiv id of the paper that defines it, or None.
         weights: the loss weights the objective reads (its file's ``WEIGHTS``), each with its default, help and
@@ -68,6 +68,12 @@ class Method:
     means: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     steps: int = DEFAULT_STEPS
     checks: int = DEFAULT_CHECKS
+    needs_given: Callable[[LossParams], Needs] | None = None
+
+    def needs_for(self, params: LossParams) -> Needs:
+        """What the loop must compute for a run with ``params``: :attr:`needs`, narrowed by ``needs_given`` where
+        a weight turns a part off (contrast with ``fixed = 0`` reads no reference, so none is built)."""
+        return self.needs if self.needs_given is None else self.needs_given(params)
 
     @property
     def piece_units(self) -> Mapping[str, tuple[str, ...]]:
@@ -184,6 +190,7 @@ LOSSES: dict[str, Method] = {
             "retain_steps": 15,
             "field_stop": True,
         },
+        needs_given=contrast.needs,
         steps=2 * DEFAULT_STEPS,  # docs/METHODS.md, "Length": the stop rule, not the budget, ends LUME Task2's run
         checks=2 * DEFAULT_CHECKS,  # the same interval as 120 steps with 20 checks: every 6 cycles
     ),

@@ -47,6 +47,12 @@ from obliviate.losses.common import (
 )
 
 NEEDS = Needs(retain=True, paired=True, reference_on=("paired",))
+
+
+def needs(params: LossParams) -> Needs:
+    """:data:`NEEDS`, without the reference when ``fixed`` is 0: no frozen copy is built for a hinge that reads
+    the trained model's fakes."""
+    return NEEDS if params.fixed else replace(NEEDS, reference_on=())
 WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
@@ -108,7 +114,7 @@ WEIGHTS = {
         le=1,
     ),
     "anchor": Weight(
-        0.0,
+        1.0,
         "weight of the NLL of the stranger copies' fake values (0: none)",
         ge=0,
     ),

@@ -88,7 +88,7 @@ def setup(
     restores trained ones), and, on a resume, given back what it had decided at the checkpoint."""
     accelerator, accumulation = make_accelerator(config)
     set_seed(config.seed)
-    needs = method.needs
+    needs = method.needs_for(params)
     if needs.retain and not retain:
         raise ConfigError(f"method {method.name} needs a retain set: pass --retain_dir")
     forget_ids = [encode_record(tokenizer, r, config.max_length) for r in forget]

@@ -109,7 +109,7 @@ def loss_inputs(
 ) -> LossInputs:
     """What ``method`` reads for one micro-batch; ``rows`` are the forget rows of ``forget`` (for a cached
     reference)."""
-    needs = method.needs
+    needs = method.needs_for(run.params)
     block = decoder_block(run.accelerator, run.model, layer)
     if retain is not None and run.joint_forward:
         forget_out, retain_out = joint_run_forward(run.model, forget, retain, block)
