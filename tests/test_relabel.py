@@ -290,6 +290,11 @@ def test_fake_addresses_a_model_trains_on_are_built_from_retain_addresses_never_
     assert sum(any(part in f for part in retain_parts) for f in fakes) == len(fakes)  # they still look like the data
 
 
+TRAINED_FAKE = {"fixed": 0.0, "anchor": 0.0, "early_end": 0.0}
+"""The hinge against the fake under the model being trained, and no other term: what these tests measure (the fixed
+reference, the anchor and the end-token term have their own tests in tests/test_losses.py)."""
+
+
 def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fake():
     """NLL(true) above NLL(fake) by more than the margin: zero loss and zero gradient on the forget side."""
     vocab, labels = 5, torch.tensor([[-100, 1, 2]])
@@ -304,7 +309,7 @@ def test_contrast_hinge_stops_once_the_true_value_is_no_more_likely_than_its_fak
             paired=Forward(fake_logits, labels, mask),
             retain=Forward(uniform, labels, mask),
         )
-        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0}))
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, **TRAINED_FAKE}))
         out.loss.backward()
         assert bool(true_logits.grad.abs().sum() > 0) is pushes
         assert (float(out.metrics["gap_hinge"]) > 0) is pushes
@@ -324,7 +329,7 @@ def test_fake_pull_scales_the_gradient_on_the_fake_side_and_leaves_the_loss_alon
             paired=Forward(fake_logits, labels, mask),
             retain=Forward(torch.zeros(1, 3, vocab), labels, mask),
         )
-        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "fake_pull": pull}))
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "fake_pull": pull, **TRAINED_FAKE}))
         out.loss.backward()
         grads[pull] = (fake_logits.grad.abs().sum().item(), true_logits.grad.abs().sum().item())
         losses[pull] = out.loss.item()
@@ -364,7 +369,7 @@ def test_contrast_pull_brings_a_value_pushed_past_its_fake_back_and_only_that_fa
             paired=Forward(fake_logits, labels, mask),
             retain=Forward(uniform, labels, mask),
         )
-        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "pull": pull}))
+        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "pull": pull, **TRAINED_FAKE}))
         out.loss.backward()
         return out.loss.item(), true_logits.grad, fake_logits.grad
 
