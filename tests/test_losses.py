@@ -702,7 +702,9 @@ def _contrast_on_one_row(true, paired, spans, params):
             paired=Forward(paired, labels, mask, spans=spans),
             retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
         ),
-        get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "fixed": 0.0, "anchor": 0.0, **params}),
+        get_method("contrast").params(  # each term alone, against the trained fake
+            {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "fixed": 0.0, "anchor": 0.0, **params}
+        ),
     )
     out.loss.backward()
     return out, logits.grad
@@ -730,7 +732,9 @@ def test_contrast_never_pulls_a_fake_built_from_the_name_unless_asked():
                 paired=Forward(fake, labels, torch.ones(1, 6), spans=spans),
                 retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
             ),
-            get_method("contrast").params({"alpha": 0.0, "profile": 0.0, "stranger": 0.0, "fixed": 0.0, "anchor": 0.0, **params}),
+            get_method("contrast").params(
+                {"alpha": 0.0, "profile": 0.0, "stranger": 0.0, "fixed": 0.0, "anchor": 0.0, **params}
+            ),
         )
         out.loss.backward()
         return [float(fake.grad[0, t].abs().sum()) for t in range(4)]

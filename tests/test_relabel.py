@@ -329,7 +329,8 @@ def test_fake_pull_scales_the_gradient_on_the_fake_side_and_leaves_the_loss_alon
             paired=Forward(fake_logits, labels, mask),
             retain=Forward(torch.zeros(1, 3, vocab), labels, mask),
         )
-        out = LOSSES["contrast"].loss(inputs, LOSSES["contrast"].params({"alpha": 0.0, "fake_pull": pull, **TRAINED_FAKE}))
+        params = LOSSES["contrast"].params({"alpha": 0.0, "fake_pull": pull, **TRAINED_FAKE})
+        out = LOSSES["contrast"].loss(inputs, params)
         out.loss.backward()
         grads[pull] = (fake_logits.grad.abs().sum().item(), true_logits.grad.abs().sum().item())
         losses[pull] = out.loss.item()

@@ -53,6 +53,8 @@ def needs(params: LossParams) -> Needs:
     """:data:`NEEDS`, without the reference when ``fixed`` is 0: no frozen copy is built for a hinge that reads
     the trained model's fakes."""
     return NEEDS if params.fixed else replace(NEEDS, reference_on=())
+
+
 WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
