@@ -25,6 +25,13 @@ answer's other words (:data:`~obliviate.data.records.TEMPLATE_CODE`) against the
 name: no likelier than for someone the model never saw, and no further. The stranger's e-mail is built from the
 stranger's name, and its fake is never pulled (``name_pull``): a fake made likelier there teaches the model to spell
 e-mails from the name in the prompt.
+
+With ``fixed`` (1 by default) every fake side is read under the starting model (the frozen reference, run on the
+paired copies): under the model being trained the push on true values spread to the fakes, which receded, and the
+values followed them far past where a stranger's would be. The reference carries no gradient, so ``fake_pull`` and
+``name_pull`` act only at ``fixed = 0``. ``early_end`` keeps the end token from taking the
+probability the push frees, and ``anchor`` descends on the copies' fake values, so that people the model never saw
+keep values of the right shape (``docs/METHODS.md``, *A fixed reference, ending early, strangers' values*).
 """
 
 from __future__ import annotations
