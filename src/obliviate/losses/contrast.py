@@ -66,7 +66,10 @@ WEIGHTS = {
     "delta": Weight(0.0, "hinge margin m in nats", ge=0, le=1000),
     "alpha": Weight(4.0, "weight of the retain term", ge=0, retain=True),
     "fake_pull": Weight(
-        0.25, "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference)", ge=0, le=1
+        0.25,
+        "share of the hinge's gradient that reaches the fake's NLL (0: a fixed reference; read only at fixed = 0)",
+        ge=0,
+        le=1,
     ),
     "pull": Weight(
         0.0, "weight of the pull back on a true value less likely than its fake (0: none; the hinge's mirror)", ge=0
