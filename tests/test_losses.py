@@ -962,10 +962,10 @@ def test_early_end_pushes_the_end_token_only_where_the_answer_goes_on():
     logits.requires_grad_(True)
     value, has = early_end(Forward(logits, labels, torch.ones(3, 6)))
     assert has.tolist() == [True, True, True]
-    assert float(value[0]) < 1e-6  # the end unlikely: nothing to push
-    assert float(value[1]) > 3.0  # one of its three inner positions has the end near-certain
+    assert float(value[0].detach()) < 1e-6  # the end unlikely: nothing to push
+    assert float(value[1].detach()) > 3.0  # one of its three inner positions has the end near-certain
     p4 = torch.softmax(logits[2, 1:4].detach().double(), -1)[:, 4]  # row 2's inner positions, its own last token
-    assert float(value[2]) == pytest.approx(float(-torch.log1p(-p4).sum()), rel=1e-5)
+    assert float(value[2].detach()) == pytest.approx(float(-torch.log1p(-p4).sum()), rel=1e-5)
     value[1].backward()
     grad = logits.grad
     assert float(grad[1, 2, end]) > 0  # descending the loss lowers the end token's logit there
@@ -992,7 +992,7 @@ def test_early_end_reads_the_eos_from_the_tokens_when_pii_scoring_leaves_it_unsc
     logits.requires_grad_(True)
     forward = Forward(logits, labels, mask, spans=spans, input_ids=input_ids)
     value, has = early_end(forward)
-    assert bool(has[0]) and float(value[0]) > 3.0  # the end at one of the three coded positions
+    assert bool(has[0]) and float(value[0].detach()) > 3.0  # the end at one of the three coded positions
     value.sum().backward()
     assert float(logits.grad[0, 2, eos]) > 0
     assert float(logits.grad[0, [3, 4, 5]].abs().sum()) == 0.0  # the position before eos, and the pad: not pushed
