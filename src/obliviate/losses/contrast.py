@@ -178,6 +178,13 @@ def per_field_nll(
     return torch.einsum("bt,btf->bf", nll, fields) / count.clamp_min(1.0), count
 
 
+def unlikelihood(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``−log(1 − p(target))`` at each position of ``logits`` (``[..., vocab]``, ``target`` ``[...]``), from the
+    other tokens' logits: exact, with its gradient, where ``p`` rounds to 1."""
+    rest = logits.scatter(-1, target.unsqueeze(-1), float("-inf")).logsumexp(-1)
+    return logits.logsumexp(-1) - rest
+
+
 def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``[rows, fields]``: for each (row, field) pair, the mean over its true value's tokens of the unlikelihood
     ``−log(1 − p)`` of each token whose NLL is below the NLL its rank asks for, weighted by the shortfall (at most
@@ -203,9 +210,7 @@ def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.T
     unlikely = torch.zeros_like(nll)
     if values.any():  # −log(1 − p) from the other tokens' logits: exact, and finite where p rounds to 1
         z = forget.logits[:, :-1][values].float()
-        target = forget.labels[:, 1:][values]
-        rest = z.scatter(-1, target[:, None], float("-inf")).logsumexp(-1) - z.logsumexp(-1)
-        unlikely = unlikely.index_put((values,), -rest)
+        unlikely = unlikely.index_put((values,), unlikelihood(z, forget.labels[:, 1:][values]))
     huge = torch.finfo(nll.dtype).max
     true_sorted, order = torch.where(fields.bool(), nll[..., None], huge).transpose(1, 2).sort(-1)
     fake_nll, fake_fields = _token_fields(paired)
@@ -284,10 +289,7 @@ def early_end(forward) -> tuple[torch.Tensor, torch.Tensor]:
     end = ids.gather(-1, last)  # [batch, 1]: each row's last real token
     following = ids[:, 1:]  # the token each position predicts
     inner = answer & following.ne(end) & (position[1:] < last)
-    z = logits.float()
-    # −log(1 − p) from the other tokens' logits: exact, with its gradient, where p rounds to 1
-    rest = z.scatter(-1, end[:, None].expand(*z.shape[:2], 1), float("-inf")).logsumexp(-1)
-    unlikely = z.logsumexp(-1) - rest
+    unlikely = unlikelihood(logits.float(), end.expand(-1, logits.shape[1]))
     return (unlikely * inner).sum(-1), inner.any(-1)
 
 
