@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,32 @@ def test_the_model_cache_keys_hold_the_versions_of_the_packages_that_make_the_mo
     assert set(real) == {"torch", "transformers", "tokenizers"} and all(real.values())
     monkeypatch.setattr(pipeline_cache, "package_versions", lambda: {**real, "transformers": "0.0.1"})
     assert pipeline_cache.finetune_entry("target", [data], config, [data]) != before
+
+
+def test_the_model_cache_keys_hold_the_source_of_the_fine_tuning_code(tmp_path, monkeypatch):
+    """An entry fine-tuned by older code is not reused: the key holds a hash of the source fine-tuning runs through,
+    and that hash reads every file it names (an edit to the loop changes it; one to the report does not)."""
+    from obliviate import pipeline_cache
+    from obliviate.pipeline import PipelineConfig
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "x.jsonl").write_text("{}\n")
+    config = PipelineConfig(cache_dir=str(tmp_path))
+    before = pipeline_cache.finetune_entry("target", [data], config, [data])
+    package = tmp_path / "obliviate"
+    shutil.copytree(Path(pipeline_cache.__file__).parent, package)
+    monkeypatch.setattr(pipeline_cache, "__file__", str(package / "pipeline_cache.py"))
+    assert pipeline_cache.finetune_entry("target", [data], config, [data]) == before  # the same source, copied
+    with open(package / "report" / "render.py", "a") as out:
+        out.write("# not fine-tuning\n")
+    assert pipeline_cache.finetune_entry("target", [data], config, [data]) == before
+    for edited in ("train/loop.py", "losses/finetune.py", "models/tiny.py", "evaluate/memorised.py"):
+        with open(package / edited, "a") as out:
+            out.write("# changed\n")
+        after = pipeline_cache.finetune_entry("target", [data], config, [data])
+        assert after != before, edited
+        before = after
 
 
 @pytest.mark.parametrize(

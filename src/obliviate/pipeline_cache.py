@@ -81,6 +81,32 @@ def package_versions() -> dict[str, str]:
     return {name: version(name) for name in MODEL_PACKAGES}
 
 
+FINETUNE_SOURCES = (
+    "config",
+    "data",
+    "models",
+    "train",
+    "losses/common.py",
+    "losses/finetune.py",
+    "evaluate/memorised.py",
+)
+"""The parts of the package, relative to it, that fine-tuning runs through: tokenizing and batching the data, building
+and loading the model, the training loop, its loss and its memorisation stop. Their source is part of every model
+entry's key, so that an entry made by older fine-tuning code is not reused (an edit to the loop's unlearning side
+also retrains: a key cannot tell which lines a run reached)."""
+
+
+def finetune_code() -> str:
+    """A hash of the source of :data:`FINETUNE_SOURCES`: each ``.py`` file by its path in the package and its bytes."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for part in FINETUNE_SOURCES:
+        path = root / part
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
     return dict(
         size=config.size,
@@ -90,6 +116,7 @@ def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
         seed=config.seed,
         tokenizer=TOKENIZER_VERSION,  # a new recipe makes new models, and new cache entries
         packages=package_versions(),
+        code=finetune_code(),
     )
 
 
