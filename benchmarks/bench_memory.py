@@ -3,10 +3,11 @@
 Under LoRA the reference model of ga_kl and npo is the same model with its adapters disabled, so their peak memory
 should be within 1.1x of ga_gd's (which needs no reference). Under full fine-tuning npo keeps one cached
 log pi_ref(y|x) per forget row instead of a frozen copy, so its peak should be within 1.02x of ga_gd's; full
-fine-tuning ga_kl, which keeps the copy, shows what one costs. A model where weights dominate (OLMo, hidden 1024,
-8 layers, about 100 M parameters, fp32) is saved once; then each case runs in a fresh subprocess through the real
-entry point (:func:`obliviate.train.run.run_unlearn`, 1 epoch, batch 2, sequence length 64, a few steps) and reports
-its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
+fine-tuning ga_kl, which keeps the copy, shows what one costs, and ga_kl training the MLPs alone (contrast's preset)
+shows that the copy holds only what is trained: the frozen parameters are shared with the model. A model where
+weights dominate (OLMo, hidden 1024, 8 layers, about 100 M parameters, fp32) is saved once; then each case runs in a
+fresh subprocess through the real entry point (:func:`obliviate.train.run.run_unlearn`, 1 epoch, batch 2, sequence
+length 64, a few steps) and reports its peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``).
 
     .venv/bin/python benchmarks/bench_memory.py [--hidden 1024 --layers 8] [--no_full] [--write]
 """
@@ -30,6 +31,9 @@ GOAL = 1.1
 FULL_NPO_GOAL = 1.02
 LORA_CASES = (("ga_gd", 8), ("ga_kl", 8), ("npo", 8))
 FULL_CASES = (("ga_gd", 0), ("ga_kl", 0), ("npo", 0))
+MLP_CASES = (("ga_gd", 0, "mlp"), ("ga_kl", 0, "mlp"))
+OLMO_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "vocab_size": 50304}
+"""OLMo-7B's shape (``allenai/OLMo-7B-hf``): its parameters are counted on the meta device, no weights needed."""
 _RESULT_TAG = "BENCH_MEMORY_RESULT "
 
 
@@ -46,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no_full", action="store_true", help="skip the full fine-tuning contrast")
     parser.add_argument("--threads", type=int, default=1, help=_common.THREADS_HELP)
     parser.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
-    parser.add_argument("--child", nargs=5, metavar=("METHOD", "LORA_R", "MODEL", "DATA", "OUT"),
+    parser.add_argument("--child", nargs=6, metavar=("METHOD", "LORA_R", "MODULES", "MODEL", "DATA", "OUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--build", metavar="WORKDIR", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -80,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
     from obliviate.train.run import run_unlearn
 
     torch.set_num_threads(args.threads)
-    method, lora_r, model_dir, data_dir, output_dir = args.child
+    method, lora_r, modules, model_dir, data_dir, output_dir = args.child
     # ru_maxrss survives execve: a child starts from its parent's RSS, so the parent stays small (it never loads
     # torch); VmHWM, which a new process image resets, is recorded as a cross-check
     marks = {"inherited_peak_mb": inherited, "after_imports_rss_mb": current_rss_mb()}
@@ -94,7 +98,8 @@ def child(args: argparse.Namespace) -> None:
     loop.setup = setup_with_mark
     config = UnlearnConfig(
         output_dir=output_dir, model_dir=model_dir, forget_dir=f"{data_dir}/forget", retain_dir=f"{data_dir}/retain",
-        method=method, lora_r=int(lora_r), epochs=1, batch_size=args.batch_size, micro_batch_size=args.batch_size,
+        method=method, lora_r=int(lora_r), trainable_modules=modules, epochs=1, batch_size=args.batch_size,
+        micro_batch_size=args.batch_size,
         max_length=args.max_length, save_checkpoints=False, mixed_precision="no", overwrite=True,
     )  # fmt: skip
     result = run_unlearn(config)
@@ -129,7 +134,19 @@ def build(args: argparse.Namespace) -> None:
     model = OlmoForCausalLM(config)
     with contextlib.redirect_stderr(io.StringIO()):  # the "Writing model shards" bar
         save_pretrained_atomic(model, tokenizer, workdir / "model")
-    print(_RESULT_TAG + json.dumps({"parameters": count_parameters(model)}), flush=True)
+    result = {"parameters": count_parameters(model), "mlp_parameters": _mlp_parameters(model)}
+    with torch.device("meta"):
+        big = OlmoForCausalLM(OlmoConfig(**OLMO_7B))
+    result.update(olmo_7b_parameters=count_parameters(big), olmo_7b_mlp_parameters=_mlp_parameters(big))
+    print(_RESULT_TAG + json.dumps(result), flush=True)
+
+
+def _mlp_parameters(model) -> int:
+    """How many parameters ``--trainable_modules mlp`` trains (every block's MLP): what a reference copy holds."""
+    from obliviate.models.trainable import select_trainable
+
+    select_trainable(model, "all", "mlp")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def spawn(args: argparse.Namespace, *mode: str) -> dict:
@@ -154,17 +171,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.build:
         build(args)
         return None
-    cases = [(m, args.lora_r) for m, _ in LORA_CASES] + ([] if args.no_full else list(FULL_CASES))
+    cases = [(m, args.lora_r, "all") for m, _ in LORA_CASES]
+    cases += [] if args.no_full else [(m, r, "all") for m, r in FULL_CASES] + list(MLP_CASES)
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench_memory-") as tmp:
         workdir = Path(tmp)
-        parameters = spawn(args, "--build", str(workdir))["parameters"]
-        for method, lora_r in cases:
-            out = workdir / f"out-{method}-{lora_r}"
-            mode = ("--child", method, str(lora_r), str(workdir / "model"), str(workdir / "data"), str(out))
-            runs.append({"method": method, "lora_r": lora_r, **spawn(args, *mode)})
+        built = spawn(args, "--build", str(workdir))
+        for method, lora_r, modules in cases:
+            out = workdir / f"out-{method}-{lora_r}-{modules}"
+            model, data = str(workdir / "model"), str(workdir / "data")
+            mode = ("--child", method, str(lora_r), modules, model, data, str(out))
+            runs.append({"method": method, "lora_r": lora_r, "modules": modules, **spawn(args, *mode)})
+    parameters = built["parameters"]
     result = {
-        "parameters": parameters, "weights_mb": parameters * 4 / 2**20, "hidden": args.hidden, "layers": args.layers,
+        **built, "weights_mb": parameters * 4 / 2**20, "mlp_weights_mb": built["mlp_parameters"] * 4 / 2**20,
+        "hidden": args.hidden, "layers": args.layers,
         "lora_r": args.lora_r, "batch_size": args.batch_size, "max_length": args.max_length,
         "steps": runs[0]["steps"], "parent_rss_mb": peak_rss_mb(), "goal": GOAL, "runs": runs,
     }  # fmt: skip
@@ -179,20 +200,25 @@ def add_ratios(result: dict) -> None:
     for run in runs:
         run["above_imports_mb"] = run["peak_mb"] - run["after_imports_rss_mb"]
     for run in runs:
-        base = next((r for r in runs if r["method"] == "ga_gd" and r["lora_r"] == run["lora_r"]), None)
+        mode = (run["lora_r"], run["modules"])
+        base = next((r for r in runs if r["method"] == "ga_gd" and (r["lora_r"], r["modules"]) == mode), None)
         if base is not None:
             run["peak_ratio"] = run["peak_mb"] / base["peak_mb"]
             run["above_imports_ratio"] = run["above_imports_mb"] / base["above_imports_mb"]
             run["extra_mb"] = run["peak_mb"] - base["peak_mb"]
     result["max_lora_peak_ratio"] = max(r["peak_ratio"] for r in runs if r["lora_r"] and r["method"] != "ga_gd")
-    full_kl = next((r for r in runs if r["method"] == "ga_kl" and r["lora_r"] == 0), None)
+    full_kl = next((r for r in runs if r["method"] == "ga_kl" and (r["lora_r"], r["modules"]) == (0, "all")), None)
     result["full_ga_kl_extra_mb"] = full_kl["extra_mb"] if full_kl else None
-    full_npo = next((r for r in runs if r["method"] == "npo" and r["lora_r"] == 0), None)
+    mlp_kl = next((r for r in runs if r["method"] == "ga_kl" and r["modules"] == "mlp"), None)
+    result["mlp_ga_kl_extra_mb"] = mlp_kl["extra_mb"] if mlp_kl else None
+    full_npo = next((r for r in runs if r["method"] == "npo" and (r["lora_r"], r["modules"]) == (0, "all")), None)
     result["full_npo_peak_ratio"] = full_npo["peak_ratio"] if full_npo else None
 
 
 def _case_name(run: dict) -> str:
-    return f"{run['method']} + LoRA r={run['lora_r']}" if run["lora_r"] else f"{run['method']}, full fine-tuning"
+    if run["lora_r"]:
+        return f"{run['method']} + LoRA r={run['lora_r']}"
+    return f"{run['method']}, full fine-tuning" if run["modules"] == "all" else f"{run['method']}, MLPs only"
 
 
 def report(result: dict, argv: list[str], write: bool) -> None:
@@ -216,6 +242,14 @@ def report(result: dict, argv: list[str], write: bool) -> None:
             f" For contrast, full-fine-tuning ga_kl, which keeps a frozen copy, peaks "
             f"{result['full_ga_kl_extra_mb']:+,.0f} MiB above full-fine-tuning ga_gd "
             f"({result['full_ga_kl_extra_mb'] / result['weights_mb']:.2f}× the weights)."
+        )
+    if result["mlp_ga_kl_extra_mb"] is not None:
+        headline += (
+            f" **Training the MLPs alone, ga_kl peaks {result['mlp_ga_kl_extra_mb']:+,.0f} MiB above ga_gd trained "
+            f"alike** ({result['mlp_ga_kl_extra_mb'] / result['mlp_weights_mb']:.2f}× the MLP weights, "
+            f"{result['mlp_weights_mb']:,.0f} MiB; {result['mlp_ga_kl_extra_mb'] / result['weights_mb']:.2f}× all "
+            "the weights): its reference shares the frozen parameters with the model and copies only the trained "
+            "ones."
         )
     if result["full_npo_peak_ratio"] is not None:
         npo_verdict = "met" if result["full_npo_peak_ratio"] <= FULL_NPO_GOAL else "NOT met"
@@ -262,7 +296,11 @@ def section(result: dict, table: str, headline: str, argv: list[str]) -> str:
         "their peak matches ga_gd's. With full fine-tuning ga_kl deep-copies the model as its frozen reference "
         "(its KL needs the reference's whole next-token distribution at every retain position); npo computes "
         "log π_ref(y|x) for each forget row once, with the starting model, before the first step, and keeps that "
-        "vector instead of a copy. "
+        "vector instead of a copy. A reference copy shares every parameter the run does not train with the model "
+        "(`frozen_copy` in `obliviate/train/parallel.py`; outside FSDP and DeepSpeed, which shard each model on "
+        "their own): with `--trainable_modules mlp`, contrast's preset, it holds the MLPs alone, at OLMo-7B's "
+        f"shape {result['olmo_7b_mlp_parameters'] / 1e9:.2f} of {result['olmo_7b_parameters'] / 1e9:.2f} billion "
+        "parameters (counted on the meta device). "
         "The weights are memory-mapped from `model.safetensors` and paged in on first use, so they count in the "
         "RSS once the first forward pass has run."
     )

@@ -142,6 +142,49 @@ def test_reference_keeps_rope_buffers_fp32_and_the_same_rotary_phases(target):
     assert not torch.equal(rounded.model.rotary_emb(x, positions)[0], expected[0])
 
 
+def test_a_reference_copy_shares_the_frozen_parameters_and_copies_the_trained_ones(target):
+    """Contrast's preset trains the MLPs: the reference holds the model's own frozen tensors and copies of the MLPs,
+    which keep the starting values while the model's change. Under FSDP and DeepSpeed everything is copied."""
+    from obliviate.models.trainable import select_trainable
+
+    model, _ = load_model(target.model, dtype=torch.float32)
+    select_trainable(model, "all", "mlp")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = model(input_ids=ids).logits.detach()
+    reference = parallel.frozen_copy(model, DistributedType.NO)
+    pairs = list(zip(model.named_parameters(), reference.named_parameters(), strict=True))
+    assert all(n == m for (n, _), (m, _) in pairs)
+    shared = {n for (n, p), (_, q) in pairs if p is q}
+    assert shared == {n for n, p in model.named_parameters() if not p.requires_grad} and shared
+    assert all(torch.equal(p, q) and p is not q for (n, p), (_, q) in pairs if n not in shared)
+    assert not any(q.requires_grad for q in reference.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if n not in shared)  # the model still trains
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".mlp." in name:
+                param.add_(0.1 * torch.randn_like(param))  # a step on the trained weights
+        assert not torch.allclose(model(input_ids=ids).logits, before)
+        assert torch.equal(reference(input_ids=ids).logits, before)
+    for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        copied = parallel.frozen_copy(model, sharded)
+        assert not any(p is q for p, q in zip(model.parameters(), copied.parameters(), strict=True))
+
+
+def test_a_shared_reference_under_bf16_casts_only_its_own_copies(target):
+    """The bf16 cast of a reference's linear weights leaves the tensors it shares with the model as the model has
+    them: casting those would change the trained model's frozen weights."""
+    from obliviate.models.trainable import select_trainable
+
+    model, _ = load_model(target.model, dtype=torch.float32)
+    select_trainable(model, "all", "mlp")
+    reference = parallel.frozen_copy(model, DistributedType.NO)
+    reference = parallel.prepare_reference(_stub_accelerator("bf16"), reference, shared=model)
+    dtypes = {name: p.dtype for name, p in reference.named_parameters()}
+    assert {dtypes[n] for n in dtypes if ".mlp." in n} == {torch.bfloat16}
+    assert {dtypes[n] for n in dtypes if ".self_attn." in n} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize(("method", "figure"), [("ga_kl", "kl"), ("npo", "log_ratio"), ("rmu", "rmu_retain")])
 def test_step_one_reference_matches_the_model_under_bf16(target, tmp_path, method, figure):
     """Item 5: before any update the frozen copy computes what the model computes under bf16 autocast, so KL, the

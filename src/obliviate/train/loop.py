@@ -10,7 +10,6 @@ forwards, accumulation and gather); this module holds the run's state (:class:`R
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -40,6 +39,7 @@ from obliviate.train.epoch import resume_stop_rule, train_epoch
 from obliviate.train.finish import restart_log, restore, save_final, truncate_log
 from obliviate.train.parallel import (
     enable_checkpointing,
+    frozen_copy,
     make_accelerator,
     prepare_reference,
     uniform_dtype_for_fsdp,
@@ -99,7 +99,7 @@ def setup(
     cache_reference = needs.reference_logprob and not is_peft  # one number per forget row instead of a copy
     reference = None
     if needs.reference and not is_peft and not cache_reference:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        reference = frozen_copy(model, accelerator.distributed_type)
     _prepare_model(model, config, accelerator)
     control = _control_vector(model, method, params, config, accelerator)
     forget_steps = math.ceil(len(forget) / config.batch_size)
@@ -108,7 +108,7 @@ def setup(
     optimizer, scheduler = make_optimizer(model, config, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     if reference is not None:
-        reference = prepare_reference(accelerator, reference)
+        reference = prepare_reference(accelerator, reference, shared=model)
     run = Run(
         accelerator=accelerator,
         model=model,

@@ -119,8 +119,31 @@ def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
     plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
 
 
-def prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> torch.nn.Module:
-    """Place the frozen reference copy: sharded like the trained model under ZeRO-3 and FSDP, whole otherwise."""
+SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def frozen_copy(model: torch.nn.Module, distributed_type: DistributedType) -> torch.nn.Module:
+    """The frozen reference: a copy of ``model`` as it starts, gradients off.
+
+    Outside FSDP and DeepSpeed the parameters the run does not train are not copied: the reference holds the very
+    same tensors (``copy.deepcopy``'s memo maps each to itself), since they never change. Only the trained ones take
+    memory twice: contrast's preset trains the MLPs alone, and OLMo-7B's reference then costs 4.3 of its 6.9 billion
+    parameters (``docs/ARCHITECTURE.md``). FSDP and DeepSpeed flatten and shard each model's parameters on their
+    own, so there everything is copied.
+    """
+    share = distributed_type not in SHARDED
+    memo = {id(p): p for p in model.parameters() if share and not p.requires_grad}
+    return copy.deepcopy(model, memo).eval().requires_grad_(False)
+
+
+def prepare_reference(
+    accelerator: Accelerator, reference: torch.nn.Module, shared: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """Place the frozen reference copy: sharded like the trained model under ZeRO-3 and FSDP, whole otherwise.
+
+    ``shared``: the trained model, whose frozen parameters the reference may hold (:func:`frozen_copy`); those stay
+    as the model keeps them, never cast here.
+    """
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         import deepspeed
 
@@ -140,22 +163,25 @@ def prepare_reference(accelerator: Accelerator, reference: torch.nn.Module) -> t
         # same products, and the rest (embeddings, norms) stays as the model has it, so that at step 0 the copy
         # computes exactly what the model does. FSDP flattens one dtype per unit: there every parameter goes
         # (accelerate upcasts only trainable ones, so the frozen copy stays bf16).
-        cast_parameters(reference, torch.bfloat16, linear_only=not fsdp)
+        cast_parameters(reference, torch.bfloat16, linear_only=not fsdp, skip=shared)
     if fsdp:
         return accelerator.prepare_model(reference).eval()
     return reference.to(accelerator.device)
 
 
-def cast_parameters(module: torch.nn.Module, dtype: torch.dtype, linear_only: bool = False) -> torch.nn.Module:
+def cast_parameters(
+    module: torch.nn.Module, dtype: torch.dtype, linear_only: bool = False, skip: torch.nn.Module | None = None
+) -> torch.nn.Module:
     """Cast parameters, never buffers: ``module.to(dtype)`` would also round RoPE's fp32 ``inv_freq``, and a
     reference would then disagree with the model it copies before any step.
 
-    With ``linear_only``, only weights that belong to ``nn.Linear`` layers alone (a tied embedding stays).
+    With ``linear_only``, only weights that belong to ``nn.Linear`` layers alone (a tied embedding stays). The
+    parameters of ``skip`` stay as they are (a reference's tensors shared with the trained model).
     """
-    kept = set()
+    kept = {id(p) for p in skip.parameters()} if skip is not None else set()
     if linear_only:
         others = (m for m in module.modules() if not isinstance(m, torch.nn.Linear))
-        kept = {id(p) for m in others for p in m.parameters(recurse=False)}
+        kept |= {id(p) for m in others for p in m.parameters(recurse=False)}
     for param in module.parameters():
         if param.is_floating_point() and id(param) not in kept:
             param.data = param.data.to(dtype)
