@@ -157,8 +157,11 @@ def test_eval_every_epoch_finishes_under_two_processes(assets, tmp_path):
     """
     out = tmp_path / "out"
     extra = ("--method", "ga_kl", "--micro_batch_size", "2", "--batch_size", "4", "--eval_every_epoch")
+    extra += ("--trainable_modules", "mlp")  # the reference shares the frozen parameters with the DDP-wrapped model
     torchrun([*unlearn_argv(assets, out, *extra), "--eval_max_examples", "4"], tmp_path)
     for epoch in (0, 1):
         result = json.loads((out / "eval" / f"epoch-{epoch}" / "results.json").read_text())
         assert result["epoch"] == epoch and result["summary"]
     assert weights(out).keys() == weights(assets.model).keys()
+    kl = [line["kl"] for line in metrics(out) if "kl" in line]
+    assert abs(kl[0]) < 1e-5 and max(kl) > 1e-4  # the reference starts as the model and stays where it started
