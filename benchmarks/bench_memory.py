@@ -285,8 +285,8 @@ def section(result: dict, table: str, headline: str, argv: list[str]) -> str:
         f"`obliviate.train.run.run_unlearn` (1 epoch, batch {result['batch_size']}, sequence length ≤ "
         f"{result['max_length']}, {result['steps']} optimizer steps on synthetic Task2 rows, no checkpoints, "
         "1 torch thread) and reporting `resource.getrusage(RUSAGE_SELF).ru_maxrss`. Ratios compare with ga_gd in "
-        'the same mode (LoRA or full), which needs no reference model. "Peak above imports" subtracts the RSS '
-        "after importing obliviate, torch, transformers and peft (about "
+        'the same mode (LoRA, full, or MLPs only), which needs no reference model. "Peak above imports" subtracts '
+        "the RSS after importing obliviate, torch, transformers and peft (about "
         f"{result['runs'][0]['after_imports_rss_mb']:,.0f} MiB), which otherwise dilutes every ratio. Linux keeps "
         "`ru_maxrss` across `execve`, so the parent never loads torch (its peak: "
         f"{result['parent_rss_mb']:,.0f} MiB) and `VmHWM`, which a new process image resets, is shown as a check."

@@ -128,7 +128,7 @@ def frozen_copy(model: torch.nn.Module, distributed_type: DistributedType) -> to
     Outside FSDP and DeepSpeed the parameters the run does not train are not copied: the reference holds the very
     same tensors (``copy.deepcopy``'s memo maps each to itself), since they never change. Only the trained ones take
     memory twice: contrast's preset trains the MLPs alone, and OLMo-7B's reference then costs 4.3 of its 6.9 billion
-    parameters (``docs/ARCHITECTURE.md``). FSDP and DeepSpeed flatten and shard each model's parameters on their
+    parameters (``BENCHMARKS.md``, peak memory). FSDP and DeepSpeed flatten and shard each model's parameters on their
     own, so there everything is copied.
     """
     share = distributed_type not in SHARDED
