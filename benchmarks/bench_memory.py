@@ -275,6 +275,13 @@ def readme_line(result: dict) -> str:
             f"; with full fine-tuning `npo` peaks at **{result['full_npo_peak_ratio']:.3f}×** `ga_gd` (goal ≤ "
             f"{FULL_NPO_GOAL}×: it keeps one reference log-probability per forget row, not a frozen copy)"
         )
+    if result.get("mlp_ga_kl_extra_mb") is not None:
+        line += (
+            f"; a frozen copy holds only what the run trains: training the MLPs alone, `ga_kl` peaks "
+            f"{result['mlp_ga_kl_extra_mb']:+,.0f} MiB above `ga_gd` "
+            f"({result['mlp_ga_kl_extra_mb'] / result['weights_mb']:.2f}× all the weights, against "
+            f"{result['full_ga_kl_extra_mb'] / result['weights_mb']:.2f}× under full fine-tuning)"
+        )
     return line + ";"
 
 

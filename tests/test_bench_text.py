@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common  # noqa: E402
 import bench_finetune  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_size  # noqa: E402
 import bench_step  # noqa: E402
@@ -339,3 +340,14 @@ def test_size_write_up_says_what_ended_each_run_and_which_goals_each_size_meets(
     small = text.split("**small**")[1]
     assert "MIA AUC" not in small.split("Reproduce")[0]  # small meets it
     assert "tiny 10.0 min, small 10.0 min" in text
+
+
+def test_bench_memory_summary_states_the_mlp_only_copy_from_the_measured_figures():
+    """The README line says what the MLP-only case measured, as a share of all the weights beside the full copy's;
+    a run without that case (``--no_full``) says nothing of it."""
+    result = {"max_lora_peak_ratio": 1.02, "full_npo_peak_ratio": 1.001, "weights_mb": 400.0,
+              "full_ga_kl_extra_mb": 388.0, "mlp_ga_kl_extra_mb": 300.0}  # fmt: skip
+    line = bench_memory.readme_line(result)
+    assert "`ga_kl` peaks +300 MiB above `ga_gd` (0.75× all the weights, against 0.97× under full fine-tuning)" in line
+    lora_only = {"max_lora_peak_ratio": 1.02, "full_npo_peak_ratio": None, "mlp_ga_kl_extra_mb": None}
+    assert "MLPs" not in bench_memory.readme_line(lora_only) and "**1.020×**" in bench_memory.readme_line(lora_only)
