@@ -170,9 +170,9 @@ def _write_checkpoint(accelerator, model, tokenizer, optimizer, scheduler, tmp: 
 
 
 def _sharded(accelerator) -> bool:
-    from accelerate.utils import DistributedType
+    from obliviate.train.parallel import SHARDED
 
-    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    return accelerator.distributed_type in SHARDED
 
 
 def load_weights(model, checkpoint: Path, is_peft: bool) -> None:

@@ -38,6 +38,7 @@ from obliviate.train import trackers
 from obliviate.train.epoch import resume_stop_rule, train_epoch
 from obliviate.train.finish import restart_log, restore, save_final, truncate_log
 from obliviate.train.parallel import (
+    SHARDED,
     enable_checkpointing,
     frozen_copy,
     make_accelerator,
@@ -125,7 +126,7 @@ def setup(
         state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "lr_probe_tokens": 0, "stopped": None},
         epochs=epochs,
         total_steps=total_steps,
-        joint_forward=accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP),
+        joint_forward=accelerator.distributed_type in SHARDED,
         method=method,
         params=params,
         base_params=params,

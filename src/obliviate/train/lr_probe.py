@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 
 from obliviate.data.batching import collate
 from obliviate.errors import ConfigError, TrainingError
 from obliviate.losses.common import answer_exact, token_logprobs
 from obliviate.train.checkpoint import rng_state, set_rng_state
+from obliviate.train.parallel import SHARDED
 
 CANDIDATES: tuple[float, ...] = tuple(round(10 ** (-k / 4), 12) for k in range(8, 25))
 """Candidate peak rates, a quarter of a decade apart (x 1.78): 1e-2, 5.62e-3, 3.16e-3, ..., 1e-6."""
@@ -151,7 +151,7 @@ def probe_lr(
     """
     from obliviate.train.schedule import reset_schedule
 
-    if run.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if run.accelerator.distributed_type in SHARDED:
         raise ConfigError("the learning-rate range test (unset --lr) runs without DeepSpeed / FSDP: pass --lr")
     records = run.forget  # the true forget records: a relabelling method trains on stand-ins, measured on these
     epochs = run_order(run, steps)  # whole epochs: the first is the one the rows are measured from

@@ -20,6 +20,9 @@ from obliviate.train.trackers import accelerator_kwargs
 PLAIN = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 """One process or plain data parallelism: every process holds the whole model."""
 
+SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+"""DeepSpeed and FSDP: each process holds its shard of the model, flattened by the engine."""
+
 
 def resolve_mixed_precision(setting: str) -> str:
     if setting != "auto":
@@ -88,7 +91,7 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, int]:
         cpu=cpu_launch(),
         **accelerator_kwargs(config),
     )
-    if config.resume and accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+    if config.resume and accelerator.distributed_type in SHARDED:
         raise ConfigError(
             "--resume is supported for single-process and DDP runs: the checkpoints hold the main "
             "process's optimizer state, not the shards of DeepSpeed / FSDP"
@@ -117,9 +120,6 @@ def _configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
         return
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
     plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm
-
-
-SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
 def frozen_copy(model: torch.nn.Module, distributed_type: DistributedType) -> torch.nn.Module:
