@@ -31,14 +31,14 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _dir_hash(path: Path) -> str:
+def _dir_hash(path: Path, pattern: str = "*") -> str:
     """The data at ``path``, a folder or one data file: each file by its path relative to the folder (a file: its
     name) and its bytes. A file moved into another folder (``retain/`` renamed ``forget/``) is other data, and so is
     a data file with other rows (before, a file hashed as an empty folder: every file had one key). For the files
     directly in a folder, the relative path is the name the key was made of before, so the cache entries of flat
-    data folders keep their keys."""
+    data folders keep their keys. ``pattern`` picks a folder's files by name (``*.py``: source, not its bytecode)."""
     path = Path(path)
-    root, files = (path.parent, [path]) if path.is_file() else (path, sorted(path.rglob("*")))
+    root, files = (path.parent, [path]) if path.is_file() else (path, sorted(path.rglob(pattern)))
     digest = hashlib.sha256()
     for file in files:
         if file.is_file():
@@ -97,14 +97,9 @@ also retrains: a key cannot tell which lines a run reached)."""
 
 
 def finetune_code() -> str:
-    """A hash of the source of :data:`FINETUNE_SOURCES`: each ``.py`` file by its path in the package and its bytes."""
+    """A hash of the source of :data:`FINETUNE_SOURCES`: each part's ``.py`` files by their paths and bytes."""
     root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for part in FINETUNE_SOURCES:
-        path = root / part
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()[:12]
+    return _hash([[part, _dir_hash(root / part, "*.py")] for part in FINETUNE_SOURCES])
 
 
 def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
