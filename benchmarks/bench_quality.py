@@ -79,6 +79,7 @@ def table(results: dict, args) -> str:
         Column("steps", "steps"),
         Column("ended", "ended by"),
         Column("tokens_vs_oracle", "tokens / oracle"),
+        Column("compute_vs_oracle", "compute / oracle"),
     ]
     return columns_table(columns, rows)
 

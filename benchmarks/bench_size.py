@@ -99,7 +99,16 @@ def section(measured: dict[str, dict], command: str) -> str:
     from obliviate.report.columns import metric_columns
 
     columns = metric_columns("brief")
-    header = ["size", "model", *(c.header for c in columns), "lr", "steps", "ended by", "tokens / oracle"]
+    header = [
+        "size",
+        "model",
+        *(c.header for c in columns),
+        "lr",
+        "steps",
+        "ended by",
+        "tokens / oracle",
+        "compute / oracle",
+    ]
     rows, verdicts = [], []
     for size, results in measured.items():
         runs = {r["method"]: r for r in results["runs"]}
@@ -107,9 +116,9 @@ def section(measured: dict[str, dict], command: str) -> str:
             run = runs.get(row["model"], {})
             end = demo_results.ended(run) if run else "–"
             cells = [demo_results.cell(c.cell(row.get(c.key))) for c in columns]
-            cost = demo_results.cell(row.get("tokens_vs_oracle"))
+            cost = demo_results.cell(row.get("tokens_vs_oracle")), demo_results.cell(row.get("compute_vs_oracle"))
             lr, steps = demo_results.cell(run.get("lr")), demo_results.cell(run.get("steps"))
-            rows.append([size, row["model"], *cells, lr, steps, end, cost])
+            rows.append([size, row["model"], *cells, lr, steps, end, *cost])
         held, total, lines = demo_results.goal_lines(results["summary"])
         verdicts.append(
             f"**{size}** ({results['parameters']} parameters, fine-tuned at lr {results['config']['finetune_lr']:g}; "

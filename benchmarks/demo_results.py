@@ -23,7 +23,13 @@ import _common
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 KEY = "demo-results"
-RUN_COLUMNS = (("lr", "lr"), ("steps", "steps"), ("end", "ended by"), ("tokens_vs_oracle", "tokens / oracle"))
+RUN_COLUMNS = (
+    ("lr", "lr"),
+    ("steps", "steps"),
+    ("end", "ended by"),
+    ("tokens_vs_oracle", "tokens / oracle"),
+    ("compute_vs_oracle", "compute / oracle"),
+)
 """After the one-screen metric columns, whose labels, arrows and formats come from the METRICS table."""
 
 

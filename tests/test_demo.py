@@ -62,7 +62,9 @@ def _check_demo_output(out: Path, cache: Path) -> dict:
         assert row["tokens_vs_oracle"] > 0
     assert {g["goal"].split(":")[0] for g in results["goals"]} == {"ga_gd", "npo"}
     # the cost counts every token each run trained on: its steps and its range test's trials (the rate is unset)
-    oracle_tokens = json.loads(next(cache.glob("oracle-*/trainer_state.json")).read_text())["tokens_seen"]
+    oracle_state = json.loads(next(cache.glob("oracle-*/trainer_state.json")).read_text())
+    oracle_tokens = oracle_state["tokens_seen"]
+    oracle_compute = oracle_tokens + oracle_state["forward_tokens"] / 3  # its memorisation checks' passes
     for run, row in zip(results["runs"], results["summary"][2:]):
         state = json.loads((out / "methods" / run["method"] / "trainer_state.json").read_text())
         lines = [json.loads(line) for line in (out / "methods" / run["method"] / "metrics.jsonl").open()]
@@ -73,6 +75,9 @@ def _check_demo_output(out: Path, cache: Path) -> dict:
         assert trials and not any(t.get("continued") for t in trials[:-1])  # only the chosen (last) one goes on
         assert run["tokens"] == state["tokens_seen"] + run["lr_probe_tokens"]
         assert row["tokens_vs_oracle"] == pytest.approx(run["tokens"] / oracle_tokens)
+        # compute adds a third of every token read without training: npo's reference pass, the stop rule's checks
+        assert run["forward_tokens"] == state["forward_tokens"] > 0
+        assert row["compute_vs_oracle"] == pytest.approx((run["tokens"] + run["forward_tokens"] / 3) / oracle_compute)
     report = (out / "report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
     assert {"rougeL_per_epoch.png", "tradeoff.png", "loss_per_epoch.png", "attack_leak_rate.png"} <= set(images)

@@ -37,16 +37,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def expected_tokens(assets, steps: int) -> int:
-    """Tokens of the epoch when each rank takes its own share of the forget order and draws its own retain rows."""
+def expected_tokens(assets, steps: int, batch: int = BATCH, micro: int = MICRO, forget_rows: bool = True) -> int:
+    """Tokens of the epoch when each rank takes its own share of the forget order and draws its own retain rows
+    (the retain rows alone without ``forget_rows``)."""
     tokenizer = load_tokenizer(assets.model)
     forget = [len(encode_record(tokenizer, r, 64).ids) for r in load_split(assets.forget, split="forget")]
     retain = [len(encode_record(tokenizer, r, 64).ids) for r in load_split(assets.retain, split="retain")]
-    order = forget_order(len(forget), steps, BATCH, SEED, 1)
-    total = sum(forget[i] for i in order)
+    order = forget_order(len(forget), steps, batch, SEED, 1)
+    total = sum(forget[i] for i in order) if forget_rows else 0
     for rank in range(WORLD):
-        micro = micro_batches_for_rank(order, WORLD, rank, MICRO)
-        draws = retain_draws(len(retain), [len(m) for m in micro], SEED, 1, rank)
+        shares = micro_batches_for_rank(order, WORLD, rank, micro)
+        draws = retain_draws(len(retain), [len(m) for m in shares], SEED, 1, rank)
         total += sum(retain[i] for draw in draws for i in draw)
     return total
 
@@ -156,7 +157,7 @@ def test_eval_every_epoch_finishes_under_two_processes(assets, tmp_path):
     timeout: with the epoch-1 checkpoint written and no final model.
     """
     out = tmp_path / "out"
-    extra = ("--method", "ga_kl", "--micro_batch_size", "2", "--batch_size", "4", "--eval_every_epoch")
+    extra = ("--method", "ga_kl", "--micro_batch_size", "2", "--batch_size", "4", "--eval_every_epoch", "--seed", "42")
     extra += ("--trainable_modules", "mlp")  # the reference shares the frozen parameters with the DDP-wrapped model
     torchrun([*unlearn_argv(assets, out, *extra), "--eval_max_examples", "4"], tmp_path)
     for epoch in (0, 1):
@@ -165,3 +166,7 @@ def test_eval_every_epoch_finishes_under_two_processes(assets, tmp_path):
     assert weights(out).keys() == weights(assets.model).keys()
     kl = [line["kl"] for line in metrics(out) if "kl" in line]
     assert abs(kl[0]) < 1e-5 and max(kl) > 1e-4  # the reference starts as the model and stays where it started
+    # what the reference read on both ranks: each rank's own retain rows, and nothing of the evaluation
+    state = json.loads((out / "trainer_state.json").read_text())
+    steps = math.ceil(FORGET_RECORDS / 4)
+    assert state["forward_tokens"] == expected_tokens(assets, steps, batch=4, micro=2, forget_rows=False) > 0

@@ -90,7 +90,14 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
 
     def fake_unlearn(config, epoch_hook=None, stop_rule=None):
         return RunResult(
-            Path(config.output_dir), 2, 10, 1000, epoch_results=list(hooked), lr=1e-4, lr_probe_tokens=300
+            Path(config.output_dir),
+            2,
+            10,
+            1000,
+            epoch_results=list(hooked),
+            lr=1e-4,
+            lr_probe_tokens=300,
+            forward_tokens=600,
         )
 
     monkeypatch.setattr(pipeline, "run_unlearn", fake_unlearn)
@@ -116,8 +123,11 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
         "stop_checks",
         "tokens",
         "lr_probe_tokens",
+        "forward_tokens",
+        "compute",
         "wall_seconds",
         "epochs",
     ]
     assert (saved["tokens"], saved["lr_probe_tokens"]) == (1300, 300)  # the cost: its steps and its range test
+    assert (saved["forward_tokens"], saved["compute"]) == (600, 1500)  # and its untrained passes at a third
     assert saved["step_budget"] is None and saved["ended"] == "epochs"  # no budget set: its epochs ended it

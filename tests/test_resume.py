@@ -101,6 +101,7 @@ def test_checkpoint_holds_everything_resume_needs(assets, tmp_path):
         "stopped": None,
         "tokens_seen": state["tokens_seen"],
         "lr_probe_tokens": 0,  # --lr given: no range test
+        "forward_tokens": 0,  # ga: no reference, and no stop rule
     }
     assert torch.load(path / "optimizer.pt", weights_only=True)["state"]
     assert not list((out / "checkpoints").glob(".*"))

@@ -39,6 +39,7 @@ from obliviate.models.tiny import SIZES
 from obliviate.pipeline_attacks import PipelineAttacks, attack_options, run_pipeline_attacks
 from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
 from obliviate.train.run import run_unlearn
+from obliviate.train.state import compute_tokens
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
 
@@ -121,6 +122,8 @@ class PipelineOutcome:
     memorisation: dict[str, Any] = field(default_factory=dict)  # per model: its train EM / ROUGE-L, epochs, budget
     trained: dict[str, bool] = field(default_factory=dict)  # per model: fine-tuned by the pipeline (else given)
     attacks: PipelineAttacks | None = None  # None: PipelineConfig.attacks is none
+    target_compute: float | None = None  # its tokens plus forward-only tokens' share (None: not recorded, or older)
+    oracle_compute: float | None = None
 
 
 class StampedLog:
@@ -228,6 +231,8 @@ def unlearn_method(
         best=best,
         tokens=result.cost_tokens,
         lr_probe_tokens=result.lr_probe_tokens,
+        forward_tokens=result.forward_tokens,
+        compute=result.compute_tokens,
         wall_seconds=wall_seconds,
         preset={**get_method(method).preset, **_declared_weights(method), **preset},
         lr=result.lr,
@@ -355,6 +360,8 @@ def _run_pipeline(config: PipelineConfig, log) -> PipelineOutcome:
         oracle_result=oracle_result,
         target_tokens=_tokens_seen(target),
         oracle_tokens=_tokens_seen(oracle_dir),
+        target_compute=_compute(target),
+        oracle_compute=_compute(oracle_dir),
         runs=runs,
         cached=_cached(config, target, oracle_dir, started_at),
         workers=workers,
@@ -422,6 +429,18 @@ def _tokens_seen(model_dir: Path | None) -> int | None:
     if state is None or not state.is_file():
         return None
     return json.loads(state.read_text()).get("tokens_seen")
+
+
+def _compute(model_dir: Path | None) -> float | None:
+    """A fine-tuned model's arithmetic in trained-token equivalents (:func:`~obliviate.train.state.compute_tokens`);
+    None where it was not recorded (a given model, or one trained before forward-only passes were counted)."""
+    state = Path(model_dir) / "trainer_state.json" if model_dir is not None else None
+    if state is None or not state.is_file():
+        return None
+    facts = json.loads(state.read_text())
+    if "forward_tokens" not in facts:
+        return None
+    return compute_tokens(facts["tokens_seen"] + facts.get("lr_probe_tokens", 0), facts["forward_tokens"])
 
 
 def _cached(config: PipelineConfig, target: Path, oracle: Path | None, started_at: float) -> dict[str, bool]:

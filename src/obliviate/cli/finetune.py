@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if process_state().is_main_process:  # one line per launch, not per process
         print(
             f"finetuned {result.epochs_completed} epochs, {result.global_step} steps, {result.tokens_seen} tokens "
-            f"in {result.wall_seconds:.0f}s (training loop {result.timing.get('loop_seconds', 0.0):.1f}s) "
+            f"({result.forward_tokens} read by checks) in {result.wall_seconds:.0f}s "
+            f"(training loop {result.timing.get('loop_seconds', 0.0):.1f}s) "
             f"→ {result.output_dir}"
         )
         if config.until_memorised is not None:

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 if result.lr_probe_tokens
                 else ""
             )
+            + f", {result.forward_tokens} read without training (reference, checks)"
             + f" in {result.wall_seconds:.0f}s (training loop "
             f"{result.timing.get('loop_seconds', 0.0):.1f}s) → {result.output_dir}{note}"
         )

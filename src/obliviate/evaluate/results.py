@@ -150,6 +150,8 @@ class MethodRun:
     stop_checks: list[dict[str, float]]
     step_budget: int | None = None  # --max_steps of the run (None: its epochs alone set its length)
     lr_probe_tokens: int = 0  # the range test's share of ``tokens`` (0: the rate was given)
+    forward_tokens: int = 0  # read by passes that trained nothing (the reference's, the stop rule's checks...)
+    compute: float | None = None  # ``tokens`` plus a forward pass's share of ``forward_tokens`` (RunResult)
 
     @property
     def ended(self) -> str:
@@ -162,7 +164,7 @@ class MethodRun:
     def to_json(self) -> dict[str, Any]:
         """The run's entry in the report's ``results.json``."""
         fields = ("method", "best", "preset", "lr", "steps", "step_budget", "stopped", "ended", "stop_checks")
-        fields += ("tokens", "lr_probe_tokens", "wall_seconds")
+        fields += ("tokens", "lr_probe_tokens", "forward_tokens", "compute", "wall_seconds")
         return {**{name: getattr(self, name) for name in fields}, "epochs": [e.to_json() for e in self.epochs]}
 
 

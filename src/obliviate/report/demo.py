@@ -19,6 +19,7 @@ RUN_COLUMNS = (  # after the metric columns, which come from obliviate.evaluate.
     Column("epoch", "best epoch"),
     Column("wall_seconds", "wall s"),
     Column("tokens_vs_oracle", "tokens / oracle"),
+    Column("compute_vs_oracle", "compute / oracle"),
 )
 
 
@@ -28,17 +29,30 @@ ORACLE = "oracle (retrain)"
 
 def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
     """One flat row per model: target (epoch 0), the oracle (where there is one), then each method's best epoch."""
-    oracle_tokens = outcome.oracle_tokens
+    oracle_tokens, oracle_compute = outcome.oracle_tokens, outcome.oracle_compute
 
     def per_oracle(tokens: int | None) -> float | None:
         return tokens / oracle_tokens if tokens is not None and oracle_tokens else None
 
+    def compute_per_oracle(compute: float | None) -> float | None:
+        return compute / oracle_compute if compute is not None and oracle_compute else None
+
     rows = [
-        {"model": "target", **outcome.target_result.summary(), "tokens_vs_oracle": per_oracle(outcome.target_tokens)}
+        {
+            "model": "target",
+            **outcome.target_result.summary(),
+            "tokens_vs_oracle": per_oracle(outcome.target_tokens),
+            "compute_vs_oracle": compute_per_oracle(outcome.target_compute),
+        }
     ]
     if outcome.oracle_result is not None:
         rows.append(
-            {"model": ORACLE, **outcome.oracle_result.summary(), "tokens_vs_oracle": per_oracle(oracle_tokens)}
+            {
+                "model": ORACLE,
+                **outcome.oracle_result.summary(),
+                "tokens_vs_oracle": per_oracle(oracle_tokens),
+                "compute_vs_oracle": compute_per_oracle(oracle_compute),
+            }
         )
     for run in outcome.runs:
         best = run.best_epoch
@@ -49,6 +63,7 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
                 "epoch": best.epoch,
                 "wall_seconds": run.wall_seconds,
                 "tokens_vs_oracle": per_oracle(run.tokens),
+                "compute_vs_oracle": compute_per_oracle(run.compute),
             }
         )
     return rows
@@ -227,6 +242,10 @@ def _notes(outcome: PipelineOutcome) -> list[str]:
                 "tokens / oracle: tokens trained on by the unlearning run (forget + paired retain batches, its "
                 "range test's trial steps included: the chosen trial's are the run's first steps, the others' are "
                 "put back) over the tokens of retraining the oracle",
+                "compute / oracle: the same with every token read by a pass that trains nothing (the frozen "
+                "reference, the stop rule's checks and starting measurement, the range test's measurements, the "
+                "fine-tuning's memorisation checks) counted at a third of a trained token (a forward pass's 2N "
+                "of the 6N FLOPs per token of a training step), over the oracle's, counted alike",
             ]
             if has_oracle
             else []

@@ -37,6 +37,7 @@ from obliviate.train import checkpoint as ckpt
 from obliviate.train import trackers
 from obliviate.train.epoch import resume_stop_rule, train_epoch
 from obliviate.train.finish import restart_log, restore, save_final, truncate_log
+from obliviate.train.forward_count import ForwardCounter, uncounted
 from obliviate.train.parallel import (
     SHARDED,
     enable_checkpointing,
@@ -123,7 +124,14 @@ def setup(
         accumulation=accumulation,
         control=control,
         is_peft=is_peft,
-        state={"epoch": 0, "global_step": 0, "tokens_seen": 0, "lr_probe_tokens": 0, "stopped": None},
+        state={
+            "epoch": 0,
+            "global_step": 0,
+            "tokens_seen": 0,
+            "lr_probe_tokens": 0,
+            "forward_tokens": 0,
+            "stopped": None,
+        },
         epochs=epochs,
         total_steps=total_steps,
         joint_forward=accelerator.distributed_type in SHARDED,
@@ -134,19 +142,27 @@ def setup(
         tokenizer=tokenizer,
         layer=layer if needs.hidden else None,
     )
-    if getattr(config, "retain_sampling", "uniform") == "matched":
-        run.forget_keys = [retain_match_key(r) for r in forget]
-        run.retain_keys = [retain_match_key(r) for r in retain or []] if needs.retain else []
-    if cache_reference:  # before a resume restores trained weights: the reference is the starting model
-        run.forget_ref_logprob = reference_logprobs(run)
-    if repair_exact(config) and retain:  # likewise: what a repair restores is the starting model's exact rows
-        run.retain_start = row_logprobs(run, run.retain)[2]
-    if step_check is not None:  # likewise: the stop rule's never-seen bands and retain start
-        step_check.start(accelerator.unwrap_model(run.model), tokenizer)
-        run.step_check = step_check
-    if config.resume:
-        restore(run, config, tokenizer)
-        resume_stop_rule(run)
+    # from here on every gradient-free pass is the run's work: the reference's, the starting measurements', the checks'
+    run.forward_counter = ForwardCounter(
+        [accelerator.unwrap_model(model)] + ([accelerator.unwrap_model(reference)] if reference is not None else [])
+    )
+    try:
+        if getattr(config, "retain_sampling", "uniform") == "matched":
+            run.forget_keys = [retain_match_key(r) for r in forget]
+            run.retain_keys = [retain_match_key(r) for r in retain or []] if needs.retain else []
+        if cache_reference:  # before a resume restores trained weights: the reference is the starting model
+            run.forget_ref_logprob = reference_logprobs(run)
+        if repair_exact(config) and retain:  # likewise: what a repair restores is the starting model's exact rows
+            run.retain_start = row_logprobs(run, run.retain)[2]
+        if step_check is not None:  # likewise: the stop rule's never-seen bands and retain start
+            step_check.start(accelerator.unwrap_model(run.model), tokenizer)
+            run.step_check = step_check
+        if config.resume:
+            restore(run, config, tokenizer)
+            resume_stop_rule(run)
+    except BaseException:
+        run.forward_counter.close()  # the caller's model keeps no hook of a run that never started
+        raise
     return run
 
 
@@ -202,6 +218,7 @@ def train(
         run.card.update(_final_card(run, result))
         save_final(run, tokenizer, output_dir, config, started)
     finally:
+        run.forward_counter.close()
         trackers.finish(run.accelerator)
         run.accelerator.free_memory()
         # accelerate keeps one precision per process; a later run in this process (a notebook, the demo) may
@@ -210,6 +227,7 @@ def train(
     result.epochs_completed = run.state["epoch"]
     result.global_step, result.tokens_seen = run.state["global_step"], run.state["tokens_seen"]
     result.lr_probe_tokens = run.state.get("lr_probe_tokens", 0)  # a checkpoint of an older run may lack it
+    result.forward_tokens = run.state.get("forward_tokens", 0)  # likewise
     result.stopped, result.wall_seconds = run.state["stopped"], time.perf_counter() - started
     result.step_budget = run.config.max_steps or None
     result.timing = {**run.timing, "total_seconds": result.wall_seconds}
@@ -346,6 +364,8 @@ def _run_epochs(run: Run, output_dir: Path, result: RunResult, epoch_hook: Epoch
         run.state.update(epoch=epoch, stopped=stopped)
         spent = run.state["global_step"] >= run.total_steps
         reached = None if stopped else _epoch_check(run, epoch)
+        # the passes since the epoch's last step (its last stop check, the epoch-end check): alike on every process
+        run.state["forward_tokens"] = run.state.get("forward_tokens", 0) + run.forward_counter.flush(acc.num_processes)
         if reached:  # an end as planned (the check's goal is met): a checkpoint only where they are kept
             run.state["stopped"] = reached
         if checkpoint_due(config, epoch, run.epochs) or stopped or ((spent or reached) and config.save_checkpoints):
@@ -385,7 +405,8 @@ def _checkpoint(run: Run, output_dir: Path, epoch: int, result: RunResult, epoch
     if epoch_hook is None:
         return
     clock = time.perf_counter()
-    evaluation = epoch_hook(epoch, path)
+    with uncounted(run.forward_counter):  # the caller's evaluation, not the run's work
+        evaluation = epoch_hook(epoch, path)
     run.timing["epoch_eval_seconds"] += time.perf_counter() - clock
     result.epoch_results.append(evaluation)
     metrics = trackers.summary_of(evaluation)

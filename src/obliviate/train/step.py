@@ -18,6 +18,7 @@ from obliviate.errors import TrainingError
 from obliviate.losses import Method
 from obliviate.losses.common import IGNORE_INDEX, Forward, LossInputs, LossParams, answer_exact, sequence_logprob
 from obliviate.models.trainable import decoder_layers
+from obliviate.train.forward_count import uncounted
 from obliviate.train.parallel import PLAIN
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ def repaired(run: Run, micro: list[list[int]], share: float) -> tuple[bool, floa
         batch = collate([run.retain[i] for i in rows], pad_id)
         tokens += batch.num_tokens
         batch = batch.to(acc.device)
-        with acc.autocast():
+        # its tokens go to tokens_seen, with the steps', not to forward_tokens
+        with acc.autocast(), uncounted(getattr(run, "forward_counter", None)):
             out = run_forward(run.model, batch)
         start = run.retain_start[torch.as_tensor(rows, device=run.retain_start.device)]
         now = answer_exact(out.logits, out.labels).to(start.device)
@@ -271,11 +273,15 @@ def accumulate(
                         value = torch.as_tensor(value, dtype=torch.float32, device=acc.device)
                         sums[key] = sums.get(key, 0.0) + value.detach().float() / run.accumulation
                     if last and position == len(forget_ids) - 1:
-                        step = _gather_step(acc, sums, tokens, draw_ids)
+                        counter = getattr(run, "forward_counter", None)
+                        forward = counter.take() if counter is not None else 0  # the reference's and earlier checks'
+                        step = _gather_step(acc, sums, (tokens, forward), draw_ids)
                         if not all(math.isfinite(v) for v in step[0].values()):
                             non_finite(run, config, epoch, step[0])
                     acc.backward(out.loss)  # accelerate divides by accumulation
-    metrics, tokens_all, checksums = step
+    metrics, (tokens_all, forward_all), checksums = step
+    if forward_all:
+        run.state["forward_tokens"] = run.state.get("forward_tokens", 0) + forward_all
     return metrics, tokens_all, checksums if draw_ids else None
 
 
@@ -360,16 +366,20 @@ def piece_shares(
     return shares
 
 
-def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], tokens: int, draw_ids: list[int]):
-    """``[metrics..., tokens, checksum]`` of every process in one all-gather and one ``.tolist()``.
+def _gather_step(acc: Accelerator, sums: dict[str, torch.Tensor], counts, draw_ids: list[int]):
+    """``[metrics..., tokens, forward tokens, checksum]`` of every process in one all-gather and one ``.tolist()``;
+    ``counts`` is ``(tokens trained on, tokens read without training)``, the latter a device tensor or an int.
 
-    float64 carries the token count and the checksum (< 2^31) exactly.
+    float64 carries the token counts and the checksum (< 2^31) exactly.
     """
-    extra = torch.tensor([tokens, _checksum(draw_ids)], dtype=torch.float64, device=acc.device)
+    tokens, forward = counts
+    extra = torch.tensor([tokens, 0, _checksum(draw_ids)], dtype=torch.float64, device=acc.device)
+    extra[1] = torch.as_tensor(forward, dtype=torch.float64, device=acc.device)  # no host sync for a device count
     local = torch.cat([torch.stack(list(sums.values())).double(), extra]) if sums else extra
-    rows = acc.gather(local.unsqueeze(0)).tolist()  # [processes, len(sums) + 2]
+    rows = acc.gather(local.unsqueeze(0)).tolist()  # [processes, len(sums) + 3]
     metrics = {key: sum(row[i] for row in rows) / len(rows) for i, key in enumerate(sums)}
-    return metrics, int(sum(row[-2] for row in rows)), [int(row[-1]) for row in rows]
+    totals = (int(sum(row[-3] for row in rows)), int(sum(row[-2] for row in rows)))
+    return metrics, totals, [int(row[-1]) for row in rows]
 
 
 def _splittable(acc: Accelerator, method: Method, retain_rows: list[int] | None, config: TrainConfig) -> bool:
