@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import obliviate.train.run as run_module
 from helpers import metrics, unlearn_config
@@ -33,7 +34,12 @@ def test_the_counter_counts_gradient_free_passes_without_padding(assets):
         with counter.paused():
             model(input_ids=ids, attention_mask=mask)
         model(input_ids=ids)  # no mask: every position is read
-    assert int(counter.take()) == int(mask.sum()) + ids.numel() == 21 - 2 + 21
+        cache = DynamicCache()
+        model(input_ids=ids[:1, :4], use_cache=True, past_key_values=cache)  # a prompt, then two rows after it
+        cache.batch_repeat_interleave(2)
+        wide = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])  # the cached 4 columns, then 3 new
+        model(input_ids=ids[:2, 4:], attention_mask=wide, use_cache=True, past_key_values=cache)
+    assert int(counter.take()) == int(mask.sum()) + ids.numel() + 4 + 5 == 21 - 2 + 21 + 9
     assert counter.flush(2) == 0  # a take starts the next count from zero
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)

@@ -36,13 +36,14 @@ class ForwardCounter:
     def _count(self, _module, args, kwargs) -> None:
         if self._paused or torch.is_grad_enabled():
             return
-        mask = kwargs.get("attention_mask")
-        if mask is not None:
-            self._local = self._local + mask.sum()
-            return
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None:
-            self._local = self._local + ids.numel()
+        inputs = ids if ids is not None else kwargs.get("inputs_embeds")
+        if inputs is None:
+            return
+        width = inputs.shape[1]
+        mask = kwargs.get("attention_mask")
+        # a pass after a KV cache has a mask over the cached positions too: only its last `width` columns are read
+        self._local = self._local + (mask[:, -width:].sum() if mask is not None else inputs.shape[0] * width)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
