@@ -38,8 +38,8 @@ from obliviate.models.load import load_model
 from obliviate.models.tiny import SIZES
 from obliviate.pipeline_attacks import PipelineAttacks, attack_options, run_pipeline_attacks
 from obliviate.pipeline_cache import check_inputs, model_memorisation, pipeline_models, prepare_data
+from obliviate.train.forward_count import compute_tokens
 from obliviate.train.run import run_unlearn
-from obliviate.train.state import compute_tokens
 
 DEMO_METHODS = ("ga", "ga_kl", "ga_gd", "npo", "contrast")
 
@@ -232,7 +232,6 @@ def unlearn_method(
         tokens=result.cost_tokens,
         lr_probe_tokens=result.lr_probe_tokens,
         forward_tokens=result.forward_tokens,
-        compute=result.compute_tokens,
         wall_seconds=wall_seconds,
         preset={**get_method(method).preset, **_declared_weights(method), **preset},
         lr=result.lr,
@@ -424,20 +423,21 @@ def _evaluate_references(
     return (data, options, oracle), oracle_result, target_result
 
 
-def _tokens_seen(model_dir: Path | None) -> int | None:
+def _trainer_state(model_dir: Path | None) -> dict[str, Any]:
+    """A model directory's ``trainer_state.json``; empty where there is none (a given model)."""
     state = Path(model_dir) / "trainer_state.json" if model_dir is not None else None
-    if state is None or not state.is_file():
-        return None
-    return json.loads(state.read_text()).get("tokens_seen")
+    return json.loads(state.read_text()) if state is not None and state.is_file() else {}
+
+
+def _tokens_seen(model_dir: Path | None) -> int | None:
+    return _trainer_state(model_dir).get("tokens_seen")
 
 
 def _compute(model_dir: Path | None) -> float | None:
-    """A fine-tuned model's arithmetic in trained-token equivalents (:func:`~obliviate.train.state.compute_tokens`);
-    None where it was not recorded (a given model, or one trained before forward-only passes were counted)."""
-    state = Path(model_dir) / "trainer_state.json" if model_dir is not None else None
-    if state is None or not state.is_file():
-        return None
-    facts = json.loads(state.read_text())
+    """A fine-tuned model's arithmetic in trained-token equivalents
+    (:func:`~obliviate.train.forward_count.compute_tokens`); None where it was not recorded (a given model, or one
+    trained before forward-only passes were counted)."""
+    facts = _trainer_state(model_dir)
     if "forward_tokens" not in facts:
         return None
     return compute_tokens(facts["tokens_seen"] + facts.get("lr_probe_tokens", 0), facts["forward_tokens"])

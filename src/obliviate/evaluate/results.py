@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.evaluate.scores import METRICS, SPLITS, higher_is_better
+from obliviate.train.forward_count import compute_tokens
 
 METRIC_FIELDS = ("name", "split", "task", "value", "higher_is_better")
 """The fixed keys of a metric in ``results.json``; any other key is one of its ``extra`` figures."""
@@ -151,7 +152,12 @@ class MethodRun:
     step_budget: int | None = None  # --max_steps of the run (None: its epochs alone set its length)
     lr_probe_tokens: int = 0  # the range test's share of ``tokens`` (0: the rate was given)
     forward_tokens: int = 0  # read by passes that trained nothing (the reference's, the stop rule's checks...)
-    compute: float | None = None  # ``tokens`` plus a forward pass's share of ``forward_tokens`` (RunResult)
+
+    @property
+    def compute(self) -> float:
+        """``tokens`` plus a forward pass's share of ``forward_tokens``
+        (:func:`~obliviate.train.forward_count.compute_tokens`)."""
+        return compute_tokens(self.tokens, self.forward_tokens)
 
     @property
     def ended(self) -> str:

@@ -29,13 +29,15 @@ ORACLE = "oracle (retrain)"
 
 def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
     """One flat row per model: target (epoch 0), the oracle (where there is one), then each method's best epoch."""
-    oracle_tokens, oracle_compute = outcome.oracle_tokens, outcome.oracle_compute
+
+    def ratio(value: float | None, oracle: float | None) -> float | None:
+        return value / oracle if value is not None and oracle else None
 
     def per_oracle(tokens: int | None) -> float | None:
-        return tokens / oracle_tokens if tokens is not None and oracle_tokens else None
+        return ratio(tokens, outcome.oracle_tokens)
 
     def compute_per_oracle(compute: float | None) -> float | None:
-        return compute / oracle_compute if compute is not None and oracle_compute else None
+        return ratio(compute, outcome.oracle_compute)
 
     rows = [
         {
@@ -50,8 +52,8 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
             {
                 "model": ORACLE,
                 **outcome.oracle_result.summary(),
-                "tokens_vs_oracle": per_oracle(oracle_tokens),
-                "compute_vs_oracle": compute_per_oracle(oracle_compute),
+                "tokens_vs_oracle": per_oracle(outcome.oracle_tokens),
+                "compute_vs_oracle": compute_per_oracle(outcome.oracle_compute),
             }
         )
     for run in outcome.runs:

@@ -23,6 +23,11 @@ FORWARD_COST = 1 / 3
 backward through N parameters (Kaplan et al. 2020, "Scaling Laws for Neural Language Models")."""
 
 
+def compute_tokens(trained: int, forward: int) -> float:
+    """Trained tokens plus forward-only tokens at a forward pass's share of a training step's arithmetic."""
+    return trained + FORWARD_COST * forward
+
+
 class ForwardCounter:
     """Counts the tokens of gradient-free forward passes through the modules it is attached to."""
 

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from obliviate.config import TrainConfig
 from obliviate.losses import Method
 from obliviate.losses.common import LossParams
-from obliviate.train.forward_count import FORWARD_COST
+from obliviate.train.forward_count import ForwardCounter, compute_tokens
 
 EpochHook = Callable[[int, Path], Any]
 """Called on every rank after ``checkpoints/epoch-N`` is complete, with ``(N, checkpoint_dir)``; what it returns (an
@@ -51,11 +51,6 @@ class RunResult:
         """The run's arithmetic in trained-token equivalents: :attr:`cost_tokens` plus a forward pass's share
         (:data:`~obliviate.train.forward_count.FORWARD_COST`) of every token read without training."""
         return compute_tokens(self.cost_tokens, self.forward_tokens)
-
-
-def compute_tokens(trained: int, forward: int) -> float:
-    """Trained tokens plus forward-only tokens at a forward pass's share of a training step's arithmetic."""
-    return trained + FORWARD_COST * forward
 
 
 @dataclass
@@ -105,7 +100,7 @@ class Run:
     fields_done: frozenset[str] = frozenset()  # --field_stop: PII fields inside their band at the last check
     fields_waived: frozenset[str] = frozenset()  # --field_stop_words checked: fields that do not hold a row's words
     continued: list = field(default_factory=list)  # the range test's kept trial steps: the first epoch logs them
-    forward_counter: Any = None  # tokens of passes that train nothing (obliviate.train.forward_count.ForwardCounter)
+    forward_counter: ForwardCounter | None = None  # tokens of passes that train nothing
 
 
 def bars_off(acc: Accelerator) -> bool:
