@@ -98,13 +98,19 @@ def write_section(text: str, tasks: str = "Task2") -> None:
 
 def _finetuned(args: argparse.Namespace) -> str:
     """How target and oracle were fine-tuned, as the run's flags say."""
+    if args.target_dir:
+        return f"given ({args.target_dir}, {args.oracle_dir}), fine-tuned as their trainer_state.json says"
     if args.until_memorised:
         return f"fine-tuned until memorised ({args.until_memorised:g}) within {args.finetune_epochs} epochs"
     return f"fine-tuned {args.finetune_epochs} epochs"
 
 
 def _epochs(results: dict, model: str, args: argparse.Namespace) -> str:
-    """The epochs a model was fine-tuned: all of the budget, or until memorised (from ``results.json``)."""
+    """The epochs a model was fine-tuned: all of the budget, until memorised (from ``results.json``), or a given
+    model's own count (its ``trainer_state.json``)."""
+    if args.target_dir:
+        state = Path(getattr(args, f"{model}_dir")) / "trainer_state.json"
+        return str(json.loads(state.read_text())["epoch"]) if state.is_file() else "–"
     if not args.until_memorised:
         return str(args.finetune_epochs)
     epochs = results.get("memorisation", {}).get(model, {}).get("epochs")
@@ -203,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.95,
         help="stop fine-tuning once training EM and ROUGE-L reach this (default: 0.95); 0: all --finetune_epochs",
     )
+    parser.add_argument(
+        "--target_dir",
+        default=None,
+        help="a target already fine-tuned on this split (with --oracle_dir; default: fine-tune one, cached)",
+    )
+    parser.add_argument("--oracle_dir", default=None, help="the oracle to --target_dir, fine-tuned on its retain rows")
     parser.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: step budget)")
     parser.add_argument("--eval_max_examples", type=int, default=240, help="rows per split per epoch (default: 240)")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="generation length (default: 64)")
@@ -239,11 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",")]
     if unknown := sorted(set(tasks) - set(TASKS)):
         parser.error(f"--tasks: unknown {', '.join(unknown)} (LUME has {', '.join(TASKS)}; or all)")
+    if bool(args.target_dir) != bool(args.oracle_dir):
+        parser.error("--target_dir and --oracle_dir go together: each table row is measured against both")
     out = Path(args.output_dir)
     dirs = split_lume(tasks, out / "data", 0.1, args.seed)
     config = PipelineConfig(
         output_dir=str(out / "report"),
         cache_dir=str(out / "cache"),
+        target_dir=args.target_dir,
+        oracle_dir=args.oracle_dir,
         methods=tuple(args.methods),
         size=args.size,
         finetune_epochs=args.finetune_epochs,
