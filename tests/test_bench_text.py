@@ -7,6 +7,7 @@ and SWEEP.md text run, with numbers chosen to land on each side of every wording
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -217,6 +218,25 @@ def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
     fixed = bench_quality.build_parser().parse_args(["--finetune_epochs", "12", "--until_memorised", "0"])
     text = bench_quality.write_up(results, fixed, "CMD", 1.0, cores=1)
     assert "(tiny OLMo, fine-tuned 12 epochs," in text and "after 12 fine-tuning epochs" in text
+
+
+def test_quality_write_up_of_given_models_reads_their_epochs_from_their_state(tmp_path):
+    for name, epochs in (("target", 7), ("oracle", 5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text(json.dumps({"epoch": epochs}))
+    given = ["--target_dir", str(tmp_path / "target"), "--oracle_dir", str(tmp_path / "oracle")]
+    args = bench_quality.build_parser().parse_args(["--finetune_epochs", "40", *given])
+    results = {"summary": [{"model": "target"}], "goals": []}
+    text = bench_quality.write_up(results, args, "CMD", 1.0, cores=2)
+    assert f"(tiny OLMo, given ({tmp_path / 'target'}, {tmp_path / 'oracle'}), fine-tuned as their" in text
+    assert "after 7 fine-tuning epochs" in text and " 40 " not in text  # the model's own count, not the flag's
+
+
+def test_quality_refuses_a_target_without_its_oracle_before_writing_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_quality.main(["--target_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and not (tmp_path / "out").exists()
+    assert "--target_dir and --oracle_dir go together" in capsys.readouterr().err
 
 
 def test_quality_sections_of_two_task_sets_live_side_by_side(tmp_path, monkeypatch):

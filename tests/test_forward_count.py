@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 import obliviate.train.run as run_module
 from helpers import metrics, unlearn_config
-from obliviate.evaluate.stop_rule import stop_rule_for
+from obliviate.evaluate.stop_rule import ExposureStopRule, stop_rule_for
 from obliviate.models.load import load_model
 from obliviate.train.forward_count import FORWARD_COST, ForwardCounter
 from obliviate.train.run import run_unlearn
@@ -85,8 +85,24 @@ def test_the_stop_rules_checks_are_counted_and_the_callers_evaluation_is_not(tar
 
     def evaluation(epoch, path):  # a caller's evaluation that runs the training model itself
         with torch.no_grad():
-            models[0](input_ids=ids)
+            models[-1](input_ids=ids)
         return {}
+
+    read = []  # what the stop rule's start and checks read, counted apart from the run's own counter
+
+    def counted(real):
+        def measured(self, model, *args, **kwargs):
+            counter = ForwardCounter([model])
+            try:
+                return real(self, model, *args, **kwargs)
+            finally:
+                read.append(int(counter.take()))
+                counter.close()
+
+        return measured
+
+    monkeypatch.setattr(ExposureStopRule, "start", counted(ExposureStopRule.start))
+    monkeypatch.setattr(ExposureStopRule, "__call__", counted(ExposureStopRule.__call__))
 
     quiet = run_unlearn(unlearn_config(target, tmp_path / "quiet", method="ga_gd", epochs=2), epoch_hook=evaluation)
     assert quiet.forward_tokens == 0
@@ -94,6 +110,10 @@ def test_the_stop_rules_checks_are_counted_and_the_callers_evaluation_is_not(tar
     checked = run_unlearn(
         unlearn_config(target, tmp_path / "checked", method="ga_gd", epochs=2, stop_check_steps=2),
         stop_rule=stop_rule_for,
+        epoch_hook=evaluation,
     )
     checks = [line for line in metrics(tmp_path / "checked") if "stop_check" in line]
-    assert checks and checked.forward_tokens > 0  # the starting measurement and every check read tokens
+    # the starting measurement and every check, each counted once (a step with no check due reads nothing); the
+    # evaluation between epochs not at all
+    assert len(checks) >= 2 and len([tokens for tokens in read if tokens]) == len(checks) + 1
+    assert checked.forward_tokens == sum(read)
