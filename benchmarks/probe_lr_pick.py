@@ -1,12 +1,17 @@
 """Issue 9 probe: how firm is the range test's pick of the learning rate?
 
-Runs the range test alone (``obliviate.unlearn`` with ``--lr`` unset and ``--max_steps 1``: the probe, then one
-optimizer step) on a target and its data (``forget/``, ``retain/``, ``holdout/``) for each unlearning seed and each
-number of measured rows (``--lr_probe_rows``), as the benchmark pipelines run contrast (its preset, batch and
-micro-batch 32), and prints one JSON line per run: the rate picked and every trial's ``(lr, retain_exact_kept,
-passed)``; with ``--trace``, also each trial's rows measured after every one of its cycles (``cycles``: ``[forget_rise,
-retain_rise, retain_exact_kept]`` per cycle; the training is the same). Figures only; no record is printed.
-``docs/METHODS.md`` (the range test, *How firm the pick is*) holds what it measured.
+Runs the range test alone (``obliviate.unlearn`` with ``--lr`` unset and a step budget of ``--max_steps``, 80 by
+default: the probe, whose kept trial is then the whole run) on a target and its data (``forget/``, ``retain/``,
+``holdout/``) for each unlearning seed and each number of measured rows (``--lr_probe_rows``), as the benchmark
+pipelines run contrast (its preset, batch and micro-batch 32), and prints one JSON line per run: the rate picked and
+every trial's ``(lr, retain_exact_kept, passed)``; with ``--trace``, also each trial's rows measured after every one
+of its cycles (``cycles``: ``[forget_rise, retain_rise, retain_exact_kept]`` per cycle; the training is the same).
+Figures only; no record is printed. ``docs/METHODS.md`` (the range test, *How firm the pick is*) holds what it
+measured.
+
+The loop cuts a trial to the run's budget, so the budget must hold the range test's five cycles: contrast's preset
+takes 16 optimizer steps a cycle (a forget step and its 15 retain steps), 80 in all. With a budget of one step, as
+this script had until the fifteenth session, every trial since the cut (2026-12-06) was one cycle long.
 
     python benchmarks/probe_lr_pick.py --model runs/cache/target-... --data runs/cache/data-... \\
         --seeds 0 1 2 --rows 32 128 --output_dir runs/lr_pick
@@ -34,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro_batch_size", type=int, default=32, help="as the pipelines run contrast (default: 32)")
     parser.add_argument("--output_dir", required=True, help="one run directory per seed and row count goes here")
     parser.add_argument("--trace", action="store_true", help="measure every trial's rows after each of its cycles")
+    parser.add_argument(
+        "--max_steps",
+        type=int,
+        default=80,
+        help="the run's step budget: it must hold the test's five cycles (contrast's preset: 5 x 16 = 80; default)",
+    )
     args = parser.parse_args(argv)
 
     import functools
@@ -54,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 retain=str(data / "retain"),
                 holdout_dir=str(data / "holdout"),
                 output_dir=str(out),
-                max_steps=1,
+                max_steps=args.max_steps,
                 stop_check_steps=0,
                 seed=seed,
                 overwrite=True,
