@@ -30,32 +30,23 @@ ORACLE = "oracle (retrain)"
 def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
     """One flat row per model: target (epoch 0), the oracle (where there is one), then each method's best epoch."""
 
-    def ratio(value: float | None, oracle: float | None) -> float | None:
-        return value / oracle if value is not None and oracle else None
+    def cost(tokens: int | None, compute: float | None) -> dict[str, float | None]:
+        """The two cost columns: trained tokens and compute, each over the oracle's (None where either is unknown)."""
 
-    def per_oracle(tokens: int | None) -> float | None:
-        return ratio(tokens, outcome.oracle_tokens)
+        def ratio(value: float | None, oracle: float | None) -> float | None:
+            return value / oracle if value is not None and oracle else None
 
-    def compute_per_oracle(compute: float | None) -> float | None:
-        return ratio(compute, outcome.oracle_compute)
+        return {
+            "tokens_vs_oracle": ratio(tokens, outcome.oracle_tokens),
+            "compute_vs_oracle": ratio(compute, outcome.oracle_compute),
+        }
 
     rows = [
-        {
-            "model": "target",
-            **outcome.target_result.summary(),
-            "tokens_vs_oracle": per_oracle(outcome.target_tokens),
-            "compute_vs_oracle": compute_per_oracle(outcome.target_compute),
-        }
+        {"model": "target", **outcome.target_result.summary(), **cost(outcome.target_tokens, outcome.target_compute)}
     ]
     if outcome.oracle_result is not None:
-        rows.append(
-            {
-                "model": ORACLE,
-                **outcome.oracle_result.summary(),
-                "tokens_vs_oracle": per_oracle(outcome.oracle_tokens),
-                "compute_vs_oracle": compute_per_oracle(outcome.oracle_compute),
-            }
-        )
+        summary = outcome.oracle_result.summary()
+        rows.append({"model": ORACLE, **summary, **cost(outcome.oracle_tokens, outcome.oracle_compute)})
     for run in outcome.runs:
         best = run.best_epoch
         rows.append(
@@ -64,8 +55,7 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
                 **best.summary,
                 "epoch": best.epoch,
                 "wall_seconds": run.wall_seconds,
-                "tokens_vs_oracle": per_oracle(run.tokens),
-                "compute_vs_oracle": compute_per_oracle(run.compute),
+                **cost(run.tokens, run.compute),
             }
         )
     return rows
