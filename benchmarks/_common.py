@@ -61,16 +61,19 @@ def reproduce_command(script: str, argv: Sequence[str]) -> str:
     return " ".join([".venv/bin/python", f"benchmarks/{script}", *map(shlex.quote, args)])
 
 
-def exact_command(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+def exact_command(
+    script: str, parser: argparse.ArgumentParser, args: argparse.Namespace, omit: Sequence[str] = ()
+) -> str:
     """The exact command line of a run: every option with the value it ran with, defaults included.
 
     Options left unset (``None``) and hidden ones are omitted, and so is ``--write``, which only decides where the
-    result goes. Reading the parsed values rather than ``sys.argv`` keeps a default that later changes from
-    silently changing what the written command means.
+    result goes, and every option whose ``dest`` is in ``omit`` (one the run did not read, so that the command
+    does not claim it mattered). Reading the parsed values rather than ``sys.argv`` keeps a default that later
+    changes from silently changing what the written command means.
     """
     words = [".venv/bin/python", f"benchmarks/{script}"]
     for action in parser._actions:  # argparse offers no public iterator over its options
-        if not action.option_strings or action.dest in ("help", "write") or action.help == argparse.SUPPRESS:
+        if not action.option_strings or action.dest in ("help", "write", *omit) or action.help == argparse.SUPPRESS:
             continue
         value = getattr(args, action.dest)
         flag = action.option_strings[-1]
