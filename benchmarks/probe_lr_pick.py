@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         default=80,
         help="the run's step budget: it must hold the test's five cycles (contrast's preset: 5 x 16 = 80; default)",
     )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="--lr_probe_settle: judge the retain rows over the last N cycles (default: 1)",
+    )
     args = parser.parse_args(argv)
 
     import functools
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=seed,
                 overwrite=True,
                 lr_probe_rows=rows,
+                lr_probe_settle=args.settle,
                 micro_batch_size=args.micro_batch_size,
             )
             lines = (json.loads(line) for line in (out / "metrics.jsonl").open())

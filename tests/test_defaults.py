@@ -603,3 +603,42 @@ def test_repaired_counts_the_start_exact_rows_a_batch_still_reproduces(monkeypat
     assert step.repaired(run, [[0, 1, 3], [2, 5]], 0.75) == (True, 0.75, 35)
     assert step.repaired(run, [[0, 1, 3], [2, 5]], 0.8)[0] is False
     assert step.repaired(run, [[3, 4]], 1.0) == (True, 1.0, 14)  # no row to restore: nothing to wait for
+
+
+def test_settled_reads_the_last_forget_nll_and_the_mean_of_the_retain_rows():
+    points = [(1.0, (0.1, 0.9)), (2.0, (0.3, 1.0)), (3.0, (0.2, 0.8))]
+    forget, (retain_nll, exact) = lr_probe.settled(points)
+    assert forget == 3.0 and retain_nll == pytest.approx(0.2) and exact == pytest.approx(0.9)
+
+
+def test_the_widened_screen_admits_a_dip_the_test_itself_would_fail_and_not_a_break():
+    dip = {"retain_rise": 0.05, "retain_exact_kept": 0.9}  # one row of 30 past the test's 0.95
+    assert not lr_probe.keeps_retain(dip, 0.1) and lr_probe.keeps_retain(dip, 0.1, lr_probe.SCREEN_WIDTH)
+    assert lr_probe.keeps_retain({"retain_rise": 0.0, "retain_exact_kept": 0.95}, 0.1)  # the bound itself is in
+    for broken in ({"retain_rise": 0.0, "retain_exact_kept": 0.84}, {"retain_rise": 0.31, "retain_exact_kept": 1.0}):
+        assert not lr_probe.keeps_retain(broken, 0.1, lr_probe.SCREEN_WIDTH), broken
+
+
+def test_lr_probe_settle_judges_each_trial_by_its_last_steps(target, tmp_path, monkeypatch):
+    """--lr_probe_settle 2 with 3 probe steps: every trial the screen lets through is judged on its rows after its
+    last 2 steps, through ``settled``; a settled reading outside the bound fails every rate."""
+    seen: list[list] = []
+    real = lr_probe.settled
+
+    def worse(points):  # the rows' mean over the last steps, made to break the retain bound by a nat
+        seen.append(list(points))
+        forget, (retain_nll, exact) = real(points)
+        return forget, (retain_nll + 1.0, exact)
+
+    monkeypatch.setattr(lr_probe, "settled", worse)
+    out = tmp_path / "settle"
+    result = run_unlearn(unlearn_config(target, out, lr=None, lr_probe_steps=3, lr_probe_settle=2, epochs=1))
+    trials = [line["lr_probe"] for line in metrics(out) if "lr_probe" in line]
+    judged = [t for t in trials if "screened_after" not in t]
+    assert judged and len(seen) == len(judged) and all(len(points) == 2 for points in seen)
+    assert all(t["settled_over"] == 2 and t["retain_rise"] > 0.9 and not t["passed"] for t in judged)
+    assert result.lr == lr_probe.CANDIDATES[-1]  # every rate broke the bound: the smallest candidate
+    seen.clear()
+    plain = run_unlearn(unlearn_config(target, tmp_path / "plain", lr=None, lr_probe_steps=3, epochs=1))
+    assert not seen and plain.lr != lr_probe.CANDIDATES[-1]  # settle 1 (default): the last step alone, as before
+    assert not any("settled_over" in line.get("lr_probe", {}) for line in metrics(tmp_path / "plain"))

@@ -211,6 +211,14 @@ class UnlearnConfig(TrainConfig):
         "first of the retain set)",
         ge=1,
     )
+    lr_probe_settle: int = option(
+        1,
+        "judge each candidate rate's retain rows by their mean over its last N steps (cycles) of the range test "
+        "instead of after its last alone (they swing as forget steps push and retain steps repair); above 1, a rate "
+        "is stopped after its first step only outside a bound 3 times as wide",
+        ge=1,
+        le=10_000,
+    )
     stop_forget_nll: float | None = option(
         None, "stop when the forget NLL rises above this bound (0: no bound; method preset: 8 for the GA family)", ge=0
     )

@@ -18,6 +18,12 @@ fixed rows (eval mode, no gradient):
 A trial is measured after its first step (cycle) too, and ends there, failed, where the retain rows are already
 outside the bound (:data:`SCREEN_AFTER`): a rate that breaks them at once is not trained on for the rest.
 
+With ``settle`` above 1 (``--lr_probe_settle``) the retain rows are judged by their mean over the trial's last
+``settle`` steps (cycles) instead of after its last alone: under the interleaved schedule they swing by a row or two
+from cycle to cycle, as each forget step pushes and its retain steps repair, and one reading judges a rate by where
+in that swing the trial happens to end. The screen after the first step then ends a trial only outside a bound
+:data:`SCREEN_WIDTH` times as wide (a dip the later cycles may repair is what the settled judgement is for).
+
 The largest rate that does both is taken. If none moves the forget set within the bound, the largest rate
 within the bound is taken; if none is within it, the smallest candidate. After every candidate the weights and the
 optimizer go back to where they started, so the run itself starts from the model it was given; except that with
@@ -62,6 +68,10 @@ are already outside the bound: the rest of its steps are not taken. In the trace
 range test) every trial outside the bound after its first cycle was outside it after its last too, and every rate
 chosen was inside after its first."""
 
+SCREEN_WIDTH = 3.0
+"""With ``settle`` above 1, the screen's bound is this many times the test's: retain NLL up by at most 3 ×
+``retain_bound`` and exact match down by at most 3 × (1 − :data:`RETAIN_EXACT`) after the first step."""
+
 MEASURE_ROWS = 32
 """Forget and retain rows (the first ones of the first batches) the NLLs are measured on, by default
 (``--lr_probe_rows``)."""
@@ -95,10 +105,21 @@ class ProbeResult:
     continued: list[TrialStep] = field(default_factory=list)
 
 
-def keeps_retain(trial: dict[str, float], retain_bound: float) -> bool:
+def keeps_retain(trial: dict[str, float], retain_bound: float, width: float = 1.0) -> bool:
     """Whether a trial left the retain rows alone: NLL within the bound and exact match kept (see module docstring).
-    ``retain_exact_kept`` is the share of the starting exact match left (1.0 where nothing was exact to begin with)."""
-    return trial["retain_rise"] <= retain_bound and trial.get("retain_exact_kept", 1.0) >= RETAIN_EXACT
+    ``retain_exact_kept`` is the share of the starting exact match left (1.0 where nothing was exact to begin with).
+    ``width`` widens both sides of the bound (the screen under ``settle``: :data:`SCREEN_WIDTH`)."""
+    exact = RETAIN_EXACT if width == 1.0 else 1.0 - width * (1.0 - RETAIN_EXACT)
+    return trial["retain_rise"] <= width * retain_bound and trial.get("retain_exact_kept", 1.0) >= exact
+
+
+def settled(points: Sequence[tuple[float, tuple[float, float]]]) -> tuple[float, tuple[float, float]]:
+    """One measurement from a trial's last few ``(forget NLL, (retain NLL, retain exact match))``: the forget NLL
+    after the last, the retain NLL and exact match averaged over all of them (where they settle)."""
+    forget = points[-1][0]
+    retain_nll = sum(p[1][0] for p in points) / len(points)
+    exact = sum(p[1][1] for p in points) / len(points)
+    return forget, (retain_nll, exact)
 
 
 def choose(trials: Sequence[dict[str, float]], retain_bound: float) -> tuple[float, str]:
@@ -127,6 +148,7 @@ def probe_lr(
     measure_rows: int = MEASURE_ROWS,
     keep: bool = False,
     trace_cycles: bool = False,
+    settle: int = 1,
 ) -> ProbeResult:
     """Run the range test on a prepared run (:func:`obliviate.train.loop.setup`); the weights are left unchanged,
     unless ``keep``: then the chosen trial's weights, optimizer moments and the steps it took stay
@@ -141,6 +163,10 @@ def probe_lr(
     Candidates are tried from the largest down, and the search ends at the first rate that leaves the retain rows
     alone: it is the choice whether or not it moves the forget set, since a smaller rate moves it less. The chosen
     rate is thus always the last one tried (where none leaves them alone, the last is the smallest candidate).
+
+    ``settle``: the retain rows are judged by their mean over each trial's last ``settle`` steps (cycles; at most
+    ``steps``), and the screen's bound is :data:`SCREEN_WIDTH` times as wide where it is above 1 (see the module
+    docstring). Each trial logs ``settled_over`` then.
 
     ``trace_cycles`` (a diagnostic; ``benchmarks/probe_lr_pick.py``): every trial also measures its rows after each
     of its steps (cycles), and logs ``cycles``: ``[forget_rise, retain_rise, retain_exact_kept]`` per step. The
@@ -167,18 +193,22 @@ def probe_lr(
     rewind = _rewinder(run)
     trials: list[dict[str, Any]] = []
     continued: list[TrialStep] = []
+    settle = max(1, min(settle, len(order)))
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
             rewind()
             trace: list | None = [] if trace_cycles else None
-            screen = (before, retain_bound) if retain_rows else None
-            after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen)
+            width = SCREEN_WIDTH if settle > 1 else 1.0
+            screen = (before, retain_bound, width) if retain_rows else None
+            after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen, settle)
             tokens = sum(s.tokens for s in taken)
             trial = {"lr": lr, **_rises(before, after)}
             trial["passed"] = keeps_retain(trial, retain_bound) and trial["forget_rise"] >= MIN_FORGET_RISE
             trial = {k: (round(v, 6) if k != "lr" and isinstance(v, float) else v) for k, v in trial.items()}
             trial["tokens"] = tokens
+            if settle > 1 and not screened:
+                trial["settled_over"] = settle  # its retain figures: the mean over its last `settle` steps
             if screened:
                 trial["screened_after"] = SCREEN_AFTER  # outside the bound already: its other steps not taken
             if trace is not None:
@@ -267,16 +297,26 @@ def run_order(run, steps: int) -> list[OrderStep]:
 
 
 def _train_at(
-    run, lr: float, order: list[OrderStep], rows, retain_rows: list[int], trace: list | None = None, screen=None
+    run,
+    lr: float,
+    order: list[OrderStep],
+    rows,
+    retain_rows: list[int],
+    trace: list | None = None,
+    screen=None,
+    settle: int = 1,
 ):
     """The optimizer steps of ``order`` with the run's objective at peak rate ``lr``, in train mode as the run takes
     them; then ``((forget NLL, (retain NLL, retain exact match)), the steps taken, screened)`` (infinite NLLs and no
     exact match where the loss went non-finite: the rate diverges; each :class:`TrialStep`'s tokens are what it
     processed on all processes, a ``--repair_exact`` check's forward counted with the step after it).
 
-    ``screen``: ``(the starting measurement, the retain bound)``: after :data:`SCREEN_AFTER` steps (cycles) of a
-    longer trial the rows are measured, and a trial whose retain rows are outside the bound ends there
-    (``screened`` True, the measurement the one returned).
+    ``screen``: ``(the starting measurement, the retain bound, its width)``: after :data:`SCREEN_AFTER` steps
+    (cycles) of a longer trial the rows are measured, and a trial whose retain rows are outside the bound (widened
+    ``width`` times) ends there (``screened`` True, the measurement the one returned).
+
+    ``settle``: the measurement returned is :func:`settled` over the rows as they stand after each of the last
+    ``settle`` steps (cycles).
 
     Under ``--schedule interleaved`` a step is a whole cycle, as the run takes it: the forget step (forget term
     only), then its ``--retain_steps`` retain-only steps (fewer under ``--repair_exact``, as in the run), so the
@@ -289,6 +329,7 @@ def _train_at(
     for group in getattr(run.optimizer, "optimizer", run.optimizer).param_groups:
         group["lr"] = lr  # the probe runs at the peak rate, whatever warm-up the run itself will have
     taken: list[TrialStep] = []
+    points: list = []  # the rows after each of the last `settle` cycles
     phase = "forget" if retain_steps else None
     run.model.train()
     try:
@@ -310,15 +351,20 @@ def _train_at(
                 optimizer_step(run, run.config, schedule=False)
                 taken.append(TrialStep("retain", metrics, tokens + checked, time.perf_counter() - clock, checksums))
             screening = screen is not None and cycle == SCREEN_AFTER < len(order)
-            if trace is not None or screening:  # the rows as they stand after this cycle
+            settling = settle > 1 and cycle > len(order) - settle
+            if trace is not None or screening or settling:  # the rows as they stand after this cycle
                 point = (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows))
                 if trace is not None:
                     trace.append(point)
-                if screening and not keeps_retain(_rises(screen[0], point), screen[1]):
+                if settling:
+                    points.append(point)
+                if screening and not keeps_retain(_rises(screen[0], point), screen[1], screen[2]):
                     return point, taken, True
     except TrainingError:
         run.optimizer.zero_grad(set_to_none=True)
         return (math.inf, (math.inf, 0.0)), taken, False
+    if points:
+        return settled(points), taken, False
     return (_nll(run, *rows)[0], _nll(run, run.retain, retain_rows)), taken, False
 
 

@@ -281,7 +281,11 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
         ignored.append(f"--field_stop ({method.name} scores no value per field; the stop rule still ends the run)")
     if config.lr is not None and not config.resume:
         given_lr = "--lr is given, so no range test runs"
-        ignored += [f"--{name} ({given_lr})" for name in ("lr_probe_steps", "lr_probe_rows") if _set(given, name)]
+        ignored += [
+            f"--{name} ({given_lr})"
+            for name in ("lr_probe_steps", "lr_probe_rows", "lr_probe_settle")
+            if _set(given, name)
+        ]
     return f"obliviate: note: ignored: {'; '.join(ignored)}" if ignored else None
 
 
