@@ -211,11 +211,11 @@ class UnlearnConfig(TrainConfig):
         "first of the retain set)",
         ge=1,
     )
-    lr_probe_settle: int = option(
-        1,
+    lr_probe_settle: int | None = option(
+        None,
         "judge each candidate rate's retain rows by their mean over its last N steps (cycles) of the range test "
         "instead of after its last alone (they swing as forget steps push and retain steps repair); above 1, a rate "
-        "is stopped after its first step only outside a bound 3 times as wide",
+        "is stopped after its first step only outside a bound 3 times as wide; unset: the method's preset, else 1",
         ge=1,
         le=10_000,
     )

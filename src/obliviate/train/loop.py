@@ -302,7 +302,7 @@ def _start(run: Run, output_dir: Path, resolved_config: str | None, step_check) 
             steps=steps,
             log=run.log,
             measure_rows=getattr(config, "lr_probe_rows", MEASURE_ROWS),
-            settle=getattr(config, "lr_probe_settle", 1),
+            settle=getattr(config, "lr_probe_settle", None) or 1,  # unset and no preset: the last step alone
             keep=_trial_is_the_start(run, steps),
         )
         kept_seconds = sum(step.seconds for step in probe.continued)  # the run's own steps: the loop's time
