@@ -189,6 +189,7 @@ LOSSES: dict[str, Method] = {
             "schedule": "interleaved",
             "retain_steps": 15,
             "field_stop": True,
+            "lr_probe_settle": 3,
         },
         needs_given=contrast.needs,
         steps=2 * DEFAULT_STEPS,  # docs/METHODS.md, "Length": the stop rule, not the budget, ends LUME Task2's run
