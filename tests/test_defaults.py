@@ -94,6 +94,9 @@ def test_no_flags_measures_the_rate_budgets_steps_and_turns_the_stop_rule_on(tar
     assert config["method"] == "contrast" and config["loss_params"] == get_method("contrast").params().as_dict()
     assert config["trainable_modules"] == "mlp" and config["retain_sampling"] == "matched"  # contrast's preset
     assert config["schedule"] == "interleaved" and config["retain_steps"] == 15 and config["field_stop"] is True
+    assert config["lr_probe_settle"] == 3  # the range test reads where the retain rows settle (docs/METHODS.md)
+    judged = [t for t in trials if "screened_after" not in t]
+    assert judged and all(t.get("settled_over") == 3 for t in judged)  # and it did
     assert config["loss_params"]["profile"] == 1.0  # each token its share (docs/METHODS.md, --profile)
     assert config["loss_params"]["whole"] == 2.0  # a value still written whole is pushed (docs/METHODS.md, --whole)
     assert any("whole" in line for line in steps if line.get("phase") == "forget")  # and the term ran: it logs
