@@ -46,10 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the run's step budget: it must hold the test's five cycles (contrast's preset: 5 x 16 = 80; default)",
     )
     parser.add_argument(
-        "--settle",
-        type=int,
-        default=1,
-        help="--lr_probe_settle: judge the retain rows over the last N cycles (default: 1)",
+        "--settle", type=int, default=None, help="--lr_probe_settle (default: unset, the method's preset)"
+    )
+    parser.add_argument(
+        "--no_screen", action="store_true", help="every trial takes all its cycles (a diagnostic of the screen)"
+    )
+    parser.add_argument(
+        "--candidates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="try these rates, in this order (default: the test's)",
     )
     args = parser.parse_args(argv)
 
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.trace:  # the loop imports probe_lr from its module when it runs the test
         lr_probe.probe_lr = functools.partial(lr_probe.probe_lr, trace_cycles=True)
+    if args.no_screen:
+        lr_probe.SCREEN_AFTER = sys.maxsize  # no trial is that long
+    if args.candidates:
+        lr_probe.CANDIDATES = tuple(args.candidates)
 
     data = Path(args.data)
     for seed in args.seeds:

@@ -187,12 +187,35 @@ def test_the_model_cache_keys_hold_the_source_of_the_fine_tuning_code(tmp_path, 
     with open(package / "report" / "render.py", "a") as out:
         out.write("# not fine-tuning\n")
     assert pipeline_cache.finetune_entry("target", [data], config, [data]) == before
+    with open(package / "train" / "lr_probe.py", "a") as out:  # the range test: a fine-tune never runs it
+        out.write("# not fine-tuning either\n")
+    assert pipeline_cache.finetune_entry("target", [data], config, [data]) == before
     for edited in ("train/loop.py", "losses/finetune.py", "models/tiny.py", "evaluate/memorised.py"):
         with open(package / edited, "a") as out:
             out.write("# changed\n")
         after = pipeline_cache.finetune_entry("target", [data], config, [data])
         assert after != before, edited
         before = after
+
+
+def test_fine_tuning_never_runs_the_range_test_the_cache_key_leaves_out(assets, tmp_path, monkeypatch):
+    """``train/lr_probe.py`` is out of the model cache key (``FINETUNE_UNREACHED``) because a fine-tune's rate is
+    always given: fine-tuning with the range test made to fail still trains."""
+    from obliviate.config import FinetuneConfig
+    from obliviate.pipeline_cache import FINETUNE_UNREACHED
+    from obliviate.train import lr_probe
+    from obliviate.train.run import run_finetune
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fine-tuning ran the range test")
+
+    monkeypatch.setattr(lr_probe, "probe_lr", refuse)
+    config = FinetuneConfig(
+        output_dir=str(tmp_path / "ft"), model=str(assets.model), data=[str(assets.retain)], epochs=1, overwrite=True
+    )
+    result = run_finetune(config)
+    assert result.global_step > 0 and FINETUNE_UNREACHED == ("train/lr_probe.py",)
+    assert FinetuneConfig.__dataclass_fields__["lr"].type == "float"  # a number, never unset (UnlearnConfig's: None)
 
 
 @pytest.mark.parametrize(

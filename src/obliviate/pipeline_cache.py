@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +32,18 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _dir_hash(path: Path, pattern: str = "*") -> str:
+def _dir_hash(path: Path, pattern: str = "*", skip: Collection[str] = ()) -> str:
     """The data at ``path``, a folder or one data file: each file by its path relative to the folder (a file: its
     name) and its bytes. A file moved into another folder (``retain/`` renamed ``forget/``) is other data, and so is
     a data file with other rows (before, a file hashed as an empty folder: every file had one key). For the files
     directly in a folder, the relative path is the name the key was made of before, so the cache entries of flat
-    data folders keep their keys. ``pattern`` picks a folder's files by name (``*.py``: source, not its bytecode)."""
+    data folders keep their keys. ``pattern`` picks a folder's files by name (``*.py``: source, not its bytecode);
+    ``skip`` leaves out the files at those paths relative to the folder."""
     path = Path(path)
     root, files = (path.parent, [path]) if path.is_file() else (path, sorted(path.rglob(pattern)))
     digest = hashlib.sha256()
     for file in files:
-        if file.is_file():
+        if file.is_file() and file.relative_to(root).as_posix() not in skip:
             digest.update(file.relative_to(root).as_posix().encode() + file.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -93,13 +95,25 @@ FINETUNE_SOURCES = (
 """The parts of the package, relative to it, that fine-tuning runs through: tokenizing and batching the data, building
 and loading the model, the training loop, its loss and its memorisation stop. Their source is part of every model
 entry's key, so that an entry made by older fine-tuning code is not reused (an edit to the loop's unlearning side
-also retrains: a key cannot tell which lines a run reached)."""
+also retrains: a key cannot tell which lines a run reached), less the files fine-tuning never runs
+(:data:`FINETUNE_UNREACHED`)."""
 
 
-def finetune_code() -> str:
-    """A hash of the source of :data:`FINETUNE_SOURCES`: each part's ``.py`` files by their paths and bytes."""
-    root = Path(__file__).resolve().parent
-    return _hash([[part, _dir_hash(root / part, "*.py")] for part in FINETUNE_SOURCES])
+FINETUNE_UNREACHED = ("train/lr_probe.py",)
+"""Files under :data:`FINETUNE_SOURCES` that fine-tuning never runs, left out of the key so that editing them does
+not retrain every cached model: the learning-rate range test runs only where ``--lr`` is unset, and a fine-tune's
+rate is always set (``FinetuneConfig.lr`` is a number above 0)."""
+
+
+def finetune_code(root: Path | None = None) -> str:
+    """A hash of the source of :data:`FINETUNE_SOURCES` under the package (or ``root``): each part's ``.py`` files
+    by their paths and bytes, less :data:`FINETUNE_UNREACHED`."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    parts = []
+    for part in FINETUNE_SOURCES:
+        skip = [path.removeprefix(f"{part}/") for path in FINETUNE_UNREACHED if path.startswith(f"{part}/")]
+        parts.append([part, _dir_hash(root / part, "*.py", skip)])
+    return _hash(parts)
 
 
 def _finetune_settings(config: PipelineConfig) -> dict[str, Any]:
