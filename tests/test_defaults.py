@@ -181,6 +181,7 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
             "epochs": None,
             "lr_probe_steps": 7,
             "max_checkpoints": 1,
+            "lr_probe_settle": 1,  # each trial's last cycle: settled (the preset), the first rate passes on these assets
         },
         # LoRA dropout draws masks: every trial starts from the run's random state, so the kept one draws the run's
         {"method": "ga_gd", "epochs": 2, "lora_r": 4, "lora_alpha": 128, "lora_dropout": 0.5},
@@ -305,7 +306,8 @@ def test_checkpoints_are_thinned_to_max_checkpoints_and_the_last_is_kept(target,
 
 def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_path):
     out = tmp_path / "resume"
-    first = run_unlearn(unlearn_config(target, out, lr=None, epochs=2, stop_check_steps=0))
+    # each trial's last step (settled, contrast's preset, the first rate passes on these assets): trials put back
+    first = run_unlearn(unlearn_config(target, out, lr=None, epochs=2, stop_check_steps=0, lr_probe_settle=1))
     assert (
         main(
             [
@@ -324,6 +326,8 @@ def test_resume_with_the_rate_unset_continues_at_the_measured_rate(target, tmp_p
                 "0",
                 "--schedule",
                 "joint",
+                "--lr_probe_settle",
+                "1",
                 "--resume",
             ]
         )
@@ -642,6 +646,8 @@ def test_lr_probe_settle_judges_each_trial_by_its_last_steps(target, tmp_path, m
     assert all(t["settled_over"] == 2 and t["retain_rise"] > 0.9 and not t["passed"] for t in judged)
     assert result.lr == lr_probe.CANDIDATES[-1]  # every rate broke the bound: the smallest candidate
     seen.clear()
-    plain = run_unlearn(unlearn_config(target, tmp_path / "plain", lr=None, lr_probe_steps=3, epochs=1))
-    assert not seen and plain.lr != lr_probe.CANDIDATES[-1]  # settle 1 (default): the last step alone, as before
+    plain = run_unlearn(
+        unlearn_config(target, tmp_path / "plain", lr=None, lr_probe_steps=3, epochs=1, lr_probe_settle=1)
+    )
+    assert not seen and plain.lr != lr_probe.CANDIDATES[-1]  # settle 1: the last step alone, as before
     assert not any("settled_over" in line.get("lr_probe", {}) for line in metrics(tmp_path / "plain"))
