@@ -181,7 +181,7 @@ def test_under_the_interleaved_schedule_each_probe_step_is_a_whole_cycle(target,
             "epochs": None,
             "lr_probe_steps": 7,
             "max_checkpoints": 1,
-            "lr_probe_settle": 1,  # each trial's last cycle: settled (the preset), the first rate passes on these assets
+            "lr_probe_settle": 1,  # each trial's last cycle: settled (the preset), the first rate passes here
         },
         # LoRA dropout draws masks: every trial starts from the run's random state, so the kept one draws the run's
         {"method": "ga_gd", "epochs": 2, "lora_r": 4, "lora_alpha": 128, "lora_dropout": 0.5},
