@@ -191,7 +191,7 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     )
 
 
-def reproduce_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+def written_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The run's command line; with given models (``--target_dir``) without the fine-tuning flags, which it did not
     read."""
     unread = ("finetune_epochs", "until_memorised") if args.target_dir else ()
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     run_experiment(config, title=f"LUME {args.tasks} quality benchmark", log=StampedLog())  # as `obliviate run`
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
-    command = reproduce_command(parser, args)
+    command = written_command(parser, args)
     text = write_up(results, args, command, time.perf_counter() - started, _common.cpu_cores())
     print(text)
     if args.write:

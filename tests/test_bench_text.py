@@ -89,10 +89,10 @@ def test_sweep_command_has_no_none_and_keeps_the_epochs_it_was_given():
 def test_exact_command_leaves_out_the_options_it_is_told_the_run_did_not_read():
     parser = bench_quality.build_parser()
     given = parser.parse_args(["--target_dir", "T", "--oracle_dir", "O", "--finetune_epochs", "12"])
-    command = bench_quality.reproduce_command(parser, given)  # given models: the fine-tuning flags went unread
+    command = bench_quality.written_command(parser, given)  # given models: the fine-tuning flags went unread
     assert "--target_dir T --oracle_dir O " in command
     assert "--finetune_epochs" not in command and "--until_memorised" not in command and "--size tiny" in command
-    fine_tuned = bench_quality.reproduce_command(parser, parser.parse_args(["--finetune_epochs", "12"]))
+    fine_tuned = bench_quality.written_command(parser, parser.parse_args(["--finetune_epochs", "12"]))
     assert "--finetune_epochs 12 --until_memorised 0.95 " in fine_tuned
 
 

@@ -105,10 +105,10 @@ not retrain every cached model: the learning-rate range test runs only where ``-
 rate is always set (``FinetuneConfig.lr`` is a number above 0)."""
 
 
-def finetune_code(root: Path | None = None) -> str:
-    """A hash of the source of :data:`FINETUNE_SOURCES` under the package (or ``root``): each part's ``.py`` files
-    by their paths and bytes, less :data:`FINETUNE_UNREACHED`."""
-    root = Path(__file__).resolve().parent if root is None else Path(root)
+def finetune_code() -> str:
+    """A hash of the source of :data:`FINETUNE_SOURCES`: each part's ``.py`` files by their paths and bytes, less
+    :data:`FINETUNE_UNREACHED`."""
+    root = Path(__file__).resolve().parent
     parts = []
     for part in FINETUNE_SOURCES:
         skip = [path.removeprefix(f"{part}/") for path in FINETUNE_UNREACHED if path.startswith(f"{part}/")]

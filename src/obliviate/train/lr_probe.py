@@ -195,12 +195,12 @@ def probe_lr(
     trials: list[dict[str, Any]] = []
     continued: list[TrialStep] = []
     settle = max(1, min(settle, len(order)))
+    width = SCREEN_WIDTH if settle > 1 else 1.0  # the screen's bound
     try:
         for lr in CANDIDATES:
             reset_schedule(run, run.config, lr)
             rewind()
             trace: list | None = [] if trace_cycles else None
-            width = SCREEN_WIDTH if settle > 1 else 1.0
             screen = (before, retain_bound, width) if retain_rows else None
             after, taken, screened = _train_at(run, lr, order, rows, retain_rows, trace, screen, settle)
             tokens = sum(s.tokens for s in taken)
