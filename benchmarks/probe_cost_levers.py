@@ -1,0 +1,173 @@
+"""Issue 9 probes: three ways to spend fewer tokens on contrast's interleaved run that are not options of obliviate,
+patched into its loop for one command. Measured in the seventeenth session and not kept (``docs/METHODS.md``,
+*Three cost levers, tried*); this script is how those figures are reproduced.
+
+- ``--mask Q``: a saliency mask on the forget steps (after SalUn, Fan et al. 2024, with SSD's forget / retain ratio,
+  Foster et al. 2023). At the first forget step, each trained tensor's entries are scored by the summed squared
+  gradient of the answer NLL over every forget row, divided by the same over four times as many seeded retain rows;
+  every forget step's gradient then keeps the top ``Q`` share of each tensor's entries and zeroes the rest (the
+  retain steps are not masked).
+- ``--retain_lr_scale S``: every retain step takes ``S`` times the forget step's rate (a constant schedule only).
+- ``--focus``: under ``--field_stop``, each epoch's forget batches are drawn only from the rows that still hold a
+  value of a field outside its band (the rows ``drop_fields`` would leave with a code), cycled to fill the epoch's
+  forget steps, so the steps late in a run push the fields still outside instead of rows with nothing left to push.
+
+The rest of the command line is the command to run, patched: ``unlearn ARGS`` (``obliviate unlearn``) or a script
+path and its arguments (``benchmarks/probe_objectives.py …``, ``benchmarks/bench_quality.py … --workers 1``; the
+patch lives in this process, so the script must not spawn its runs elsewhere). Then ``benchmarks/probe_fields.py``
+counts the rows each run broke.
+
+    python benchmarks/probe_cost_levers.py --mask 0.1 unlearn --model_dir M --forget_dir F --retain_dir R \\
+        --output_dir runs/m --method contrast --lr 3.16e-3 --stop_check_steps 0 --max_steps 96 --retain_steps 3
+    python benchmarks/probe_cost_levers.py --focus benchmarks/probe_objectives.py --methods contrast --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import runpy
+import sys
+
+MASK_ROWS = 8  # rows per backward when scoring the mask: a middle way between per-row and whole-set gradients
+
+
+def _importance(run, records: list, rows: int):
+    """Summed squared gradients of the answer NLL over ``rows`` seeded rows of ``records``, per trained tensor."""
+    import torch
+
+    from obliviate.data.batching import collate
+
+    model = run.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    order = list(range(len(records)))
+    random.Random(0).shuffle(order)
+    order = order[:rows]
+    for start in range(0, len(order), MASK_ROWS):
+        batch = collate([records[i] for i in order[start : start + MASK_ROWS]], run.tokenizer.pad_token_id)
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        labels = batch.labels[:, 1:]
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).backward()
+        for total, p in zip(sums, params):
+            if p.grad is not None:
+                total += p.grad.float() ** 2
+    model.zero_grad(set_to_none=True)
+    return params, sums
+
+
+def _mask(run, share: float) -> list:
+    """``(parameter, 0/1 mask)`` per trained tensor: the top ``share`` of its entries by forget / retain importance.
+    The gradients already accumulated for the step being taken are put back afterwards."""
+    saved = [None if p.grad is None else p.grad.clone() for p in run.model.parameters()]
+    params, forget = _importance(run, run.forget, len(run.forget))
+    _, retain = _importance(run, run.retain, 4 * len(run.forget))
+    masks, kept, total = [], 0, 0
+    for p, f, r in zip(params, forget, retain):
+        score = f / (r + 1e-30)
+        k = max(1, int(share * score.numel()))
+        threshold = score.flatten().kthvalue(score.numel() - k + 1).values
+        mask = (score >= threshold).to(p.dtype)
+        masks.append((p, mask))
+        kept, total = kept + int(mask.sum()), total + mask.numel()
+    for p, grad in zip(run.model.parameters(), saved):
+        p.grad = grad
+    print(f"[probe_cost_levers] mask keeps {kept} of {total} trained entries", flush=True)
+    return masks
+
+
+def _active_rows(run) -> list[int]:
+    """The forget rows that still carry a field code once ``--field_stop``'s done fields are dropped."""
+    from obliviate.data.batching import collate
+    from obliviate.train.step import drop_fields
+
+    active = []
+    for index, encoded in enumerate(run.forget):
+        batch = collate([encoded], run.tokenizer.pad_token_id)
+        drop_fields(batch, run.fields_done, run.fields_waived)
+        if batch.spans is None or bool((batch.spans > 0).any()):
+            active.append(index)
+    return active
+
+
+def patch(mask: float, retain_lr_scale: float, focus: bool) -> None:
+    """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
+    import obliviate.train.epoch as epoch_module
+    import obliviate.train.sampling as sampling
+
+    phase: dict = {"now": None, "mask": None}
+    accumulate, retain_step, optimizer_step = (
+        epoch_module.accumulate,
+        epoch_module.retain_step,
+        epoch_module.optimizer_step,
+    )
+    epoch_batches, forget_order = sampling.epoch_batches, sampling.forget_order
+
+    def forget_step(*args, **kwargs):
+        phase["now"] = "forget"
+        return accumulate(*args, **kwargs)
+
+    def retain_only(*args, **kwargs):
+        phase["now"] = "retain"
+        return retain_step(*args, **kwargs)
+
+    def step(run, config, schedule=True):
+        if mask > 0 and phase["now"] == "forget":
+            if phase["mask"] is None:
+                phase["mask"] = _mask(run, mask)
+            for p, m in phase["mask"]:
+                if p.grad is not None:
+                    p.grad.mul_(m)
+        if retain_lr_scale != 1 and phase["now"] == "retain":
+            groups = getattr(run.optimizer, "optimizer", run.optimizer).param_groups
+            rates = [g["lr"] for g in groups]
+            for g in groups:
+                g["lr"] *= retain_lr_scale
+            try:
+                return optimizer_step(run, config, schedule)
+            finally:
+                for g, rate in zip(groups, rates):
+                    g["lr"] = rate
+        return optimizer_step(run, config, schedule)
+
+    def focused(run, config, epoch):
+        active = _active_rows(run) if run.fields_done else []
+        if not active or len(active) == len(run.forget):
+            return epoch_batches(run, config, epoch)
+        print(f"[probe_cost_levers] epoch {epoch}: forget batches from {len(active)} of {len(run.forget)} rows")
+
+        def order(num, steps, step_size, seed, ep, lengths=None, group_size=50):
+            return [active[i] for i in forget_order(len(active), steps, step_size, seed, ep)]
+
+        sampling.forget_order = order
+        try:
+            return epoch_batches(run, config, epoch)
+        finally:
+            sampling.forget_order = forget_order
+
+    epoch_module.accumulate, epoch_module.retain_step, epoch_module.optimizer_step = forget_step, retain_only, step
+    if focus:
+        epoch_module.epoch_batches = focused
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mask", type=float, default=0.0, help="share of each tensor's entries a forget step keeps")
+    parser.add_argument("--retain_lr_scale", type=float, default=1.0, help="retain steps' rate over the forget step's")
+    parser.add_argument("--focus", action="store_true", help="forget batches from the rows still outside their band")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
+    args = parser.parse_args()
+    if not args.command:
+        parser.error("give the command to run: unlearn ARGS, or a script path and its ARGS")
+    patch(args.mask, args.retain_lr_scale, args.focus)
+    if args.command[0] == "unlearn":
+        from obliviate.cli.main import main as obliviate_main
+
+        sys.exit(obliviate_main(args.command))
+    sys.argv = args.command
+    runpy.run_path(args.command[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""benchmarks/probe_cost_levers.py: the saliency mask and the rows ``--focus`` draws from."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import probe_cost_levers  # noqa: E402
+
+
+def test_the_mask_keeps_each_tensors_top_share_by_forget_over_retain_importance_and_puts_the_gradients_back(assets):
+    import torch
+
+    from obliviate.data.batching import encode_record
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+
+    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
+    for name, p in model.named_parameters():
+        p.requires_grad_("mlp" in name)  # as contrast's preset trains them
+    forget = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.forget))]
+    retain = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.retain))]
+    run = SimpleNamespace(model=model, tokenizer=tokenizer, forget=forget, retain=retain)
+    pending = {id(p): torch.full_like(p, 0.5) for p in model.parameters() if p.requires_grad}
+    for p in model.parameters():
+        p.grad = pending.get(id(p))
+    masks = probe_cost_levers._mask(run, 0.25)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert [id(p) for p, _ in masks] == [id(p) for p in trained] and trained
+    for p in model.parameters():  # the step's own gradients are untouched by the scoring passes
+        assert (p.grad is None) if id(p) not in pending else torch.equal(p.grad, pending[id(p)])
+    _, forget_scores = probe_cost_levers._importance(run, forget, len(forget))
+    _, retain_scores = probe_cost_levers._importance(run, retain, 4 * len(forget))
+    for (p, mask), f, r in zip(masks, forget_scores, retain_scores):
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert int(mask.sum()) >= max(1, int(0.25 * p.numel()))
+        ratio = f / (r + 1e-30)
+        if 0 < int(mask.sum()) < p.numel():
+            assert ratio[mask.bool()].min() >= ratio[~mask.bool()].max()
+
+
+def test_focus_draws_from_rows_with_a_value_outside_its_band_and_rows_without_values():
+    from obliviate.data.batching import Encoded, field_code
+    from obliviate.data.records import TEMPLATE_CODE
+
+    ssn, phone = field_code("ssn"), field_code("phone")
+    rows = [
+        Encoded([5, 6, 7, 8], 1, False, (0, ssn, ssn, 0)),  # an SSN alone: done once SSNs are inside
+        Encoded([5, 6, 7, 8], 1, False, (0, ssn, phone, TEMPLATE_CODE)),  # a phone still outside
+        Encoded([5, 6, 7, 8], 1, False, (0, TEMPLATE_CODE, TEMPLATE_CODE, 0)),  # words only: never had a value
+        Encoded([5, 6, 7, 8], 1, False, (0, ssn, TEMPLATE_CODE, 0)),  # its words go with its only value
+    ]
+    run = SimpleNamespace(
+        forget=rows, tokenizer=SimpleNamespace(pad_token_id=0), fields_done=frozenset(), fields_waived=frozenset()
+    )
+    assert probe_cost_levers._active_rows(run) == [0, 1, 2, 3]
+    run.fields_done = frozenset({"ssn"})
+    assert probe_cost_levers._active_rows(run) == [1, 2]
+    run.fields_done = frozenset({"ssn", "phone"})
+    assert probe_cost_levers._active_rows(run) == [2]
