@@ -11,6 +11,10 @@ patched into its loop for one command. Measured in the seventeenth session and n
 - ``--focus``: under ``--field_stop``, each epoch's forget batches are drawn only from the rows that still hold a
   value of a field outside its band (the rows ``drop_fields`` would leave with a code), cycled to fill the epoch's
   forget steps, so the steps late in a run push the fields still outside instead of rows with nothing left to push.
+- ``--scale_repairs`` (with ``--repair_exact 1``, whose machinery it borrows: cycles of varying length, the stop
+  rule asked every k-th cycle): each cycle takes ``ceil(r * outside / fields)`` of its ``r`` retain steps, where
+  ``outside`` counts the forget rows' PII fields not inside their band at the last check (``--field_stop``'s
+  done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing.
 
 The rest of the command line is the command to run, patched: ``unlearn ARGS`` (``obliviate unlearn``) or a script
 path and its arguments (``benchmarks/probe_objectives.py …``, ``benchmarks/bench_quality.py … --workers 1``; the
@@ -25,6 +29,7 @@ counts the rows each run broke.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import runpy
 import sys
@@ -91,12 +96,20 @@ def _active_rows(run) -> list[int]:
     return active
 
 
-def patch(mask: float, retain_lr_scale: float, focus: bool) -> None:
+def _fields(run) -> set[int]:
+    """The field codes of the values the forget rows hold."""
+    from obliviate.data.records import TEMPLATE_CODE
+
+    return {c for e in run.forget for c in (e.scored or ()) if 0 < c < TEMPLATE_CODE}
+
+
+def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool = False) -> None:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
     import obliviate.train.epoch as epoch_module
     import obliviate.train.sampling as sampling
+    import obliviate.train.step as step_module
 
-    phase: dict = {"now": None, "mask": None}
+    phase: dict = {"now": None, "mask": None, "taken": 0, "fields": None}
     accumulate, retain_step, optimizer_step = (
         epoch_module.accumulate,
         epoch_module.retain_step,
@@ -105,12 +118,24 @@ def patch(mask: float, retain_lr_scale: float, focus: bool) -> None:
     epoch_batches, forget_order = sampling.epoch_batches, sampling.forget_order
 
     def forget_step(*args, **kwargs):
-        phase["now"] = "forget"
+        phase["now"], phase["taken"] = "forget", 0
         return accumulate(*args, **kwargs)
 
     def retain_only(*args, **kwargs):
         phase["now"] = "retain"
+        phase["taken"] += 1
         return retain_step(*args, **kwargs)
+
+    def scaled(run, micro, share):  # stands in for --repair_exact's check: no forward, no tokens
+        from obliviate.data.batching import field_code
+        from obliviate.train.sampling import retain_steps_per_forget
+
+        if phase["fields"] is None:
+            phase["fields"] = _fields(run)
+        fields = phase["fields"]
+        outside = len(fields - {field_code(name) for name in run.fields_done})
+        wanted = math.ceil(retain_steps_per_forget(run.config) * outside / max(1, len(fields)))
+        return phase["taken"] >= wanted, 1.0, 0
 
     def step(run, config, schedule=True):
         if mask > 0 and phase["now"] == "forget":
@@ -149,6 +174,8 @@ def patch(mask: float, retain_lr_scale: float, focus: bool) -> None:
     epoch_module.accumulate, epoch_module.retain_step, epoch_module.optimizer_step = forget_step, retain_only, step
     if focus:
         epoch_module.epoch_batches = focused
+    if scale_repairs:
+        epoch_module.repaired = step_module.repaired = scaled
 
 
 def main() -> None:
@@ -156,11 +183,14 @@ def main() -> None:
     parser.add_argument("--mask", type=float, default=0.0, help="share of each tensor's entries a forget step keeps")
     parser.add_argument("--retain_lr_scale", type=float, default=1.0, help="retain steps' rate over the forget step's")
     parser.add_argument("--focus", action="store_true", help="forget batches from the rows still outside their band")
+    parser.add_argument(
+        "--scale_repairs", action="store_true", help="retain steps per cycle scaled by the fields still outside"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
         parser.error("give the command to run: unlearn ARGS, or a script path and its ARGS")
-    patch(args.mask, args.retain_lr_scale, args.focus)
+    patch(args.mask, args.retain_lr_scale, args.focus, args.scale_repairs)
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main
 
