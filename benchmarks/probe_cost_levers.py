@@ -103,6 +103,11 @@ def _fields(run) -> set[int]:
     return {c for e in run.forget for c in (e.scored or ()) if 0 < c < TEMPLATE_CODE}
 
 
+def repairs_wanted(retain_steps: int, fields: set[int], done: set[int]) -> int:
+    """``--scale_repairs``: a cycle's retain steps, in proportion to the fields still outside their band."""
+    return math.ceil(retain_steps * len(fields - done) / max(1, len(fields)))
+
+
 def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool = False) -> None:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
     import obliviate.train.epoch as epoch_module
@@ -132,9 +137,8 @@ def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool 
 
         if phase["fields"] is None:
             phase["fields"] = _fields(run)
-        fields = phase["fields"]
-        outside = len(fields - {field_code(name) for name in run.fields_done})
-        wanted = math.ceil(retain_steps_per_forget(run.config) * outside / max(1, len(fields)))
+        done = {field_code(name) for name in run.fields_done}
+        wanted = repairs_wanted(retain_steps_per_forget(run.config), phase["fields"], done)
         return phase["taken"] >= wanted, 1.0, 0
 
     def step(run, config, schedule=True):

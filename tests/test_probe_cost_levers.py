@@ -60,3 +60,12 @@ def test_focus_draws_from_rows_with_a_value_outside_its_band_and_rows_without_va
     assert probe_cost_levers._active_rows(run) == [1, 2]
     run.fields_done = frozenset({"ssn", "phone"})
     assert probe_cost_levers._active_rows(run) == [2]
+
+
+def test_scaled_repairs_take_the_share_of_retain_steps_of_the_fields_still_outside():
+    fields = {1, 2, 3, 4, 5}
+    assert probe_cost_levers.repairs_wanted(15, fields, set()) == 15
+    assert probe_cost_levers.repairs_wanted(15, fields, {1}) == 12
+    assert probe_cost_levers.repairs_wanted(15, fields, {1, 2, 3, 4}) == 3
+    assert probe_cost_levers.repairs_wanted(15, fields, fields) == 0
+    assert probe_cost_levers.repairs_wanted(15, fields, {9}) == 15  # a done field no row holds changes nothing
