@@ -14,7 +14,9 @@ patched into its loop for one command. Measured in the seventeenth session and n
 - ``--scale_repairs`` (with ``--repair_exact 1``, whose machinery it borrows: cycles of varying length, the stop
   rule asked every k-th cycle): each cycle takes ``ceil(r * outside / fields)`` of its ``r`` retain steps, where
   ``outside`` counts the forget rows' PII fields not inside their band at the last check (``--field_stop``'s
-  done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing.
+  done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing. ``--repair_floor K``
+  keeps at least ``K`` a cycle; ``--repair_before_check`` gives the cycle that ends at a stop-rule check all ``r``,
+  so the rule reads (and the run stops on) a model the retain steps have repaired.
 
 The rest of the command line is the command to run, patched: ``unlearn ARGS`` (``obliviate unlearn``) or a script
 path and its arguments (``benchmarks/probe_objectives.py …``, ``benchmarks/bench_quality.py … --workers 1``; the
@@ -108,23 +110,37 @@ def repairs_wanted(retain_steps: int, fields: set[int], done: set[int]) -> int:
     return math.ceil(retain_steps * len(fields - done) / max(1, len(fields)))
 
 
-def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool = False) -> None:
+def patch(
+    mask: float,
+    retain_lr_scale: float,
+    focus: bool,
+    scale_repairs: bool = False,
+    repair_floor: int = 0,
+    repair_before_check: bool = False,
+) -> None:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
     import obliviate.train.epoch as epoch_module
     import obliviate.train.sampling as sampling
     import obliviate.train.step as step_module
 
-    phase: dict = {"now": None, "mask": None, "taken": 0, "fields": None}
+    phase: dict = {"now": None, "mask": None, "taken": 0, "fields": None, "forget_steps": 0}
     accumulate, retain_step, optimizer_step = (
         epoch_module.accumulate,
         epoch_module.retain_step,
         epoch_module.optimizer_step,
     )
     epoch_batches, forget_order = sampling.epoch_batches, sampling.forget_order
+    count_continued = epoch_module._count_continued
 
     def forget_step(*args, **kwargs):
         phase["now"], phase["taken"] = "forget", 0
+        phase["forget_steps"] += 1
         return accumulate(*args, **kwargs)
+
+    def continued(run, epoch, step_phase, taken):  # the range test's kept trial, counted as the run's own steps
+        if step_phase == "forget":
+            phase["forget_steps"] += 1
+        return count_continued(run, epoch, step_phase, taken)
 
     def retain_only(*args, **kwargs):
         phase["now"] = "retain"
@@ -138,7 +154,12 @@ def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool 
         if phase["fields"] is None:
             phase["fields"] = _fields(run)
         done = {field_code(name) for name in run.fields_done}
-        wanted = repairs_wanted(retain_steps_per_forget(run.config), phase["fields"], done)
+        steps = retain_steps_per_forget(run.config)
+        wanted = max(min(repair_floor, steps), repairs_wanted(steps, phase["fields"], done))
+        every = getattr(run.step_check, "every", 0) if run.step_check is not None else 0
+        cycles = max(1, every // (1 + steps))
+        if repair_before_check and phase["forget_steps"] % cycles == 0:  # the stop rule reads this cycle's end
+            wanted = steps
         return phase["taken"] >= wanted, 1.0, 0
 
     def step(run, config, schedule=True):
@@ -180,6 +201,7 @@ def patch(mask: float, retain_lr_scale: float, focus: bool, scale_repairs: bool 
         epoch_module.epoch_batches = focused
     if scale_repairs:
         epoch_module.repaired = step_module.repaired = scaled
+        epoch_module._count_continued = continued
 
 
 def main() -> None:
@@ -190,11 +212,22 @@ def main() -> None:
     parser.add_argument(
         "--scale_repairs", action="store_true", help="retain steps per cycle scaled by the fields still outside"
     )
+    parser.add_argument("--repair_floor", type=int, default=0, help="--scale_repairs: at least this many a cycle")
+    parser.add_argument(
+        "--repair_before_check", action="store_true", help="--scale_repairs: a check's cycle takes all its steps"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
         parser.error("give the command to run: unlearn ARGS, or a script path and its ARGS")
-    patch(args.mask, args.retain_lr_scale, args.focus, args.scale_repairs)
+    patch(
+        args.mask,
+        args.retain_lr_scale,
+        args.focus,
+        args.scale_repairs,
+        args.repair_floor,
+        args.repair_before_check,
+    )
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main
 
