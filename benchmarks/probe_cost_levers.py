@@ -17,6 +17,9 @@ patched into its loop for one command. Measured in the seventeenth session and n
   done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing. ``--repair_floor K``
   keeps at least ``K`` a cycle; ``--repair_before_check`` gives the cycle that ends at a stop-rule check all ``r``,
   so the rule reads (and the run stops on) a model the retain steps have repaired.
+- ``--pooled``: the stop rule's decision also asks the pooled forget exposure (every deciding field's values) to be
+  inside the pooled band (the threshold its plot draws). Where every field is inside and the pooled mean is not, the
+  run goes on, and the fields whose mean is above their never-seen mean are pushed again.
 
 The rest of the command line is the command to run, patched: ``unlearn ARGS`` (``obliviate unlearn``) or a script
 path and its arguments (``benchmarks/probe_objectives.py …``, ``benchmarks/bench_quality.py … --workers 1``; the
@@ -117,6 +120,7 @@ def patch(
     scale_repairs: bool = False,
     repair_floor: int = 0,
     repair_before_check: bool = False,
+    pooled: bool = False,
 ) -> None:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
     import obliviate.train.epoch as epoch_module
@@ -202,6 +206,25 @@ def patch(
     if scale_repairs:
         epoch_module.repaired = step_module.repaired = scaled
         epoch_module._count_continued = continued
+    if pooled:
+        from obliviate.evaluate.stop_rule import StopRule
+
+        check = StopRule.__call__
+
+        def pooled_check(self, model, tokenizer, step, due=None):
+            reason = check(self, model, tokenizer, step, due)
+            last = self.history[-1] if self.history else {}
+            above = bool(last) and last["forget_exposure"] > last["threshold"]
+            if reason and reason.startswith("forget exposure of every") and above:
+                means = {name: last.get(f"{name}/forget_exposure") for name in self.inside}
+                self.inside = frozenset(
+                    name for name, mean in means.items() if mean is None or mean <= self._reference[name].mean
+                ) | (self.inside & self.saturated_fields)
+                print(f"[probe_cost_levers] step {step}: every field inside, the pooled mean not: go on", flush=True)
+                return None
+            return reason
+
+        StopRule.__call__ = pooled_check
 
 
 def main() -> None:
@@ -216,6 +239,7 @@ def main() -> None:
     parser.add_argument(
         "--repair_before_check", action="store_true", help="--scale_repairs: a check's cycle takes all its steps"
     )
+    parser.add_argument("--pooled", action="store_true", help="stop only once the pooled mean is inside too")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
@@ -227,6 +251,7 @@ def main() -> None:
         args.scale_repairs,
         args.repair_floor,
         args.repair_before_check,
+        args.pooled,
     )
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main
