@@ -207,9 +207,9 @@ def patch(
         epoch_module.repaired = step_module.repaired = scaled
         epoch_module._count_continued = continued
     if pooled:
-        from obliviate.evaluate.stop_rule import StopRule
+        from obliviate.evaluate.stop_rule import ExposureStopRule
 
-        check = StopRule.__call__
+        check = ExposureStopRule.__call__
 
         def pooled_check(self, model, tokenizer, step, due=None):
             reason = check(self, model, tokenizer, step, due)
@@ -224,7 +224,7 @@ def patch(
                 return None
             return reason
 
-        StopRule.__call__ = pooled_check
+        ExposureStopRule.__call__ = pooled_check
 
 
 def main() -> None:
