@@ -69,3 +69,29 @@ def test_scaled_repairs_take_the_share_of_retain_steps_of_the_fields_still_outsi
     assert probe_cost_levers.repairs_wanted(15, fields, {1, 2, 3, 4}) == 3
     assert probe_cost_levers.repairs_wanted(15, fields, fields) == 0
     assert probe_cost_levers.repairs_wanted(15, fields, {9}) == 15  # a done field no row holds changes nothing
+
+
+def test_pooled_goes_on_while_the_pooled_mean_is_above_its_band_and_pushes_the_fields_above_their_mean(monkeypatch):
+    import obliviate.train.epoch as epoch_module
+    import obliviate.train.step as step_module
+    from obliviate.evaluate.stop_rule import ExposureStopRule
+
+    rebound = ("accumulate", "retain_step", "optimizer_step", "epoch_batches", "repaired", "_count_continued")
+    for module, names in ((epoch_module, rebound), (step_module, ("repaired",))):
+        for name in names:  # patch() rebinds these: monkeypatch puts them back after the test
+            monkeypatch.setattr(module, name, getattr(module, name))
+    reason = "forget exposure of every PII field (phone, ssn) is inside its never-seen band at step 96"
+    monkeypatch.setattr(ExposureStopRule, "__call__", lambda self, model, tokenizer, step, due=None: reason)
+    probe_cost_levers.patch(0.0, 1.0, False, pooled=True)
+    rule = SimpleNamespace(
+        history=[{"forget_exposure": 2.1, "threshold": 1.9, "ssn/forget_exposure": 1.0, "phone/forget_exposure": 2.0}],
+        inside=frozenset({"ssn", "phone"}),
+        _reference={"ssn": SimpleNamespace(mean=1.1), "phone": SimpleNamespace(mean=1.5)},
+        saturated_fields=frozenset(),
+    )
+    assert ExposureStopRule.__call__(rule, None, None, 96) is None
+    assert rule.inside == {"ssn"}  # the phones, inside their band but above the never-seen mean, are pushed again
+    rule.inside = frozenset({"ssn", "phone"})
+    rule.history[-1]["threshold"] = 2.5
+    assert ExposureStopRule.__call__(rule, None, None, 192) == reason
+    assert rule.inside == {"ssn", "phone"}
