@@ -1,6 +1,8 @@
-"""Issue 9 probes: three ways to spend fewer tokens on contrast's interleaved run that are not options of obliviate,
-patched into its loop for one command. Measured in the seventeenth session and not kept (``docs/METHODS.md``,
-*Three cost levers, tried*); this script is how those figures are reproduced.
+"""Issue 9 probes: levers to cut the tokens of contrast's interleaved run, patched into its loop for one command.
+
+None of them is an option of obliviate. Measured in the seventeenth session and not kept (``docs/METHODS.md``,
+*Three cost levers, tried* and *Fewer repairs once fields are inside*); this script is how those figures are
+reproduced.
 
 - ``--mask Q``: a saliency mask on the forget steps (after SalUn, Fan et al. 2024, with SSD's forget / retain ratio,
   Foster et al. 2023). At the first forget step, each trained tensor's entries are scored by the summed squared
@@ -14,9 +16,9 @@ patched into its loop for one command. Measured in the seventeenth session and n
 - ``--scale_repairs`` (with ``--repair_exact 1``, whose machinery it borrows: cycles of varying length, the stop
   rule asked every k-th cycle): each cycle takes ``ceil(r * outside / fields)`` of its ``r`` retain steps, where
   ``outside`` counts the forget rows' PII fields not inside their band at the last check (``--field_stop``'s
-  done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing. ``--repair_floor K``
-  keeps at least ``K`` a cycle; ``--repair_before_check`` gives the cycle that ends at a stop-rule check all ``r``,
-  so the rule reads (and the run stops on) a model the retain steps have repaired.
+  done fields). With no field done, a cycle takes all ``r``; the check itself reads nothing.
+  ``--repair_before_check`` gives the cycle that ends at a stop-rule check all ``r``, so the rule reads (and the run
+  stops on) a model the retain steps have repaired.
 - ``--pooled``: the stop rule's decision also asks the pooled forget exposure (every deciding field's values) to be
   inside the pooled band (the threshold its plot draws). Where every field is inside and the pooled mean is not, the
   run goes on, and the fields whose mean is above their never-seen mean are pushed again.
@@ -118,7 +120,6 @@ def patch(
     retain_lr_scale: float,
     focus: bool,
     scale_repairs: bool = False,
-    repair_floor: int = 0,
     repair_before_check: bool = False,
     pooled: bool = False,
 ) -> None:
@@ -159,7 +160,7 @@ def patch(
             phase["fields"] = _fields(run)
         done = {field_code(name) for name in run.fields_done}
         steps = retain_steps_per_forget(run.config)
-        wanted = max(min(repair_floor, steps), repairs_wanted(steps, phase["fields"], done))
+        wanted = repairs_wanted(steps, phase["fields"], done)
         every = getattr(run.step_check, "every", 0) if run.step_check is not None else 0
         cycles = max(1, every // (1 + steps))
         if repair_before_check and phase["forget_steps"] % cycles == 0:  # the stop rule reads this cycle's end
@@ -235,7 +236,6 @@ def main() -> None:
     parser.add_argument(
         "--scale_repairs", action="store_true", help="retain steps per cycle scaled by the fields still outside"
     )
-    parser.add_argument("--repair_floor", type=int, default=0, help="--scale_repairs: at least this many a cycle")
     parser.add_argument(
         "--repair_before_check", action="store_true", help="--scale_repairs: a check's cycle takes all its steps"
     )
@@ -249,7 +249,6 @@ def main() -> None:
         args.retain_lr_scale,
         args.focus,
         args.scale_repairs,
-        args.repair_floor,
         args.repair_before_check,
         args.pooled,
     )
