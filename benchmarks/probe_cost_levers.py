@@ -22,6 +22,8 @@ reproduced.
 - ``--pooled``: the stop rule's decision also asks the pooled forget exposure (every deciding field's values) to be
   inside the pooled band (the threshold its plot draws). Where every field is inside and the pooled mean is not, the
   run goes on, and the fields whose mean is above their never-seen mean are pushed again.
+- ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
+  is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 
 The rest of the command line is the command to run, patched: ``unlearn ARGS`` (``obliviate unlearn``) or a script
 path and its arguments (``benchmarks/probe_objectives.py …``, ``benchmarks/bench_quality.py … --workers 1``; the
@@ -122,6 +124,7 @@ def patch(
     scale_repairs: bool = False,
     repair_before_check: bool = False,
     pooled: bool = False,
+    live_reference: bool = False,
 ) -> None:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
     import obliviate.train.epoch as epoch_module
@@ -207,10 +210,21 @@ def patch(
     if scale_repairs:
         epoch_module.repaired = step_module.repaired = scaled
         epoch_module._count_continued = continued
-    if pooled:
-        from obliviate.evaluate.stop_rule import ExposureStopRule
+    from obliviate.evaluate.stop_rule import ExposureStopRule
 
-        check = ExposureStopRule.__call__
+    check = ExposureStopRule.__call__
+    if live_reference:
+        measured = check
+
+        def live_check(self, model, tokenizer, step, due=None):
+            if self._reference is not None and (step % self.every == 0 if due is None else due):
+                retain_start, words = self._retain_start, self._words  # the retain bound keeps its start
+                self.start(model, tokenizer)  # the never-seen band, measured again on the model as it is now
+                self._retain_start, self._words = retain_start, words
+            return measured(self, model, tokenizer, step, due)
+
+        ExposureStopRule.__call__ = check = live_check
+    if pooled:
 
         def pooled_check(self, model, tokenizer, step, due=None):
             reason = check(self, model, tokenizer, step, due)
@@ -240,6 +254,7 @@ def main() -> None:
         "--repair_before_check", action="store_true", help="--scale_repairs: a check's cycle takes all its steps"
     )
     parser.add_argument("--pooled", action="store_true", help="stop only once the pooled mean is inside too")
+    parser.add_argument("--live_reference", action="store_true", help="the never-seen band measured at every check")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
@@ -251,6 +266,7 @@ def main() -> None:
         args.scale_repairs,
         args.repair_before_check,
         args.pooled,
+        args.live_reference,
     )
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main
