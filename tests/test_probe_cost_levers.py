@@ -95,3 +95,31 @@ def test_pooled_goes_on_while_the_pooled_mean_is_above_its_band_and_pushes_the_f
     rule.history[-1]["threshold"] = 2.5
     assert ExposureStopRule.__call__(rule, None, None, 192) == reason
     assert rule.inside == {"ssn", "phone"}
+
+
+def test_live_reference_measures_the_band_again_at_each_check_and_keeps_the_retain_start(monkeypatch):
+    import obliviate.train.epoch as epoch_module
+    import obliviate.train.step as step_module
+    from obliviate.evaluate.stop_rule import ExposureStopRule
+
+    rebound = ("accumulate", "retain_step", "optimizer_step", "epoch_batches", "repaired", "_count_continued")
+    for module, names in ((epoch_module, rebound), (step_module, ("repaired",))):
+        for name in names:
+            monkeypatch.setattr(module, name, getattr(module, name))
+    seen = []
+    monkeypatch.setattr(ExposureStopRule, "__call__", lambda self, model, tokenizer, step, due=None: seen.append(step))
+    probe_cost_levers.patch(0.0, 1.0, False, live_reference=True)
+
+    def start(model, tokenizer):  # what ExposureStopRule.start does to the state the wrapper must keep
+        rule.started += 1
+        rule._reference, rule._retain_start, rule._words = {"ssn": rule.started}, "remeasured", None
+
+    rule = SimpleNamespace(_reference={"ssn": 0}, every=96, _retain_start="at the start", _words="rows", started=0)
+    rule.start = start
+    ExposureStopRule.__call__(rule, None, None, 97)
+    assert rule.started == 0 and seen == [97]  # no check due: nothing measured
+    ExposureStopRule.__call__(rule, None, None, 192)
+    assert rule.started == 1 and rule._reference == {"ssn": 1} and seen == [97, 192]
+    assert rule._retain_start == "at the start" and rule._words == "rows"
+    ExposureStopRule.__call__(rule, None, None, 5, due=True)  # the loop's cadence, where cycles differ in length
+    assert rule.started == 2
