@@ -51,6 +51,8 @@ def _importance(run, records: list, rows: int):
     import torch
 
     from obliviate.data.batching import collate
+    from obliviate.losses.common import mean_nll
+    from obliviate.train.step import run_forward
 
     model = run.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -61,9 +63,8 @@ def _importance(run, records: list, rows: int):
     for start in range(0, len(order), MASK_ROWS):
         batch = collate([records[i] for i in order[start : start + MASK_ROWS]], run.tokenizer.pad_token_id)
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
-        labels = batch.labels[:, 1:]
-        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).backward()
+        out = run_forward(model, batch)
+        mean_nll(out.logits, out.labels).backward()
         for total, p in zip(sums, params):
             if p.grad is not None:
                 total += p.grad.float() ** 2
