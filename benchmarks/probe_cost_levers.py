@@ -118,6 +118,22 @@ def repairs_wanted(retain_steps: int, fields: set[int], done: set[int]) -> int:
     return math.ceil(retain_steps * len(fields - done) / max(1, len(fields)))
 
 
+def _ewc_start(run, state: dict) -> None:
+    """``--ewc``: the retain rows' diagonal Fisher (summed squared gradients, as the mask scores them), over the
+    mean of all its entries, and the parameters as they are now; the Fisher's tokens count as the run's."""
+    saved = [None if p.grad is None else p.grad.clone() for p in run.model.parameters()]
+    params, fisher = _importance(run, run.retain, 4 * len(run.forget))
+    for p, grad in zip(run.model.parameters(), saved):
+        p.grad = grad
+    order = list(range(len(run.retain)))
+    random.Random(0).shuffle(order)
+    tokens = sum(len(run.retain[i].ids) for i in order[: 4 * len(run.forget)])
+    run.state["tokens_seen"] += tokens
+    mean = sum(float(f.sum()) for f in fisher) / sum(f.numel() for f in fisher)
+    state["ewc"] = [(p, f / mean, p.detach().clone()) for p, f in zip(params, fisher)]
+    print(f"[probe_cost_levers] ewc: retain Fisher over {tokens} tokens", flush=True)
+
+
 def patch(
     mask: float,
     retain_lr_scale: float,
@@ -126,8 +142,10 @@ def patch(
     repair_before_check: bool = False,
     pooled: bool = False,
     live_reference: bool = False,
-) -> None:
-    """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``)."""
+    ewc: float = 0.0,
+) -> dict:
+    """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``); returns
+    the patches' state (``"ewc"``: the Fisher and start of each trained tensor, once the first forget step took it)."""
     import obliviate.train.epoch as epoch_module
     import obliviate.train.sampling as sampling
     import obliviate.train.step as step_module
@@ -154,6 +172,9 @@ def patch(
     def retain_only(*args, **kwargs):
         phase["now"] = "retain"
         phase["taken"] += 1
+        if ewc > 0:  # no retain rows and no step: the forget step carries the pull back (``step``)
+            args[0].optimizer.zero_grad(set_to_none=True)
+            return {"retain_nll": 0.0}, 0, None
         return retain_step(*args, **kwargs)
 
     def scaled(run, micro, share):  # stands in for --repair_exact's check: no forward, no tokens
@@ -172,6 +193,12 @@ def patch(
         return phase["taken"] >= wanted, 1.0, 0
 
     def step(run, config, schedule=True):
+        if ewc > 0 and phase["now"] == "forget":  # pull each entry back to its start in proportion to its Fisher
+            if "ewc" not in phase:
+                _ewc_start(run, phase)
+            for p, f, p0 in phase["ewc"]:
+                pull = ewc * f * (p.detach() - p0)
+                p.grad = pull if p.grad is None else p.grad + pull
         if mask > 0 and phase["now"] == "forget":
             if phase["mask"] is None:
                 phase["mask"] = _mask(run, mask)
@@ -241,6 +268,7 @@ def patch(
             return reason
 
         ExposureStopRule.__call__ = pooled_check
+    return phase
 
 
 def main() -> None:
@@ -256,6 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--pooled", action="store_true", help="stop only once the pooled mean is inside too")
     parser.add_argument("--live_reference", action="store_true", help="the never-seen band measured at every check")
+    parser.add_argument("--ewc", type=float, default=0.0, help="retain steps pull toward the start by Fisher")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
@@ -268,6 +297,7 @@ def main() -> None:
         args.repair_before_check,
         args.pooled,
         args.live_reference,
+        args.ewc,
     )
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main

@@ -1,0 +1,223 @@
+"""Issue 9 probe: selective synaptic dampening (SSD, Foster et al. 2023) on the forget set's PII tokens, with no
+training steps, its strength chosen by the exposure stop rule.
+
+One backward pass over the forget rows (scored on their PII values only) and one over a retain sample give each
+parameter's importance: the mean over micro-batches of its squared gradient. A parameter whose forget importance is
+above ``alpha`` times its retain importance is scaled by ``min(lam * retain / forget, 1)``. The probe tries each
+``--alphas`` value from the largest (weakest) down, each from the starting model, and prints per value: the entries
+dampened, the stop rule's check (forget exposure per field against the never-seen band, retain exact match), and the
+forget / retain rows whose teacher-forced answer the starting model reproduced and the dampened one no longer does.
+``--save_dir`` keeps the model of the first value the stop rule accepts, for ``obliviate evaluate``.
+
+    python benchmarks/probe_dampen.py --model_dir runs/cache/target-91171b2240aa \\
+        --data_dir runs/cache/data-d605a7e0430f --alphas 100 50 20 10 5 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+ROWS = 8  # rows per backward
+
+
+def importance(model, tokenizer, records, rows: int | None = None, seed: int = 0):
+    """Mean over micro-batches of each parameter's squared gradient of the scored tokens' mean NLL, and the tokens
+    read."""
+    import random
+
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import mean_nll
+    from obliviate.train.step import run_forward
+
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    order = order[: rows or len(order)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    batches, tokens = 0, 0
+    model.train(False)
+    for start in range(0, len(order), ROWS):
+        encoded = [encode_record(tokenizer, records[i], 512) for i in order[start : start + ROWS]]
+        batch = collate(encoded, tokenizer.pad_token_id)
+        tokens += int(batch.attention_mask.sum())
+        model.zero_grad(set_to_none=True)
+        out = run_forward(model, batch)
+        loss = mean_nll(out.logits, out.labels)
+        if not torch.isfinite(loss):
+            continue
+        loss.backward()
+        batches += 1
+        for total, p in zip(sums, params):
+            if p.grad is not None:
+                total += p.grad.float() ** 2
+    model.zero_grad(set_to_none=True)
+    return params, [s / max(batches, 1) for s in sums], tokens
+
+
+def contrast_importance(model, tokenizer, marked, copies):
+    """Like :func:`importance`, for the gap between the true values' NLL and their fakes' mean NLL."""
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import mean_nll
+    from obliviate.train.step import run_forward
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = [torch.zeros_like(p) for p in params]
+    batches, tokens = 0, 0
+    model.train(False)
+
+    def nll(rows):
+        nonlocal tokens
+        batch = collate([encode_record(tokenizer, r, 512) for r in rows], tokenizer.pad_token_id)
+        tokens += int(batch.attention_mask.sum())
+        out = run_forward(model, batch)
+        return mean_nll(out.logits, out.labels)
+
+    for start in range(0, len(marked), ROWS):
+        model.zero_grad(set_to_none=True)
+        true = nll(marked[start : start + ROWS])
+        fake = torch.stack([nll(c[start : start + ROWS]) for c in copies]).mean()
+        loss = true - fake
+        if not torch.isfinite(loss):
+            continue
+        loss.backward()
+        batches += 1
+        for total, p in zip(sums, params):
+            if p.grad is not None:
+                total += p.grad.float() ** 2
+    model.zero_grad(set_to_none=True)
+    return params, [s / max(batches, 1) for s in sums], tokens
+
+
+def dampen(params, forget, retain, alpha: float, lam: float) -> int:
+    """SSD's update in place; returns the entries scaled."""
+    import torch
+
+    changed = 0
+    with torch.no_grad():
+        for p, f, r in zip(params, forget, retain):
+            chosen = f > alpha * r
+            scale = torch.clamp(lam * r / f.clamp_min(1e-30), max=1.0)
+            p.mul_(torch.where(chosen, scale, torch.ones_like(scale)).to(p.dtype))
+            changed += int(chosen.sum())
+    return changed
+
+
+def kept(model, tokenizer, records) -> list[bool]:
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import answer_exact
+
+    out: list[bool] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(records), 32):
+            batch = collate(
+                [encode_record(tokenizer, r, 512) for r in records[start : start + 32]], tokenizer.pad_token_id
+            )
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            out += answer_exact(logits, batch.labels).tolist()
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from obliviate.data.load import load_split
+    from obliviate.data.pii import mark_pii_spans, values_in_answers
+    from obliviate.evaluate.data import sample_records
+    from obliviate.evaluate.stop_rule import EXPOSURE_SAMPLE, RETAIN_SAMPLE, ExposureStopRule
+    from obliviate.models.load import load_model
+    from obliviate.train.relabel import known_people
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--data_dir", required=True, help="holds forget/, retain/ and holdout/")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[100, 50, 20, 10, 5, 2])
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--retain_rows", type=int, default=None, help="retain rows for the importance (all)")
+    parser.add_argument("--forget_tokens", choices=["pii", "answer", "contrast"], default="pii")
+    parser.add_argument("--draws", type=int, default=4, help="fake copies per row (--forget_tokens contrast)")
+    parser.add_argument("--save_dir", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+
+    d = args.data_dir
+    forget = load_split(f"{d}/forget", split="forget")
+    retain = load_split(f"{d}/retain", split="retain")
+    holdout = load_split(f"{d}/holdout", split="holdout")
+    people = known_people(f"{d}/forget", {"forget": forget, "retain": retain, "holdout": holdout})
+    scored = mark_pii_spans(values_in_answers(forget, people), people)[0] if args.forget_tokens == "pii" else forget
+
+    model, tokenizer = load_model(args.model_dir, dtype=torch.float32)
+    if args.forget_tokens == "contrast":
+        from obliviate.train.relabel import fake_pairs
+
+        marked, copies = fake_pairs(forget, people, draws=args.draws, seed=args.seed)
+        params, f_imp, f_tokens = contrast_importance(model, tokenizer, marked, copies)
+    else:
+        params, f_imp, f_tokens = importance(model, tokenizer, scored, seed=args.seed)
+    _, r_imp, r_tokens = importance(model, tokenizer, retain, args.retain_rows, seed=args.seed)
+    print(f"importance: forget {f_tokens} tokens, retain {r_tokens} tokens", flush=True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    rule = ExposureStopRule(
+        forget=sample_records(forget, EXPOSURE_SAMPLE, args.seed),
+        people=people,
+        retain=sample_records(retain, RETAIN_SAMPLE, args.seed),
+        holdout=sample_records(holdout, EXPOSURE_SAMPLE, args.seed),
+        every=1,
+        retain_exact=0.95,
+        seed=args.seed,
+    )
+    rule.start(model, tokenizer)
+    before_f, before_r = kept(model, tokenizer, forget), kept(model, tokenizer, retain)
+    ref = rule.describe()
+    print(f"never-seen band: pooled {ref['reference_exposure']:.3f} ± {ref['reference_se']:.3f}", flush=True)
+    saved = False
+    for step, alpha in enumerate(args.alphas, 1):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        changed = dampen(params, f_imp, r_imp, alpha, args.lam)
+        reason = rule(model, tokenizer, step, due=True)
+        check = rule.history[-1]
+        after_f, after_r = kept(model, tokenizer, forget), kept(model, tokenizer, retain)
+        lost_f = sum(b and not a for b, a in zip(before_f, after_f))
+        lost_r = sum(b and not a for b, a in zip(before_r, after_r))
+        fields = {k.split("/")[0]: round(v, 2) for k, v in check.items() if k.endswith("/forget_exposure")}
+        print(
+            json.dumps(
+                {
+                    "alpha": alpha,
+                    "dampened": changed,
+                    "forget_exposure": round(check["forget_exposure"], 3),
+                    "threshold": round(check["threshold"], 3),
+                    "fields_outside": check["fields_outside"],
+                    "retain_exact": round(check["retain_exact"], 3),
+                    "retain_nll": round(check["retain_nll"], 3),
+                    "forget_lost": f"{lost_f}/{sum(before_f)}",
+                    "retain_lost": f"{lost_r}/{sum(before_r)}",
+                    "fields": fields,
+                    "stop": reason,
+                }
+            ),
+            flush=True,
+        )
+        if reason and "exposure" in reason and args.save_dir and not saved:
+            model.save_pretrained(args.save_dir, safe_serialization=True)
+            tokenizer.save_pretrained(args.save_dir)
+            saved = True
+    if not math.isfinite(check["forget_exposure"]):
+        raise SystemExit("no forget exposure measured")
+
+
+if __name__ == "__main__":
+    main()

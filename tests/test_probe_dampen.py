@@ -1,0 +1,96 @@
+"""benchmarks/probe_dampen.py (selective synaptic dampening) and probe_cost_levers.py ``--ewc``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import probe_cost_levers  # noqa: E402
+import probe_dampen  # noqa: E402
+
+
+def test_dampening_scales_only_entries_whose_forget_importance_exceeds_alpha_times_retain():
+    import torch
+
+    p = torch.nn.Parameter(torch.ones(4))
+    forget = [torch.tensor([10.0, 10.0, 1.0, 0.0])]
+    retain = [torch.tensor([1.0, 4.0, 1.0, 0.0])]
+    changed = probe_dampen.dampen([p], forget, retain, alpha=3.0, lam=1.0)
+    # entry 0: 10 > 3 * 1, scaled by 1 / 10; entry 1: 10 < 3 * 4, kept; entries 2 and 3 are not above alpha * retain
+    assert changed == 1
+    assert torch.allclose(p.detach(), torch.tensor([0.1, 1.0, 1.0, 1.0]))
+    q = torch.nn.Parameter(torch.ones(2))
+    probe_dampen.dampen([q], [torch.tensor([10.0, 10.0])], [torch.tensor([1.0, 1.0])], alpha=3.0, lam=20.0)
+    assert torch.equal(q.detach(), torch.ones(2))  # the scale never exceeds 1
+
+
+def test_importance_is_the_mean_squared_gradient_over_micro_batches_and_counts_tokens(assets):
+    import torch
+
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+
+    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
+    records = load_split(str(assets.retain))[:3]  # one micro-batch: the importance is that batch's squared gradient
+    params, scores, tokens = probe_dampen.importance(model, tokenizer, records)
+    import random
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import mean_nll
+    from obliviate.train.step import run_forward
+
+    order = list(range(3))
+    random.Random(0).shuffle(order)
+    batch = collate([encode_record(tokenizer, records[i], 512) for i in order], tokenizer.pad_token_id)
+    model.zero_grad(set_to_none=True)
+    out = run_forward(model, batch)
+    mean_nll(out.logits, out.labels).backward()
+    assert tokens == int(batch.attention_mask.sum())
+    for p, s in zip(params, scores):
+        assert torch.allclose(s, p.grad.float() ** 2, atol=1e-12)
+
+
+def test_ewc_pulls_each_entry_toward_its_start_by_its_retain_fisher(assets, monkeypatch):
+    """The forget step's gradient gets ``lambda * F / mean(F) * (theta - theta_0)``; the retain steps read nothing."""
+    import torch
+
+    import obliviate.train.epoch as epoch_module
+    from obliviate.data.batching import encode_record
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+
+    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
+    forget = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.forget))]
+    retain = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.retain))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    run = SimpleNamespace(model=model, tokenizer=tokenizer, forget=forget, retain=retain, optimizer=optimizer)
+    run.state = {"tokens_seen": 0}
+    seen = []
+    monkeypatch.setattr(epoch_module, "retain_step", epoch_module.retain_step)  # put back after the test
+    monkeypatch.setattr(
+        epoch_module,
+        "optimizer_step",
+        lambda run, config, schedule=True: seen.append(
+            [None if p.grad is None else p.grad.clone() for p in run.model.parameters()]
+        ),
+    )
+    monkeypatch.setattr(epoch_module, "accumulate", lambda *a, **k: ({}, 0, None))
+    state = probe_cost_levers.patch(0.0, 1.0, False, ewc=2.0)
+    assert epoch_module.retain_step(run, None, 0, []) == ({"retain_nll": 0.0}, 0, None)  # reads no rows
+    epoch_module.accumulate(run)  # a forget step begins: its own gradient is 1 everywhere
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    epoch_module.optimizer_step(run, None)
+    assert run.state["tokens_seen"] > 0  # the Fisher's rows count as the run's tokens
+    assert all(torch.equal(g, torch.ones_like(g)) for g in seen[-1])  # at the start the pull is zero
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    epoch_module.optimizer_step(run, None)
+    fisher = {id(p): f for p, f, _ in state["ewc"]}
+    for p, g in zip(model.parameters(), seen[-1]):
+        assert torch.allclose(g, 1 + 2.0 * fisher[id(p)], atol=1e-5)
