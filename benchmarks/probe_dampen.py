@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True, help="holds forget/, retain/ and holdout/")
     parser.add_argument("--alphas", type=float, nargs="+", default=[100, 50, 20, 10, 5, 2])
     parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="dampen again this many times, the forget importance measured anew"
+    )
     parser.add_argument("--retain_rows", type=int, default=None, help="retain rows for the importance (all)")
     parser.add_argument("--forget_tokens", choices=["pii", "answer", "contrast"], default="pii")
     parser.add_argument("--draws", type=int, default=4, help="fake copies per row (--forget_tokens contrast)")
@@ -161,9 +164,13 @@ def main() -> None:
         from obliviate.train.relabel import fake_pairs
 
         marked, copies = fake_pairs(forget, people, draws=args.draws, seed=args.seed)
-        params, f_imp, f_tokens = contrast_importance(model, tokenizer, marked, copies)
-    else:
-        params, f_imp, f_tokens = importance(model, tokenizer, scored, seed=args.seed)
+
+    def forget_importance():
+        if args.forget_tokens == "contrast":
+            return contrast_importance(model, tokenizer, marked, copies)
+        return importance(model, tokenizer, scored, seed=args.seed)
+
+    params, f_imp, f_tokens = forget_importance()
     _, r_imp, r_tokens = importance(model, tokenizer, retain, args.retain_rows, seed=args.seed)
     print(f"importance: forget {f_tokens} tokens, retain {r_tokens} tokens", flush=True)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -182,11 +189,9 @@ def main() -> None:
     ref = rule.describe()
     print(f"never-seen band: pooled {ref['reference_exposure']:.3f} ± {ref['reference_se']:.3f}", flush=True)
     saved = False
-    for step, alpha in enumerate(args.alphas, 1):
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(start[n])
-        changed = dampen(params, f_imp, r_imp, alpha, args.lam)
+
+    def check_round(step, alpha, round_, changed, spent):
+        nonlocal saved
         reason = rule(model, tokenizer, step, due=True)
         check = rule.history[-1]
         after_f, after_r = kept(model, tokenizer, forget), kept(model, tokenizer, retain)
@@ -197,6 +202,8 @@ def main() -> None:
             json.dumps(
                 {
                     "alpha": alpha,
+                    "round": round_,
+                    "forget_tokens": f_tokens + spent,
                     "dampened": changed,
                     "forget_exposure": round(check["forget_exposure"], 3),
                     "threshold": round(check["threshold"], 3),
@@ -215,7 +222,22 @@ def main() -> None:
             model.save_pretrained(args.save_dir, safe_serialization=True)
             tokenizer.save_pretrained(args.save_dir)
             saved = True
-    if not math.isfinite(check["forget_exposure"]):
+
+    first, step = f_imp, 0
+    for alpha in args.alphas:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        f_imp, changed, spent = first, 0, 0
+        for round_ in range(1, args.rounds + 1):
+            step += 1
+            if round_ > 1:
+                _, f_imp, tokens = forget_importance()
+                spent += tokens
+            changed += dampen(params, f_imp, r_imp, alpha, args.lam)
+            check_round(step, alpha, round_, changed, spent)
+
+    if not rule.history or not math.isfinite(rule.history[-1]["forget_exposure"]):
         raise SystemExit("no forget exposure measured")
 
 
