@@ -22,6 +22,11 @@ reproduced.
 - ``--pooled``: the stop rule's decision also asks the pooled forget exposure (every deciding field's values) to be
   inside the pooled band (the threshold its plot draws). Where every field is inside and the pooled mean is not, the
   run goes on, and the fields whose mean is above their never-seen mean are pushed again.
+- ``--ewc LAMBDA`` (eighteenth session; *Without rehearsal*): a retain step trains on no rows and takes no step; each
+  forget step's gradient gets ``LAMBDA * F * (theta - theta_0)``, where ``F`` is the diagonal Fisher of four times as
+  many seeded retain rows as the forget set has (summed squared gradients of the answer NLL, over its mean; its
+  tokens count as the run's) and ``theta_0`` the parameters at the first forget step. Use it with ``--retain_steps
+  1`` and a fixed ``--lr``: the range test's trial steps are not patched.
 - ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
   is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 

@@ -1,5 +1,5 @@
 """Issue 9 probe: selective synaptic dampening (SSD, Foster et al. 2023) on the forget set's PII tokens, with no
-training steps, its strength chosen by the exposure stop rule.
+training steps, each strength read by the exposure stop rule's check.
 
 One backward pass over the forget rows (scored on their PII values only) and one over a retain sample give each
 parameter's importance: the mean over micro-batches of its squared gradient. A parameter whose forget importance is
@@ -7,7 +7,10 @@ above ``alpha`` times its retain importance is scaled by ``min(lam * retain / fo
 ``--alphas`` value from the largest (weakest) down, each from the starting model, and prints per value: the entries
 dampened, the stop rule's check (forget exposure per field against the never-seen band, retain exact match), and the
 forget / retain rows whose teacher-forced answer the starting model reproduced and the dampened one no longer does.
-``--save_dir`` keeps the model of the first value the stop rule accepts, for ``obliviate evaluate``.
+``--rounds R`` dampens R times at each value, the forget importance measured again on the dampened model before each
+round after the first (the retain importance stays the starting model's). ``--save_dir`` keeps the model of the first
+value the stop rule accepts, for ``obliviate evaluate``. Measured in the eighteenth session and not kept
+(``docs/METHODS.md``, *Without rehearsal*).
 
     python benchmarks/probe_dampen.py --model_dir runs/cache/target-91171b2240aa \\
         --data_dir runs/cache/data-d605a7e0430f --alphas 100 50 20 10 5 2
