@@ -374,3 +374,36 @@ def test_against_chance_the_plotted_threshold_agrees_with_the_decision(monkeypat
     check = rule.history[-1]
     assert check["threshold"] == pytest.approx(at + 2 * CHANCE_SD / 4)
     assert check["forget_exposure"] > check["threshold"]
+
+
+def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_above_its_band(monkeypatch):
+    """Holdout values 1.0 and 2.0 in each of three fields: per field, mean 1.5 and standard error 0.5, so sixteen
+    forget values at 2.49 are inside their field's band (top 1.5 + 2 * 0.5 = 2.5). Pooled over the three fields the
+    reference error is sqrt(3 * 0.25 / 9) = 0.289, and the pooled mean of SSNs at 1.5 and phones and addresses at 2.49
+    (2.16) is above the pooled band (about 2.09). The SSNs, at their never-seen mean, stay inside (``--field_stop``
+    leaves them alone); the phones and addresses are pushed again. Without ``pooled`` the same check stops."""
+    holdout = [(name, v) for name in ("ssn", "phone", "address") for v in (1.0, 2.0)]
+    above = [("ssn", 1.5)] * 16 + [("phone", 2.49)] * 16 + [("address", 2.49)] * 16
+    inside = [("ssn", 1.5)] * 16 + [("phone", 1.6)] * 16 + [("address", 1.6)] * 16
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [above, inside]}, retain=[1.0] * 3, pooled=True)
+    rule.start(None, None)
+    assert rule(None, None, 2) is None
+    check = rule.history[-1]
+    assert check["fields_outside"] == 0 and check["pooled_outside"] == 1.0
+    assert check["forget_exposure"] == pytest.approx((1.5 + 2 * 2.49) / 3) and check["threshold"] < 2.1
+    assert rule.inside == {"ssn"}
+    reason = rule(None, None, 4)
+    assert reason is not None and "and so is their pooled mean (1.567 ≤ " in reason
+    assert rule.history[-1]["pooled_outside"] == 0.0
+    plain = scripted(monkeypatch, {"holdout": [holdout], "forget": [above]}, retain=[1.0] * 2)
+    plain.start(None, None)
+    reason = plain(None, None, 2)
+    assert reason is not None and "pooled" not in reason and "pooled_outside" not in plain.history[-1]
+
+
+def test_stop_pooled_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
+    from helpers import unlearn_config
+    from obliviate.evaluate.stop_rule import stop_rule_for
+
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2)).pooled is False
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2, stop_pooled=True)).pooled is True

@@ -253,6 +253,12 @@ class UnlearnConfig(TrainConfig):
         "with a holdout set: the stop rule also ends the run once the forget completions' words outside PII values "
         "are as unlikely as the holdout people's (going on would make them less likely than a stranger's)",
     )
+    stop_pooled: bool = option(
+        False,
+        "the stop rule also asks the pooled forget exposure of the fields that decide the stop to be inside the "
+        "pooled never-seen band (the threshold its plot draws); while every field is inside its own band and the "
+        "pooled mean is not, the run goes on and --field_stop pushes again the fields above their never-seen mean",
+    )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
     field_stop: bool | None = option(
         None,

@@ -22,6 +22,9 @@ of a fixed retain sample. It stops when
   standard errors of the difference. It is not part of the stop because contrast does not bring it there: on
   LUME Task2 the e-mails' NLL rose from 0.09 to about 2 (never-seen: 2.94) and stayed there, and with the NLL in the
   stop the run used its whole budget, its other fields drifting in and out of their bands (``docs/METHODS.md``); or
+- with ``pooled`` (``--stop_pooled``, off by default), the same but also for the pooled mean of the fields that
+  decide: per field, the band is wide where a field has few values, and a run can stop with each field at the top
+  of its own band (``docs/METHODS.md``, *A pooled stop*); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts; or
 - (``words``, with a holdout) the forget answers' other words (the record's phrasing and the person's name:
@@ -148,6 +151,10 @@ class ExposureStopRule:
         guard_max: the largest :attr:`retain_scale`.
         words: also stop once the forget completions' words are as unlikely as the holdout's (needs a holdout with
             completion rows; otherwise left out, and :meth:`describe` says so).
+        pooled: the exposure stop also asks the pooled forget mean of the fields that decide it to be inside the
+            pooled band (:meth:`_overall_threshold`). Where every field is inside its own band and the pooled mean is
+            not, the run goes on, and :attr:`inside` keeps only the fields whose mean is at most their never-seen
+            mean, so that ``--field_stop`` pushes the others again.
     """
 
     forget: Sequence[Record]
@@ -162,6 +169,7 @@ class ExposureStopRule:
     retain_guard: float = 0.0
     guard_max: float = 16.0
     words: bool = False
+    pooled: bool = False
     retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -264,6 +272,15 @@ class ExposureStopRule:
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
         ) | frozenset(saturated_inside)
+        pooled_above = self.pooled and bool(pooled) and check["forget_exposure"] > check["threshold"]
+        if self.pooled:
+            check["pooled_outside"] = float(pooled_above)
+        if pooled_above and not outside:  # every field inside its own band, the pooled mean not: push those above
+            self.inside = frozenset(
+                name
+                for name in self.inside
+                if name in saturated_inside or check[f"{name}/forget_exposure"] <= self._reference[name].mean
+            )
         self.history.append(check)
         start = self._retain_start
         if retain.nll - start.nll > self.retain_bound:
@@ -276,7 +293,7 @@ class ExposureStopRule:
                 f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
                 f"({start.exact:.3f}) at step {step}"
             )
-        if not outside and checked:
+        if not outside and checked and not pooled_above:
             unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
             saturated = "".join(
                 f"; not checked, ranked first for never-seen people too: {name} (its values' NLL "
@@ -284,10 +301,15 @@ class ExposureStopRule:
                 for name, band in self._saturated.items()
                 if f"{name}/forget_nll" in check
             )
+            pooled_text = (
+                f", and so is their pooled mean ({check['forget_exposure']:.3f} ≤ {check['threshold']:.3f})"
+                if self.pooled
+                else ""
+            )
             return (
                 f"forget exposure of every PII field ({', '.join(checked)}) is inside its never-seen band "
-                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise) at step {step}"
-                f"{saturated}{unchecked}"
+                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise){pooled_text} at step "
+                f"{step}{saturated}{unchecked}"
             )
         if words is not None and words["forget"] >= words["holdout"]:
             return (
@@ -337,7 +359,8 @@ class ExposureStopRule:
         """The band of the fields that decide the stop, pooled, for the plot of exposure per check (the decision is
         per field): their forget ``values`` against the never-seen mean weighed by the fields' ``counts`` of them.
         Before the tenth session the plot's forget mean took every field (saturated ones too) and its threshold the
-        plain mean of the field means, unlike quantities, with a reference error sqrt(F) too large."""
+        plain mean of the field means, unlike quantities, with a reference error sqrt(F) too large. With
+        :attr:`pooled` the decision reads it too."""
         mean, reference_se = self._pooled_reference(counts)
         if not values or not math.isfinite(mean):
             return math.nan
@@ -459,6 +482,7 @@ def stop_rule_for(config) -> ExposureStopRule:
         retain_guard=config.retain_guard,
         guard_max=config.retain_guard_max,
         words=config.stop_words,
+        pooled=config.stop_pooled,
         seed=config.seed,
     )
 

@@ -296,6 +296,7 @@ _STOP_RULE_OPTIONS = (
     "retain_guard",
     "retain_guard_max",
     "stop_words",
+    "stop_pooled",
     "field_stop",
     "field_stop_words",
 )
