@@ -21,10 +21,10 @@ of a fixed retain sample. It stops when
   and it counts as inside (for ``--field_stop``) only once that NLL is at least the holdout's minus ``band``
   standard errors of the difference. It is not part of the stop because contrast does not bring it there: on
   LUME Task2 the e-mails' NLL rose from 0.09 to about 2 (never-seen: 2.94) and stayed there, and with the NLL in the
-  stop the run used its whole budget, its other fields drifting in and out of their bands (``docs/METHODS.md``); or
-- with ``pooled`` (``--stop_pooled``, off by default), the same but also for the pooled mean of the fields that
-  decide: per field, the band is wide where a field has few values, and a run can stop with each field at the top
-  of its own band (``docs/METHODS.md``, *A pooled stop*); or
+  stop the run used its whole budget, its other fields drifting in and out of their bands (``docs/METHODS.md``).
+  With ``pooled`` (``--stop_pooled``, off by default) the pooled mean of the fields that decide must be inside the
+  pooled band as well: per field the band is wide where a field has few values, and a run can stop with each field
+  near the top of its own (``docs/METHODS.md``, *A pooled stop*); or
 - the retain NLL has risen more than ``retain_bound`` nats above its starting value (a PDU-style constraint,
   arXiv:2506.05314): unlearning must not buy forgetting with other people's facts; or
 - (``words``, with a holdout) the forget answers' other words (the record's phrasing and the person's name:
