@@ -101,6 +101,7 @@ def test_two_processes_share_the_epoch_and_draw_different_retain_rows(assets, tm
     assert weights(out).keys() == weights(assets.model).keys()
 
 
+@pytest.mark.slow  # about 20 s; `make test-slow` runs it (the default suite aims at 10 minutes)
 def test_length_pieces_under_two_processes_give_the_same_update(target, tmp_path):
     """GA splits each rank's micro-batch into its own number of pieces; the synced update must not change."""
     from obliviate.data.batching import length_pieces

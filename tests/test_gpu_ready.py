@@ -352,6 +352,7 @@ def test_lora_on_a_bf16_base_wraps_under_fsdp_once_dtypes_are_uniform(assets):
     assert set(fixed["inv_freq"]) == {"torch.float32"}
 
 
+@pytest.mark.slow  # about 20 s; `make test-slow` runs it (the default suite aims at 10 minutes)
 def test_gpu_smoke_runs_every_stage_on_cpu(tmp_path):
     """The smoke script a GPU session runs, at toy size on the CPU, so that it cannot rot."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}

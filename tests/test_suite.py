@@ -93,6 +93,7 @@ def test_the_vocabulary_distribution_is_computed_only_where_membership_inference
     assert without and all(full[k] == v for k, v in without.items() if isinstance(v, float) and math.isfinite(v))
 
 
+@pytest.mark.slow  # about 20 s; `make test-slow` runs it (the default suite aims at 10 minutes)
 def test_batched_and_one_at_a_time_evaluation_agree(memorised):
     data_dir, model_dir = memorised
     model, tokenizer = load_model(model_dir)
