@@ -1,0 +1,87 @@
+"""Is a benchmark run's forget exposure inside the holdout band? A two-sample z test on the evaluation's values.
+
+For each method of a pipeline report (``bench_quality.py``, ``probe_objectives.py``, ``obliviate demo``), reads the
+per-value exposures its chosen epoch's evaluation wrote (``methods/M/eval/epoch-N/results.json``) and prints the
+forget and holdout means, their standard errors, and z = (forget − holdout) / sqrt(se_f² + se_h²), over every field
+and over the fields whose never-seen values mostly rank first left out (their rank cannot show memorisation). The
+stop rule's band is z ≤ 2 (``--stop_band``); the evaluation's fakes are fewer (K = 20 on LUME) and its people a
+sample, so this is the same test on other draws. Prints numbers only, never a value.
+
+    python benchmarks/exposure_band.py runs/lume/report [runs/x/report ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+SATURATED = 0.5  # as evaluate/stop_rule.py: a field whose never-seen values rank first this often is left out
+
+
+def band(forget: list[float], holdout: list[float]) -> dict[str, float]:
+    """Means, standard errors and the z of their difference (NaN where a side has fewer than two values)."""
+    if len(forget) < 2 or len(holdout) < 2:
+        return {"forget": math.nan, "holdout": math.nan, "z": math.nan}
+    se_f = statistics.stdev(forget) / math.sqrt(len(forget))
+    se_h = statistics.stdev(holdout) / math.sqrt(len(holdout))
+    spread = math.sqrt(se_f**2 + se_h**2)
+    diff = statistics.mean(forget) - statistics.mean(holdout)
+    return {
+        "forget": statistics.mean(forget),
+        "forget_se": se_f,
+        "holdout": statistics.mean(holdout),
+        "holdout_se": se_h,
+        "z": diff / spread if spread else (0.0 if diff == 0 else math.copysign(math.inf, diff)),
+        "n_forget": len(forget),
+        "n_holdout": len(holdout),
+    }
+
+
+def saturated(pairs: list[dict]) -> set[str]:
+    """Fields whose never-seen values rank first at least :data:`SATURATED` of the time."""
+    fields: dict[str, list[bool]] = {}
+    for p in pairs:
+        fields.setdefault(p["field"], []).append(p["rank"] == 1)
+    return {f for f, top in fields.items() if sum(top) >= SATURATED * len(top)}
+
+
+def report_bands(report: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method of ``report`` (a pipeline report directory): the band over all fields, and without saturated ones."""
+    results = json.loads((report / "results.json").read_text())
+    out = {}
+    for run in results["runs"]:
+        epoch = run["best"]["epoch"]
+        path = report / "methods" / run["method"] / "eval" / f"epoch-{epoch}" / "results.json"
+        exposure = json.loads(path.read_text())["exposure"]
+        forget, holdout = exposure["forget"]["pairs"], exposure["holdout"]["pairs"]
+        skip = saturated(holdout)
+        bands = {"all fields": band([p["exposure"] for p in forget], [p["exposure"] for p in holdout])}
+        if skip:
+            bands[f"without {', '.join(sorted(skip))}"] = band(
+                [p["exposure"] for p in forget if p["field"] not in skip],
+                [p["exposure"] for p in holdout if p["field"] not in skip],
+            )
+        out[f"{run['method']} (epoch {epoch})"] = bands
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="pipeline report directories (with results.json)")
+    args = parser.parse_args(argv)
+    print("| report | method | fields | forget (se) | holdout (se) | z |")
+    print("|---|---|---|---|---|---|")
+    for report in args.reports:
+        for method, bands in report_bands(report).items():
+            for fields, b in bands.items():
+                print(
+                    f"| {report} | {method} | {fields} | {b['forget']:.3f} ({b.get('forget_se', math.nan):.3f}) | "
+                    f"{b['holdout']:.3f} ({b.get('holdout_se', math.nan):.3f}) | {b['z']:.2f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()

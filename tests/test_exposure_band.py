@@ -1,0 +1,40 @@
+"""benchmarks/exposure_band.py: the z test of the forget exposure against the holdout's, read from a report."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import exposure_band  # noqa: E402
+
+
+def test_band_is_the_difference_of_means_over_its_standard_error():
+    b = exposure_band.band([1.0, 3.0], [0.0, 2.0])  # means 2 and 1, each standard error 1
+    assert b["forget"] == 2.0 and b["holdout"] == 1.0
+    assert b["z"] == pytest.approx(1 / math.sqrt(2))
+    assert math.isnan(exposure_band.band([1.0], [1.0, 2.0])["z"])
+
+
+def test_a_report_is_read_at_its_chosen_epoch_and_saturated_fields_are_also_left_out(tmp_path):
+    def pair(field, exposure, rank):
+        return {"field": field, "exposure": exposure, "rank": rank}
+
+    report = tmp_path / "report"
+    (report / "results.json").parent.mkdir(parents=True)
+    (report / "results.json").write_text(json.dumps({"runs": [{"method": "contrast", "best": {"epoch": 2}}]}))
+    forget = [pair("ssn", 3.0, 3), pair("ssn", 5.0, 1), pair("email", 4.4, 1), pair("email", 4.4, 1)]
+    holdout = [pair("ssn", 1.0, 9), pair("ssn", 3.0, 4), pair("email", 4.4, 1), pair("email", 4.4, 2)]
+    for epoch, values in ((1, holdout), (2, forget)):  # epoch 1 would read as forgotten: it must not be the one read
+        path = report / "methods" / "contrast" / "eval" / f"epoch-{epoch}" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"exposure": {"forget": {"pairs": values}, "holdout": {"pairs": holdout}}}))
+    bands = exposure_band.report_bands(report)["contrast (epoch 2)"]
+    assert set(bands) == {"all fields", "without email"}  # half the never-seen e-mails rank first
+    assert bands["without email"]["forget"] == 4.0 and bands["without email"]["holdout"] == 2.0
+    assert bands["without email"]["z"] == pytest.approx(2 / math.sqrt(2))
+    assert bands["all fields"]["n_forget"] == 4
