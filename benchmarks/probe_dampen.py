@@ -25,31 +25,18 @@ import math
 ROWS = 8  # rows per backward
 
 
-def importance(model, tokenizer, records, rows: int | None = None, seed: int = 0):
-    """Mean over micro-batches of each parameter's squared gradient of the scored tokens' mean NLL, and the tokens
-    read."""
-    import random
-
+def _squared_gradients(model, losses):
+    """Each parameter's squared gradient, averaged over the finite losses that ``losses`` (callables, one per
+    micro-batch) return; the parameters that require a gradient, in order."""
     import torch
 
-    from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import mean_nll
-    from obliviate.train.step import run_forward
-
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    order = order[: rows or len(order)]
     params = [p for p in model.parameters() if p.requires_grad]
     sums = [torch.zeros_like(p) for p in params]
-    batches, tokens = 0, 0
+    batches = 0
     model.train(False)
-    for start in range(0, len(order), ROWS):
-        encoded = [encode_record(tokenizer, records[i], 512) for i in order[start : start + ROWS]]
-        batch = collate(encoded, tokenizer.pad_token_id)
-        tokens += int(batch.attention_mask.sum())
+    for loss_of in losses:
         model.zero_grad(set_to_none=True)
-        out = run_forward(model, batch)
-        loss = mean_nll(out.logits, out.labels)
+        loss = loss_of()
         if not torch.isfinite(loss):
             continue
         loss.backward()
@@ -58,43 +45,52 @@ def importance(model, tokenizer, records, rows: int | None = None, seed: int = 0
             if p.grad is not None:
                 total += p.grad.float() ** 2
     model.zero_grad(set_to_none=True)
-    return params, [s / max(batches, 1) for s in sums], tokens
+    return params, [s / max(batches, 1) for s in sums]
+
+
+def _nll_reader(model, tokenizer):
+    """``(nll, tokens)``: ``nll(records)`` is their scored tokens' mean NLL; ``tokens[0]`` counts what it read."""
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import mean_nll
+    from obliviate.train.step import run_forward
+
+    tokens = [0]
+
+    def nll(records):
+        batch = collate([encode_record(tokenizer, r, 512) for r in records], tokenizer.pad_token_id)
+        tokens[0] += int(batch.attention_mask.sum())
+        out = run_forward(model, batch)
+        return mean_nll(out.logits, out.labels)
+
+    return nll, tokens
+
+
+def importance(model, tokenizer, records, rows: int | None = None, seed: int = 0):
+    """Mean over micro-batches of each parameter's squared gradient of the scored tokens' mean NLL, and the tokens
+    read."""
+    import random
+
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    order = order[: rows or len(order)]
+    nll, tokens = _nll_reader(model, tokenizer)
+    batches = ([records[i] for i in order[start : start + ROWS]] for start in range(0, len(order), ROWS))
+    params, scores = _squared_gradients(model, (lambda chunk=chunk: nll(chunk) for chunk in batches))
+    return params, scores, tokens[0]
 
 
 def contrast_importance(model, tokenizer, marked, copies):
     """Like :func:`importance`, for the gap between the true values' NLL and their fakes' mean NLL."""
     import torch
 
-    from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import mean_nll
-    from obliviate.train.step import run_forward
+    nll, tokens = _nll_reader(model, tokenizer)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    sums = [torch.zeros_like(p) for p in params]
-    batches, tokens = 0, 0
-    model.train(False)
-
-    def nll(rows):
-        nonlocal tokens
-        batch = collate([encode_record(tokenizer, r, 512) for r in rows], tokenizer.pad_token_id)
-        tokens += int(batch.attention_mask.sum())
-        out = run_forward(model, batch)
-        return mean_nll(out.logits, out.labels)
-
-    for start in range(0, len(marked), ROWS):
-        model.zero_grad(set_to_none=True)
-        true = nll(marked[start : start + ROWS])
+    def gap(start):
         fake = torch.stack([nll(c[start : start + ROWS]) for c in copies]).mean()
-        loss = true - fake
-        if not torch.isfinite(loss):
-            continue
-        loss.backward()
-        batches += 1
-        for total, p in zip(sums, params):
-            if p.grad is not None:
-                total += p.grad.float() ** 2
-    model.zero_grad(set_to_none=True)
-    return params, [s / max(batches, 1) for s in sums], tokens
+        return nll(marked[start : start + ROWS]) - fake
+
+    params, scores = _squared_gradients(model, (lambda s=start: gap(s) for start in range(0, len(marked), ROWS)))
+    return params, scores, tokens[0]
 
 
 def dampen(params, forget, retain, alpha: float, lam: float) -> int:
