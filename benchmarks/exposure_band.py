@@ -4,8 +4,10 @@ For each method of a pipeline report (``bench_quality.py``, ``probe_objectives.p
 per-value exposures its chosen epoch's evaluation wrote (``methods/M/eval/epoch-N/results.json``) and prints the
 forget and holdout means, their standard errors, and z = (forget − holdout) / sqrt(se_f² + se_h²), over every field
 and over the fields whose never-seen values mostly rank first left out (their rank cannot show memorisation). The
-stop rule's band is z ≤ 2 (``--stop_band``); the evaluation's fakes are fewer (K = 20 on LUME) and its people a
-sample, so this is the same test on other draws. Prints numbers only, never a value.
+stop rule's band is z ≤ 2 (``--stop_band``), but this is a like test, not the same one: it pools the fields' values
+as they come (the rule tests each field, and weighs the pooled reference by the forget counts), its holdout is
+read under the unlearned model (the rule's, under the starting model), and the evaluation ranks among fewer fakes
+(K = 20 on LUME; the rule 50). Prints numbers only, never a value.
 
     python benchmarks/exposure_band.py runs/lume/report [runs/x/report ...]
 """

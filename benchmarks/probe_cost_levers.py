@@ -289,7 +289,12 @@ def main() -> None:
     )
     parser.add_argument("--pooled", action="store_true", help="stop only once the pooled mean is inside too")
     parser.add_argument("--live_reference", action="store_true", help="the never-seen band measured at every check")
-    parser.add_argument("--ewc", type=float, default=0.0, help="retain steps pull toward the start by Fisher")
+    parser.add_argument(
+        "--ewc",
+        type=float,
+        default=0.0,
+        help="each forget step's gradient gets LAMBDA * F * (theta - theta_0); retain steps read no rows",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:

@@ -27,29 +27,34 @@ def test_dampening_scales_only_entries_whose_forget_importance_exceeds_alpha_tim
 
 
 def test_importance_is_the_mean_squared_gradient_over_micro_batches_and_counts_tokens(assets):
-    import torch
-
-    from obliviate.data.load import load_split
-    from obliviate.models.load import load_model
-
-    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
-    records = load_split(str(assets.retain))[:3]  # one micro-batch: the importance is that batch's squared gradient
-    params, scores, tokens = probe_dampen.importance(model, tokenizer, records)
     import random
 
+    import torch
+
     from obliviate.data.batching import collate, encode_record
+    from obliviate.data.load import load_split
     from obliviate.losses.common import mean_nll
+    from obliviate.models.load import load_model
     from obliviate.train.step import run_forward
 
-    order = list(range(3))
+    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
+    records = load_split(str(assets.retain))[:10]  # two micro-batches of 8 and 2 rows
+    assert len(records) == 10
+    params, scores, tokens = probe_dampen.importance(model, tokenizer, records)
+    order = list(range(10))
     random.Random(0).shuffle(order)
-    batch = collate([encode_record(tokenizer, records[i], 512) for i in order], tokenizer.pad_token_id)
-    model.zero_grad(set_to_none=True)
-    out = run_forward(model, batch)
-    mean_nll(out.logits, out.labels).backward()
-    assert tokens == int(batch.attention_mask.sum())
-    for p, s in zip(params, scores):
-        assert torch.allclose(s, p.grad.float() ** 2, atol=1e-12)
+    expected, read = [torch.zeros_like(p) for p in params], 0
+    for chunk in (order[:8], order[8:]):
+        batch = collate([encode_record(tokenizer, records[i], 512) for i in chunk], tokenizer.pad_token_id)
+        read += int(batch.attention_mask.sum())
+        model.zero_grad(set_to_none=True)
+        out = run_forward(model, batch)
+        mean_nll(out.logits, out.labels).backward()
+        for total, p in zip(expected, params):
+            total += p.grad.float() ** 2 / 2
+    assert tokens == read
+    for s, e in zip(scores, expected):
+        assert torch.allclose(s, e, rtol=1e-5, atol=1e-12)
 
 
 def test_ewc_pulls_each_entry_toward_its_start_by_its_retain_fisher(assets, monkeypatch):
