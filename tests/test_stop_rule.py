@@ -401,6 +401,21 @@ def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_a
     assert reason is not None and "pooled" not in reason and "pooled_outside" not in plain.history[-1]
 
 
+def test_a_words_stop_under_pooled_says_the_pooled_mean_is_above_its_band(monkeypatch):
+    """Every field inside its own band, the pooled mean not, and the forget words as unlikely as the holdout's: the
+    words guard stops, and its reason names no field outside but says the pooled mean is above its band."""
+    holdout = [(name, v) for name in ("ssn", "phone", "address") for v in (1.0, 2.0)]
+    above = [("ssn", 1.5)] * 16 + [("phone", 2.49)] * 16 + [("address", 2.49)] * 16
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [above]}, retain=[1.0] * 2, pooled=True, words=True)
+    words = iter([1.6, 1.5])
+    monkeypatch.setattr(rule_module, "words_nll", lambda model, tokenizer, rows: next(words))
+    monkeypatch.setattr(ExposureStopRule, "_word_rows", lambda self: {"forget": ["f"], "holdout": ["h"]})
+    rule.start(None, None)
+    reason = rule(None, None, 2)
+    assert reason is not None and "words" in reason and "their never-seen band: none" in reason
+    assert "the pooled mean (2.160) is above its band" in reason
+
+
 def test_stop_pooled_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
     from helpers import unlearn_config
     from obliviate.evaluate.stop_rule import stop_rule_for

@@ -272,7 +272,8 @@ class ExposureStopRule:
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
         ) | frozenset(saturated_inside)
-        pooled_above = self.pooled and bool(pooled) and check["forget_exposure"] > check["threshold"]
+        # a pooled mean or band that cannot be read (NaN) counts as above: the option only ever makes the stop stricter
+        pooled_above = self.pooled and bool(pooled) and not check["forget_exposure"] <= check["threshold"]
         if self.pooled:
             check["pooled_outside"] = float(pooled_above)
         if pooled_above and not outside:  # every field inside its own band, the pooled mean not: push those above
@@ -316,6 +317,11 @@ class ExposureStopRule:
                 f"the forget answers' words (outside PII values) are as unlikely as the holdout people's (NLL "
                 f"{words['forget']:.3f} ≥ {words['holdout']:.3f} nats per token) at step {step}; fields still above "
                 f"their never-seen band: {', '.join(outside) or 'none'}"
+                + (
+                    f"; the pooled mean ({check['forget_exposure']:.3f}) is above its band ({check['threshold']:.3f})"
+                    if pooled_above
+                    else ""
+                )
             )
         return None
 
