@@ -107,24 +107,6 @@ def dampen(params, forget, retain, alpha: float, lam: float) -> int:
     return changed
 
 
-def kept(model, tokenizer, records) -> list[bool]:
-    import torch
-
-    from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import answer_exact
-
-    out: list[bool] = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(records), 32):
-            batch = collate(
-                [encode_record(tokenizer, r, 512) for r in records[start : start + 32]], tokenizer.pad_token_id
-            )
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            out += answer_exact(logits, batch.labels).tolist()
-    return out
-
-
 def main() -> None:
     import torch
 
@@ -134,6 +116,7 @@ def main() -> None:
     from obliviate.evaluate.stop_rule import EXPOSURE_SAMPLE, RETAIN_SAMPLE, ExposureStopRule
     from obliviate.models.load import load_model
     from obliviate.train.relabel import known_people
+    from probe_fields import kept_by  # beside this script: the rows a model reproduces, as probe_fields counts them
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True)
@@ -184,7 +167,7 @@ def main() -> None:
         seed=args.seed,
     )
     rule.start(model, tokenizer)
-    before_f, before_r = kept(model, tokenizer, forget), kept(model, tokenizer, retain)
+    before_f, before_r = kept_by(model, tokenizer, forget), kept_by(model, tokenizer, retain)
     ref = rule.describe()
     print(f"never-seen band: pooled {ref['reference_exposure']:.3f} ± {ref['reference_se']:.3f}", flush=True)
     saved = False
@@ -193,7 +176,7 @@ def main() -> None:
         nonlocal saved
         reason = rule(model, tokenizer, step, due=True)
         check = rule.history[-1]
-        after_f, after_r = kept(model, tokenizer, forget), kept(model, tokenizer, retain)
+        after_f, after_r = kept_by(model, tokenizer, forget), kept_by(model, tokenizer, retain)
         lost_f = sum(b and not a for b, a in zip(before_f, after_f))
         lost_r = sum(b and not a for b, a in zip(before_r, after_r))
         fields = {k.split("/")[0]: round(v, 2) for k, v in check.items() if k.endswith("/forget_exposure")}

@@ -21,11 +21,19 @@ def kept_rows(model_dir: str, records: list, batch_size: int = 32) -> list[bool]
     """Teacher-forced exact match of each record under the model in ``model_dir`` (fp32, eval mode)."""
     import torch
 
-    from obliviate.data.batching import collate, encode_record
-    from obliviate.losses.common import answer_exact
     from obliviate.models.load import load_model
 
     model, tokenizer = load_model(model_dir, dtype=torch.float32)
+    return kept_by(model, tokenizer, records, batch_size)
+
+
+def kept_by(model, tokenizer, records: list, batch_size: int = 32) -> list[bool]:
+    """Teacher-forced exact match of each record under ``model`` (put in eval mode)."""
+    import torch
+
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.losses.common import answer_exact
+
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     kept: list[bool] = []
