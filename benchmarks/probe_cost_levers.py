@@ -27,6 +27,13 @@ reproduced.
   many seeded retain rows as the forget set has (summed squared gradients of the answer NLL, over its mean; its
   tokens count as the run's) and ``theta_0`` the parameters at the first forget step. Use it with ``--retain_steps
   1`` and a fixed ``--lr``: the range test's trial steps are not patched.
+- ``--project Q`` (nineteenth session; *Without rehearsal*): a retain step trains on no rows and takes no step, as
+  with ``--ewc``; instead, each forget step's change to a linear layer's weight is kept only off the retain rows'
+  inputs to that layer (after AlphaEdit, Fang et al. 2025): ``W <- W_0 + (W - W_0)(I - U U^T)``, where ``U`` holds
+  the top eigenvectors of the layer's uncentred input second moment over four times as many seeded retain rows as
+  the forget set has (every real token, one forward pass with gradients off, counted as the run's forward tokens),
+  as many as cover the share ``Q`` of its trace. Any other trained tensor (a norm, an embedding) is put back after
+  each forget step. Use it with ``--retain_steps 1`` and a fixed ``--lr``.
 - ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
   is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 
@@ -139,6 +146,52 @@ def _ewc_start(run, state: dict) -> None:
     print(f"[probe_cost_levers] ewc: retain Fisher over {tokens} tokens", flush=True)
 
 
+def _projections(run, share: float) -> dict:
+    """``--project``: for each trained linear layer (not the tied embeddings), ``I - U U^T`` with ``U`` the top
+    eigenvectors of its retain inputs' second moment that cover ``share`` of the trace."""
+    import torch
+
+    from obliviate.data.batching import collate
+    from obliviate.train.step import run_forward
+
+    model = run.model
+    tied = model.get_input_embeddings().weight
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    layers = [m for m in linear if m.weight.requires_grad and m.weight is not tied]
+    moments = {m: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for m in layers}
+    current: dict = {}
+
+    def gather(module, args, _output):
+        x = args[0].detach().double()[current["mask"]]  # the real tokens' inputs, [tokens, in]
+        moments[module] += x.T @ x
+
+    handles = [m.register_forward_hook(gather) for m in layers]
+    order = list(range(len(run.retain)))
+    random.Random(0).shuffle(order)
+    order = order[: 4 * len(run.forget)]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), MASK_ROWS):
+                batch = collate([run.retain[i] for i in order[start : start + MASK_ROWS]], run.tokenizer.pad_token_id)
+                current["mask"] = batch.attention_mask.bool()
+                run_forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    kept = []
+    for m in layers:
+        values, vectors = torch.linalg.eigh(moments[m])  # ascending
+        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+        cover = torch.cumsum(values, 0) / values.sum()
+        k = int((cover < share).sum()) + 1
+        u = vectors[:, :k]
+        out[m.weight] = (torch.eye(m.in_features, dtype=torch.float64) - u @ u.T).to(m.weight.dtype)
+        kept.append(f"{k}/{m.in_features}")
+    print(f"[probe_cost_levers] project: directions kept off per layer {' '.join(kept)}", flush=True)
+    return out
+
+
 def patch(
     mask: float,
     retain_lr_scale: float,
@@ -148,9 +201,12 @@ def patch(
     pooled: bool = False,
     live_reference: bool = False,
     ewc: float = 0.0,
+    project: float = 0.0,
 ) -> dict:
     """Wrap the loop's forget / retain steps, its optimizer step and its epoch batches (``train/epoch.py``); returns
     the patches' state (``"ewc"``: the Fisher and start of each trained tensor, once the first forget step took it)."""
+    import torch
+
     import obliviate.train.epoch as epoch_module
     import obliviate.train.sampling as sampling
     import obliviate.train.step as step_module
@@ -177,7 +233,7 @@ def patch(
     def retain_only(*args, **kwargs):
         phase["now"] = "retain"
         phase["taken"] += 1
-        if ewc > 0:  # no retain rows and no step: the forget step carries the pull back (``step``)
+        if ewc > 0 or project > 0:  # no retain rows and no step (``step`` keeps the retain rows instead)
             args[0].optimizer.zero_grad(set_to_none=True)
             return {"retain_nll": 0.0}, 0, None
         return retain_step(*args, **kwargs)
@@ -210,6 +266,17 @@ def patch(
             for p, m in phase["mask"]:
                 if p.grad is not None:
                     p.grad.mul_(m)
+        if project > 0 and phase["now"] == "forget":  # the change kept only off the retain rows' inputs
+            if "project" not in phase:
+                phase["project"] = _projections(run, project)
+            trained = [p for p in run.model.parameters() if p.requires_grad]
+            before = [p.detach().clone() for p in trained]
+            taken = optimizer_step(run, config, schedule)
+            with torch.no_grad():
+                for p, p0 in zip(trained, before):
+                    projector = phase["project"].get(p)
+                    p.copy_(p0 if projector is None else p0 + (p - p0) @ projector)
+            return taken
         if retain_lr_scale != 1 and phase["now"] == "retain":
             groups = getattr(run.optimizer, "optimizer", run.optimizer).param_groups
             rates = [g["lr"] for g in groups]
@@ -295,6 +362,12 @@ def main() -> None:
         default=0.0,
         help="each forget step's gradient gets LAMBDA * F * (theta - theta_0); retain steps read no rows",
     )
+    parser.add_argument(
+        "--project",
+        type=float,
+        default=0.0,
+        help="forget steps change linear layers only off the retain inputs' top directions covering share Q",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="unlearn ARGS, or a script and its ARGS")
     args = parser.parse_args()
     if not args.command:
@@ -308,6 +381,7 @@ def main() -> None:
         args.pooled,
         args.live_reference,
         args.ewc,
+        args.project,
     )
     if args.command[0] == "unlearn":
         from obliviate.cli.main import main as obliviate_main

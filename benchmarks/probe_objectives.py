@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/probe")
     parser.add_argument("--cache_dir", default="runs/cache")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--size", default="tiny", help="model size (bench_size.py's cache: runs/size/cache)")
+    parser.add_argument("--attacks", default=None, help="the pipeline's attacks (unset: its default; none: off)")
     parser.add_argument("--write", action="store_true", help="also write the table into BENCHMARKS.md (markers)")
     args = parser.parse_args()
     presets = {name: dict(values) for name, values in PRESETS.items()}
@@ -68,6 +70,8 @@ def main() -> None:
         methods=tuple(args.methods),
         presets=presets,
         workers=args.workers,
+        size=args.size,
+        **({} if args.attacks is None else {"attacks": args.attacks}),
     )
     outcome = run_pipeline(config, log=StampedLog())
     lines = ["| model / epoch | " + " | ".join(label for _, label in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]

@@ -99,3 +99,63 @@ def test_ewc_pulls_each_entry_toward_its_start_by_its_retain_fisher(assets, monk
     fisher = {id(p): f for p, f, _ in state["ewc"]}
     for p, g in zip(model.parameters(), seen[-1]):
         assert torch.allclose(g, 1 + 2.0 * fisher[id(p)], atol=1e-5)
+
+
+def test_project_keeps_each_linear_change_off_the_retain_inputs_top_directions(assets, monkeypatch):
+    """``--project Q``: after a forget step, each linear layer's change reads at most ``1 - Q`` of the retain rows'
+    input energy, every other tensor is put back, and the retain steps read nothing."""
+    import torch
+
+    import obliviate.train.epoch as epoch_module
+    from obliviate.data.batching import collate, encode_record
+    from obliviate.data.load import load_split
+    from obliviate.models.load import load_model
+    from obliviate.train.step import run_forward
+
+    model, tokenizer = load_model(str(assets.model), dtype=torch.float32)
+    forget = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.forget))]
+    retain = [encode_record(tokenizer, r, 64) for r in load_split(str(assets.retain))]
+    assert 4 * len(forget) >= len(retain)  # the projection reads every retain row
+    run = SimpleNamespace(model=model, tokenizer=tokenizer, forget=forget, retain=retain)
+    torch.manual_seed(0)
+
+    def noisy_step(run, config, schedule=True):  # stands in for the optimizer: every entry moves
+        with torch.no_grad():
+            for p in run.model.parameters():
+                p.add_(torch.randn_like(p))
+
+    monkeypatch.setattr(epoch_module, "retain_step", epoch_module.retain_step)  # put back after the test
+    monkeypatch.setattr(epoch_module, "optimizer_step", noisy_step)
+    monkeypatch.setattr(epoch_module, "accumulate", lambda *a, **k: ({}, 0, None))
+    state = probe_cost_levers.patch(0.0, 1.0, False, project=0.9)
+    run.optimizer = SimpleNamespace(zero_grad=lambda set_to_none=True: None)
+    assert epoch_module.retain_step(run, None, 0, []) == ({"retain_nll": 0.0}, 0, None)  # reads no rows
+    inputs: dict = {}  # each linear layer's inputs on the retain rows, before the step
+    linear = {m: name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    handles = [
+        m.register_forward_hook(lambda m, a, _o: inputs.setdefault(m, []).append(a[0][mask["now"]])) for m in linear
+    ]
+    mask: dict = {}
+    with torch.no_grad():
+        for start in range(0, len(retain), 8):
+            batch = collate(retain[start : start + 8], tokenizer.pad_token_id)
+            mask["now"] = batch.attention_mask.bool()
+            run_forward(model, batch)
+    for h in handles:
+        h.remove()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    epoch_module.accumulate(run)  # a forget step begins
+    epoch_module.optimizer_step(run, None)
+    projected = {id(p) for p in state["project"]}
+    assert projected and len(projected) < len(linear)  # the tied output layer is not projected
+    for name, p in model.named_parameters():
+        delta = p.detach() - before[name]
+        if id(p) not in projected:
+            assert torch.equal(delta, torch.zeros_like(delta)), name  # a norm, the embeddings: put back
+            continue
+        module = next(m for m in linear if m.weight is p)
+        x = torch.cat(inputs[module])
+        unprojected = torch.randn_like(delta)
+        read = (x @ delta.T).pow(2).sum() / (x @ unprojected.T).pow(2).sum()
+        assert float(delta.abs().sum()) > 0
+        assert float(read) < 0.2, name  # a random change reads about as much of every direction
