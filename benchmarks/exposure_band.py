@@ -50,13 +50,25 @@ def saturated(pairs: list[dict]) -> set[str]:
     return {f for f, top in fields.items() if sum(top) >= SATURATED * len(top)}
 
 
+def chosen_epochs(report: Path) -> dict[str, int]:
+    """Each method's chosen epoch: from ``results.json``, or where a run wrote none (``probe_objectives.py``'s
+    output directory), its last evaluated epoch (the pipeline's ``--select last``)."""
+    if (report / "results.json").exists():
+        runs = json.loads((report / "results.json").read_text())["runs"]
+        return {run["method"]: run["best"]["epoch"] for run in runs}
+    epochs = {}
+    for folder in sorted((report / "methods").glob("*/eval")):
+        evaluated = [int(p.parent.name.removeprefix("epoch-")) for p in folder.glob("epoch-*/results.json")]
+        if evaluated:
+            epochs[folder.parent.name] = max(evaluated)
+    return epochs
+
+
 def report_bands(report: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per method of ``report`` (a pipeline report directory): the band over all fields, and without saturated ones."""
-    results = json.loads((report / "results.json").read_text())
     out = {}
-    for run in results["runs"]:
-        epoch = run["best"]["epoch"]
-        path = report / "methods" / run["method"] / "eval" / f"epoch-{epoch}" / "results.json"
+    for method, epoch in chosen_epochs(report).items():
+        path = report / "methods" / method / "eval" / f"epoch-{epoch}" / "results.json"
         exposure = json.loads(path.read_text())["exposure"]
         forget, holdout = exposure["forget"]["pairs"], exposure["holdout"]["pairs"]
         skip = saturated(holdout)
@@ -66,13 +78,13 @@ def report_bands(report: Path) -> dict[str, dict[str, dict[str, float]]]:
                 [p["exposure"] for p in forget if p["field"] not in skip],
                 [p["exposure"] for p in holdout if p["field"] not in skip],
             )
-        out[f"{run['method']} (epoch {epoch})"] = bands
+        out[f"{method} (epoch {epoch})"] = bands
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="pipeline report directories (with results.json)")
+    parser.add_argument("reports", nargs="+", type=Path, help="pipeline report directories")
     args = parser.parse_args(argv)
     print("| report | method | fields | forget (se) | holdout (se) | z |")
     print("|---|---|---|---|---|---|")

@@ -38,3 +38,16 @@ def test_a_report_is_read_at_its_chosen_epoch_and_saturated_fields_are_also_left
     assert bands["without email"]["forget"] == 4.0 and bands["without email"]["holdout"] == 2.0
     assert bands["without email"]["z"] == pytest.approx(2 / math.sqrt(2))
     assert bands["all fields"]["n_forget"] == 4
+
+
+def test_without_results_json_each_method_is_read_at_its_last_evaluated_epoch(tmp_path):
+    """A ``probe_objectives.py`` output directory has no ``results.json``: its runs keep their last checkpoint."""
+    report = tmp_path / "probe"
+    for epoch, value in ((0, 5.0), (9, 1.0), (12, 2.0)):  # 12 > 9: compared as numbers, not as names
+        path = report / "methods" / "contrast" / "eval" / f"epoch-{epoch}" / "results.json"
+        path.parent.mkdir(parents=True)
+        pairs = [{"field": "ssn", "exposure": value + d, "rank": 5} for d in (0.0, 1.0)]
+        path.write_text(json.dumps({"exposure": {"forget": {"pairs": pairs}, "holdout": {"pairs": pairs}}}))
+    (report / "methods" / "contrast" / "eval" / "epoch-20").mkdir()  # an epoch whose evaluation did not finish
+    assert exposure_band.chosen_epochs(report) == {"contrast": 12}
+    assert exposure_band.report_bands(report)["contrast (epoch 12)"]["all fields"]["forget"] == 2.5
