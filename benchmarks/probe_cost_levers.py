@@ -33,7 +33,9 @@ reproduced.
   the top eigenvectors of the layer's uncentred input second moment over four times as many seeded retain rows as
   the forget set has (every real token, one forward pass with gradients off, counted as the run's forward tokens),
   as many as cover the share ``Q`` of its trace. Any other trained tensor (a norm, an embedding) is put back after
-  each forget step. Use it with ``--retain_steps 1`` and a fixed ``--lr``.
+  each forget step. The second moments are measured once, at the first forget step; the optimizer (Adam) steps on
+  the unprojected gradient and its step is projected. Use it with ``--retain_steps 1`` and a fixed ``--lr``. CPU
+  only, as ``--mask`` and ``--ewc``.
 - ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
   is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 
@@ -147,8 +149,9 @@ def _ewc_start(run, state: dict) -> None:
 
 
 def _projections(run, share: float) -> dict:
-    """``--project``: for each trained linear layer (not the tied embeddings), ``I - U U^T`` with ``U`` the top
-    eigenvectors of its retain inputs' second moment that cover ``share`` of the trace."""
+    """``--project``: for each trained linear layer (not the tied embeddings), keyed by ``id`` of its weight,
+    ``I - U U^T`` (float64) with ``U`` the top eigenvectors of its retain inputs' second moment, measured on the model
+    as it is now, that cover ``share`` of the trace."""
     import torch
 
     from obliviate.data.batching import collate
@@ -186,7 +189,7 @@ def _projections(run, share: float) -> dict:
         cover = torch.cumsum(values, 0) / values.sum()
         k = int((cover < share).sum()) + 1
         u = vectors[:, :k]
-        out[m.weight] = (torch.eye(m.in_features, dtype=torch.float64) - u @ u.T).to(m.weight.dtype)
+        out[id(m.weight)] = torch.eye(m.in_features, dtype=torch.float64) - u @ u.T
         kept.append(f"{k}/{m.in_features}")
     print(f"[probe_cost_levers] project: directions kept off per layer {' '.join(kept)}", flush=True)
     return out
@@ -274,8 +277,8 @@ def patch(
             taken = optimizer_step(run, config, schedule)
             with torch.no_grad():
                 for p, p0 in zip(trained, before):
-                    projector = phase["project"].get(p)
-                    p.copy_(p0 if projector is None else p0 + (p - p0) @ projector)
+                    projector = phase["project"].get(id(p))
+                    p.copy_(p0 if projector is None else p0 + ((p - p0).double() @ projector).to(p.dtype))
             return taken
         if retain_lr_scale != 1 and phase["now"] == "retain":
             groups = getattr(run.optimizer, "optimizer", run.optimizer).param_groups
@@ -372,6 +375,9 @@ def main() -> None:
     args = parser.parse_args()
     if not args.command:
         parser.error("give the command to run: unlearn ARGS, or a script path and its ARGS")
+    fixed_rate = any(a == "--lr" or a.startswith("--lr=") or ".lr=" in a for a in args.command)
+    if (args.ewc > 0 or args.project > 0) and not fixed_rate:
+        parser.error("--ewc and --project patch no range-test trial: give a fixed rate (--lr, or --set METHOD.lr=R)")
     patch(
         args.mask,
         args.retain_lr_scale,

@@ -1,9 +1,9 @@
 """Issue 9 probes: the demo pipeline with chosen methods and preset overrides, printed per epoch.
 
-The demo's data, target and oracle (cached under ``--cache_dir``) with each method's preset, optionally changed
-(``--set ga_gd.forget_tokens=pii``), evaluated every epoch. Prints, per method and epoch, the numbers the issue's
-goals read (forget / retain ROUGE-L, retain EM, forget leak rate, MIA AUC, forget and holdout exposure, digits in
-place) and the target's and the oracle's. Writes nothing outside ``--output_dir`` and the cache.
+The demo's data, target and oracle (cached under ``--cache_dir``, at ``--size``) with each method's preset,
+optionally changed (``--set ga_gd.forget_tokens=pii``), evaluated every epoch. Prints, per method and epoch, the
+numbers the issue's goals read (forget / retain ROUGE-L, retain EM, forget leak rate, MIA AUC, forget and holdout
+exposure, digits in place) and the target's and the oracle's. Writes nothing outside ``--output_dir`` and the cache.
 
     python benchmarks/probe_objectives.py --methods ga_gd relabel
     python benchmarks/probe_objectives.py --methods ga_gd npo --set ga_gd.forget_tokens=pii --set npo.forget_tokens=pii
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/probe")
     parser.add_argument("--cache_dir", default="runs/cache")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--size", default="tiny", help="model size (bench_size.py's cache: runs/size/cache)")
+    parser.add_argument("--size", default="tiny", help="model size; pair small with --cache_dir runs/size/cache")
     parser.add_argument("--attacks", default=None, help="the pipeline's attacks (unset: its default; none: off)")
     parser.add_argument("--write", action="store_true", help="also write the table into BENCHMARKS.md (markers)")
     args = parser.parse_args()
