@@ -35,7 +35,8 @@ reproduced.
   as many as cover the share ``Q`` of its trace. Any other trained tensor (a norm, an embedding) is put back after
   each forget step. The second moments are measured once, at the first forget step; the optimizer (Adam) steps on
   the unprojected gradient and its step is projected. Use it with ``--retain_steps 1`` and a fixed ``--lr``. CPU
-  only, as ``--mask`` and ``--ewc``.
+  only, as ``--mask`` and ``--ewc``. It prints, per layer, the directions ``U`` holds and the share of the forget
+  rows' PII value tokens' input energy outside them.
 - ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
   is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 
@@ -148,41 +149,55 @@ def _ewc_start(run, state: dict) -> None:
     print(f"[probe_cost_levers] ewc: retain Fisher over {tokens} tokens", flush=True)
 
 
-def _projections(run, share: float) -> dict:
-    """``--project``: for each trained linear layer (not the tied embeddings), keyed by ``id`` of its weight,
-    ``I - U U^T`` (float64) with ``U`` the top eigenvectors of its retain inputs' second moment, measured on the model
-    as it is now, that cover ``share`` of the trace."""
+def _input_moments(model, layers: list, records: list, pad_id: int, values_only: bool = False) -> dict:
+    """Each layer's uncentred second moment of its inputs (float64, ``[in, in]``) over ``records``' real tokens, or
+    with ``values_only`` over their PII value tokens (``spans`` above 0); one pass with gradients off."""
     import torch
 
     from obliviate.data.batching import collate
     from obliviate.train.step import run_forward
 
-    model = run.model
-    tied = model.get_input_embeddings().weight
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    layers = [m for m in linear if m.weight.requires_grad and m.weight is not tied]
     moments = {m: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for m in layers}
     current: dict = {}
 
     def gather(module, args, _output):
-        x = args[0].detach().double()[current["mask"]]  # the real tokens' inputs, [tokens, in]
+        x = args[0].detach().double()[current["mask"]]  # the chosen tokens' inputs, [tokens, in]
         moments[module] += x.T @ x
 
     handles = [m.register_forward_hook(gather) for m in layers]
-    order = list(range(len(run.retain)))
-    random.Random(0).shuffle(order)
-    order = order[: 4 * len(run.forget)]
     try:
         with torch.no_grad():
-            for start in range(0, len(order), MASK_ROWS):
-                batch = collate([run.retain[i] for i in order[start : start + MASK_ROWS]], run.tokenizer.pad_token_id)
-                current["mask"] = batch.attention_mask.bool()
+            for start in range(0, len(records), MASK_ROWS):
+                batch = collate(records[start : start + MASK_ROWS], pad_id)
+                chosen = batch.attention_mask.bool()
+                if values_only:
+                    chosen = chosen & (batch.spans > 0) if batch.spans is not None else torch.zeros_like(chosen)
+                current["mask"] = chosen
                 run_forward(model, batch)
     finally:
         for h in handles:
             h.remove()
+    return moments
+
+
+def _projections(run, share: float) -> dict:
+    """``--project``: for each trained linear layer (not the tied embeddings), keyed by ``id`` of its weight,
+    ``I - U U^T`` (float64) with ``U`` the top eigenvectors of its retain inputs' second moment, measured on the model
+    as it is now, that cover ``share`` of the trace. Prints, per layer, how many directions ``U`` holds and the share
+    of the forget rows' PII value tokens' input energy left outside it (what a projected change can still read)."""
+    import torch
+
+    model = run.model
+    tied = model.get_input_embeddings().weight
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    layers = [m for m in linear if m.weight.requires_grad and m.weight is not tied]
+    order = list(range(len(run.retain)))
+    random.Random(0).shuffle(order)
+    rows = [run.retain[i] for i in order[: 4 * len(run.forget)]]
+    moments = _input_moments(model, layers, rows, run.tokenizer.pad_token_id)
+    forget = _input_moments(model, layers, list(run.forget), run.tokenizer.pad_token_id, values_only=True)
     out = {}
-    kept = []
+    kept, outside = [], []
     for m in layers:
         values, vectors = torch.linalg.eigh(moments[m])  # ascending
         values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
@@ -191,7 +206,10 @@ def _projections(run, share: float) -> dict:
         u = vectors[:, :k]
         out[id(m.weight)] = torch.eye(m.in_features, dtype=torch.float64) - u @ u.T
         kept.append(f"{k}/{m.in_features}")
+        total = float(torch.trace(forget[m]))
+        outside.append(f"{float(torch.trace(forget[m] @ out[id(m.weight)])) / total:.3f}" if total > 0 else "nan")
     print(f"[probe_cost_levers] project: directions kept off per layer {' '.join(kept)}", flush=True)
+    print(f"[probe_cost_levers] project: forget value tokens' energy outside them {' '.join(outside)}", flush=True)
     return out
 
 
