@@ -52,7 +52,8 @@ def saturated(pairs: list[dict]) -> set[str]:
 
 def chosen_epochs(report: Path) -> dict[str, int]:
     """Each method's chosen epoch: from ``results.json``, or where a run wrote none (``probe_objectives.py``'s
-    output directory), its last evaluated epoch (the pipeline's ``--select last``)."""
+    output directory), its last evaluated epoch (the pipeline's ``--select last``; for a run stopped by hand, the
+    last one it evaluated, not where it stopped: the printed label names the epoch)."""
     if (report / "results.json").exists():
         runs = json.loads((report / "results.json").read_text())["runs"]
         return {run["method"]: run["best"]["epoch"] for run in runs}
