@@ -31,7 +31,8 @@ reproduced.
   with ``--ewc``; instead, each forget step's change to a linear layer's weight is kept only off the retain rows'
   inputs to that layer (after AlphaEdit, Fang et al. 2025): ``W <- W_0 + (W - W_0)(I - U U^T)``, where ``U`` holds
   the top eigenvectors of the layer's uncentred input second moment over four times as many seeded retain rows as
-  the forget set has (every real token, one forward pass with gradients off, counted as the run's forward tokens),
+  the forget set has (every real token, one forward pass with gradients off; it and the forget rows' pass below are
+  counted as the run's forward tokens),
   as many as cover the share ``Q`` of its trace. Any other trained tensor (a norm, an embedding) is put back after
   each forget step. The second moments are measured once, at the first forget step; the optimizer (Adam) steps on
   the unprojected gradient and its step is projected. Use it with ``--retain_steps 1`` and a fixed ``--lr``. CPU
@@ -61,6 +62,13 @@ import sys
 MASK_ROWS = 8  # rows per backward when scoring the mask: a middle way between per-row and whole-set gradients
 
 
+def _seeded(records: list, rows: int) -> list:
+    """The first ``rows`` of ``records`` in a fixed shuffle (seed 0): the rows every patch here scores on."""
+    order = list(range(len(records)))
+    random.Random(0).shuffle(order)
+    return [records[i] for i in order[:rows]]
+
+
 def _importance(run, records: list, rows: int):
     """Summed squared gradients of the answer NLL over ``rows`` seeded rows of ``records``, per trained tensor."""
     import torch
@@ -72,11 +80,9 @@ def _importance(run, records: list, rows: int):
     model = run.model
     params = [p for p in model.parameters() if p.requires_grad]
     sums = [torch.zeros_like(p) for p in params]
-    order = list(range(len(records)))
-    random.Random(0).shuffle(order)
-    order = order[:rows]
-    for start in range(0, len(order), MASK_ROWS):
-        batch = collate([records[i] for i in order[start : start + MASK_ROWS]], run.tokenizer.pad_token_id)
+    chosen = _seeded(records, rows)
+    for start in range(0, len(chosen), MASK_ROWS):
+        batch = collate(chosen[start : start + MASK_ROWS], run.tokenizer.pad_token_id)
         model.zero_grad(set_to_none=True)
         out = run_forward(model, batch)
         mean_nll(out.logits, out.labels).backward()
@@ -140,9 +146,7 @@ def _ewc_start(run, state: dict) -> None:
     params, fisher = _importance(run, run.retain, 4 * len(run.forget))
     for p, grad in zip(run.model.parameters(), saved):
         p.grad = grad
-    order = list(range(len(run.retain)))
-    random.Random(0).shuffle(order)
-    tokens = sum(len(run.retain[i].ids) for i in order[: 4 * len(run.forget)])
+    tokens = sum(len(e.ids) for e in _seeded(run.retain, 4 * len(run.forget)))
     run.state["tokens_seen"] += tokens
     mean = sum(float(f.sum()) for f in fisher) / sum(f.numel() for f in fisher)
     state["ewc"] = [(p, f / mean, p.detach().clone()) for p, f in zip(params, fisher)]
@@ -191,11 +195,9 @@ def _projections(run, share: float) -> dict:
     tied = model.get_input_embeddings().weight
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     layers = [m for m in linear if m.weight.requires_grad and m.weight is not tied]
-    order = list(range(len(run.retain)))
-    random.Random(0).shuffle(order)
-    rows = [run.retain[i] for i in order[: 4 * len(run.forget)]]
+    rows = _seeded(run.retain, 4 * len(run.forget))
     moments = _input_moments(model, layers, rows, run.tokenizer.pad_token_id)
-    forget = _input_moments(model, layers, list(run.forget), run.tokenizer.pad_token_id, values_only=True)
+    forget = _input_moments(model, layers, run.forget, run.tokenizer.pad_token_id, values_only=True)
     out = {}
     kept, outside = [], []
     for m in layers:
