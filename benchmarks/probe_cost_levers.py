@@ -31,13 +31,12 @@ reproduced.
   with ``--ewc``; instead, each forget step's change to a linear layer's weight is kept only off the retain rows'
   inputs to that layer (after AlphaEdit, Fang et al. 2025): ``W <- W_0 + (W - W_0)(I - U U^T)``, where ``U`` holds
   the top eigenvectors of the layer's uncentred input second moment over four times as many seeded retain rows as
-  the forget set has (every real token, one forward pass with gradients off; it and the forget rows' pass below are
-  counted as the run's forward tokens),
-  as many as cover the share ``Q`` of its trace. Any other trained tensor (a norm, an embedding) is put back after
-  each forget step. The second moments are measured once, at the first forget step; the optimizer (Adam) steps on
-  the unprojected gradient and its step is projected. Use it with ``--retain_steps 1`` and a fixed ``--lr``. CPU
-  only, as ``--mask`` and ``--ewc``. It prints, per layer, the directions ``U`` holds and the share of the forget
-  rows' PII value tokens' input energy outside them.
+  the forget set has (every real token, one forward pass with gradients off; it and the forget rows' pass below
+  count as the run's forward tokens), as many as cover the share ``Q`` of its trace. Any other trained tensor (a
+  norm, an embedding) is put back after each forget step. The second moments are measured once, at the first
+  forget step; the optimizer (Adam) steps on the unprojected gradient and its step is projected. Use it with
+  ``--retain_steps 1`` and a fixed ``--lr``. CPU only, as ``--mask`` and ``--ewc``. It prints, per layer, the
+  directions ``U`` holds and the share of the forget rows' PII value tokens' input energy outside them.
 - ``--live_reference``: every check measures the never-seen band again, on the holdout people under the model as it
   is at the check (the rule measures it once, under the starting model); the retain bound keeps its start.
 
