@@ -124,7 +124,9 @@ class InitModelConfig:
 
     output_dir: str = option("", "where the model directory is written", required=True)
     data: list[str] = option([], "data paths to train the tokenizer on", nargs="+", required=True)
-    size: str = option("tiny", "tiny: ~1.6 M parameters; small: ~7 M", choices=("tiny", "small"))
+    size: str = option(
+        "tiny", "tiny: ~1.6 M parameters; small: ~7 M; medium: ~20 M", choices=("tiny", "small", "medium")
+    )
     arch: str = option("olmo", "the model type built from a config", choices=TINY_ARCHS)
     vocab_size: int = option(4096, "tokenizer vocabulary (at least the 256 bytes and the special tokens)", ge=300)
     seed: int = option(0, "initialisation seed", ge=0, lt=2**32)
@@ -240,7 +242,7 @@ class RunConfig:
         pipeline_attack_names(self.attacks)
         if self.oracle and self.train_oracle:
             raise ConfigError("pass at most one of --oracle (a given model) and --train_oracle (fine-tune one)")
-        sizes = ("tiny", "small")
+        sizes = ("tiny", "small", "medium")
         if self.finetune_target and self.model not in sizes:
             raise ConfigError(
                 f"--finetune_target builds the target from --model tiny or small, found --model {self.model}: "

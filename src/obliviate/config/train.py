@@ -77,7 +77,7 @@ class TrainConfig:
 class FinetuneConfig(TrainConfig):
     """``obliviate finetune``: train a causal LM on records (answers only; documents on every token)."""
 
-    model: str = option("tiny", "tiny, small, a local model directory or a hub id", required=True)
+    model: str = option("tiny", "tiny, small, medium, a local model directory or a hub id", required=True)
     data: list[str] = option([], "one or more data paths to train on", nargs="+", required=True)
     arch: str = option("olmo", "for --model tiny/small: the model type built from a config", choices=TINY_ARCHS)
     epochs: int = option(30, "passes over the training data", ge=1, le=100_000)

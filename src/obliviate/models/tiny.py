@@ -41,6 +41,7 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
     "small": ModelSize(hidden_size=256, num_layers=6, num_heads=8, intermediate_size=1024, finetune_lr=1e-3),
+    "medium": ModelSize(hidden_size=384, num_layers=8, num_heads=6, intermediate_size=1536, finetune_lr=1e-3),
     # for the test suite only: fast enough to train dozens of runs on two CPU cores
     "micro": ModelSize(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=128),
 }
