@@ -91,10 +91,12 @@ def test_named_sizes(assets):
     tokenizer = train_tokenizer((r.text for r in records), vocab_size=4096)
     tiny = count_parameters(build_model("tiny", 4096))
     assert 1.4e6 <= tiny <= 1.8e6
-    assert count_parameters(build_model("small", 4096)) > 3 * tiny
+    small = count_parameters(build_model("small", 4096))
+    assert small > 3 * tiny
+    assert count_parameters(build_model("medium", 4096)) > 2.5 * small
     micro = build_model("micro", len(tokenizer), tokenizer=tokenizer, arch="olmo2")
     assert len(micro.model.layers) == 2 and micro.config.hidden_size == 32
-    assert set(SIZES) >= {"tiny", "small", "micro"}
+    assert set(SIZES) >= {"tiny", "small", "medium", "micro"}
     with pytest.raises(ConfigError, match="unknown model size 'huge'"):
         build_model("huge", 100)
     with pytest.raises(ConfigError, match="unknown architecture 'gpt'"):

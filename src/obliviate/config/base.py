@@ -20,8 +20,8 @@ TINY_ARCHS = (
     "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "codegen", "falcon", "bloom", "opt", "stablelm",
     "starcoder2", "granite", "cohere", "smollm3", "mpt",
 )  # fmt: skip
-"""The Hugging Face model types ``--model tiny|small --arch`` builds from a config (``models.tiny.ARCHS``, kept equal
-by a test; config sits below models, so it names them instead of importing them)."""
+"""The Hugging Face model types ``--model tiny|small|medium --arch`` builds from a config (``models.tiny.ARCHS``,
+kept equal by a test; config sits below models, so it names them instead of importing them)."""
 ATTACKS = ("relearn", "quantize")
 """``evaluate --attacks``: the attacks on copies of the model (:mod:`obliviate.evaluate.attacks`)."""
 RELEARN_SOURCES = ("forget_half", "retain", "forget_nonpii")

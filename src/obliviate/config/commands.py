@@ -245,7 +245,7 @@ class RunConfig:
         sizes = ("tiny", "small", "medium")
         if self.finetune_target and self.model not in sizes:
             raise ConfigError(
-                f"--finetune_target builds the target from --model tiny or small, found --model {self.model}: "
+                f"--finetune_target builds the target from --model tiny, small or medium, found --model {self.model}: "
                 "drop --finetune_target to use that model as the fine-tuned target"
             )
         if self.model in sizes and not self.finetune_target:
