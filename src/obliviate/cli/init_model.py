@@ -1,4 +1,4 @@
-"""``obliviate init-model``: a tokenizer trained on the data and an untrained tiny/small OLMo."""
+"""``obliviate init-model``: a tokenizer trained on the data and an untrained tiny, small or medium OLMo."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ class SynthConfig:
 
 @dataclass
 class InitModelConfig:
-    """``obliviate init-model``: a tokenizer trained on the data and an untrained tiny/small OLMo."""
+    """``obliviate init-model``: a tokenizer trained on the data and an untrained tiny, small or medium OLMo."""
 
     output_dir: str = option("", "where the model directory is written", required=True)
     data: list[str] = option([], "data paths to train the tokenizer on", nargs="+", required=True)

@@ -79,7 +79,7 @@ class FinetuneConfig(TrainConfig):
 
     model: str = option("tiny", "tiny, small, medium, a local model directory or a hub id", required=True)
     data: list[str] = option([], "one or more data paths to train on", nargs="+", required=True)
-    arch: str = option("olmo", "for --model tiny/small: the model type built from a config", choices=TINY_ARCHS)
+    arch: str = option("olmo", "for --model tiny/small/medium: the model type built from a config", choices=TINY_ARCHS)
     epochs: int = option(30, "passes over the training data", ge=1, le=100_000)
     lr: float = option(3e-3, "peak learning rate of AdamW", gt=0, le=1)
     batch_size: int = option(16, "effective batch size", ge=1)
