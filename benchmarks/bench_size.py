@@ -1,6 +1,6 @@
 """Is the tiny model part of the problem? The demo's experiment at each model size, on the same synthetic people.
 
-    .venv/bin/python benchmarks/bench_size.py --sizes tiny small --methods contrast ga_gd --write
+    .venv/bin/python benchmarks/bench_size.py --sizes tiny small medium --methods contrast ga_gd --write
 
 For every size, the same data (the demo's people, same seed) is memorised by a fresh target and oracle of that size
 (fine-tuned until memorised, as the demo does), then each method unlearns it as ``obliviate unlearn`` does with no
@@ -81,19 +81,6 @@ def parameters(model_dir) -> str:
     return f"{count_parameters(model):,}"
 
 
-def memorised(results: dict) -> str:
-    """When target and oracle reached the memorisation threshold, from the run's ``memorisation`` record."""
-    found = results.get("memorisation") or {}
-    parts = [
-        f"{name} at epoch {entry['epochs']} of {entry['budget']}"
-        if entry.get("memorised")
-        else f"{name} not memorised"
-        for name, entry in found.items()
-        if entry
-    ]
-    return ", ".join(parts) or "not recorded"
-
-
 def section(measured: dict[str, dict], command: str) -> str:
     """The markdown section: one table of every size's rows and the goals each method meets at each size."""
     from obliviate.report.columns import metric_columns
@@ -122,7 +109,7 @@ def section(measured: dict[str, dict], command: str) -> str:
         held, total, lines = demo_results.goal_lines(results["summary"])
         verdicts.append(
             f"**{size}** ({results['parameters']} parameters, fine-tuned at lr {results['config']['finetune_lr']:g}; "
-            f"memorised: {memorised(results)}): "
+            f"memorised: {demo_results.memorised(results)}): "
             f"{held} of {total} goals hold.\n\n" + "\n".join(lines)
         )
     times = ", ".join(f"{size} {results['wall_seconds'] / 60:.1f} min" for size, results in measured.items())
@@ -130,10 +117,10 @@ def section(measured: dict[str, dict], command: str) -> str:
     return f"""## Model size and selectivity (demo data)
 
 The demo's {first["people"]} synthetic people at each model size: target and oracle fine-tuned until memorised
-(budget {first["finetune_epochs"]} epochs), then each method as `obliviate unlearn` runs it with no hyperparameter
-flags: learning rate from the range test, {_common.budget_words()}, and the stop rule. Last checkpoint of each
-run, up to {first["eval_max_examples"]} rows per split. Wall time of each size's pipeline (fine-tuning included
-where it was not cached): {times}.
+(budget {first["finetune_epochs"]} epochs; which reached the threshold is under the table), then each method as
+`obliviate unlearn` runs it with no hyperparameter flags: learning rate from the range test,
+{_common.budget_words()}, and the stop rule. Last checkpoint of each run, up to {first["eval_max_examples"]} rows
+per split. Wall time of each size's pipeline (fine-tuning included where it was not cached): {times}.
 
 {_common.markdown_table(header, rows)}
 

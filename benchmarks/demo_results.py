@@ -85,11 +85,11 @@ def section(results: dict, command: str, wall: float | None, cached: dict | None
     plot = "".join(f"\n\n![{alt}](docs/{name})" for name, alt in shown_plots if (REPO / "docs" / name).is_file())
     intro = f"""`obliviate demo` with its defaults: {people} synthetic people (forget, holdout and retain split
 {config["forget_fraction"]:.0%} / {config["holdout_fraction"]:.0%} / the rest), a {config["size"]} OLMo, target and
-oracle fine-tuned until memorised, within {config["finetune_epochs"]} epochs. Every method runs as `obliviate unlearn`
-runs it with no hyperparameter flags: its preset, batch {config["unlearn_batch_size"]}, the learning rate from the
-range test, {_common.budget_words()}, and the stop rule against the holdout people. Each row is the run's
-last checkpoint,
-evaluated on up to {config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
+oracle fine-tuned until memorised, within {config["finetune_epochs"]} epochs (memorised: {memorised(results)}).
+Every method runs as `obliviate unlearn` runs it with no hyperparameter flags: its preset,
+batch {config["unlearn_batch_size"]}, the learning rate from the range test, {_common.budget_words()}, and the
+stop rule against the holdout people. Each row is the run's last checkpoint, evaluated on up to
+{config["eval_max_examples"]} rows per split. Measured {when} with `{command}`, written by
 `benchmarks/demo_results.py`. {timing}"""
     intro = textwrap.fill(" ".join(intro.split()), width=118, break_on_hyphens=False, break_long_words=False)
     return f"""{intro}
@@ -125,6 +125,19 @@ def attacks_text(results: dict) -> str:
     )
     verdict = default_verdict(attack_goals(results), results.get("default_method"))
     return f"\n\n{intro}\n\n{attack_table(entries)}" + (f"\n\n{verdict}" if verdict else "")
+
+
+def memorised(results: dict) -> str:
+    """When target and oracle reached the memorisation threshold, from the run's ``memorisation`` record."""
+    found = results.get("memorisation") or {}
+    parts = [
+        f"{name} at epoch {entry['epochs']} of {entry['budget']}"
+        if entry.get("memorised")
+        else f"{name} not memorised"
+        for name, entry in found.items()
+        if entry
+    ]
+    return ", ".join(parts) or "not recorded"
 
 
 def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, int, list[str]]:

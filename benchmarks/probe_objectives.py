@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--output_dir", default="runs/probe")
     parser.add_argument("--cache_dir", default="runs/cache")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--size", default="tiny", help="model size; pair small with --cache_dir runs/size/cache")
+    parser.add_argument(
+        "--size", default="tiny", help="model size; pair small or medium with --cache_dir runs/size/cache"
+    )
     parser.add_argument("--attacks", default=None, help="the pipeline's attacks (unset: its default; none: off)")
     parser.add_argument("--write", action="store_true", help="also write the table into BENCHMARKS.md (markers)")
     args = parser.parse_args()

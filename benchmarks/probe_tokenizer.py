@@ -1,6 +1,6 @@
 """Issue 9 probe: does the offline tokenizer alone tell forget rows from holdout rows?
 
-A fresh ``tiny``/``small`` model gets a BPE tokenizer trained on the data itself. Trained on the fine-tuning data
+A fresh named-size model gets a BPE tokenizer trained on the data itself. Trained on the fine-tuning data
 (forget + retain), it learns merges for the forget people's names and values and none for the holdout people's, so a
 forget row is cut into fewer tokens. A membership attack that scores mean log-probability per token then sees the
 forget rows as members even under a model that never saw them. This prints, for a tokenizer trained on each choice

@@ -372,6 +372,17 @@ def test_size_write_up_says_what_ended_each_run_and_which_goals_each_size_meets(
     assert "tiny 10.0 min, small 10.0 min" in text
 
 
+def test_write_ups_say_which_of_target_and_oracle_reached_the_memorisation_threshold():
+    """The demo and model-size write-ups name a model the budget left short of the threshold (a fresh checkout's
+    tiny oracle was, and the README still said "fine-tuned until memorised")."""
+    import demo_results
+
+    found = {"memorisation": {"target": {"memorised": True, "epochs": 26, "budget": 30},
+                              "oracle": {"memorised": False, "epochs": 30, "budget": 30}}}  # fmt: skip
+    assert demo_results.memorised(found) == "target at epoch 26 of 30, oracle not memorised"
+    assert demo_results.memorised({}) == "not recorded"
+
+
 def test_bench_memory_summary_states_the_mlp_only_copy_from_the_measured_figures():
     """The README line says what the MLP-only case measured, as a share of all the weights beside the full copy's;
     a run without that case (``--no_full``) says nothing of it."""

@@ -208,7 +208,7 @@ RECIPE_SKIPS = ("output_dir", "data", "model", "resume", "overwrite")
 
 def target_recipe(target: Path) -> dict[str, Any]:
     """How ``obliviate finetune`` built ``target`` (its resolved ``config.yaml``), with the model it started from
-    (``model``: for a ``tiny``/``small`` build, the fresh model it kept in ``.init``), to retrain an oracle alike.
+    (``model``: for a build from a named size, the fresh model it kept in ``.init``), to retrain an oracle alike.
 
     Raises:
         ConfigError: ``target`` was not written by ``obliviate finetune``, or its starting model is gone.
@@ -274,7 +274,7 @@ def check_inputs(config: PipelineConfig, dirs: dict[str, Path]) -> None:
 
 
 def tokenizer_dirs(dirs: dict[str, Path]) -> list[Path]:
-    """The splits a fresh ``tiny``/``small`` model's tokenizer is trained on: forget, retain and the holdout.
+    """The splits a fresh named-size model's tokenizer is trained on: forget, retain and the holdout.
 
     A pretrained model's tokenizer knows nothing of who is in which split. One trained on the fine-tuning data alone
     (forget + retain) learns merges for the forget people's names and values and none for the holdout's: the

@@ -185,7 +185,7 @@ class RunConfig:
     """``obliviate run``: the whole experiment on the user's data, as the demo runs it on synthetic people."""
 
     model: str = option(
-        "", "the fine-tuned target (a model directory); or tiny / small with --finetune_target", required=True
+        "", "the fine-tuned target (a model directory); or tiny / small / medium with --finetune_target", required=True
     )
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str = option("", "the retain set (file or directory)", required=True)
@@ -198,7 +198,7 @@ class RunConfig:
         False, "fine-tune the oracle on the retain set with the target's recipe (its obliviate config.yaml)"
     )
     finetune_target: bool = option(
-        False, "build the target: fine-tune a fresh --model tiny / small on forget + retain"
+        False, "build the target: fine-tune a fresh --model tiny / small / medium on forget + retain"
     )
     methods: list[str] = option(
         [], "methods to run (default: ga ga_kl ga_gd npo contrast; also simnpo, rmu, relabel)", nargs="+"

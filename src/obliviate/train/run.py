@@ -329,7 +329,8 @@ def run_finetune(
 ) -> RunResult:
     """Train a causal LM on ``config.data`` (answers only; documents on every token).
 
-    With ``--model tiny`` (or ``small``) a tokenizer is trained on the data and a fresh OLMo model is built first.
+    With ``--model tiny`` (or ``small``, ``medium``) a tokenizer is trained on the data and a fresh OLMo model is built
+    first.
     With ``--until_memorised`` the run ends at the first epoch whose check passes, ``--epochs`` being the budget;
     ``memorisation_check`` builds that check from the config (training never imports evaluation: the caller passes
     :func:`obliviate.evaluate.memorised.memorisation_check_for`).
