@@ -130,8 +130,10 @@ Reproduce: `{command}` (measured {_common.utc_date()}, {_common.cpu_cores()} CPU
 
 
 def main(argv: list[str] | None = None) -> int:
+    from obliviate.config import TINY_SIZES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "medium"])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(TINY_SIZES))
     parser.add_argument("--methods", nargs="+", default=["contrast", "ga_gd"])
     parser.add_argument("--people", type=int, default=200, help="synthetic people (the demo's 200)")
     parser.add_argument("--finetune_epochs", type=int, default=30, help="fine-tuning budget (the demo's)")

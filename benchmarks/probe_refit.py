@@ -45,12 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe_refit: no cached {args.model} at {old.parent}: run the pipeline first", file=sys.stderr)
         return 2
     shutil.rmtree(args.scratch, ignore_errors=True)
-    fresh = config(args.scratch)
-    fresh_dirs = pc.prepare_data(fresh, print)
-    fresh_vocabulary = pc.tokenizer_dirs(fresh_dirs)
-    fresh_data = [fresh_dirs["forget"], fresh_dirs["retain"]] if args.model == "target" else [fresh_dirs["retain"]]
-    init = pc.cached_init(fresh, fresh_vocabulary)
-    new = pc.cached_finetune(args.model, fresh_data, fresh, fresh_vocabulary, print, init) / "model.safetensors"
+    fresh = config(args.scratch)  # the same data files; the tokenizer, the initial model and the model made anew
+    init = pc.cached_init(fresh, vocabulary)
+    new = pc.cached_finetune(args.model, data, fresh, vocabulary, print, init) / "model.safetensors"
     a, b = digest(old), digest(new)
     print(f"cached {a}\nfresh  {b}\n{'SAME' if a == b else 'DIFFERENT'}")
     return 0 if a == b else 1

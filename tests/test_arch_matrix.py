@@ -167,9 +167,11 @@ def test_the_readme_lists_exactly_the_tested_families():
 
 def test_the_cli_offers_every_family_the_library_builds(tmp_path):
     """``--arch`` of ``finetune`` and ``init-model`` takes exactly ``ARCHS`` (config, a layer below, names them)."""
-    from obliviate.config import TINY_ARCHS
+    from obliviate.config import TINY_ARCHS, TINY_SIZES
+    from obliviate.models.tiny import SIZES
 
     assert TINY_ARCHS == tuple(ARCHS)
+    assert TINY_SIZES == tuple(s for s in SIZES if s != "micro")  # --size and --model tiny|... offer every named size
     argv = ["init-model", "--arch", "no_such_model", "--data", str(tmp_path), "--output_dir", str(tmp_path / "o")]
     try:
         code = main(argv)

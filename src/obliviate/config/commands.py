@@ -11,6 +11,7 @@ from obliviate.config.base import (
     QUANTIZE_BITS,
     RELEARN_SOURCES,
     TINY_ARCHS,
+    TINY_SIZES,
     TRACKERS,
     comma_list,
     option,
@@ -124,9 +125,7 @@ class InitModelConfig:
 
     output_dir: str = option("", "where the model directory is written", required=True)
     data: list[str] = option([], "data paths to train the tokenizer on", nargs="+", required=True)
-    size: str = option(
-        "tiny", "tiny: ~1.6 M parameters; small: ~7 M; medium: ~20 M", choices=("tiny", "small", "medium")
-    )
+    size: str = option("tiny", "tiny: ~1.6 M parameters; small: ~7 M; medium: ~20 M", choices=TINY_SIZES)
     arch: str = option("olmo", "the model type built from a config", choices=TINY_ARCHS)
     vocab_size: int = option(4096, "tokenizer vocabulary (at least the 256 bytes and the special tokens)", ge=300)
     seed: int = option(0, "initialisation seed", ge=0, lt=2**32)
@@ -185,7 +184,9 @@ class RunConfig:
     """``obliviate run``: the whole experiment on the user's data, as the demo runs it on synthetic people."""
 
     model: str = option(
-        "", "the fine-tuned target (a model directory); or tiny / small / medium with --finetune_target", required=True
+        "",
+        f"the fine-tuned target (a model directory); or {' / '.join(TINY_SIZES)} with --finetune_target",
+        required=True,
     )
     forget_dir: str = option("", "the forget set (file or directory)", required=True)
     retain_dir: str = option("", "the retain set (file or directory)", required=True)
@@ -198,7 +199,7 @@ class RunConfig:
         False, "fine-tune the oracle on the retain set with the target's recipe (its obliviate config.yaml)"
     )
     finetune_target: bool = option(
-        False, "build the target: fine-tune a fresh --model tiny / small / medium on forget + retain"
+        False, f"build the target: fine-tune a fresh --model {' / '.join(TINY_SIZES)} on forget + retain"
     )
     methods: list[str] = option(
         [], "methods to run (default: ga ga_kl ga_gd npo contrast; also simnpo, rmu, relabel)", nargs="+"
@@ -242,13 +243,13 @@ class RunConfig:
         pipeline_attack_names(self.attacks)
         if self.oracle and self.train_oracle:
             raise ConfigError("pass at most one of --oracle (a given model) and --train_oracle (fine-tune one)")
-        sizes = ("tiny", "small", "medium")
-        if self.finetune_target and self.model not in sizes:
+        if self.finetune_target and self.model not in TINY_SIZES:
+            named = f"{', '.join(TINY_SIZES[:-1])} or {TINY_SIZES[-1]}"
             raise ConfigError(
-                f"--finetune_target builds the target from --model tiny, small or medium, found --model {self.model}: "
+                f"--finetune_target builds the target from --model {named}, found --model {self.model}: "
                 "drop --finetune_target to use that model as the fine-tuned target"
             )
-        if self.model in sizes and not self.finetune_target:
+        if self.model in TINY_SIZES and not self.finetune_target:
             raise ConfigError(f"--model {self.model} is a fresh model, not a fine-tuned target: add --finetune_target")
 
 
