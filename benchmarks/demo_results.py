@@ -143,6 +143,7 @@ def memorised(results: dict) -> str:
 def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, int, list[str]]:
     """Goals held, goals in all, and one line per method: how many it meets and the measured value of each miss;
     ``extra``: goals the run computed beyond those of the summary rows (the attacks'), counted the same way."""
+    from obliviate.evaluate.uncertainty import CLEAR
     from obliviate.report.demo import goals
 
     goal_rows = goals(rows) + list(extra or [])
@@ -150,13 +151,24 @@ def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, 
     for row in rows[2:]:
         mine = [g for g in goal_rows if g["goal"].startswith(f"{row['model']}: ")]
         missed = [
-            f"{g['goal'].split(': ', 1)[1]} ({cell(g['value'])} against {cell(g['target'])})"
+            f"{g['goal'].split(': ', 1)[1]} ({cell(g['value'])} against {cell(g['target'])}{margin_words(g)})"
             for g in mine
             if not g["holds"]
         ]
         verdict = f"{sum(g['holds'] for g in mine)} of {len(mine)}"
-        lines.append(f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all"))
+        line = f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all")
+        close = [g["goal"].split(": ", 1)[1] for g in mine if g.get("clear") is False]
+        if close:
+            line += f" (within {CLEAR:g} standard errors of the bound: {', '.join(close)})"
+        lines.append(line)
     return sum(g["holds"] for g in goal_rows), len(goal_rows), lines
+
+
+def margin_words(goal: dict) -> str:
+    """``, margin -0.012 ± 0.048`` for a goal whose margin has a standard error, else ""."""
+    if goal.get("margin") is None or goal.get("margin_se") is None:
+        return ""
+    return f", margin {goal['margin']:+.3f} ± {goal['margin_se']:.3f}"
 
 
 def with_thresholds(checks: list[dict]) -> list[dict]:

@@ -392,3 +392,29 @@ def test_bench_memory_summary_states_the_mlp_only_copy_from_the_measured_figures
     assert "`ga_kl` peaks +300 MiB above `ga_gd` (0.75× all the weights, against 0.97× under full fine-tuning)" in line
     lora_only = {"max_lora_peak_ratio": 1.02, "full_npo_peak_ratio": None, "mlp_ga_kl_extra_mb": None}
     assert "MLPs" not in bench_memory.readme_line(lora_only) and "**1.020×**" in bench_memory.readme_line(lora_only)
+
+
+def test_goal_lines_give_a_miss_its_margin_and_name_the_verdicts_within_noise():
+    import demo_results
+    from obliviate.report.demo import ORACLE, STDERR
+
+    rows = [
+        {"model": "target", "retain/exact_match": 1.0, STDERR: {"retain/exact_match": 0.0}},
+        {"model": ORACLE, "forget/rougeL_recall": 0.28, STDERR: {"forget/rougeL_recall": 0.03}},
+        {
+            "model": "contrast",
+            "forget/rougeL_recall": 0.34,
+            "retain/exact_match": 0.99,
+            STDERR: {"forget/rougeL_recall": 0.04, "retain/exact_match": 0.005},
+        },
+    ]
+    held, total, lines = demo_results.goal_lines(rows)
+    assert (held, total) == (1, 2)
+    assert lines == [
+        "- contrast: 1 of 2; misses forget ROUGE-L within 0.05 of oracle (0.340 against 0.280, margin -0.010 ± 0.050)"
+        " (within 2 standard errors of the bound: forget ROUGE-L within 0.05 of oracle)"
+    ]
+    rows[2][STDERR] = {}  # a file written before standard errors: the lines read as they did
+    assert demo_results.goal_lines(rows)[2] == [
+        "- contrast: 1 of 2; misses forget ROUGE-L within 0.05 of oracle (0.340 against 0.280)"
+    ]

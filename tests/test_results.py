@@ -45,8 +45,9 @@ def test_eval_result_reads_dict_metrics_and_serialises_as_before():
     )
     assert isinstance(result.metrics[0], Metric) and result.value("rougeL_recall", "forget") == 0.25
     data = result.to_json()
-    assert list(data) == ["metrics", "summary", "semeval", "leak", "exposure", "notes"]
+    assert list(data) == ["metrics", "summary", "stderr", "semeval", "leak", "exposure", "notes"]
     assert data["summary"] == {"forget/rougeL_recall": 0.25}
+    assert data["stderr"] == {}  # a metric without a standard error has no entry
     assert data["metrics"][0] == {
         "name": "rougeL_recall",
         "split": "forget",
@@ -58,8 +59,11 @@ def test_eval_result_reads_dict_metrics_and_serialises_as_before():
 
 def test_epoch_eval_serialises_as_an_epoch_entry():
     epoch = EpochEval.of(2, Path("eval") / "epoch-2", _result(forget__leak_rate=0.1))
-    assert epoch.to_json() == {"epoch": 2, "path": str(Path("eval/epoch-2")), "summary": {"forget/leak_rate": 0.1}}
+    expected = {"epoch": 2, "path": str(Path("eval/epoch-2")), "summary": {"forget/leak_rate": 0.1}, "stderr": {}}
+    assert epoch.to_json() == expected
     assert epoch.result is None
+    with_error = EvalResult([Metric.of("leak_rate", "forget", 0.1, stderr=0.05)], [], {}, {}, [], [], None)
+    assert EpochEval.of(3, "eval/epoch-3", with_error).to_json()["stderr"] == {"forget/leak_rate": 0.05}
 
 
 def test_columns_take_label_direction_and_format_from_the_metrics_table():
@@ -110,7 +114,7 @@ def test_unlearn_method_takes_its_epochs_from_the_run_result_not_the_disk(tmp_pa
     assert run.best["epoch"] == 2 and run.best_epoch is hooked[1] and run.steps == 10
     assert not (tmp_path / "demo" / "methods" / "ga_gd" / "eval").exists()
     saved = run.to_json()
-    assert saved["epochs"][2] == {"epoch": 2, "path": "e2", "summary": hooked[1].summary}
+    assert saved["epochs"][2] == {"epoch": 2, "path": "e2", "summary": hooked[1].summary, "stderr": {}}
     assert list(saved) == [  # the key order of results.json's runs
         "method",
         "best",

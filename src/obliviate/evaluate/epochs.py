@@ -152,7 +152,7 @@ def load_epoch_results(eval_dir: Path) -> list[EpochEval]:
     found = []
     for path in eval_dir.glob("epoch-*/results.json"):
         data = json.loads(path.read_text())
-        found.append(EpochEval(data["epoch"], str(path.parent), data["summary"]))
+        found.append(EpochEval(data["epoch"], str(path.parent), data["summary"], stderr=data.get("stderr") or {}))
     return sorted(found, key=lambda e: e.epoch)
 
 

@@ -34,6 +34,7 @@ from obliviate.data.batching import encode_prompt
 from obliviate.data.fakes import CandidateSampler, render_like
 from obliviate.data.records import PersonPII, Record, answer_prefix
 from obliviate.evaluate.leak import Probe, build_probes, find_value
+from obliviate.evaluate.uncertainty import clustered_se
 
 ATTACKS = ("question", "prefix")
 """The prompts a value can be scored in: those that lead straight to it (the dataset's question, the biography cut
@@ -221,6 +222,7 @@ def score_targets(split: str, targets: Sequence[ExposureTarget], nll: Sequence[n
             "median": float(np.median(bits)), "p90": float(np.quantile(bits, 0.9)),
             "nll_gap": float(np.mean([p["nll_gap"] for p in pairs if p["field"] == name])),
             "top_rate": float(np.mean([p["rank"] == 1 for p in pairs if p["field"] == name])),
+            "stderr": clustered_se(bits, [p["person_id"] for p in pairs if p["field"] == name]),
         }  # fmt: skip
     k = max(int(p["k"]) for p in pairs)
     return ExposureReport(

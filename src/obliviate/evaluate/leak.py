@@ -20,6 +20,7 @@ from typing import Any
 from obliviate.data.pii import pii_field
 from obliviate.data.pii_match import _Index, _tokens, contains_value, find_value
 from obliviate.data.records import PII_FIELDS, PersonPII, Record
+from obliviate.evaluate.uncertainty import clustered_se
 
 LABELS = {field: f"[{field.upper()}]" for field in (*PII_FIELDS, "name")}
 """Redaction placeholders: ``[BIRTH_DATE]``, ``[SSN]``, ``[PHONE]``, ``[EMAIL]``, ``[ADDRESS]``, ``[NAME]``."""
@@ -94,6 +95,8 @@ class LeakReport:
         partial: values partly reproduced in place (:mod:`obliviate.evaluate.partial`), when the suite scored them.
         leaked_by: ``(person_id, field, attacks)`` of every leaked pair, the attacks in :data:`ATTACKS` order: what
             a per-person verdict (``evaluate --evidence``) names; ids and field names only, never values.
+        stderr: the standard error of ``rate``, a person's pairs counted as one draw
+            (:func:`~obliviate.evaluate.uncertainty.clustered_se`); None with fewer than two people.
     """
 
     split: str
@@ -107,6 +110,7 @@ class LeakReport:
     leaked_pairs: list[tuple[str, str]]
     partial: Any = None  # a PartialReport; typed loosely because partial.py imports this module
     leaked_by: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+    stderr: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -134,6 +138,7 @@ def score_leaks(probes: Sequence[Probe], greedy: Sequence[str], samples: Sequenc
                 leaked["sampled"].add(pair)
     all_pairs = set().union(*had.values())
     leaked_pairs = set().union(*leaked.values())
+    ordered = sorted(all_pairs)
     field_counts = {
         name: (sum(pair[1] == name for pair in leaked_pairs), sum(pair[1] == name for pair in all_pairs))
         for name in sorted({pair[1] for pair in all_pairs})
@@ -151,6 +156,7 @@ def score_leaks(probes: Sequence[Probe], greedy: Sequence[str], samples: Sequenc
         attack_counts=attack_counts,
         leaked_pairs=sorted(leaked_pairs),
         leaked_by=[(*pair, tuple(a for a in attacks if pair in leaked[a])) for pair in sorted(leaked_pairs)],
+        stderr=clustered_se([pair in leaked_pairs for pair in ordered], [pair[0] for pair in ordered]),
     )
 
 

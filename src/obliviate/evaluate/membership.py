@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from obliviate.data.records import Record
+from obliviate.data.records import Record, owner_id
 from obliviate.evaluate import mia, scores
 from obliviate.evaluate.data import EvalData, sample_records
 from obliviate.evaluate.passes import TokenScores, forward_pass
@@ -31,7 +31,9 @@ class OracleStats:
 def mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list[mia.ExampleLogProbs]:
     """What the attacks read of each record: its text's token log-probs and the next-token mean and spread."""
     return [
-        mia.ExampleLogProbs(ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text)
+        mia.ExampleLogProbs(
+            ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text, owner_id(r)
+        )
         for r, ts in zip(records, token_scores)
     ]
 
@@ -40,11 +42,11 @@ def mia_metrics(members, nonmembers, options: EvalOptions, metrics: list[Metric]
     """Each attack's AUC and the MIA score, added to ``metrics``; returns the Min-K% AUC (None: no MIA sets)."""
     if not (members and nonmembers):
         return None
-    aucs = mia.mia_aucs(members, nonmembers, k=options.mia_k)
-    for attack, auc in aucs.items():
-        metrics.append(Metric.of(f"mia_auc_{attack}", "forget", auc))
-    metrics.append(Metric.of("mia_score", "forget", scores.mia_score(aucs["loss"])))
-    return aucs["mink"]
+    aucs = mia.mia_aucs_with_stderr(members, nonmembers, k=options.mia_k)
+    for attack, (auc, stderr) in aucs.items():
+        metrics.append(Metric.of(f"mia_auc_{attack}", "forget", auc, stderr=stderr))
+    metrics.append(Metric.of("mia_score", "forget", scores.mia_score(aucs["loss"][0])))
+    return aucs["mink"][0]
 
 
 def oracle_metrics(forget_nll: list[float], mink_auc: float | None, oracle: OracleStats | None) -> list[Metric]:

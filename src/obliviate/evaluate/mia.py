@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.evaluate.scores import roc_auc
+from obliviate.evaluate.uncertainty import auc_se
 
 MIN_K = 0.4
 """Fraction of lowest-scoring tokens Min-K% and Min-K%++ average (k = 40 % as in TOFU / open-unlearning)."""
@@ -106,12 +107,28 @@ class ExampleLogProbs:
         mu: ``[n_tokens]`` mean log-prob of the model's next-token distribution, or None (no Min-K%++).
         sigma: ``[n_tokens]`` its std, or None.
         text: the scored text (for zlib).
+        owner: the person (or document) it is about: the examples of one owner count as one draw in the AUC's
+            standard error (:func:`mia_auc_stderrs`); None: its own.
     """
 
     token_logp: np.ndarray
     mu: np.ndarray | None
     sigma: np.ndarray | None
     text: str
+    owner: str | None = None
+
+
+def attack_scores(examples: list[ExampleLogProbs], k: float = MIN_K) -> dict[str, list[float]]:
+    """Each attack's score of every example (higher = member): ``{"loss", "zlib", "mink", "minkpp"}``, Min-K%++
+    left out when any example lacks mu / sigma."""
+    attacks = {
+        "loss": lambda ex: loss_score(ex.token_logp),
+        "zlib": lambda ex: zlib_score(ex.token_logp, ex.text),
+        "mink": lambda ex: min_k_score(ex.token_logp, k),
+    }
+    if all(ex.mu is not None and ex.sigma is not None for ex in examples):
+        attacks["minkpp"] = lambda ex: min_k_pp_score(ex.token_logp, ex.mu, ex.sigma, k)
+    return {name: [score(ex) for ex in examples] for name, score in attacks.items()}
 
 
 def mia_aucs(members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], k: float = MIN_K) -> dict[str, float]:
@@ -120,14 +137,20 @@ def mia_aucs(members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], 
     Returns:
         ``{"loss", "zlib", "mink", "minkpp"}`` → AUC; ``"minkpp"`` is left out when any example lacks mu / sigma.
     """
-    attacks = {
-        "loss": lambda ex: loss_score(ex.token_logp),
-        "zlib": lambda ex: zlib_score(ex.token_logp, ex.text),
-        "mink": lambda ex: min_k_score(ex.token_logp, k),
-    }
-    if all(ex.mu is not None and ex.sigma is not None for ex in [*members, *nonmembers]):
-        attacks["minkpp"] = lambda ex: min_k_pp_score(ex.token_logp, ex.mu, ex.sigma, k)
-    return {
-        name: roc_auc([score(ex) for ex in members], [score(ex) for ex in nonmembers])
-        for name, score in attacks.items()
-    }
+    return {name: auc for name, (auc, _) in mia_aucs_with_stderr(members, nonmembers, k).items()}
+
+
+def mia_aucs_with_stderr(
+    members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], k: float = MIN_K
+) -> dict[str, tuple[float, float | None]]:
+    """:func:`mia_aucs` with each AUC's standard error, the examples of one owner counted as one draw
+    (:func:`~obliviate.evaluate.uncertainty.auc_se`)."""
+    scored = attack_scores([*members, *nonmembers], k)
+    m = len(members)
+    owners = [ex.owner if ex.owner is not None else f"#{i}" for i, ex in enumerate([*members, *nonmembers])]
+    out = {}
+    for name, values in scored.items():
+        member_scores, nonmember_scores = values[:m], values[m:]
+        se = auc_se(member_scores, nonmember_scores, owners[:m], owners[m:])
+        out[name] = (roc_auc(member_scores, nonmember_scores), se)
+    return out

@@ -97,10 +97,18 @@ class EvalResult:
         """``"split/metric"`` (overall task) → value: the flat view ``results.json`` and the tables read."""
         return {m.key: m.value for m in self.metrics if m.task == "all"}
 
+    def stderrs(self) -> dict[str, float]:
+        """``"split/metric"`` (overall task) → the standard error of its value, for the metrics that have one
+        (:mod:`obliviate.evaluate.uncertainty`; ``docs/METRICS.md``, *Standard errors*)."""
+        return {
+            m.key: m.extra["stderr"] for m in self.metrics if m.task == "all" and m.extra.get("stderr") is not None
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "metrics": [m.to_json() for m in self.metrics],
             "summary": self.summary(),
+            "stderr": self.stderrs(),
             "semeval": self.semeval,
             "leak": self.leak,
             "exposure": self.exposure,
@@ -118,20 +126,22 @@ class EpochEval:
             unlearning run's ``eval/epoch-N``).
         summary: :meth:`EvalResult.summary`.
         result: the whole evaluation where it is still to be written; None once it is on disk.
+        stderr: :meth:`EvalResult.stderrs` (empty for an evaluation written before they were measured).
     """
 
     epoch: int
     path: str
     summary: dict[str, float]
     result: EvalResult | None = None
+    stderr: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, epoch: int, path: Any, result: EvalResult, keep: bool = False) -> EpochEval:
-        return cls(epoch, str(path), result.summary(), result if keep else None)
+        return cls(epoch, str(path), result.summary(), result if keep else None, result.stderrs())
 
     def to_json(self) -> dict[str, Any]:
-        """``{"epoch", "path", "summary"}``: an epoch's entry in ``results.json``."""
-        return {"epoch": self.epoch, "path": self.path, "summary": self.summary}
+        """``{"epoch", "path", "summary", "stderr"}``: an epoch's entry in ``results.json``."""
+        return {"epoch": self.epoch, "path": self.path, "summary": self.summary, "stderr": self.stderr}
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from obliviate.data.fakes import CandidateSampler
-from obliviate.data.records import Record
+from obliviate.data.records import Record, owner_id
 from obliviate.errors import ConfigError, DataError
-from obliviate.evaluate import exposure, leak, official, partial, scores, semeval
+from obliviate.evaluate import exposure, leak, official, partial, scores, semeval, uncertainty
 from obliviate.evaluate.data import EVAL_SPLITS, EvalData, people_of, sample_records
 from obliviate.evaluate.decode import continuous_supported
 from obliviate.evaluate.generation import generate_split
@@ -161,10 +161,15 @@ def evaluate_split(
             probes, greedy, [samples_by_prompt.get(p.prompt, []) for p in probes] if options.leak_samples else None
         )
         report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy, report.leaked_pairs))
-    return rows, _aggregates(split, rows, token_scores, report), token_scores, report
+    owners = [owner_id(record) for record in records]
+    return rows, _aggregates(split, rows, token_scores, report, owners), token_scores, report
 
 
-def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], report) -> list[Metric]:
+def _aggregates(
+    split: str, rows: list[dict], token_scores: list[TokenScores], report, owners: list[str] | None = None
+) -> list[Metric]:
+    """Each split's means over its rows (per task where there are several) and its leak rates, each with its
+    standard error, the rows of one person (``owners[i]``, the row's person) counted as one draw."""
     out = []
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
@@ -174,28 +179,35 @@ def _aggregates(split: str, rows: list[dict], token_scores: list[TokenScores], r
     for task in tasks if len(tasks) > 2 else ["all"]:
         idx = by_task[task]
         for name in ("rougeL_recall", "rouge1_recall", "exact_match"):
-            values = [rows[i][name] for i in idx if name in rows[i]]
-            if values:
-                out.append(Metric.of(name, split, float(np.mean(values)), task, n=len(values)))
+            kept = [i for i in idx if name in rows[i]]
+            if kept:
+                values = [rows[i][name] for i in kept]
+                stderr = uncertainty.clustered_se(values, [owners[i] for i in kept] if owners else None)
+                out.append(Metric.of(name, split, float(np.mean(values)), task, n=len(values), stderr=stderr))
         ppl = scores.perplexity(
             [token_scores[i].answer_nll_sum for i in idx], [token_scores[i].answer_tokens for i in idx]
         )
         out.append(Metric.of("perplexity", split, ppl, task, n=len(idx)))
     if report is not None:
-        out.append(Metric.of("leak_rate", split, report.rate, n=report.n_pairs))
-        if report.partial is not None:
-            out.append(Metric.of("partial_leak_rate", split, report.partial.rate, n=report.partial.n_pairs))
-            if report.partial.digits_in_place is not None:
-                out.append(Metric.of("digits_in_place", split, report.partial.digits_in_place))
+        out.append(Metric.of("leak_rate", split, report.rate, n=report.n_pairs, stderr=report.stderr))
+        if (part := report.partial) is not None:
+            out.append(Metric.of("partial_leak_rate", split, part.rate, n=part.n_pairs, stderr=part.stderr))
+            if part.digits_in_place is not None:
+                out.append(
+                    Metric.of("digits_in_place", split, part.digits_in_place, n=part.n_digit_pairs,
+                              stderr=part.digits_stderr)
+                )  # fmt: skip
     return out
 
 
 def _exposure_metrics(report: exposure.ExposureReport) -> list[Metric]:
     """Mean exposure overall and per PII field, and the mean NLL gap, of one split."""
     n = len(report.pairs)
-    out = [Metric.of("exposure", report.split, report.mean, n=n, k=report.k, chance=report.chance)]
+    people = [pair["person_id"] for pair in report.pairs]
+    stderr = uncertainty.clustered_se([pair["exposure"] for pair in report.pairs], people)
+    out = [Metric.of("exposure", report.split, report.mean, n=n, k=report.k, chance=report.chance, stderr=stderr)]
     out += [
-        Metric.of(f"exposure_{name}", report.split, stats["mean"], n=stats["n"])
+        Metric.of(f"exposure_{name}", report.split, stats["mean"], n=stats["n"], stderr=stats.get("stderr"))
         for name, stats in report.by_field.items()
         if f"exposure_{name}" in scores.METRICS
     ]

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from obliviate.evaluate.uncertainty import CLEAR, difference_se
 from obliviate.report.columns import Column, metric_columns
 from obliviate.report.outputs import epoch_plots, write_json
 from obliviate.report.plot_parts import Level, mean_se
@@ -26,6 +27,10 @@ RUN_COLUMNS = (  # after the metric columns, which come from obliviate.evaluate.
 ORACLE = "oracle (retrain)"
 """The oracle's row name in the summary (``results.json``); a run without an oracle has no such row."""
 
+STDERR = "stderr"
+"""A summary row's ``"split/metric"`` → standard error of its value (empty in a file written before they were
+measured)."""
+
 
 def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
     """One flat row per model: target (epoch 0), the oracle (where there is one), then each method's best epoch."""
@@ -41,12 +46,18 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
             "compute_vs_oracle": ratio(compute, outcome.oracle_compute),
         }
 
+    target = outcome.target_result
     rows = [
-        {"model": "target", **outcome.target_result.summary(), **cost(outcome.target_tokens, outcome.target_compute)}
+        {
+            "model": "target",
+            **target.summary(),
+            **cost(outcome.target_tokens, outcome.target_compute),
+            STDERR: target.stderrs(),
+        }
     ]
-    if outcome.oracle_result is not None:
-        summary = outcome.oracle_result.summary()
-        rows.append({"model": ORACLE, **summary, **cost(outcome.oracle_tokens, outcome.oracle_compute)})
+    if (oracle := outcome.oracle_result) is not None:
+        cost_of = cost(outcome.oracle_tokens, outcome.oracle_compute)
+        rows.append({"model": ORACLE, **oracle.summary(), **cost_of, STDERR: oracle.stderrs()})
     for run in outcome.runs:
         best = run.best_epoch
         rows.append(
@@ -56,6 +67,7 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
                 "epoch": best.epoch,
                 "wall_seconds": run.wall_seconds,
                 **cost(run.tokens, run.compute),
+                STDERR: best.stderr,
             }
         )
     return rows
@@ -64,59 +76,47 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, each stated relative to the oracle (and the target for retain), per method.
 
-    A goal is left out where its value or reference was not measured: without an oracle every goal against it (the
-    report says so), without a holdout the MIA goal."""
+    Each goal gives its ``value``, its reference (``target``), whether it ``holds``, its ``margin`` (how far the
+    value is inside its bound; negative: outside), the margin's standard error ``margin_se`` from the two values'
+    (None where either was not measured) and whether the verdict is ``clear`` of sampling noise
+    (:data:`~obliviate.evaluate.uncertainty.CLEAR`). A goal is left out where its value or reference was not
+    measured: without an oracle every goal against it (the report says so), without a holdout the MIA goal."""
     target = rows[0]
     oracle = next((r for r in rows if r["model"] == ORACLE), {})
+    # (goal, metric key, reference row, margin from (value, reference), d margin / d reference)
+    checks = [
+        ("forget leak rate ≤ oracle + 1 pp", "forget/leak_rate", oracle, lambda v, o: o + 0.01 - v, 1.0),
+        ("forget ROUGE-L within 0.05 of oracle", "forget/rougeL_recall", oracle, lambda v, o: 0.05 - abs(v - o), 1.0),
+        ("retain ROUGE-L ≥ 95 % of target", "retain/rougeL_recall", target, lambda v, t: v - 0.95 * t, 0.95),
+        ("retain EM ≥ 95 % of target", "retain/exact_match", target, lambda v, t: v - 0.95 * t, 0.95),
+        ("MIA AUC within 0.05 of oracle", "forget/mia_auc_loss", oracle, lambda v, o: 0.05 - abs(v - o), 1.0),
+        # partial leaks: digits reproduced in place, no more than a model that never saw them
+        ("digits in place ≤ oracle + 1 pp", "forget/digits_in_place", oracle, lambda v, o: o + 0.01 - v, 1.0),
+    ]
     out = []
     for row in [r for r in rows[1:] if r["model"] != ORACLE]:
-        checks = [
-            (
-                "forget leak rate ≤ oracle + 1 pp",
-                row.get("forget/leak_rate"),
-                oracle.get("forget/leak_rate"),
-                lambda v, o: v <= o + 0.01,
-            ),
-            (
-                "forget ROUGE-L within 0.05 of oracle",
-                row.get("forget/rougeL_recall"),
-                oracle.get("forget/rougeL_recall"),
-                lambda v, o: abs(v - o) <= 0.05,
-            ),
-            (
-                "retain ROUGE-L ≥ 95 % of target",
-                row.get("retain/rougeL_recall"),
-                target.get("retain/rougeL_recall"),
-                lambda v, t: v >= 0.95 * t,
-            ),
-            (
-                "retain EM ≥ 95 % of target",
-                row.get("retain/exact_match"),
-                target.get("retain/exact_match"),
-                lambda v, t: v >= 0.95 * t,
-            ),
-            (
-                "MIA AUC within 0.05 of oracle",
-                row.get("forget/mia_auc_loss"),
-                oracle.get("forget/mia_auc_loss"),
-                lambda v, o: abs(v - o) <= 0.05,
-            ),
-        ]
-        if row.get("forget/digits_in_place") is not None and oracle.get("forget/digits_in_place") is not None:
-            checks.append(  # partial leaks: digits reproduced in place, no more than a model that never saw them
-                (
-                    "digits in place ≤ oracle + 1 pp",
-                    row.get("forget/digits_in_place"),
-                    oracle.get("forget/digits_in_place"),
-                    lambda v, o: v <= o + 0.01,
-                )
-            )
-        for goal, value, reference, test in checks:
+        for goal, key, reference_row, margin_of, weight in checks:
+            value, reference = row.get(key), reference_row.get(key)
             if value is None or reference is None:
                 continue
-            holds = bool(test(value, reference))
-            out.append({"goal": f"{row['model']}: {goal}", "value": value, "target": reference, "holds": holds})
+            margin = float(margin_of(value, reference))
+            se = difference_se((1.0, _stderr(row, key)), (weight, _stderr(reference_row, key)))
+            out.append(
+                {
+                    "goal": f"{row['model']}: {goal}",
+                    "value": value,
+                    "target": reference,
+                    "holds": margin >= 0,  # a value on its bound holds (the sign of a float difference is exact)
+                    "margin": margin,
+                    "margin_se": se,
+                    "clear": None if se is None else abs(margin) >= CLEAR * se,
+                }
+            )
     return out
+
+
+def _stderr(row: dict[str, Any], key: str) -> float | None:
+    return (row.get(STDERR) or {}).get(key)
 
 
 def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obliviate demo") -> Path:

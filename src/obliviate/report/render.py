@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.evaluate.scores import METRICS
+from obliviate.evaluate.uncertainty import CLEAR
 from obliviate.io import write_text_atomic
 from obliviate.report.columns import Column, direction, metric_column, metric_columns
 
@@ -306,7 +307,9 @@ def render_demo_report(
         plots: caption → PNG path (see :func:`render_eval_report`).
         notes: already-redacted lines shown at the end.
         title: the report's heading.
-        goals: ``{"goal", "value", "target", "holds"}`` per goal, rendered as a table with a count of those held.
+        goals: ``{"goal", "value", "target", "holds"}`` per goal, with ``margin``, ``margin_se`` and ``clear`` where
+            measured (:func:`obliviate.report.demo.goals`), rendered as a table with a count of those held and of
+            the verdicts within sampling noise.
         report_dir: the folder the report will be written to.
         setup: lines on the models and references compared against (how memorised the target is, which oracle,
             what stands in for a missing holdout), shown first.
@@ -320,10 +323,14 @@ def render_demo_report(
     if goals:
         held = sum(bool(goal.get("holds")) for goal in goals)
         goals_text = markdown_table(
-            ["goal", "value", "target", "holds"],
-            [[g.get("goal"), g.get("value"), g.get("target"), g.get("holds")] for g in goals],
+            ["goal", "value", "target", "holds", "margin ± SE", f"clear of {CLEAR:g} SE"],
+            [
+                [g.get("goal"), g.get("value"), g.get("target"), g.get("holds"), _margin(g), g.get("clear")]
+                for g in goals
+            ],
         )
-        goals_text += f"\n\n{held} of {len(goals)} goals hold."
+        noise = noise_words(goals)
+        goals_text += f"\n\n{held} of {len(goals)} goals hold" + (f"; {noise}." if noise else ".")
     parts = [
         f"# {title}\n",
         _section("Setup", _bullets(setup or [])),
@@ -334,6 +341,24 @@ def render_demo_report(
         _section("Notes", _bullets(notes)),
     ]
     return "\n".join(part for part in parts if part)
+
+
+def noise_words(goal_rows: list[dict[str, Any]]) -> str:
+    """How many verdicts lie within :data:`CLEAR` standard errors of their bound, in words ("" where no goal has a
+    standard error)."""
+    known = [g for g in goal_rows if g.get("clear") is not None]
+    if not known:
+        return ""
+    close = sum(not g["clear"] for g in known)
+    return f"{close} of {len(known)} verdicts lie within {CLEAR:g} standard errors of their bound"
+
+
+def _margin(goal: dict[str, Any]) -> str:
+    """A goal's margin inside its bound (negative: outside) and its standard error: ``+0.012 ± 0.041``."""
+    margin, se = goal.get("margin"), goal.get("margin_se")
+    if margin is None:
+        return "–"
+    return f"{margin:+.3f}" + ("" if se is None else f" ± {se:.3f}")
 
 
 def write_report(text: str, path: Path) -> Path:

@@ -1,0 +1,82 @@
+"""Standard errors of the suite's aggregates, with the rows of one person counted as one draw.
+
+Every aggregate the suite reports is a mean over units drawn from a few people: a split's rows (ROUGE-L, exact
+match), its (person, field) pairs (leak rates, digits in place, exposure), or, for a membership AUC, its members
+against its non-members. Rows of one person are not independent draws (a model that knows a person tends to know
+all of their values), so each standard error here is cluster-robust, the clusters being people
+(``docs/METRICS.md``, *Standard errors*). With every unit its own cluster it is the usual ``s / √n`` that
+lm-evaluation-harness reports as ``*_stderr``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+CLEAR = 2.0
+"""A verdict against a bound is *clear* when its margin is at least this many standard errors from zero; a closer one
+could go the other way on another draw of as many people (``docs/METRICS.md``, *Standard errors*)."""
+
+
+def clustered_se(values: Sequence[float], clusters: Sequence[Hashable] | None = None) -> float | None:
+    """Standard error of ``mean(values)`` when ``values[i]`` belongs to cluster ``clusters[i]``.
+
+    ``se² = C / (C − 1) · Σ_c (Σ_{i∈c} (x_i − x̄))² / n²`` over the C clusters (the CR1 sandwich estimator of a
+    mean). With no ``clusters`` (or all distinct) it equals ``s / √n``, ``s`` the sample standard deviation.
+    None where it cannot be estimated: fewer than two clusters, or a value that is not finite.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if clusters is not None and len(clusters) != len(x):
+        raise ValueError(f"{len(x)} values but {len(clusters)} clusters")
+    if x.size < 2 or not np.all(np.isfinite(x)):
+        return None
+    residual = x - x.mean()
+    sums: dict[Hashable, float] = defaultdict(float)
+    for i, r in enumerate(residual):
+        sums[clusters[i] if clusters is not None else i] += float(r)
+    count = len(sums)
+    if count < 2:
+        return None
+    variance = count / (count - 1) * sum(s * s for s in sums.values()) / (x.size**2)
+    return math.sqrt(variance)
+
+
+def auc_components(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components of the AUC (members scored higher = member): for each member, the share of
+    non-members it outscores (a tie counts a half), and for each non-member the share of members that outscore it.
+    The mean of either is the AUC (DeLong, DeLong & Clarke-Pearson 1988)."""
+    x = np.asarray(member_scores, dtype=np.float64)[:, None]
+    y = np.asarray(nonmember_scores, dtype=np.float64)[None, :]
+    psi = (x > y) + 0.5 * (x == y)
+    return psi.mean(axis=1), psi.mean(axis=0)
+
+
+def auc_se(
+    member_scores: Sequence[float],
+    nonmember_scores: Sequence[float],
+    member_clusters: Sequence[Hashable] | None = None,
+    nonmember_clusters: Sequence[Hashable] | None = None,
+) -> float | None:
+    """Standard error of the AUC of members against non-members: DeLong's variance, each sample's component
+    mean taken with :func:`clustered_se` over its people (Obuchowski 1997), the two samples independent.
+    Without clusters it is DeLong's ``S10 / m + S01 / n``. None where either side has fewer than two clusters."""
+    if not len(member_scores) or not len(nonmember_scores):
+        return None
+    v10, v01 = auc_components(member_scores, nonmember_scores)
+    se_members = clustered_se(v10, member_clusters)
+    se_nonmembers = clustered_se(v01, nonmember_clusters)
+    if se_members is None or se_nonmembers is None:
+        return None
+    return math.sqrt(se_members**2 + se_nonmembers**2)
+
+
+def difference_se(*terms: tuple[float, float | None]) -> float | None:
+    """Standard error of ``Σ weight · estimate`` from each term's ``(weight, standard error)``, the estimates taken
+    as independent; None when any standard error is unknown. Two models evaluated on the same rows are positively
+    correlated, so for their difference this overstates the error: a conservative reading."""
+    if any(se is None for _, se in terms):
+        return None
+    return math.sqrt(sum((weight * se) ** 2 for weight, se in terms))  # type: ignore[operator]

@@ -1,0 +1,136 @@
+"""Standard errors of the suite's aggregates and the goals' margins (docs/METRICS.md, *Standard errors*)."""
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from obliviate.evaluate import uncertainty
+from obliviate.evaluate.leak import Probe, score_leaks
+from obliviate.evaluate.mia import ExampleLogProbs, mia_aucs_with_stderr
+from obliviate.evaluate.scores import roc_auc
+from obliviate.report import render
+from obliviate.report.demo import ORACLE, STDERR, goals
+
+
+def test_without_clusters_the_standard_error_is_the_sample_one():
+    values = [0.0, 1.0, 1.0, 0.5, 0.25, 0.0]
+    expected = statistics.stdev(values) / math.sqrt(len(values))
+    assert uncertainty.clustered_se(values) == pytest.approx(expected, rel=1e-12)
+    assert uncertainty.clustered_se(values, list("abcdef")) == pytest.approx(expected, rel=1e-12)
+
+
+def test_rows_of_one_person_count_as_one_draw():
+    people = [0.0, 1.0, 0.5, 1.0]
+    repeated = [v for v in people for _ in range(5)]  # five rows per person, all alike
+    owners = [i for i in range(len(people)) for _ in range(5)]
+    clustered = uncertainty.clustered_se(repeated, owners)
+    assert clustered == pytest.approx(uncertainty.clustered_se(people), rel=1e-12)
+    assert uncertainty.clustered_se(repeated) < 0.5 * clustered  # as independent rows it would look far surer
+
+
+def test_no_standard_error_from_one_person_or_one_value():
+    assert uncertainty.clustered_se([0.2]) is None
+    assert uncertainty.clustered_se([0.2, 0.4, 0.9], ["p", "p", "p"]) is None
+    assert uncertainty.clustered_se([0.2, float("nan")]) is None
+    with pytest.raises(ValueError, match="2 values but 1 clusters"):
+        uncertainty.clustered_se([0.1, 0.2], ["p"])
+
+
+def test_auc_standard_error_is_delongs_on_a_worked_case():
+    # members 3 and 2 against non-members 1 and 2.5: components (1, 0.5) on both sides, AUC 0.75,
+    # variance 0.125 / 2 + 0.125 / 2
+    v10, v01 = uncertainty.auc_components([3.0, 2.0], [1.0, 2.5])
+    assert v10.tolist() == [1.0, 0.5] and v01.tolist() == [1.0, 0.5]
+    assert uncertainty.auc_se([3.0, 2.0], [1.0, 2.5]) == pytest.approx(math.sqrt(0.125), rel=1e-12)
+
+
+def test_auc_components_average_to_the_reported_auc_ties_included():
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, 30).astype(float)
+    v10, v01 = uncertainty.auc_components(members, nonmembers)
+    assert v10.mean() == pytest.approx(roc_auc(members, nonmembers)) == pytest.approx(v01.mean())
+
+
+def test_auc_standard_error_matches_the_spread_over_fresh_draws():
+    rng = np.random.default_rng(1)
+    m, n = 60, 60
+    aucs = [roc_auc(rng.normal(0.5, 1, m), rng.normal(0, 1, n)) for _ in range(2000)]
+    estimates = [uncertainty.auc_se(rng.normal(0.5, 1, m), rng.normal(0, 1, n)) for _ in range(50)]
+    assert float(np.mean(estimates)) == pytest.approx(float(np.std(aucs)), rel=0.1)
+
+
+def test_membership_auc_comes_with_a_standard_error_over_people():
+    def example(logp: float, owner: str) -> ExampleLogProbs:
+        return ExampleLogProbs(np.array([logp, logp]), None, None, "text", owner)
+
+    members = [example(-0.1 * i, f"m{i // 3}") for i in range(12)]  # four people, three rows each
+    nonmembers = [example(-0.1 * i - 0.35, f"h{i // 3}") for i in range(12)]
+    found = mia_aucs_with_stderr(members, nonmembers)
+    auc, se = found["loss"]
+    assert auc == pytest.approx(roc_auc([-0.1 * i for i in range(12)], [-0.1 * i - 0.35 for i in range(12)]))
+    assert "minkpp" not in found
+    scores_m, scores_h = [-0.1 * i for i in range(12)], [-0.1 * i - 0.35 for i in range(12)]
+    owners_m, owners_h = [f"m{i // 3}" for i in range(12)], [f"h{i // 3}" for i in range(12)]
+    assert se == pytest.approx(uncertainty.auc_se(scores_m, scores_h, owners_m, owners_h))
+    assert se > uncertainty.auc_se(scores_m, scores_h)  # three rows of a person are not three draws
+
+
+def test_leak_rate_standard_error_counts_pairs_by_person():
+    probes = [Probe(f"p{i}", "forget", "ssn", f"{i:03d}-00-0000", "question", f"SSN of p{i}?") for i in range(4)]
+    probes += [Probe(f"p{i}", "forget", "phone", f"555-000{i}", "question", f"Phone of p{i}?") for i in range(4)]
+    greedy = [p.value if p.person_id in ("p0", "p1") else "nothing" for p in probes]
+    report = score_leaks(probes, greedy, None)
+    assert report.rate == 0.5
+    pairs = sorted((p.person_id, p.field) for p in probes)
+    expected = uncertainty.clustered_se([pid in ("p0", "p1") for pid, _ in pairs], [pid for pid, _ in pairs])
+    assert report.stderr == pytest.approx(expected)
+    assert report.stderr == pytest.approx(uncertainty.clustered_se([1, 1, 0, 0]))  # four people, not eight pairs
+
+
+def _rows(value_se: float | None) -> list[dict]:
+    target = {"model": "target", "retain/exact_match": 1.0, STDERR: {"retain/exact_match": 0.01}}
+    oracle = {
+        "model": ORACLE,
+        "forget/rougeL_recall": 0.30,
+        "forget/leak_rate": 0.0,
+        STDERR: {"forget/rougeL_recall": 0.03, "forget/leak_rate": 0.0},
+    }
+    method = {
+        "model": "contrast",
+        "forget/rougeL_recall": 0.36,
+        "forget/leak_rate": 0.01,
+        "retain/exact_match": 0.99,
+        STDERR: {} if value_se is None else {"forget/rougeL_recall": value_se, "retain/exact_match": 0.01},
+    }
+    return [target, oracle, method]
+
+
+def test_goals_give_each_verdict_its_margin_and_whether_noise_could_reverse_it():
+    found = {g["goal"].split(": ", 1)[1]: g for g in goals(_rows(0.04))}
+    rouge = found["forget ROUGE-L within 0.05 of oracle"]
+    assert not rouge["holds"] and rouge["margin"] == pytest.approx(-0.01)
+    assert rouge["margin_se"] == pytest.approx(0.05)  # sqrt(0.04² + 0.03²)
+    assert rouge["clear"] is False  # 0.01 outside, with a standard error of 0.05
+    retain = found["retain EM ≥ 95 % of target"]
+    assert retain["holds"] and retain["margin"] == pytest.approx(0.99 - 0.95)
+    assert retain["margin_se"] == pytest.approx(math.hypot(0.01, 0.95 * 0.01))
+    assert retain["clear"] is True
+    leak = found["forget leak rate ≤ oracle + 1 pp"]
+    assert leak["holds"] and leak["margin"] == 0.0  # on the bound: holds, as before margins existed
+    assert leak["margin_se"] is None and leak["clear"] is None  # the method's leak rate has no standard error here
+
+
+def test_goals_from_a_file_without_standard_errors_keep_their_verdicts():
+    found = goals(_rows(None))
+    assert [g["holds"] for g in found] == [True, False, True]
+    assert all(g["margin_se"] is None and g["clear"] is None for g in found)
+
+
+def test_demo_report_shows_margins_and_counts_verdicts_within_noise():
+    rows = _rows(0.04)
+    text = render.render_demo_report(rows, [("forget/rougeL_recall", "forget ROUGE-L")], {}, [], "Demo", goals(rows))
+    assert "| goal | value | target | holds | margin ± SE | clear of 2 SE |" in text
+    assert "| contrast: forget ROUGE-L within 0.05 of oracle | 0.360 | 0.300 | no | -0.010 ± 0.050 | no |" in text
+    assert "2 of 3 goals hold; 1 of 2 verdicts lie within 2 standard errors of their bound." in text
