@@ -185,9 +185,8 @@ def readme_section(results: dict, args: argparse.Namespace, command: str, second
     )
     intro = textwrap.fill(intro, width=118, break_on_hyphens=False, break_long_words=False)
     return (
-        f"{intro}\n\n{table}\n\nGoals against the oracle (and the target, for retain): {held} of {total} hold.\n\n"
-        + ("\n".join(lines))
-        + demo_results.attacks_text(results)
+        f"{intro}\n\n{table}\n\nGoals against the oracle (and the target, for retain): {held} of {total} hold"
+        f"{demo_results.noise_text(rows)}.\n\n" + ("\n".join(lines)) + demo_results.attacks_text(results)
     )
 
 

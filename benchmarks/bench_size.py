@@ -110,7 +110,7 @@ def section(measured: dict[str, dict], command: str) -> str:
         verdicts.append(
             f"**{size}** ({results['parameters']} parameters, fine-tuned at lr {results['config']['finetune_lr']:g}; "
             f"memorised: {demo_results.memorised(results)}): "
-            f"{held} of {total} goals hold.\n\n" + "\n".join(lines)
+            f"{held} of {total} goals hold{demo_results.noise_text(results['summary'])}.\n\n" + "\n".join(lines)
         )
     times = ", ".join(f"{size} {results['wall_seconds'] / 60:.1f} min" for size, results in measured.items())
     first = next(iter(measured.values()))["config"]

@@ -96,7 +96,7 @@ stop rule against the holdout people. Each row is the run's last checkpoint, eva
 
 {table}
 
-Goals against the oracle (and the target, for retain): {held} of {total} hold.
+Goals against the oracle (and the target, for retain): {held} of {total} hold{noise_text(rows)}.
 
 {chr(10).join(lines)}{attacks_text(results)}{plot}"""
 
@@ -162,6 +162,16 @@ def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, 
             line += f" (within {CLEAR:g} standard errors of the bound: {', '.join(close)})"
         lines.append(line)
     return sum(g["holds"] for g in goal_rows), len(goal_rows), lines
+
+
+def noise_text(rows: list[dict]) -> str:
+    """``; 9 of 30 verdicts lie within 2 standard errors of their bound`` where the rows carry standard errors (the
+    metric summary's goals; the attacks' have none), else ""."""
+    from obliviate.report.demo import goals
+    from obliviate.report.render import noise_words
+
+    words = noise_words(goals(rows))
+    return f"; {words} (`docs/METRICS.md`, *Standard errors*)" if words else ""
 
 
 def margin_words(goal: dict) -> str:

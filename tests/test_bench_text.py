@@ -414,7 +414,10 @@ def test_goal_lines_give_a_miss_its_margin_and_name_the_verdicts_within_noise():
         "- contrast: 1 of 2; misses forget ROUGE-L within 0.05 of oracle (0.340 against 0.280, margin -0.010 ± 0.050)"
         " (within 2 standard errors of the bound: forget ROUGE-L within 0.05 of oracle)"
     ]
+    expected = "; 1 of 2 verdicts lie within 2 standard errors of their bound (`docs/METRICS.md`, *Standard errors*)"
+    assert demo_results.noise_text(rows) == expected
     rows[2][STDERR] = {}  # a file written before standard errors: the lines read as they did
+    assert demo_results.noise_text(rows) == ""
     assert demo_results.goal_lines(rows)[2] == [
         "- contrast: 1 of 2; misses forget ROUGE-L within 0.05 of oracle (0.340 against 0.280)"
     ]

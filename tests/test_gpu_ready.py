@@ -105,6 +105,9 @@ def test_epoch_hook_writes_only_on_the_main_process(monkeypatch, tmp_path):
         def summary(self):
             return {"forget/rougeL_recall": 0.5}
 
+        def stderrs(self):
+            return {"forget/rougeL_recall": 0.1}
+
     evaluated, waits = [], []
     state = SimpleNamespace(is_main_process=False, wait_for_everyone=lambda: waits.append(1))
     monkeypatch.setattr(distributed, "process_state", lambda: state)
