@@ -105,6 +105,8 @@ def test_epoch_hook_writes_only_on_the_main_process(monkeypatch, tmp_path):
         def summary(self):
             return {"forget/rougeL_recall": 0.5}
 
+        units: dict = {}
+
         def stderrs(self):
             return {"forget/rougeL_recall": 0.1}
 

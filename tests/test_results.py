@@ -45,7 +45,7 @@ def test_eval_result_reads_dict_metrics_and_serialises_as_before():
     )
     assert isinstance(result.metrics[0], Metric) and result.value("rougeL_recall", "forget") == 0.25
     data = result.to_json()
-    assert list(data) == ["metrics", "summary", "stderr", "semeval", "leak", "exposure", "notes"]
+    assert list(data) == ["metrics", "summary", "stderr", "semeval", "leak", "exposure", "notes", "units"]
     assert data["summary"] == {"forget/rougeL_recall": 0.25}
     assert data["stderr"] == {}  # a metric without a standard error has no entry
     assert data["metrics"][0] == {

@@ -278,3 +278,32 @@ def test_per_example_generations_hide_partial_values_where_people_are_known(memo
     unknown = dataclasses.replace(data, people=[])
     rows = [r for r in evaluate_model(model, tokenizer, unknown, options).per_example if "generation" in r]
     assert rows and {r["generation"] for r in rows} == {said}
+
+
+def test_every_standard_error_comes_from_units_that_give_back_the_metric(memorised):
+    """The units behind each overall mean give back its value and its standard error; the rows of one person are
+    one draw (docs/METRICS.md, *Standard errors*)."""
+    import math
+
+    from obliviate.evaluate import uncertainty
+
+    data_dir, model_dir = memorised
+    model, tokenizer = load_model(model_dir)
+    data = load_eval_data(data_dir / "forget", data_dir / "retain", data_dir / "holdout")
+    result = evaluate_model(model, tokenizer, data, OPTIONS)
+    summary, stderrs, units = result.summary(), result.stderrs(), result.units
+    expected = {f"{s}/{m}" for s in ("forget", "retain", "holdout") for m in ("rougeL_recall", "exact_match")}
+    expected |= {"forget/leak_rate", "forget/digits_in_place", "forget/mia_auc_loss", "forget/mia_auc_mink"}
+    assert expected <= set(units) and expected <= set(stderrs)
+    for key, groups in units.items():
+        for group in groups.values():
+            assert summary[key] == pytest.approx(sum(v for _, v in group.values()) / len(group))
+        parts = [
+            uncertainty.clustered_se([v for _, v in g.values()], [o for o, _ in g.values()]) for g in groups.values()
+        ]
+        assert stderrs[key] == pytest.approx(math.sqrt(sum(p * p for p in parts)))
+    forget_people = {owner for owner, _ in units["forget/exact_match"]["all"].values()}
+    assert len(forget_people) == 2  # 2 forget people, 5 QA rows each: two draws
+    assert set(units["forget/mia_auc_loss"]) == {"member", "nonmember"}
+    assert "units" not in result.leak["forget"] and "digit_units" not in result.leak["forget"]["partial"]
+    assert uncertainty.paired_se(units["forget/rougeL_recall"], units["forget/rougeL_recall"]) == 0.0

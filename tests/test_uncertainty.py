@@ -11,7 +11,7 @@ from obliviate.evaluate.leak import Probe, score_leaks
 from obliviate.evaluate.mia import ExampleLogProbs, mia_aucs_with_stderr
 from obliviate.evaluate.scores import roc_auc
 from obliviate.report import render
-from obliviate.report.demo import ORACLE, STDERR, goals
+from obliviate.report.demo import ORACLE, STDERR, UNITS, goals
 
 
 def test_without_clusters_the_standard_error_is_the_sample_one():
@@ -134,3 +134,43 @@ def test_demo_report_shows_margins_and_counts_verdicts_within_noise():
     assert "| goal | value | target | holds | margin ± SE | clear of 2 SE |" in text
     assert "| contrast: forget ROUGE-L within 0.05 of oracle | 0.360 | 0.300 | no | -0.010 ± 0.050 | no |" in text
     assert "2 of 3 goals hold; 1 of 2 verdicts lie within 2 standard errors of their bound." in text
+
+
+def test_paired_error_is_the_error_of_the_per_unit_differences():
+    model = uncertainty.mean_units(["a", "b", "c", "d"], ["p", "p", "q", "r"], [0.9, 0.7, 0.4, 1.0])
+    same = uncertainty.mean_units(["a", "b", "c", "d"], ["p", "p", "q", "r"], [0.9, 0.7, 0.4, 1.0])
+    assert uncertainty.paired_se(model, same) == 0.0  # a model against itself: no noise at all
+    target = uncertainty.mean_units(["a", "b", "c", "d"], ["p", "p", "q", "r"], [1.0, 1.0, 0.5, 1.0])
+    differences = [0.9 - 0.95, 0.7 - 0.95, 0.4 - 0.475, 1.0 - 0.95]
+    assert uncertainty.paired_se(model, target, 0.95) == pytest.approx(
+        uncertainty.clustered_se(differences, ["p", "p", "q", "r"])
+    )
+    other_rows = uncertainty.mean_units(["a", "b", "c", "e"], ["p", "p", "q", "r"], [1.0, 1.0, 0.5, 1.0])
+    assert uncertainty.paired_se(model, other_rows) is None and uncertainty.paired_se(model, None) is None
+
+
+def test_paired_auc_error_adds_members_and_non_members_in_quadrature():
+    keys_m, keys_h = [("m1", "p1"), ("m2", "p2"), ("m3", "p3")], [("h1", "q1"), ("h2", "q2"), ("h3", "q3")]
+    first = uncertainty.auc_units(keys_m, keys_h, [3.0, 2.0, 0.5], [1.0, 2.5, 0.0])
+    second = uncertainty.auc_units(keys_m, keys_h, [0.0, 2.0, 3.0], [1.0, 2.5, 0.5])
+    parts = []
+    for group in ("member", "nonmember"):
+        ids = sorted(first[group])
+        parts.append(uncertainty.clustered_se([first[group][i][1] - second[group][i][1] for i in ids]))
+    assert uncertainty.paired_se(first, second) == pytest.approx(math.hypot(*parts))
+    assert uncertainty.paired_se(first, first) == 0.0
+
+
+def test_goals_pair_models_evaluated_on_the_same_rows():
+    rows = _rows(0.04)
+    ids, owners = [f"r{i}" for i in range(10)], [f"p{i // 2}" for i in range(10)]
+    rows[0][UNITS] = {"retain/exact_match": uncertainty.mean_units(ids, owners, [1.0] * 10)}
+    rows[2][UNITS] = {"retain/exact_match": uncertainty.mean_units(ids, owners, [1.0] * 9 + [0.0])}
+    rows[2]["retain/exact_match"] = 0.9
+    found = {g["goal"].split(": ", 1)[1]: g for g in goals(rows)}
+    retain = found["retain EM ≥ 95 % of target"]
+    differences = [0.05] * 9 + [-0.95]  # 1 − 0.95 · 1, and 0 − 0.95 · 1 on the row it lost
+    assert retain["margin_se"] == pytest.approx(uncertainty.clustered_se(differences, owners))
+    assert retain["margin"] == pytest.approx(-0.05) and retain["clear"] is False
+    rouge = found["forget ROUGE-L within 0.05 of oracle"]
+    assert rouge["margin_se"] == pytest.approx(0.05)  # no units on either side: the independent reading

@@ -152,7 +152,8 @@ def load_epoch_results(eval_dir: Path) -> list[EpochEval]:
     found = []
     for path in eval_dir.glob("epoch-*/results.json"):
         data = json.loads(path.read_text())
-        found.append(EpochEval(data["epoch"], str(path.parent), data["summary"], stderr=data.get("stderr") or {}))
+        stderr, units = data.get("stderr") or {}, data.get("units") or {}
+        found.append(EpochEval(data["epoch"], str(path.parent), data["summary"], stderr=stderr, units=units))
     return sorted(found, key=lambda e: e.epoch)
 
 

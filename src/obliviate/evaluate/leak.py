@@ -97,6 +97,8 @@ class LeakReport:
             a per-person verdict (``evaluate --evidence``) names; ids and field names only, never values.
         stderr: the standard error of ``rate``, a person's pairs counted as one draw
             (:func:`~obliviate.evaluate.uncertainty.clustered_se`); None with fewer than two people.
+        units: ``"person|field"`` → ``[person, 1 if leaked else 0]`` (:data:`~obliviate.evaluate.uncertainty.Units`
+            of ``rate``); ids and field names only.
     """
 
     split: str
@@ -111,9 +113,15 @@ class LeakReport:
     partial: Any = None  # a PartialReport; typed loosely because partial.py imports this module
     leaked_by: list[tuple[str, str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
     stderr: float | None = None
+    units: dict[str, list[Any]] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        """Every field but the units (the run's ``results.json`` keeps those once, beside the summary)."""
+        out = dataclasses.asdict(self)
+        out.pop("units")
+        if isinstance(out.get("partial"), dict):
+            out["partial"].pop("digit_units", None)
+        return out
 
 
 def score_leaks(probes: Sequence[Probe], greedy: Sequence[str], samples: Sequence[Sequence[str]] | None) -> LeakReport:
@@ -157,6 +165,7 @@ def score_leaks(probes: Sequence[Probe], greedy: Sequence[str], samples: Sequenc
         leaked_pairs=sorted(leaked_pairs),
         leaked_by=[(*pair, tuple(a for a in attacks if pair in leaked[a])) for pair in sorted(leaked_pairs)],
         stderr=clustered_se([pair in leaked_pairs for pair in ordered], [pair[0] for pair in ordered]),
+        units={f"{person}|{name}": [person, float((person, name) in leaked_pairs)] for person, name in ordered},
     )
 
 

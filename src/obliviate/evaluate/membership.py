@@ -32,19 +32,25 @@ def mia_examples(records: list[Record], token_scores: list[TokenScores]) -> list
     """What the attacks read of each record: its text's token log-probs and the next-token mean and spread."""
     return [
         mia.ExampleLogProbs(
-            ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text, owner_id(r)
+            ts.text_logp, ts.mu[: ts.text_positions], ts.sigma[: ts.text_positions], r.text, owner_id(r), r.id
         )
         for r, ts in zip(records, token_scores)
     ]
 
 
-def mia_metrics(members, nonmembers, options: EvalOptions, metrics: list[Metric]) -> float | None:
-    """Each attack's AUC and the MIA score, added to ``metrics``; returns the Min-K% AUC (None: no MIA sets)."""
+def mia_metrics(
+    members, nonmembers, options: EvalOptions, metrics: list[Metric], units: dict | None = None
+) -> float | None:
+    """Each attack's AUC and the MIA score, added to ``metrics`` (and each AUC's units to ``units``, where given,
+    under its summary key); returns the Min-K% AUC (None: no MIA sets)."""
     if not (members and nonmembers):
         return None
-    aucs = mia.mia_aucs_with_stderr(members, nonmembers, k=options.mia_k)
+    found: dict = {}
+    aucs = mia.mia_aucs_with_stderr(members, nonmembers, k=options.mia_k, units=found)
     for attack, (auc, stderr) in aucs.items():
         metrics.append(Metric.of(f"mia_auc_{attack}", "forget", auc, stderr=stderr))
+        if units is not None:
+            units[f"forget/mia_auc_{attack}"] = found[attack]
     metrics.append(Metric.of("mia_score", "forget", scores.mia_score(aucs["loss"][0])))
     return aucs["mink"][0]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.evaluate.scores import roc_auc
-from obliviate.evaluate.uncertainty import auc_se
+from obliviate.evaluate.uncertainty import auc_se, auc_units
 
 MIN_K = 0.4
 """Fraction of lowest-scoring tokens Min-K% and Min-K%++ average (k = 40 % as in TOFU / open-unlearning)."""
@@ -108,7 +108,8 @@ class ExampleLogProbs:
         sigma: ``[n_tokens]`` its std, or None.
         text: the scored text (for zlib).
         owner: the person (or document) it is about: the examples of one owner count as one draw in the AUC's
-            standard error (:func:`mia_auc_stderrs`); None: its own.
+            standard error (:func:`mia_aucs_with_stderr`); None: its own.
+        id: the record's id, which pairs it with the same record under another model (None: its position).
     """
 
     token_logp: np.ndarray
@@ -116,6 +117,7 @@ class ExampleLogProbs:
     sigma: np.ndarray | None
     text: str
     owner: str | None = None
+    id: str | None = None
 
 
 def attack_scores(examples: list[ExampleLogProbs], k: float = MIN_K) -> dict[str, list[float]]:
@@ -141,16 +143,23 @@ def mia_aucs(members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], 
 
 
 def mia_aucs_with_stderr(
-    members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], k: float = MIN_K
+    members: list[ExampleLogProbs], nonmembers: list[ExampleLogProbs], k: float = MIN_K, units: dict | None = None
 ) -> dict[str, tuple[float, float | None]]:
     """:func:`mia_aucs` with each AUC's standard error, the examples of one owner counted as one draw
-    (:func:`~obliviate.evaluate.uncertainty.auc_se`)."""
+    (:func:`~obliviate.evaluate.uncertainty.auc_se`). ``units``, where given, gets each attack's
+    :data:`~obliviate.evaluate.uncertainty.Units` under its name."""
     scored = attack_scores([*members, *nonmembers], k)
     m = len(members)
-    owners = [ex.owner if ex.owner is not None else f"#{i}" for i, ex in enumerate([*members, *nonmembers])]
+    keys = [
+        (ex.id if ex.id is not None else f"#{i}", ex.owner if ex.owner is not None else f"#{i}")
+        for i, ex in enumerate([*members, *nonmembers])
+    ]
     out = {}
     for name, values in scored.items():
         member_scores, nonmember_scores = values[:m], values[m:]
+        owners = [owner for _, owner in keys]
         se = auc_se(member_scores, nonmember_scores, owners[:m], owners[m:])
         out[name] = (roc_auc(member_scores, nonmember_scores), se)
+        if units is not None:
+            units[name] = auc_units(keys[:m], keys[m:], member_scores, nonmember_scores)
     return out

@@ -19,6 +19,7 @@ from the dataset's own question. Lower is better on forget (down to the holdout'
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -95,7 +96,8 @@ class PartialReport:
         digits_in_place: mean share of SSN and phone digits in place in the question's answer (None: no such pair).
         by_field: per field ``share`` (mean, question's answer), ``rate`` and ``threshold``.
         stderr / digits_stderr: the standard errors of ``rate`` and ``digits_in_place``, a person's pairs counted as
-            one draw (:func:`~obliviate.evaluate.uncertainty.clustered_se`); ``n_digit_pairs`` pairs give the latter.
+            one draw (:func:`~obliviate.evaluate.uncertainty.clustered_se`); ``n_digit_pairs`` pairs give the latter,
+            ``digit_units`` (``"person|field"`` → ``[person, share]``) its units.
     """
 
     split: str
@@ -107,9 +109,11 @@ class PartialReport:
     stderr: float | None = None
     n_digit_pairs: int = 0
     digits_stderr: float | None = None
+    digit_units: dict[str, list] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """Every field but the units (the run's ``results.json`` keeps those once, beside the summary)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "digit_units"}
 
 
 def score_partial_leaks(
@@ -152,4 +156,5 @@ def score_partial_leaks(
         stderr=clustered_se([pair in leaked for pair in ordered], [pair[0] for pair in ordered]),
         n_digit_pairs=len(digit_shares),
         digits_stderr=clustered_se(digit_shares, [pair[0] for pair in digit_pairs]),
+        digit_units={f"{person}|{name}": [person, asked[(person, name)]] for person, name in digit_pairs},
     )

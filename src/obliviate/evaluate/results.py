@@ -86,6 +86,9 @@ class EvalResult:
     leaked: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict, repr=False)
     """Split → ``(person_id, field, attacks)`` of every leaked pair (:attr:`LeakReport.leaked_by`); kept in memory
     for ``--evidence``, not written to ``results.json``."""
+    units: dict[str, Any] = field(default_factory=dict, repr=False)
+    """``"split/metric"`` → the units behind that overall mean (:data:`~obliviate.evaluate.uncertainty.Units`: ids,
+    people and per-unit numbers, never a value or a generation): what pairs two models' figures on the same rows."""
 
     def __post_init__(self) -> None:
         self.metrics = [m if isinstance(m, Metric) else Metric.from_json(m) for m in self.metrics]
@@ -113,6 +116,7 @@ class EvalResult:
             "leak": self.leak,
             "exposure": self.exposure,
             "notes": self.notes,
+            "units": self.units,
         }
 
 
@@ -127,6 +131,8 @@ class EpochEval:
         summary: :meth:`EvalResult.summary`.
         result: the whole evaluation where it is still to be written; None once it is on disk.
         stderr: :meth:`EvalResult.stderrs` (empty for an evaluation written before they were measured).
+        units: :attr:`EvalResult.units`; kept in memory and in the epoch's own ``results.json``, not in a run's
+            list of epochs.
     """
 
     epoch: int
@@ -134,10 +140,11 @@ class EpochEval:
     summary: dict[str, float]
     result: EvalResult | None = None
     stderr: dict[str, float] = field(default_factory=dict)
+    units: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, epoch: int, path: Any, result: EvalResult, keep: bool = False) -> EpochEval:
-        return cls(epoch, str(path), result.summary(), result if keep else None, result.stderrs())
+        return cls(epoch, str(path), result.summary(), result if keep else None, result.stderrs(), result.units)
 
     def to_json(self) -> dict[str, Any]:
         """``{"epoch", "path", "summary", "stderr"}``: an epoch's entry in ``results.json``."""

@@ -200,6 +200,27 @@ def _aggregates(
     return out
 
 
+def _units(split: str, rows: list[dict], owners: list[str], report) -> dict[str, uncertainty.Units]:
+    """The units behind the split's overall means (:data:`~obliviate.evaluate.uncertainty.Units`): its rows for
+    ROUGE and exact match, its (person, field) pairs for the leak rates and digits in place. Two models evaluated on
+    the same rows have the same units, so a goal comparing them takes the error of their per-unit differences."""
+    out = {}
+    for name in ("rougeL_recall", "rouge1_recall", "exact_match"):
+        kept = [i for i, row in enumerate(rows) if name in row]
+        if kept:
+            out[f"{split}/{name}"] = uncertainty.mean_units(
+                [rows[i]["id"] for i in kept], [owners[i] for i in kept], [rows[i][name] for i in kept]
+            )
+    if report is not None:
+        for key, found in (
+            ("leak_rate", report.units),
+            ("digits_in_place", getattr(report.partial, "digit_units", None)),
+        ):
+            if found:
+                out[f"{split}/{key}"] = {"all": found}
+    return out
+
+
 def _exposure_metrics(report: exposure.ExposureReport) -> list[Metric]:
     """Mean exposure overall and per PII field, and the mean NLL gap, of one split."""
     n = len(report.pairs)
@@ -232,7 +253,7 @@ def evaluate_model(
         if split in data.splits:
             _evaluate_split_into(passes, model, tokenizer, split, data, options, redactor, sampler)
     members, nonmembers = mia_sets(model, tokenizer, data, passes.records, passes.token_scores, options, passes.notes)
-    mink_auc = mia_metrics(members, nonmembers, options, passes.metrics)
+    mink_auc = mia_metrics(members, nonmembers, options, passes.metrics, passes.units)
     forget_nll = [ts.answer_nll for ts in passes.token_scores.get("forget", [])]
     passes.metrics += oracle_metrics(forget_nll, mink_auc, oracle)
     semeval_json = _semeval(passes.per_example, passes.metrics, mmlu_acc, passes.notes)
@@ -246,6 +267,7 @@ def evaluate_model(
         mink_auc,
         passes.exposure_reports,
         leaked=passes.leaked,
+        units=passes.units,
     )
 
 
@@ -261,6 +283,7 @@ class _SplitPasses:
     leaked: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict)
     token_scores: dict[str, list[TokenScores]] = field(default_factory=dict)
     records: dict[str, list[Record]] = field(default_factory=dict)
+    units: dict[str, uncertainty.Units] = field(default_factory=dict)
 
 
 def _evaluate_split_into(
@@ -282,6 +305,7 @@ def _evaluate_split_into(
     )
     passes.per_example += rows
     passes.metrics += aggregates
+    passes.units.update(_units(split, rows, [owner_id(r) for r in records], report))
     if report is not None:
         passes.leak_reports[split] = {
             k: v for k, v in report.to_dict().items() if k not in ("leaked_pairs", "leaked_by")
@@ -302,6 +326,12 @@ def _evaluate_split_into(
         if found is not None:
             passes.exposure_reports[split] = found.to_dict()
             passes.metrics += _exposure_metrics(found)
+            pairs = found.pairs
+            passes.units[f"{split}/exposure"] = uncertainty.mean_units(
+                [f"{p['person_id']}|{p['field']}" for p in pairs],
+                [p["person_id"] for p in pairs],
+                [p["exposure"] for p in pairs],
+            )
     if not any(r["kind"] in ("completion", "qa") for r in rows):
         passes.notes.append(f"{split}: no completion or QA rows, so ROUGE-L, exact match and leak rate are skipped")
 

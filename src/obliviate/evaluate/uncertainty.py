@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,3 +81,50 @@ def difference_se(*terms: tuple[float, float | None]) -> float | None:
     if any(se is None for _, se in terms):
         return None
     return math.sqrt(sum((weight * se) ** 2 for weight, se in terms))  # type: ignore[operator]
+
+
+Units = dict[str, dict[str, list[Any]]]
+"""One metric's units, by group: ``{group: {unit id: [owner, value]}}``. A mean has one group, ``"all"``; a
+membership AUC two, ``"member"`` and ``"nonmember"``, whose values are DeLong's components
+(:func:`auc_components`). The metric's standard error is the root of the sum over groups of each group's
+:func:`clustered_se` squared."""
+
+
+def mean_units(ids: Sequence[str], owners: Sequence[str], values: Sequence[float]) -> Units:
+    """:data:`Units` of a mean over ``values`` (unit ``ids[i]`` of person ``owners[i]``)."""
+    return {"all": {str(i): [str(o), float(v)] for i, o, v in zip(ids, owners, values)}}
+
+
+def auc_units(
+    members: Sequence[tuple[str, str]],
+    nonmembers: Sequence[tuple[str, str]],
+    member_scores: Sequence[float],
+    nonmember_scores: Sequence[float],
+) -> Units:
+    """:data:`Units` of an AUC: each member's and non-member's ``(id, owner)`` with its DeLong component."""
+    v10, v01 = auc_components(member_scores, nonmember_scores)
+    return {
+        "member": {i: [o, float(v)] for (i, o), v in zip(members, v10)},
+        "nonmember": {i: [o, float(v)] for (i, o), v in zip(nonmembers, v01)},
+    }
+
+
+def paired_se(
+    units: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, weight: float = 1.0
+) -> float | None:
+    """Standard error of ``estimate − weight · reference estimate`` where both were measured on the same units
+    (two models evaluated on the same rows): per group the clustered error of the per-unit differences, the groups
+    added in quadrature. None where either has no units or they are not the same units."""
+    if not units or not reference or set(units) != set(reference):
+        return None
+    variance = 0.0
+    for group, found in units.items():
+        other = reference[group]
+        if set(found) != set(other):
+            return None
+        ids = sorted(found)
+        se = clustered_se([found[i][1] - weight * other[i][1] for i in ids], [found[i][0] for i in ids])
+        if se is None:
+            return None
+        variance += se * se
+    return math.sqrt(variance)

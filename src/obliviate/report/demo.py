@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from obliviate.evaluate.uncertainty import CLEAR, difference_se
+from obliviate.evaluate.uncertainty import CLEAR, difference_se, paired_se
 from obliviate.report.columns import Column, metric_columns
 from obliviate.report.outputs import epoch_plots, write_json
 from obliviate.report.plot_parts import Level, mean_se
@@ -31,6 +31,10 @@ STDERR = "stderr"
 """A summary row's ``"split/metric"`` → standard error of its value (empty in a file written before they were
 measured)."""
 
+UNITS = "units"
+"""A summary row's ``"split/metric"`` → the units behind its value (:data:`~obliviate.evaluate.uncertainty.Units`):
+what lets a goal pair two models evaluated on the same rows."""
+
 
 def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
     """One flat row per model: target (epoch 0), the oracle (where there is one), then each method's best epoch."""
@@ -53,11 +57,12 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
             **target.summary(),
             **cost(outcome.target_tokens, outcome.target_compute),
             STDERR: target.stderrs(),
+            UNITS: target.units,
         }
     ]
     if (oracle := outcome.oracle_result) is not None:
         cost_of = cost(outcome.oracle_tokens, outcome.oracle_compute)
-        rows.append({"model": ORACLE, **oracle.summary(), **cost_of, STDERR: oracle.stderrs()})
+        rows.append({"model": ORACLE, **oracle.summary(), **cost_of, STDERR: oracle.stderrs(), UNITS: oracle.units})
     for run in outcome.runs:
         best = run.best_epoch
         rows.append(
@@ -68,6 +73,7 @@ def summary_rows(outcome: PipelineOutcome) -> list[dict[str, Any]]:
                 "wall_seconds": run.wall_seconds,
                 **cost(run.tokens, run.compute),
                 STDERR: best.stderr,
+                UNITS: best.units,
             }
         )
     return rows
@@ -77,8 +83,9 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, each stated relative to the oracle (and the target for retain), per method.
 
     Each goal gives its ``value``, its reference (``target``), whether it ``holds``, its ``margin`` (how far the
-    value is inside its bound; negative: outside), the margin's standard error ``margin_se`` from the two values'
-    (None where either was not measured) and whether the verdict is ``clear`` of sampling noise
+    value is inside its bound; negative: outside), the margin's standard error ``margin_se`` (from the per-unit
+    differences where both models were evaluated on the same units, else from the two values' errors taken as
+    independent; None where either was not measured) and whether the verdict is ``clear`` of sampling noise
     (:data:`~obliviate.evaluate.uncertainty.CLEAR`). A goal is left out where its value or reference was not
     measured: without an oracle every goal against it (the report says so), without a holdout the MIA goal."""
     target = rows[0]
@@ -100,7 +107,9 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if value is None or reference is None:
                 continue
             margin = float(margin_of(value, reference))
-            se = difference_se((1.0, _stderr(row, key)), (weight, _stderr(reference_row, key)))
+            se = paired_se(_units(row, key), _units(reference_row, key), weight)
+            if se is None:  # not measured on the same units: the two errors as independent ones
+                se = difference_se((1.0, _stderr(row, key)), (weight, _stderr(reference_row, key)))
             out.append(
                 {
                     "goal": f"{row['model']}: {goal}",
@@ -117,6 +126,10 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _stderr(row: dict[str, Any], key: str) -> float | None:
     return (row.get(STDERR) or {}).get(key)
+
+
+def _units(row: dict[str, Any], key: str) -> dict[str, Any] | None:
+    return (row.get(UNITS) or {}).get(key)
 
 
 def write_demo_report(outcome: PipelineOutcome, out_dir: Path, title: str = "obliviate demo") -> Path:
