@@ -2,7 +2,8 @@
 
 For each method of a pipeline report (``bench_quality.py``, ``probe_objectives.py``, ``obliviate demo``), reads the
 per-value exposures its chosen epoch's evaluation wrote (``methods/M/eval/epoch-N/results.json``) and prints the
-forget and holdout means, their standard errors, and z = (forget − holdout) / sqrt(se_f² + se_h²), over every field
+forget and holdout means, their standard errors (a person's values one draw, as in the evaluation), and z =
+(forget − holdout) / sqrt(se_f² + se_h²), over every field
 and over the fields whose never-seen values mostly rank first left out (their rank cannot show memorisation). The
 stop rule's band is z ≤ 2 (``--stop_band``), but this is a like test, not the same one: it pools the fields' values
 as they come (the rule tests each field, and weighs the pooled reference by the forget counts), its holdout is
@@ -23,12 +24,20 @@ from pathlib import Path
 SATURATED = 0.5  # as evaluate/stop_rule.py: a field whose never-seen values rank first this often is left out
 
 
-def band(forget: list[float], holdout: list[float]) -> dict[str, float]:
-    """Means, standard errors and the z of their difference (NaN where a side has fewer than two values)."""
-    if len(forget) < 2 or len(holdout) < 2:
+def band(
+    forget: list[float],
+    holdout: list[float],
+    forget_people: list[str] | None = None,
+    holdout_people: list[str] | None = None,
+) -> dict[str, float]:
+    """Means, standard errors and the z of their difference (NaN where a side has fewer than two people). With
+    ``*_people`` (each value's person), a person's values count as one draw
+    (:func:`obliviate.evaluate.uncertainty.clustered_se`, as the evaluation's errors); without, each value is one."""
+    from obliviate.evaluate.uncertainty import clustered_se
+
+    se_f, se_h = clustered_se(forget, forget_people), clustered_se(holdout, holdout_people)
+    if se_f is None or se_h is None:
         return {"forget": math.nan, "holdout": math.nan, "z": math.nan}
-    se_f = statistics.stdev(forget) / math.sqrt(len(forget))
-    se_h = statistics.stdev(holdout) / math.sqrt(len(holdout))
     spread = math.sqrt(se_f**2 + se_h**2)
     diff = statistics.mean(forget) - statistics.mean(holdout)
     return {
@@ -73,14 +82,23 @@ def report_bands(report: Path) -> dict[str, dict[str, dict[str, float]]]:
         exposure = json.loads(path.read_text())["exposure"]
         forget, holdout = exposure["forget"]["pairs"], exposure["holdout"]["pairs"]
         skip = saturated(holdout)
-        bands = {"all fields": band([p["exposure"] for p in forget], [p["exposure"] for p in holdout])}
+        bands = {"all fields": _band(forget, holdout, set())}
         if skip:
-            bands[f"without {', '.join(sorted(skip))}"] = band(
-                [p["exposure"] for p in forget if p["field"] not in skip],
-                [p["exposure"] for p in holdout if p["field"] not in skip],
-            )
+            bands[f"without {', '.join(sorted(skip))}"] = _band(forget, holdout, skip)
         out[f"{method} (epoch {epoch})"] = bands
     return out
+
+
+def _band(forget: list[dict], holdout: list[dict], skip: set[str]) -> dict[str, float]:
+    """:func:`band` of the pairs whose field is not in ``skip``, a person's values one draw."""
+    kept_f = [p for p in forget if p["field"] not in skip]
+    kept_h = [p for p in holdout if p["field"] not in skip]
+    return band(
+        [p["exposure"] for p in kept_f],
+        [p["exposure"] for p in kept_h],
+        [str(p["person_id"]) for p in kept_f],
+        [str(p["person_id"]) for p in kept_h],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,14 +21,24 @@ def test_band_is_the_difference_of_means_over_its_standard_error():
 
 
 def test_a_report_is_read_at_its_chosen_epoch_and_saturated_fields_are_also_left_out(tmp_path):
-    def pair(field, exposure, rank):
-        return {"field": field, "exposure": exposure, "rank": rank}
+    def pair(field, exposure, rank, person):
+        return {"field": field, "exposure": exposure, "rank": rank, "person_id": person}
 
     report = tmp_path / "report"
     (report / "results.json").parent.mkdir(parents=True)
     (report / "results.json").write_text(json.dumps({"runs": [{"method": "contrast", "best": {"epoch": 2}}]}))
-    forget = [pair("ssn", 3.0, 3), pair("ssn", 5.0, 1), pair("email", 4.4, 1), pair("email", 4.4, 1)]
-    holdout = [pair("ssn", 1.0, 9), pair("ssn", 3.0, 4), pair("email", 4.4, 1), pair("email", 4.4, 2)]
+    forget = [
+        pair("ssn", 3.0, 3, "f1"),
+        pair("ssn", 5.0, 1, "f2"),
+        pair("email", 4.4, 1, "f1"),
+        pair("email", 4.4, 1, "f2"),
+    ]
+    holdout = [
+        pair("ssn", 1.0, 9, "h1"),
+        pair("ssn", 3.0, 4, "h2"),
+        pair("email", 4.4, 1, "h1"),
+        pair("email", 4.4, 2, "h2"),
+    ]
     for epoch, values in ((1, holdout), (2, forget)):  # epoch 1 would read as forgotten: it must not be the one read
         path = report / "methods" / "contrast" / "eval" / f"epoch-{epoch}" / "results.json"
         path.parent.mkdir(parents=True)
@@ -38,6 +48,22 @@ def test_a_report_is_read_at_its_chosen_epoch_and_saturated_fields_are_also_left
     assert bands["without email"]["forget"] == 4.0 and bands["without email"]["holdout"] == 2.0
     assert bands["without email"]["z"] == pytest.approx(2 / math.sqrt(2))
     assert bands["all fields"]["n_forget"] == 4
+    from obliviate.evaluate.uncertainty import clustered_se
+
+    assert bands["all fields"]["forget_se"] == pytest.approx(
+        clustered_se([3.0, 5.0, 4.4, 4.4], ["f1", "f2", "f1", "f2"])
+    )
+
+
+def test_a_persons_values_count_as_one_draw():
+    """Five values of one person are not five draws: the band is wider than with each value its own."""
+    forget = [v for v in (2.0, 3.0, 1.5, 2.5) for _ in range(5)]
+    holdout = [v for v in (1.0, 2.0, 1.5, 0.5) for _ in range(5)]
+    people_f = [f"f{i // 5}" for i in range(20)]
+    people_h = [f"h{i // 5}" for i in range(20)]
+    by_person = exposure_band.band(forget, holdout, people_f, people_h)
+    assert by_person["z"] == pytest.approx(exposure_band.band([2.0, 3.0, 1.5, 2.5], [1.0, 2.0, 1.5, 0.5])["z"])
+    assert exposure_band.band(forget, holdout)["z"] > 2 * by_person["z"]
 
 
 def test_without_results_json_each_method_is_read_at_its_last_evaluated_epoch(tmp_path):
@@ -46,7 +72,7 @@ def test_without_results_json_each_method_is_read_at_its_last_evaluated_epoch(tm
     for epoch, value in ((0, 5.0), (9, 1.0), (12, 2.0)):  # 12 > 9: compared as numbers, not as names
         path = report / "methods" / "contrast" / "eval" / f"epoch-{epoch}" / "results.json"
         path.parent.mkdir(parents=True)
-        pairs = [{"field": "ssn", "exposure": value + d, "rank": 5} for d in (0.0, 1.0)]
+        pairs = [{"field": "ssn", "exposure": value + d, "rank": 5, "person_id": f"p{d}"} for d in (0.0, 1.0)]
         path.write_text(json.dumps({"exposure": {"forget": {"pairs": pairs}, "holdout": {"pairs": pairs}}}))
     (report / "methods" / "contrast" / "eval" / "epoch-20").mkdir()  # an epoch whose evaluation did not finish
     assert exposure_band.chosen_epochs(report) == {"contrast": 12}
