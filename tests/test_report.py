@@ -220,7 +220,14 @@ def test_markdown_table_exact_formatting():
 
 def _eval_result() -> dict:
     metrics = [
-        {"name": "rougeL_recall", "split": "forget", "task": "all", "value": 0.4321, "higher_is_better": False},
+        {
+            "name": "rougeL_recall",
+            "split": "forget",
+            "task": "all",
+            "value": 0.4321,
+            "higher_is_better": False,
+            "stderr": 0.0412,
+        },
         {"name": "rougeL_recall", "split": "retain", "task": "all", "value": 0.9876, "higher_is_better": True},
         {"name": "rougeL_recall", "split": "forget", "task": "Task1", "value": 0.111, "higher_is_better": False},
         {"name": "rougeL_recall", "split": "forget", "task": "Task2", "value": 0.222, "higher_is_better": False},
@@ -268,9 +275,9 @@ def test_render_eval_report_values_directions_and_relative_images(tmp_path):
         _eval_result(), "Eval of ga", plots={"loss": report_dir / "plots" / "loss.png"}, report_dir=report_dir
     )
     assert text.startswith("# Eval of ga\n")
-    assert _table_row(text, "rougeL_recall | forget").startswith("| rougeL_recall | forget | 0.432 | ↓ |")
-    assert _table_row(text, "rougeL_recall | retain").startswith("| rougeL_recall | retain | 0.988 | ↑ |")
-    assert "| mia_auc_loss | forget | 0.610 | ↓ (ideal 0.5) |" in text
+    assert _table_row(text, "rougeL_recall | forget").startswith("| rougeL_recall | forget | 0.432 | 0.041 | ↓ |")
+    assert _table_row(text, "rougeL_recall | retain").startswith("| rougeL_recall | retain | 0.988 | – | ↑ |")
+    assert "| mia_auc_loss | forget | 0.610 | – | ↓ (ideal 0.5) |" in text
     # Per-task table: one column per task.
     assert "| metric | split | better | Task1 | Task2 |" in text
     assert "| rougeL_recall | forget | ↓ | 0.111 | 0.222 |" in text

@@ -88,6 +88,7 @@ def _metric_row(metric: dict[str, Any]) -> list[Any]:
         name,
         split,
         metric["value"],
+        metric.get("stderr"),
         direction(name, split, metric.get("higher_is_better")),
         info.description if info else "",
     ]
@@ -203,8 +204,8 @@ def render_eval_report(
 ) -> str:
     """``report.md`` for one evaluated model, from :meth:`~obliviate.evaluate.suite.EvalResult.to_json`.
 
-    Sections: overall metrics (value and direction per split), per task when there are several, the SemEval
-    terms and aggregate, the PII leak rates (per split, field and attack), notes, and the plots.
+    Sections: overall metrics (value, standard error and direction per split), per task when there are several,
+    the SemEval terms and aggregate, the PII leak rates (per split, field and attack), notes, and the plots.
 
     Args:
         result: ``{"metrics": [...], "semeval": {...}, "leak": {...}, "notes": [...]}`` and, after ``--attacks``,
@@ -224,7 +225,8 @@ def render_eval_report(
         _section(
             "Overall",
             markdown_table(
-                ["metric", "split", "value", "better", "what it measures"], [_metric_row(m) for m in overall]
+                ["metric", "split", "value", "standard error", "better", "what it measures"],
+                [_metric_row(m) for m in overall],
             )
             if overall
             else "",
