@@ -86,9 +86,24 @@ def main() -> None:
             lines.append(row(f"{run.method} {changed or ''} epoch {epoch.epoch}".replace("  ", " "), epoch.summary))
         chosen.append(f"{run.method}: epoch {run.best['epoch']} chosen ({run.best['reason']})")
     print("\n".join(lines + chosen))
+    print("\n".join(goal_lines(outcome)))
     if args.write:
         write_section(lines, chosen, presets, args)
     print(f"written under {Path(args.output_dir).resolve()}")
+
+
+def goal_lines(outcome) -> list[str]:
+    """The goals of each method's chosen epoch against the oracle and the target, each miss with its margin and
+    standard error (``benchmarks/demo_results.py``'s lines, from the run's evaluations in memory)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import demo_results
+    from obliviate.report.demo import summary_rows
+
+    rows = summary_rows(outcome)
+    held, total, lines = demo_results.goal_lines(rows)
+    return [f"goals: {held} of {total} hold{demo_results.noise_text(rows)}", *lines]
 
 
 def write_section(lines: list[str], chosen: list[str], presets: dict, args: argparse.Namespace) -> None:
