@@ -86,9 +86,9 @@ def main() -> None:
             lines.append(row(f"{run.method} {changed or ''} epoch {epoch.epoch}".replace("  ", " "), epoch.summary))
         chosen.append(f"{run.method}: epoch {run.best['epoch']} chosen ({run.best['reason']})")
     print("\n".join(lines + chosen))
-    print("\n".join(goal_lines(outcome)))
     if args.write:
         write_section(lines, chosen, presets, args)
+    print("\n".join(goal_lines(outcome)))
     print(f"written under {Path(args.output_dir).resolve()}")
 
 

@@ -53,6 +53,15 @@ def test_auc_components_average_to_the_reported_auc_ties_included():
     assert v10.mean() == pytest.approx(roc_auc(members, nonmembers)) == pytest.approx(v01.mean())
 
 
+def test_auc_components_are_the_pairwise_comparisons_counted_on_sorted_scores():
+    rng = np.random.default_rng(2)
+    members, nonmembers = rng.integers(0, 7, 53).astype(float), rng.integers(0, 7, 41).astype(float)
+    psi = (members[:, None] > nonmembers[None, :]) + 0.5 * (members[:, None] == nonmembers[None, :])
+    v10, v01 = uncertainty.auc_components(members, nonmembers)
+    np.testing.assert_allclose(v10, psi.mean(axis=1))
+    np.testing.assert_allclose(v01, psi.mean(axis=0))
+
+
 def test_auc_standard_error_matches_the_spread_over_fresh_draws():
     rng = np.random.default_rng(1)
     m, n = 60, 60
@@ -122,6 +131,14 @@ def test_goals_give_each_verdict_its_margin_and_whether_noise_could_reverse_it()
     assert leak["margin_se"] is None and leak["clear"] is None  # the method's leak rate has no standard error here
 
 
+def test_a_verdict_with_no_error_is_not_called_clear():
+    """No pair leaked for either model: the plug-in error is 0, which says nothing about noise."""
+    rows = _rows(0.04)
+    rows[2][STDERR]["forget/leak_rate"] = 0.0
+    leak = next(g for g in goals(rows) if "leak" in g["goal"])
+    assert leak["margin_se"] == 0.0 and leak["clear"] is None
+
+
 def test_goals_from_a_file_without_standard_errors_keep_their_verdicts():
     found = goals(_rows(None))
     assert [g["holds"] for g in found] == [True, False, True]
@@ -151,8 +168,8 @@ def test_paired_error_is_the_error_of_the_per_unit_differences():
 
 def test_paired_auc_error_adds_members_and_non_members_in_quadrature():
     keys_m, keys_h = [("m1", "p1"), ("m2", "p2"), ("m3", "p3")], [("h1", "q1"), ("h2", "q2"), ("h3", "q3")]
-    first = uncertainty.auc_units(keys_m, keys_h, [3.0, 2.0, 0.5], [1.0, 2.5, 0.0])
-    second = uncertainty.auc_units(keys_m, keys_h, [0.0, 2.0, 3.0], [1.0, 2.5, 0.5])
+    first = uncertainty.auc_units(keys_m, keys_h, *uncertainty.auc_components([3.0, 2.0, 0.5], [1.0, 2.5, 0.0]))
+    second = uncertainty.auc_units(keys_m, keys_h, *uncertainty.auc_components([0.0, 2.0, 3.0], [1.0, 2.5, 0.5]))
     parts = []
     for group in ("member", "nonmember"):
         ids = sorted(first[group])

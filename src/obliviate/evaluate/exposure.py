@@ -184,7 +184,8 @@ class ExposureReport:
         k: candidates per value (the largest K drawn; a value whose format allows fewer gets fewer).
         chance: :func:`chance_exposure` of ``k``, what a never-seen value scores on average.
         mean / nll_gap: over all (person, field) pairs.
-        by_field: per field ``n``, ``mean``, ``p10``, ``median``, ``p90``, ``nll_gap``, ``top_rate`` (rank 1).
+        by_field: per field ``n``, ``mean``, ``p10``, ``median``, ``p90``, ``nll_gap``, ``top_rate`` (rank 1) and
+            ``stderr`` (of the mean, a person's values one draw).
         pairs: per pair ``person_id``, ``field``, ``exposure``, ``rank``, ``k``, ``nll`` (the true value's mean
             token NLL over its prompts), ``nll_gap``, ``prompts``.
     """

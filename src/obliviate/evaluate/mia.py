@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from obliviate.evaluate.scores import roc_auc
-from obliviate.evaluate.uncertainty import auc_se, auc_units
+from obliviate.evaluate.uncertainty import auc_components, auc_units, components_se
 
 MIN_K = 0.4
 """Fraction of lowest-scoring tokens Min-K% and Min-K%++ average (k = 40 % as in TOFU / open-unlearning)."""
@@ -154,12 +154,13 @@ def mia_aucs_with_stderr(
         (ex.id if ex.id is not None else f"#{i}", ex.owner if ex.owner is not None else f"#{i}")
         for i, ex in enumerate([*members, *nonmembers])
     ]
+    owners = [owner for _, owner in keys]
     out = {}
     for name, values in scored.items():
         member_scores, nonmember_scores = values[:m], values[m:]
-        owners = [owner for _, owner in keys]
-        se = auc_se(member_scores, nonmember_scores, owners[:m], owners[m:])
+        v10, v01 = auc_components(member_scores, nonmember_scores)
+        se = components_se(v10, v01, owners[:m], owners[m:]) if m and len(nonmember_scores) else None
         out[name] = (roc_auc(member_scores, nonmember_scores), se)
         if units is not None:
-            units[name] = auc_units(keys[:m], keys[m:], member_scores, nonmember_scores)
+            units[name] = auc_units(keys[:m], keys[m:], v10, v01)
     return out

@@ -118,7 +118,8 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "holds": margin >= 0,  # a value on its bound holds (the sign of a float difference is exact)
                     "margin": margin,
                     "margin_se": se,
-                    "clear": None if se is None else abs(margin) >= CLEAR * se,
+                    # an error of 0 (a rate of 0 or 1 on both sides) says nothing: no verdict on noise then
+                    "clear": None if not se else abs(margin) >= CLEAR * se,
                 }
             )
     return out
@@ -209,11 +210,14 @@ def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) 
 
 
 def _oracle_level(outcome: PipelineOutcome, oracle: dict[str, Any]) -> Level:
-    """The oracle's forget ROUGE-L recall with the standard error of that mean over its evaluated forget rows: the
-    plots draw its 95 % interval as the band a method should reach."""
-    rows = [r.get("rougeL_recall") for r in outcome.oracle_result.per_example if r.get("split") == "forget"]
-    spread = mean_se(rows)
-    return Level(oracle["forget/rougeL_recall"], spread.se if spread is not None else None)
+    """The oracle's forget ROUGE-L recall with the standard error of that mean over its evaluated forget rows (a
+    person's rows one draw): the plots draw its 95 % interval as the band a method should reach."""
+    stderr = outcome.oracle_result.stderrs().get("forget/rougeL_recall")  # a person's rows one draw
+    if stderr is None:
+        rows = [r.get("rougeL_recall") for r in outcome.oracle_result.per_example if r.get("split") == "forget"]
+        spread = mean_se(rows)
+        stderr = spread.se if spread is not None else None
+    return Level(oracle["forget/rougeL_recall"], stderr)
 
 
 def _notes(outcome: PipelineOutcome) -> list[str]:
