@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import exposure_band  # noqa: E402
+import paired_diff  # noqa: E402, F401
 
 
 def test_band_is_the_difference_of_means_over_its_standard_error():
@@ -77,3 +78,34 @@ def test_without_results_json_each_method_is_read_at_its_last_evaluated_epoch(tm
     (report / "methods" / "contrast" / "eval" / "epoch-20").mkdir()  # an epoch whose evaluation did not finish
     assert exposure_band.chosen_epochs(report) == {"contrast": 12}
     assert exposure_band.report_bands(report)["contrast (epoch 12)"]["all fields"]["forget"] == 2.5
+
+
+def test_paired_diff_reads_an_evaluation_and_a_report_row_and_pairs_their_units(tmp_path, capsys):
+
+    from obliviate.evaluate.uncertainty import mean_units
+
+    ids, owners = ["a", "b", "c", "d"], ["p", "p", "q", "r"]
+    report = tmp_path / "report.json"
+    row = {
+        "model": "contrast",
+        "forget/rougeL_recall": 0.5,
+        "units": {"forget/rougeL_recall": mean_units(ids, owners, [1, 0, 0.5, 0.5])},
+    }
+    report.write_text(json.dumps({"summary": [{"model": "target"}, row]}))
+    evaluation = tmp_path / "eval.json"
+    units = {
+        "forget/rougeL_recall": mean_units(ids, owners, [1, 0.5, 0.5, 1]),
+        "forget/exact_match": mean_units(ids, owners, [1, 1, 1, 1]),
+    }
+    evaluation.write_text(
+        json.dumps({"summary": {"forget/rougeL_recall": 0.75, "forget/exact_match": 1.0}, "units": units})
+    )
+    paired_diff.main([f"{report}#contrast", str(evaluation)])
+    out = capsys.readouterr().out
+    from obliviate.evaluate.uncertainty import clustered_se
+
+    se = clustered_se([0, 0.5, 0, 0.5], owners)
+    assert f"| forget/rougeL_recall | 0.500 | 0.750 | +0.250 | {se:.3f} | {0.25 / se:.2f} |" in out
+    assert "exact_match" not in out  # measured on one side only
+    with pytest.raises(SystemExit, match="no row 'ga'"):
+        paired_diff.main([f"{report}#ga", str(evaluation)])
