@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from obliviate.models.load import load_model
     from obliviate.pipeline import PipelineConfig, unlearn_method
     from obliviate.pipeline_cache import cached_finetune, prepare_data, tokenizer_dirs
-    from obliviate.report.demo import goals
+    from obliviate.report.demo import ORACLE, STDERR, UNITS, goals
 
     config = PipelineConfig(
         output_dir="runs/sweep",
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_eval_data(dirs["forget"], dirs["retain"], dirs["holdout"])
     model, tokenizer = load_model(oracle_dir)
     oracle = oracle_stats(model, tokenizer, data, options)
-    oracle_row = {"model": "oracle", **evaluate_model(model, tokenizer, data, options, oracle=oracle).summary()}
+    evaluated = evaluate_model(model, tokenizer, data, options, oracle=oracle)
+    # named as the pipeline names it, so that goals() finds it; with the errors and units its margins read
+    oracle_row = {"model": ORACLE, **evaluated.summary(), STDERR: evaluated.stderrs(), UNITS: evaluated.units}
     rows, target_row, goal_names = [], None, []
     for method in args.methods:
         for lr, alpha in [(lr, alpha) for lr in args.lrs for alpha in args.alphas]:
@@ -122,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             started = time.perf_counter()
             run = unlearn_method(method, target, dirs, run_config, (data, options, oracle), print)
-            target_row = target_row or {"model": "target", **run.epochs[0].summary}
+            start = run.epochs[0]
+            target_row = target_row or {"model": "target", **start.summary, STDERR: start.stderr, UNITS: start.units}
             best = run.best_epoch
             row = {
                 "model": f"{method} lr={lr:g}",
                 **best.summary,
                 "epoch": best.epoch,
                 "wall": time.perf_counter() - started,
+                STDERR: best.stderr,
+                UNITS: best.units,
             }
             checks = goals([target_row, oracle_row, row])
             goal_names = [g["goal"].split(": ", 1)[1] for g in checks]
