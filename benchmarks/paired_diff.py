@@ -21,7 +21,10 @@ from pathlib import Path
 def load(spec: str) -> tuple[dict, dict]:
     """``(summary, units)`` of one evaluation, or of one summary row of a report (``PATH#MODEL``)."""
     path, _, model = spec.partition("#")
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"paired_diff: cannot read {path}: {exc}") from None
     if model:
         row = next((r for r in data.get("summary", []) if r.get("model") == model), None)
         if row is None:

@@ -109,3 +109,5 @@ def test_paired_diff_reads_an_evaluation_and_a_report_row_and_pairs_their_units(
     assert "exact_match" not in out  # measured on one side only
     with pytest.raises(SystemExit, match="no row 'ga'"):
         paired_diff.main([f"{report}#ga", str(evaluation)])
+    with pytest.raises(SystemExit, match="cannot read .*missing.json"):
+        paired_diff.main([str(tmp_path / "missing.json"), str(evaluation)])
