@@ -413,3 +413,19 @@ def test_epoch_means_skip_the_range_test_and_stop_reference_lines(tmp_path):
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert plots.epoch_means(path) == {1: {"loss": 3.0}}
+
+
+def test_tradeoff_draws_two_standard_errors_around_each_point_that_has_them():
+    errors = {"ga": (0.05, 0.01), "oracle": (0.03, None), "npo": (None, None)}
+    (ax,) = plots.draw_tradeoff({"ga": (0.2, 0.8), "npo": (0.45, 0.93)}, oracle=(0.48, 0.97), errors=errors).axes
+    spans = []
+    for container in ax.containers:
+        for lines in container.lines[2]:  # the bars' LineCollections: x bars, then y bars
+            spans += [tuple(round(float(v), 9) for v in segment.ravel()) for segment in lines.get_segments()]
+    assert sorted(spans) == sorted(
+        [(0.1, 0.8, 0.3, 0.8), (0.2, 0.78, 0.2, 0.82), (0.42, 0.97, 0.54, 0.97)]
+    )  # ± 2 SE: ga on both axes, the oracle on forget only, npo none
+    assert "±2 standard errors" in ax.get_title()
+    (plain,) = plots.draw_tradeoff({"ga": (0.2, 0.8)}).axes
+    assert not plain.containers and "standard errors" not in plain.get_title()
+    assert _points(ax)["ga"] == [(0.2, 0.8)]  # the scatter points are still the labelled ones

@@ -195,11 +195,17 @@ def _plots(outcome: PipelineOutcome, rows: list[dict[str, Any]], out_dir: Path) 
     plots = epoch_plots(out_dir, curves, metrics_files, levels)
     methods = [r for r in rows[1:] if r["model"] != ORACLE]
     points = {r["model"]: (r.get("forget/rougeL_recall"), r.get("retain/rougeL_recall")) for r in methods}
+    named = {**{r["model"]: r for r in methods}, "target": rows[0], **({"oracle": oracle} if oracle else {})}
+    errors = {
+        name: (_stderr(row, "forget/rougeL_recall"), _stderr(row, "retain/rougeL_recall"))
+        for name, row in named.items()
+    }
     plots["Forget against retain ROUGE-L recall (best epoch per method)"] = plot_tradeoff(
         {k: v for k, v in points.items() if None not in v},
         out_dir / "tradeoff.png",
         target=(rows[0].get("forget/rougeL_recall"), rows[0].get("retain/rougeL_recall")),
         oracle=(oracle.get("forget/rougeL_recall"), oracle.get("retain/rougeL_recall")) if oracle else None,
+        errors=errors,
     )
     checks = {run.method: run.stop_checks or [] for run in outcome.runs}
     if any(checks.values()):

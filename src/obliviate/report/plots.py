@@ -26,6 +26,7 @@ matplotlib.use("Agg")  # headless: no display on CI machines or training nodes
 from matplotlib.figure import Figure  # noqa: E402 (must follow the backend choice)
 
 from obliviate.errors import DataError  # noqa: E402
+from obliviate.evaluate.uncertainty import CLEAR  # noqa: E402
 from obliviate.report.plot_parts import (  # noqa: E402
     Level,
     as_level,
@@ -245,9 +246,10 @@ def plot_tradeoff(
     oracle: tuple[float, float] | None = None,
     xlabel: str = "forget ROUGE-L recall (lower = more forgotten)",
     ylabel: str = "retain ROUGE-L recall (higher = kept)",
+    errors: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> Path:
     """Write :func:`draw_tradeoff` to the PNG ``out``; returns ``out``."""
-    return _save(draw_tradeoff(points, target, oracle, xlabel, ylabel), out)
+    return _save(draw_tradeoff(points, target, oracle, xlabel, ylabel, errors), out)
 
 
 def draw_tradeoff(
@@ -256,6 +258,7 @@ def draw_tradeoff(
     oracle: tuple[float, float] | None = None,
     xlabel: str = "forget ROUGE-L recall (lower = more forgotten)",
     ylabel: str = "retain ROUGE-L recall (higher = kept)",
+    errors: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> Figure:
     """Scatter of each method's (forget, retain) score, labelled, with the target and the oracle marked.
 
@@ -269,6 +272,8 @@ def draw_tradeoff(
             None coordinate is left out.
         target: the model before unlearning, drawn as a red square.
         oracle: the model retrained on retain only, drawn as a green star.
+        errors: name (a method, ``"target"``, ``"oracle"``) → the standard errors of ``(x, y)``; each known one is
+            drawn as a bar of ± :data:`~obliviate.evaluate.uncertainty.CLEAR` standard errors in the point's colour.
 
     Returns:
         The figure, one axes: a one-point scatter collection labelled by method, then ``target`` and ``oracle``;
@@ -292,7 +297,15 @@ def draw_tradeoff(
             )
             labels.append((name, *point))
             colors[name] = color
-    ax.set_title("forget vs retain trade-off")
+    for name, x, y in labels:
+        xerr, yerr = (errors or {}).get(name, (None, None))
+        if xerr or yerr:
+            ax.errorbar(
+                [x], [y], xerr=CLEAR * xerr if xerr else None, yerr=CLEAR * yerr if yerr else None,
+                fmt="none", ecolor=colors[name], elinewidth=1, capsize=3, alpha=0.7, zorder=1,
+            )  # fmt: skip
+    barred = any(any(e or () for e in (errors or {}).get(name, ())) for name, _, _ in labels)
+    ax.set_title("forget vs retain trade-off" + (f" (bars: ±{CLEAR:g} standard errors)" if barred else ""))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
