@@ -130,7 +130,7 @@ def _answer_nll(model_dir: Path, records: list) -> list[float]:
     return nll
 
 
-def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
+def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path, capsys):
     data_dir, model_dir = memorised
     out = tmp_path / "eval"
     args = [
@@ -152,6 +152,9 @@ def test_evaluate_cli_writes_every_metric_and_redacts_pii(memorised, tmp_path):
     ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
+    printed = capsys.readouterr().out.strip().splitlines()[-1]  # the one-screen line, each mean with its error
+    rouge = results["stderr"]["forget/rougeL_recall"]
+    assert f"forget ROUGE-L ↓ {results['summary']['forget/rougeL_recall']:.3f} ± {rouge:.3f}" in printed
     names = {(m["name"], m["split"]) for m in results["metrics"]}
     for split in ("forget", "retain", "holdout"):
         for name in ("rougeL_recall", "rouge1_recall", "exact_match", "perplexity", "leak_rate"):

@@ -92,9 +92,11 @@ def _evaluate_and_write(config, out, inputs, data, options, oracle, model, token
             from obliviate.report.evidence import write_evidence
 
             write_evidence(out, config, data, options, result, attacks, chosen=None)
-        summary = result.summary()
+        summary, errors = result.summary(), result.stderrs()
         shown = metric_columns("brief", [summary])  # the one-screen columns of obliviate.evaluate.scores.METRICS
-        print("; ".join(f"{c.header} {c.cell(summary[c.key])}" for c in shown) + f" → {out}")
+        cells = [f"{c.header} {c.cell(summary[c.key])}" + (f" ± {c.cell(errors[c.key])}" if c.key in errors else "")
+                 for c in shown]  # fmt: skip
+        print("; ".join(cells) + f" → {out}")
     return 0
 
 
