@@ -3,7 +3,8 @@
 The demo's data, target and oracle (cached under ``--cache_dir``, at ``--size``) with each method's preset,
 optionally changed (``--set ga_gd.forget_tokens=pii``), evaluated every epoch. Prints, per method and epoch, the
 numbers the issue's goals read (forget / retain ROUGE-L, retain EM, forget leak rate, MIA AUC, forget and holdout
-exposure, digits in place) and the target's and the oracle's. Writes nothing outside ``--output_dir`` and the cache.
+exposure, digits in place) and the target's and the oracle's, then each method's goals with the margin and standard
+error of each miss. Writes nothing outside ``--output_dir`` and the cache.
 
     python benchmarks/probe_objectives.py --methods ga_gd relabel
     python benchmarks/probe_objectives.py --methods ga_gd npo --set ga_gd.forget_tokens=pii --set npo.forget_tokens=pii

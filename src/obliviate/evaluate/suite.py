@@ -107,8 +107,9 @@ def evaluate_split(
     options: EvalOptions,
     redactor: leak.Redactor | None,
     distribution: bool = True,
-) -> tuple[list[dict], list[Metric], list[TokenScores], Any]:
-    """Rows, aggregates, token scores and the leak report of one split, from one forward and one generation pass.
+) -> tuple[list[dict], list[Metric], list[TokenScores], Any, dict[str, uncertainty.Units]]:
+    """Rows, aggregates, token scores, the leak report and the overall means' units of one split, from one forward
+    and one generation pass.
 
     ``distribution``: whether membership inference will read this split's per-position vocabulary mean and spread
     (Min-K%++); without it the forward pass skips them."""
@@ -162,7 +163,8 @@ def evaluate_split(
         )
         report = dataclasses.replace(report, partial=partial.score_partial_leaks(probes, greedy, report.leaked_pairs))
     owners = [owner_id(record) for record in records]
-    return rows, _aggregates(split, rows, token_scores, report, owners), token_scores, report
+    aggregates = _aggregates(split, rows, token_scores, report, owners)
+    return rows, aggregates, token_scores, report, _units(split, rows, owners, report)
 
 
 def _aggregates(
@@ -300,12 +302,12 @@ def _evaluate_split_into(
     records = sample_records(data.splits[split], options.max_examples, options.seed)
     passes.records[split] = records
     mia_reads = "holdout" in data.splits and data.mia_members is None  # forget against holdout (membership.mia_sets)
-    rows, aggregates, passes.token_scores[split], report = evaluate_split(
+    rows, aggregates, passes.token_scores[split], report, units = evaluate_split(
         model, tokenizer, split, records, data.people, options, redactor, distribution=mia_reads
     )
     passes.per_example += rows
     passes.metrics += aggregates
-    passes.units.update(_units(split, rows, [owner_id(r) for r in records], report))
+    passes.units.update(units)
     if report is not None:
         passes.leak_reports[split] = {
             k: v for k, v in report.to_dict().items() if k not in ("leaked_pairs", "leaked_by")
