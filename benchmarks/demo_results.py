@@ -157,7 +157,7 @@ def goal_lines(rows: list[dict], extra: list[dict] | None = None) -> tuple[int, 
         ]
         verdict = f"{sum(g['holds'] for g in mine)} of {len(mine)}"
         line = f"- {row['model']}: {verdict}" + (f"; misses {'; '.join(missed)}" if missed else ", all")
-        close = [g["goal"].split(": ", 1)[1] for g in mine if g.get("clear") is False]
+        close = [g["goal"].split(": ", 1)[1] + count_words(g) for g in mine if g.get("clear") is False]
         if close:
             line += f" (within {CLEAR:g} standard errors of the bound: {', '.join(close)})"
         lines.append(line)
@@ -172,6 +172,15 @@ def noise_text(rows: list[dict]) -> str:
 
     words = noise_words(goals(rows))
     return f"; {words} (`docs/METRICS.md`, *Standard errors*)" if words else ""
+
+
+def count_words(goal: dict) -> str:
+    """`` (none of 100 units)`` for a goal whose error is that of a count of 0 or of every unit
+    (``no_event_units``), else ""."""
+    count = goal.get("no_event_units")
+    if count is None:
+        return ""
+    return f" ({'none' if goal['value'] == 0 else 'all'} of {count} units)"
 
 
 def margin_words(goal: dict) -> str:

@@ -421,3 +421,22 @@ def test_goal_lines_give_a_miss_its_margin_and_name_the_verdicts_within_noise():
     assert demo_results.goal_lines(rows)[2] == [
         "- contrast: 1 of 2; misses forget ROUGE-L within 0.05 of oracle (0.340 against 0.280)"
     ]
+
+
+def test_goal_lines_name_a_verdict_judged_on_its_count():
+    """No pair leaked for either model among 100: the leak goal's verdict is within noise, and the line says why."""
+    import demo_results
+    from obliviate.evaluate.uncertainty import mean_units
+    from obliviate.report.demo import ORACLE, STDERR, UNITS
+
+    ids, owners = [f"u{i}" for i in range(100)], [f"p{i // 5}" for i in range(100)]
+    units = {"forget/leak_rate": mean_units(ids, owners, [0.0] * 100)}
+    rows = [
+        {"model": "target"},
+        {"model": ORACLE, "forget/leak_rate": 0.0, STDERR: {"forget/leak_rate": 0.0}, UNITS: units},
+        {"model": "contrast", "forget/leak_rate": 0.0, STDERR: {"forget/leak_rate": 0.0}, UNITS: units},
+    ]
+    assert demo_results.goal_lines(rows)[2] == [
+        "- contrast: 1 of 1, all (within 2 standard errors of the bound: forget leak rate ≤ oracle + 1 pp"
+        " (none of 100 units))"
+    ]

@@ -139,6 +139,33 @@ def test_a_verdict_with_no_error_is_not_called_clear():
     assert leak["margin_se"] == 0.0 and leak["clear"] is None
 
 
+def test_a_rate_of_zero_on_every_unit_takes_the_agresti_coull_error_of_its_count():
+    """No pair leaked for either model, on 100 pairs of 20 people: the margin of 0.01 (the goal's 1 pp) is judged
+    against the error of a count of 0 in 100, not the plug-in 0, and lies within noise; on 2,000 pairs it is clear."""
+    for pairs, clear in ((100, False), (2000, True)):
+        rows = _rows(0.04)
+        ids, owners = [f"u{i}" for i in range(pairs)], [f"p{i % 20}" for i in range(pairs)]
+        for row in rows[1:]:
+            row["forget/leak_rate"] = 0.0
+            row[STDERR]["forget/leak_rate"] = 0.0
+            row[UNITS] = {"forget/leak_rate": uncertainty.mean_units(ids, owners, [0.0] * pairs)}
+        leak = next(g for g in goals(rows) if "leak" in g["goal"])
+        shrunk = 2 / (pairs + 4)
+        assert leak["margin_se"] == pytest.approx(math.sqrt(shrunk * (1 - shrunk) / (pairs + 4)))
+        assert leak["no_event_units"] == pairs and leak["clear"] is clear
+    # 2 · error ≈ 2.8 / n: close to the rule of three's 95 % bound 3 / n
+    assert 2 * uncertainty.no_event_se(1000) == pytest.approx(2.8 / 1000, rel=0.01)
+    text = render.render_demo_report(rows, [], {}, [], "Demo", goals(rows))
+    assert "| +0.010 ± 0.001† | yes |" in text and "† both models' rate is 0 (or 1) on every unit (2000 units)" in text
+
+
+def test_every_unit_alike_is_a_count_only_for_a_rate():
+    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [1.0, 1.0])) == 2
+    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.0, 1.0])) is None
+    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.5, 0.5])) is None
+    assert uncertainty.uniform_binary_count(None) is None and uncertainty.no_event_se(0) is None
+
+
 def test_goals_from_a_file_without_standard_errors_keep_their_verdicts():
     found = goals(_rows(None))
     assert [g["holds"] for g in found] == [True, False, True]

@@ -99,6 +99,28 @@ def difference_se(*terms: tuple[float, float | None]) -> float | None:
     return math.sqrt(sum((weight * se) ** 2 for weight, se in terms))  # type: ignore[operator]
 
 
+def no_event_se(count: int) -> float | None:
+    """Agresti–Coull standard error of a rate with no event (or only events) among ``count`` units: the rate
+    estimated as ``p̃ = 2 / (n + 4)`` (two events and two non-events added, Agresti & Coull 1998), its error
+    ``sqrt(p̃ (1 − p̃) / (n + 4))``. Where a rate is 0 on every unit the plug-in error is 0, which says nothing;
+    twice this one is about ``2.8 / n``, near the rule of three's 95 % bound ``3 / n``. The units are taken as
+    independent (a count of 0 shows no clustering), so this is a lower bound on the error of a clustered count.
+    None for fewer than one unit."""
+    if count < 1:
+        return None
+    shrunk = 2.0 / (count + 4)
+    return math.sqrt(shrunk * (1.0 - shrunk) / (count + 4))
+
+
+def uniform_binary_count(units: Mapping[str, Any] | None) -> int | None:
+    """The number of units of a one-group :data:`Units` whose values are all 0 or all 1 (a rate with no event, or
+    only events); None otherwise."""
+    if not units or set(units) != {"all"}:
+        return None
+    values = {float(value) for _, value in units["all"].values()}
+    return len(units["all"]) if values in ({0.0}, {1.0}) else None
+
+
 Units = dict[str, dict[str, list[Any]]]
 """One metric's units, by group: ``{group: {unit id: [owner, value]}}``. A mean has one group, ``"all"``; a
 membership AUC two, ``"member"`` and ``"nonmember"``, whose values are DeLong's components

@@ -331,6 +331,12 @@ def render_demo_report(
                 for g in goals
             ],
         )
+        if counts := sorted({g["no_event_units"] for g in goals if g.get("no_event_units") is not None}):
+            goals_text += (
+                f"\n\n{NO_EVENT} both models' rate is 0 (or 1) on every unit ({', '.join(map(str, counts))} units),"
+                " so the plug-in error is 0; the error shown is the Agresti–Coull one of such a count, a lower bound"
+                " (`docs/METRICS.md`, *Standard errors*)."
+            )
         noise = noise_words(goals)
         goals_text += f"\n\n{held} of {len(goals)} goals hold" + (f"; {noise}." if noise else ".")
     parts = [
@@ -343,6 +349,10 @@ def render_demo_report(
         _section("Notes", _bullets(notes)),
     ]
     return "\n".join(part for part in parts if part)
+
+
+NO_EVENT = "†"
+"""Marks a goal's error taken from its count (:func:`~obliviate.evaluate.uncertainty.no_event_se`)."""
 
 
 def noise_words(goal_rows: list[dict[str, Any]]) -> str:
@@ -360,7 +370,8 @@ def _margin(goal: dict[str, Any]) -> str:
     margin, se = goal.get("margin"), goal.get("margin_se")
     if margin is None:
         return "–"
-    return f"{margin:+.3f}" + ("" if se is None else f" ± {se:.3f}")
+    mark = NO_EVENT if goal.get("no_event_units") is not None else ""
+    return f"{margin:+.3f}" + ("" if se is None else f" ± {se:.3f}{mark}")
 
 
 def write_report(text: str, path: Path) -> Path:
