@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list, **rule
     def measured(self, model, tokenizer, records, split, dry=False):
         if dry:
             return [{"field": name, "exposure": 0.0} for name in fields for _ in range(16)]
-        return [{"field": v[0], "exposure": v[1], "nll": v[2] if len(v) > 2 else 0.0} if isinstance(v, tuple)
-                else {"field": "ssn", "exposure": v, "nll": 0.0} for v in next(calls[split])]  # fmt: skip
+        out = [{"field": v[0], "exposure": v[1], "nll": v[2] if len(v) > 2 else 0.0} if isinstance(v, tuple)
+               else {"field": "ssn", "exposure": v, "nll": 0.0} for v in next(calls[split])]  # fmt: skip
+        seen = Counter()
+        for pair in out:  # the i-th value of each field is person i's: one value per person and field
+            pair["person_id"] = f"{split}-{seen[pair['field']]}"
+            seen[pair["field"]] += 1
+        return out
 
     monkeypatch.setattr(ExposureStopRule, "_exposures", measured)
 
@@ -378,11 +384,14 @@ def test_against_chance_the_plotted_threshold_agrees_with_the_decision(monkeypat
 
 def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_above_its_band(monkeypatch):
     """Holdout values 1.0 and 2.0 in each of three fields: per field, mean 1.5 and standard error 0.5, so sixteen
-    forget values at 2.49 are inside their field's band (top 1.5 + 2 * 0.5 = 2.5). Pooled over the three fields the
-    reference error is sqrt(3 * 0.25 / 9) = 0.289, and the pooled mean of SSNs at 1.5 and phones and addresses at 2.49
-    (2.16) is above the pooled band (about 2.09). The SSNs, at their never-seen mean, stay inside (``--field_stop``
-    leaves them alone); the phones and addresses are pushed again. Without ``pooled`` the same check stops."""
-    holdout = [(name, v) for name in ("ssn", "phone", "address") for v in (1.0, 2.0)]
+    forget values at 2.49 are inside their field's band (top 1.5 + 2 * 0.5 = 2.5). The two holdout people differ
+    from field to field (1, 2, 1 and 2, 1, 2), so pooled over the three fields, a person one draw, the reference
+    error is 1/6 (each person's weighted deviation ±1/12, CR1 over two people), and the pooled mean of SSNs at 1.5
+    and phones and addresses at 2.49 (2.16) is above the pooled band (1.83; each forget person's values sum to the
+    pooled mean, so the forget side adds no error). The SSNs, at their never-seen mean, stay inside
+    (``--field_stop`` leaves them alone); the phones and addresses are pushed again. Without ``pooled`` the same
+    check stops."""
+    holdout = [("ssn", 1.0), ("ssn", 2.0), ("phone", 2.0), ("phone", 1.0), ("address", 1.0), ("address", 2.0)]
     above = [("ssn", 1.5)] * 16 + [("phone", 2.49)] * 16 + [("address", 2.49)] * 16
     inside = [("ssn", 1.5)] * 16 + [("phone", 1.6)] * 16 + [("address", 1.6)] * 16
     rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [above, inside]}, retain=[1.0] * 3, pooled=True)
@@ -390,7 +399,8 @@ def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_a
     assert rule(None, None, 2) is None
     check = rule.history[-1]
     assert check["fields_outside"] == 0 and check["pooled_outside"] == 1.0
-    assert check["forget_exposure"] == pytest.approx((1.5 + 2 * 2.49) / 3) and check["threshold"] < 2.1
+    assert check["forget_exposure"] == pytest.approx((1.5 + 2 * 2.49) / 3)
+    assert check["threshold"] == pytest.approx(1.5 + 2 / 6)
     assert rule.inside == {"ssn"}
     reason = rule(None, None, 4)
     assert reason is not None and "and so is their pooled mean (1.567 ≤ " in reason
@@ -401,10 +411,43 @@ def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_a
     assert reason is not None and "pooled" not in reason and "pooled_outside" not in plain.history[-1]
 
 
+def test_the_pooled_band_counts_a_never_seen_person_as_one_draw(monkeypatch):
+    """Two holdout people, one at 1.0 and one at 2.0 in every field: their three fields tell no more than one field
+    does, so the pooled reference error is a field's own, 0.5, not sqrt(3 · 0.25 / 9) = 0.289 as if the six values
+    were six draws. The pooled mean of 2.16 is then inside the pooled band (1.5 + 2 · 0.5)."""
+    holdout = [(name, v) for name in ("ssn", "phone", "address") for v in (1.0, 2.0)]
+    above = [("ssn", 1.5)] * 16 + [("phone", 2.49)] * 16 + [("address", 2.49)] * 16
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [above]}, retain=[1.0] * 2, pooled=True)
+    rule.start(None, None)
+    assert rule.describe()["reference_se"] == pytest.approx(0.5)
+    reason = rule(None, None, 2)
+    assert reason is not None and "and so is their pooled mean (2.160 ≤ 2.500)" in reason
+
+
+def test_the_pooled_forget_error_counts_a_forget_person_as_one_draw(monkeypatch):
+    """Against chance (no holdout values) the band is exact; against holdout people, the pooled forget error is
+    the clustered one: sixteen forget people, each with the same three values, add none; the same values with
+    each person's fields shuffled between people would."""
+    holdout = [("ssn", 1.0), ("ssn", 2.0), ("phone", 2.0), ("phone", 1.0)]
+    alike = [("ssn", 1.0)] * 8 + [("ssn", 2.0)] * 8 + [("phone", 1.0)] * 8 + [("phone", 2.0)] * 8
+    crossed = [("ssn", 1.0)] * 8 + [("ssn", 2.0)] * 8 + [("phone", 2.0)] * 8 + [("phone", 1.0)] * 8
+    thresholds = []
+    for forget in (alike, crossed):
+        rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [forget]}, retain=[1.0] * 2)
+        rule.start(None, None)
+        rule(None, None, 2)
+        thresholds.append(rule.history[-1]["threshold"])
+    # the holdout's two people, 1 and 2, 2 and 1, have equal sums: no pooled spread; the crossed forget people too
+    assert thresholds[1] == pytest.approx(1.5)
+    people = [(1.0 + 1.0) / 2] * 8 + [(2.0 + 2.0) / 2] * 8  # person i: both 1, or both 2
+    forget_se = float(np.std(people, ddof=1) / math.sqrt(16))
+    assert thresholds[0] == pytest.approx(1.5 + 2 * forget_se)
+
+
 def test_a_words_stop_under_pooled_says_the_pooled_mean_is_above_its_band(monkeypatch):
     """Every field inside its own band, the pooled mean not, and the forget words as unlikely as the holdout's: the
     words guard stops, and its reason names no field outside but says the pooled mean is above its band."""
-    holdout = [(name, v) for name in ("ssn", "phone", "address") for v in (1.0, 2.0)]
+    holdout = [("ssn", 1.0), ("ssn", 2.0), ("phone", 2.0), ("phone", 1.0), ("address", 1.0), ("address", 2.0)]
     above = [("ssn", 1.5)] * 16 + [("phone", 2.49)] * 16 + [("address", 2.49)] * 16
     rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [above]}, retain=[1.0] * 2, pooled=True, words=True)
     words = iter([1.6, 1.5])

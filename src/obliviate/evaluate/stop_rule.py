@@ -53,6 +53,7 @@ import torch
 from obliviate.data.fakes import CandidateSampler
 from obliviate.data.records import PersonPII, Record
 from obliviate.evaluate.exposure import chance_exposure, measure_exposure
+from obliviate.evaluate.uncertainty import clustered_se
 
 SATURATED = 0.5
 """The share of never-seen values ranked first from which a field's rank cannot show forgetting: it is read by its
@@ -178,6 +179,7 @@ class ExposureStopRule:
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _saturated: dict[str, NllBand] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
     _planned: dict[str, int] = field(default_factory=dict)  # per PII field: the forget values each check ranks
+    _holdout: list[tuple[str, str, float]] = field(default_factory=list)  # (field, person, exposure) at the start
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
 
@@ -187,6 +189,7 @@ class ExposureStopRule:
     def start(self, model, tokenizer) -> None:
         """The reference band of every PII field and the retain NLL, measured on the starting model."""
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
+        self._holdout = [(str(p["field"]), str(p["person_id"]), float(p["exposure"])) for p in pairs]
         planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
         self._reference, self.skipped, self._saturated = {}, [], {}
         self._planned = {name: sum(p["field"] == name for p in planned) for name in {p["field"] for p in planned}}
@@ -265,9 +268,10 @@ class ExposureStopRule:
             check["forget_words_nll"], check["holdout_words_nll"] = words["forget"], words["holdout"]
         checked = [name for name in self._reference if name not in self._saturated]
         pooled = [p["exposure"] for p in pairs if p["field"] in checked]
+        owners = [str(p["person_id"]) for p in pairs if p["field"] in checked]
         check_counts = Counter(p["field"] for p in pairs)
         check["forget_exposure"] = float(np.mean(pooled)) if pooled else math.nan
-        check["threshold"] = self._overall_threshold(pooled, {name: check_counts[name] for name in checked})
+        check["threshold"] = self._overall_threshold(pooled, {name: check_counts[name] for name in checked}, owners)
         check["fields_outside"] = len(outside)
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
@@ -347,31 +351,47 @@ class ExposureStopRule:
     def _pooled_reference(self, counts: dict[str, int]) -> tuple[float, float]:
         """The never-seen mean and its standard error pooled over the fields that decide the stop (not saturated),
         each weighed by its number of forget values ``counts``, as the pooled forget mean weighs them; NaN where no
-        field decides."""
+        field decides. The holdout fields' part of the error counts a person's values, one per field, as one draw
+        (``docs/METRICS.md``, *Standard errors*: the CR1 error of the weighted mean, from each person's weighted
+        deviations from the field means); a chance field's part is its exact spread, independent of the rest."""
         weights = {name: counts.get(name, 0) for name in (self._reference or {}) if name not in self._saturated}
         total = sum(weights.values())
         if not total:
             return math.nan, math.nan
         bands = self._reference
         mean = sum(w * bands[name].mean for name, w in weights.items()) / total
+        measured = {name for name in weights if bands[name].sd is None and weights[name]}
+        variance = sum(  # chance: the exact spread of ``count`` values' mean
+            (w / total) ** 2 * (bands[name].sd / math.sqrt(w)) ** 2
+            for name, w in weights.items()
+            if name not in measured and w and bands[name].sd is not None
+        )
+        rows = [(name, person, value) for name, person, value in self._holdout if name in measured]
+        if rows:
+            sizes = Counter(name for name, _, _ in rows)
+            deviations: dict[str, float] = {}
+            for name, person, value in rows:  # person j: Σ_f (w_f / total) (x_jf − mean_f) / n_f
+                share = weights[name] / total / sizes[name]
+                deviations[person] = deviations.get(person, 0.0) + share * (value - bands[name].mean)
+            people = len(deviations)
+            if people >= 2:
+                variance += people / (people - 1) * sum(d * d for d in deviations.values())
+        return mean, math.sqrt(variance)
 
-        def se(band: Band, count: int) -> float:  # chance: the exact spread of ``count`` values' mean
-            return band.sd / math.sqrt(count) if band.sd is not None and count else band.se
-
-        spread = math.sqrt(sum((w / total) ** 2 * se(bands[name], w) ** 2 for name, w in weights.items()))
-        return mean, spread
-
-    def _overall_threshold(self, values: Sequence[float], counts: dict[str, int]) -> float:
+    def _overall_threshold(
+        self, values: Sequence[float], counts: dict[str, int], owners: Sequence[str] | None = None
+    ) -> float:
         """The band of the fields that decide the stop, pooled, for the plot of exposure per check (the decision is
-        per field): their forget ``values`` against the never-seen mean weighed by the fields' ``counts`` of them.
-        Before the tenth session the plot's forget mean took every field (saturated ones too) and its threshold the
-        plain mean of the field means, unlike quantities, with a reference error sqrt(F) too large. With
-        :attr:`pooled` the decision reads it too."""
+        per field): their forget ``values`` (of people ``owners``) against the never-seen mean weighed by the
+        fields' ``counts`` of them, each side's error counting a person as one draw. Before the tenth session the
+        plot's forget mean took every field (saturated ones too) and its threshold the plain mean of the field
+        means, unlike quantities, with a reference error sqrt(F) too large; until the twenty-second, each value was
+        its own draw. With :attr:`pooled` the decision reads it too."""
         mean, reference_se = self._pooled_reference(counts)
         if not values or not math.isfinite(mean):
             return math.nan
         exact = all(self._reference[name].sd is not None for name in counts)  # chance: one-sample, as admits tests
-        forget_se = 0.0 if exact else _standard_error(values)
+        forget_se = 0.0 if exact else (clustered_se(values, owners) or 0.0)
         return mean + self.band * math.sqrt(reference_se**2 + forget_se**2)
 
     def _exposures(self, model, tokenizer, records, split: str, dry: bool = False) -> list[dict]:
