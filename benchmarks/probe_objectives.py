@@ -8,6 +8,11 @@ error of each miss. Writes nothing outside ``--output_dir`` and the cache.
 
     python benchmarks/probe_objectives.py --methods ga_gd relabel
     python benchmarks/probe_objectives.py --methods ga_gd npo --set ga_gd.forget_tokens=pii --set npo.forget_tokens=pii
+    python benchmarks/probe_objectives.py --methods contrast --people 400 --forget_fraction 0.05
+
+``--people`` and ``--forget_fraction`` change the synthetic data (a new target and oracle are fine-tuned for it).
+The last lines give each method's cost: its training tokens (its range test's trials included) and its compute
+over the oracle's.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ def main() -> None:
         "--size", default="tiny", help="model size; pair small or medium with --cache_dir runs/size/cache"
     )
     parser.add_argument("--attacks", default=None, help="the pipeline's attacks (unset: its default; none: off)")
+    parser.add_argument("--people", type=int, default=None, help="synthetic people (unset: the demo's)")
+    parser.add_argument("--forget_fraction", type=float, default=None, help="share forgotten (unset: the demo's)")
     parser.add_argument("--write", action="store_true", help="also write the table into BENCHMARKS.md (markers)")
     args = parser.parse_args()
     presets = {name: dict(values) for name, values in PRESETS.items()}
@@ -75,6 +82,7 @@ def main() -> None:
         workers=args.workers,
         size=args.size,
         **({} if args.attacks is None else {"attacks": args.attacks}),
+        **{k: v for k, v in (("people", args.people), ("forget_fraction", args.forget_fraction)) if v is not None},
     )
     outcome = run_pipeline(config, log=StampedLog())
     lines = ["| model / epoch | " + " | ".join(label for _, label in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
@@ -104,7 +112,13 @@ def goal_lines(outcome) -> list[str]:
 
     rows = summary_rows(outcome)
     held, total, lines = demo_results.goal_lines(rows)
-    return [f"goals: {held} of {total} hold{demo_results.noise_text(rows)}", *lines]
+    costs = [
+        f"- {row['model']}: {row['tokens_vs_oracle']:.3f} times the oracle's training tokens"
+        + (f", {row['compute_vs_oracle']:.3f} times its compute" if row.get("compute_vs_oracle") is not None else "")
+        for row in rows[2:]
+        if row.get("tokens_vs_oracle") is not None
+    ]
+    return [f"goals: {held} of {total} hold{demo_results.noise_text(rows)}", *lines, "cost:", *costs]
 
 
 def write_section(lines: list[str], chosen: list[str], presets: dict, args: argparse.Namespace) -> None:
