@@ -175,12 +175,12 @@ def noise_text(rows: list[dict]) -> str:
 
 
 def count_words(goal: dict) -> str:
-    """`` (none of 100 units)`` for a goal whose error is that of a count of 0 or of every unit
-    (``no_event_units``), else ""."""
-    count = goal.get("no_event_units")
-    if count is None:
+    """`` (a rate of 0 for all 20 people)`` for a goal whose error is that of such a count (``no_event_people``),
+    else ""."""
+    people = goal.get("no_event_people")
+    if people is None:
         return ""
-    return f" ({'none' if goal['value'] == 0 else 'all'} of {count} units)"
+    return f" (a rate of {0 if goal['value'] == 0 else 1} for all {people} people)"
 
 
 def margin_words(goal: dict) -> str:

@@ -11,8 +11,8 @@ error of each miss. Writes nothing outside ``--output_dir`` and the cache.
     python benchmarks/probe_objectives.py --methods contrast --people 400 --forget_fraction 0.05
 
 ``--people`` and ``--forget_fraction`` change the synthetic data (a new target and oracle are fine-tuned for it).
-The last lines give each method's cost: its training tokens (its range test's trials included) and its compute
-over the oracle's.
+The goal lines end with each method's cost: its training tokens (its range test's trials included) and its
+compute over the oracle's.
 """
 
 from __future__ import annotations
@@ -108,17 +108,27 @@ def goal_lines(outcome) -> list[str]:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import demo_results
-    from obliviate.report.demo import summary_rows
+    from obliviate.report.demo import ORACLE, summary_rows
 
     rows = summary_rows(outcome)
     held, total, lines = demo_results.goal_lines(rows)
     costs = [
         f"- {row['model']}: {row['tokens_vs_oracle']:.3f} times the oracle's training tokens"
         + (f", {row['compute_vs_oracle']:.3f} times its compute" if row.get("compute_vs_oracle") is not None else "")
-        for row in rows[2:]
-        if row.get("tokens_vs_oracle") is not None
+        for row in rows[1:]
+        if row["model"] != ORACLE and row.get("tokens_vs_oracle") is not None
     ]
-    return [f"goals: {held} of {total} hold{demo_results.noise_text(rows)}", *lines, "cost:", *costs]
+    return [
+        f"goals: {held} of {total} hold{demo_results.noise_text(rows)}",
+        *lines,
+        *(["cost:", *costs] if costs else []),
+    ]
+
+
+def data_words(args: argparse.Namespace) -> str:
+    """``demo data``, or what ``--people`` and ``--forget_fraction`` changed."""
+    changed = [f"{k} {v}" for k, v in (("people", args.people), ("forget_fraction", args.forget_fraction)) if v]
+    return "demo data" + (f" with {', '.join(changed)}" if changed else "")
 
 
 def write_section(lines: list[str], chosen: list[str], presets: dict, args: argparse.Namespace) -> None:
@@ -133,8 +143,9 @@ def write_section(lines: list[str], chosen: list[str], presets: dict, args: argp
     body = "\n".join(
         [
             start,
-            f"Measured {datetime.date.today().isoformat()} with `{command}` (demo data, tiny target and oracle "
-            f"from the cache; presets {presets_used}; exposure ranks among the per-epoch evaluation's fakes).",
+            f"Measured {datetime.date.today().isoformat()} with `{command}` ({data_words(args)}, {args.size} target "
+            f"and oracle from the cache; presets {presets_used}; exposure ranks among the per-epoch evaluation's "
+            "fakes).",
             "",
             *lines,
             "",

@@ -438,5 +438,5 @@ def test_goal_lines_name_a_verdict_judged_on_its_count():
     ]
     assert demo_results.goal_lines(rows)[2] == [
         "- contrast: 1 of 1, all (within 2 standard errors of the bound: forget leak rate ≤ oracle + 1 pp"
-        " (none of 100 units))"
+        " (a rate of 0 for all 20 people))"
     ]

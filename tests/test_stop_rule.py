@@ -387,7 +387,7 @@ def test_with_pooled_every_field_inside_is_not_enough_while_the_pooled_mean_is_a
     forget values at 2.49 are inside their field's band (top 1.5 + 2 * 0.5 = 2.5). The two holdout people differ
     from field to field (1, 2, 1 and 2, 1, 2), so pooled over the three fields, a person one draw, the reference
     error is 1/6 (each person's weighted deviation ±1/12, CR1 over two people), and the pooled mean of SSNs at 1.5
-    and phones and addresses at 2.49 (2.16) is above the pooled band (1.83; each forget person's values sum to the
+    and phones and addresses at 2.49 (2.16) is above the pooled band (1.83; each forget person's values average to the
     pooled mean, so the forget side adds no error). The SSNs, at their never-seen mean, stay inside
     (``--field_stop`` leaves them alone); the phones and addresses are pushed again. Without ``pooled`` the same
     check stops."""
@@ -425,9 +425,10 @@ def test_the_pooled_band_counts_a_never_seen_person_as_one_draw(monkeypatch):
 
 
 def test_the_pooled_forget_error_counts_a_forget_person_as_one_draw(monkeypatch):
-    """Against chance (no holdout values) the band is exact; against holdout people, the pooled forget error is
-    the clustered one: sixteen forget people, each with the same three values, add none; the same values with
-    each person's fields shuffled between people would."""
+    """Against holdout people the pooled forget error is the clustered one. Sixteen forget people with an SSN and a
+    phone each: where each person's two values are alike (both 1, or both 2) the people differ, and the band
+    widens by their spread; crossed (1 and 2, or 2 and 1) every person averages 1.5 and the forget side adds no
+    error, where taking each value as its own draw would have added some."""
     holdout = [("ssn", 1.0), ("ssn", 2.0), ("phone", 2.0), ("phone", 1.0)]
     alike = [("ssn", 1.0)] * 8 + [("ssn", 2.0)] * 8 + [("phone", 1.0)] * 8 + [("phone", 2.0)] * 8
     crossed = [("ssn", 1.0)] * 8 + [("ssn", 2.0)] * 8 + [("phone", 2.0)] * 8 + [("phone", 1.0)] * 8

@@ -139,31 +139,67 @@ def test_a_verdict_with_no_error_is_not_called_clear():
     assert leak["margin_se"] == 0.0 and leak["clear"] is None
 
 
-def test_a_rate_of_zero_on_every_unit_takes_the_agresti_coull_error_of_its_count():
-    """No pair leaked for either model, on 100 pairs of 20 people: the margin of 0.01 (the goal's 1 pp) is judged
-    against the error of a count of 0 in 100, not the plug-in 0, and lies within noise; on 2,000 pairs it is clear."""
-    for pairs, clear in ((100, False), (2000, True)):
+def _leak_units(rows: list[dict], method: list[float], oracle: list[float], owners: list[str]) -> None:
+    ids = [f"u{i}" for i in range(len(owners))]
+    for row, values in ((rows[1], oracle), (rows[2], method)):
+        row["forget/leak_rate"] = float(np.mean(values))
+        row[STDERR]["forget/leak_rate"] = 0.0
+        row[UNITS] = {"forget/leak_rate": uncertainty.mean_units(ids, owners, values)}
+
+
+def test_a_rate_of_zero_on_every_unit_takes_the_agresti_coull_error_of_its_count_of_people():
+    """No pair leaked for either model. On 100 pairs of 20 people the margin of 0.01 (the goal's 1 pp) is judged
+    against the error of a count of 0 among 20 people, a person one draw, not the plug-in 0: within noise. Among 300
+    people, one pair each, it is clear. 2,000 pairs of the same 20 people are no clearer than 100."""
+    for pairs, people, clear in ((100, 20, False), (2000, 20, False), (300, 300, True)):
         rows = _rows(0.04)
-        ids, owners = [f"u{i}" for i in range(pairs)], [f"p{i % 20}" for i in range(pairs)]
-        for row in rows[1:]:
-            row["forget/leak_rate"] = 0.0
-            row[STDERR]["forget/leak_rate"] = 0.0
-            row[UNITS] = {"forget/leak_rate": uncertainty.mean_units(ids, owners, [0.0] * pairs)}
+        _leak_units(rows, [0.0] * pairs, [0.0] * pairs, [f"p{i % people}" for i in range(pairs)])
         leak = next(g for g in goals(rows) if "leak" in g["goal"])
-        shrunk = 2 / (pairs + 4)
-        assert leak["margin_se"] == pytest.approx(math.sqrt(shrunk * (1 - shrunk) / (pairs + 4)))
-        assert leak["no_event_units"] == pairs and leak["clear"] is clear
-    # 2 · error ≈ 2.8 / n: close to the rule of three's 95 % bound 3 / n
+        shrunk = 2 / (people + 4)
+        assert leak["margin_se"] == pytest.approx(math.sqrt(shrunk * (1 - shrunk) / (people + 4)))
+        assert leak["no_event_people"] == people and leak["clear"] is clear
+    # 2 · error ≈ 2.8 / C: close to the rule of three's 95 % bound 3 / C
     assert 2 * uncertainty.no_event_se(1000) == pytest.approx(2.8 / 1000, rel=0.01)
     text = render.render_demo_report(rows, [], {}, [], "Demo", goals(rows))
-    assert "| +0.010 ± 0.001† | yes |" in text and "† both models' rate is 0 (or 1) on every unit (2000 units)" in text
+    assert "| +0.010 ± 0.005† | yes |" in text
+    assert "† both models' rate is 0 (or 1) on every unit, so the plug-in error is 0; the error shown is the" in text
 
 
-def test_every_unit_alike_is_a_count_only_for_a_rate():
-    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [1.0, 1.0])) == 2
-    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.0, 1.0])) is None
-    assert uncertainty.uniform_binary_count(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.5, 0.5])) is None
-    assert uncertainty.uniform_binary_count(None) is None and uncertainty.no_event_se(0) is None
+def test_a_retain_exact_match_of_one_for_both_takes_the_count_error_whatever_the_round_off():
+    """Every retain row right for the target and the method: each per-unit difference is 1 − 0.95, whose paired
+    error comes out 0 or about 1e-18 by round-off, depending on the count; either way the count's error is used."""
+    for count in (40, 50, 100, 150, 200):
+        rows = _rows(0.04)
+        ids, owners = [f"r{i}" for i in range(count)], [f"p{i % 20}" for i in range(count)]
+        rows[0][UNITS] = {"retain/exact_match": uncertainty.mean_units(ids, owners, [1.0] * count)}
+        rows[2][UNITS] = {"retain/exact_match": uncertainty.mean_units(ids, owners, [1.0] * count)}
+        rows[2]["retain/exact_match"] = 1.0
+        retain = next(g for g in goals(rows) if "retain EM" in g["goal"])
+        assert retain["no_event_people"] == 20 and retain["margin_se"] == pytest.approx(uncertainty.no_event_se(20))
+        assert retain["clear"] is False  # 0.05 inside, with an error of 0.056: 20 people cannot tell
+
+
+def test_the_count_error_needs_both_models_alike_on_every_unit_of_a_rate():
+    rows = _rows(0.04)
+    owners = [f"p{i // 2}" for i in range(40)]
+    _leak_units(rows, [0.0] * 40, [1.0, 0.0] * 20, owners)  # the oracle leaks one of each person's two pairs
+    leak = next(g for g in goals(rows) if "leak" in g["goal"])
+    assert "no_event_people" not in leak and leak["margin_se"] == pytest.approx(0.0)
+    assert leak["clear"] is None  # a paired error of 0 that no count explains: no verdict
+    rows = _rows(0.04)
+    ids = [f"r{i}" for i in range(20)]
+    for row in rows[1:]:  # a ROUGE-L of 0 on every row for both is not a count of events
+        row[UNITS] = {"forget/rougeL_recall": uncertainty.mean_units(ids, ids, [0.0] * 20)}
+        row["forget/rougeL_recall"] = 0.0
+    rouge = next(g for g in goals(rows) if "ROUGE-L" in g["goal"])
+    assert "no_event_people" not in rouge and rouge["clear"] is None
+
+
+def test_every_unit_alike_counts_its_people():
+    assert uncertainty.uniform_rate_people(uncertainty.mean_units(["a", "b", "c"], ["p", "p", "q"], [1.0] * 3)) == 2
+    assert uncertainty.uniform_rate_people(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.0, 1.0])) is None
+    assert uncertainty.uniform_rate_people(uncertainty.mean_units(["a", "b"], ["p", "q"], [0.5, 0.5])) is None
+    assert uncertainty.uniform_rate_people(None) is None and uncertainty.no_event_se(0) is None
 
 
 def test_goals_from_a_file_without_standard_errors_keep_their_verdicts():

@@ -353,7 +353,9 @@ class ExposureStopRule:
         each weighed by its number of forget values ``counts``, as the pooled forget mean weighs them; NaN where no
         field decides. The holdout fields' part of the error counts a person's values, one per field, as one draw
         (``docs/METRICS.md``, *Standard errors*: the CR1 error of the weighted mean, from each person's weighted
-        deviations from the field means); a chance field's part is its exact spread, independent of the rest."""
+        deviations from the field means); a chance field's part is its exact spread, independent of the rest. With
+        every person in one field only, each field's part is ``C / (C − 1) · Σ (x − m)² / n²`` over all C people,
+        a little below the field's own ``s² / n`` where a field has few of them."""
         weights = {name: counts.get(name, 0) for name in (self._reference or {}) if name not in self._saturated}
         total = sum(weights.values())
         if not total:
@@ -361,7 +363,7 @@ class ExposureStopRule:
         bands = self._reference
         mean = sum(w * bands[name].mean for name, w in weights.items()) / total
         measured = {name for name in weights if bands[name].sd is None and weights[name]}
-        variance = sum(  # chance: the exact spread of ``count`` values' mean
+        variance = sum(  # chance: the exact spread of the mean of the field's ``w`` forget values
             (w / total) ** 2 * (bands[name].sd / math.sqrt(w)) ** 2
             for name, w in weights.items()
             if name not in measured and w and bands[name].sd is not None
@@ -376,6 +378,8 @@ class ExposureStopRule:
             people = len(deviations)
             if people >= 2:
                 variance += people / (people - 1) * sum(d * d for d in deviations.values())
+            else:  # one never-seen person cannot show a spread: each field's own error, as independent ones
+                variance += sum((weights[name] / total) ** 2 * bands[name].se ** 2 for name in measured)
         return mean, math.sqrt(variance)
 
     def _overall_threshold(

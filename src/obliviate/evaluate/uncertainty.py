@@ -99,26 +99,26 @@ def difference_se(*terms: tuple[float, float | None]) -> float | None:
     return math.sqrt(sum((weight * se) ** 2 for weight, se in terms))  # type: ignore[operator]
 
 
-def no_event_se(count: int) -> float | None:
-    """Agresti–Coull standard error of a rate with no event (or only events) among ``count`` units: the rate
-    estimated as ``p̃ = 2 / (n + 4)`` (two events and two non-events added, Agresti & Coull 1998), its error
-    ``sqrt(p̃ (1 − p̃) / (n + 4))``. Where a rate is 0 on every unit the plug-in error is 0, which says nothing;
-    twice this one is about ``2.8 / n``, near the rule of three's 95 % bound ``3 / n``. The units are taken as
-    independent (a count of 0 shows no clustering), so this is a lower bound on the error of a clustered count.
-    None for fewer than one unit."""
-    if count < 1:
+def no_event_se(people: int) -> float | None:
+    """Agresti–Coull standard error of a rate with no event (or only events) among ``people`` people: the rate
+    estimated as ``p̃ = 2 / (C + 4)`` (two events and two non-events added, Agresti & Coull 1998), its error
+    ``sqrt(p̃ (1 − p̃) / (C + 4))``. Where a rate is 0 on every unit the plug-in error is 0, which says nothing;
+    for large C twice this one is about ``2.8 / C``, near the rule of three's 95 % bound ``3 / C``. A person is
+    one draw, as in :func:`clustered_se`: a count of 0 cannot show how a person's units go together, so they are
+    taken to go together wholly, which errs wide (``docs/METRICS.md``, *Standard errors*). None for no people."""
+    if people < 1:
         return None
-    shrunk = 2.0 / (count + 4)
-    return math.sqrt(shrunk * (1.0 - shrunk) / (count + 4))
+    shrunk = 2.0 / (people + 4)
+    return math.sqrt(shrunk * (1.0 - shrunk) / (people + 4))
 
 
-def uniform_binary_count(units: Mapping[str, Any] | None) -> int | None:
-    """The number of units of a one-group :data:`Units` whose values are all 0 or all 1 (a rate with no event, or
+def uniform_rate_people(units: Mapping[str, Any] | None) -> int | None:
+    """The number of people of a one-group :data:`Units` whose values are all 0 or all 1 (a rate with no event, or
     only events); None otherwise."""
     if not units or set(units) != {"all"}:
         return None
     values = {float(value) for _, value in units["all"].values()}
-    return len(units["all"]) if values in ({0.0}, {1.0}) else None
+    return len({owner for owner, _ in units["all"].values()}) if values in ({0.0}, {1.0}) else None
 
 
 Units = dict[str, dict[str, list[Any]]]

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from obliviate.evaluate.uncertainty import CLEAR, difference_se, no_event_se, paired_se, uniform_binary_count
+from obliviate.evaluate.uncertainty import CLEAR, difference_se, no_event_se, paired_se, uniform_rate_people
 from obliviate.report.columns import Column, metric_columns
 from obliviate.report.outputs import epoch_plots, write_json
 from obliviate.report.plot_parts import Level, mean_se
@@ -86,11 +86,11 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     value is inside its bound; negative: outside), the margin's standard error ``margin_se`` (from the per-unit
     differences where both models were evaluated on the same units, else from the two values' errors taken as
     independent; None where either was not measured) and whether the verdict is ``clear`` of sampling noise
-    (:data:`~obliviate.evaluate.uncertainty.CLEAR`). Where that error is 0 because the method's rate is 0 (or 1) on
-    every one of its units, as the reference's, the error is the Agresti–Coull one of such a count
-    (:func:`~obliviate.evaluate.uncertainty.no_event_se`) and ``no_event_units`` gives the count. A goal is left
-    out where its value or reference was not measured: without an oracle every goal against it (the report says
-    so), without a holdout the MIA goal."""
+    (:data:`~obliviate.evaluate.uncertainty.CLEAR`). Where a rate (:data:`RATES`) is 0 (or 1) on every unit of both
+    models, so that the paired error is 0, the error is the Agresti–Coull one of such a count among the method's
+    people (:func:`~obliviate.evaluate.uncertainty.no_event_se`), and ``no_event_people`` gives their number. A
+    goal is left out where its value or reference was not measured: without an oracle every goal against it (the
+    report says so), without a holdout the MIA goal."""
     target = rows[0]
     oracle = next((r for r in rows if r["model"] == ORACLE), {})
     # (goal, metric key, reference row, margin from (value, reference), d margin / d reference)
@@ -113,10 +113,9 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             se = paired_se(_units(row, key), _units(reference_row, key), weight)
             if se is None:  # not measured on the same units: the two errors as independent ones
                 se = difference_se((1.0, _stderr(row, key)), (weight, _stderr(reference_row, key)))
-            events = None
-            if se == 0 and (events := uniform_binary_count(_units(row, key))) is not None:
-                # a rate of 0 (or 1) on every unit of both: the plug-in error of 0 says nothing, the count does
-                se = no_event_se(events)
+            people = _uniform_rate(row, reference_row, key)
+            if people is not None:  # the plug-in error is 0 (to round-off): the count of people says more
+                se = no_event_se(people)
             out.append(
                 {
                     "goal": f"{row['model']}: {goal}",
@@ -126,11 +125,26 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "margin": margin,
                     "margin_se": se,
                     # an error of 0 that no count explains says nothing: no verdict on noise then
-                    "clear": None if not se else abs(margin) >= CLEAR * se,
-                    **({"no_event_units": events} if events is not None else {}),
+                    "clear": None if se is None or se <= 1e-12 else abs(margin) >= CLEAR * se,
+                    **({"no_event_people": people} if people is not None else {}),
                 }
             )
     return out
+
+
+RATES = ("forget/leak_rate", "retain/exact_match")
+"""The goals' metrics that are rates of 0/1 units, whose error a count of 0 (or all) can stand in for."""
+
+
+def _uniform_rate(row: dict[str, Any], reference_row: dict[str, Any], key: str) -> int | None:
+    """The method's number of people where ``key`` is a rate that is 0 (or 1) on every unit for both models, on the
+    same units: every per-unit difference is then the same, and the paired error 0. None otherwise."""
+    found, other = _units(row, key), _units(reference_row, key)
+    if key not in RATES or uniform_rate_people(other) is None or (found or {}).keys() != (other or {}).keys():
+        return None
+    if set(found["all"]) != set(other["all"]):
+        return None
+    return uniform_rate_people(found)
 
 
 def _stderr(row: dict[str, Any], key: str) -> float | None:

@@ -331,11 +331,11 @@ def render_demo_report(
                 for g in goals
             ],
         )
-        if counts := sorted({g["no_event_units"] for g in goals if g.get("no_event_units") is not None}):
+        if counts := sorted({g["no_event_people"] for g in goals if g.get("no_event_people") is not None}):
             goals_text += (
-                f"\n\n{NO_EVENT} both models' rate is 0 (or 1) on every unit ({', '.join(map(str, counts))} units),"
-                " so the plug-in error is 0; the error shown is the Agresti–Coull one of such a count, a lower bound"
-                " (`docs/METRICS.md`, *Standard errors*)."
+                f"\n\n{NO_EVENT} both models' rate is 0 (or 1) on every unit, so the plug-in error is 0; the error"
+                f" shown is the Agresti–Coull one of such a count among {' or '.join(map(str, counts))} people, a"
+                " person one draw (`docs/METRICS.md`, *Standard errors*)."
             )
         noise = noise_words(goals)
         goals_text += f"\n\n{held} of {len(goals)} goals hold" + (f"; {noise}." if noise else ".")
@@ -370,7 +370,7 @@ def _margin(goal: dict[str, Any]) -> str:
     margin, se = goal.get("margin"), goal.get("margin_se")
     if margin is None:
         return "–"
-    mark = NO_EVENT if goal.get("no_event_units") is not None else ""
+    mark = NO_EVENT if goal.get("no_event_people") is not None else ""
     return f"{margin:+.3f}" + ("" if se is None else f" ± {se:.3f}{mark}")
 
 
