@@ -122,8 +122,11 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
     import demo_results
 
     target = results["summary"][0]
+    from obliviate.report.render import noise_words
+
     goals = results["goals"]
     held = [g for g in goals if g["holds"]]
+    noise = f"; {words}" if (words := noise_words(goals)) else ""
 
     def score(key: str) -> str:
         value = target.get(key)
@@ -142,9 +145,9 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
             "",
             table(results, args),
             "",
-            f"Goals against the oracle: {len(held)} of {len(goals)} hold.",
+            f"Goals against the oracle: {len(held)} of {len(goals)} hold{noise}.",
             "",
-            *[f"- {'✓' if g['holds'] else '✗'} {g['goal']}" for g in goals],
+            *[goal_line(g) for g in goals],
             *(
                 ["", "### Attacks on LUME", demo_results.attacks_text(results).strip()]
                 if results.get("attacks")
@@ -152,6 +155,22 @@ def write_up(results: dict, args: argparse.Namespace, command: str, seconds: flo
             ),
         ]
     )
+
+
+def goal_line(goal: dict) -> str:
+    """``- ✗ contrast: forget ROUGE-L within 0.05 of oracle (0.537 against 0.508, margin +0.021 ± 0.030), within 2
+    standard errors of the bound``: whether it holds, its value and reference, its margin and error where measured,
+    and whether the verdict is within noise (``docs/METRICS.md``, *Standard errors*)."""
+    import demo_results
+    from obliviate.evaluate.uncertainty import CLEAR
+
+    line = f"- {'✓' if goal['holds'] else '✗'} {goal['goal']}"
+    if goal.get("value") is not None and goal.get("target") is not None:
+        line += f" ({demo_results.cell(goal['value'])} against {demo_results.cell(goal['target'])}"
+        line += f"{demo_results.margin_words(goal)})"
+    if goal.get("clear") is False:
+        line += f", within {CLEAR:g} standard errors of the bound{demo_results.count_words(goal)}"
+    return line
 
 
 def _data(tasks: str) -> str:

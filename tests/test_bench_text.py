@@ -225,6 +225,19 @@ def test_quality_write_up_reads_cores_command_and_target_from_its_inputs():
     assert "after 9 fine-tuning epochs: 0.432 (forget) / 0.900 (retain)." in text  # the epochs it took
     assert "Goals against the oracle: 1 of 2 hold." in text and "- ✗ npo: b" in text
     assert "1 CPU core)" in bench_quality.write_up(results, args, "CMD", 1.0, cores=1)
+    results["goals"] = [
+        {"goal": "contrast: MIA AUC within 0.05 of oracle", "holds": True, "value": 0.525, "target": 0.502,
+         "margin": 0.027, "margin_se": 0.024, "clear": False},
+        {"goal": "contrast: retain EM ≥ 95 % of target", "holds": True, "value": 0.975, "target": 0.93,
+         "margin": 0.092, "margin_se": 0.02, "clear": True},
+    ]  # fmt: skip
+    text = bench_quality.write_up(results, args, "CMD", 1.0, cores=1)
+    held = "Goals against the oracle: 2 of 2 hold; 1 of 2 verdicts lie within 2 standard errors of their bound."
+    assert held in text
+    assert (
+        "- ✓ contrast: MIA AUC within 0.05 of oracle (0.525 against 0.502, margin +0.027 ± 0.024), within 2 standard"
+        " errors of the bound\n- ✓ contrast: retain EM ≥ 95 % of target (0.975 against 0.930, margin +0.092 ± 0.020)"
+    ) in text
     fixed = bench_quality.build_parser().parse_args(["--finetune_epochs", "12", "--until_memorised", "0"])
     text = bench_quality.write_up(results, fixed, "CMD", 1.0, cores=1)
     assert "(tiny OLMo, fine-tuned 12 epochs," in text and "after 12 fine-tuning epochs" in text
