@@ -120,10 +120,9 @@ def _epochs(results: dict, model: str, args: argparse.Namespace) -> str:
 def write_up(results: dict, args: argparse.Namespace, command: str, seconds: float, cores: int) -> str:
     """The Quality section: how it was measured, the target's starting point, the table, the goals and the attacks."""
     import demo_results
-
-    target = results["summary"][0]
     from obliviate.report.render import noise_words
 
+    target = results["summary"][0]
     goals = results["goals"]
     held = [g for g in goals if g["holds"]]
     noise = f"; {words}" if (words := noise_words(goals)) else ""

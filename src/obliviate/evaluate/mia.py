@@ -159,7 +159,7 @@ def mia_aucs_with_stderr(
     for name, values in scored.items():
         member_scores, nonmember_scores = values[:m], values[m:]
         v10, v01 = auc_components(member_scores, nonmember_scores)
-        se = components_se(v10, v01, owners[:m], owners[m:]) if m and len(nonmember_scores) else None
+        se = components_se(v10, v01, owners[:m], owners[m:])  # None where a side has fewer than two people
         out[name] = (roc_auc(member_scores, nonmember_scores), se)
         if units is not None:
             units[name] = auc_units(keys[:m], keys[m:], v10, v01)

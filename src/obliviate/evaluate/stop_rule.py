@@ -366,7 +366,7 @@ class ExposureStopRule:
         variance = sum(  # chance: the exact spread of the mean of the field's ``w`` forget values
             (w / total) ** 2 * (bands[name].sd / math.sqrt(w)) ** 2
             for name, w in weights.items()
-            if name not in measured and w and bands[name].sd is not None
+            if w and bands[name].sd is not None
         )
         rows = [(name, person, value) for name, person, value in self._holdout if name in measured]
         if rows:

@@ -71,8 +71,6 @@ def auc_se(
     is taken to be among the members or among the non-members, not both (the covariance term a person on both
     sides would add is left out). Without clusters it is DeLong's ``S10 / m + S01 / n``. None where either side
     has fewer than two clusters."""
-    if not len(member_scores) or not len(nonmember_scores):
-        return None
     return components_se(*auc_components(member_scores, nonmember_scores), member_clusters, nonmember_clusters)
 
 

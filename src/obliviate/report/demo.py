@@ -140,11 +140,9 @@ def _uniform_rate(row: dict[str, Any], reference_row: dict[str, Any], key: str) 
     """The method's number of people where ``key`` is a rate that is 0 (or 1) on every unit for both models, on the
     same units: every per-unit difference is then the same, and the paired error 0. None otherwise."""
     found, other = _units(row, key), _units(reference_row, key)
-    if key not in RATES or uniform_rate_people(other) is None or (found or {}).keys() != (other or {}).keys():
+    if key not in RATES or uniform_rate_people(other) is None or not found:
         return None
-    if set(found["all"]) != set(other["all"]):
-        return None
-    return uniform_rate_people(found)
+    return uniform_rate_people(found) if set(found.get("all", ())) == set(other["all"]) else None
 
 
 def _stderr(row: dict[str, Any], key: str) -> float | None:
