@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from obliviate.data.fakes import CandidateSampler
-from obliviate.data.records import PersonPII, Record
+from obliviate.data.records import PersonPII, Record, owner_id
 from obliviate.evaluate.exposure import chance_exposure, measure_exposure
 from obliviate.evaluate.uncertainty import clustered_se
 
@@ -156,6 +156,9 @@ class ExposureStopRule:
             pooled band (:meth:`_overall_threshold`). Where every field is inside its own band and the pooled mean is
             not, the run goes on, and :attr:`inside` keeps only the fields whose mean is at most their never-seen
             mean, so that ``--field_stop`` pushes the others again.
+        confirm: forget records of other people than ``forget``'s (empty: none). When ``forget``'s values say stop,
+            their values must pass the same tests before the rule stops (:meth:`_confirm`); the fields they fail
+            leave :attr:`inside` and the run goes on.
     """
 
     forget: Sequence[Record]
@@ -173,6 +176,7 @@ class ExposureStopRule:
     pooled: bool = False
     retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
+    confirm: Sequence[Record] = ()
     history: list[dict[str, float]] = field(default_factory=list)
     inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
@@ -227,6 +231,7 @@ class ExposureStopRule:
             "retain_exact": self._retain_start.exact if self._retain_start else math.nan,
             "words_checked": float(self._words is not None),
             "saturated_fields": len(self._saturated),
+            "confirm_people": len({owner_id(record) for record in self.confirm}),
         }
         for name, band in bands.items():
             out[f"{name}/reference_exposure"] = band.mean
@@ -298,7 +303,10 @@ class ExposureStopRule:
                 f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
                 f"({start.exact:.3f}) at step {step}"
             )
-        if not outside and checked and not pooled_above:
+        unconfirmed = self._confirm(model, tokenizer, check) if not outside and checked and not pooled_above else []
+        if unconfirmed:  # the second sample disagrees: push its fields again (--field_stop) and go on
+            self.inside = self.inside - frozenset(unconfirmed)
+        elif not outside and checked and not pooled_above:
             unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
             saturated = "".join(
                 f"; not checked, ranked first for never-seen people too: {name} (its values' NLL "
@@ -311,10 +319,16 @@ class ExposureStopRule:
                 if self.pooled
                 else ""
             )
+            confirmed = (
+                f", on {int(check['confirm_people'])} other forget people too (pooled exposure "
+                f"{check['confirm_exposure']:.3f})"
+                if "confirm_people" in check
+                else ""
+            )
             return (
                 f"forget exposure of every PII field ({', '.join(checked)}) is inside its never-seen band "
-                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise){pooled_text} at step "
-                f"{step}{saturated}{unchecked}"
+                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise){pooled_text}"
+                f"{confirmed} at step {step}{saturated}{unchecked}"
             )
         if words is not None and words["forget"] >= words["holdout"]:
             return (
@@ -328,6 +342,41 @@ class ExposureStopRule:
                 )
             )
         return None
+
+    def _confirm(self, model, tokenizer, check: dict[str, float]) -> list[str]:
+        """The fields whose values on the :attr:`confirm` people fail the tests the checked sample just passed
+        (each field's band; with :attr:`pooled`, the pooled band too, which then fails the fields above their
+        never-seen mean); empty where there are no such people. Writes their means into ``check``.
+
+        Why: the check ranks a sample of the forget people (:data:`EXPOSURE_SAMPLE` rows) and the rule stops at the
+        first check whose sample mean crosses into the band. Of the noisy means a run passes through, the first
+        inside is more often one that reads low than one that reads true, so another sample of the same forget set
+        read at that step sits above it: on LUME Task2 (contrast, seed 1) the rule stopped with its pooled mean at
+        1.918 against a threshold of 1.948 and the evaluation's 40 forget people read z = 3.55 (``docs/METHODS.md``,
+        *A second sample*). A sample that played no part in choosing the step has no such pull."""
+        if not self.confirm:
+            return []
+        pairs = self._exposures(model, tokenizer, self.confirm, "forget")
+        checked = [name for name in self._reference or {} if name not in self._saturated]
+        outside, means = [], {}
+        for name in checked:
+            values = [p["exposure"] for p in pairs if p["field"] == name]
+            if not values:
+                continue
+            means[name] = check[f"{name}/confirm_exposure"] = float(np.mean(values))
+            if not self._reference[name].admits(values, self.k, self.band):
+                outside.append(name)
+        kept = [p for p in pairs if p["field"] in means]
+        pooled = [p["exposure"] for p in kept]
+        check["confirm_people"] = float(len({str(p["person_id"]) for p in kept}))
+        check["confirm_exposure"] = float(np.mean(pooled)) if pooled else math.nan
+        check["confirm_threshold"] = self._overall_threshold(
+            pooled, Counter(p["field"] for p in kept), [str(p["person_id"]) for p in kept]
+        )
+        if self.pooled and pooled and not outside and not check["confirm_exposure"] <= check["confirm_threshold"]:
+            outside = [name for name, mean in means.items() if mean > self._reference[name].mean]
+        check["confirm_fields_outside"] = float(len(outside))
+        return outside
 
     def _word_rows(self) -> dict[str, list[Record]] | None:
         """The completion rows of the forget and holdout samples with their PII spans marked, or None where either
@@ -500,8 +549,13 @@ def stop_rule_for(config) -> ExposureStopRule:
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else []
     holdout = load_split(config.holdout_dir, split="holdout") if config.holdout_dir else []
     people = known_people(config.forget_dir, {"forget": forget, "retain": retain, "holdout": holdout})
+    checked = sample_records(forget, EXPOSURE_SAMPLE, config.seed)
+    seen = {owner_id(record) for record in checked}
+    # the next people of the same seeded order: none where the checked sample holds the whole forget set
+    confirm = [r for r in sample_records(forget, 2 * EXPOSURE_SAMPLE, config.seed) if owner_id(r) not in seen]
     return ExposureStopRule(
-        forget=sample_records(forget, EXPOSURE_SAMPLE, config.seed),
+        forget=checked,
+        confirm=confirm,
         people=people,
         retain=sample_records(retain, RETAIN_SAMPLE, config.seed) if retain else [],
         holdout=sample_records(holdout, EXPOSURE_SAMPLE, config.seed) if holdout else [],
