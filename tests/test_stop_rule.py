@@ -14,12 +14,14 @@ from helpers import metrics, unlearn_argv
 from obliviate.cli.main import main
 from obliviate.evaluate import stop_rule as rule_module
 from obliviate.evaluate.exposure import chance_exposure
+from obliviate.data.records import Record
 from obliviate.evaluate.stop_rule import ExposureStopRule, RetainCheck
 
 
 def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list, **rule) -> ExposureStopRule:
     """A rule whose measurements follow a script: per split, one list of per-value exposures per call, each a
-    number (an SSN) or a ``(field, exposure)`` pair; per retain check its NLL, or ``(NLL, exact match)``."""
+    number (an SSN) or a ``(field, exposure)`` pair; per retain check its NLL, or ``(NLL, exact match)``. The split
+    ``confirm`` scripts the second forget sample (``confirm=`` records)."""
     calls = {split: iter(values) for split, values in exposures.items()}
     fields = sorted({v[0] for call in exposures.get("forget", []) for v in call if isinstance(v, tuple)} or {"ssn"})
     nll = iter(retain)
@@ -27,6 +29,7 @@ def scripted(monkeypatch, exposures: dict[str, list[list]], retain: list, **rule
     def measured(self, model, tokenizer, records, split, dry=False):
         if dry:
             return [{"field": name, "exposure": 0.0} for name in fields for _ in range(16)]
+        split = "confirm" if records is self.confirm and len(records) else split  # the second forget sample
         out = [{"field": v[0], "exposure": v[1], "nll": v[2] if len(v) > 2 else 0.0} if isinstance(v, tuple)
                else {"field": "ssn", "exposure": v, "nll": 0.0} for v in next(calls[split])]  # fmt: skip
         seen = Counter()
@@ -466,3 +469,58 @@ def test_stop_pooled_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
 
     assert stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2)).pooled is False
     assert stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2, stop_pooled=True)).pooled is True
+
+
+def test_a_second_sample_of_forget_people_must_agree_before_the_exposure_stop(monkeypatch):
+    """Holdout SSNs 1.0 and 2.0 (band top 2.5 for a spread-free forget side). The checked people read 6, then
+    2.4 (inside): the other people, read only then, are at 4 (outside), so the run goes on with the SSNs pushed
+    again (``--field_stop``); at the next check both samples are inside and it stops, saying so."""
+    rule = scripted(
+        monkeypatch,
+        {"holdout": [[1.0, 2.0]], "forget": [[6.0, 6.0], [2.4, 2.4], [2.2, 2.2]], "confirm": [[4.0, 4.0], [2.3, 2.3]]},
+        retain=[1.0] * 4,
+        confirm=[Record("c1", "q", "a", meta={"person_id": "c1"}), Record("c2", "q", "a", meta={"person_id": "c2"})],
+    )
+    rule.start(None, None)
+    assert rule.describe()["confirm_people"] == 2
+    assert rule(None, None, 2) is None and "confirm_exposure" not in rule.history[-1]  # outside: not read
+    assert rule(None, None, 4) is None and rule.inside == frozenset()
+    assert rule.history[-1]["confirm_exposure"] == 4.0 and rule.history[-1]["confirm_fields_outside"] == 1
+    reason = rule(None, None, 6)
+    assert reason is not None and "on 2 other forget people too (pooled exposure 2.300)" in reason
+    assert rule.inside == {"ssn"}
+
+
+def test_with_pooled_the_second_sample_is_held_to_the_pooled_band_too(monkeypatch):
+    """Two fields, each of the second sample inside its own band (holdout 1 and 2 per field: top 2.5) but their
+    pooled mean (2.45) above the pooled band: the two never-seen people are crossed (one reads 1 and 2, the other 2
+    and 1), so their pooled mean has no spread, and the band is 1.5. With ``pooled`` the run goes on and both
+    fields, above their never-seen mean, are pushed again; without it, it stops."""
+    holdout = [("phone", 1.0), ("phone", 2.0), ("ssn", 2.0), ("ssn", 1.0)]
+    inside = [("phone", 1.4)] * 2 + [("ssn", 1.4)] * 2
+    near_top = [("phone", 2.45)] * 2 + [("ssn", 2.45)] * 2
+    for pooled, stops in ((True, False), (False, True)):
+        rule = scripted(
+            monkeypatch,
+            {"holdout": [holdout], "forget": [inside], "confirm": [near_top]},
+            retain=[1.0] * 2,
+            confirm=[Record("c", "q", "a")],
+            pooled=pooled,
+        )
+        rule.start(None, None)
+        assert (rule(None, None, 2) is not None) is stops
+        assert rule.history[-1]["confirm_fields_outside"] == (0 if stops else 2)
+        assert rule.inside == ({"phone", "ssn"} if stops else frozenset())
+
+
+def test_the_second_sample_holds_other_forget_people_and_none_when_the_first_holds_all(assets, tmp_path, monkeypatch):
+    from helpers import unlearn_config
+    from obliviate.data.records import owner_id
+
+    whole = rule_module.stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2))
+    assert whole.forget and whole.confirm == []  # the small forget set fits in one sample
+    monkeypatch.setattr(rule_module, "EXPOSURE_SAMPLE", 4)
+    split = rule_module.stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2))
+    checked, other = {owner_id(r) for r in split.forget}, {owner_id(r) for r in split.confirm}
+    assert checked and other and not checked & other
+    assert len(split.confirm) >= 4

@@ -223,5 +223,35 @@ def test_the_help_of_epochs_and_stop_check_steps_states_the_registrys_budgets_an
     for method in LOSSES.values():
         if method.steps != DEFAULT_STEPS:
             assert f"{method.name} {method.steps}" in epochs
+        if method.passes:
+            assert f"{method.steps}, or {method.passes} passes over the forget set" in epochs
         if method.checks != DEFAULT_CHECKS:
             assert f"{method.name}: {method.checks}" in checks
+
+
+def test_contrasts_budget_is_ten_passes_over_a_large_forget_set_with_its_checks_where_240_steps_put_them(
+    tmp_path, monkeypatch
+):
+    """A forget set of 1,500 rows (LUME Task2's) is 47 forget steps a pass: ten passes (470) are more than 240, so
+    the budget is 470 cycles, and the checks fall every 6 cycles as at 240, so the longer budget only lets the same
+    run go on. The demo's 128 rows keep 240 steps; a method without passes keeps its 120 whatever the set; a given
+    --max_steps keeps its own interval."""
+    from obliviate.config import UnlearnConfig
+    from obliviate.data.records import Record
+    from obliviate.train import resolve
+
+    monkeypatch.setattr(resolve, "has_pii", lambda config, forget, retain: True)
+
+    def resolved(method: str, rows: int, **options) -> UnlearnConfig:
+        config = UnlearnConfig.build(model_dir=str(tmp_path), forget_dir="-", retain_dir="-", method=method,
+                                     output_dir=str(tmp_path / method), **options)  # fmt: skip
+        forget = [Record(f"f{i}", "q", "a") for i in range(rows)]
+        return resolve.resolve_steps(resolve.with_preset(config), forget, [])
+
+    large = resolved("contrast", 1500)
+    assert (large.max_steps, large.epochs, large.stop_check_steps) == (470 * 16, 10, 6 * 16)
+    small = resolved("contrast", 128)
+    assert (small.max_steps, small.stop_check_steps) == (240 * 16, 6 * 16)
+    assert resolved("ga_gd", 1500).max_steps == 120
+    given = resolved("contrast", 1500, max_steps=5760)
+    assert (given.max_steps, given.stop_check_steps) == (5760, 9 * 16)  # 5,760 / 40 checks = 144 = 9 cycles

@@ -124,7 +124,8 @@ class UnlearnConfig(TrainConfig):
     epochs: int | None = option(
         None,
         "passes over the forget set; unset with --max_steps unset: the method's budget of forget steps (120; contrast "
-        "240), each with its --retain_steps under --schedule interleaved",
+        "240, or 10 passes over the forget set where that is more), each with its --retain_steps under --schedule "
+        "interleaved",
         ge=1,
     )
     max_steps: int | None = option(

@@ -54,6 +54,10 @@ class Method:
             (:func:`obliviate.train.resolve.resolve_budget`).
         checks: how many stop checks an unset ``--stop_check_steps`` spreads over the planned steps, each at a whole
             cycle (:func:`obliviate.train.resolve.resolve_stop_check`).
+        passes: with neither ``--epochs`` nor ``--max_steps``, the budget is at least this many passes over the
+            forget set (0: ``steps`` alone). ``steps`` is a number, and a large forget set needs more forget steps
+            than a small one before the stop rule can end the run; the checks stay where ``steps`` puts them, so a
+            longer budget only lets the same run go on (``docs/METHODS.md``, *Length*).
     """
 
     name: str
@@ -68,6 +72,7 @@ class Method:
     means: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     steps: int = DEFAULT_STEPS
     checks: int = DEFAULT_CHECKS
+    passes: int = 0
     needs_given: Callable[[LossParams], Needs] | None = None
 
     def needs_for(self, params: LossParams) -> Needs:
@@ -194,6 +199,7 @@ LOSSES: dict[str, Method] = {
         needs_given=contrast.needs,
         steps=2 * DEFAULT_STEPS,  # docs/METHODS.md, "Length": the stop rule, not the budget, ends LUME Task2's run
         checks=2 * DEFAULT_CHECKS,  # the same interval as 120 steps with 20 checks: every 6 cycles
+        passes=10,  # docs/METHODS.md, "Length": LUME Task2's 47 forget steps a pass need more than 240
     ),
 }
 

@@ -53,15 +53,17 @@ def resolve_params(config: UnlearnConfig) -> LossParams:
 
 def resolve_budget(config: UnlearnConfig, forget_rows: int) -> UnlearnConfig:
     """``--epochs`` and ``--max_steps`` as numbers: neither given means the method's budget of forget steps
-    (:attr:`~obliviate.losses.Method.steps`; as many epochs as that takes; under ``--schedule interleaved`` each
-    forget step brings its retain steps along, and the budget counts them too); one given decides; both given,
-    whichever ends first."""
+    (:attr:`~obliviate.losses.Method.steps`, or :attr:`~obliviate.losses.Method.passes` passes over the forget set
+    where that is more; as many epochs as that takes; under ``--schedule interleaved`` each forget step brings its
+    retain steps along, and the budget counts them too); one given decides; both given, whichever ends first."""
     epochs, max_steps = config.epochs, config.max_steps
     per_forget_step = 1 + retain_steps_per_forget(config)
+    per_pass = max(1, math.ceil(forget_rows / config.batch_size))
     if epochs is None and max_steps is None:
-        max_steps = get_method(config.method).steps * per_forget_step
+        method = get_method(config.method)
+        max_steps = max(method.steps, method.passes * per_pass) * per_forget_step
     if epochs is None:
-        epochs = math.ceil(max_steps / (max(1, math.ceil(forget_rows / config.batch_size)) * per_forget_step))
+        epochs = math.ceil(max_steps / (per_pass * per_forget_step))
     return dataclasses.replace(config, epochs=epochs, max_steps=max_steps)
 
 
@@ -87,10 +89,15 @@ def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int)
 
 
 def resolve_steps(config: UnlearnConfig, forget, retain) -> UnlearnConfig:
-    """The step budget for the forget set as it is trained on, then the stop-check interval over the planned steps."""
+    """The step budget for the forget set as it is trained on, then the stop-check interval over the planned steps:
+    with the method's budget (neither ``--epochs`` nor ``--max_steps``), over its :attr:`~obliviate.losses.Method.steps`
+    alone, so that the passes a large forget set adds lengthen the run without moving its checks."""
+    defaulted = config.epochs is None and config.max_steps is None
     config = resolve_budget(config, len(forget))
-    per_epoch = math.ceil(len(forget) / config.batch_size) * (1 + retain_steps_per_forget(config))
-    planned_steps = planned_length(config, per_epoch)[1]
+    cycle = 1 + retain_steps_per_forget(config)
+    planned_steps = planned_length(config, math.ceil(len(forget) / config.batch_size) * cycle)[1]
+    if defaulted:
+        planned_steps = min(planned_steps, get_method(config.method).steps * cycle)
     return resolve_stop_check(config, has_pii(config, forget, retain), planned_steps)
 
 
