@@ -390,13 +390,17 @@ def test_stop_check_plot_draws_each_method_and_shades_the_never_seen_band():
         "contrast": [
             {"step": 0, "reference_exposure": 1.4, "reference_se": 0.1, "band": 2.0},
             {"step": 6, "forget_exposure": 5.0},
-            {"step": 12, "forget_exposure": 1.5},
+            {"step": 12, "forget_exposure": 1.5, "confirm_exposure": 2.5},
         ],
         "ga_gd": [{"step": 6, "forget_exposure": 4.0}],
     }
     ax = draw_stop_checks(checks).axes[0]
     lines = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
-    assert lines == {"contrast": [(6, 5.0), (12, 1.5)], "ga_gd": [(6, 4.0)]}
+    assert lines == {
+        "contrast": [(6, 5.0), (12, 1.5)],
+        "second sample of forget people": [(12, 2.5)],  # read only where the checked sample said stop
+        "ga_gd": [(6, 4.0)],
+    }
     (band,) = ax.patches
     path = band.get_path().transformed(band.get_patch_transform())
     ys = [y for _, y in path.vertices]

@@ -12,9 +12,9 @@ import pytest
 
 from helpers import metrics, unlearn_argv
 from obliviate.cli.main import main
+from obliviate.data.records import Record
 from obliviate.evaluate import stop_rule as rule_module
 from obliviate.evaluate.exposure import chance_exposure
-from obliviate.data.records import Record
 from obliviate.evaluate.stop_rule import ExposureStopRule, RetainCheck
 
 

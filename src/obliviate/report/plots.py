@@ -331,14 +331,14 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
 
     ``checks`` maps a method to its checks as the pipeline reads them from ``metrics.jsonl``: an optional first
     entry ``{"step": 0, "reference_exposure", "reference_se", "band"}`` (the band), then ``{"step",
-    "forget_exposure", "threshold"}`` per check. The reference band (mean to mean + band x its standard error) is
+    "forget_exposure", "threshold"}`` per check (with ``"confirm_exposure"`` where the rule read its second sample of
+    forget people, drawn as a cross). The reference band (mean to mean + band x its standard error) is
     shaded once, from the first method that has it (every method starts from the same model); each method's stop
     threshold, which also counts the forget mean's standard error, is a dotted line in its colour.
     """
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
-    drawn = False
-    shaded = False
+    drawn = shaded = confirmed = False
     for index, (method, entries) in enumerate(checks.items()):
         reference = next((e for e in entries if "reference_exposure" in e), None)
         if reference is not None and not shaded and math.isfinite(reference.get("reference_exposure", math.nan)):
@@ -357,6 +357,13 @@ def draw_stop_checks(checks: dict[str, list[dict[str, float]]]) -> Figure:
         if limits:  # the rule's threshold at each check (it widens with the forget mean's own standard error)
             steps, values = zip(*limits)
             ax.plot(steps, values, linestyle=":", linewidth=1, color=_color(index), label="_nolegend_")
+        second = [(e["step"], e.get("confirm_exposure", math.nan)) for e in entries]
+        second = [(s, v) for s, v in second if math.isfinite(v)]
+        if second:  # the other forget people, read where the checked ones said stop
+            steps, values = zip(*second)
+            label = "second sample of forget people" if not confirmed else "_nolegend_"
+            ax.plot(steps, values, linestyle="none", marker="x", markersize=6, color=_color(index), label=label)
+            confirmed = True
     if not drawn:
         _no_data(ax, "stop-rule check")
     ax.set_xlabel("optimizer step")

@@ -90,8 +90,9 @@ def resolve_stop_check(config: UnlearnConfig, has_pii: bool, planned_steps: int)
 
 def resolve_steps(config: UnlearnConfig, forget, retain) -> UnlearnConfig:
     """The step budget for the forget set as it is trained on, then the stop-check interval over the planned steps:
-    with the method's budget (neither ``--epochs`` nor ``--max_steps``), over its :attr:`~obliviate.losses.Method.steps`
-    alone, so that the passes a large forget set adds lengthen the run without moving its checks."""
+    with the method's budget (neither ``--epochs`` nor ``--max_steps``), over its
+    :attr:`~obliviate.losses.Method.steps` alone, so that the passes a large forget set adds lengthen the run without
+    moving its checks."""
     defaulted = config.epochs is None and config.max_steps is None
     config = resolve_budget(config, len(forget))
     cycle = 1 + retain_steps_per_forget(config)
