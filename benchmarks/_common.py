@@ -97,16 +97,18 @@ def cpu_cores() -> int:
 
 def budget_words() -> str:
     """The step budgets ``obliviate unlearn`` runs with no flags, as the registry declares them, in words for a
-    table's preamble, e.g. "a budget of 120 forget steps (contrast: 240, each followed by its preset's 15
-    retain-only steps: 3,840 optimizer steps)"."""
+    table's preamble, e.g. "a budget of 120 forget steps (contrast: 240, or 10 passes over the forget set where that
+    is more, each followed by its preset's 15 retain-only steps: 3,840 optimizer steps at 240)"."""
     from obliviate.losses import DEFAULT_STEPS, LOSSES
 
-    own = [m for m in LOSSES.values() if m.steps != DEFAULT_STEPS]
+    own = [m for m in LOSSES.values() if m.steps != DEFAULT_STEPS or m.passes]
     words = [
         f"{m.name}: {m.steps}"
+        + (f", or {m.passes} passes over the forget set where that is more" if m.passes else "")
         + (
             f", each followed by its preset's {m.preset['retain_steps']} retain-only steps: "
             f"{m.steps * (1 + m.preset['retain_steps']):,} optimizer steps"
+            + (f" at {m.steps}" if m.passes else "")
             if m.preset.get("retain_steps")
             else ""
         )

@@ -524,3 +524,52 @@ def test_the_second_sample_holds_other_forget_people_and_none_when_the_first_hol
     checked, other = {owner_id(r) for r in split.forget}, {owner_id(r) for r in split.confirm}
     assert checked and other and not checked & other
     assert len(split.confirm) >= 4
+    # a rest of less than half a sample (here the last person's rows) is no second sample: its few values would hold
+    # the stop to a far stricter test than the band's
+
+
+def test_the_second_sample_is_the_next_people_and_none_where_they_are_too_few():
+    """Ten people of two rows: a sample of 8 rows is 4 people, and the next 4 people (8 rows) are the second; a
+    sample of 14 rows is 7 people, and the 3 left (6 rows, less than half of 14) give none."""
+    from obliviate.data.records import owner_id
+
+    rows = [Record(f"p{i}-{j}", "q", "a", meta={"person_id": f"p{i}"}) for i in range(10) for j in range(2)]
+    checked, second = rule_module.forget_samples(rows, 8, seed=3)
+    people, others = {owner_id(r) for r in checked}, {owner_id(r) for r in second}
+    assert (len(people), len(others), len(second)) == (4, 4, 8) and not people & others
+    assert rule_module.forget_samples(rows, 8, seed=3) == (checked, second)  # seeded
+    checked, second = rule_module.forget_samples(rows, 14, seed=3)
+    assert len(checked) == 14 and second == []
+    assert rule_module.forget_samples(rows, 20, seed=3) == (rows, [])
+
+
+def test_a_second_sample_that_fails_one_field_sends_only_that_field_back(monkeypatch):
+    """Both fields inside on the checked people; on the others the phones are inside and the SSNs not: the run goes
+    on with the phones still left alone and the SSNs pushed again. A words stop at that check names the SSNs."""
+    holdout = [("phone", 1.0), ("phone", 2.0), ("ssn", 1.0), ("ssn", 2.0)]
+    inside = [("phone", 1.5)] * 2 + [("ssn", 1.5)] * 2
+    ssn_above = [("phone", 1.5)] * 2 + [("ssn", 4.0)] * 2
+    confirm = [Record("c", "q", "a")]
+    rule = scripted(monkeypatch, {"holdout": [holdout], "forget": [inside], "confirm": [ssn_above]}, [1.0] * 2,
+                    confirm=confirm)  # fmt: skip
+    rule.start(None, None)
+    assert rule(None, None, 2) is None and rule.inside == {"phone"}
+    assert rule.history[-1]["ssn/confirm_exposure"] == 4.0 and rule.history[-1]["confirm_fields_outside"] == 1
+    worded = scripted(monkeypatch, {"holdout": [holdout], "forget": [inside], "confirm": [ssn_above]}, [1.0] * 2,
+                      confirm=confirm, words=True)  # fmt: skip
+    monkeypatch.setattr(rule_module, "words_nll", lambda model, tokenizer, rows: 3.0)
+    monkeypatch.setattr(ExposureStopRule, "_word_rows", lambda self: {"forget": ["f"], "holdout": ["h"]})
+    worded.start(None, None)
+    reason = worded(None, None, 2)
+    assert reason is not None and "still above their never-seen band: none (on the second sample" in reason
+    assert reason.endswith("forget people: ssn)")
+
+
+def test_a_second_sample_with_one_value_a_field_does_not_decide(monkeypatch):
+    """One second-sample person: a single value has no spread, so it would be held to a test far stricter than the
+    band's; it is not read as a second sample, and the stop stands as the checked people give it."""
+    rule = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[1.5, 1.5]], "confirm": [[2.4]]}, [1.0] * 2,
+                    confirm=[Record("c", "q", "a")])  # fmt: skip
+    rule.start(None, None)
+    reason = rule(None, None, 2)
+    assert reason is not None and "other forget people" not in reason and "confirm_people" not in rule.history[-1]

@@ -255,3 +255,5 @@ def test_contrasts_budget_is_ten_passes_over_a_large_forget_set_with_its_checks_
     assert resolved("ga_gd", 1500).max_steps == 120
     given = resolved("contrast", 1500, max_steps=5760)
     assert (given.max_steps, given.stop_check_steps) == (5760, 9 * 16)  # 5,760 / 40 checks = 144 = 9 cycles
+    epochs = resolved("contrast", 1500, epochs=12)  # 12 passes of 47 cycles, 40 checks: every 15 cycles
+    assert (epochs.epochs, epochs.max_steps, epochs.stop_check_steps) == (12, None, 15 * 16)  # 9,024 steps / 40

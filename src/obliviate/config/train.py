@@ -227,7 +227,8 @@ class UnlearnConfig(TrainConfig):
         None,
         "every N optimizer steps, stop once forget PII exposure is inside the never-seen band (holdout people, else "
         "chance) or retain NLL rose past --stop_retain_bound; unset: about 20 checks per run (contrast: 40), "
-        "each at a whole cycle, where PII values are known; 0: off",
+        "each at a whole cycle, where PII values are known (with the method's budget: 20 or 40 over its forget "
+        "steps, the same interval through the passes a large forget set adds); 0: off",
         ge=0,
     )
     stop_band: float = option(2.0, "standard errors above the never-seen exposure that still count as forgotten", ge=0)

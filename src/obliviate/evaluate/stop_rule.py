@@ -322,7 +322,7 @@ class ExposureStopRule:
             confirmed = (
                 f", on {int(check['confirm_people'])} other forget people too (pooled exposure "
                 f"{check['confirm_exposure']:.3f})"
-                if "confirm_people" in check
+                if check.get("confirm_people", 0) > 0
                 else ""
             )
             return (
@@ -335,6 +335,7 @@ class ExposureStopRule:
                 f"the forget answers' words (outside PII values) are as unlikely as the holdout people's (NLL "
                 f"{words['forget']:.3f} ≥ {words['holdout']:.3f} nats per token) at step {step}; fields still above "
                 f"their never-seen band: {', '.join(outside) or 'none'}"
+                + (f" (on the second sample of forget people: {', '.join(unconfirmed)})" if unconfirmed else "")
                 + (
                     f"; the pooled mean ({check['forget_exposure']:.3f}) is above its band ({check['threshold']:.3f})"
                     if pooled_above
@@ -352,8 +353,11 @@ class ExposureStopRule:
         first check whose sample mean crosses into the band. Of the noisy means a run passes through, the first
         inside is more often one that reads low than one that reads true, so another sample of the same forget set
         read at that step sits above it: on LUME Task2 (contrast, seed 1) the rule stopped with its pooled mean at
-        1.918 against a threshold of 1.948 and the evaluation's 40 forget people read z = 3.55 (``docs/METHODS.md``,
-        *A second sample*). A sample that played no part in choosing the step has no such pull."""
+        1.918 against a threshold of 1.948, the next 40 forget people read 2.311, and the evaluation's 40 read
+        z = 3.55 (``docs/METHODS.md``, *A second sample*). The second sample's first reading played no part in
+        choosing the step; once it has held a stop back it is read again at later checks, and the run stops at the
+        first where both read inside, so its own reading is then chosen too: two samples lessen the pull, they do
+        not remove it."""
         if not self.confirm:
             return []
         pairs = self._exposures(model, tokenizer, self.confirm, "forget")
@@ -361,12 +365,14 @@ class ExposureStopRule:
         outside, means = [], {}
         for name in checked:
             values = [p["exposure"] for p in pairs if p["field"] == name]
-            if not values:
+            if len(values) < 2:  # one value has no spread of its own: its test would be far stricter than the band's
                 continue
             means[name] = check[f"{name}/confirm_exposure"] = float(np.mean(values))
             if not self._reference[name].admits(values, self.k, self.band):
                 outside.append(name)
         kept = [p for p in pairs if p["field"] in means]
+        if not kept:  # nothing of theirs decides: no second reading to hold the stop to
+            return []
         pooled = [p["exposure"] for p in kept]
         check["confirm_people"] = float(len({str(p["person_id"]) for p in kept}))
         check["confirm_exposure"] = float(np.mean(pooled)) if pooled else math.nan
@@ -539,6 +545,19 @@ synthetic people, about 200 values). LUME Task2's forget set alone holds 1,250 v
 continuations at every check would cost more than the training it checks."""
 
 
+def forget_samples(forget: list[Record], size: int, seed: int) -> tuple[list[Record], list[Record]]:
+    """The forget rows a check ranks (a seeded sample of about ``size`` rows, people whole) and the second sample
+    :meth:`ExposureStopRule._confirm` holds the stop to: the next people of the same seeded order, up to as many
+    rows again. The second is empty where the first holds the whole forget set, and where it would hold less than
+    half as many rows as the first: a few people's values would hold the stop to a far stricter test."""
+    from obliviate.evaluate.data import sample_records
+
+    checked = sample_records(forget, size, seed)
+    seen = {owner_id(record) for record in checked}
+    confirm = [r for r in sample_records(forget, 2 * size, seed) if owner_id(r) not in seen]
+    return checked, confirm if len(confirm) >= len(checked) // 2 else []
+
+
 def stop_rule_for(config) -> ExposureStopRule:
     """The rule behind ``obliviate unlearn --stop_check_steps N`` (an :class:`~obliviate.config.UnlearnConfig`)."""
     from obliviate.data.load import load_split
@@ -549,10 +568,7 @@ def stop_rule_for(config) -> ExposureStopRule:
     retain = load_split(config.retain_dir, split="retain") if config.retain_dir else []
     holdout = load_split(config.holdout_dir, split="holdout") if config.holdout_dir else []
     people = known_people(config.forget_dir, {"forget": forget, "retain": retain, "holdout": holdout})
-    checked = sample_records(forget, EXPOSURE_SAMPLE, config.seed)
-    seen = {owner_id(record) for record in checked}
-    # the next people of the same seeded order: none where the checked sample holds the whole forget set
-    confirm = [r for r in sample_records(forget, 2 * EXPOSURE_SAMPLE, config.seed) if owner_id(r) not in seen]
+    checked, confirm = forget_samples(forget, EXPOSURE_SAMPLE, config.seed)
     return ExposureStopRule(
         forget=checked,
         confirm=confirm,
