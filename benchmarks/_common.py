@@ -107,8 +107,7 @@ def budget_words() -> str:
         + (f", or {m.passes} passes over the forget set where that is more" if m.passes else "")
         + (
             f", each followed by its preset's {m.preset['retain_steps']} retain-only steps: "
-            f"{m.steps * (1 + m.preset['retain_steps']):,} optimizer steps"
-            + (f" at {m.steps}" if m.passes else "")
+            f"{m.steps * (1 + m.preset['retain_steps']):,} optimizer steps" + (f" at {m.steps}" if m.passes else "")
             if m.preset.get("retain_steps")
             else ""
         )
