@@ -573,3 +573,30 @@ def test_a_second_sample_with_one_value_a_field_does_not_decide(monkeypatch):
     rule.start(None, None)
     reason = rule(None, None, 2)
     assert reason is not None and "other forget people" not in reason and "confirm_people" not in rule.history[-1]
+
+
+def test_with_reread_the_forget_values_must_be_inside_the_holdouts_band_under_the_current_weights(monkeypatch):
+    """Holdout SSNs 1 and 2 under the starting weights (top 2.5): forget 2.4 is inside. Read again under the current
+    weights, the holdout is 0.5 and 0.7 (top 0.8): 2.4 is outside, the run goes on with the SSNs pushed again; at
+    the next check the forget values (0.7) are inside both and it stops, saying so. Without ``reread`` the holdout
+    is read once and the first check stops."""
+    script = {"holdout": [[1.0, 2.0], [0.5, 0.7], [0.5, 0.7]], "forget": [[2.4, 2.4], [0.7, 0.7]]}
+    rule = scripted(monkeypatch, script, retain=[1.0] * 3, reread=True)
+    rule.start(None, None)
+    assert rule(None, None, 2) is None and rule.inside == frozenset()
+    assert (
+        rule.history[-1]["ssn/reference_now"] == pytest.approx(0.6) and rule.history[-1]["reread_fields_outside"] == 1
+    )
+    reason = rule(None, None, 4)
+    assert reason is not None and "inside the holdout's band read under the current weights" in reason
+    once = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[2.4, 2.4]]}, retain=[1.0] * 2)
+    once.start(None, None)
+    assert once(None, None, 2) is not None and "reread_fields_outside" not in once.history[-1]
+
+
+def test_stop_reread_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
+    from helpers import unlearn_config
+    from obliviate.evaluate.stop_rule import stop_rule_for
+
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2)).reread is False
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2, stop_reread=True)).reread is True

@@ -261,6 +261,11 @@ class UnlearnConfig(TrainConfig):
         "pooled never-seen band (the threshold its plot draws); while every field is inside its own band and the "
         "pooled mean is not, the run goes on and --field_stop pushes again the fields above their never-seen mean",
     )
+    stop_reread: bool = option(
+        False,
+        "where the stop rule would stop, it also reads the holdout people's exposure under the current weights and "
+        "holds the forget samples to that band too (the evaluation's reference); the fields outside it go on",
+    )
     retain_guard_max: float = option(16.0, "the largest factor --retain_guard puts on the retain weights", ge=1)
     field_stop: bool | None = option(
         None,

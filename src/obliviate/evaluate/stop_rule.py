@@ -159,6 +159,8 @@ class ExposureStopRule:
         confirm: forget records of other people than ``forget``'s (empty: none). When ``forget``'s values say stop,
             their values must pass the same tests before the rule stops (:meth:`_confirm`); the fields they fail
             leave :attr:`inside` and the run goes on.
+        reread: where the rule would stop, read the holdout's exposure under the current weights too, and hold both
+            forget samples to those bands as well (:meth:`_reread`; ``--stop_reread``, off by default).
     """
 
     forget: Sequence[Record]
@@ -177,6 +179,7 @@ class ExposureStopRule:
     retain_scale: float = 1.0  # the factor on the method's retain weights the training loop applies (retain_guard)
     seed: int = 0
     confirm: Sequence[Record] = ()
+    reread: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
@@ -186,6 +189,7 @@ class ExposureStopRule:
     _holdout: list[tuple[str, str, float]] = field(default_factory=list)  # (field, person, exposure) at the start
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
+    _confirm_pairs: list[dict] = field(default_factory=list)  # the second sample's values at its last reading
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
@@ -304,6 +308,8 @@ class ExposureStopRule:
                 f"({start.exact:.3f}) at step {step}"
             )
         unconfirmed = self._confirm(model, tokenizer, check) if not outside and checked and not pooled_above else []
+        if not unconfirmed and not outside and checked and not pooled_above and self.reread and self.holdout:
+            unconfirmed = self._reread(model, tokenizer, check, pairs)
         if unconfirmed:  # the second sample disagrees: push its fields again (--field_stop) and go on
             self.inside = self.inside - frozenset(unconfirmed)
         elif not outside and checked and not pooled_above:
@@ -323,6 +329,10 @@ class ExposureStopRule:
                 f", on {int(check['confirm_people'])} other forget people too (pooled exposure "
                 f"{check['confirm_exposure']:.3f})"
                 if check.get("confirm_people", 0) > 0
+                else ""
+            ) + (
+                ", and inside the holdout's band read under the current weights"
+                if "reread_fields_outside" in check
                 else ""
             )
             return (
@@ -371,6 +381,7 @@ class ExposureStopRule:
             if not self._reference[name].admits(values, self.k, self.band):
                 outside.append(name)
         kept = [p for p in pairs if p["field"] in means]
+        self._confirm_pairs = kept
         if not kept:  # nothing of theirs decides: no second reading to hold the stop to
             return []
         pooled = [p["exposure"] for p in kept]
@@ -382,6 +393,34 @@ class ExposureStopRule:
         if self.pooled and pooled and not outside and not check["confirm_exposure"] <= check["confirm_threshold"]:
             outside = [name for name, mean in means.items() if mean > self._reference[name].mean]
         check["confirm_fields_outside"] = float(len(outside))
+        return outside
+
+    def _reread(self, model, tokenizer, check: dict[str, float], pairs: list[dict]) -> list[str]:
+        """The deciding fields whose forget values (the checked sample's ``pairs``, and the second sample's as
+        :meth:`_confirm` last read them) are outside the band of the holdout's exposure read under the current
+        weights; writes that reference's per-field means into ``check``.
+
+        Why: the rule's reference is the holdout under the starting weights, the evaluation's the holdout under the
+        unlearned ones. Where unlearning lowers the never-seen people's exposure too, a run stops inside the first
+        and outside the second: LUME Task2, contrast, seed 2 of the twenty-third session (``docs/METHODS.md``, *A
+        second sample*): z = 3.28 by the evaluation, the holdout 1.842 under the unlearned weights against the
+        target's 1.998."""
+        now = self._exposures(model, tokenizer, self.holdout, "holdout")
+        outside = []
+        for name in self._reference or {}:
+            if name in self._saturated:
+                continue
+            values = [p["exposure"] for p in now if p["field"] == name]
+            if len(values) < 2:  # no band of its own under these weights: the starting one stands
+                continue
+            band = Band.of(values, self.k)
+            check[f"{name}/reference_now"] = band.mean
+            for sample in (pairs, self._confirm_pairs):
+                forget = [p["exposure"] for p in sample if p["field"] == name]
+                if len(forget) >= 2 and not band.admits(forget, self.k, self.band):
+                    outside.append(name)
+                    break
+        check["reread_fields_outside"] = float(len(outside))
         return outside
 
     def _word_rows(self) -> dict[str, list[Record]] | None:
@@ -583,6 +622,7 @@ def stop_rule_for(config) -> ExposureStopRule:
         guard_max=config.retain_guard_max,
         words=config.stop_words,
         pooled=config.stop_pooled,
+        reread=config.stop_reread,
         seed=config.seed,
     )
 
