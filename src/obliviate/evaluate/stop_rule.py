@@ -189,7 +189,6 @@ class ExposureStopRule:
     _holdout: list[tuple[str, str, float]] = field(default_factory=list)  # (field, person, exposure) at the start
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
-    _confirm_pairs: list[dict] = field(default_factory=list)  # the second sample's values at its last reading
 
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
@@ -307,12 +306,13 @@ class ExposureStopRule:
                 f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
                 f"({start.exact:.3f}) at step {step}"
             )
-        unconfirmed = self._confirm(model, tokenizer, check) if not outside and checked and not pooled_above else []
-        if not unconfirmed and not outside and checked and not pooled_above and self.reread and self.holdout:
-            unconfirmed = self._reread(model, tokenizer, check, pairs)
+        in_band = not outside and bool(checked) and not pooled_above
+        unconfirmed, second = self._confirm(model, tokenizer, check) if in_band else ([], [])
+        if in_band and not unconfirmed and self.reread and self.holdout:
+            unconfirmed = self._reread(model, tokenizer, check, (pairs, second))
         if unconfirmed:  # the second sample disagrees: push its fields again (--field_stop) and go on
             self.inside = self.inside - frozenset(unconfirmed)
-        elif not outside and checked and not pooled_above:
+        elif in_band:
             unchecked = f"; not checked, guessable from the name: {', '.join(self.skipped)}" if self.skipped else ""
             saturated = "".join(
                 f"; not checked, ranked first for never-seen people too: {name} (its values' NLL "
@@ -354,10 +354,11 @@ class ExposureStopRule:
             )
         return None
 
-    def _confirm(self, model, tokenizer, check: dict[str, float]) -> list[str]:
+    def _confirm(self, model, tokenizer, check: dict[str, float]) -> tuple[list[str], list[dict]]:
         """The fields whose values on the :attr:`confirm` people fail the tests the checked sample just passed
         (each field's band; with :attr:`pooled`, the pooled band too, which then fails the fields above their
-        never-seen mean); empty where there are no such people. Writes their means into ``check``.
+        never-seen mean), and the values of the fields read; both empty where there are no such people. Writes
+        their means into ``check``.
 
         Why: the check ranks a sample of the forget people (:data:`EXPOSURE_SAMPLE` rows) and the rule stops at the
         first check whose sample mean crosses into the band. Of the noisy means a run passes through, the first
@@ -369,7 +370,7 @@ class ExposureStopRule:
         first where both read inside, so its own reading is then chosen too: two samples lessen the pull, they do
         not remove it."""
         if not self.confirm:
-            return []
+            return [], []
         pairs = self._exposures(model, tokenizer, self.confirm, "forget")
         checked = [name for name in self._reference or {} if name not in self._saturated]
         outside, means = [], {}
@@ -381,24 +382,22 @@ class ExposureStopRule:
             if not self._reference[name].admits(values, self.k, self.band):
                 outside.append(name)
         kept = [p for p in pairs if p["field"] in means]
-        self._confirm_pairs = kept
         if not kept:  # nothing of theirs decides: no second reading to hold the stop to
-            return []
+            return [], []
         pooled = [p["exposure"] for p in kept]
-        check["confirm_people"] = float(len({str(p["person_id"]) for p in kept}))
-        check["confirm_exposure"] = float(np.mean(pooled)) if pooled else math.nan
-        check["confirm_threshold"] = self._overall_threshold(
-            pooled, Counter(p["field"] for p in kept), [str(p["person_id"]) for p in kept]
-        )
-        if self.pooled and pooled and not outside and not check["confirm_exposure"] <= check["confirm_threshold"]:
+        owners = [str(p["person_id"]) for p in kept]
+        check["confirm_people"] = float(len(set(owners)))
+        check["confirm_exposure"] = float(np.mean(pooled))
+        check["confirm_threshold"] = self._overall_threshold(pooled, Counter(p["field"] for p in kept), owners)
+        if self.pooled and not outside and not check["confirm_exposure"] <= check["confirm_threshold"]:
             outside = [name for name, mean in means.items() if mean > self._reference[name].mean]
         check["confirm_fields_outside"] = float(len(outside))
-        return outside
+        return outside, kept
 
-    def _reread(self, model, tokenizer, check: dict[str, float], pairs: list[dict]) -> list[str]:
-        """The deciding fields whose forget values (the checked sample's ``pairs``, and the second sample's as
-        :meth:`_confirm` last read them) are outside the band of the holdout's exposure read under the current
-        weights; writes that reference's per-field means into ``check``.
+    def _reread(self, model, tokenizer, check: dict[str, float], samples: Sequence[list[dict]]) -> list[str]:
+        """The deciding fields whose forget values (each of ``samples``: the checked sample's, and the second
+        sample's as :meth:`_confirm` just read them) are outside the band of the holdout's exposure read under the
+        current weights; writes that reference's per-field means into ``check``.
 
         Why: the rule's reference is the holdout under the starting weights, the evaluation's the holdout under the
         unlearned ones. Where unlearning lowers the never-seen people's exposure too, a run stops inside the first
@@ -415,7 +414,7 @@ class ExposureStopRule:
                 continue
             band = Band.of(values, self.k)
             check[f"{name}/reference_now"] = band.mean
-            for sample in (pairs, self._confirm_pairs):
+            for sample in samples:
                 forget = [p["exposure"] for p in sample if p["field"] == name]
                 if len(forget) >= 2 and not band.admits(forget, self.k, self.band):
                     outside.append(name)

@@ -96,9 +96,10 @@ def resolve_steps(config: UnlearnConfig, forget, retain) -> UnlearnConfig:
     defaulted = config.epochs is None and config.max_steps is None
     config = resolve_budget(config, len(forget))
     cycle = 1 + retain_steps_per_forget(config)
-    planned_steps = planned_length(config, math.ceil(len(forget) / config.batch_size) * cycle)[1]
-    if defaulted:
-        planned_steps = min(planned_steps, get_method(config.method).steps * cycle)
+    if defaulted:  # the budget is at least steps × cycle (more with passes): the checks spread over that part alone
+        planned_steps = get_method(config.method).steps * cycle
+    else:
+        planned_steps = planned_length(config, math.ceil(len(forget) / config.batch_size) * cycle)[1]
     return resolve_stop_check(config, has_pii(config, forget, retain), planned_steps)
 
 
