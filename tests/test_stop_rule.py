@@ -592,6 +592,13 @@ def test_with_reread_the_forget_values_must_be_inside_the_holdouts_band_under_th
     once = scripted(monkeypatch, {"holdout": [[1.0, 2.0]], "forget": [[2.4, 2.4]]}, retain=[1.0] * 2)
     once.start(None, None)
     assert once(None, None, 2) is not None and "reread_fields_outside" not in once.history[-1]
+    worded = scripted(monkeypatch, {"holdout": [[1.0, 2.0], [0.5, 0.7]], "forget": [[2.4, 2.4]]}, retain=[1.0] * 2,
+                      reread=True, words=True)  # fmt: skip
+    monkeypatch.setattr(rule_module, "words_nll", lambda model, tokenizer, rows: 3.0)
+    monkeypatch.setattr(ExposureStopRule, "_word_rows", lambda self: {"forget": ["f"], "holdout": ["h"]})
+    worded.start(None, None)
+    reason = worded(None, None, 2)  # a words stop names the field the re-read held back, and not a second sample
+    assert reason is not None and reason.endswith("(against the holdout's band read under the current weights: ssn)")
 
 
 def test_stop_reread_reaches_the_rule_and_is_off_by_default(assets, tmp_path):

@@ -308,8 +308,10 @@ class ExposureStopRule:
             )
         in_band = not outside and bool(checked) and not pooled_above
         unconfirmed, second = self._confirm(model, tokenizer, check) if in_band else ([], [])
+        held_by = "on the second sample of forget people"
         if in_band and not unconfirmed and self.reread and self.holdout:
             unconfirmed = self._reread(model, tokenizer, check, (pairs, second))
+            held_by = "against the holdout's band read under the current weights"
         if unconfirmed:  # the second sample disagrees: push its fields again (--field_stop) and go on
             self.inside = self.inside - frozenset(unconfirmed)
         elif in_band:
@@ -345,7 +347,7 @@ class ExposureStopRule:
                 f"the forget answers' words (outside PII values) are as unlikely as the holdout people's (NLL "
                 f"{words['forget']:.3f} ≥ {words['holdout']:.3f} nats per token) at step {step}; fields still above "
                 f"their never-seen band: {', '.join(outside) or 'none'}"
-                + (f" (on the second sample of forget people: {', '.join(unconfirmed)})" if unconfirmed else "")
+                + (f" ({held_by}: {', '.join(unconfirmed)})" if unconfirmed else "")
                 + (
                     f"; the pooled mean ({check['forget_exposure']:.3f}) is above its band ({check['threshold']:.3f})"
                     if pooled_above
