@@ -261,8 +261,8 @@ def test_the_range_test_under_sharded_weights_is_refused_before_the_output_is_to
 
 def test_options_the_run_does_not_read_are_named_in_one_note(assets, tmp_path, capsys):
     """A joint run given interleaved-only options, a method without fake-value copies given their number or the
-    per-field stop, stop-rule options with the rule off, range-test options beside ``--lr``: the run goes ahead and
-    says, in one line, which flags had no effect."""
+    per-field stop, stop-rule options with the rule off, the holdout's stop options without a holdout set,
+    range-test options beside ``--lr``: the run goes ahead and says, in one line, which flags had no effect."""
     argv = unlearn_argv(
         assets,
         tmp_path / "out",
@@ -283,6 +283,15 @@ def test_options_the_run_does_not_read_are_named_in_one_note(assets, tmp_path, c
     assert notes == [
         "obliviate: note: ignored: --field_stop (ga_gd scores no value per field; the stop rule still ends the run)"
     ]
+    argv = unlearn_argv(assets, tmp_path / "out3", "--stop_reread", "--stop_words", "--stop_check_steps", "5")
+    assert main(argv) == 0  # the holdout's options without a holdout set
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
+    chance = "(no --holdout_dir: the stop rule's reference is chance)"
+    assert notes == [f"obliviate: note: ignored: --stop_words {chance}; --stop_reread {chance}"]
+    argv = unlearn_argv(assets, tmp_path / "out4", "--stop_reread")
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
+    assert notes == [f"obliviate: note: ignored: --stop_reread {off}"]
 
 
 def test_ga_needs_no_retain_set_and_a_relative_output_dir_works(assets, tmp_path, monkeypatch):

@@ -277,8 +277,12 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
     if config.stop_check_steps == 0:
         off = "the stop rule is off: --stop_check_steps 0"
         ignored += [f"--{name} ({off})" for name in _STOP_RULE_OPTIONS if _set(given, name)]
-    elif given.field_stop and not method.needs.paired:
-        ignored.append(f"--field_stop ({method.name} scores no value per field; the stop rule still ends the run)")
+    else:
+        if given.field_stop and not method.needs.paired:
+            ignored.append(f"--field_stop ({method.name} scores no value per field; the stop rule still ends the run)")
+        if not config.holdout_dir:
+            chance = "no --holdout_dir: the stop rule's reference is chance"
+            ignored += [f"--{name} ({chance})" for name in ("stop_words", "stop_reread") if _set(given, name)]
     if config.lr is not None and not config.resume:
         given_lr = "--lr is given, so no range test runs"
         ignored += [
@@ -297,6 +301,7 @@ _STOP_RULE_OPTIONS = (
     "retain_guard_max",
     "stop_words",
     "stop_pooled",
+    "stop_reread",
     "field_stop",
     "field_stop_words",
 )
