@@ -227,6 +227,20 @@ def test_the_help_of_epochs_and_stop_check_steps_states_the_registrys_budgets_an
             assert f"{method.steps}, or {method.passes} passes over the forget set" in epochs
         if method.checks != DEFAULT_CHECKS:
             assert f"{method.name}: {method.checks}" in checks
+    import subprocess
+    import sys
+
+    # the command's description too, read through ``python -m obliviate`` (the module entry point)
+    described = subprocess.run(
+        [sys.executable, "-m", "obliviate", "unlearn", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    described = " ".join(described.split())
+    contrast = LOSSES["contrast"]
+    retain_steps = contrast.preset["retain_steps"]
+    assert f"({DEFAULT_STEPS} forget steps; contrast: {contrast.steps} forget steps or {contrast.passes} passes" in (
+        described
+    )
+    assert f"each followed by {retain_steps} retain steps" in described
 
 
 def test_contrasts_budget_is_ten_passes_over_a_large_forget_set_with_its_checks_where_240_steps_put_them(

@@ -16,8 +16,10 @@ def register(subparsers) -> None:
         help=f"unlearn a forget set ({', '.join(['auto', *LOSSES])})",
         description="Unlearn --forget_dir from --model_dir while keeping --retain_dir. Writes the model (or LoRA "
         "adapter) to --output_dir with checkpoints/epoch-N, metrics.jsonl and the resolved config.yaml. With no "
-        "hyperparameter flags it measures its own learning rate (a short range test), runs at most 120 optimizer "
-        "steps, and stops once the forget set's PII is as unexposed as a never-seen person's (docs/METHODS.md).",
+        "hyperparameter flags it measures its own learning rate (a short range test), runs the method's budget (120 "
+        "forget steps; contrast: 240 forget steps or 10 passes over the forget set, whichever is more, each followed "
+        "by 15 retain steps), and stops once the forget set's PII is as unexposed as a never-seen person's "
+        "(docs/METHODS.md).",
     )
     add_arguments(parser, UnlearnConfig)
     _add_weights(parser)
