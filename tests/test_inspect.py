@@ -9,8 +9,9 @@ import pytest
 
 from obliviate.cli import inspect as inspect_cli
 from obliviate.cli import synth as synth_cli
+from obliviate.cli.main import main
 from obliviate.data.records import Record
-from obliviate.data.stats import describe, length_stats, pii_counts
+from obliviate.data.stats import describe, length_stats
 from obliviate.data.synth import biography_form, load_pii
 from obliviate.errors import DataError, ModelError
 
@@ -50,7 +51,8 @@ def test_inspect_prints_counts_and_no_pii(synth_dir, capsys):
     assert f"{synth_dir} [forget]: 18 records (forget)" in out
     assert f"{synth_dir} [retain]: 144 records (retain)" in out
     assert "Task2: completion 3, qa 15" in out and "Task2: completion 24, qa 120" in out
-    assert "PII-looking strings: ssn 6, phone 6, email 6, date 6" in out  # each value once in the bio, once as answer
+    # each value once in the bio, once as the answer
+    assert "PII-looking strings: ssn 6, phone 6, email 6, birth_date 6, address 6" in out
     assert "0 retain records share" in out
     leaked = [secret for secret in secrets(synth_dir / "pii.json") if secret in out]
     assert leaked == []
@@ -103,12 +105,33 @@ def test_inspect_counts_tokens_with_a_local_tokenizer(tmp_path, capsys):
 
 
 def test_pii_counts_count_without_double_counting():
-    records = [
-        Record("1", "SSN 900-51-4344, or 900514344; call 721-625-3765", "7216253765"),
-        Record("2", "Mail jo.doe@me.com on March 4, 1987", "1987-03-04"),
-        Record("3", "no pii here, 12345 and 2024", ""),
+    """The audit's detectors count: a phone is not also an SSN, an address's ZIP is no SSN, a bare year no date."""
+    from obliviate.evaluate.detectors import counts
+
+    texts = [
+        "SSN 900-51-4344, or 900514344; call 721-625-3765",
+        "7216253765",
+        "Mail jo.doe@me.com on March 4, 1987 at 12 Oak Street, Springfield, IL 62704",
+        "1987-03-04",
+        "no pii here, 12345 and 2024",
     ]
-    assert pii_counts(records) == {"ssn": 2, "phone": 2, "email": 1, "date": 2}
+    assert counts(texts) == {"ssn": 2, "phone": 2, "email": 1, "birth_date": 2, "address": 1}
+
+
+def test_inspect_reads_phones_in_the_region_given(tmp_path, capsys):
+    """British rows: a mobile without +44 is a phone only when read in GB, and a National Insurance number counts
+    as a national ID; a region that is not an ISO code is a one-line error."""
+    row = {"id": "u1qa0", "input": "Mobile and NI number of Ann Lee?", "output": "07700 900123, NK 93 41 90 A"}
+    data = tmp_path / "forget.jsonl"
+    data.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    for region, phones in (("US", 0), ("GB", 1)):
+        args = parse(["inspect", str(data), "--region", region])
+        assert args.func(args) == 0
+        assert f"PII-looking strings: ssn 1, phone {phones}, email 0" in capsys.readouterr().out
+    assert main(["inspect", str(data), "--region", "G1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "obliviate: error: --region 'G1': expected a two-letter ISO 3166 code such as US or GB"
+    )
 
 
 def test_describe_counts_and_lengths():

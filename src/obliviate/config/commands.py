@@ -260,6 +260,19 @@ class InspectConfig:
     paths: list[str] = option([], "data files or directories to inspect", nargs="+", positional=True, required=True)
     tokenizer: str | None = option(None, "local tokenizer directory: lengths in its tokens instead of characters")
     allow_overlap: bool = option(False, "report forget / retain overlap instead of failing")
+    region: str = option(
+        "US", "phone numbering plan for numbers without +country code, and day-first dates outside US (ISO 3166)"
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        check_region(self.region)
+
+
+def check_region(region: str) -> None:
+    """A ``--region`` must be a two-letter ISO 3166 code (phonenumbers reads any such code)."""
+    if not (len(region) == 2 and region.isalpha()):
+        raise ConfigError(f"--region {region!r}: expected a two-letter ISO 3166 code such as US or GB")
 
 
 @dataclass
@@ -294,5 +307,4 @@ class AuditConfig:
         validate(self)
         if bool(self.people) == bool(self.data):
             raise ConfigError("pass exactly one of --people (a names file) and --data (a LUME-format data set)")
-        if not (len(self.region) == 2 and self.region.isalpha()):
-            raise ConfigError(f"--region {self.region!r}: expected a two-letter ISO 3166 code such as US or GB")
+        check_region(self.region)

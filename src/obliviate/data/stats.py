@@ -1,39 +1,17 @@
-"""Summaries of a record set: counts per task and kind, lengths, and how many PII-looking strings it holds.
+"""Summaries of a record set: counts per task and kind, and lengths.
 
-Only counts and lengths leave this module, never a value, so its output is safe to print and to log.
+Only counts and lengths leave this module, never a value, so its output is safe to print and to log. The
+PII-looking counts ``obliviate inspect`` prints beside them come from :func:`obliviate.evaluate.detectors.counts`.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from obliviate.data.records import Record
-
-_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-PII_PATTERNS = {
-    "ssn": re.compile(r"(?<!\d)(?:\d{3}-\d{2}-\d{4}|\d{9})(?!\d)"),
-    "phone": re.compile(r"(?<!\d)(?:\(\d{3}\)\s?\d{3}-\d{4}|\d{3}[-. ]\d{3}[-. ]\d{4}|\d{10})(?!\d)"),
-    "email": re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    "date": re.compile(rf"(?<!\d)\d{{4}}-\d{{2}}-\d{{2}}(?!\d)|\b(?:{_MONTHS}) \d{{1,2}}, \d{{4}}\b"),
-}
-"""Patterns for strings that look like PII. Digit look-arounds keep a 10-digit phone from also counting as an SSN."""
-
-
-def pii_counts(records: Sequence[Record]) -> dict[str, int]:
-    """Count PII-looking strings (``ssn``, ``phone``, ``email``, ``date``) over the inputs and outputs.
-
-    Counts only: the matched values are never returned, so the result can be printed.
-    """
-    counts = dict.fromkeys(PII_PATTERNS, 0)
-    for record in records:
-        for text in (record.input, record.output):
-            for name, pattern in PII_PATTERNS.items():
-                counts[name] += len(pattern.findall(text))
-    return counts
 
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:
@@ -58,8 +36,7 @@ def describe(records: Sequence[Record], tokenizer: Any = None) -> dict[str, Any]
 
     Returns:
         ``{"records": n, "counts": {task: {kind: n}}, "unit": "characters" | "tokens",
-        "input_length": stats, "output_length": stats, "pii": pii_counts}``, where stats are from
-        :func:`length_stats`.
+        "input_length": stats, "output_length": stats}``, where stats are from :func:`length_stats`.
     """
     counts: dict[str, dict[str, int]] = {}
     for (task, kind), count in sorted(Counter((r.task, r.kind) for r in records).items()):
@@ -77,7 +54,6 @@ def describe(records: Sequence[Record], tokenizer: Any = None) -> dict[str, Any]
         "unit": "characters" if tokenizer is None else "tokens",
         "input_length": length_stats(input_lengths),
         "output_length": length_stats(output_lengths),
-        "pii": pii_counts(records),
     }
 
 
