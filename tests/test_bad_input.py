@@ -533,6 +533,18 @@ CASES: dict[str, Case] = {
         2,
         "contains the input",
     ),
+    # a pii.json of another layout is read before the target and oracle are fine-tuned, not after
+    "run pii.json of another layout": (
+        lambda w, t: [
+            "run",
+            *("--model", "tiny", "--finetune_target", "--train_oracle", "--methods", "ga_gd"),
+            *("--forget_dir", str(with_pii(w, t, '{"people": []}') / "forget")),
+            *("--retain_dir", str(t / "data" / "retain"), "--output_dir", str(t / "out")),
+            *("--cache_dir", str(t / "cache")),
+        ],
+        2,
+        "expected an object with version 1 and a people list",
+    ),
     # --- inspect
     "inspect missing": (lambda w, t: ["inspect", str(t / "nothing.jsonl")], 2, "found nothing at this path"),
     "inspect tokenizer not a dir": (
@@ -542,6 +554,13 @@ CASES: dict[str, Case] = {
     ),
     "no subcommand": (lambda w, t: [], 2, "required: COMMAND"),
 }
+
+
+def with_pii(w: World, tmp: Path, text: str) -> Path:
+    """A copy of the test data whose ``pii.json`` holds ``text``."""
+    data = copy(w.assets.data, tmp / "data")
+    (data / "pii.json").write_text(text)
+    return data
 
 
 def notes_with_a_report(tmp: Path) -> Path:

@@ -142,8 +142,19 @@ def test_bad_fractions(people, forget, holdout, words):
         synthesize(people, forget, holdout)
 
 
+_PERSON = '"person_id": "p1", "split": "forget", "name": "Ann Lee", "records": ["p1qa0"]'
+
+
 @pytest.mark.parametrize(
-    "content", ["not json", '{"version": 2, "people": []}', '{"version": 1, "people": [{"person_id": "p1"}]}']
+    "content",
+    [
+        "not json",
+        '{"version": 2, "people": []}',
+        '{"version": 1, "people": [{"person_id": "p1"}]}',
+        '{"version": 1, "people": [{' + _PERSON + ', "fields": ["ssn"]}]}',
+        '{"version": 1, "people": [{' + _PERSON + ', "fields": {}}]}',
+        '{"version": 1, "people": [{' + _PERSON + ', "fields": {"ssn": " "}}]}',
+    ],
 )
 def test_load_pii_rejects_malformed_files(tmp_path, content):
     path = tmp_path / "pii.json"
@@ -151,3 +162,16 @@ def test_load_pii_rejects_malformed_files(tmp_path, content):
     with pytest.raises(DataError, match="pii.json") as info:
         load_pii(path)
     assert "\n" not in str(info.value)
+
+
+def test_load_pii_takes_fields_of_any_name(tmp_path):
+    """A British set's National Insurance number and a person without an address load as given."""
+    path = tmp_path / "pii.json"
+    path.write_text(
+        '{"version": 1, "people": [{'
+        + _PERSON
+        + ', "fields": {"ni_number": "NK 93 41 90 A", "phone": "07700 900123"}}]}',
+        encoding="utf-8",
+    )
+    (person,) = load_pii(path)
+    assert person.fields == {"ni_number": "NK 93 41 90 A", "phone": "07700 900123"} and person.split == "forget"

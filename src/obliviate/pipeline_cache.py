@@ -256,15 +256,19 @@ def cached_recipe_oracle(target: Path, retain: Path, config: PipelineConfig, log
 
 
 def check_inputs(config: PipelineConfig, dirs: dict[str, Path]) -> None:
-    """Before anything is written: given data reads and validates (forget and retain share no record), given
-    models exist, and an oracle to retrain with a given target's recipe has one (:func:`pipeline_models` trains
-    what is missing)."""
+    """Before anything is written: given data reads and validates (forget and retain share no record, a
+    ``pii.json`` beside the forget set reads), given models exist, and an oracle to retrain with a given target's
+    recipe has one (:func:`pipeline_models` trains what is missing)."""
     from obliviate.data.load import check_overlap, load_split
+    from obliviate.data.pii import find_pii_json
+    from obliviate.data.synth import load_pii
     from obliviate.errors import ModelError
 
     if config.data_dirs:
         splits = {name: load_split(path, split=name) for name, path in dirs.items()}
         check_overlap(splits["forget"], splits["retain"], allow_overlap=False)
+        if (pii_file := find_pii_json(dirs["forget"])) is not None:  # read where fine-tuning has not yet begun
+            load_pii(pii_file)
 
     for flag, path in (("--model", config.target_dir), ("--oracle", config.oracle_dir)):
         if path is not None and not (Path(path) / "config.json").is_file():

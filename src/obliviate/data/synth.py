@@ -160,7 +160,9 @@ def write_synth(data: SynthData, output_dir: str | Path, *, overwrite: bool = Fa
 
 
 def load_pii(path: str | Path) -> list[PersonPII]:
-    """Read ``pii.json`` as written by :func:`write_synth`.
+    """Read ``pii.json`` as written by :func:`write_synth`: each person's fields are any names with non-empty values
+    (the synthetic and LUME data's five, or others: a field that is not one of them is ranked among
+    format-preserving fakes, ``docs/METRICS.md``, exposure).
 
     Raises:
         DataError: the file is missing, not JSON, or not in the version-1 layout.
@@ -177,13 +179,15 @@ def load_pii(path: str | Path) -> list[PersonPII]:
     people = []
     for number, entry in enumerate(document["people"], start=1):
         try:
-            fields = {field: str(entry["fields"][field]) for field in PII_FIELDS}
+            fields = {str(field): str(value) for field, value in entry["fields"].items()}
             person = PersonPII(entry["person_id"], entry["split"], entry["name"], fields, tuple(entry["records"]))
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise DataError(
-                f"{path} person {number}: expected person_id, split, name, fields ({', '.join(PII_FIELDS)}) and "
-                "records, found some missing"
+                f"{path} person {number}: expected person_id, split, name, fields (field → value, e.g. "
+                f"{', '.join(PII_FIELDS)}) and records, found some missing"
             ) from None
+        if not fields or not all(field and value.strip() for field, value in fields.items()):
+            raise DataError(f"{path} person {number}: expected at least one field, each with a non-empty value")
         if person.split not in SPLITS or not all(isinstance(r, str) for r in person.records):
             raise DataError(f"{path} person {number}: expected a split in {', '.join(SPLITS)} and record ids")
         people.append(person)
