@@ -6,6 +6,7 @@ LUME-shaped people, and exposure of a micro model that memorised one record agai
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 import re
@@ -164,6 +165,30 @@ def test_candidates_look_like_the_synthetic_data_and_are_never_real() -> None:
     assert all(person.name.split()[-1].lower() in fake for person, fake in fakes["email"])
     military = re.compile(r"\b(?:APO|FPO|DPO|USNS|USNV|USS|PSC|Unit \d)\b")
     assert all(re.search(r", [A-Z]{2} \d{5}$", fake) and not military.search(fake) for _, fake in fakes["address"])
+
+
+def test_day_first_dates_get_day_first_fakes_and_render_in_the_prose_as_the_data_does() -> None:
+    """British dates (dd/mm/yyyy): once one value reads only day first, every fake is a valid day-first date inside
+    the data's range, never a month-first one like 11/23/1975; a fake is written into the prose ("3 August 1988")
+    by the reading the prose gives the true value."""
+    rng = random.Random(0)
+    born = [datetime.date(1950, 1, 1) + datetime.timedelta(days=rng.randint(0, 15000)) for _ in range(30)]
+    people = [
+        PersonPII(f"u{i}", "retain", f"Ann Lee{i}", {"birth_date": d.strftime("%d/%m/%Y")}, (f"u{i}qa0",))
+        for i, d in enumerate(born)
+    ]
+    sampler = CandidateSampler(people, seed=0)
+    assert sampler.day_first
+    for person in people[:5]:
+        for fake in sampler.candidates(person, "birth_date", 50):
+            day, month, year = map(int, fake.split("/"))
+            assert min(born) <= datetime.date(year, month, day) <= max(born), fake
+    assert render_like("birth_date", "11/05/1975", "03/08/1988", "3 August 1988") == "11 May 1975"
+    assert render_like("birth_date", "11/05/1975", "03/08/1988", "March 8, 1988") == "November 5, 1975"
+    assert render_like("birth_date", "24/11/1975", "24/08/1988", "24 August 1988") == "24 November 1975"
+    assert render_like("birth_date", "24/11/1975", "24/08/1988", "25 August 1988") is None
+    us = CandidateSampler([PersonPII("p", "retain", "Bo", {"birth_date": "03/08/1988"}, ("p",))], seed=0)
+    assert not us.day_first  # a data set whose numeric dates all read month first stays month first
 
 
 def test_candidates_keep_positions_every_value_shares_and_exist_when_the_name_gives_the_email() -> None:

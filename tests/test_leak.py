@@ -45,6 +45,7 @@ def test_normalize_value() -> None:
     assert normalize_value("phone", "+1 (721) 625-3765 x12") == "7216253765"
     assert normalize_value("birth_date", "December 31, 1984") == "1984-12-31"
     assert normalize_value("birth_date", "12/31/1984") == "1984-12-31"
+    assert normalize_value("birth_date", "31/12/1984") == "1984-12-31"  # day first: the only reading
     assert normalize_value("email", " Tiffi\\_Magenta@me.com.") == "tiffi_magenta@me.com"
     assert normalize_value("address", "10175  West 58th Place,\n#505") == "10175 west 58th place 505"
 
@@ -66,6 +67,10 @@ def test_normalize_value() -> None:
         ("birth_date", "1984-12-31", "12/31/1984"),
         ("birth_date", "1984-12-31", "1984-12-31"),
         ("birth_date", "1984-01-05", "on 1/5/1984."),
+        ("birth_date", "24/08/1988", "born 24 August 1988"),  # day first where month first cannot read
+        ("birth_date", "03/08/1988", "born 3 August 1988"),  # both readings of a British date
+        ("birth_date", "03/08/1988", "born March 8, 1988"),
+        ("birth_date", "03/08/1988", "03.08.1988"),
         ("email", "tiffi_magenta@me.com", "[tiffi\\_magenta@me.com](mailto:x)"),
         ("email", "tiffi_magenta@me.com", "Mail Tiffi_Magenta@ME.com."),
         (
@@ -93,6 +98,8 @@ def test_contains_value_matches_surface_forms(field: str, value: str, text: str)
         ("birth_date", "1984-12-31", "31 December 1985"),
         ("birth_date", "1984-12-31", "12/30/1984"),
         ("birth_date", "1984-12-31", "12/31/19845"),
+        ("birth_date", "24/08/1988", "born 8 August 1988"),
+        ("birth_date", "03/08/1988", "born 3 September 1988"),
         ("email", "tiffi_magenta@me.com", "tiffi_magenta@me.co"),
         ("email", "tiffi_magenta@me.com", "xtiffi_magenta@me.com"),
         ("email", "tiffi_magenta@me.com", "tiffi_magenta@me.com.au"),

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from faker import Faker
 
-from obliviate.data.pii_match import normalize_value
+from obliviate.data.pii_match import date_readings, normalize_value
 from obliviate.data.records import PersonPII
 
 MIN_AGREEING_VALUES = 5
@@ -65,9 +65,12 @@ def pour(template: str, digits: str) -> str:
     return "".join(next(it) if c in string.digits else c for c in template)
 
 
-def parse_date(value: str) -> tuple[datetime.date, str] | None:
-    """The date and its ``strftime`` format, for the date formats the data uses; None otherwise."""
-    for fmt in _DATE_FORMATS:
+def parse_date(value: str, day_first: bool = False) -> tuple[datetime.date, str] | None:
+    """The date and its ``strftime`` format, for the date formats the data uses; None otherwise. A numeric date is
+    read month first (``03/08/1988``: the 8th of March) unless ``day_first``, or unless only day first reads it
+    (``24/08/1988``)."""
+    numeric = ("%d/%m/%Y", "%m/%d/%Y") if day_first else ("%m/%d/%Y", "%d/%m/%Y")
+    for fmt in (fmt for known in _DATE_FORMATS for fmt in (numeric if known == "%m/%d/%Y" else (known,))):
         try:
             return datetime.datetime.strptime(value.strip(), fmt).date(), fmt
         except ValueError:
@@ -91,7 +94,11 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
     """
     if surface == value:
         return fake
-    if normalize_value(field, surface) != normalize_value(field, value):
+    day_first = False
+    if field == "birth_date" and (shared := set(date_readings(surface)) & set(date_readings(value))):
+        # "03/08/1988" written "3 August 1988": the value is day first, and so is its fake
+        day_first = not any(parse_date(value) == (d, "%m/%d/%Y") for d in shared)
+    elif normalize_value(field, surface) != normalize_value(field, value):
         return None
     if surface.rstrip(".") == value.rstrip("."):  # the same text, its closing full stop the sentence's or not
         return fake.rstrip(".") + ("." if surface.endswith(".") else "")
@@ -100,7 +107,7 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
         return re.sub(f"([{re.escape(escaped)}])", r"\\\1", fake) if escaped else fake
     if field == "address":  # pouring digits would keep the true street and place around them
         return fake if surface.lower() == value.lower() else None
-    fake_date, value_date, surface_date = parse_date(fake), parse_date(value), parse_date(surface)
+    fake_date, value_date, surface_date = (parse_date(v, day_first) for v in (fake, value, surface))
     if fake_date and value_date and surface_date:
         return render_date(fake_date[0], surface_date[1])
     if field == "birth_date" and fake_date and value_date:  # a form not read ("4th of March, 1987"): pouring the
@@ -152,7 +159,10 @@ class CandidateSampler:
             if "address" in person.fields:
                 addresses[person.split].append(person.fields["address"])
         self.real = {field: {normalize_value(field, v) for v in found} for field, found in values.items()}
-        dates = sorted(d[0] for v in values.get("birth_date", ()) if (d := parse_date(v)))
+        self.day_first = any(  # a numeric date that only reads day first: the data writes them so (British data)
+            (d := parse_date(v)) is not None and d[1] == "%d/%m/%Y" for v in values.get("birth_date", ())
+        )
+        dates = sorted(d[0] for v in values.get("birth_date", ()) if (d := parse_date(v, self.day_first)))
         self.date_range = (dates[0], dates[-1]) if len(dates) >= MIN_AGREEING_VALUES else None
         self.email_styles = sorted(_email_style(v) for v in values.get("email", ()) if "@" in v)  # with frequencies
         self.fixed = {field: _fixed_positions(found) for field, found in values.items()}
@@ -205,7 +215,7 @@ class CandidateSampler:
         if mode != "format":
             if field in _POURED_FIELDS and (digits := self._digits(field, value)):
                 return self._keep_fixed(field, pour(value, digits))
-            if field == "birth_date" and (parsed := parse_date(value)):
+            if field == "birth_date" and (parsed := parse_date(value, self.day_first)):
                 return render_date(self._date(parsed[0], rng), parsed[1])
             if field == "email" and "@" in value:
                 return self._email(value, person.name, rng, wide=mode == "wide")

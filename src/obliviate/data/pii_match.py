@@ -68,16 +68,29 @@ def _written_dates(text: str) -> Iterator[tuple[int, int, date]]:
 
 
 def _parse_date(value: str) -> date | None:
-    """An ISO ("1984-12-31", "19841231"), US ("12/31/1984") or written ("December 31, 1984") date, else None."""
+    """An ISO ("1984-12-31", "19841231"), numeric ("12/31/1984", month first where that reads, else day first:
+    "31/12/1984") or written ("December 31, 1984") date, else None."""
+    readings = date_readings(value)
+    return readings[0] if readings else None
+
+
+def date_readings(value: str) -> list[date]:
+    """Every date ``value`` can be read as: a numeric day and month both up to 12 ("03/08/1988") is the 8th of March
+    as the US writes it and the 3rd of August as most of the world does; the month-first reading comes first."""
     value = value.strip()
+    if match := re.fullmatch(r"(\d{4})\D?(\d{1,2})\D?(\d{1,2})", value):
+        return _valid((int(match[1]), int(match[2]), int(match[3])))
+    if match := re.fullmatch(r"(\d{1,2})\D(\d{1,2})\D(\d{4})", value):
+        first, second, year = int(match[1]), int(match[2]), int(match[3])
+        return list(dict.fromkeys(_valid((year, first, second)) + _valid((year, second, first))))
+    return [found for _, _, found in _written_dates(value)][:1]
+
+
+def _valid(parts: tuple[int, int, int]) -> list[date]:
     try:
-        if match := re.fullmatch(r"(\d{4})\D?(\d{1,2})\D?(\d{1,2})", value):
-            return date(int(match[1]), int(match[2]), int(match[3]))
-        if match := re.fullmatch(r"(\d{1,2})\D(\d{1,2})\D(\d{4})", value):
-            return date(int(match[3]), int(match[1]), int(match[2]))
+        return [date(*parts)]
     except ValueError:
-        return None
-    return next((found for _, _, found in _written_dates(value)), None)
+        return []
 
 
 def _tokens(value: str) -> tuple[str, ...]:
@@ -123,12 +136,14 @@ class _Index:
             variants = ("", "1", "001") if len(canonical) == 10 else ("",)
             self.digits.update({prefix + canonical: field for prefix in variants})
         elif field == "birth_date":
-            parsed = _parse_date(value)
-            if parsed is None:  # not a date we can read: compare its digits like an SSN
+            readings = date_readings(value)
+            if not readings:  # not a date we can read: compare its digits like an SSN
                 self.digits[canonical] = field
                 return
-            self.dates[parsed] = field
-            self.digits[parsed.strftime("%Y%m%d")] = self.digits[parsed.strftime("%m%d%Y")] = field
+            for parsed in readings:  # "03/08/1988": the 8th of March and the 3rd of August, written either way
+                self.dates[parsed] = field
+                for form in ("%Y%m%d", "%m%d%Y", "%d%m%Y"):
+                    self.digits[parsed.strftime(form)] = field
         elif field == "email":
             self.emails[canonical] = field
         else:
