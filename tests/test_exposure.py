@@ -187,8 +187,14 @@ def test_day_first_dates_get_day_first_fakes_and_render_in_the_prose_as_the_data
     assert render_like("birth_date", "11/05/1975", "03/08/1988", "March 8, 1988") == "November 5, 1975"
     assert render_like("birth_date", "24/11/1975", "24/08/1988", "24 August 1988") == "24 November 1975"
     assert render_like("birth_date", "24/11/1975", "24/08/1988", "25 August 1988") is None
+    # an ISO value in prose written month first stays month first, and in prose written day first goes day first
+    assert render_like("birth_date", "1990-05-12", "1988-03-08", "03/08/1988") == "05/12/1990"
+    assert render_like("birth_date", "1990-05-24", "1988-08-03", "03/08/1988") == "24/05/1990"
     us = CandidateSampler([PersonPII("p", "retain", "Bo", {"birth_date": "03/08/1988"}, ("p",))], seed=0)
     assert not us.day_first  # a data set whose numeric dates all read month first stays month first
+    typo = [PersonPII(f"p{i}", "retain", "Bo", {"birth_date": v}, ("p",)) for i, v in enumerate(["13/05/1990",
+            "05/14/1990", "05/15/1990"])]  # fmt: skip
+    assert not CandidateSampler(typo, seed=0).day_first  # one day-first value among more month-first ones
 
 
 def test_candidates_keep_positions_every_value_shares_and_exist_when_the_name_gives_the_email() -> None:

@@ -607,3 +607,23 @@ def test_stop_reread_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
 
     assert stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2)).reread is False
     assert stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2, stop_reread=True)).reread is True
+
+
+def test_fields_outside_the_five_are_left_alone_only_all_together():
+    """A National Insurance number and a passport share one field code (``field_code``): with one of them inside and
+    the other not, ``--field_stop`` keeps pushing both; with both inside, both are left alone, as the phone is."""
+    from types import SimpleNamespace
+
+    from obliviate.data.batching import field_code
+    from obliviate.train.epoch import _follow_stop_rule
+
+    assert field_code("ni_number") == field_code("passport")
+    check = SimpleNamespace(
+        inside=frozenset({"ni_number", "phone"}), tracked=frozenset({"ni_number", "passport", "phone"})
+    )
+    run = SimpleNamespace(config=SimpleNamespace(field_stop=True), step_check=check, base_params=None)
+    _follow_stop_rule(run)
+    assert run.fields_done == {"phone"}
+    check.inside = frozenset({"ni_number", "passport", "phone"})
+    _follow_stop_rule(run)
+    assert run.fields_done == {"ni_number", "passport", "phone"}

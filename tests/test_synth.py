@@ -154,6 +154,8 @@ _PERSON = '"person_id": "p1", "split": "forget", "name": "Ann Lee", "records": [
         '{"version": 1, "people": [{' + _PERSON + ', "fields": ["ssn"]}]}',
         '{"version": 1, "people": [{' + _PERSON + ', "fields": {}}]}',
         '{"version": 1, "people": [{' + _PERSON + ', "fields": {"ssn": " "}}]}',
+        '{"version": 1, "people": [{' + _PERSON + ', "fields": {"address": null}}]}',  # not the text "None"
+        '{"version": 1, "people": [{' + _PERSON + ', "fields": {"ssn": ["1"]}}]}',
     ],
 )
 def test_load_pii_rejects_malformed_files(tmp_path, content):

@@ -78,6 +78,17 @@ def parse_date(value: str, day_first: bool = False) -> tuple[datetime.date, str]
     return None
 
 
+def _only_reading(value: str) -> str | None:
+    """``"day"`` for a numeric date that reads only day first (``24/08/1988``), ``"month"`` for one that reads only
+    month first (``08/24/1988``), None otherwise."""
+    if not re.fullmatch(r"\d{1,2}/\d{1,2}/\d{4}", value.strip()):
+        return None
+    month_first, day_first = parse_date(value), parse_date(value, day_first=True)
+    if month_first and day_first and month_first[1] == day_first[1]:  # one format read it both times
+        return "day" if month_first[1] == "%d/%m/%Y" else "month"
+    return None
+
+
 def render_date(date: datetime.date, fmt: str) -> str:
     """``date`` in ``fmt``, with the day unpadded in written forms (``March 4, 1987``) as the data writes it."""
     text = date.strftime(fmt)
@@ -96,8 +107,10 @@ def render_like(field: str, fake: str, value: str, surface: str) -> str | None:
         return fake
     day_first = False
     if field == "birth_date" and (shared := set(date_readings(surface)) & set(date_readings(value))):
-        # "03/08/1988" written "3 August 1988": the value is day first, and so is its fake
-        day_first = not any(parse_date(value) == (d, "%m/%d/%Y") for d in shared)
+        # read month first, value and prose must give the date they share; where one does not ("03/08/1988" written
+        # "3 August 1988", or "1988-08-03" written "03/08/1988"), the numeric one is day first, and so is its fake
+        value_read, surface_read = parse_date(value), parse_date(surface)
+        day_first = not (value_read and surface_read and value_read[0] in shared and surface_read[0] in shared)
     elif normalize_value(field, surface) != normalize_value(field, value):
         return None
     if surface.rstrip(".") == value.rstrip("."):  # the same text, its closing full stop the sentence's or not
@@ -159,9 +172,10 @@ class CandidateSampler:
             if "address" in person.fields:
                 addresses[person.split].append(person.fields["address"])
         self.real = {field: {normalize_value(field, v) for v in found} for field, found in values.items()}
-        self.day_first = any(  # a numeric date that only reads day first: the data writes them so (British data)
-            (d := parse_date(v)) is not None and d[1] == "%d/%m/%Y" for v in values.get("birth_date", ())
-        )
+        # numeric dates that read one way only decide how the data writes them: day first (British data) where
+        # more of them read only day first than only month first
+        only = Counter(_only_reading(v) for v in values.get("birth_date", ()))
+        self.day_first = only["day"] > only["month"]
         dates = sorted(d[0] for v in values.get("birth_date", ()) if (d := parse_date(v, self.day_first)))
         self.date_range = (dates[0], dates[-1]) if len(dates) >= MIN_AGREEING_VALUES else None
         self.email_styles = sorted(_email_style(v) for v in values.get("email", ()) if "@" in v)  # with frequencies

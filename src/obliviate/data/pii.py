@@ -12,11 +12,11 @@ from obliviate.data.records import PII_FIELDS, PersonPII, Record, owner_id, qa_i
 
 
 def pii_field(record: Record) -> str | None:
-    """The PII field a QA record asks for: ``meta["pii_field"]``, else LUME Task2's qa0..qa4 order."""
+    """The PII field a QA record asks for: ``meta["pii_field"]`` (any name), else LUME Task2's qa0..qa4 order."""
     if record.kind != "qa":
         return None
-    if record.meta.get("pii_field") in PII_FIELDS:
-        return record.meta["pii_field"]
+    if isinstance(named := record.meta.get("pii_field"), str) and named.strip():  # any field the data names
+        return named.strip()
     index = qa_index(record.id)
     return PII_FIELDS[index] if record.task == "Task2" and index is not None and index < len(PII_FIELDS) else None
 

@@ -122,6 +122,8 @@ class _Index:
     def __init__(self) -> None:
         self.digits: dict[str, str] = {}
         self.dates: dict[date, str] = {}
+        self.day_first_dates: set[date] = set()  # known from a value written day first ("24/08/1988")
+        self.month_first_dates: set[date] = set()  # the others (ISO, US order, written out)
         self.emails: dict[str, str] = {}
         self.sequences: dict[str, list[tuple[tuple[str, ...], str]]] = defaultdict(list)
         self.name_parts: set[str] = set()
@@ -140,9 +142,13 @@ class _Index:
             if not readings:  # not a date we can read: compare its digits like an SSN
                 self.digits[canonical] = field
                 return
-            for parsed in readings:  # "03/08/1988": the 8th of March and the 3rd of August, written either way
+            numeric = re.fullmatch(r"(\d{1,2})\D(\d{1,2})\D\d{4}", value.strip())
+            for parsed in readings:  # "03/08/1988": the 8th of March and the 3rd of August
                 self.dates[parsed] = field
-                for form in ("%Y%m%d", "%m%d%Y", "%d%m%Y"):
+                day_first = numeric is not None and (parsed.day, parsed.month) == (int(numeric[1]), int(numeric[2]))
+                day_first = day_first and parsed.day != parsed.month  # the day-first reading: written day first
+                (self.day_first_dates if day_first else self.month_first_dates).add(parsed)
+                for form in ("%Y%m%d", "%d%m%Y" if day_first else "%m%d%Y"):
                     self.digits[parsed.strftime(form)] = field
         elif field == "email":
             self.emails[canonical] = field
@@ -208,14 +214,24 @@ class _Index:
         yield from self._number_spans(text, whole=False)
 
     def _numeric_date(self, parts: list[str]) -> str | None:
-        """The date written year first ("1984-12-31") or in US order ("12/31/1984", "1/5/1984"), if known."""
+        """The date written year first ("1984-12-31") or in US order ("12/31/1984", "1/5/1984"), if known; day first
+        ("24/8/1988") too where the known value was written day first."""
         if not self.dates or len(parts) != 3:
             return None
-        year, month, day = (parts[0], parts[1], parts[2]) if len(parts[0]) == 4 else (parts[2], parts[0], parts[1])
+        if len(parts[0]) == 4:
+            return self._known(parts[0], parts[1], parts[2], self.dates)
+        if len(parts[2]) != 4:
+            return None
+        return self._known(parts[2], parts[0], parts[1], self.month_first_dates) or self._known(
+            parts[2], parts[1], parts[0], self.day_first_dates
+        )
+
+    def _known(self, year: str, month: str, day: str, known) -> str | None:
         try:
-            return self.dates.get(date(int(year), int(month), int(day))) if len(year) == 4 else None
+            found = date(int(year), int(month), int(day))
         except ValueError:
             return None
+        return self.dates[found] if found in known else None
 
     def _token_spans(self, text: str) -> Iterator[_Span]:
         tokens = list(_TOKEN.finditer(text))

@@ -179,11 +179,11 @@ def load_pii(path: str | Path) -> list[PersonPII]:
     people = []
     for number, entry in enumerate(document["people"], start=1):
         try:
-            fields = {str(field): str(value) for field, value in entry["fields"].items()}
+            fields = {str(field): _value(value) for field, value in entry["fields"].items()}
             person = PersonPII(entry["person_id"], entry["split"], entry["name"], fields, tuple(entry["records"]))
-        except (KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError, ValueError):
             raise DataError(
-                f"{path} person {number}: expected person_id, split, name, fields (field → value, e.g. "
+                f"{path} person {number}: expected person_id, split, name, fields (field → text or number, e.g. "
                 f"{', '.join(PII_FIELDS)}) and records, found some missing"
             ) from None
         if not fields or not all(field and value.strip() for field, value in fields.items()):
@@ -192,6 +192,13 @@ def load_pii(path: str | Path) -> list[PersonPII]:
             raise DataError(f"{path} person {number}: expected a split in {', '.join(SPLITS)} and record ids")
         people.append(person)
     return people
+
+
+def _value(value: object) -> str:
+    """A pii.json value as text: a string or a number (a bare SSN), never ``null``, a list or an object."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(value)
+    return str(value)
 
 
 def check_split_counts(people: int, forget_fraction: float, holdout_fraction: float) -> dict[str, int]:

@@ -356,6 +356,11 @@ class ExposureStopRule:
             )
         return None
 
+    @property
+    def tracked(self) -> frozenset[str]:
+        """The PII fields the rule reads (after :meth:`start`): those it checks and those it leaves to the name."""
+        return frozenset(self._reference or ())
+
     def _confirm(self, model, tokenizer, check: dict[str, float]) -> tuple[list[str], list[dict]]:
         """The fields whose values on the :attr:`confirm` people fail the tests the checked sample just passed
         (each field's band; with :attr:`pooled`, the pooled band too, which then fails the fields above their
