@@ -77,6 +77,59 @@ def test_jobs_named_first_start_first_and_results_keep_job_order(tmp_path):
     assert set(log.read_text().split()[:2]) == {"c", "d"}
 
 
+_KILLED_PARENT = """
+import os, sys, time
+from obliviate.jobs import Jobs
+
+def job(path):
+    with open(path, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with Jobs(2) as jobs:
+        jobs.run([(job, (sys.argv[1] + ".a",)), (job, (sys.argv[1] + ".b",))])
+"""
+
+
+def test_workers_end_when_the_pipeline_is_killed_outright(tmp_path):
+    """A pipeline killed with SIGKILL runs no cleanup: its workers must not train on. Each worker's job would sleep
+    two minutes; once the parent is gone they end within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    pid_files = [tmp_path / "worker.pid.a", tmp_path / "worker.pid.b"]
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "worker.pid")])
+    try:
+        deadline = time.monotonic() + 120
+        while not all(f.exists() and f.read_text() for f in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(f.read_text()) for f in pid_files]
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30  # a bound, so that a worker that outlives its parent fails instead of hanging
+    alive = list(workers)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.2)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "a worker outlived its killed parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_the_pipeline_starts_interleaved_methods_first():
     from obliviate.pipeline import interleaves
 

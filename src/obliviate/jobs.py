@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,9 +32,23 @@ def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 def _init_worker(threads: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"  # before any job imports tqdm: bars from several processes would interleave
+    _exit_with_parent(os.getppid())
     import torch  # here, so that a worker imports only what its jobs need
 
     torch.set_num_threads(threads)
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A thread that ends this worker once its parent is gone (this process handed to another parent): a pipeline
+    killed outright (SIGKILL, or SIGTERM, which runs no cleanup) would otherwise leave its workers training on,
+    holding the cores and writing to the cache."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class Jobs:
