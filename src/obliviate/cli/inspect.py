@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if retain_split == "retain" and retain_group == forget_group
     ]
     for label, split, records, _ in sets:
-        pii = counts((text for r in records for text in (r.input, r.output)), args.region.upper())
+        pii = counts((text for r in records for text in (r.input, r.output)), args.region)
         _print_summary(label, split, describe(records, tokenizer), pii)
     for forget_label, retain_label, count in overlaps:
         print(f"overlap {forget_label} / {retain_label}: {count} retain records share an id or input and output")

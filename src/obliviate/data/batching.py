@@ -60,6 +60,14 @@ def field_code(field: str | None) -> int:
     return PII_FIELDS.index(field) + 1 if field in PII_FIELDS else len(PII_FIELDS) + 1
 
 
+def fields_left_alone(inside: frozenset[str], tracked: frozenset[str]) -> frozenset[str]:
+    """The fields whose values ``--field_stop`` may leave alone, of those ``inside`` their band: the fields outside
+    :data:`PII_FIELDS` share one :func:`field_code`, so they are left alone only all together (every one of them
+    among ``tracked`` inside), else none of them is."""
+    others = tracked - frozenset(PII_FIELDS)
+    return inside if others <= inside else inside - others
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     """Prompt ids exactly as generation sees them: the tokenizer's own special tokens (e.g. BOS), no eos."""
     ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]

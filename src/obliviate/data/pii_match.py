@@ -77,13 +77,21 @@ def _parse_date(value: str) -> date | None:
 def date_readings(value: str) -> list[date]:
     """Every date ``value`` can be read as: a numeric day and month both up to 12 ("03/08/1988") is the 8th of March
     as the US writes it and the 3rd of August as most of the world does; the month-first reading comes first."""
+    return [found for found, _ in _readings(value)]
+
+
+def _readings(value: str) -> list[tuple[date, bool]]:
+    """:func:`date_readings`, each with whether it reads ``value`` day first (a day-first reading that equals the
+    month-first one, "05/05/1988", is the month-first one)."""
     value = value.strip()
     if match := re.fullmatch(r"(\d{4})\D?(\d{1,2})\D?(\d{1,2})", value):
-        return _valid((int(match[1]), int(match[2]), int(match[3])))
+        return [(found, False) for found in _valid((int(match[1]), int(match[2]), int(match[3])))]
     if match := re.fullmatch(r"(\d{1,2})\D(\d{1,2})\D(\d{4})", value):
         first, second, year = int(match[1]), int(match[2]), int(match[3])
-        return list(dict.fromkeys(_valid((year, first, second)) + _valid((year, second, first))))
-    return [found for _, _, found in _written_dates(value)][:1]
+        month_first = [(found, False) for found in _valid((year, first, second))]
+        day_first = [(found, True) for found in _valid((year, second, first)) if first != second]
+        return month_first + day_first
+    return [(found, False) for _, _, found in _written_dates(value)][:1]
 
 
 def _valid(parts: tuple[int, int, int]) -> list[date]:
@@ -138,15 +146,12 @@ class _Index:
             variants = ("", "1", "001") if len(canonical) == 10 else ("",)
             self.digits.update({prefix + canonical: field for prefix in variants})
         elif field == "birth_date":
-            readings = date_readings(value)
+            readings = _readings(value)
             if not readings:  # not a date we can read: compare its digits like an SSN
                 self.digits[canonical] = field
                 return
-            numeric = re.fullmatch(r"(\d{1,2})\D(\d{1,2})\D\d{4}", value.strip())
-            for parsed in readings:  # "03/08/1988": the 8th of March and the 3rd of August
+            for parsed, day_first in readings:  # "03/08/1988": the 8th of March and the 3rd of August
                 self.dates[parsed] = field
-                day_first = numeric is not None and (parsed.day, parsed.month) == (int(numeric[1]), int(numeric[2]))
-                day_first = day_first and parsed.day != parsed.month  # the day-first reading: written day first
                 (self.day_first_dates if day_first else self.month_first_dates).add(parsed)
                 for form in ("%Y%m%d", "%d%m%Y" if day_first else "%m%d%Y"):
                     self.digits[parsed.strftime(form)] = field

@@ -274,7 +274,7 @@ class ExposureStopRule:
         if self._words is not None:
             words = {split: words_nll(model, tokenizer, rows) for split, rows in self._words.items()}
             check["forget_words_nll"], check["holdout_words_nll"] = words["forget"], words["holdout"]
-        checked = [name for name in self._reference if name not in self._saturated]
+        checked = self._deciding
         pooled = [p["exposure"] for p in pairs if p["field"] in checked]
         owners = [str(p["person_id"]) for p in pairs if p["field"] in checked]
         check_counts = Counter(p["field"] for p in pairs)
@@ -357,6 +357,12 @@ class ExposureStopRule:
         return None
 
     @property
+    def _deciding(self) -> list[str]:
+        """The fields whose exposure decides the stop: every field read, less those ranked first for never-seen
+        people too (:attr:`_saturated`)."""
+        return [name for name in self._reference or {} if name not in self._saturated]
+
+    @property
     def tracked(self) -> frozenset[str]:
         """The PII fields the rule reads (after :meth:`start`): those it checks and those it leaves to the name."""
         return frozenset(self._reference or ())
@@ -379,9 +385,8 @@ class ExposureStopRule:
         if not self.confirm:
             return [], []
         pairs = self._exposures(model, tokenizer, self.confirm, "forget")
-        checked = [name for name in self._reference or {} if name not in self._saturated]
         outside, means = [], {}
-        for name in checked:
+        for name in self._deciding:
             values = [p["exposure"] for p in pairs if p["field"] == name]
             if len(values) < 2:  # one value has no spread of its own: its test would be far stricter than the band's
                 continue
@@ -413,9 +418,7 @@ class ExposureStopRule:
         target's 1.998."""
         now = self._exposures(model, tokenizer, self.holdout, "holdout")
         outside = []
-        for name in self._reference or {}:
-            if name in self._saturated:
-                continue
+        for name in self._deciding:
             values = [p["exposure"] for p in now if p["field"] == name]
             if len(values) < 2:  # no band of its own under these weights: the starting one stands
                 continue
@@ -456,7 +459,7 @@ class ExposureStopRule:
         deviations from the field means); a chance field's part is its exact spread, independent of the rest. With
         every person in one field only, each field's part is ``C / (C − 1) · Σ (x − m)² / n²`` over all C people,
         a little below the field's own ``s² / n`` where a field has few of them."""
-        weights = {name: counts.get(name, 0) for name in (self._reference or {}) if name not in self._saturated}
+        weights = {name: counts.get(name, 0) for name in self._deciding}
         total = sum(weights.values())
         if not total:
             return math.nan, math.nan

@@ -8,7 +8,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from obliviate.data.records import PII_FIELDS
+from obliviate.data.batching import fields_left_alone
 from obliviate.train.sampling import (
     epoch_batches,
     interleaved_plan,
@@ -210,10 +210,10 @@ def _follow_stop_rule(run: Run) -> None:
     """What the stop rule's last check decided for the steps after it: ``--field_stop``'s fields left alone, and
     ``--retain_guard``'s factor on the retain weights."""
     if getattr(run.config, "field_stop", False):
-        inside = frozenset(getattr(run.step_check, "inside", frozenset()))
-        # fields outside the five share one field code (data/batching.py field_code): left alone only all together
-        others = frozenset(getattr(run.step_check, "tracked", frozenset())) - frozenset(PII_FIELDS)
-        run.fields_done = inside if others <= inside else inside - others
+        run.fields_done = fields_left_alone(
+            frozenset(getattr(run.step_check, "inside", frozenset())),
+            frozenset(getattr(run.step_check, "tracked", frozenset())),
+        )
         if getattr(run.config, "field_stop_words", "all") == "checked":
             run.fields_waived = frozenset(getattr(run.step_check, "saturated_fields", frozenset()))
     scale = getattr(run.step_check, "retain_scale", 1.0)
