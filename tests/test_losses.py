@@ -805,6 +805,90 @@ def test_contrast_stranger_pushes_the_words_around_a_value_to_their_level_after_
     assert float(on_grad[0, 0, 1]) > 0 and float(on_grad[0, 1, 2]) > 0  # the words are made less likely
 
 
+def test_contrast_word_runs_give_each_run_of_words_its_own_hinge():
+    """--set contrast.word_runs=1: a run of words past its stranger's level (never trained, then pushed) no longer
+    hides a run still memorised: pooled over the row the words' mean is above the stranger's and the hinge is shut;
+    per run the memorised run gets its gap, weighted by its share of the row's words, and the push lands on it
+    alone."""
+    from obliviate.data.batching import field_code
+    from obliviate.data.records import TEMPLATE_CODE
+
+    ssn, word = field_code("ssn"), TEMPLATE_CODE
+    spans = torch.tensor([[0, word, ssn, ssn, word, 0]])  # a run of words, the value, another run
+    true = torch.zeros(1, 6, VOCAB)
+    true[0, 0, 1] = 4.0  # the first run memorised
+    true[0, 1, 2] = true[0, 2, 3] = 4.0  # the value memorised
+    true[0, 3, 4] = -8.0  # the second run far less likely than after a stranger's name
+    stranger = torch.zeros(1, 6, VOCAB)  # the copy: uniform, log(VOCAB) at every token
+
+    def nll(t, label):
+        return -torch.log_softmax(true[0, t], -1)[label].item()
+
+    assert (nll(0, 1) + nll(3, 4)) / 2 > math.log(VOCAB)  # pooled, the words look forgotten
+    pooled, pooled_grad = _contrast_on_one_row(true, stranger, spans, {"stranger": 1.0})
+    assert pooled.metrics["words_hinge"].item() == 0.0 and float(pooled_grad[0, 0].abs().sum()) == 0.0
+    runs, runs_grad = _contrast_on_one_row(true, stranger, spans, {"stranger": 1.0, "word_runs": 1.0})
+    assert runs.metrics["words_hinge"].item() == pytest.approx((math.log(VOCAB) - nll(0, 1)) / 2, rel=1e-5)
+    assert float(runs_grad[0, 0, 1]) > 0  # the memorised run is pushed
+    assert float(runs_grad[0, 3].abs().sum()) == 0.0  # the run past its level is not
+
+
+def test_per_run_nll_numbers_the_runs_of_words_in_order():
+    from obliviate.data.records import TEMPLATE_CODE
+    from obliviate.losses.contrast import per_run_nll
+
+    word = TEMPLATE_CODE
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, 4, 5, 6]])
+    logits = torch.zeros(1, 7, VOCAB)
+    logits[0, 3, 4] = 5.0
+    spans = torch.tensor([[0, word, word, 2, word, 2, 2]])
+    means, count = per_run_nll(Forward(logits, labels, torch.ones(1, 7), spans=spans))
+    assert count[0, :3].tolist() == [2.0, 1.0, 0.0] and float(count[0, 3:].sum()) == 0.0
+    assert means[0, 0].item() == pytest.approx(math.log(VOCAB))
+    assert means[0, 1].item() == pytest.approx(-torch.log_softmax(logits[0, 3], -1)[4].item())
+
+
+def test_contrast_anchor_floor_keeps_strangers_values_as_likely_as_at_the_start_and_teaches_them_no_further():
+    """--set contrast.anchor_floor=1 (with fixed): the anchor is the hinge relu(NLL_now(fake) - NLL_start(fake)) per
+    field: a stranger's value the push made less likely is pulled back to the starting model's level, and one already
+    at least as likely gets no push (the plain anchor descends on it for ever, and never-seen people's values end up
+    likelier than a model that never saw the forget people makes them)."""
+    from obliviate.data.batching import field_code
+
+    ssn = field_code("ssn")
+    spans = torch.tensor([[0, ssn, ssn, ssn, ssn, 0]])
+    labels = torch.full((1, 6), IGNORE_INDEX)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])
+    mask = torch.ones(1, 6)
+
+    def run(start_level, now_level, floor):
+        start, now = torch.zeros(1, 6, VOCAB), torch.zeros(1, 6, VOCAB)
+        for t, label in ((0, 1), (1, 2), (2, 3), (3, 4)):
+            start[0, t, label], now[0, t, label] = start_level, now_level
+        now.requires_grad_(True)
+        params = {"alpha": 0.0, "profile": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": 1.0}
+        out = get_method("contrast").loss(
+            LossInputs(
+                forget=Forward(torch.zeros(1, 6, VOCAB), labels, mask, spans=spans),
+                paired=Forward(now, labels, mask, spans=spans),
+                paired_ref=Forward(start, labels, mask, spans=spans),
+                retain=Forward(torch.zeros(1, 3, VOCAB), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3)),
+            ),
+            get_method("contrast").params({**params, "anchor_floor": floor}),
+        )
+        out.loss.backward()
+        return out.metrics["anchor"].item(), now.grad[0, 0, 1].item()
+
+    def nll(level):
+        return -math.log(math.exp(level) / (math.exp(level) + VOCAB - 1))
+
+    plain, plain_grad = run(1.0, 2.0, 0.0)
+    assert plain == pytest.approx(nll(2.0), rel=1e-5) and plain_grad < 0  # descends, though past the start
+    assert run(1.0, 2.0, 1.0) == (0.0, 0.0)  # already likelier than at the start: left alone
+    receded, grad = run(2.0, 1.0, 1.0)
+    assert receded == pytest.approx(nll(1.0) - nll(2.0), rel=1e-5) and grad < 0  # pulled back up
+
+
 def _one_value_forward(token_nll: list[float], vocab: int = 16, first_label: int = 1) -> Forward:
     """One row whose answer is one PII value (field code 5) with the given NLL at each token."""
     n = len(token_nll)

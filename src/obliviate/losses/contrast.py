@@ -130,6 +130,21 @@ WEIGHTS = {
         "weight of the NLL of the stranger copies' fake values (0: none)",
         ge=0,
     ),
+    "anchor_floor": Weight(
+        0.0,
+        "1: with fixed, the anchor descends on a copy's fake values only while the trained model finds them less "
+        "likely than the starting model did, per field (a hinge: keep strangers' values, do not teach them; 0: their "
+        "plain NLL)",
+        ge=0,
+        le=1,
+    ),
+    "word_runs": Weight(
+        0.0,
+        "1: the words' hinge per run of words between values, weighted by the run's tokens, against the same run of "
+        "the stranger copy (0: one hinge over all of a row's words)",
+        ge=0,
+        le=1,
+    ),
     "length_weight": Weight(
         0.0,
         "exponent w of each pair's weight (its true value's tokens / the batch's mean)^w (0: every pair alike)",
@@ -176,6 +191,26 @@ def per_field_nll(
         nll = torch.minimum(nll, torch.einsum("btf,bf->bt", fields, cap))
     count = fields.sum(1)
     return torch.einsum("bt,btf->bf", nll, fields) / count.clamp_min(1.0), count
+
+
+def per_run_nll(forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[batch, runs]`` mean NLL of each run of a row's words (the maximal stretches of consecutive template tokens:
+    the words before, between and after its values), and ``[batch, runs]`` each run's tokens; run ``r`` is column
+    ``r``, the same run in a stranger copy, whose values stand where the person's do. ``runs`` is the sequence's
+    length, an upper bound that needs no read on the host."""
+    nll, fields = _token_fields(forward, template=True)
+    words = fields[..., 0] > 0
+    starts = words & ~torch.nn.functional.pad(words, (1, 0))[:, :-1]
+    codes = starts.long().cumsum(-1) * words  # 1, 2, … per run, 0 outside the words
+    runs = nll.new_zeros(nll.shape[0], nll.shape[1] + 1)
+    sums = runs.scatter_add(1, codes, nll * words)[:, 1:]
+    count = runs.scatter_add(1, codes, words.to(nll.dtype))[:, 1:]
+    return sums / count.clamp_min(1.0), count
+
+
+def _widen(columns: torch.Tensor, width: int) -> torch.Tensor:
+    """``columns`` (``[batch, n]``) padded with zeros on the right to ``width`` columns."""
+    return torch.nn.functional.pad(columns, (0, width - columns.shape[1]))
 
 
 def unlikelihood(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -293,7 +328,7 @@ def early_end(forward) -> tuple[torch.Tensor, torch.Tensor]:
     return (unlikely * inner).sum(-1), inner.any(-1)
 
 
-def stranger_values(paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stranger_values(paired, rows: int, floor=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[rows]``: each forget row's mean, over its stranger copies, of the copy's mean NLL over the tokens of its
     fake values (every scored token where the batch carries no field codes); and ``[rows]`` whether any copy holds
     one.
@@ -306,11 +341,17 @@ def stranger_values(paired, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     values keeps a value of the right shape writable for anyone; a fresh draw each epoch means no fake is learnt as
     a fact. The words around them are left to the words' hinge: descending on them too (the first version) kept the
     forget person's own phrasing likely, and on the demo the values' exposure stalled above its band."""
-    nll, fields = _token_fields(paired)
-    tokens = fields.sum(-1)  # [copies * rows, length]: 1 on a value token
-    count = tokens.sum(-1)
-    per_copy = (nll * tokens).sum(-1) / count.clamp_min(1.0)
-    held = (count > 0).to(nll.dtype).view(-1, rows)
+    if floor is not None:  # as likely as the starting model found them, and no likelier: keep, do not teach
+        field_nll, field_tokens = per_field_nll(paired)
+        start_nll, _ = per_field_nll(floor)
+        count = field_tokens.sum(-1)
+        per_copy = (torch.relu(field_nll - start_nll.detach()) * field_tokens).sum(-1) / count.clamp_min(1.0)
+    else:
+        nll, fields = _token_fields(paired)
+        tokens = fields.sum(-1)  # [copies * rows, length]: 1 on a value token
+        count = tokens.sum(-1)
+        per_copy = (nll * tokens).sum(-1) / count.clamp_min(1.0)
+    held = (count > 0).to(per_copy.dtype).view(-1, rows)
     total = (per_copy.view(-1, rows) * held).sum(0) / held.sum(0).clamp_min(1.0)
     return total, held.sum(0) > 0
 
@@ -406,7 +447,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         early_term = (early * ends).sum() / count * pairs
         forget_term = forget_term + params.early_end * early_term
     if params.anchor:  # a stranger's values, of the right shape: what unlearning must leave writable
-        anchor_nll, anchor_rows = stranger_values(trained, rows)
+        floor = replace(paired, spans=trained.spans) if params.fixed and params.anchor_floor else None
+        anchor_nll, anchor_rows = stranger_values(trained, rows, floor)
         anchor_term = (anchor_nll * anchor_rows).sum() / count * pairs
         forget_term = forget_term + params.anchor * anchor_term
     if params.stranger:  # the row's other words, no likelier than after a stranger's name
@@ -415,7 +457,23 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         stranger_words, stranger_held = mean_over_copies(stranger_words, stranger_tokens > 0, rows)
         held = ((word_tokens > 0) & stranger_held).to(words.dtype)
         stranger_words = _with_gradient_share(stranger_words, params.fake_pull)
-        words_hinge = (torch.relu(stranger_words - words + params.delta) * held).sum() / count * pairs
+        row_hinge = torch.relu(stranger_words - words + params.delta)[:, 0]
+        if params.word_runs and forget.spans is not None:  # a run at a stranger's level hides no other run's gap
+            run_nll, run_tokens = per_run_nll(forget)
+            stranger_runs, stranger_run_tokens = per_run_nll(paired)
+            width = max(run_nll.shape[1], stranger_runs.shape[1])  # the two batches' lengths differ
+            run_nll, run_tokens = (_widen(x, width) for x in (run_nll, run_tokens))
+            stranger_runs, stranger_run_tokens = (_widen(x, width) for x in (stranger_runs, stranger_run_tokens))
+            stranger_runs, run_held = mean_over_copies(stranger_runs, stranger_run_tokens > 0, rows)
+            stranger_runs = _with_gradient_share(stranger_runs, params.fake_pull)
+            # the runs line up only where every copy has as many runs as the row; elsewhere the one hinge
+            n_runs = (run_tokens > 0).sum(-1)
+            aligned = ((stranger_run_tokens > 0).sum(-1).view(-1, rows) == n_runs).all(0)
+            weight = run_tokens * (run_held & (run_tokens > 0))
+            per_run = torch.relu(stranger_runs - run_nll + params.delta)
+            run_hinge = (weight * per_run).sum(-1) / weight.sum(-1).clamp_min(1.0)
+            row_hinge = torch.where(aligned, run_hinge, row_hinge)
+        words_hinge = (row_hinge * held[:, 0]).sum() / count * pairs
         forget_term = forget_term + params.stranger * words_hinge
     retain_nll = answer_nll(inputs.retain, "contrast", "retain") * inputs.share("retain", "tokens")
     total = forget_term + params.alpha * retain_nll
