@@ -10,6 +10,12 @@ With ``--mia N`` it also prints, for the first N rows of each split (the benchma
 AUC of the loss attack (mean token log-probability, higher: member) on forget against holdout, per row kind (QA,
 completion) and per part (whole text, prompt, answer), as ``docs/METRICS.md`` scores the whole text.
 
+With ``--parts N`` it also prints, for the first N completion rows of each split, the mean NLL of five parts of the
+whole text, forget / holdout: ``head`` (the prompt before its first PII value, which no objective scores),
+``prompt_values`` and ``prompt_words`` (the prompt from its first value on, which contrast scores after re-cutting
+the record there), ``answer_values`` and ``answer_words``; values also per field (``prompt_values:phone``). It
+shows where an unlearned model's text is less likely for the forget people than for never-seen ones.
+
     python benchmarks/probe_words.py --data runs/lume/data --model target=runs/lume/cache/target-… \\
         --model contrast=runs/lume/report/methods/contrast
 """
@@ -26,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", required=True, help="name=path of a model directory (repeat)")
     parser.add_argument("--rows", type=int, default=80, help="completion rows per split (default: 80)")
     parser.add_argument("--mia", type=int, default=0, help="also the loss attack's AUC per row kind on N rows")
+    parser.add_argument("--parts", type=int, default=0, help="also the NLL per part of N completion rows' text")
     return parser
 
 
@@ -89,6 +96,68 @@ def mia_by_kind(model, tokenizer, splits: dict) -> dict[str, float]:
     return out
 
 
+def part_of(position: int, prompt_len: int, char: int, bound: int, coded: bool) -> str:
+    """The part of the whole text a token of a re-cut completion is in: ``head`` before the re-cut record's answer
+    (``position < prompt_len``), then ``prompt_`` or ``answer_`` by whether its first character (``char``, in the
+    re-cut answer) is before ``bound`` (where the original answer starts in it), and ``values`` or ``words`` by
+    ``coded`` (a PII value's token)."""
+    if position < prompt_len:
+        return "head"
+    return ("answer_" if char >= bound else "prompt_") + ("values" if coded else "words")
+
+
+def nll_by_part(model, tokenizer, data: str, rows: int) -> dict[str, str]:
+    """Mean NLL per part of the first ``rows`` completions' whole text (eos left out), ``forget/holdout``."""
+    sums = part_sums(model, tokenizer, data, rows)
+    parts = sorted({name for _, name in sums})
+    return {
+        name: "/".join(f"{sums[(s, name)][0] / sums[(s, name)][1]:.3f}" for s in ("forget", "holdout"))
+        for name in parts
+        if ("forget", name) in sums and ("holdout", name) in sums
+    }
+
+
+def part_sums(model, tokenizer, data: str, rows: int) -> dict[tuple[str, str], list[float]]:
+    """``(split, part) → [NLL sum, tokens]`` over the first ``rows`` completions of forget and holdout; the five
+    parts of :func:`part_of` hold every scored token once, and ``part:field`` again the values of each field."""
+    import torch
+
+    from obliviate.data.batching import encode_record
+    from obliviate.data.load import load_split
+    from obliviate.data.pii import mark_pii_spans, pii_from_records, values_in_answers
+    from obliviate.data.records import answer_prefix
+
+    sums: dict[tuple[str, str], list[float]] = {}
+    for split in ("forget", "holdout"):
+        records = load_split(f"{data}/{split}", split=split)
+        people = pii_from_records(records, split)
+        originals = [r for r in records if r.kind == "completion"][:rows]
+        marked, _ = mark_pii_spans(values_in_answers(originals, people), people)
+        for record, original in zip(marked, originals):
+            bound = len(record.output) - len(original.output)
+            encoded = encode_record(tokenizer, record, 512)
+            separator = answer_prefix(record)
+            offsets = tokenizer(separator + record.output, add_special_tokens=False, return_offsets_mapping=True)
+            ids = torch.tensor([encoded.ids[:-1]])  # the appended eos is not scored
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]
+            spans = list(zip(record.meta["score_spans"], record.meta["score_fields"]))
+            for t in range(1, len(encoded.ids) - 1):
+                a = t - encoded.prompt_len
+                char = offsets["offset_mapping"][a][1] - 1 - len(separator) if a >= 0 else -1
+                coded = bool(encoded.scored and encoded.scored[t])
+                part = part_of(t, encoded.prompt_len, char, bound, coded)
+                names = [part]
+                if coded:
+                    names.append(part + ":" + next((f for (x, y), f in spans if x <= char < y), "other"))
+                for name in names:
+                    total = sums.setdefault((split, name), [0.0, 0])
+                    total[0] += float(nll[t - 1])
+                    total[1] += 1
+    return sums
+
+
 def main(argv=None) -> None:
     import _common
 
@@ -108,6 +177,8 @@ def main(argv=None) -> None:
         figures["rows"] = {split: len(rows) for split, rows in splits.items()}
         if args.mia:
             figures["mia_auc"] = mia_by_kind(model, tokenizer, first)
+        if args.parts:
+            figures["nll_by_part"] = nll_by_part(model, tokenizer, args.data, args.parts)
         print(name, json.dumps(figures), flush=True)
 
 
