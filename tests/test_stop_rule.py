@@ -64,6 +64,41 @@ def test_stops_at_the_first_check_inside_the_holdout_band(monkeypatch):
     assert [h["forget_exposure"] for h in rule.history] == [6.0, 4.0, 2.6, 2.4]
 
 
+def test_stop_lower_holds_the_stop_while_a_field_is_below_its_band_and_leaves_that_field_alone(monkeypatch):
+    """Holdout SSNs 1.0 and 2.0 (mean 1.5, standard error 0.5: band 0.5 to 2.5 with --stop_lower). Forget 6, then
+    0.2 (under the band: the one-sided rule stops there), then 1.4 (inside). With --stop_lower the run goes on at
+    0.2, the SSNs counted inside for --field_stop (no push while below), and stops at 1.4, saying so."""
+    script = {"holdout": [[1.0, 2.0]], "forget": [[6.0, 6.0], [0.2, 0.2], [1.4, 1.4]]}
+    one_sided = scripted(monkeypatch, script, retain=[1.0] * 4)
+    one_sided.start(None, None)
+    assert one_sided(None, None, 2) is None and "step 4" in one_sided(None, None, 4)
+    rule = scripted(monkeypatch, script, retain=[1.0] * 4, lower=True)
+    rule.start(None, None)
+    assert rule(None, None, 2) is None and rule.history[-1]["fields_below"] == 0
+    assert rule(None, None, 4) is None and rule.history[-1]["fields_below"] == 1
+    assert rule.inside == frozenset({"ssn"})  # below its band: nothing to push
+    reason = rule(None, None, 6)
+    assert reason is not None and "step 6" in reason and "≥ reference − 2.0" in reason
+
+
+def test_band_below_is_the_admitting_test_turned_round():
+    from obliviate.evaluate.stop_rule import Band
+
+    band = Band.chance(50, 16)
+    assert not band.below([band.mean] * 16, 50, 2.0)
+    assert band.below([band.mean - 3 * band.sd / 4] * 16, 50, 2.0)  # 3 standard errors below at n = 16
+    assert not band.below([band.mean - band.sd / 4] * 16, 50, 2.0)  # 1 standard error below
+    assert not band.below([], 50, 2.0)
+
+
+def test_stop_lower_reaches_the_rule_and_is_off_by_default(assets, tmp_path):
+    from helpers import unlearn_config
+    from obliviate.evaluate.stop_rule import stop_rule_for
+
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "a", stop_check_steps=2)).lower is False
+    assert stop_rule_for(unlearn_config(assets, tmp_path / "b", stop_check_steps=2, stop_lower=True)).lower is True
+
+
 def test_stops_when_the_retain_nll_passes_its_bound(monkeypatch):
     rule = scripted(
         monkeypatch,

@@ -261,6 +261,12 @@ class UnlearnConfig(TrainConfig):
         "pooled never-seen band (the threshold its plot draws); while every field is inside its own band and the "
         "pooled mean is not, the run goes on and --field_stop pushes again the fields above their never-seen mean",
     )
+    stop_lower: bool = option(
+        False,
+        "the exposure stop also asks each deciding field's forget exposure to be no more than --stop_band standard "
+        "errors below its never-seen mean: a field pushed below a stranger's does not count as done (under "
+        "--field_stop it is left alone while below), and the run goes on until it is back inside",
+    )
     stop_reread: bool = option(
         False,
         "where the stop rule would stop, it also reads the holdout people's exposure under the current weights and "

@@ -94,6 +94,16 @@ class Band:
         sd = float(np.std(logs))  # exposure = log2(K + 1) - log2(rank): the spread of log2(rank), 1.27 bits at K = 50
         return cls(chance_exposure(k), sd / math.sqrt(max(count, 1)), 1.0 / (k + 1), count, sd)
 
+    def below(self, values: Sequence[float], k: int, band: float) -> bool:
+        """Forget ``values`` whose mean exposure is more than ``band`` standard errors *below* the never-seen mean
+        (the one-sided test of :meth:`admits`, turned round): values made less likely than a stranger's, which a
+        membership attack reads as well as values made likelier."""
+        if not len(values):
+            return False
+        n = len(values)
+        mean_se = self.sd / math.sqrt(n) if self.sd is not None else math.sqrt(self.se**2 + _standard_error(values) ** 2)
+        return float(np.mean(values)) < self.mean - band * mean_se - 1e-9
+
     def admits(self, values: Sequence[float], k: int, band: float) -> bool:
         """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided tests):
         their mean exposure, and their share ranked first. Against holdout people, two-sample tests (two means, two
@@ -152,6 +162,9 @@ class ExposureStopRule:
         guard_max: the largest :attr:`retain_scale`.
         words: also stop once the forget completions' words are as unlikely as the holdout's (needs a holdout with
             completion rows; otherwise left out, and :meth:`describe` says so).
+        lower: the exposure stop also asks each deciding field's mean to be no more than ``band`` standard errors
+            below its never-seen mean (:meth:`Band.below`); a field below it holds the stop back and, being in
+            :attr:`inside`, is left alone by ``--field_stop`` (``--stop_lower``; ``docs/METHODS.md``, *A lower edge*).
         pooled: the exposure stop also asks the pooled forget mean of the fields that decide it to be inside the
             pooled band (:meth:`_overall_threshold`). Where every field is inside its own band and the pooled mean is
             not, the run goes on, and :attr:`inside` keeps only the fields whose mean is at most their never-seen
@@ -180,6 +193,7 @@ class ExposureStopRule:
     seed: int = 0
     confirm: Sequence[Record] = ()
     reread: bool = False
+    lower: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     inside: frozenset[str] = frozenset()  # the PII fields inside their never-seen band at the last check
     skipped: list[str] = field(default_factory=list)  # fields left unchecked: guessable, and no holdout to show it
@@ -250,7 +264,7 @@ class ExposureStopRule:
             return None
         pairs = self._exposures(model, tokenizer, self.forget, "forget")
         retain = retain_check(model, tokenizer, self.retain)
-        outside, saturated_inside = [], set()
+        outside, under, saturated_inside = [], [], set()
         check: dict[str, float] = {"step": step, "retain_nll": retain.nll, "retain_exact": retain.exact}
         if self.retain_guard:
             below = retain.exact < self.retain_guard * self._retain_start.exact
@@ -270,6 +284,8 @@ class ExposureStopRule:
                     saturated_inside.add(name)
             elif not band.admits(values, self.k, self.band):
                 outside.append(name)
+            elif self.lower and band.below(values, self.k, self.band):
+                under.append(name)
         words = None
         if self._words is not None:
             words = {split: words_nll(model, tokenizer, rows) for split, rows in self._words.items()}
@@ -281,6 +297,8 @@ class ExposureStopRule:
         check["forget_exposure"] = float(np.mean(pooled)) if pooled else math.nan
         check["threshold"] = self._overall_threshold(pooled, {name: check_counts[name] for name in checked}, owners)
         check["fields_outside"] = len(outside)
+        if self.lower:
+            check["fields_below"] = len(under)
         self.inside = frozenset(
             name for name in checked if name not in outside and f"{name}/forget_exposure" in check
         ) | frozenset(saturated_inside)
@@ -306,7 +324,7 @@ class ExposureStopRule:
                 f"retain exact match {retain.exact:.3f} fell below {self.retain_exact:g} of its start "
                 f"({start.exact:.3f}) at step {step}"
             )
-        in_band = not outside and bool(checked) and not pooled_above
+        in_band = not outside and bool(checked) and not pooled_above and not under
         unconfirmed, second = self._confirm(model, tokenizer, check) if in_band else ([], [])
         held_by = "on the second sample of forget people"
         if in_band and not unconfirmed and self.reread and self.holdout:
@@ -322,6 +340,7 @@ class ExposureStopRule:
                 for name, band in self._saturated.items()
                 if f"{name}/forget_nll" in check
             )
+            lower_text = f" and ≥ reference − {self.band}" if self.lower else ""
             pooled_text = (
                 f", and so is their pooled mean ({check['forget_exposure']:.3f} ≤ {check['threshold']:.3f})"
                 if self.pooled
@@ -339,7 +358,8 @@ class ExposureStopRule:
             )
             return (
                 f"forget exposure of every PII field ({', '.join(checked)}) is inside its never-seen band "
-                f"(mean ≤ reference + {self.band} standard errors, share ranked first likewise){pooled_text}"
+                f"(mean ≤ reference + {self.band} standard errors{lower_text}, share ranked first likewise)"
+                f"{pooled_text}"
                 f"{confirmed} at step {step}{saturated}{unchecked}"
             )
         if words is not None and words["forget"] >= words["holdout"]:
@@ -347,6 +367,7 @@ class ExposureStopRule:
                 f"the forget answers' words (outside PII values) are as unlikely as the holdout people's (NLL "
                 f"{words['forget']:.3f} ≥ {words['holdout']:.3f} nats per token) at step {step}; fields still above "
                 f"their never-seen band: {', '.join(outside) or 'none'}"
+                + (f"; below it: {', '.join(under)}" if under else "")
                 + (f" ({held_by}: {', '.join(unconfirmed)})" if unconfirmed else "")
                 + (
                     f"; the pooled mean ({check['forget_exposure']:.3f}) is above its band ({check['threshold']:.3f})"
@@ -632,6 +653,7 @@ def stop_rule_for(config) -> ExposureStopRule:
         words=config.stop_words,
         pooled=config.stop_pooled,
         reread=config.stop_reread,
+        lower=config.stop_lower,
         seed=config.seed,
     )
 

@@ -302,6 +302,7 @@ _STOP_RULE_OPTIONS = (
     "stop_words",
     "stop_pooled",
     "stop_reread",
+    "stop_lower",
     "field_stop",
     "field_stop_words",
 )
