@@ -100,8 +100,10 @@ class Band:
         membership attack reads as well as values made likelier."""
         if not len(values):
             return False
-        n = len(values)
-        mean_se = self.sd / math.sqrt(n) if self.sd is not None else math.sqrt(self.se**2 + _standard_error(values) ** 2)
+        if self.sd is not None:  # chance: exact, with the uniform rank's own spread
+            mean_se = self.sd / math.sqrt(len(values))
+        else:
+            mean_se = math.sqrt(self.se**2 + _standard_error(values) ** 2)
         return float(np.mean(values)) < self.mean - band * mean_se - 1e-9
 
     def admits(self, values: Sequence[float], k: int, band: float) -> bool:
