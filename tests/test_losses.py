@@ -901,6 +901,41 @@ def _one_value_forward(token_nll: list[float], vocab: int = 16, first_label: int
     return Forward(logits=logits.requires_grad_(True), labels=labels, attention_mask=torch.ones(1, n + 2), spans=spans)
 
 
+def test_field_margins_are_the_never_seen_gaps_per_field_code_never_above_zero():
+    from obliviate.data.batching import field_margins
+
+    gaps = {"phone": -2.0, "ssn": -1.0, "ni_number": -3.0, "passport": -1.0, "birth_date": 0.3}
+    # codes: birth_date, ssn, phone, email, address, then every other field together
+    assert field_margins(gaps) == [0.0, -1.0, -2.0, 0.0, 0.0, -2.0]
+
+
+def test_contrast_calibrate_aims_each_value_at_a_strangers_gap_to_its_fakes():
+    """--set contrast.calibrate=1: the hinge is relu(NLL(fake) - NLL(true) + m_field), m the never-seen people's
+    gap NLL(true) - NLL(fake) (here -1 nat for the value's field): a true value 0.6 nats likelier than its fakes is
+    already less likely than a stranger's (1 nat likelier than theirs) and is left alone; the per-token term's
+    quantiles move with it. Without field margins (no holdout) nothing changes."""
+    true = _one_value_forward([2.0, 2.0, 2.0])
+    fake = _one_value_forward([2.6, 2.6, 2.6], first_label=6)
+    retain = Forward(torch.zeros(1, 3, 16), torch.tensor([[IGNORE_INDEX, 1, 2]]), torch.ones(1, 3))
+    margins = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0, 0.0])  # code 5: column 4
+
+    def run(calibrate, field_margins):
+        params = {"alpha": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": 0.0, "anchor": 0.0}
+        out = get_method("contrast").loss(
+            LossInputs(forget=true, paired=fake, retain=retain, field_margins=field_margins),
+            get_method("contrast").params({**params, "calibrate": calibrate}),
+        )
+        return out.metrics
+
+    plain = run(0.0, margins)
+    assert plain["gap_hinge"].item() == pytest.approx(0.6, abs=1e-3) and plain["profile"].item() > 0
+    calibrated = run(1.0, margins)
+    assert calibrated["gap_hinge"].item() == 0.0 and calibrated["profile"].item() == 0.0
+    assert run(1.0, None)["gap_hinge"].item() == pytest.approx(0.6, abs=1e-3)  # no holdout: no margins
+    closer = run(1.0, margins * 0.25)  # a stranger 0.25 nats under the fakes: 0.35 nats still to go
+    assert closer["gap_hinge"].item() == pytest.approx(0.35, abs=1e-3)
+
+
 def test_contrast_profile_pushes_each_rank_below_its_fakes_quantile_with_a_gradient_that_does_not_vanish():
     """A memorised value is near-certain at every token; its fresh fake only at the predictable ones. The profile
     term asks each of the value's sorted tokens for the fake's NLL at the same quantile: here the two least certain

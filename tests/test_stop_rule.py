@@ -81,6 +81,24 @@ def test_stop_lower_holds_the_stop_while_a_field_is_below_its_band_and_leaves_th
     assert reason is not None and "step 6" in reason and "≥ reference − 2.0" in reason
 
 
+def test_start_keeps_the_never_seen_gap_of_each_field(monkeypatch):
+    """The holdout's mean NLL(true) - NLL(fakes) per field at the start: contrast's calibrated aim."""
+    pairs = [
+        {"field": "ssn", "exposure": 2.0, "nll_gap": -1.0, "person_id": "h0"},
+        {"field": "ssn", "exposure": 1.0, "nll_gap": -2.0, "person_id": "h1"},
+        {"field": "phone", "exposure": 1.0, "nll_gap": 0.5, "person_id": "h0"},
+    ]
+
+    def measured(self, model, tokenizer, records, split, dry=False):
+        return [{"field": p["field"], "exposure": 0.0} for p in pairs] if dry else pairs
+
+    monkeypatch.setattr(ExposureStopRule, "_exposures", measured)
+    monkeypatch.setattr(rule_module, "retain_check", lambda model, tokenizer, records: RetainCheck(1.0, 1.0))
+    rule = ExposureStopRule(forget=[], people=[], retain=[], holdout=["h"], every=2)
+    rule.start(None, None)
+    assert rule.holdout_gaps == {"ssn": -1.5, "phone": 0.5}
+
+
 def test_band_below_is_the_admitting_test_turned_round():
     from obliviate.evaluate.stop_rule import Band
 

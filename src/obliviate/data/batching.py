@@ -60,6 +60,18 @@ def field_code(field: str | None) -> int:
     return PII_FIELDS.index(field) + 1 if field in PII_FIELDS else len(PII_FIELDS) + 1
 
 
+def field_margins(gaps: dict[str, float]) -> list[float]:
+    """Per field code (column ``code - 1``, as the objectives' per-field tensors have them), the never-seen people's
+    mean gap ``NLL(true) - NLL(fake)`` of ``gaps``, clipped at 0 (never an aim past the fakes' own level); the
+    fields outside :data:`PII_FIELDS` share one code and the mean of their gaps; 0 for a field with none."""
+    columns: dict[int, list[float]] = {}
+    for name, gap in gaps.items():
+        columns.setdefault(field_code(name), []).append(gap)
+    return [
+        min(0.0, sum(columns[c]) / len(columns[c])) if c in columns else 0.0 for c in range(1, len(PII_FIELDS) + 2)
+    ]
+
+
 def fields_left_alone(inside: frozenset[str], tracked: frozenset[str]) -> frozenset[str]:
     """The fields whose values ``--field_stop`` may leave alone, of those ``inside`` their band: the fields outside
     :data:`PII_FIELDS` share one :func:`field_code`, so they are left alone only all together (every one of them

@@ -202,6 +202,8 @@ class ExposureStopRule:
     _reference: dict[str, Band] | None = None  # per PII field: the never-seen band
     _saturated: dict[str, NllBand] = field(default_factory=dict)  # ranked first by strangers too: their values' NLL
     _planned: dict[str, int] = field(default_factory=dict)  # per PII field: the forget values each check ranks
+    # per PII field: the never-seen people's mean NLL(true value) - mean NLL(its fakes) under the starting model
+    holdout_gaps: dict[str, float] = field(default_factory=dict)
     _holdout: list[tuple[str, str, float]] = field(default_factory=list)  # (field, person, exposure) at the start
     _retain_start: RetainCheck | None = None
     _words: dict[str, list[Record]] | None = None  # forget and holdout completion rows, PII spans marked
@@ -213,6 +215,11 @@ class ExposureStopRule:
         """The reference band of every PII field and the retain NLL, measured on the starting model."""
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
         self._holdout = [(str(p["field"]), str(p["person_id"]), float(p["exposure"])) for p in pairs]
+        gaps: dict[str, list[float]] = {}
+        for pair in pairs:
+            if pair.get("nll_gap") is not None and math.isfinite(float(pair["nll_gap"])):
+                gaps.setdefault(str(pair["field"]), []).append(float(pair["nll_gap"]))
+        self.holdout_gaps = {name: float(np.mean(values)) for name, values in gaps.items()}
         planned = self._exposures(model, tokenizer, self.forget, "forget", dry=True)
         self._reference, self.skipped, self._saturated = {}, [], {}
         self._planned = {name: sum(p["field"] == name for p in planned) for name in {p["field"] for p in planned}}

@@ -57,6 +57,7 @@ class LossInputs:
     paired: Forward | None = None  # row i: forget row i with its PII values replaced by fresh fakes
     paired_ref: Forward | None = None  # the paired copies under the frozen reference (the starting model)
     forget_ref_logprob: torch.Tensor | None = None  # [batch]: log π_ref(y|x) per forget row, computed before training
+    field_margins: torch.Tensor | None = None  # [field codes]: never-seen values' NLL gap to their fakes (contrast)
     shares: dict[tuple[str, str], float] = field(default_factory=dict)  # (split, unit) -> this piece's share
 
     def share(self, split: str, unit: str) -> float:

@@ -138,6 +138,14 @@ WEIGHTS = {
         ge=0,
         le=1,
     ),
+    "calibrate": Weight(
+        0.0,
+        "1: each field's hinge (and the per-token term) aims at the never-seen people's gap NLL(true) - NLL(fake) "
+        "under the starting model, at most 0, instead of the fakes' own level: a true value pushed as far as a "
+        "stranger's sits from its fakes (needs a holdout set and the stop rule; 0: the margin delta alone)",
+        ge=0,
+        le=1,
+    ),
     "word_runs": Weight(
         0.0,
         "1: the words' hinge per run of words between values, weighted by the run's tokens, against the same run of "
@@ -220,7 +228,9 @@ def unlikelihood(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.logsumexp(-1) - rest
 
 
-def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def profile_gap(
+    forget, paired, rows: int, focus: bool = False, shift: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[rows, fields]``: for each (row, field) pair, the mean over its true value's tokens of the unlikelihood
     ``−log(1 − p)`` of each token whose NLL is below the NLL its rank asks for, weighted by the shortfall (at most
     one nat); and whether the pair has both sides.
@@ -233,6 +243,8 @@ def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.T
     the chosen tokens: its gradient on a near-certain token's logit is ``p``, where the NLL's is ``1 − p``, near 0.
     Each token's push is weighted by how far it is below its quantile, up to one nat: a comma 0.01 nats more
     certain than the fake's gets a hundredth of a push, and none once it is level.
+
+    ``shift``: ``[fields]`` nats added to each field's quantiles (``calibrate``: the never-seen gap, at most 0).
 
     ``focus``: the mean over the tokens still short of their quantile instead of all the value's tokens, so that a
     token's push does not shrink with the tokens of its value already level (an e-mail built from the name holds
@@ -257,6 +269,8 @@ def profile_gap(forget, paired, rows: int, focus: bool = False) -> tuple[torch.T
     quantile = ((rank + 0.5) * fake_tokens[..., None] / tokens.clamp_min(1)[..., None]).floor().long()
     quantile = torch.minimum(quantile, (fake_tokens - 1).clamp_min(0).long()[..., None])
     wanted = fake_sorted.gather(-1, quantile)
+    if shift is not None:  # ``[fields]`` nats added to every quantile of the field (the calibrated aim)
+        wanted = wanted + shift[None, :, None]
     valid = (rank < tokens[..., None]) & (fake_tokens[..., None] > 0)
     short = torch.where(valid, wanted - true_sorted, 0.0).clamp(0.0, 1.0)  # a full push from a nat short
     pushed = unlikely[:, None, :].expand(batch, n_fields, length).gather(-1, order) * short
@@ -419,7 +433,10 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         # forget person's name is in theirs: that pull would teach again the values the hinge pushes
         pulled = torch.where(_name_built(fake_nll), _with_gradient_share(fake_nll, params.name_pull), pulled)
     fake_nll = pulled
-    hinge = torch.relu(fake_nll - true_nll + params.delta) * both
+    margin = torch.full_like(fake_nll[:1], params.delta)  # [1, fields]
+    if params.calibrate and inputs.field_margins is not None and forget.spans is not None:
+        margin = margin + inputs.field_margins.to(margin.dtype)[None, : margin.shape[-1]]
+    hinge = torch.relu(fake_nll - true_nll + margin) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
     if params.length_weight:  # long values (addresses) get their tokens' share of the push, not one pair's
@@ -431,7 +448,8 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - params.delta) * both).sum() / count * pairs
     forget_term = push + pull
     if params.profile and forget.spans is not None:  # each token its share, not the mean alone
-        profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus))
+        shift = margin[0] - params.delta  # the calibrated aim, token by token
+        profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus), shift=shift)
         profile_term = (profile * profiled).sum() / count * pairs
         forget_term = forget_term + params.profile * profile_term
     if params.whole and forget.spans is not None:  # written whole, where the fake is not: push its weakest token

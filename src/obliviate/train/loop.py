@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from obliviate.config import TrainConfig
-from obliviate.data.batching import encode_record, retain_match_key
+from obliviate.data.batching import encode_record, field_margins, retain_match_key
 from obliviate.data.records import Record
 from obliviate.errors import ConfigError
 from obliviate.io import append_line, kill_point, write_text_atomic
@@ -157,6 +157,9 @@ def setup(
         if step_check is not None:  # likewise: the stop rule's never-seen bands and retain start
             step_check.start(accelerator.unwrap_model(run.model), tokenizer)
             run.step_check = step_check
+            gaps = getattr(step_check, "holdout_gaps", None)
+            if gaps and getattr(params, "calibrate", 0):  # contrast's aim: a stranger's level against the fakes
+                run.field_margins = torch.tensor(field_margins(gaps), device=accelerator.device)
         if config.resume:
             restore(run, config, tokenizer)
             resume_stop_rule(run)

@@ -84,6 +84,7 @@ class Run:
     joint_forward: bool = False  # forget and retain in one pass (sharded weights: one all-gather instead of two)
     retain_start: torch.Tensor | None = None  # [retain rows]: whether the starting model reproduced each exactly
     forget_ref_logprob: torch.Tensor | None = None  # [forget rows]: log π_ref(y|x) cached in place of a frozen copy
+    field_margins: torch.Tensor | None = None  # [field codes]: never-seen values' NLL gap to their fakes (calibrate)
     epochs: int = 0  # epochs the run plans: --epochs, or as many as --max_steps takes
     total_steps: int = 0  # optimizer steps the run plans (the schedule's length)
     method: Method | None = None

@@ -121,6 +121,7 @@ def loss_inputs(
             inputs.retain = run_forward(run.model, retain, block)
     if paired is not None:
         inputs.paired = run_forward(run.model, paired, block)
+        inputs.field_margins = run.field_margins
     if needs.reference_logprob and run.forget_ref_logprob is not None:
         index = torch.as_tensor(rows, device=run.forget_ref_logprob.device)
         inputs.forget_ref_logprob = run.forget_ref_logprob.index_select(0, index)
