@@ -96,9 +96,16 @@ def mia_by_kind(model, tokenizer, splits: dict) -> dict[str, float]:
     return out
 
 
+def field_name(code: int) -> str:
+    """The PII field of a token's field code (``data/batching.py`` ``field_code``): one of the five, or ``other``."""
+    from obliviate.data.records import PII_FIELDS
+
+    return PII_FIELDS[code - 1] if 1 <= code <= len(PII_FIELDS) else "other"
+
+
 def part_of(position: int, prompt_len: int, char: int, bound: int, coded: bool) -> str:
     """The part of the whole text a token of a re-cut completion is in: ``head`` before the re-cut record's answer
-    (``position < prompt_len``), then ``prompt_`` or ``answer_`` by whether its first character (``char``, in the
+    (``position < prompt_len``), then ``prompt_`` or ``answer_`` by whether its last character (``char``, in the
     re-cut answer) is before ``bound`` (where the original answer starts in it), and ``values`` or ``words`` by
     ``coded`` (a PII value's token)."""
     if position < prompt_len:
@@ -142,15 +149,14 @@ def part_sums(model, tokenizer, data: str, rows: int) -> dict[tuple[str, str], l
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
             nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]
-            spans = list(zip(record.meta["score_spans"], record.meta["score_fields"]))
             for t in range(1, len(encoded.ids) - 1):
                 a = t - encoded.prompt_len
                 char = offsets["offset_mapping"][a][1] - 1 - len(separator) if a >= 0 else -1
                 coded = bool(encoded.scored and encoded.scored[t])
                 part = part_of(t, encoded.prompt_len, char, bound, coded)
                 names = [part]
-                if coded:
-                    names.append(part + ":" + next((f for (x, y), f in spans if x <= char < y), "other"))
+                if coded:  # the field the batch gives the token (every field outside the five shares one code)
+                    names.append(part + ":" + field_name(encoded.scored[t]))
                 for name in names:
                     total = sums.setdefault((split, name), [0.0, 0])
                     total[0] += float(nll[t - 1])

@@ -292,6 +292,15 @@ def test_options_the_run_does_not_read_are_named_in_one_note(assets, tmp_path, c
     assert main(argv) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
     assert notes == [f"obliviate: note: ignored: --stop_reread {off}"]
+    argv = unlearn_argv(
+        assets, tmp_path / "out5", "--method", "contrast", "--calibrate", "1", "--anchor_floor", "1", "--fixed", "0"
+    )
+    assert main(argv) == 0  # contrast's margins without the stop rule, its floor without the frozen reference
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("obliviate: note:")]
+    assert notes == [
+        "obliviate: note: ignored: --calibrate (its margins are the holdout's gaps the stop rule reads: needs "
+        "--holdout_dir and the rule); --anchor_floor (its floor is the frozen reference's NLL: needs --fixed 1)"
+    ]
 
 
 def test_ga_needs_no_retain_set_and_a_relative_output_dir_works(assets, tmp_path, monkeypatch):

@@ -935,6 +935,15 @@ def test_contrast_calibrate_aims_each_value_at_a_strangers_gap_to_its_fakes():
     closer = run(1.0, margins * 0.25)  # a stranger 0.25 nats under the fakes: 0.35 nats still to go
     assert closer["gap_hinge"].item() == pytest.approx(0.35, abs=1e-3)
 
+    past = _one_value_forward([3.0, 3.0, 3.0])  # pushed past: 0.4 nats above its fakes, 1.4 above a stranger's
+    for calibrate, pulled in ((0.0, 0.4), (1.0, 1.4)):  # --pull brings it back to the same aim the hinge has
+        params = {"alpha": 0.0, "whole": 0.0, "early_end": 0.0, "stranger": 0.0, "fixed": 0.0, "anchor": 0.0}
+        out = get_method("contrast").loss(
+            LossInputs(forget=past, paired=fake, retain=retain, field_margins=margins),
+            get_method("contrast").params({**params, "profile": 0.0, "pull": 1.0, "calibrate": calibrate}),
+        )
+        assert out.metrics["gap_pull"].item() == pytest.approx(pulled, abs=1e-3)
+
 
 def test_contrast_profile_pushes_each_rank_below_its_fakes_quantile_with_a_gradient_that_does_not_vanish():
     """A memorised value is near-certain at every token; its fresh fake only at the predictable ones. The profile

@@ -19,6 +19,13 @@ def test_part_of_splits_the_text_at_the_recut_and_at_the_original_answer():
     assert probe_words.part_of(8, 5, 12, 10, True) == "answer_values"
 
 
+def test_field_name_reads_the_batch_field_code():
+    from obliviate.data.batching import field_code
+
+    assert probe_words.field_name(field_code("phone")) == "phone"
+    assert probe_words.field_name(field_code("ni_number")) == "other"
+
+
 def test_part_sums_hold_every_token_of_the_text_once(assets):
     """The five parts' token-weighted NLL is the whole text's, token for token (eos left out), and the per-field
     lines re-count only value tokens."""

@@ -265,7 +265,8 @@ class UnlearnConfig(TrainConfig):
         False,
         "the exposure stop also asks each deciding field's forget exposure to be no more than --stop_band standard "
         "errors below its never-seen mean: a field pushed below a stranger's does not count as done (under "
-        "--field_stop it is left alone while below), and the run goes on until it is back inside",
+        "--field_stop it is left alone while below), and the run goes on until it is back inside; with nothing "
+        "pulling it back (contrast's --pull 0) that can take the whole budget",
     )
     stop_reread: bool = option(
         False,

@@ -421,7 +421,8 @@ class ExposureStopRule:
             if len(values) < 2:  # one value has no spread of its own: its test would be far stricter than the band's
                 continue
             means[name] = check[f"{name}/confirm_exposure"] = float(np.mean(values))
-            if not self._reference[name].admits(values, self.k, self.band):
+            band = self._reference[name]
+            if not band.admits(values, self.k, self.band) or (self.lower and band.below(values, self.k, self.band)):
                 outside.append(name)
         kept = [p for p in pairs if p["field"] in means]
         if not kept:  # nothing of theirs decides: no second reading to hold the stop to
@@ -456,7 +457,8 @@ class ExposureStopRule:
             check[f"{name}/reference_now"] = band.mean
             for sample in samples:
                 forget = [p["exposure"] for p in sample if p["field"] == name]
-                if len(forget) >= 2 and not band.admits(forget, self.k, self.band):
+                below = self.lower and band.below(forget, self.k, self.band)
+                if len(forget) >= 2 and (not band.admits(forget, self.k, self.band) or below):
                     outside.append(name)
                     break
         check["reread_fields_outside"] = float(len(outside))

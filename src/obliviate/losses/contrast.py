@@ -445,7 +445,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
     push = hinge.sum() / count * pairs
     pull = torch.zeros_like(push)
     if params.pull:  # overshoot fails too: a value pushed below its fake is pulled back up to it, no further
-        pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - params.delta) * both).sum() / count * pairs
+        pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - margin) * both).sum() / count * pairs
     forget_term = push + pull
     if params.profile and forget.spans is not None:  # each token its share, not the mean alone
         shift = margin[0] - params.delta  # the calibrated aim, token by token
@@ -465,7 +465,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         early_term = (early * ends).sum() / count * pairs
         forget_term = forget_term + params.early_end * early_term
     if params.anchor:  # a stranger's values, of the right shape: what unlearning must leave writable
-        floor = replace(paired, spans=trained.spans) if params.fixed and params.anchor_floor else None
+        floor = paired if params.fixed and params.anchor_floor else None  # the reference, with trained's spans
         anchor_nll, anchor_rows = stranger_values(trained, rows, floor)
         anchor_term = (anchor_nll * anchor_rows).sum() / count * pairs
         forget_term = forget_term + params.anchor * anchor_term

@@ -283,6 +283,13 @@ def _ignored(given: UnlearnConfig, config: UnlearnConfig) -> str | None:
         if not config.holdout_dir:
             chance = "no --holdout_dir: the stop rule's reference is chance"
             ignored += [f"--{name} ({chance})" for name in ("stop_words", "stop_reread") if _set(given, name)]
+    weights = {**method.params({}).as_dict(), **(config.loss_params or {})}
+    if weights.get("calibrate") and (config.stop_check_steps == 0 or not config.holdout_dir):
+        ignored.append(
+            "--calibrate (its margins are the holdout's gaps the stop rule reads: needs --holdout_dir and the rule)"
+        )
+    if weights.get("anchor_floor") and not weights.get("fixed"):
+        ignored.append("--anchor_floor (its floor is the frozen reference's NLL: needs --fixed 1)")
     if config.lr is not None and not config.resume:
         given_lr = "--lr is given, so no range test runs"
         ignored += [
