@@ -680,3 +680,36 @@ def test_fields_outside_the_five_are_left_alone_only_all_together():
     check.inside = frozenset({"ni_number", "passport", "phone"})
     _follow_stop_rule(run)
     assert run.fields_done == {"ni_number", "passport", "phone"}
+
+
+def test_calibrate_hands_the_stop_rules_holdout_gaps_to_every_contrast_step(assets, tmp_path, monkeypatch):
+    """--calibrate 1: the gaps the stop rule reads on the holdout at its start reach each step's LossInputs as the
+    per-field-code margins (``field_margins``); without it, or without a holdout set, no margins."""
+    from obliviate.data.batching import field_margins
+    from obliviate.train import step as step_module
+
+    rules, seen = [], []
+    start = ExposureStopRule.start
+
+    def started(self, model, tokenizer):
+        start(self, model, tokenizer)
+        rules.append(self)
+
+    original = step_module.loss_inputs
+
+    def recorded(*args, **kwargs):
+        inputs = original(*args, **kwargs)
+        seen.append(inputs.field_margins)
+        return inputs
+
+    monkeypatch.setattr(ExposureStopRule, "start", started)
+    monkeypatch.setattr(step_module, "loss_inputs", recorded)
+    holdout = str(assets.data / "holdout")
+    common = ("--method", "contrast", "--holdout_dir", holdout, "--stop_check_steps", "2", "--max_steps", "2")
+    assert main(unlearn_argv(assets, tmp_path / "on", *common, "--calibrate", "1")) == 0
+    assert rules[-1].holdout_gaps and seen
+    expected = field_margins(rules[-1].holdout_gaps)
+    assert all(m is not None and m.tolist() == pytest.approx(expected) for m in seen)
+    seen.clear()
+    assert main(unlearn_argv(assets, tmp_path / "off", *common)) == 0
+    assert seen and all(m is None for m in seen)
