@@ -354,7 +354,11 @@ def stranger_values(paired, rows: int, floor=None) -> tuple[torch.Tensor, torch.
     completions followed them below the oracle's (``docs/METHODS.md``, *Strangers' values*). Descending on the fake
     values keeps a value of the right shape writable for anyone; a fresh draw each epoch means no fake is learnt as
     a fact. The words around them are left to the words' hinge: descending on them too (the first version) kept the
-    forget person's own phrasing likely, and on the demo the values' exposure stalled above its band."""
+    forget person's own phrasing likely, and on the demo the values' exposure stalled above its band.
+
+    ``floor`` (``anchor_floor``: the copies under the frozen reference): per (copy, field), only the excess of the
+    fake values' NLL over the starting model's, so that strangers' values are kept, not taught (``docs/METHODS.md``,
+    *The British set's membership overshoot, traced*)."""
     if floor is not None:  # as likely as the starting model found them, and no likelier: keep, do not teach
         field_nll, field_tokens = per_field_nll(paired)
         start_nll, _ = per_field_nll(floor)
