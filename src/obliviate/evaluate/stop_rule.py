@@ -100,11 +100,15 @@ class Band:
         membership attack reads as well as values made likelier."""
         if not len(values):
             return False
-        if self.sd is not None:  # chance: exact, with the uniform rank's own spread
-            mean_se = self.sd / math.sqrt(len(values))
-        else:
-            mean_se = math.sqrt(self.se**2 + _standard_error(values) ** 2)
-        return float(np.mean(values)) < self.mean - band * mean_se - 1e-9
+        return float(np.mean(values)) < self.mean - band * self._mean_se(values) - 1e-9
+
+    def _mean_se(self, values: Sequence[float]) -> float:
+        """The standard error of the difference between ``values``' mean and the reference mean: against chance
+        (exact) the uniform rank's own spread over ``len(values)``, against holdout people the two samples' errors
+        combined."""
+        if self.sd is not None:
+            return self.sd / math.sqrt(len(values))
+        return math.sqrt(self.se**2 + _standard_error(values) ** 2)
 
     def admits(self, values: Sequence[float], k: int, band: float) -> bool:
         """Forget ``values`` that cannot be told from never-seen ones at ``band`` standard errors (one-sided tests):
@@ -116,12 +120,10 @@ class Band:
             return True
         mean, top, n = float(np.mean(values)), _top_share(values, k), len(values)
         if self.sd is not None:
-            mean_se = self.sd / math.sqrt(n)
             top_variance = self.top_share * (1 - self.top_share) / n
         else:
-            mean_se = math.sqrt(self.se**2 + _standard_error(values) ** 2)
             top_variance = self.top_share * (1 - self.top_share) / max(self.count, 1) + top * (1 - top) / max(n, 1)
-        if mean > self.mean + band * mean_se + 1e-9:  # a tie is inside, round-off too
+        if mean > self.mean + band * self._mean_se(values) + 1e-9:  # a tie is inside, round-off too
             return False
         return top <= self.top_share + band * math.sqrt(top_variance) + 1e-12
 
@@ -457,8 +459,10 @@ class ExposureStopRule:
             check[f"{name}/reference_now"] = band.mean
             for sample in samples:
                 forget = [p["exposure"] for p in sample if p["field"] == name]
-                below = self.lower and band.below(forget, self.k, self.band)
-                if len(forget) >= 2 and (not band.admits(forget, self.k, self.band) or below):
+                if len(forget) >= 2 and (
+                    not band.admits(forget, self.k, self.band)
+                    or (self.lower and band.below(forget, self.k, self.band))
+                ):
                     outside.append(name)
                     break
         check["reread_fields_outside"] = float(len(outside))

@@ -437,9 +437,10 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         # forget person's name is in theirs: that pull would teach again the values the hinge pushes
         pulled = torch.where(_name_built(fake_nll), _with_gradient_share(fake_nll, params.name_pull), pulled)
     fake_nll = pulled
-    margin = torch.full_like(fake_nll[:1], params.delta)  # [1, fields]
+    aim = None  # calibrate: per field, the never-seen people's gap to their fakes (at most 0), added to the margin
     if params.calibrate and inputs.field_margins is not None and forget.spans is not None:
-        margin = margin + inputs.field_margins.to(margin.dtype)[None, : margin.shape[-1]]
+        aim = inputs.field_margins.to(fake_nll.dtype)[: fake_nll.shape[-1]]
+    margin = params.delta if aim is None else params.delta + aim[None, :]
     hinge = torch.relu(fake_nll - true_nll + margin) * both
     pairs = inputs.share("forget", "pairs")  # every forget figure is a mean over the (row, field) pairs in both
     count = both.sum().clamp_min(1.0)
@@ -452,8 +453,7 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         pull = params.pull * (torch.relu(true_nll - fake_nll.detach() - margin) * both).sum() / count * pairs
     forget_term = push + pull
     if params.profile and forget.spans is not None:  # each token its share, not the mean alone
-        shift = margin[0] - params.delta  # the calibrated aim, token by token
-        profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus), shift=shift)
+        profile, profiled = profile_gap(forget, paired, rows, focus=bool(params.profile_focus), shift=aim)
         profile_term = (profile * profiled).sum() / count * pairs
         forget_term = forget_term + params.profile * profile_term
     if params.whole and forget.spans is not None:  # written whole, where the fake is not: push its weakest token
