@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obliviate.data.batching import collate, encode_record
-from obliviate.data.fakes import CandidateSampler, format_preserving, pour, render_like, skeleton
+from obliviate.data.fakes import PIECES, CandidateSampler, format_preserving, pour, render_like, skeleton
 from obliviate.data.load import load_split
 from obliviate.data.pii_match import normalize_value
 from obliviate.data.records import PersonPII, Record
@@ -265,6 +265,80 @@ def test_address_fakes_come_from_the_values_own_split_where_it_has_enough() -> N
             assert fakes and all(f" {letter}" in fake.split(",")[0] and f"{letter}town" in fake for fake in fakes)
     mixed = {fake.split(",")[1].strip()[0] for p in retain for fake in sampler.candidates(p, "address", 20)}
     assert mixed >= {"F", "H"}  # two retain addresses are too few: the draw takes every split's
+
+
+def _british(count: int, seed: int = 0) -> list[PersonPII]:
+    """People with British National Insurance numbers (prefix letters from a subset, suffix A–D) and addresses in
+    two layouts no US parser reads (``Flat 4, Cole Plaza, Sheilaborough, M7B 5YJ``; ``2 Ian Ville, Leeds, LS1
+    4AB``), the first half forget, the rest holdout."""
+    rng = random.Random(seed)
+    people = []
+    for i in range(count):
+        ni = (
+            f"{rng.choice('ABCE')}{rng.choice('GHJ')} {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.choice('ABCD')}"
+        )
+        street = f"{rng.choice(['Cole', 'Farmer', 'Dyer'])}{i} {rng.choice(['Plaza', 'Row'])}"
+        town, code = f"Town{i}", f"M{i % 9 + 1} {rng.randint(1, 9)}ED"
+        address = (
+            f"Flat {rng.randint(1, 9)}, {street}, {town}, {code}" if i % 2 else f"{i + 1} {street}, {town}, {code}"
+        )
+        split = "forget" if i < count // 2 else "holdout"
+        people.append(PersonPII(f"b{i}", split, f"P{i} Q{i}", {"ni_number": ni, "address": address}, ()))
+    return people
+
+
+def test_other_values_draw_each_piece_from_the_pieces_the_data_has_there() -> None:
+    """A field with no known generator (a National Insurance number) keeps its format and, where the data holds at
+    least MIN_AGREEING_VALUES values of it, each piece (a run of letters, a group of up to three digits) comes from
+    the data's values at that position: no suffix outside A–D, no prefix the data never uses, every digit group one
+    the data holds there (a tokenizer trained on the data has merged those); never a real value. With too few
+    values of the format, the plain format-preserving draw (any letter of the class)."""
+    people = _british(40)
+    real = {p.fields["ni_number"] for p in people}
+    sampler = CandidateSampler(people, seed=0)
+    seen = [set(pieces) for pieces in zip(*(v.split(" ") for v in real))]
+    draws = [f for p in people for f in sampler.candidates(p, "ni_number", 50)]
+    assert len(draws) == 50 * len(people) and not set(draws) & real
+    assert all(skeleton(f) == "AA 99 99 A" and all(c in s for c, s in zip(f.split(" "), seen)) for f in draws)
+    assert {f[-1] for f in draws} == set("ABCD") and {f[0] for f in draws} == set("ABCE")
+    assert len(set(draws)) > len(draws) // 4  # pieces recombined, not a few values repeated
+    assert PIECES.findall("07466 611720") == ["074", "66", " ", "611", "720"]  # as the tokenizer cuts digits
+    for split in ("forget", "holdout"):  # each split's from its own values: a trained-on piece is likelier
+        own = [set(pieces) for pieces in zip(*(p.fields["ni_number"].split(" ") for p in people if p.split == split))]
+        mine = [f for p in people if p.split == split for f in sampler.candidates(p, "ni_number", 50)]
+        assert all(all(c in s for c, s in zip(f.split(" "), own)) for f in mine)
+        assert any(any(c not in s for c, s in zip(f.split(" "), own)) for f in draws)  # the other split's differ
+    few = CandidateSampler(people[:4], seed=0)  # four values: fewer than MIN_AGREEING_VALUES
+    draws = [f for p in people[:4] for f in few.candidates(p, "ni_number", 50)]
+    assert all(skeleton(f) == "AA 99 99 A" for f in draws) and {f[-1] for f in draws} - set("ABCD")
+
+
+def test_addresses_of_other_layouts_are_put_together_from_the_datas_parts_at_each_position() -> None:
+    """A British address (a layout the US reader does not take) is drawn from the addresses of its split with the
+    same layout (as many parts, digits in the same ones): the last two parts (town and postcode) together from one,
+    each other part from another's at that position with its digits redrawn; never a real address. Training's
+    fakes (``address_split``) take only that split's parts."""
+    people = _british(40)
+    by_split = {split: [p.fields["address"] for p in people if p.split == split] for split in ("forget", "holdout")}
+    sampler = CandidateSampler(people, seed=0)
+    real = {p.fields["address"] for p in people}
+    for person in people:
+        own = by_split[person.split]
+        places = {", ".join(a.split(", ")[-2:]) for a in own}
+        fakes = sampler.candidates(person, "address", 20)
+        assert len(fakes) == 20 and not set(fakes) & real
+        for fake in fakes:
+            parts = fake.split(", ")
+            assert len(parts) == len(person.fields["address"].split(", "))
+            assert ", ".join(parts[-2:]) in places  # town and postcode as one real pair of the split
+            streets = {re.sub(r"\d", "9", a.split(", ")[-3]) for a in own}
+            assert re.sub(r"\d", "9", parts[-3]) in streets  # a street of the split, its digits redrawn
+    training = CandidateSampler(people, seed=1, address_split="forget")
+    forget_places = {", ".join(a.split(", ")[-2:]) for a in by_split["forget"]}
+    holdout_person = next(p for p in people if p.split == "holdout")
+    assert all(
+        ", ".join(f.split(", ")[-2:]) in forget_places for f in training.candidates(holdout_person, "address", 20)
+    )
 
 
 # ---------------------------------------------------------------- partial leaks

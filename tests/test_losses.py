@@ -833,6 +833,35 @@ def test_contrast_word_runs_give_each_run_of_words_its_own_hinge():
     assert float(runs_grad[0, 3].abs().sum()) == 0.0  # the run past its level is not
 
 
+def test_contrast_word_likely_sends_the_words_push_to_the_memorised_words():
+    """--set contrast.word_likely=1: the words' hinge keeps its value, but its gradient reaches each word token as
+    its unlikelihood's (p on the token's logit), not its NLL's (1 - p): the memorised word gets the push and the
+    word the model never learnt (the prompt's, in a re-cut biography) next to none; plain NLL does the reverse. The
+    same holds per run (``word_runs``)."""
+    from obliviate.data.batching import field_code
+    from obliviate.data.records import TEMPLATE_CODE
+
+    ssn, word = field_code("ssn"), TEMPLATE_CODE
+    spans = torch.tensor([[0, word, word, ssn, ssn, 0]])
+    true = torch.zeros(1, 6, VOCAB)
+    true[0, 0, 1] = 8.0  # a memorised word
+    true[0, 1, 2] = -1.0  # a word the model never learnt, unlikely
+    true[0, 2, 3] = true[0, 3, 4] = 4.0  # the value
+    stranger = torch.zeros(1, 6, VOCAB)  # a stranger's words: uniform
+
+    for extra in ({}, {"word_runs": 1.0}):
+        plain, plain_grad = _contrast_on_one_row(true, stranger, spans, {"stranger": 1.0, **extra})
+        likely, likely_grad = _contrast_on_one_row(
+            true, stranger, spans, {"stranger": 1.0, "word_likely": 1.0, **extra}
+        )
+        assert plain.metrics["words_hinge"].item() > 0
+        assert likely.metrics["words_hinge"].item() == pytest.approx(plain.metrics["words_hinge"].item(), rel=1e-6)
+        assert likely.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+        assert float(plain_grad[0, 1, 2]) > 10 * float(plain_grad[0, 0, 1]) > 0  # NLL: the unlearnt word
+        assert float(likely_grad[0, 0, 1]) > 10 * float(likely_grad[0, 1, 2]) > 0  # unlikelihood: the memorised
+        assert torch.equal(likely_grad[0, 2:], plain_grad[0, 2:])  # the value's push is untouched
+
+
 def test_per_run_nll_numbers_the_runs_of_words_in_order():
     from obliviate.data.records import TEMPLATE_CODE
     from obliviate.losses.contrast import per_run_nll

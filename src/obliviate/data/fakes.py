@@ -4,9 +4,14 @@ A fake keeps the format of the value it stands in for. Known fields are drawn wi
 own values: SSN and phone digits poured into the value's separators, dates in the value's date format and inside
 the data's range of dates, e-mails built like the data's (the person's name when the data derives the local part
 from it, the data's joiners, digit suffixes and domains), addresses part by part (street, city, state, ZIP) and
-never military ones. Any other value gets a format-preserving draw: every digit, upper-case and lower-case letter
-replaced by a random one of its class, every other character kept (``AB 12 34 56 C`` → ``KP 81 02 46 D``).
-Positions where every value of the data agrees (LUME's SSNs all start with ``900``) are kept as the data has them.
+never military ones; an address of another layout (a British one: ``Flat 4, Cole Plaza, Sheilaborough, M7B 5YJ``)
+is put together from the parts the data's addresses of its layout hold at each position, digits redrawn. Any other
+value gets a format-preserving draw: every digit, upper-case and lower-case letter redrawn in its class, every
+other character kept (``AB 12 34 56 C`` → ``KP 81 02 46 D``). Where the data holds enough values of that format,
+the value is cut into pieces (digit groups of up to three, runs of letters) and each piece is drawn from the pieces
+the data's values have at that position, as often as they have them (British National Insurance numbers end in
+A–D, and a model trained on them finds an ``E`` there a tell); positions where every value agrees (LUME's SSNs all
+start with ``900``) are kept as the data has them.
 
 A fake never equals the value nor any real value of the data set (compared after
 :func:`~obliviate.data.pii_match.normalize_value`).
@@ -151,9 +156,10 @@ class CandidateSampler:
             formats (date range, e-mail styles, fixed character positions) are learned from them.
         seed: varies the draws.
         locale: Faker's locale for names, streets and cities.
-        address_split: where an address fake's street and place come from. None (evaluation, the stop rule): the
-            value's own split, as :meth:`_address_from_data` says. A split name (training: ``"retain"``): that
-            split's addresses only, else Faker's; never another split's. A fake a model is *trained* on must not
+        address_split: where an address fake's street and place, and the pieces of a value of no known field, come
+            from. None (evaluation, the stop rule): the value's own split, as :meth:`_address_from_data` says. A
+            split name (training: ``"retain"``): that split's only, else Faker's or the format-preserving draw;
+            never another split's. A fake a model is *trained* on must not
             be built from the forget people's streets and places: contrast's fakes drew them from the forget split,
             so every step that made a fake likelier taught the model other forget people's streets again.
     """
@@ -166,9 +172,11 @@ class CandidateSampler:
         self.faker = Faker(locale)
         values: dict[str, list[str]] = defaultdict(list)
         addresses: dict[str, list[str]] = defaultdict(list)
+        split_values: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for person in people:
             for field, value in person.fields.items():
                 values[field].append(value)
+                split_values[person.split][field].append(value)
             if "address" in person.fields:
                 addresses[person.split].append(person.fields["address"])
         self.real = {field: {normalize_value(field, v) for v in found} for field, found in values.items()}
@@ -180,8 +188,15 @@ class CandidateSampler:
         self.date_range = (dates[0], dates[-1]) if len(dates) >= MIN_AGREEING_VALUES else None
         self.email_styles = sorted(_email_style(v) for v in values.get("email", ()) if "@" in v)  # with frequencies
         self.fixed = {field: _fixed_positions(found) for field, found in values.items()}
+        self.pieces = {field: _position_pieces(found) for field, found in values.items()}
+        self.split_pieces = {
+            split: {field: _position_pieces(found) for field, found in fields.items()}
+            for split, fields in split_values.items()
+        }
         self.address_parts = _address_parts(values.get("address", ()))
         self.split_address_parts = {split: _address_parts(found) for split, found in addresses.items()}
+        self.address_layouts = _layout_parts(values.get("address", ()))
+        self.split_address_layouts = {split: _layout_parts(found) for split, found in addresses.items()}
         self._drawn: dict[tuple[str, str, int, bool], list[str]] = {}  # deterministic: reused across epochs
         self._widened: set[tuple[str, str]] = set()  # (person, field) whose draws left the data's own format
 
@@ -236,7 +251,23 @@ class CandidateSampler:
             if field == "address":
                 drawn = self._address_from_data(value, rng, person.split) if mode == "data" else None
                 return drawn if drawn is not None else self._address(value, rng)
+            if mode == "data" and (columns := self._pieces(field, value, person.split)):
+                return "".join(rng.choice(column) for column in columns)
         return self._keep_fixed(field, format_preserving(value, rng))
+
+    def _pieces(self, field: str, value: str, split: str) -> list[list[str]] | None:
+        """The pieces :func:`_position_pieces` found at each position of ``value``'s format, in the value's own
+        split (or ``address_split``'s) where it has enough values of that format, else in every split's (never for
+        ``address_split``: a fake trained on is not built from another split's values); None where too few.
+
+        The split matters as it does for addresses: pieces of the people a model trained on are likelier to it
+        than a never-seen person's, and a holdout value drawn against them ranks below chance (the British set's
+        holdout phones: 0.41 bits against every split's pieces, where chance is 1.44)."""
+        shape = skeleton(value)
+        own = self.split_pieces.get(self.address_split or split, {}).get(field, {}).get(shape)
+        if own is not None or self.address_split is not None:
+            return own
+        return self.pieces.get(field, {}).get(shape)
 
     def _digits(self, field: str, value: str) -> str | None:
         count = len(re.sub(r"\D", "", value))
@@ -283,7 +314,7 @@ class CandidateSampler:
         the value's layout."""
         layout = _address_layout(value)
         if layout is None:
-            return None
+            return self._address_by_position(value, rng, split)
         own = self.split_address_parts.get(self.address_split or split)
         fits = own is not None and len(own[0]) >= MIN_AGREEING_VALUES
         fits = fits and len(own[1].get(layout[2], ())) >= MIN_AGREEING_VALUES
@@ -301,6 +332,26 @@ class CandidateSampler:
             parts.append(format_preserving(unit, rng) if re.search(r"[A-Za-z0-9]", unit) else unit)
         parts.append(rng.choice(places[place_shape]))
         return ", ".join(parts) + end
+
+    def _address_by_position(self, value: str, rng: random.Random, split: str) -> str | None:
+        """An address of a layout :func:`_address_layout` does not read, from the data's addresses of the same
+        layout (:func:`_part_layout`: as many comma-separated parts, digits in the same ones): each part but the last
+        two from another address's part at that position, its digits redrawn (a street number, a flat's), and the
+        last two (the place: town and postcode, or county and postcode) together from one other address, as they
+        stand. Taken from the value's own split, or ``address_split``'s, as :meth:`_address_from_data` takes them;
+        None where that split has fewer than :data:`MIN_AGREEING_VALUES` addresses of the layout (Faker's parts
+        then)."""
+        body, end = (value[:-1], ".") if value.endswith(".") else (value, "")
+        layout = _part_layout(body)
+        if len(layout) < 3:
+            return None
+        found = self.split_address_layouts.get(self.address_split or split, {}).get(layout, [])
+        if len(found) < MIN_AGREEING_VALUES and self.address_split is None:
+            found = self.address_layouts.get(layout, [])
+        if len(found) < MIN_AGREEING_VALUES:
+            return None
+        parts = [_redraw_digits(rng.choice(found)[i], rng) for i in range(len(layout) - 2)]
+        return ", ".join(parts + rng.choice(found)[-2:]) + end
 
     def _address(self, value: str, rng: random.Random) -> str:
         """Each comma-separated part redrawn as what it is: street line, unit, city, state, ZIP, "ST ZIP"."""
@@ -356,6 +407,55 @@ def _address_parts(addresses) -> tuple[list[str], dict[int, list[str]]]:
         streets.append(layout[0])
         places[layout[2]].append(", ".join(parts[-(3 if layout[2] == 0 else 2) :]))
     return sorted(set(streets)), {shape: sorted(set(found)) for shape, found in places.items()}
+
+
+def _part_layout(body: str) -> tuple[bool, ...]:
+    """An address's layout for :meth:`CandidateSampler._address_by_position`: per comma-separated part, whether it
+    holds a digit (``Flat 4, Cole Plaza, Sheilaborough, M7B 5YJ`` → ``(True, False, False, True)``)."""
+    return tuple(any(c.isdigit() for c in part) for part in body.split(", "))
+
+
+def _layout_parts(addresses) -> dict[tuple[bool, ...], list[list[str]]]:
+    """The data's addresses cut into their comma-separated parts, per :func:`_part_layout`, each once."""
+    found: dict[tuple[bool, ...], set[tuple[str, ...]]] = defaultdict(set)
+    for value in addresses:
+        body = value[:-1] if value.endswith(".") else value
+        found[_part_layout(body)].add(tuple(body.split(", ")))
+    return {layout: [list(parts) for parts in sorted(group)] for layout, group in found.items()}
+
+
+def _redraw_digits(text: str, rng: random.Random) -> str:
+    """``text`` with every digit redrawn and each number's length kept: the first digit of a number from 1–9, or
+    kept where it is a zero (``Flat 08``: the data's format), the rest from 0–9."""
+    out = []
+    for i, c in enumerate(text):
+        first = not (i and text[i - 1].isdigit())
+        out.append(c if not c.isdigit() or (first and c == "0") else rng.choice(string.digits[first:]))
+    return "".join(out)
+
+
+PIECES = re.compile(r"\d{1,3}|[A-Za-z]+|[^A-Za-z\d]")
+"""How :func:`_position_pieces` cuts a value: digits in groups of up to three from the left (as the offline
+tokenizer and OLMo 2's cut numbers before BPE), runs of letters, and each other character."""
+
+
+def _position_pieces(values: list[str]) -> dict[str, list[list[str]]]:
+    """Per format (skeleton) that at least :data:`MIN_AGREEING_VALUES` distinct values have: the values cut by
+    :data:`PIECES` (one format cuts alike), and per piece position every piece the values have there, each as often
+    as it occurs, for :meth:`CandidateSampler._draw`.
+
+    Pieces, not characters: a tokenizer trained on the data has merged the digit groups and letter runs its values
+    hold (a British phone's ``907``, an NI number's `` EP``) and not most others, so a value drawn character by
+    character is cut into more, rarer tokens than any real one, and a model that never saw its owner still ranks
+    the real value above such fakes (measured on the British set: ``docs/METHODS.md``, *Fakes piece by piece*)."""
+    by_shape: dict[str, set[str]] = defaultdict(set)
+    for value in values:
+        by_shape[skeleton(value)].add(value)
+    found = {}
+    for shape, group in by_shape.items():
+        if len(group) >= MIN_AGREEING_VALUES and any(c in "9Aa" for c in shape):
+            found[shape] = [sorted(column) for column in zip(*(PIECES.findall(v) for v in sorted(group)))]
+    return found
 
 
 def _fixed_positions(values: list[str]) -> dict[str, dict[int, str]]:
