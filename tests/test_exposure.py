@@ -112,6 +112,28 @@ def test_format_preserving_keeps_the_format_and_never_returns_the_input(value: s
     assert all(f == v for f, v in zip(fake, value) if v not in string.ascii_letters + string.digits)
 
 
+_POOLS = {"9": string.digits, "A": string.ascii_uppercase, "a": string.ascii_lowercase}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.text(alphabet="9Aa -/.", min_size=1, max_size=12).filter(lambda t: any(c in _POOLS for c in t)),
+    count=st.integers(1, 30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_piece_draws_keep_the_format_and_never_return_a_real_value(shape: str, count: int, seed: int) -> None:
+    """Values of one format (an ID of no known field), few or many: every fake has the value's format and is no real
+    value, whether it was drawn piece by piece (five or more values) or format-preserving."""
+    rng = random.Random(seed)
+    values = {"".join(rng.choice(_POOLS[c]) if c in _POOLS else c for c in shape) for _ in range(count)}
+    people = [PersonPII(f"x{i}", "forget", f"P{i} Q{i}", {"member_id": v}, ()) for i, v in enumerate(sorted(values))]
+    sampler = CandidateSampler(people, seed=seed % 1000)
+    for person in people:
+        for fake in sampler.candidates(person, "member_id", 20):
+            assert skeleton(fake) == shape
+            assert fake not in values
+
+
 def test_pour_and_render_like_follow_the_prompt_surface() -> None:
     assert pour("123-45-6789", "987654321") == "987-65-4321"
     assert render_like("ssn", "987654321", "123456789", biography_form("ssn", "123456789")) == "987-65-4321"
