@@ -329,10 +329,50 @@ def test_other_values_draw_each_piece_from_the_pieces_the_data_has_there() -> No
         own = [set(pieces) for pieces in zip(*(p.fields["ni_number"].split(" ") for p in people if p.split == split))]
         mine = [f for p in people if p.split == split for f in sampler.candidates(p, "ni_number", 50)]
         assert all(all(c in s for c, s in zip(f.split(" "), own)) for f in mine)
-        assert any(any(c not in s for c, s in zip(f.split(" "), own)) for f in draws)  # the other split's differ
     few = CandidateSampler(people[:4], seed=0)  # four values: fewer than MIN_AGREEING_VALUES
     draws = [f for p in people[:4] for f in few.candidates(p, "ni_number", 50)]
     assert all(skeleton(f) == "AA 99 99 A" for f in draws) and {f[-1] for f in draws} - set("ABCD")
+
+
+def test_piece_draws_for_training_take_that_splits_pieces_only_and_fall_back_to_every_splits_for_evaluation():
+    """``address_split`` (the fakes a model is trained on): the retain split's pieces only, and the format-preserving
+    draw where it has too few values of the format, never another split's. Evaluation (no ``address_split``): a
+    split with too few values draws from every split's pieces. Where the pieces make too few combinations besides
+    the real values (numbered IDs varying in one piece), the format-preserving draw, and the value is not taken
+    for one its prompt gives away."""
+    people = _british(40)  # 20 forget, 20 holdout
+    retain = [
+        PersonPII(f"r{i}", "retain", f"R{i} S{i}", {"ni_number": f"X{'KLMNPR'[i]} 0{i} 1{i} {'ABCD'[i % 4]}"}, ())
+        for i in range(6)
+    ]
+    retain_pieces = [set(pieces) for pieces in zip(*(p.fields["ni_number"].split(" ") for p in retain))]
+    training = CandidateSampler(people + retain, seed=1, address_split="retain")
+    draws = [f for p in people for f in training.candidates(p, "ni_number", 20)]
+    assert draws and all(all(c in s for c, s in zip(f.split(" "), retain_pieces)) for f in draws)
+    few = CandidateSampler(people + retain[:3], seed=1, address_split="retain")  # three retain values
+    draws = [f for p in people[:5] for f in few.candidates(p, "ni_number", 20)]
+    data_pieces = [set(pieces) for pieces in zip(*(p.fields["ni_number"].split(" ") for p in people + retain))]
+    assert all(skeleton(f) == "AA 99 99 A" for f in draws)
+    assert any(any(c not in s for c, s in zip(f.split(" "), data_pieces)) for f in draws)  # format-preserving
+    evaluation = CandidateSampler(people + retain[:3], seed=1)
+    everyone = [set(pieces) for pieces in zip(*(p.fields["ni_number"].split(" ") for p in people + retain[:3]))]
+    draws = [f for p in retain[:3] for f in evaluation.candidates(p, "ni_number", 30)]
+    assert all(all(c in s for c, s in zip(f.split(" "), everyone)) for f in draws)
+    assert any(f[0] != "X" for f in draws)  # other splits' prefixes: three retain values are too few
+    numbered = [PersonPII(f"n{i}", "forget", f"N{i} M{i}", {"member_id": f"ID-00{100 + i}"}, ()) for i in range(30)]
+    sampler = CandidateSampler(numbered, seed=0)
+    assert not any(sampler.guessable(p, "member_id", 50) for p in numbered)
+    assert all(len(sampler.candidates(p, "member_id", 50)) == 50 for p in numbered)
+
+
+def test_redraw_digits_keeps_each_numbers_length_and_a_leading_zero() -> None:
+    from obliviate.data.fakes import _redraw_digits
+
+    rng = random.Random(0)
+    draws = [_redraw_digits("Flat 08, 127 Oak Row, B3C 7HB", rng) for _ in range(200)]
+    assert all(skeleton(d) == skeleton("Flat 08, 127 Oak Row, B3C 7HB") for d in draws)
+    assert all(d.startswith("Flat 0") and d.split(", ")[1][0] != "0" for d in draws)
+    assert len(set(draws)) > 100 and all(d.endswith(" Oak Row, B" + d[-6] + "C " + d[-3] + "HB") for d in draws)
 
 
 def test_addresses_of_other_layouts_are_put_together_from_the_datas_parts_at_each_position() -> None:
@@ -355,6 +395,9 @@ def test_addresses_of_other_layouts_are_put_together_from_the_datas_parts_at_eac
             assert ", ".join(parts[-2:]) in places  # town and postcode as one real pair of the split
             streets = {re.sub(r"\d", "9", a.split(", ")[-3]) for a in own}
             assert re.sub(r"\d", "9", parts[-3]) in streets  # a street of the split, its digits redrawn
+    dotted = [PersonPII(p.person_id, p.split, p.name, {"address": p.fields["address"] + "."}, ()) for p in people]
+    for fake in CandidateSampler(dotted, seed=0).candidates(dotted[1], "address", 20):
+        assert fake.endswith(".") and not fake.endswith("..") and len(fake.split(", ")) == 4
     training = CandidateSampler(people, seed=1, address_split="forget")
     forget_places = {", ".join(a.split(", ")[-2:]) for a in by_split["forget"]}
     holdout_person = next(p for p in people if p.split == "holdout")

@@ -860,6 +860,9 @@ def test_contrast_word_likely_sends_the_words_push_to_the_memorised_words():
         assert float(plain_grad[0, 1, 2]) > 10 * float(plain_grad[0, 0, 1]) > 0  # NLL: the unlearnt word
         assert float(likely_grad[0, 0, 1]) > 10 * float(likely_grad[0, 1, 2]) > 0  # unlikelihood: the memorised
         assert torch.equal(likely_grad[0, 2:], plain_grad[0, 2:])  # the value's push is untouched
+        half, half_grad = _contrast_on_one_row(true, stranger, spans, {"stranger": 1.0, "word_likely": 0.5, **extra})
+        assert half.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)  # a share of each gradient
+        assert torch.allclose(half_grad, (plain_grad + likely_grad) / 2, atol=1e-6)
 
 
 def test_per_run_nll_numbers_the_runs_of_words_in_order():

@@ -9,8 +9,8 @@ is put together from the parts the data's addresses of its layout hold at each p
 value gets a format-preserving draw: every digit, upper-case and lower-case letter redrawn in its class, every
 other character kept (``AB 12 34 56 C`` → ``KP 81 02 46 D``). Where the data holds enough values of that format,
 the value is cut into pieces (digit groups of up to three, runs of letters) and each piece is drawn from the pieces
-the data's values have at that position, as often as they have them (British National Insurance numbers end in
-A–D, and a model trained on them finds an ``E`` there a tell); positions where every value agrees (LUME's SSNs all
+the data's values (its split's, where it has enough) have at that position (British National Insurance numbers end
+in A–D, and a model trained on them finds an ``E`` there a tell); positions where every value agrees (LUME's SSNs all
 start with ``900``) are kept as the data has them.
 
 A fake never equals the value nor any real value of the data set (compared after
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import math
 import random
 import re
 import string
@@ -258,16 +259,19 @@ class CandidateSampler:
     def _pieces(self, field: str, value: str, split: str) -> list[list[str]] | None:
         """The pieces :func:`_position_pieces` found at each position of ``value``'s format, in the value's own
         split (or ``address_split``'s) where it has enough values of that format, else in every split's (never for
-        ``address_split``: a fake trained on is not built from another split's values); None where too few.
+        ``address_split``: a fake trained on is not built from another split's values); None where too few, or
+        where they make fewer than :data:`PIECE_ROOM` combinations per value of the format.
 
         The split matters as it does for addresses: pieces of the people a model trained on are likelier to it
         than a never-seen person's, and a holdout value drawn against them ranks below chance (the British set's
         holdout phones: 0.41 bits against every split's pieces, where chance is 1.44)."""
         shape = skeleton(value)
         own = self.split_pieces.get(self.address_split or split, {}).get(field, {}).get(shape)
-        if own is not None or self.address_split is not None:
-            return own
-        return self.pieces.get(field, {}).get(shape)
+        if own is None and self.address_split is None:
+            own = self.pieces.get(field, {}).get(shape)
+        if own is None or math.prod(len(set(column)) for column in own) < PIECE_ROOM * len(own[0]):
+            return None  # too few combinations besides the real values (numbered IDs): the format-preserving draw
+        return own
 
     def _digits(self, field: str, value: str) -> str | None:
         count = len(re.sub(r"\D", "", value))
@@ -338,9 +342,9 @@ class CandidateSampler:
         layout (:func:`_part_layout`: as many comma-separated parts, digits in the same ones): each part but the last
         two from another address's part at that position, its digits redrawn (a street number, a flat's), and the
         last two (the place: town and postcode, or county and postcode) together from one other address, as they
-        stand. Taken from the value's own split, or ``address_split``'s, as :meth:`_address_from_data` takes them;
-        None where that split has fewer than :data:`MIN_AGREEING_VALUES` addresses of the layout (Faker's parts
-        then)."""
+        stand. Taken from the value's own split where it has at least :data:`MIN_AGREEING_VALUES` addresses of the
+        layout, else from every split's, as :meth:`_address_from_data` takes them; with ``address_split``, that
+        split's only. None where those are fewer than :data:`MIN_AGREEING_VALUES` (Faker's parts then)."""
         body, end = (value[:-1], ".") if value.endswith(".") else (value, "")
         layout = _part_layout(body)
         if len(layout) < 3:
@@ -412,7 +416,7 @@ def _address_parts(addresses) -> tuple[list[str], dict[int, list[str]]]:
 def _part_layout(body: str) -> tuple[bool, ...]:
     """An address's layout for :meth:`CandidateSampler._address_by_position`: per comma-separated part, whether it
     holds a digit (``Flat 4, Cole Plaza, Sheilaborough, M7B 5YJ`` → ``(True, False, False, True)``)."""
-    return tuple(any(c.isdigit() for c in part) for part in body.split(", "))
+    return tuple(any(c in string.digits for c in part) for part in body.split(", "))
 
 
 def _layout_parts(addresses) -> dict[tuple[bool, ...], list[list[str]]]:
@@ -429,8 +433,8 @@ def _redraw_digits(text: str, rng: random.Random) -> str:
     kept where it is a zero (``Flat 08``: the data's format), the rest from 0–9."""
     out = []
     for i, c in enumerate(text):
-        first = not (i and text[i - 1].isdigit())
-        out.append(c if not c.isdigit() or (first and c == "0") else rng.choice(string.digits[first:]))
+        first = not (i and text[i - 1] in string.digits)
+        out.append(c if c not in string.digits or (first and c == "0") else rng.choice(string.digits[first:]))
     return "".join(out)
 
 
@@ -439,10 +443,17 @@ PIECES = re.compile(r"\d{1,3}|[A-Za-z]+|[^A-Za-z\d]")
 tokenizer and OLMo 2's cut numbers before BPE), runs of letters, and each other character."""
 
 
+PIECE_ROOM = 10
+"""The piece draw is used only where its pieces make at least this many times as many combinations as there are
+values they were cut from, so that a draw is seldom a real value, which is refused: where nearly every
+combination is real (``ID-00100`` to ``ID-00129`` vary in one piece), the draws would run out and the value would
+count as guessable, as if its prompt gave it away."""
+
+
 def _position_pieces(values: list[str]) -> dict[str, list[list[str]]]:
     """Per format (skeleton) that at least :data:`MIN_AGREEING_VALUES` distinct values have: the values cut by
-    :data:`PIECES` (one format cuts alike), and per piece position every piece the values have there, each as often
-    as it occurs, for :meth:`CandidateSampler._draw`.
+    :data:`PIECES` (one format cuts alike), and per piece position every piece the values have there, once per
+    distinct value that has it, for :meth:`CandidateSampler._draw`.
 
     Pieces, not characters: a tokenizer trained on the data has merged the digit groups and letter runs its values
     hold (a British phone's ``907``, an NI number's `` EP``) and not most others, so a value drawn character by

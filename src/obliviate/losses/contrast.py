@@ -155,9 +155,9 @@ WEIGHTS = {
     ),
     "word_likely": Weight(
         0.0,
-        "1: the words' hinge keeps its value, but its push reaches each word token by the unlikelihood -log(1 - p) "
-        "(a gradient of p on the token's logit: the memorised words), not by the NLL (1 - p: the words the model "
-        "never learnt) (0: the NLL)",
+        "share of the words' push that reaches each word token by the unlikelihood -log(1 - p) (a gradient of p on "
+        "the token's logit: the memorised words) instead of the NLL (1 - p: the words the model never learnt); the "
+        "hinge's value is unchanged (0: the NLL alone)",
         ge=0,
         le=1,
     ),
@@ -194,7 +194,7 @@ def _token_fields(forward, template: bool = False) -> tuple[torch.Tensor, torch.
 
 
 def per_field_nll(
-    forward, cap: torch.Tensor | None = None, template: bool = False, likely: bool = False
+    forward, cap: torch.Tensor | None = None, template: bool = False, likely: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, fields]`` mean NLL over each row's tokens of each PII field (``Forward.spans`` codes), and the
     number of those tokens; one field, each row's scored tokens, where the batch carries no codes.
@@ -202,25 +202,25 @@ def per_field_nll(
     ``cap`` (``[batch, fields]``) clips each token's NLL at its pair's cap before the mean: a token past it counts
     as the cap and gets no gradient, so that the mean can only rise further through the tokens below it.
     ``template``: ``[batch, 1]``, over each row's tokens outside its values instead; ``likely`` (with ``template``):
-    each token's NLL carries its unlikelihood's gradient (:func:`likely_words`)."""
+    that share of each token's NLL's gradient is its unlikelihood's instead (:func:`likely_words`)."""
     nll, fields = _token_fields(forward, template)
     if likely and template:
-        nll = likely_words(forward, nll, fields[..., 0] > 0)
+        nll = likely_words(forward, nll, fields[..., 0] > 0, likely)
     if cap is not None:
         nll = torch.minimum(nll, torch.einsum("btf,bf->bt", fields, cap))
     count = fields.sum(1)
     return torch.einsum("bt,btf->bf", nll, fields) / count.clamp_min(1.0), count
 
 
-def per_run_nll(forward, likely: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def per_run_nll(forward, likely: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, runs]`` mean NLL of each run of a row's words (the maximal stretches of consecutive template tokens:
     the words before, between and after its values), and ``[batch, runs]`` each run's tokens; run ``r`` is column
     ``r``, the same run in a stranger copy, whose values stand where the person's do. ``runs`` is the sequence's
-    length, an upper bound that needs no read on the host. ``likely``: each token's NLL carries the gradient of its
-    unlikelihood instead (:func:`likely_words`)."""
+    length, an upper bound that needs no read on the host. ``likely``: that share of each token's NLL's gradient is
+    its unlikelihood's instead (:func:`likely_words`)."""
     nll, fields = _token_fields(forward, template=True)
     if likely:
-        nll = likely_words(forward, nll, fields[..., 0] > 0)
+        nll = likely_words(forward, nll, fields[..., 0] > 0, likely)
     words = fields[..., 0] > 0
     starts = words & ~torch.nn.functional.pad(words, (1, 0))[:, :-1]
     codes = starts.long().cumsum(-1) * words  # 1, 2, … per run, 0 outside the words
@@ -230,9 +230,10 @@ def per_run_nll(forward, likely: bool = False) -> tuple[torch.Tensor, torch.Tens
     return sums / count.clamp_min(1.0), count
 
 
-def likely_words(forward, nll: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """``nll`` (``[batch, seq - 1]``) with, at the ``words`` positions, the gradient of minus the unlikelihood
-    ``−log(1 − p)`` of each next token in place of its NLL's (both rise as ``p`` falls); the values are the NLL's.
+def likely_words(forward, nll: torch.Tensor, words: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``nll`` (``[batch, seq - 1]``) with, at the ``words`` positions, ``weight`` of the gradient of minus the
+    unlikelihood ``−log(1 − p)`` of each next token in place of that share of its NLL's (both rise as ``p`` falls);
+    the values are the NLL's.
 
     A mean NLL pushed down by gradient sends the push to the tokens the model finds least likely: the NLL's gradient
     on a token's logit is ``1 − p``, near 0 for a memorised word and near 1 for a word the model never learnt. The
@@ -241,14 +242,16 @@ def likely_words(forward, nll: torch.Tensor, words: torch.Tensor) -> torch.Tenso
     (the holdout's 11.2) while the answer's memorised words stayed at 0.06 nats, and the membership attack, which
     scores the whole text, read the forget rows as far less likely than a stranger's (``docs/METHODS.md``, *Pushing
     the memorised words*). The unlikelihood's gradient on the token's logit is ``p``: the push lands on the words the
-    model is sure of."""
-    if not words.any():
-        return nll
-    z = forward.logits[:, :-1][words].float()
-    unlikely = unlikelihood(z, forward.labels[:, 1:][words]).to(nll.dtype)
-    # raising the NLL lowers p, and so does lowering the unlikelihood: the surrogate carries minus its gradient
-    surrogate = torch.zeros_like(nll).index_put((words,), unlikely.detach() - unlikely)
-    return nll.detach() * words + nll * ~words + surrogate
+    model is sure of. The unlikelihoods are computed once per forward and kept on it (the row's and the runs'
+    hinges both read them, with the same ``words``: the forward's template tokens)."""
+    memo = vars(forward)
+    if "_likely_words" not in memo:
+        z = forward.logits[:, :-1][words].float()
+        unlikely = unlikelihood(z, forward.labels[:, 1:][words]).to(nll.dtype)
+        # raising the NLL lowers p, and so does lowering the unlikelihood: the surrogate carries minus its gradient
+        memo["_likely_words"] = torch.zeros_like(nll).index_put((words,), unlikely.detach() - unlikely)
+    swapped = nll - (nll - nll.detach()) * words + memo["_likely_words"]  # the words' gradient: the unlikelihood's
+    return swapped if weight == 1.0 else weight * swapped + (1.0 - weight) * nll
 
 
 def _widen(columns: torch.Tensor, width: int) -> torch.Tensor:
@@ -509,14 +512,14 @@ def loss(inputs: LossInputs, params: LossParams) -> LossOutput:
         anchor_term = (anchor_nll * anchor_rows).sum() / count * pairs
         forget_term = forget_term + params.anchor * anchor_term
     if params.stranger:  # the row's other words, no likelier than after a stranger's name
-        words, word_tokens = per_field_nll(forget, template=True, likely=bool(params.word_likely))
+        words, word_tokens = per_field_nll(forget, template=True, likely=params.word_likely)
         stranger_words, stranger_tokens = per_field_nll(paired, template=True)
         stranger_words, stranger_held = mean_over_copies(stranger_words, stranger_tokens > 0, rows)
         held = ((word_tokens > 0) & stranger_held).to(words.dtype)
         stranger_words = _with_gradient_share(stranger_words, params.fake_pull)
         row_hinge = torch.relu(stranger_words - words + params.delta)[:, 0]
         if params.word_runs and forget.spans is not None:  # a run at a stranger's level hides no other run's gap
-            run_nll, run_tokens = per_run_nll(forget, likely=bool(params.word_likely))
+            run_nll, run_tokens = per_run_nll(forget, likely=params.word_likely)
             stranger_runs, stranger_run_tokens = per_run_nll(paired)
             width = max(run_nll.shape[1], stranger_runs.shape[1])  # the two batches' lengths differ
             run_nll, run_tokens = (_widen(x, width) for x in (run_nll, run_tokens))
