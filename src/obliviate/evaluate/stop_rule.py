@@ -213,6 +213,11 @@ class ExposureStopRule:
     def __post_init__(self) -> None:
         self.sampler = CandidateSampler(self.people, seed=self.seed)
 
+    def _outside(self, band: Band, values: Sequence[float]) -> bool:
+        """Whether forget ``values`` are outside ``band``: above it, or, with ``lower``, below it (the second sample
+        and the re-read; the check itself tells the two apart)."""
+        return not band.admits(values, self.k, self.band) or (self.lower and band.below(values, self.k, self.band))
+
     def start(self, model, tokenizer) -> None:
         """The reference band of every PII field and the retain NLL, measured on the starting model."""
         pairs = self._exposures(model, tokenizer, self.holdout, "holdout") if self.holdout else []
@@ -423,8 +428,7 @@ class ExposureStopRule:
             if len(values) < 2:  # one value has no spread of its own: its test would be far stricter than the band's
                 continue
             means[name] = check[f"{name}/confirm_exposure"] = float(np.mean(values))
-            band = self._reference[name]
-            if not band.admits(values, self.k, self.band) or (self.lower and band.below(values, self.k, self.band)):
+            if self._outside(self._reference[name], values):
                 outside.append(name)
         kept = [p for p in pairs if p["field"] in means]
         if not kept:  # nothing of theirs decides: no second reading to hold the stop to
@@ -459,10 +463,7 @@ class ExposureStopRule:
             check[f"{name}/reference_now"] = band.mean
             for sample in samples:
                 forget = [p["exposure"] for p in sample if p["field"] == name]
-                if len(forget) >= 2 and (
-                    not band.admits(forget, self.k, self.band)
-                    or (self.lower and band.below(forget, self.k, self.band))
-                ):
+                if len(forget) >= 2 and self._outside(band, forget):
                     outside.append(name)
                     break
         check["reread_fields_outside"] = float(len(outside))
