@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -651,3 +653,19 @@ def test_lr_probe_settle_judges_each_trial_by_its_last_steps(target, tmp_path, m
     )
     assert not seen and plain.lr != lr_probe.CANDIDATES[-1]  # settle 1: the last step alone, as before
     assert not any("settled_over" in line.get("lr_probe", {}) for line in metrics(tmp_path / "plain"))
+
+
+def _documented_weights(method: str) -> dict[str, float]:
+    """The ``name = value`` pairs of ``method``'s row in docs/METHODS.md's table of weights and defaults."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "METHODS.md").read_text(encoding="utf-8")
+    table = text.split("| method | weights and defaults |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith(f"| `{method}` |")]
+    assert len(rows) == 1, f"docs/METHODS.md has {len(rows)} rows for {method}"
+    return {name: float(value) for name, value in re.findall(r"`([a-z_]+) = ([0-9.]+)`", rows[0])}
+
+
+@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"finetune"}))
+def test_the_documented_defaults_are_the_declared_ones(name):
+    """Each method's row in docs/METHODS.md names every weight with a default, at the value the code declares."""
+    declared = {w: spec.default for w, spec in get_method(name).weights.items() if spec.default is not None}
+    assert _documented_weights(name) == pytest.approx(declared)
