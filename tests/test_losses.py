@@ -250,6 +250,12 @@ def test_method_params_precedence():
         get_method("simnpo").params({"beta": 0.0})
     with pytest.raises(ConfigError, match="--alpha must be a finite number"):
         get_method("ga_gd").params({"alpha": float("nan")})
+    # an on/off setting among the weights takes 0 or 1 only: the loss reads any other value as on
+    with pytest.raises(ConfigError, match=r"--word_runs is a switch: 0 \(off\) or 1 \(on\), found 0.5"):
+        get_method("contrast").params({"word_runs": 0.5})
+    assert get_method("contrast").params({"fixed": 0, "calibrate": 1}).fixed == 0.0
+    switches = {name for name, w in get_method("contrast").weights.items() if w.switch}
+    assert switches == {"profile_focus", "fixed", "anchor_floor", "calibrate", "word_runs"}
     with pytest.raises(AttributeError, match="'gamma' is not declared"):
         _ = get_method("npo").params().gamma
 

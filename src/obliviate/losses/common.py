@@ -132,6 +132,8 @@ class Weight:
         help: what the weight does, one line.
         ge, gt, le, lt: bounds a given value must satisfy (None: no bound).
         retain: the weight of a retain-set term, set to 0 on the forget-only steps of ``--schedule interleaved``.
+        switch: an on/off setting kept among the weights (``--word_runs``): 0 or 1 only, since the loss reads any
+            other value as on, and ``--word_runs 0.5`` would run as 1 without a word.
     """
 
     default: float | None
@@ -141,6 +143,7 @@ class Weight:
     le: float | None = None
     lt: float | None = None
     retain: bool = False
+    switch: bool = False
 
     def check(self, name: str, value: float) -> float:
         """``value`` as a float, or a ConfigError worded like every other option's (``--name must be …``)."""
@@ -152,6 +155,8 @@ class Weight:
         if not all(BOUNDS[key][1](value, bound) for key, bound in rules):
             wanted = " and ".join(f"{BOUNDS[key][0]} {bound}" for key, bound in rules)
             raise ConfigError(f"--{name} must be {wanted}, found {value}")
+        if self.switch and value not in (0, 1):
+            raise ConfigError(f"--{name} is a switch: 0 (off) or 1 (on), found {value}")
         return float(value)
 
 

@@ -92,6 +92,7 @@ WEIGHTS = {
         "(0: all)",
         ge=0,
         le=1,
+        switch=True,
     ),
     "stranger": Weight(
         1.0,
@@ -124,6 +125,7 @@ WEIGHTS = {
         "the model being trained (0)",
         ge=0,
         le=1,
+        switch=True,
     ),
     "anchor": Weight(
         1.0,
@@ -137,6 +139,7 @@ WEIGHTS = {
         "plain NLL)",
         ge=0,
         le=1,
+        switch=True,
     ),
     "calibrate": Weight(
         0.0,
@@ -145,6 +148,7 @@ WEIGHTS = {
         "stranger's sits from its fakes (needs a holdout set and the stop rule; 0: the margin delta alone)",
         ge=0,
         le=1,
+        switch=True,
     ),
     "word_runs": Weight(
         0.0,
@@ -152,6 +156,7 @@ WEIGHTS = {
         "the stranger copy (0: one hinge over all of a row's words)",
         ge=0,
         le=1,
+        switch=True,
     ),
     "word_likely": Weight(
         0.0,
