@@ -16,6 +16,7 @@ The same seed gives the same files. Then, for example::
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import random
 import string
@@ -93,7 +94,7 @@ def draw_people(count: int, seed: int) -> list[dict]:
             {
                 "name": name,
                 "female": female,
-                "born": faker.date_of_birth(minimum_age=20, maximum_age=80),
+                "born": date_of_birth(faker, minimum_age=20, maximum_age=80),
                 "ni": f"{ni} {rng.choice('ABCD')}",
                 "phone": f"07{rng.randint(100, 999)} {rng.randint(0, 999_999):06d}",
                 "email": "".join(c for c in local.lower() if c in string.ascii_lowercase + string.digits + ".")
@@ -108,10 +109,50 @@ def draw_people(count: int, seed: int) -> list[dict]:
     return people
 
 
+BORN_BY = datetime.date(2026, 12, 7)
+"""The day ages are counted to: Faker's ``date_of_birth`` counts them to today, and the same seed then gave other
+birth dates on another day."""
+
+
+def date_of_birth(faker, minimum_age: int, maximum_age: int, today: datetime.date = BORN_BY) -> datetime.date:
+    """Faker's ``date_of_birth`` draw, its ages counted to ``today`` rather than the day it runs."""
+    start = today.replace(year=today.year - maximum_age - 1)
+    end = today.replace(year=today.year - minimum_age)
+    born = faker.date_time_ad(start_datetime=start, end_datetime=end).date()
+    return born if born != start else born + datetime.timedelta(days=1)
+
+
 def write_set(out: Path, count: int = 200, seed: int = 0) -> dict[str, int]:
     """The rows of ``count`` people under ``out``; returns the rows per split."""
+    return write_people(out, draw_people(count, seed), seed, "u", biography, fields_of, QUESTIONS)
+
+
+def fields_of(person: dict) -> dict[str, str]:
+    """A British person's PII values, as the QA rows answer them."""
+    return {
+        "birth_date": person["born"].strftime("%d/%m/%Y"),
+        "ni_number": person["ni"],
+        "phone": person["phone"],
+        "email": person["email"],
+        "address": person["address"],
+    }
+
+
+def biography(person: dict, rng: random.Random) -> tuple[str, str]:
+    """A British person's biography, one of :data:`TEMPLATES`: (prompt, continuation)."""
+    pron, pos = ("she", "her") if person["female"] else ("he", "his")
+    born = person["born"]
+    fill = {**person, "dob_long": f"{born.day} {born.strftime('%B %Y')}", "pron": pron, "Pron": pron.title()}
+    prompt, continuation = TEMPLATES[rng.randrange(len(TEMPLATES))]
+    return prompt.format(**fill, pos=pos), continuation.format(**fill, pos=pos)
+
+
+def write_people(out: Path, people: list[dict], seed: int, prefix: str, biography, fields_of, questions) -> dict:
+    """LUME Task2's layout for ``people``: per person one biography (``biography(person, rng)``) and one QA row per
+    field of ``fields_of(person)``, with ``questions[field]`` (the question, then its paraphrases); 10 % of the
+    people forgotten, 10 % held out, drawn with ``seed``; and ``pii.json``. Returns the rows per split."""
+    count = len(people)
     rng = random.Random(seed + 1)
-    people = draw_people(count, seed)
     order = rng.sample(range(count), count)
     forget, holdout = round(0.1 * count), round(0.1 * count)
     split_of = {
@@ -120,35 +161,14 @@ def write_set(out: Path, count: int = 200, seed: int = 0) -> dict[str, int]:
     rows: dict[str, list[dict]] = {"forget": [], "retain": [], "holdout": []}
     pii = []
     for i, person in enumerate(people):
-        pid, split = f"u{i:05d}", split_of[i]
-        pron, pos = ("she", "her") if person["female"] else ("he", "his")
-        born = person["born"]
-        fields = {
-            "birth_date": born.strftime("%d/%m/%Y"),
-            "ni_number": person["ni"],
-            "phone": person["phone"],
-            "email": person["email"],
-            "address": person["address"],
-        }
-        fill = {
-            **person,
-            "dob_long": f"{born.day} {born.strftime('%B %Y')}",
-            "pron": pron,
-            "Pron": pron.title(),
-            "pos": pos,
-        }
-        prompt, continuation = TEMPLATES[rng.randrange(len(TEMPLATES))]
+        pid, split = f"{prefix}{i:05d}", split_of[i]
+        fields = fields_of(person)
+        prompt, continuation = biography(person, rng)
         ids = [f"{pid}sc1"]
         rows[split].append(
-            {
-                "id": ids[0],
-                "input": prompt.format(**fill),
-                "output": continuation.format(**fill),
-                "task": "Task2",
-                "person_id": pid,
-            }  # fmt: skip
-        )
-        for k, (field, (question, *paraphrases)) in enumerate(QUESTIONS.items()):
+            {"id": ids[0], "input": prompt, "output": continuation, "task": "Task2", "person_id": pid}
+        )  # fmt: skip
+        for k, (field, (question, *paraphrases)) in enumerate(questions.items()):
             ids.append(f"{pid}qa{k}")
             rows[split].append(
                 {
