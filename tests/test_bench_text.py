@@ -453,3 +453,39 @@ def test_goal_lines_name_a_verdict_judged_on_its_count():
         "- contrast: 1 of 1, all (within 2 standard errors of the bound: forget leak rate ≤ oracle + 1 pp"
         " (a rate of 0 for all 20 people))"
     ]
+
+
+def test_pii_set_table_states_the_runs_rows_goals_and_band(tmp_path, monkeypatch):
+    """``pii_set_table.py`` writes an ``obliviate run``'s rows, its goals as they were judged, and each method's
+    exposure z from its chosen epoch's evaluation; numbers only, from the files."""
+    import pii_set_table
+
+    summary = [
+        {"model": "target", "forget/rougeL_recall": 0.9, "forget/mia_auc_loss": 0.98, "tokens_vs_oracle": 1.1},
+        {"model": "contrast", "forget/rougeL_recall": 0.3254, "forget/mia_auc_loss": 0.446, "tokens_vs_oracle": 0.474},
+    ]
+    goals = [
+        {"goal": "contrast: MIA AUC within 0.05 of oracle", "value": 0.446, "target": 0.528, "holds": False,
+         "margin": -0.032, "margin_se": 0.045},
+        {"goal": "contrast: forget leak rate ≤ oracle + 1 pp", "value": 0.0, "target": 0.0, "holds": True,
+         "margin": 0.01, "margin_se": 0.05},
+    ]  # fmt: skip
+    runs = [{"method": "contrast", "best": {"epoch": 9}, "steps": 576, "ended": "exposure in band"}]
+    (tmp_path / "results.json").write_text(
+        json.dumps({"summary": summary, "goals": goals, "runs": runs, "wall_seconds": 600, "cached": {"target": True}})
+    )
+    forget = [{"field": "phone", "person_id": f"f{i}", "exposure": 1.0 + i % 2, "rank": 3} for i in range(8)]
+    holdout = [{"field": "phone", "person_id": f"h{i}", "exposure": 1.0 + i % 3, "rank": 2} for i in range(9)]
+    pairs = {"forget": {"pairs": forget}, "holdout": {"pairs": holdout}}
+    epoch = tmp_path / "methods" / "contrast" / "eval" / "epoch-9"
+    epoch.mkdir(parents=True)
+    (epoch / "results.json").write_text(json.dumps({"exposure": pairs}))
+    bodies = _written(monkeypatch)
+    assert pii_set_table.main([str(tmp_path), "--command", "obliviate run X", "--write", "de"]) == 0
+    text = bodies[-1]
+    assert (
+        "| contrast | 0.325 | – | – | – | – | – | – | 0.446 | 576 | exposure in band | -1.45 | 0.474 |" in text
+    )  # z: (1.5 - 2.0) / 0.345
+    assert "| target | 0.900 |" in text and "Goals against the oracle: 1 of 2 hold." in text
+    assert "- ✗ contrast: MIA AUC within 0.05 of oracle (0.446 against 0.528, margin -0.032 ± 0.045)" in text
+    assert "`obliviate run X` (10.0 min" in text and "from the cache" in text

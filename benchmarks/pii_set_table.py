@@ -1,0 +1,105 @@
+"""The table of a PII set's pipeline run (``obliviate run``'s ``results.json``), for BENCHMARKS.md.
+
+Reads the run's rows, goals and cost, the forget-against-holdout exposure z of each method (``exposure_band.py``'s
+test on its chosen epoch), and prints a markdown section; with ``--write KEY`` it replaces the text between
+``<!-- KEY:start -->`` and ``<!-- KEY:end -->`` in BENCHMARKS.md (appended where missing). Numbers only, never a
+value of the data.
+
+    python benchmarks/pii_set_table.py runs/de27 --command "obliviate run …" --write de_people
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+from exposure_band import report_bands  # noqa: E402
+
+COLUMNS = (
+    ("forget ROUGE-L ↓", "forget/rougeL_recall"),
+    ("retain ROUGE-L ↑", "retain/rougeL_recall"),
+    ("retain EM ↑", "retain/exact_match"),
+    ("forget leak ↓", "forget/leak_rate"),
+    ("forget exposure ↓", "forget/exposure"),
+    ("holdout exposure ↓", "holdout/exposure"),
+    ("digits in place ↓", "forget/digits_in_place"),
+    ("MIA AUC ↓ (ideal 0.5)", "forget/mia_auc_loss"),
+)
+
+
+def section(run: Path, command: str, title: str) -> str:
+    """The markdown of ``run`` (an ``obliviate run`` output directory): heading, command, table, goals."""
+    path = run / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    written = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).date().isoformat()
+    runs = {r["method"]: r for r in results["runs"]}
+    bands = {name.split(" (")[0]: b["all fields"] for name, b in report_bands(run).items()}
+    headers = ["model", *(c for c, _ in COLUMNS), "steps", "ended by", "exposure z", "tokens / oracle"]
+    rows = []
+    for row in results["summary"]:
+        method = runs.get(row["model"], {})
+        z = bands.get(row["model"], {}).get("z")
+        rows.append(
+            [
+                row["model"],
+                *(f"{row[key]:.3f}" if isinstance(row.get(key), (int, float)) else "–" for _, key in COLUMNS),
+                method.get("steps", "–"),
+                method.get("ended", "–"),
+                "–" if z is None else f"{z:.2f}",
+                f"{row['tokens_vs_oracle']:.3f}" if isinstance(row.get("tokens_vs_oracle"), (int, float)) else "–",
+            ]
+        )
+    held = [g for g in results["goals"] if g["holds"]]
+    lines = [
+        f"### {title}",
+        "",
+        f"Measured {written} with `{command}` ({results['wall_seconds'] / 60:.1f} min on "
+        f"{_common.cpu_cores()} CPU cores; target and oracle {_cached(results['cached'])}). Each method's row is its "
+        "run's last checkpoint; exposure z is `benchmarks/exposure_band.py`'s test of its forget exposure against the "
+        "holdout's at evaluation (inside the band: z ≤ 2).",
+        "",
+        _common.markdown_table(headers, rows),
+        "",
+        f"Goals against the oracle: {len(held)} of {len(results['goals'])} hold.",
+        "",
+    ]
+    for goal in results["goals"]:
+        mark = "✓" if goal["holds"] else "✗"
+        lines.append(
+            f"- {mark} {goal['goal']} ({goal['value']:.3f} against {goal['target']:.3f}, margin "
+            f"{goal['margin']:+.3f} ± {goal['margin_se']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def _cached(cached: dict) -> str:
+    fresh = [name for name, hit in cached.items() if not hit]
+    if not fresh:
+        return "from the cache"
+    return f"fine-tuned in this run ({', '.join(fresh)})" if len(fresh) < len(cached) else "fine-tuned in this run"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="an `obliviate run` output directory")
+    parser.add_argument("--command", required=True, help="the command that made the run, quoted in the section")
+    parser.add_argument("--title", default="Today's defaults", help="the section's heading")
+    parser.add_argument("--write", metavar="KEY", help="replace BENCHMARKS.md's KEY section with the table")
+    args = parser.parse_args(argv)
+    if not (args.run / "results.json").is_file():
+        parser.error(f"{args.run} has no results.json: not an `obliviate run` output directory")
+    text = section(args.run, args.command, args.title)
+    print(text)
+    if args.write:
+        _common.write_section(args.write, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
