@@ -2,12 +2,12 @@
 (Faker ``de_DE``), in German.
 
 Unlike the demo's, LUME's and the British set (``uk_people.py``): German templates and questions, six fields, two of
-them of no field the code knows (a tax ID, ``12 345 678 901``, and an IBAN, ``DE44 5001 0517 5407 3249 31``, its
-check digits valid), mobiles in the international format (``+49 151 23456789``), dates with dots (``24.08.1988``
-in the QA answers, ``24. August 1988`` in the prose), and addresses of two parts (``Jochen-Pergande-Straße 5-8,
-93824 Wunsiedel``). Writes ``OUT/forget``, ``OUT/retain``, ``OUT/holdout`` (LUME Task2's layout: one biography and
-one QA row per field per person) and ``OUT/pii.json``; 10 % of the people forgotten, 10 % held out. The same seed
-gives the same files. Then, for example::
+them of no field the code knows (a tax ID, ``12 345 678 901``, and an IBAN in groups of four, its check digits
+computed), mobiles in the international format (``+49 151 23456789``), dates with dots (``24.08.1988`` in the QA
+answers, ``24. August 1988`` in the prose), and addresses of two parts (``Lindenweg 12/3, 04109 Leipzig``). Writes
+``OUT/forget``, ``OUT/retain``, ``OUT/holdout`` (LUME Task2's layout: one biography and one QA row per field per
+person) and ``OUT/pii.json``; 10 % of the people forgotten, 10 % held out. The same seed gives the same files.
+Then, for example::
 
     python benchmarks/de_people.py runs/de_data
     obliviate run --model tiny --finetune_target --train_oracle --forget_dir runs/de_data/forget \\

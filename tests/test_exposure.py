@@ -406,6 +406,36 @@ def test_addresses_of_other_layouts_are_put_together_from_the_datas_parts_at_eac
     )
 
 
+def test_two_part_addresses_take_a_street_and_a_place_of_the_split() -> None:
+    """A German address (``Lindenweg 12/3, 04109 Leipzig``: street, then postcode and town) was drawn from Faker's US
+    parts around format-preserved gibberish (``Bjwanyl 31/45, 9535 Avila Mountain``). Now: a street of the same
+    split with its digits redrawn, and a place (postcode and town as one) of another of its addresses."""
+    rng = random.Random(0)
+    streets = ["Henkweg", "Albersallee", "Gröttnerring", "Wagnerallee", "Ernstplatz", "Am Markt"]
+    people = [
+        PersonPII(
+            f"d{i}",
+            "forget" if i < 20 else "holdout",
+            f"P{i} Q{i}",
+            {"address": f"{streets[i % 6]} {chr(65 + i % 26)} {rng.randint(1, 99)}/{rng.randint(1, 9)}, {10000 + i}"},
+            (),
+        )
+        for i in range(40)
+    ]
+    real = {p.fields["address"] for p in people}
+    sampler = CandidateSampler(people, seed=0)
+    for person in people:
+        own = [p.fields["address"] for p in people if p.split == person.split]
+        places = {a.split(", ")[1] for a in own}
+        names = {re.sub(r" [\d/]+$", "", a.split(", ")[0]) for a in own}
+        fakes = sampler.candidates(person, "address", 20)
+        assert len(fakes) == 20 and not set(fakes) & real
+        for fake in fakes:
+            street, place = fake.split(", ")
+            assert place in places and re.sub(r" [\d/]+$", "", street) in names
+            assert re.fullmatch(r".+ [1-9]\d?/[1-9]", street)  # the number's format kept, its digits redrawn
+
+
 # ---------------------------------------------------------------- partial leaks
 
 

@@ -342,20 +342,23 @@ class CandidateSampler:
         layout (:func:`_part_layout`: as many comma-separated parts, digits in the same ones): each part but the last
         two from another address's part at that position, its digits redrawn (a street number, a flat's), and the
         last two (the place: town and postcode, or county and postcode) together from one other address, as they
-        stand. Taken from the value's own split where it has at least :data:`MIN_AGREEING_VALUES` addresses of the
-        layout, else from every split's, as :meth:`_address_from_data` takes them; with ``address_split``, that
-        split's only. None where those are fewer than :data:`MIN_AGREEING_VALUES` (Faker's parts then)."""
+        stand; of a two-part address (``Lindenweg 12/3, 04109 Leipzig``), the street with its digits redrawn and the
+        place (postcode and town) from another. Taken from the value's own split where it has at least
+        :data:`MIN_AGREEING_VALUES` addresses of the layout, else from every split's, as :meth:`_address_from_data`
+        takes them; with ``address_split``, that split's only. None where those are fewer than
+        :data:`MIN_AGREEING_VALUES` (Faker's parts then)."""
         body, end = (value[:-1], ".") if value.endswith(".") else (value, "")
         layout = _part_layout(body)
-        if len(layout) < 3:
+        if len(layout) < 2:
             return None
         found = self.split_address_layouts.get(self.address_split or split, {}).get(layout, [])
         if len(found) < MIN_AGREEING_VALUES and self.address_split is None:
             found = self.address_layouts.get(layout, [])
         if len(found) < MIN_AGREEING_VALUES:
             return None
-        parts = [_redraw_digits(rng.choice(found)[i], rng) for i in range(len(layout) - 2)]
-        return ", ".join(parts + rng.choice(found)[-2:]) + end
+        place = 2 if len(layout) > 2 else 1  # "Lindenweg 12/3, 04109 Leipzig": the street, then postcode and town
+        parts = [_redraw_digits(rng.choice(found)[i], rng) for i in range(len(layout) - place)]
+        return ", ".join(parts + rng.choice(found)[-place:]) + end
 
     def _address(self, value: str, rng: random.Random) -> str:
         """Each comma-separated part redrawn as what it is: street line, unit, city, state, ZIP, "ST ZIP"."""
