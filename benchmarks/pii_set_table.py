@@ -59,10 +59,11 @@ def section(run: Path, command: str, title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        f"Measured {written} with `{command}` ({results['wall_seconds'] / 60:.1f} min on "
-        f"{_common.cpu_cores()} CPU cores; target and oracle {_cached(results['cached'])}). Each method's row is its "
-        "run's last checkpoint; exposure z is `benchmarks/exposure_band.py`'s test of its forget exposure against the "
-        "holdout's at evaluation (inside the band: z ≤ 2).",
+        f"Measured {written} with `{command}` ({results['wall_seconds'] / 60:.1f} min of wall time; target and "
+        f"oracle {_cached(results['cached'])}). Each method's row is the checkpoint {_chosen(results['runs'])}. "
+        "Exposure z is `benchmarks/exposure_band.py`'s test of that checkpoint's forget exposure against the "
+        "holdout's, every field pooled (inside the band: z ≤ 2); it is not the stop rule's test, which reads each "
+        "field on its own sample against the never-seen people under the starting weights.",
         "",
         _common.markdown_table(headers, rows),
         "",
@@ -78,6 +79,12 @@ def section(run: Path, command: str, title: str) -> str:
     return "\n".join(lines)
 
 
+def _chosen(runs: list[dict]) -> str:
+    """How the rows' checkpoints were chosen, as the run's ``best`` entries say (``the run's last checkpoint``)."""
+    reasons = sorted({run["best"].get("reason", run["best"].get("rule", "?")) for run in runs if "best" in run})
+    return "chosen as " + "; ".join(reasons) if reasons else "each run ended with"
+
+
 def _cached(cached: dict) -> str:
     fresh = [name for name, hit in cached.items() if not hit]
     if not fresh:
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="an `obliviate run` output directory")
     parser.add_argument("--command", required=True, help="the command that made the run, quoted in the section")
-    parser.add_argument("--title", default="Today's defaults", help="the section's heading")
+    parser.add_argument("--title", required=True, help="the section's heading")
     parser.add_argument("--write", metavar="KEY", help="replace BENCHMARKS.md's KEY section with the table")
     args = parser.parse_args(argv)
     if not (args.run / "results.json").is_file():

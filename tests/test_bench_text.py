@@ -470,7 +470,8 @@ def test_pii_set_table_states_the_runs_rows_goals_and_band(tmp_path, monkeypatch
         {"goal": "contrast: forget leak rate ≤ oracle + 1 pp", "value": 0.0, "target": 0.0, "holds": True,
          "margin": 0.01, "margin_se": 0.05},
     ]  # fmt: skip
-    runs = [{"method": "contrast", "best": {"epoch": 9}, "steps": 576, "ended": "exposure in band"}]
+    best = {"epoch": 9, "rule": "last", "reason": "the run's last checkpoint"}
+    runs = [{"method": "contrast", "best": best, "steps": 576, "ended": "exposure in band"}]
     (tmp_path / "results.json").write_text(
         json.dumps({"summary": summary, "goals": goals, "runs": runs, "wall_seconds": 600, "cached": {"target": True}})
     )
@@ -481,11 +482,12 @@ def test_pii_set_table_states_the_runs_rows_goals_and_band(tmp_path, monkeypatch
     epoch.mkdir(parents=True)
     (epoch / "results.json").write_text(json.dumps({"exposure": pairs}))
     bodies = _written(monkeypatch)
-    assert pii_set_table.main([str(tmp_path), "--command", "obliviate run X", "--write", "de"]) == 0
+    assert pii_set_table.main([str(tmp_path), "--command", "obliviate run X", "--title", "T", "--write", "de"]) == 0
     text = bodies[-1]
     assert (
         "| contrast | 0.325 | – | – | – | – | – | – | 0.446 | 576 | exposure in band | -1.45 | 0.474 |" in text
     )  # z: (1.5 - 2.0) / 0.345
     assert "| target | 0.900 |" in text and "Goals against the oracle: 1 of 2 hold." in text
     assert "- ✗ contrast: MIA AUC within 0.05 of oracle (0.446 against 0.528, margin -0.032 ± 0.045)" in text
-    assert "`obliviate run X` (10.0 min" in text and "from the cache" in text
+    assert "`obliviate run X` (10.0 min" in text and "from the cache" in text and text.startswith("### T\n")
+    assert "the checkpoint chosen as the run's last checkpoint" in text

@@ -411,7 +411,7 @@ def test_two_part_addresses_take_a_street_and_a_place_of_the_split() -> None:
     parts around format-preserved gibberish (``Bjwanyl 31/45, 9535 Avila Mountain``). Now: a street of the same
     split with its digits redrawn, and a place (postcode and town as one) of another of its addresses."""
     rng = random.Random(0)
-    streets = ["Henkweg", "Albersallee", "Gröttnerring", "Wagnerallee", "Ernstplatz", "Am Markt"]
+    streets = ["Lindenweg", "Birkenallee", "Eschenring", "Ulmenstraße", "Ahornplatz", "Am Weiher"]
     people = [
         PersonPII(
             f"d{i}",

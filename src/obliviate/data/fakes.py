@@ -5,7 +5,8 @@ own values: SSN and phone digits poured into the value's separators, dates in th
 the data's range of dates, e-mails built like the data's (the person's name when the data derives the local part
 from it, the data's joiners, digit suffixes and domains), addresses part by part (street, city, state, ZIP) and
 never military ones; an address of another layout (a British one: ``Flat 4, Cole Plaza, Sheilaborough, M7B 5YJ``)
-is put together from the parts the data's addresses of its layout hold at each position, digits redrawn. Any other
+is put together from the parts the data's addresses of its layout hold at each position, digits redrawn (a
+two-part one, ``Lindenweg 12/3, 04109 Leipzig``: a street of one, a place of another). Any other
 value gets a format-preserving draw: every digit, upper-case and lower-case letter redrawn in its class, every
 other character kept (``AB 12 34 56 C`` → ``KP 81 02 46 D``). Where the data holds enough values of that format,
 the value is cut into pieces (digit groups of up to three, runs of letters) and each piece is drawn from the pieces
