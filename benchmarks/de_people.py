@@ -17,13 +17,11 @@ Then, for example::
 
 from __future__ import annotations
 
-import argparse
 import random
-import string
 import sys
 from pathlib import Path
 
-from uk_people import date_of_birth, write_people
+from uk_people import cli, date_of_birth, draw_named, email_local, write_people
 
 MONTHS = (
     "Januar Februar März April Mai Juni Juli August September Oktober November Dezember"
@@ -96,41 +94,24 @@ def iban(rng: random.Random) -> str:
 
 def draw_people(count: int, seed: int) -> list[dict]:
     """``count`` German people, unique names, their values drawn with ``seed``."""
-    from faker import Faker
 
-    rng, faker = random.Random(seed), Faker("de_DE")
-    faker.seed_instance(seed)
-    people: list[dict] = []
-    names: set[str] = set()
-    while len(people) < count:
-        female = rng.random() < 0.5
-        first = faker.first_name_female() if female else faker.first_name_male()
-        name = f"{first} {faker.last_name()}"
-        if name in names:
-            continue
-        names.add(name)
-        plain = name.translate(ASCII).lower()
-        local = rng.choice(
-            [plain.replace(" ", "."), plain[0] + plain.split()[-1], plain.replace(" ", "") + str(rng.randint(1, 99))]
-        )
+    def german(name: str, first: str, female: bool, rng: random.Random, faker) -> dict:
+        local = email_local(name.translate(ASCII), rng)
         tax = f"{rng.randint(1, 9)}{rng.randint(0, 9_999_999_999):010d}"
-        people.append(
-            {
-                "name": name,
-                "born": date_of_birth(faker, minimum_age=20, maximum_age=80),
-                "tax_id": f"{tax[:2]} {tax[2:5]} {tax[5:8]} {tax[8:]}",
-                "iban": iban(rng),
-                "phone": f"+49 {rng.choice(MOBILE_PREFIXES)} {rng.randint(0, 99_999_999):08d}",
-                "email": "".join(c for c in local if c in string.ascii_lowercase + string.digits + ".")
-                + "@"
-                + rng.choice(DOMAINS),
-                "address": ", ".join(faker.address().splitlines()),
-                "job": faker.job(),
-                "town": faker.city(),
-                "hobby": rng.choice(HOBBIES),
-            }
-        )
-    return people
+        return {
+            "name": name,
+            "born": date_of_birth(faker, minimum_age=20, maximum_age=80),
+            "tax_id": f"{tax[:2]} {tax[2:5]} {tax[5:8]} {tax[8:]}",
+            "iban": iban(rng),
+            "phone": f"+49 {rng.choice(MOBILE_PREFIXES)} {rng.randint(0, 99_999_999):08d}",
+            "email": f"{local}@{rng.choice(DOMAINS)}",
+            "address": ", ".join(faker.address().splitlines()),
+            "job": faker.job(),
+            "town": faker.city(),
+            "hobby": rng.choice(HOBBIES),
+        }
+
+    return draw_named(count, seed, "de_DE", german)
 
 
 def fields_of(person: dict) -> dict[str, str]:
@@ -159,16 +140,7 @@ def write_set(out: Path, count: int = 200, seed: int = 0) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", help="a new directory")
-    parser.add_argument("--people", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"{out} is not empty")
-    print(write_set(out, args.people, args.seed))
-    return 0
+    return cli(__doc__.splitlines()[0], write_set, argv)
 
 
 if __name__ == "__main__":

@@ -70,11 +70,12 @@ QUESTIONS = {  # the question, then its paraphrases
 }
 
 
-def draw_people(count: int, seed: int) -> list[dict]:
-    """``count`` British people, unique names, their values drawn with ``seed``."""
+def draw_named(count: int, seed: int, locale: str, person) -> list[dict]:
+    """``count`` people with unique names drawn by Faker ``locale``, each completed by ``person(name, first, female,
+    rng, faker)``, every draw made with ``seed``."""
     from faker import Faker
 
-    rng, faker = random.Random(seed), Faker("en_GB")
+    rng, faker = random.Random(seed), Faker(locale)
     faker.seed_instance(seed)
     people: list[dict] = []
     names: set[str] = set()
@@ -85,28 +86,40 @@ def draw_people(count: int, seed: int) -> list[dict]:
         if name in names:
             continue
         names.add(name)
+        people.append(person(name, first, female, rng, faker))
+    return people
+
+
+def email_local(name: str, rng: random.Random) -> str:
+    """An e-mail's local part from ``name``: ``first.last``, ``flast`` or ``firstlast`` with a number, lower case,
+    ASCII letters, digits and dots only."""
+    local = rng.choice(
+        [name.replace(" ", "."), name[0] + name.split()[-1], name.replace(" ", "") + str(rng.randint(1, 99))]
+    )
+    return "".join(c for c in local.lower() if c in string.ascii_lowercase + string.digits + ".")
+
+
+def draw_people(count: int, seed: int) -> list[dict]:
+    """``count`` British people, unique names, their values drawn with ``seed``."""
+
+    def british(name: str, first: str, female: bool, rng: random.Random, faker) -> dict:
         letters = "ABCEGHJKLMNPRSTWXYZ"  # the NINo prefix letters in use
         ni = f"{rng.choice(letters)}{rng.choice(letters)} " + " ".join(f"{rng.randint(0, 99):02d}" for _ in range(3))
-        local = rng.choice(
-            [name.replace(" ", "."), first[0] + name.split()[-1], name.replace(" ", "") + str(rng.randint(1, 99))]
-        )
-        people.append(
-            {
-                "name": name,
-                "female": female,
-                "born": date_of_birth(faker, minimum_age=20, maximum_age=80),
-                "ni": f"{ni} {rng.choice('ABCD')}",
-                "phone": f"07{rng.randint(100, 999)} {rng.randint(0, 999_999):06d}",
-                "email": "".join(c for c in local.lower() if c in string.ascii_lowercase + string.digits + ".")
-                + "@"
-                + rng.choice(DOMAINS),
-                "address": ", ".join(faker.address().splitlines()),
-                "job": faker.job().lower(),
-                "town": faker.city(),
-                "hobby": rng.choice(HOBBIES),
-            }
-        )
-    return people
+        local = email_local(name, rng)
+        return {
+            "name": name,
+            "female": female,
+            "born": date_of_birth(faker, minimum_age=20, maximum_age=80),
+            "ni": f"{ni} {rng.choice('ABCD')}",
+            "phone": f"07{rng.randint(100, 999)} {rng.randint(0, 999_999):06d}",
+            "email": f"{local}@{rng.choice(DOMAINS)}",
+            "address": ", ".join(faker.address().splitlines()),
+            "job": faker.job().lower(),
+            "town": faker.city(),
+            "hobby": rng.choice(HOBBIES),
+        }
+
+    return draw_named(count, seed, "en_GB", british)
 
 
 BORN_BY = datetime.date(2026, 12, 7)
@@ -189,8 +202,9 @@ def write_people(out: Path, people: list[dict], seed: int, prefix: str, biograph
     return {split: len(found) for split, found in rows.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(description: str, write_set, argv: list[str] | None = None) -> int:
+    """``python SCRIPT OUT [--people N] [--seed S]``: ``write_set(OUT, N, S)`` into a new or empty directory."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("output_dir", help="a new directory")
     parser.add_argument("--people", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -200,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{out} is not empty")
     print(write_set(out, args.people, args.seed))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(__doc__.splitlines()[0], write_set, argv)
 
 
 if __name__ == "__main__":
