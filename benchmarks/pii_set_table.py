@@ -5,7 +5,7 @@ test on its chosen epoch), and prints a markdown section; with ``--write KEY`` i
 ``<!-- KEY:start -->`` and ``<!-- KEY:end -->`` in BENCHMARKS.md (appended where missing). Numbers only, never a
 value of the data.
 
-    python benchmarks/pii_set_table.py runs/de27 --command "obliviate run …" --write de_people
+    python benchmarks/pii_set_table.py runs/de27 --command "obliviate run …" --title "…" --write de_people
 """
 
 from __future__ import annotations
@@ -21,40 +21,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from exposure_band import report_bands  # noqa: E402
 
-COLUMNS = (
-    ("forget ROUGE-L ↓", "forget/rougeL_recall"),
-    ("retain ROUGE-L ↑", "retain/rougeL_recall"),
-    ("retain EM ↑", "retain/exact_match"),
-    ("forget leak ↓", "forget/leak_rate"),
-    ("forget exposure ↓", "forget/exposure"),
-    ("holdout exposure ↓", "holdout/exposure"),
-    ("digits in place ↓", "forget/digits_in_place"),
-    ("MIA AUC ↓ (ideal 0.5)", "forget/mia_auc_loss"),
+KEYS = (
+    "forget/rougeL_recall",
+    "retain/rougeL_recall",
+    "retain/exact_match",
+    "forget/leak_rate",
+    "forget/exposure",
+    "holdout/exposure",
+    "forget/digits_in_place",
+    "forget/mia_auc_loss",
 )
+"""The summary keys the table shows, labelled and formatted as every table is (``obliviate.report.columns``)."""
 
 
 def section(run: Path, command: str, title: str) -> str:
     """The markdown of ``run`` (an ``obliviate run`` output directory): heading, command, table, goals."""
+    import bench_quality
+    import demo_results
+    from obliviate.report.columns import Column, metric_column
+    from obliviate.report.render import columns_table
+
     path = run / "results.json"
     results = json.loads(path.read_text(encoding="utf-8"))
     written = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).date().isoformat()
     runs = {r["method"]: r for r in results["runs"]}
     bands = {name.split(" (")[0]: b["all fields"] for name, b in report_bands(run).items()}
-    headers = ["model", *(c for c, _ in COLUMNS), "steps", "ended by", "exposure z", "tokens / oracle"]
     rows = []
     for row in results["summary"]:
-        method = runs.get(row["model"], {})
-        z = bands.get(row["model"], {}).get("z")
-        rows.append(
-            [
-                row["model"],
-                *(f"{row[key]:.3f}" if isinstance(row.get(key), (int, float)) else "–" for _, key in COLUMNS),
-                method.get("steps", "–"),
-                method.get("ended", "–"),
-                "–" if z is None else f"{z:.2f}",
-                f"{row['tokens_vs_oracle']:.3f}" if isinstance(row.get("tokens_vs_oracle"), (int, float)) else "–",
-            ]
-        )
+        method = runs.get(row["model"])
+        how = {"steps": method.get("steps"), "ended": demo_results.ended(method)} if method else {}
+        rows.append({**row, **how, "z": bands.get(row["model"], {}).get("z")})
+    columns = [
+        Column("model", "model"),
+        *(metric_column(key) for key in KEYS),
+        Column("steps", "steps"),
+        Column("ended", "ended by"),
+        Column("z", "exposure z", fmt=".2f"),
+        Column("tokens_vs_oracle", "tokens / oracle"),
+    ]
     held = [g for g in results["goals"] if g["holds"]]
     lines = [
         f"### {title}",
@@ -65,17 +69,12 @@ def section(run: Path, command: str, title: str) -> str:
         "holdout's, every field pooled (inside the band: z ≤ 2); it is not the stop rule's test, which reads each "
         "field on its own sample against the never-seen people under the starting weights.",
         "",
-        _common.markdown_table(headers, rows),
+        columns_table(columns, rows),
         "",
         f"Goals against the oracle: {len(held)} of {len(results['goals'])} hold.",
         "",
+        *(bench_quality.goal_line(goal) for goal in results["goals"]),
     ]
-    for goal in results["goals"]:
-        mark = "✓" if goal["holds"] else "✗"
-        lines.append(
-            f"- {mark} {goal['goal']} ({goal['value']:.3f} against {goal['target']:.3f}, margin "
-            f"{goal['margin']:+.3f} ± {goal['margin_se']:.3f})"
-        )
     return "\n".join(lines)
 
 
