@@ -184,3 +184,19 @@ def rmu_distance(model_dir: Path, records_dir: Path, layer: int, control: torch.
     model.eval()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     handle.remove()
     return masked_mse(captured[0], control, batch.attention_mask).item()
+
+
+def written_set(generator, tmp_path: Path, count: int, seed: int):
+    """A benchmark PII set (``uk_people``, ``de_people``) written twice with ``seed``: the rows per split, its people
+    (``pii.json``) and its forget rows by id, after checking that the same seed wrote the same ``pii.json`` and that
+    the people are ``count``, in all three splits."""
+    from obliviate.data.load import load_split
+    from obliviate.data.synth import load_pii
+
+    counts = generator.write_set(tmp_path / "a", count=count, seed=seed)
+    generator.write_set(tmp_path / "b", count=count, seed=seed)
+    assert (tmp_path / "a" / "pii.json").read_bytes() == (tmp_path / "b" / "pii.json").read_bytes()  # seeded
+    people = load_pii(tmp_path / "a" / "pii.json")
+    assert {p.split for p in people} == {"forget", "retain", "holdout"} and len(people) == count
+    forget = load_split(tmp_path / "a" / "forget", split="forget")
+    return counts, people, {r.id: r for r in forget}
